@@ -1,0 +1,6 @@
+"""busai: breast-ultrasound lesion segmentation and normal / benign / malignant classification."""
+
+__version__ = "0.1.0"
+
+CLASSES = ("normal", "benign", "malignant")
+"""Class names in label-index order, used by every model, metric and output file."""

@@ -1,0 +1,5 @@
+import sys
+
+from busai.cli import main
+
+sys.exit(main())

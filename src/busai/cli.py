@@ -1,0 +1,60 @@
+"""The ``busai`` console command: parses arguments and calls the library.
+
+Each sub-command lives in ``busai.commands.<name>`` with ``register(subparsers)``; the handler it
+sets calls one public library function. Any :class:`BusaiError` becomes one ``error:`` line and
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from busai.errors import BusaiError
+
+# Order is the order shown in `busai --help`.
+COMMAND_MODULES = ("data", "models", "train", "evaluate", "report", "tune", "predict", "export", "serve")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="busai",
+        description="Breast-ultrasound lesion segmentation and normal/benign/malignant classification.",
+    )
+    parser.add_argument("--version", action="version", version=f"busai {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"busai.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"busai.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from busai import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.handler(args)
+    except BusaiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: everything written so far is kept; re-run with --resume to continue", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data layer: discover -> audit -> splits -> dataset."""

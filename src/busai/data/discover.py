@@ -1,0 +1,198 @@
+"""Find images, their masks and labels in a BUSI-layout folder, and decode them safely.
+
+Layout: ``ROOT/<class>/NAME.png`` with ``NAME_mask.png`` and optional ``NAME_mask_1.png``,
+``NAME_mask_2.png``... whose union is the lesion. Class folders are matched case-insensitively.
+
+``scan_dataset`` never raises on a bad file: it returns the records it could pair and a list of
+:class:`Problem`, so ``audit`` can report everything at once. ``discover_records`` is the strict
+entry point used for training: it raises one :class:`DataError` naming the first problem.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from busai import CLASSES
+from busai.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+_MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<index>\d+))?$", re.IGNORECASE)
+# Files every OS sprinkles into folders; never data, never a problem.
+_IGNORED = {"thumbs.db", "desktop.ini"}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image with its lesion masks and class label."""
+
+    root: Path
+    image: Path
+    masks: tuple[Path, ...]
+    label: str
+
+    @property
+    def key(self) -> str:
+        """Path relative to the dataset root, POSIX style: the identity used in split files."""
+        return self.image.relative_to(self.root).as_posix()
+
+    @property
+    def label_index(self) -> int:
+        return CLASSES.index(self.label)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file-level problem found while scanning or auditing."""
+
+    path: str  # relative to the dataset root
+    kind: str  # short machine-readable tag, e.g. "missing_mask"
+    message: str  # one line for a person: what is wrong and what to do
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "kind": self.kind, "message": self.message}
+
+
+@dataclass
+class Scan:
+    root: Path
+    records: list[Record] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _check_root(root: Path) -> Path:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"{root}: folder not found; pass the folder that holds benign/, malignant/ and normal/")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder; pass the folder that holds benign/, malignant/ and normal/")
+    return root.resolve()
+
+
+def _class_folders(root: Path) -> dict[str, Path]:
+    folders: dict[str, Path] = {}
+    for child in sorted(root.iterdir()):
+        if child.name.startswith(".") or not child.is_dir():
+            continue
+        label = child.name.lower()
+        if label not in CLASSES:
+            raise DataError(
+                f"{child}: unknown class folder '{child.name}'; class folders must be "
+                f"{', '.join(CLASSES)} (case-insensitive): rename or move it out of {root}"
+            )
+        if label in folders:
+            raise DataError(f"{child}: class '{label}' appears twice ({folders[label].name} and {child.name}); merge them")
+        folders[label] = child
+    if not folders:
+        raise DataError(f"{root}: no class folders found; expected {', '.join(CLASSES)} sub-folders (BUSI layout)")
+    return folders
+
+
+def scan_dataset(root: str | Path) -> Scan:
+    """Pair every image with its masks; collect problems instead of raising on bad files."""
+    root = _check_root(Path(root))
+    scan = Scan(root=root)
+    for label, folder in _class_folders(root).items():
+        images: dict[str, Path] = {}
+        masks: dict[str, list[tuple[int, Path]]] = {}
+        for path in sorted(folder.rglob("*")):
+            if path.is_dir() or path.name.startswith(".") or path.name.lower() in _IGNORED:
+                continue
+            rel = path.relative_to(root).as_posix()
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                scan.problems.append(Problem(rel, "not_an_image", f"{rel}: not an image file; move it out of the dataset folder"))
+                continue
+            stem_key = path.with_suffix("").relative_to(folder).as_posix()
+            match = _MASK_RE.match(stem_key)
+            if match:
+                masks.setdefault(match["stem"], []).append((int(match["index"] or 0), path))
+            else:
+                images[stem_key] = path
+        for stem, image in images.items():
+            found = [p for _, p in sorted(masks.pop(stem, []))]
+            if not found:
+                rel = image.relative_to(root).as_posix()
+                scan.problems.append(
+                    Problem(rel, "missing_mask", f"{rel}: no mask found; add {Path(stem).name}_mask.png beside it (all-zero for a normal image)")
+                )
+                continue
+            scan.records.append(Record(root=root, image=image, masks=tuple(found), label=label))
+        for stem, orphans in masks.items():
+            for _, path in sorted(orphans):
+                rel = path.relative_to(root).as_posix()
+                scan.problems.append(
+                    Problem(rel, "mask_without_image", f"{rel}: mask has no image {Path(stem).name}.png; add the image or remove the mask")
+                )
+    scan.records.sort(key=lambda r: (CLASSES.index(r.label), _natural_key(r.key)))
+    return scan
+
+
+def _natural_key(text: str) -> list:
+    """Sort 'benign (2)' before 'benign (10)' so listings read like the dataset's own numbering."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def discover_records(root: str | Path) -> list[Record]:
+    """Strict discovery for training and evaluation: every image must have a mask."""
+    scan = scan_dataset(root)
+    pairing = [p for p in scan.problems if p.kind in {"missing_mask", "mask_without_image", "not_an_image"}]
+    if pairing:
+        more = f" (and {len(pairing) - 1} more; run `busai data audit {scan.root}`)" if len(pairing) > 1 else ""
+        raise DataError(pairing[0].message + more)
+    if not scan.records:
+        raise DataError(f"{scan.root}: no images found in the class folders; add PNG images with their _mask.png files")
+    return scan.records
+
+
+def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
+    """Decode an image of any mode (L, RGB, RGBA, P, 16-bit I;16 ...) as uint8 ``mode``.
+
+    16-bit images are scaled to 8 bits by their own range, which is what a display would show;
+    Pillow's plain convert would clip them to white.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+                arr = np.asarray(img, dtype=np.float64)
+                lo, hi = float(arr.min()), float(arr.max())
+                arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+                img = Image.fromarray(arr.round().astype(np.uint8), mode="L")
+            elif img.mode in {"RGBA", "LA", "PA"} or (img.mode == "P" and "transparency" in img.info):
+                # Composite on black: ultrasound background is black, so transparent areas stay background.
+                rgba = img.convert("RGBA")
+                canvas = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+                img = Image.alpha_composite(canvas, rgba)
+            return np.asarray(img.convert(mode))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found; check the path") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}); replace or remove the file") from None
+
+
+def read_mask(record: Record, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Union of a record's masks as a uint8 {0, 1} array of the image's size (H, W).
+
+    ``size`` (H, W) is the image size the masks must match; a mismatch is an error because
+    silently resizing a mask hides an annotation mistake.
+    """
+    union: np.ndarray | None = None
+    for path in record.masks:
+        mask = read_image(path, mode="L") > 127
+        if size is not None and mask.shape != tuple(size):
+            raise DataError(
+                f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {size[1]}x{size[0]}; "
+                "re-export the mask at the image's size"
+            )
+        union = mask if union is None else (union | mask if union.shape == mask.shape else _mismatch(path, union, mask))
+    assert union is not None  # records always carry at least one mask
+    return union.astype(np.uint8)
+
+
+def _mismatch(path: Path, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    raise DataError(f"{path}: mask is {b.shape[1]}x{b.shape[0]} but the image's other mask is {a.shape[1]}x{a.shape[0]}; re-export it")
