@@ -1,0 +1,25 @@
+# Two entry points: `make demo` (the main job on built-in synthetic data) and `make test`.
+# Both create or reuse the virtual environment in $(VENV).
+VENV ?= .venv
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PY := $(VENV)/bin/python
+DEMO_OUT ?= demo_out
+
+.PHONY: demo test install clean-demo
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: install
+	HF_HUB_OFFLINE=1 PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh $(DEMO_OUT)
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+clean-demo:
+	rm -rf $(DEMO_OUT)

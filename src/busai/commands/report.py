@@ -1,0 +1,45 @@
+"""`busai report`: result files from evaluated run folders, and the README tables from result files."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="collect results from run folders; render paper-shaped tables")
+    rsub = p.add_subparsers(dest="report_command", metavar="ACTION")
+    rsub.required = True
+    c = rsub.add_parser("collect", help="write results/<task>/<run>.json from evaluated run folders")
+    c.add_argument("run_dirs", nargs="+")
+    c.add_argument("--out", required=True, help="results folder, e.g. results/segmentation")
+    c.set_defaults(handler=collect)
+    t = rsub.add_parser("tables", help="print (or write into README) the segmentation and classification tables")
+    t.add_argument("--results", default="results", help="folder holding segmentation/ and classification/")
+    t.add_argument("--readme", help="README to update between <!-- seg-table:start/end --> and <!-- cls-table:start/end --> markers")
+    t.set_defaults(handler=tables)
+
+
+def collect(args: argparse.Namespace) -> int:
+    from busai.report import write_results
+
+    for path in write_results(args.run_dirs, args.out):
+        print(path)
+    return 0
+
+
+def tables(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from busai.report import classification_table, load_results, segmentation_table, update_readme
+
+    root = Path(args.results)
+    rendered = {
+        "seg-table": segmentation_table(load_results(root / "segmentation")),
+        "cls-table": classification_table(load_results(root / "classification")),
+    }
+    for marker, table in rendered.items():
+        if args.readme:
+            update_readme(args.readme, marker, table)
+        else:
+            print(table + "\n")
+    return 0

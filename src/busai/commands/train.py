@@ -1,0 +1,79 @@
+"""`busai train`: train a segmentation or classification model into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from busai.config import TrainConfig
+
+# CLI flag -> config key; every flag defaults to None so only what the user typed overrides --config.
+_FLAGS = {
+    "model": str, "encoder": str, "weights": str, "image_size": int, "optimizer": str, "lr": float,
+    "weight_decay": float, "batch_size": int, "epochs": int, "patience": int, "loss": str,
+    "focal_gamma": float, "scheduler": str, "plateau_patience": int, "precision": str, "device": str,
+    "seed": int, "max_minutes": float, "data": str, "splits": str, "fold": int, "num_workers": int,
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model into a run folder (or --resume one)",
+        description="Train a segmentation (seg) or classification (cls) model. Defaults follow the paper; "
+        "--config takes a JSON config (e.g. the best one from `busai tune`) that flags override.",
+    )
+    p.add_argument("task", nargs="?", choices=["seg", "cls"], help="seg or cls (omit with --resume or --config)")
+    p.add_argument("--out", help="new run folder to write")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--config", help="JSON config file; flags given here override it")
+    for key, kind in _FLAGS.items():
+        p.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, default=None)
+    p.add_argument("--focal-alpha", dest="focal_alpha", type=float, nargs="+", default=None, help="one value, or one per class (normal benign malignant)")
+    p.add_argument("--betas", type=float, nargs=2, default=None, metavar=("BETA1", "BETA2"))
+    p.add_argument("--no-sampler", dest="weighted_sampler", action="store_false", default=None, help="classification: no class-frequency sampler")
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the fit summary as JSON")
+    p.set_defaults(handler=run)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
+    if args.task:
+        base["task"] = args.task
+    for key in [*_FLAGS, "betas", "weighted_sampler", "augment"]:
+        value = getattr(args, key)
+        if value is not None:
+            base[key] = value
+    alpha = args.focal_alpha
+    if alpha is not None:
+        base["focal_alpha"] = alpha[0] if len(alpha) == 1 else alpha
+    if "task" not in base:
+        from busai.errors import ConfigError
+
+        raise ConfigError("say which task to train: `busai train seg ...` or `busai train cls ...`")
+    if base["task"] in ("cls", "classification") and "model" not in base:
+        base["model"] = "resnet18"
+    return TrainConfig.from_dict(base, source=args.config or "command line")
+
+
+def run(args: argparse.Namespace) -> int:
+    from busai import training
+    from busai.commands import command_line
+    from busai.errors import ConfigError
+
+    if args.resume:
+        result = training.resume(args.resume, epochs=args.epochs, max_minutes=args.max_minutes, patience=args.patience, quiet=args.quiet)
+        run_dir = args.resume
+    else:
+        if not args.out:
+            raise ConfigError("--out RUN_DIR is required for a new run (or pass --resume RUN_DIR)")
+        result = training.train(config_from_args(args), args.out, quiet=args.quiet, command=command_line())
+        run_dir = args.out
+    summary = {"run_dir": str(run_dir), **result.to_dict()}
+    if args.json:
+        print(json.dumps(summary))
+    elif not args.quiet:
+        print(f"{run_dir}: best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f}), "
+              f"{result.epochs_run} epochs, stopped by {result.stop_reason}, {result.seconds:.0f} s")
+    return 0

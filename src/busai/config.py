@@ -1,0 +1,110 @@
+"""Run configuration: one dataclass for both tasks, defaults taken from the paper.
+
+Keys use the paper's vocabulary (encoder, decoder, image_size, focal_alpha, focal_gamma) so a
+config file reads like its Tables 3 and 5. A resolved config is written into every run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from busai.errors import ConfigError
+
+TASK_ALIASES = {"seg": "segmentation", "segmentation": "segmentation", "cls": "classification", "classification": "classification"}
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "adagrad")
+PRECISIONS = ("bf16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    task: str = "segmentation"
+    # Segmentation: model = decoder (unet, unetplusplus, deeplabv3) on `encoder`.
+    # Classification: model = classifier name; encoder unused.
+    model: str = "unet"
+    encoder: str | None = "resnet18"
+    weights: str = "imagenet"
+    image_size: int | None = None  # None: the model's own default (224, 299 for InceptionV3, 256 for segmentation)
+
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] | None = None  # Adam / AdamW only; None keeps torch's (0.9, 0.999)
+    momentum: float = 0.9  # SGD / RMSprop
+    batch_size: int = 8
+    epochs: int = 100
+    patience: int = 25  # early stopping on validation loss (paper: 25)
+
+    loss: str | None = None  # None: "dice" for segmentation, "focal" for classification
+    focal_alpha: float | list[float] = 0.25
+    focal_gamma: float = 2.0
+    weighted_sampler: bool = True  # classification only (paper: class-frequency WeightedRandomSampler)
+    scheduler: str | None = None  # None: "plateau" for classification (paper), "none" for segmentation
+    plateau_patience: int = 25
+    plateau_factor: float = 0.1
+    augment: bool = True
+
+    precision: str = "bf16"  # bf16 autocast + channels_last on CPU; "fp32" turns both off
+    device: str = "auto"
+    seed: int = 0
+    num_workers: int = 0
+    max_minutes: float | None = None  # wall-clock budget; training stops cleanly after the epoch that crosses it
+
+    data: str | None = None
+    splits: str | None = None
+    fold: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        task = TASK_ALIASES.get(str(self.task).lower())
+        if task is None:
+            raise ConfigError(f"task '{self.task}': unknown; use seg or cls")
+        self.task = task
+        self.optimizer = str(self.optimizer).lower()
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer '{self.optimizer}': unknown; choose one of {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision '{self.precision}': unknown; choose bf16 or fp32")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device '{self.device}': unknown; choose auto, cpu or cuda")
+        if self.loss is None:
+            self.loss = "dice" if task == "segmentation" else "focal"
+        if self.scheduler is None:
+            self.scheduler = "plateau" if task == "classification" else "none"
+        if task == "classification":
+            self.encoder = None
+        for name in ("lr", "batch_size", "epochs"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be positive")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay={self.weight_decay}: must be zero or positive")
+        if self.betas is not None:
+            self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); fix the file") from None
+        # A run folder's config.json nests the train config under "train".
+        values = values.get("train", values)
+        return cls.from_dict(values, source=str(path))

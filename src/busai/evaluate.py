@@ -1,0 +1,118 @@
+"""Evaluate a run folder on one split: metrics with bootstrap CIs into metrics.json, plus figures.
+
+Segmentation is scored at each image's own resolution (the probability map is resized back to
+the original mask), not at the network's input size, so the numbers describe the masks a user
+gets. Both pooled (all pixels of the split) and mean-over-images values are reported; the
+paper's Table 4 does not say which it used — the README discusses the comparison.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from busai import CLASSES
+from busai.errors import ConfigError
+from busai.inference import predict_tensor, upsample_probability
+from busai.runs import LoadedModel, load_model, write_json
+
+SPLITS = ("train", "val", "test")
+
+
+def _predict_records(loaded: LoadedModel, records, batch_size: int = 16, quiet: bool = True):
+    """Yield (record, probability) for every record, in order, through the training dataset's preprocessing."""
+    from busai.data.dataset import BusDataset, ImageCache
+
+    dataset = BusDataset(records, loaded.image_size, loaded.mean, loaded.std, augment=False, cache=ImageCache())
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    i = 0
+    for batch in loader:
+        probs = predict_tensor(loaded, batch["image"])
+        for p in probs:
+            yield records[i], p
+            i += 1
+
+
+def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: int) -> tuple[dict, list]:
+    from busai.data.discover import read_mask
+    from busai.metrics import segmentation_counts, summarise_segmentation
+
+    per_image, samples = [], []
+    for record, prob in _predict_records(loaded, records):
+        mask = read_mask(record)
+        full = upsample_probability(prob, mask.shape)
+        counts = segmentation_counts(full, mask)
+        per_image.append(counts)
+        samples.append((record, full, mask, counts))
+    summary = summarise_segmentation(per_image, n_boot=n_boot, seed=seed)
+    return summary, samples
+
+
+def evaluate_classification(loaded: LoadedModel, records, *, n_boot: int, seed: int) -> tuple[dict, list]:
+    from busai.metrics import classification_report_dict
+
+    rows = [(record, prob.numpy()) for record, prob in _predict_records(loaded, records)]
+    y_true = np.array([r.label_index for r, _ in rows])
+    probs = np.stack([p for _, p in rows])
+    report = classification_report_dict(y_true, probs, class_names=CLASSES, n_boot=n_boot, seed=seed)
+    report["predictions"] = [
+        {"image": r.key, "label": r.label, "predicted": CLASSES[int(p.argmax())], **{f"p_{c}": round(float(p[i]), 5) for i, c in enumerate(CLASSES)}}
+        for r, p in rows
+    ]
+    return report, rows
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data_dir: str | Path,
+    splits_file: str | Path,
+    split: str,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    figures: bool = True,
+    command: str | None = None,
+) -> dict:
+    """Score a run's best checkpoint on ``split``; merge the result into ``RUN_DIR/metrics.json``."""
+    from busai.data.splits import load_split_records, read_splits
+    from busai.runs import best_threads
+
+    if split not in SPLITS:
+        raise ConfigError(f"split '{split}': unknown; choose train, val or test")
+    best_threads()
+    run_dir = Path(run_dir)
+    loaded = load_model(run_dir)
+    records = load_split_records(data_dir, read_splits(splits_file), split)
+    if not records:
+        raise ConfigError(f"{splits_file}: split '{split}' is empty; nothing to evaluate")
+    torch.manual_seed(seed)
+    if loaded.task == "segmentation":
+        result, samples = evaluate_segmentation(loaded, records, n_boot=n_boot, seed=seed)
+    else:
+        result, samples = evaluate_classification(loaded, records, n_boot=n_boot, seed=seed)
+    result = {
+        "split": split, "command": command, "images": len(records), "task": loaded.task, "model": loaded.spec,
+        "weight_source": loaded.config.get("weight_source"), "n_boot": n_boot, **result,
+    }
+    if figures:
+        from busai import figures as fig
+
+        if loaded.task == "segmentation":
+            result["figure"] = fig.segmentation_samples(samples, run_dir / f"samples_{split}.png", title=f"{_title(loaded)}: {split}")
+        else:
+            result["figure"] = fig.confusion_matrix(np.array(result["confusion_matrix"]), run_dir / f"confusion_{split}.png", title=f"{_title(loaded)}: {split}")
+            result["sample_figure"] = fig.classification_samples(samples, run_dir / f"samples_{split}.png", title=f"{_title(loaded)}: {split}")
+    metrics_path = run_dir / "metrics.json"
+    merged = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    merged[split] = result
+    write_json(metrics_path, merged)
+    return result
+
+
+def _title(loaded: LoadedModel) -> str:
+    spec = loaded.spec
+    return f"{spec.get('encoder')}:{spec['name']}" if spec.get("encoder") else spec["name"]

@@ -1,0 +1,183 @@
+"""Tables and result files from run folders: nothing is recomputed, everything is read back.
+
+``collect_run`` turns an evaluated run folder into one ``results/<task>/<name>.json`` with the
+exact commands that produced it; ``segmentation_table`` / ``classification_table`` render the
+paper-shaped Markdown tables (ours beside the paper's) that ``update_readme`` writes between
+marker comments, so README figures are never typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from busai import CLASSES, paper
+from busai.errors import CheckpointError
+from busai.runs import read_run_config, write_json
+
+SEG_METRICS = ("pixel_accuracy", "dice", "iou", "auc")
+
+
+def _value(entry) -> float | None:
+    return None if entry is None else entry.get("value") if isinstance(entry, dict) else entry
+
+
+def compact_segmentation(metrics: dict) -> dict:
+    """{metric: {"mean": value, "pooled": value, "mean_ci": [lo, hi]}} from an evaluate result."""
+    out = {}
+    for name in SEG_METRICS:
+        m = metrics.get(name, {})
+        mean, pooled = m.get("mean") or {}, m.get("pooled") or {}
+        out[name] = {"mean": mean.get("value"), "mean_ci": [mean.get("ci_low"), mean.get("ci_high")],
+                     "pooled": pooled.get("value"), "pooled_ci": [pooled.get("ci_low"), pooled.get("ci_high")]}
+    return out
+
+
+def compact_classification(metrics: dict) -> dict:
+    keep = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "macro_auc", "per_class", "confusion_matrix")
+    return {k: metrics[k] for k in keep if k in metrics}
+
+
+def collect_run(run_dir: str | Path, name: str | None = None) -> dict:
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        raise CheckpointError(f"{metrics_path}: missing; run `busai evaluate {run_dir} --split train val test` first")
+    metrics = json.loads(metrics_path.read_text())
+    fit = json.loads((run_dir / "fit.json").read_text()) if (run_dir / "fit.json").exists() else {}
+    task = config["model_spec"]["task"]
+    compact = compact_segmentation if task == "segmentation" else compact_classification
+    return {
+        "name": name or run_dir.name,
+        "task": task,
+        "model": config["model_spec"],
+        "weight_source": config.get("weight_source"),
+        "train_config": config["train"],
+        "image_size": config["preprocessing"]["image_size"],
+        "fit": fit,
+        "device": config.get("device"),
+        "versions": config.get("versions"),
+        "commands": {"train": config.get("command"), **{f"evaluate_{s}": m.get("command") for s, m in metrics.items()}},
+        "metrics": {split: {"images": m.get("images"), **compact(m)} for split, m in metrics.items()},
+    }
+
+
+def write_results(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for run_dir in run_dirs:
+        summary = collect_run(run_dir)
+        path = out_dir / f"{summary['name']}.json"
+        write_json(path, summary)
+        written.append(path)
+    return written
+
+
+def load_results(folder: str | Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
+
+
+def _fmt(x, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _ci(entry: dict, key: str) -> str:
+    lo, hi = entry.get(f"{key}_ci", [None, None])
+    return f"{_fmt(entry[key])} ({_fmt(lo)}–{_fmt(hi)})" if lo is not None else _fmt(entry.get(key))
+
+
+def _short_source(source: str | None) -> str:
+    if not source:
+        return "?"
+    return "ImageNet" if source.startswith("imagenet") else "random init" if source.startswith("random") else source
+
+
+def segmentation_table(results: list[dict]) -> str:
+    """Markdown shaped like the paper's Table 4; ours: Dice/IoU mean over images (95% CI), pixel accuracy and AUC pooled."""
+    lines = [
+        "| Encoder:Decoder | Weights | Epochs (stop) | Split | Pixel acc. | Dice | IoU | AUC | Paper: acc / Dice / IoU / AUC |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(results, key=lambda r: (r["model"].get("encoder", ""), r["model"]["name"])):
+        key = (r["model"].get("encoder"), r["model"]["name"])
+        theirs = paper.SEGMENTATION_SCORES.get(key, {})
+        fit = r.get("fit", {})
+        epochs = f"{fit.get('epochs_run', '?')} ({fit.get('stop_reason', '?')})"
+        for i, split in enumerate(("train", "val", "test")):
+            m = r["metrics"].get(split)
+            if not m:
+                continue
+            p = theirs.get(split)
+            paper_cell = " / ".join(f"{v:.2f}" for v in p) if p else "–"
+            head = (f"{key[0]}:{key[1]}", _short_source(r.get("weight_source")), epochs) if i == 0 else ("", "", "")
+            lines.append(
+                f"| {head[0]} | {head[1]} | {head[2]} | {split} | {_fmt(m['pixel_accuracy']['pooled'], 3)} | "
+                f"{_ci(m['dice'], 'mean')} | {_ci(m['iou'], 'mean')} | {_fmt(m['auc']['pooled'])} | {paper_cell} |"
+            )
+    return "\n".join(lines)
+
+
+def classification_table(results: list[dict]) -> str:
+    """Markdown shaped like the paper's Table 6 headline columns, with 95% CIs and the paper's values."""
+    lines = [
+        "| Model | Weights | Epochs (stop) | Split | Accuracy | Macro F1 | Macro AUC | Recall N / B / M | Paper: F1 / acc / macro F1 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(results, key=lambda r: r["model"]["name"]):
+        name = r["model"]["name"]
+        theirs = paper.CLASSIFICATION_SCORES.get(name, {})
+        fit = r.get("fit", {})
+        epochs = f"{fit.get('epochs_run', '?')} ({fit.get('stop_reason', '?')})"
+        for i, split in enumerate(("train", "val", "test")):
+            m = r["metrics"].get(split)
+            if not m:
+                continue
+            p = theirs.get(split)
+            recalls = " / ".join(_fmt(m["per_class"][c]["recall"]) for c in CLASSES) if "per_class" in m else "–"
+            head = (name, _short_source(r.get("weight_source")), epochs) if i == 0 else ("", "", "")
+            lines.append(
+                f"| {head[0]} | {head[1]} | {head[2]} | {split} | {_metric_ci(m.get('accuracy'))} | {_metric_ci(m.get('macro_f1'))} | "
+                f"{_metric_ci(m.get('macro_auc'))} | {recalls} | {' / '.join(f'{v:.2f}' for v in p) if p else '–'} |"
+            )
+    return "\n".join(lines)
+
+
+def _metric_ci(entry) -> str:
+    if isinstance(entry, dict):
+        lo, hi = entry.get("ci_low"), entry.get("ci_high")
+        return f"{_fmt(entry.get('value'))} ({_fmt(lo)}–{_fmt(hi)})" if lo is not None else _fmt(entry.get("value"))
+    return _fmt(entry)
+
+
+def update_readme(readme: str | Path, marker: str, content: str) -> None:
+    """Replace the text between ``<!-- marker:start -->`` and ``<!-- marker:end -->``."""
+    readme = Path(readme)
+    text = readme.read_text()
+    pattern = re.compile(rf"(<!-- {re.escape(marker)}:start -->\n).*?(<!-- {re.escape(marker)}:end -->)", re.S)
+    if not pattern.search(text):
+        raise CheckpointError(f"{readme}: no <!-- {marker}:start --> / <!-- {marker}:end --> markers; add them where the table goes")
+    readme.write_text(pattern.sub(lambda m: m.group(1) + content + "\n" + m.group(2), text))
+
+
+def print_metrics(result: dict) -> None:
+    """A short human summary of one evaluate result."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result['task']} · {result['split']} · {result['images']} images · weights: {_short_source(result.get('weight_source'))}")
+    table.add_column("metric")
+    table.add_column("value (95% CI)")
+    if result["task"] == "segmentation":
+        for name in SEG_METRICS:
+            for kind in ("mean", "pooled"):
+                table.add_row(f"{name} ({kind})", _metric_ci(result[name][kind]))
+    else:
+        for name in ("accuracy", "macro_f1", "macro_auc"):
+            table.add_row(name, _metric_ci(result.get(name)))
+        for c in CLASSES:
+            pc = result["per_class"][c]
+            table.add_row(f"{c} P/R/F1", f"{_fmt(pc['precision'])} / {_fmt(pc['recall'])} / {_fmt(pc['f1'])}")
+    Console().print(table)

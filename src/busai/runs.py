@@ -1,0 +1,116 @@
+"""Run folders: what a training writes, and loading a trained model back from one.
+
+A run folder holds ``config.json`` (the train config under ``"train"`` plus what was resolved:
+model spec, preprocessing, weight source, library versions, split and data fingerprints),
+``splits.json``, ``history.csv``, ``checkpoint_best.safetensors``, ``checkpoint_last.pt``,
+``fit.json`` and, after evaluation, ``metrics.json`` and figures.
+
+A model source is a run folder, or a released model name (see :mod:`busai.release`).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from busai.engine import BEST_CHECKPOINT
+from busai.errors import CheckpointError
+
+CONFIG = "config.json"
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    names = ["busai", "torch", "torchvision", "segmentation-models-pytorch", "timm", "albumentations", "numpy", "scikit-learn"]
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: run folder not found; pass a folder written by `busai train`")
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing; {run_dir} is not a busai run folder (train one with `busai train`)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc.msg}); the run folder is damaged, retrain it") from None
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    task: str
+    spec: dict
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    config: dict
+    source: str
+
+
+def load_weights_into(module: nn.Module, path: Path) -> None:
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: cannot read weights ({exc}); the file is damaged or not safetensors") from None
+    state = {k: v.float() for k, v in state.items()}  # release weights are stored in fp16
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        keys = (result.missing_keys or result.unexpected_keys)[:3]
+        raise CheckpointError(
+            f"{path}: weights do not match the {module.__class__.__name__} described by its config.json "
+            f"(first mismatched keys: {', '.join(keys)}); use the config.json that came with these weights"
+        )
+
+
+def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT) -> LoadedModel:
+    """Rebuild the architecture from a run folder's config and load its best weights (eval mode)."""
+    from busai.models.registry import build
+
+    source = Path(source)
+    config = read_run_config(source)
+    spec = config.get("model_spec")
+    pre = config.get("preprocessing")
+    if not spec or not pre:
+        raise CheckpointError(f"{source / CONFIG}: lacks model_spec/preprocessing; it was not written by `busai train`")
+    weights_path = source / checkpoint
+    if not weights_path.exists():
+        raise CheckpointError(f"{weights_path}: missing; the run has not finished an epoch yet (resume it with `busai train --resume {source}`)")
+    built = build(spec["task"], spec["name"], encoder=spec.get("encoder"), weights="none", num_classes=spec.get("num_classes", 3), image_size=pre["image_size"])
+    load_weights_into(built.module, weights_path)
+    built.module.eval()
+    return LoadedModel(
+        module=built.module, task=spec["task"], spec=spec, image_size=int(pre["image_size"]),
+        mean=tuple(pre["mean"]), std=tuple(pre["std"]), config=config, source=str(source),
+    )
+
+
+def best_threads() -> None:
+    """Use every core for intra-op work; torch's default can undercount in containers."""
+    import os
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, n))

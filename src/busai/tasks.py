@@ -1,0 +1,71 @@
+"""The task-specific pieces the engine needs: loss, validation target and validation score."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from busai.config import TrainConfig
+from busai.engine import TaskAdapter
+from busai.errors import ConfigError
+
+
+def dice_per_image(logits: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Hard Dice per image at a probability threshold; 1.0 when prediction and truth are both empty."""
+    pred = (torch.sigmoid(logits) > threshold).flatten(1).float()
+    truth = (masks > 0.5).flatten(1).float()
+    inter = (pred * truth).sum(1)
+    total = pred.sum(1) + truth.sum(1)
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1e-9), torch.ones_like(total))
+
+
+def segmentation_adapter(cfg: TrainConfig) -> TaskAdapter:
+    from busai.losses import build_segmentation_loss
+
+    if cfg.loss not in ("dice", "dice_bce"):
+        raise ConfigError(f"loss '{cfg.loss}': not a segmentation loss; use dice or dice_bce")
+    criterion = build_segmentation_loss(cfg.loss)
+
+    def loss(out: torch.Tensor, batch: dict) -> torch.Tensor:
+        return criterion(out, batch["mask"])
+
+    def score(out: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+        return {"dice": dice_per_image(out, masks).mean().item()}
+
+    return TaskAdapter(loss=loss, target_key="mask", score=score)
+
+
+def classification_adapter(cfg: TrainConfig) -> TaskAdapter:
+    from sklearn.metrics import f1_score
+
+    from busai import CLASSES
+    from busai.losses import FocalLoss
+
+    if cfg.loss == "focal":
+        criterion = FocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+    elif cfg.loss == "ce":
+        criterion = torch.nn.CrossEntropyLoss()
+    else:
+        raise ConfigError(f"loss '{cfg.loss}': not a classification loss; use focal or ce")
+
+    def loss(out: torch.Tensor, batch: dict) -> torch.Tensor:
+        return criterion(out, batch["label"])
+
+    def score(out: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        pred = out.argmax(1).numpy()
+        truth = labels.numpy()
+        return {
+            "accuracy": float((pred == truth).mean()),
+            "macro_f1": float(f1_score(truth, pred, average="macro", labels=list(range(len(CLASSES))), zero_division=0)),
+        }
+
+    return TaskAdapter(loss=loss, target_key="label", score=score)
+
+
+def adapter_for(cfg: TrainConfig) -> TaskAdapter:
+    return segmentation_adapter(cfg) if cfg.task == "segmentation" else classification_adapter(cfg)
+
+
+def probabilities(task: str, logits: torch.Tensor) -> torch.Tensor:
+    """Model output to probabilities: sigmoid of the lesion channel, or softmax over classes."""
+    return torch.sigmoid(logits[:, 0]) if task == "segmentation" else F.softmax(logits, dim=1)

@@ -1,0 +1,122 @@
+"""Train one model from a config: data, model and loaders assembled, then ``engine.fit``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from busai.config import TrainConfig
+from busai.engine import FitResult, fit, resolve_precision
+from busai.errors import CheckpointError, ConfigError
+from busai.runs import CONFIG, library_versions, read_run_config, write_json
+from busai.tasks import adapter_for
+
+
+def _loaders(cfg: TrainConfig, image_size: int, mean, std):
+    from busai.data.dataset import BusDataset, ImageCache, make_weighted_sampler
+    from busai.data.splits import load_split_records, read_splits
+
+    if not cfg.data or not cfg.splits:
+        raise ConfigError("training needs --data DIR and --splits FILE (make one with `busai data split DIR --out FILE`)")
+    splits = read_splits(cfg.splits)
+    train_records = load_split_records(cfg.data, splits, "train", fold=cfg.fold)
+    val_records = load_split_records(cfg.data, splits, "val", fold=cfg.fold)
+    if not train_records or not val_records:
+        raise ConfigError(f"{cfg.splits}: the train or val split is empty; re-run `busai data split` with more images")
+    cache = ImageCache()
+    train_ds = BusDataset(train_records, image_size, mean, std, augment=cfg.augment, cache=cache)
+    val_ds = BusDataset(val_records, image_size, mean, std, augment=False, cache=cache)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if cfg.task == "classification" and cfg.weighted_sampler:
+        sampler = make_weighted_sampler(train_ds.labels, seed=cfg.seed)
+        train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=len(train_ds) > cfg.batch_size)
+    else:
+        train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=generator, num_workers=cfg.num_workers, drop_last=len(train_ds) > cfg.batch_size)
+    val_loader = DataLoader(val_ds, batch_size=max(cfg.batch_size, 16), shuffle=False, num_workers=cfg.num_workers)
+    return train_loader, val_loader, splits
+
+
+def _file_sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    quiet: bool = False,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    command: str | None = None,
+) -> FitResult:
+    """Train ``cfg`` into a new ``run_dir``; a folder that already holds a run is refused, never overwritten."""
+    run_dir = Path(run_dir)
+    if (run_dir / CONFIG).exists():
+        raise CheckpointError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --out folder")
+    return _train(cfg, run_dir, resume=False, quiet=quiet, on_epoch=on_epoch, command=command)
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    max_minutes: float | None = None,
+    patience: int | None = None,
+    quiet: bool = False,
+) -> FitResult:
+    """Continue an interrupted run from ``checkpoint_last.pt`` with its stored config.
+
+    Only the budget (epochs, wall-clock minutes, patience) may change; the time already spent
+    counts against ``max_minutes``.
+    """
+    run_dir = Path(run_dir)
+    cfg = TrainConfig.from_dict(read_run_config(run_dir)["train"], source=str(run_dir / CONFIG))
+    for key, value in (("epochs", epochs), ("max_minutes", max_minutes), ("patience", patience)):
+        if value is not None:
+            setattr(cfg, key, value)
+    if epochs is not None or max_minutes is not None or patience is not None:
+        stored = read_run_config(run_dir)
+        stored["train"] = cfg.to_dict()
+        write_json(run_dir / CONFIG, stored)
+    return _train(cfg, run_dir, resume=True, quiet=quiet, on_epoch=None, command=None)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epoch, command: str | None) -> FitResult:
+    from busai.models.registry import build
+    from busai.runs import best_threads
+
+    best_threads()
+    # On resume the checkpoint supplies every weight: no ImageNet lookup, no warning.
+    built = build(cfg.task, cfg.model, encoder=cfg.encoder, weights="none" if resume else cfg.weights, image_size=cfg.image_size)
+    image_size = built.preprocessing.image_size
+    train_loader, val_loader, splits = _loaders(cfg, image_size, built.preprocessing.mean, built.preprocessing.std)
+
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        precision = resolve_precision(cfg)
+        resolved = {
+            "command": command,
+            "train": cfg.to_dict(),
+            "model_spec": built.spec,
+            "preprocessing": {"image_size": image_size, "mean": list(built.preprocessing.mean), "std": list(built.preprocessing.std)},
+            "weight_source": built.weight_source,
+            "device": str(precision.device),
+            "autocast": str(precision.autocast_dtype).replace("torch.", "") if precision.autocast_dtype else "none",
+            "channels_last": precision.channels_last,
+            "splits_sha256": _file_sha256(cfg.splits),
+            "data_fingerprint": splits.get("fingerprint"),
+            "train_images": len(train_loader.dataset),
+            "val_images": len(val_loader.dataset),
+            "versions": library_versions(),
+        }
+        write_json(run_dir / CONFIG, resolved)
+        write_json(run_dir / "splits.json", splits)
+    metadata = {"busai": json.dumps({"model_spec": built.spec, "image_size": image_size})}
+    return fit(
+        built.module, adapter_for(cfg), train_loader, val_loader, cfg, run_dir,
+        resume=resume, quiet=quiet, weights_metadata=metadata, on_epoch=on_epoch,
+    )
