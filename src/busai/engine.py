@@ -188,6 +188,15 @@ class _Progress:
             self.bar.stop()
 
 
+def _reseed_epoch(loader, seed: int) -> None:
+    """Seed shuffling and augmentation per epoch, so a resumed run draws the batches an uninterrupted one would."""
+    generator = getattr(getattr(loader, "sampler", None), "generator", None)
+    if generator is not None:
+        generator.manual_seed(seed)
+    if hasattr(loader.dataset, "set_epoch_seed"):
+        loader.dataset.set_epoch_seed(seed)
+
+
 def _run_epoch(model, loader, adapter, optimizer, precision, scaler, progress, train: bool):
     model.train(train)
     total_loss, count = 0.0, 0
@@ -285,6 +294,7 @@ def fit(
             stop_reason = "early_stopping"
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             epoch_start = time.monotonic()
+            _reseed_epoch(train_loader, cfg.seed * 100_003 + epoch)
             train_loss, _ = _run_epoch(model, train_loader, adapter, optimizer, precision, scaler, progress, train=True)
             val_loss, scores = _run_epoch(model, val_loader, adapter, None, precision, None, progress, train=False)
             if scheduler is not None:

@@ -1,0 +1,88 @@
+"""Training throughput: plain fp32 eager against the engine's default path (bf16 autocast + channels_last).
+
+Both paths run in this one process, on the same model architecture, batch and random inputs, with
+the same warm-up; each timed window is a fixed number of optimizer steps. Writes
+``results/train_speed.json``.
+
+    python benchmarks/train_speed.py --model unet --encoder resnet18 --image-size 256 --batch-size 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from busai.config import TrainConfig
+from busai.engine import build_optimizer, resolve_precision
+from busai.losses import build_segmentation_loss
+from busai.models.registry import build
+from busai.runs import best_threads, library_versions
+
+
+def images_per_second(cfg: TrainConfig, args, x: torch.Tensor, y: torch.Tensor) -> float:
+    torch.manual_seed(0)
+    model = build("segmentation", args.model, encoder=args.encoder, weights="none", image_size=args.image_size).module
+    precision = resolve_precision(cfg)
+    if precision.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = build_optimizer(cfg, model.parameters())
+    loss_fn = build_segmentation_loss("dice")
+    inputs = precision.to_input(x)
+
+    def step() -> None:
+        with precision.autocast():
+            out = model(inputs)
+        loss = loss_fn(out.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(args.warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    return args.steps * x.shape[0] / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="unet")
+    parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", default="results/train_speed.json")
+    args = parser.parse_args()
+    best_threads()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g)
+    y = (torch.rand(args.batch_size, 1, args.image_size, args.image_size, generator=g) > 0.8).float()
+    results = {}
+    for name, precision in (("fp32_eager", "fp32"), ("default_bf16_channels_last", "bf16")):
+        cfg = TrainConfig(task="seg", model=args.model, encoder=args.encoder, precision=precision, device="cpu", optimizer="adam", lr=1e-4)
+        results[name] = round(images_per_second(cfg, args, x, y), 3)
+        print(f"{name}: {results[name]} images/s", flush=True)
+    summary = {
+        "command": "python benchmarks/train_speed.py " + shlex.join(sys.argv[1:]),
+        "model": f"{args.encoder}:{args.model}", "image_size": args.image_size, "batch_size": args.batch_size,
+        "steps": args.steps, "warmup": args.warmup, "images_per_second": results,
+        "speedup": round(results["default_bf16_channels_last"] / results["fp32_eager"], 2),
+        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "versions": library_versions(),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary["images_per_second"]), "speedup", summary["speedup"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Train, evaluate and collect the BUSI result runs, one at a time, resumably.
+#   bash scripts/reproduce_busi.sh DATA_DIR [NAME ...]     (no NAME: every run below, in order)
+# A finished run (metrics for train, val and test) is skipped; an interrupted one is resumed with
+# the budget it started with. Runs live in runs/busi/, results in results/{segmentation,classification}/.
+# Each run has a wall-clock budget (--max-minutes) sized for a 2-core CPU; the cap is recorded
+# in the run's config and in the results table's "Epochs (stop)" column.
+set -euo pipefail
+DATA=${1:?usage: reproduce_busi.sh DATA_DIR [NAME ...]}
+shift
+SPLITS=splits/busi.json
+MINUTES=${BUSAI_MINUTES:-40}
+
+declare -A ARGS=(
+  # EfficientNet-Lite0 encoders: the ImageNet backbone available offline.
+  [seg-lite0-unet]="seg --model unet --encoder efficientnet-lite0 --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --epochs 100"
+  [seg-lite0-unetplusplus]="seg --model unetplusplus --encoder efficientnet-lite0 --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --epochs 100"
+  [seg-lite0-deeplabv3]="seg --model deeplabv3 --encoder efficientnet-lite0 --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --epochs 100"
+  # The paper's Table 3 settings (ResNet18 encoder; its U-Net++ weight decay 1.09 is outside its own range: none used).
+  [seg-resnet18-unet]="seg --model unet --encoder resnet18 --image-size 288 --batch-size 8 --optimizer adam --lr 8.1e-5 --weight-decay 7.9e-5 --epochs 100"
+  [seg-resnet18-unetplusplus]="seg --model unetplusplus --encoder resnet18 --image-size 288 --batch-size 8 --optimizer rmsprop --lr 1.55e-4 --epochs 100"
+  [seg-resnet18-deeplabv3]="seg --model deeplabv3 --encoder resnet18 --image-size 256 --batch-size 8 --optimizer adamw --lr 1.9e-4 --weight-decay 1.9e-4 --epochs 100"
+  # Classification: EfficientNet-Lite0, then the paper's Table 5 settings.
+  [cls-efficientnet_lite0]="cls --model efficientnet_lite0 --image-size 224 --batch-size 16 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --epochs 100"
+  [cls-resnet18]="cls --model resnet18 --optimizer rmsprop --lr 4.91e-5 --weight-decay 2.7e-4 --focal-alpha 0.57 --focal-gamma 4.03 --batch-size 32 --epochs 100"
+  [cls-inception_v3]="cls --model inception_v3 --optimizer adam --lr 1.63e-5 --weight-decay 9e-5 --focal-alpha 0.33 --focal-gamma 4.41 --batch-size 16 --betas 0.84 0.98 --epochs 100"
+  [cls-densenet121]="cls --model densenet121 --optimizer rmsprop --lr 2.46e-5 --weight-decay 6e-4 --focal-alpha 0.65 --focal-gamma 3.55 --batch-size 32 --epochs 100"
+  [cls-mobilenet_v3_large]="cls --model mobilenet_v3_large --optimizer adamw --lr 1.12e-4 --weight-decay 6.26e-3 --focal-alpha 0.44 --focal-gamma 4.86 --batch-size 8 --betas 0.81 0.96 --epochs 100"
+  [cls-googlenet]="cls --model googlenet --optimizer adam --lr 8.705e-4 --weight-decay 1.5e-4 --focal-alpha 0.73 --focal-gamma 4.24 --batch-size 32 --betas 0.91 0.93 --epochs 100"
+)
+ORDER=(seg-lite0-unet cls-efficientnet_lite0 seg-lite0-unetplusplus seg-lite0-deeplabv3 seg-resnet18-unetplusplus
+       seg-resnet18-deeplabv3 seg-resnet18-unet cls-resnet18 cls-inception_v3 cls-densenet121 cls-mobilenet_v3_large cls-googlenet)
+NAMES=("$@")
+[ ${#NAMES[@]} -gt 0 ] || NAMES=("${ORDER[@]}")
+
+for name in "${NAMES[@]}"; do
+  args=${ARGS[$name]:?unknown run name $name}
+  run=runs/busi/$name
+  task=${args%% *}
+  results=results/$([ "$task" = seg ] && echo segmentation || echo classification)
+  if [ -f "$run/metrics.json" ] && python -c "import json,sys; m=json.load(open('$run/metrics.json')); sys.exit(0 if {'train','val','test'} <= set(m) else 1)"; then
+    echo "== $name: done"; continue
+  fi
+  if [ -f "$run/config.json" ] && [ ! -f "$run/fit.json" ]; then
+    echo "== $name: resuming"; busai train --resume "$run" --quiet
+  elif [ ! -f "$run/config.json" ]; then
+    echo "== $name: training"
+    # shellcheck disable=SC2086
+    busai train $args --data "$DATA" --splits "$SPLITS" --out "$run" --max-minutes "$MINUTES" --quiet
+  fi
+  busai evaluate "$run" --data "$DATA" --splits "$SPLITS" --split train val test
+  busai report collect "$run" --out "$results"
+done
+busai report tables --readme README.md

@@ -1,0 +1,130 @@
+"""The shared training loop on a toy task: checkpoints, early stopping, time budget, resume."""
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from busai.config import TrainConfig
+from busai.engine import BEST_CHECKPOINT, HISTORY, LAST_CHECKPOINT, TaskAdapter, fit
+from busai.errors import CheckpointError
+
+
+class ToyImages(Dataset):
+    """Bright-left vs bright-right images: learnable in a few steps."""
+
+    def __init__(self, n=32, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.rand(n, 3, 8, 8, generator=g) * 0.2
+        self.y = torch.arange(n) % 2
+        self.x[self.y == 0, :, :, :4] += 1.0
+        self.x[self.y == 1, :, :, 4:] += 1.0
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "label": self.y[i]}
+
+
+def toy_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Dropout(0.2), nn.Flatten(), nn.Linear(4 * 64, 2))
+
+
+def toy_adapter():
+    ce = nn.CrossEntropyLoss()
+    return TaskAdapter(
+        loss=lambda out, batch: ce(out, batch["label"]),
+        target_key="label",
+        score=lambda out, y: {"accuracy": (out.argmax(1) == y).float().mean().item()},
+    )
+
+
+def loaders(seed=0):
+    train = DataLoader(ToyImages(32, 0), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    val = DataLoader(ToyImages(16, 1), batch_size=8)
+    return train, val
+
+
+def config(**kw):
+    base = dict(task="cls", model="toy", lr=0.05, optimizer="sgd", epochs=6, patience=25, precision="fp32", device="cpu", scheduler="none")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_fit_writes_run_files_and_learns(tmp_path):
+    train, val = loaders()
+    result = fit(toy_model(), toy_adapter(), train, val, config(), tmp_path, quiet=True)
+    assert result.epochs_run == 6 and result.stop_reason == "max_epochs"
+    rows = list(csv.DictReader((tmp_path / HISTORY).open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert float(rows[-1]["val_accuracy"]) == 1.0
+    assert (tmp_path / LAST_CHECKPOINT).exists()
+    # The best checkpoint holds the weights of the epoch with the lowest validation loss.
+    best_epoch = min(rows, key=lambda r: float(r["val_loss"]))["epoch"]
+    assert int(best_epoch) == result.best_epoch
+    assert json.loads((tmp_path / "fit.json").read_text())["best_epoch"] == result.best_epoch
+
+
+def test_best_checkpoint_reproduces_best_val_loss(tmp_path):
+    train, val = loaders()
+    result = fit(toy_model(), toy_adapter(), train, val, config(), tmp_path, quiet=True)
+    model = toy_model()
+    model.load_state_dict(load_file(str(tmp_path / BEST_CHECKPOINT)))
+    model.eval()
+    with torch.no_grad():
+        losses = [nn.functional.cross_entropy(model(b["image"]), b["label"], reduction="sum") for b in val]
+    assert sum(losses).item() / 16 == pytest.approx(result.best_val_loss, rel=1e-5)
+
+
+def test_early_stopping_after_patience(tmp_path):
+    train, val = loaders()
+    # lr 0 never improves after epoch 1, so patience 2 stops at epoch 3.
+    result = fit(toy_model(), toy_adapter(), train, val, config(lr=1e-12, patience=2, epochs=50), tmp_path, quiet=True)
+    assert result.stop_reason == "early_stopping"
+    assert result.epochs_run == result.best_epoch + 2
+
+
+def test_time_budget_stops_cleanly(tmp_path):
+    train, val = loaders()
+    result = fit(toy_model(), toy_adapter(), train, val, config(max_minutes=1e-9, epochs=50), tmp_path, quiet=True)
+    assert result.stop_reason == "time_budget" and result.epochs_run == 1
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    train, val = loaders()
+    full = fit(toy_model(), toy_adapter(), train, val, config(), tmp_path / "full", quiet=True)
+
+    def interrupt(epoch, row):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    train, val = loaders()
+    with pytest.raises(KeyboardInterrupt):
+        fit(toy_model(), toy_adapter(), train, val, config(), tmp_path / "cut", quiet=True, on_epoch=interrupt)
+    assert len(list(csv.DictReader((tmp_path / "cut" / HISTORY).open()))) == 3
+
+    train, val = loaders(seed=123)  # a fresh process: the per-epoch reseed, not the loader, decides the order
+    resumed = fit(toy_model(), toy_adapter(), train, val, config(), tmp_path / "cut", quiet=True, resume=True)
+    assert resumed.epochs_run == 6
+    assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in full.history]
+    a = load_file(str(tmp_path / "full" / BEST_CHECKPOINT))
+    b = load_file(str(tmp_path / "cut" / BEST_CHECKPOINT))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    train, val = loaders()
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        fit(toy_model(), toy_adapter(), train, val, config(), tmp_path, quiet=True, resume=True)
+
+
+def test_bf16_default_path_trains(tmp_path):
+    train, val = loaders()
+    result = fit(toy_model(), toy_adapter(), train, val, config(precision="bf16"), tmp_path, quiet=True)
+    assert result.history[-1]["val_accuracy"] == 1.0
