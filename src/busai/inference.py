@@ -1,4 +1,4 @@
-"""Running a loaded model on images: the one preprocessing and forward path used by evaluate and predict."""
+"""Running a loaded model on images: the one preprocessing and forward path used by evaluate, predict and serve."""
 
 from __future__ import annotations
 
@@ -11,14 +11,23 @@ import torch.nn.functional as F
 from busai.runs import LoadedModel
 from busai.tasks import probabilities
 
+_NO_MASK = np.zeros((1, 1), dtype=np.uint8)
+
 
 def preprocess(image_rgb: np.ndarray, size: int, mean, std) -> torch.Tensor:
-    """uint8 (H, W, 3) -> normalised float (3, size, size), exactly as the training dataset does."""
-    x = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1).float().div_(255.0)
-    x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
-    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    return (x - m) / s
+    """uint8 (H, W, 3) -> normalised float (3, size, size), exactly as the training dataset does.
+
+    The resize is the dataset's own ``resize_pair`` (area when shrinking, bilinear when enlarging);
+    it also resizes a mask, so a 1x1 placeholder is passed. The arithmetic is BusDataset's, in
+    float32; tests/test_inference.py checks the two stay identical.
+    """
+    from busai.data.dataset import resize_pair
+
+    image, _ = resize_pair(np.ascontiguousarray(image_rgb), _NO_MASK, int(size))
+    mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
+    std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
+    normalised = (image.astype(np.float32) * np.float32(1.0 / 255.0) - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
 
 
 def fast_context(model: torch.nn.Module, precision: str = "bf16"):
@@ -32,15 +41,37 @@ def fast_context(model: torch.nn.Module, precision: str = "bf16"):
 
 @torch.inference_mode()
 def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "bf16") -> torch.Tensor:
-    """Normalised (N, 3, S, S) batch -> probabilities: (N, S, S) lesion map or (N, classes)."""
+    """Normalised (N, 3, S, S) batch -> probabilities: (N, S, S) lesion map or (N, classes).
+
+    A model exported to ONNX (see :mod:`busai.export`) runs in ONNX Runtime in fp32, whatever ``precision`` says.
+    """
+    from busai.export import OnnxModule
+
     model = loaded.module
-    device = next(model.parameters()).device
-    x = batch.to(device)
-    if precision != "fp32":
-        x = x.contiguous(memory_format=torch.channels_last)
-    with fast_context(model, precision):
-        logits = model(x)
+    if isinstance(model, OnnxModule):
+        logits = model(batch)
+    else:
+        device = next(model.parameters()).device
+        x = batch.to(device)
+        if precision != "fp32":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with fast_context(model, precision):
+            logits = model(x)
     return probabilities(loaded.task, logits.float()).cpu()
+
+
+def predict_image(loaded: LoadedModel, image_rgb: np.ndarray, *, tta: bool = False, precision: str = "bf16") -> torch.Tensor:
+    """One uint8 (H, W, 3) image -> (S, S) lesion probability or (classes,) class probabilities.
+
+    ``tta`` averages the prediction with that of the horizontally flipped image (flipped back),
+    a mirror image being an equally plausible scan.
+    """
+    x = preprocess(image_rgb, loaded.image_size, loaded.mean, loaded.std)[None]
+    if not tta:
+        return predict_tensor(loaded, x, precision)[0]
+    probs = predict_tensor(loaded, torch.cat([x, x.flip(-1)]), precision)
+    mirrored = probs[1].flip(-1) if loaded.task == "segmentation" else probs[1]
+    return (probs[0] + mirrored) / 2
 
 
 def upsample_probability(prob: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:

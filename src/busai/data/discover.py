@@ -127,11 +127,11 @@ def scan_dataset(root: str | Path) -> Scan:
                 scan.problems.append(
                     Problem(rel, "mask_without_image", f"{rel}: mask has no image {Path(stem).name}.png; add the image or remove the mask")
                 )
-    scan.records.sort(key=lambda r: (CLASSES.index(r.label), _natural_key(r.key)))
+    scan.records.sort(key=lambda r: (CLASSES.index(r.label), natural_key(r.key)))
     return scan
 
 
-def _natural_key(text: str) -> list:
+def natural_key(text: str) -> list:
     """Sort 'benign (2)' before 'benign (10)' so listings read like the dataset's own numbering."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 
@@ -175,6 +175,12 @@ def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
         raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}); replace or remove the file") from None
 
 
+def mask_foreground(values: np.ndarray) -> np.ndarray:
+    """Lesion pixels of a decoded mask: 0/255 masks (BUSI) threshold at 127 so anti-aliased edges
+    stay out; masks saved as 0/1 threshold at 0."""
+    return values > (0 if values.max() <= 1 else 127)
+
+
 def read_mask(record: Record, size: tuple[int, int] | None = None) -> np.ndarray:
     """Union of a record's masks as a uint8 {0, 1} array of the image's size (H, W).
 
@@ -183,7 +189,7 @@ def read_mask(record: Record, size: tuple[int, int] | None = None) -> np.ndarray
     """
     union: np.ndarray | None = None
     for path in record.masks:
-        mask = read_image(path, mode="L") > 127
+        mask = mask_foreground(read_image(path, mode="L"))
         if size is not None and mask.shape != tuple(size):
             raise DataError(
                 f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {size[1]}x{size[0]}; "

@@ -1,0 +1,157 @@
+"""PyTorch dataset over records: decoded-image cache, paper augmentations, normalisation.
+
+Decoding a BUSI PNG costs far more than a training step on a small model, so every image is
+decoded and resized once into an :class:`ImageCache` shared by the train and val datasets; epochs
+only read arrays. Warm the cache before creating ``DataLoader`` workers so forked workers share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, WeightedRandomSampler
+
+from busai.data.discover import Record, read_image, read_mask
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize an image (area when shrinking, bilinear when enlarging) and its mask (nearest) to size x size."""
+    shrink = image.shape[0] * image.shape[1] >= size * size
+    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return image, mask
+
+
+class ImageCache:
+    """Decoded, resized uint8 RGB images (S, S, 3) and {0,1} masks (S, S), keyed by (image path, S).
+
+    The key uses the record's absolute image path rather than ``record.key`` so that two datasets
+    with the same file names (say, BUSI and a synthetic set) never share an entry.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, record: Record, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The record's (image, mask) at ``size``, decoded on first use only. Do not modify the arrays."""
+        key = (str(record.image), int(size))
+        item = self._items.get(key)
+        if item is None:
+            image = read_image(record.image, mode="RGB")
+            mask = read_mask(record, size=image.shape[:2])
+            item = resize_pair(image, mask, int(size))
+            for array in item:
+                array.setflags(write=False)  # shared between datasets: an in-place edit would leak
+            self._items[key] = item
+        return item
+
+    def warm(self, records: Sequence[Record], size: int, *, progress: bool = False) -> None:
+        """Decode every record now (optionally with a progress bar on stderr) instead of during epoch 1."""
+        for record in _track(records, f"Decoding {len(records)} images", progress):
+            self.get(record, size)
+
+
+def _track(items: Sequence, description: str, progress: bool) -> Iterable:
+    if not progress:
+        return items
+    from rich.console import Console
+    from rich.progress import track
+
+    console = Console(stderr=True)
+    return track(items, description=description, console=console, transient=True, disable=not console.is_terminal)
+
+
+def paper_augmentations(seed: int | None = None) -> A.Compose:
+    """The paper's training augmentations, applied to image and mask together.
+
+    Ultrasound images are near-grayscale, so saturation and hue jitter stay small (they only touch
+    the few images with colour overlays).
+    """
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.Rotate(limit=15, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.5),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.05, hue=0.02, p=0.5),
+        ],
+        seed=seed,
+    )
+
+
+class BusDataset(Dataset):
+    """Records as model input: ``image`` (3,S,S) float32 normalised, ``mask`` (1,S,S) float32 {0,1},
+    ``label`` int64 (index into ``busai.CLASSES``) and ``index`` (position in ``records``)."""
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: bool = False,
+        cache: ImageCache | None = None,
+        *,
+        seed: int | None = None,
+    ) -> None:
+        self.records = list(records)
+        self.image_size = int(image_size)
+        self.cache = cache if cache is not None else ImageCache()
+        # seed None: drawn from torch's global RNG, so torch.manual_seed(...) makes augmentation reproducible.
+        self._seed = int(torch.randint(2**31 - 1, ())) if seed is None else int(seed)
+        self.augment = paper_augmentations(self._seed) if augment else None
+        self._worker_seeded: int | None = None
+        # Scaling to 0..1 and normalising in one step: (x / 255 - mean) / std.
+        self._scale = np.float32(1.0 / 255.0)
+        self._mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
+        self._std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def labels(self) -> list[int]:
+        return [r.label_index for r in self.records]
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        image, mask = self.cache.get(record, self.image_size)
+        if self.augment is not None:
+            self._reseed_in_worker()
+            out = self.augment(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        normalised = (image.astype(np.float32) * self._scale - self._mean) / self._std
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1))),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)[None]),
+            "label": torch.tensor(record.label_index, dtype=torch.int64),
+            "index": index,
+        }
+
+
+    def _reseed_in_worker(self) -> None:
+        """Give each DataLoader worker its own augmentation stream.
+
+        Forked workers inherit one copy of Compose's RNG and albumentations 2.0 does not reseed it,
+        so every worker would replay the same flips; torch's per-worker seed differs per worker and
+        epoch and follows the loader's generator.
+        """
+        info = torch.utils.data.get_worker_info()
+        if info is not None and self._worker_seeded != info.seed:
+            self.augment.set_random_seed((self._seed + info.seed) % 2**32)
+            self._worker_seeded = info.seed
+
+
+def make_weighted_sampler(labels: Sequence[int], seed: int = 0) -> WeightedRandomSampler:
+    """Sampler drawing each class equally often on average (weight = 1 / class frequency), seeded."""
+    labels = np.asarray(labels, dtype=np.int64)
+    frequency = np.bincount(labels)
+    weights = 1.0 / frequency[labels]
+    generator = torch.Generator().manual_seed(int(seed))
+    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels), replacement=True, generator=generator)

@@ -1,0 +1,167 @@
+"""ONNX export with a parity check against PyTorch, and loading an exported file into ONNX Runtime.
+
+An exported file describes itself: its metadata (key ``busai``) holds the task, model spec and
+preprocessing, so ``busai predict --seg model.onnx`` needs nothing else. The graph takes
+``image`` (N, 3, H, W), normalised as in training, and returns ``logits``; the batch axis is
+always dynamic, height and width too when the architecture allows (checked by running the file
+at a second size; otherwise the file is re-exported at the model's fixed size).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from busai.errors import CheckpointError
+from busai.runs import LoadedModel
+
+METADATA_KEY = "busai"
+OPSET = 18
+INPUT, OUTPUT = "image", "logits"
+# fp32 graph vs fp32 eager: differences come from kernel order only; anything above this is a bug.
+PARITY_TOLERANCE = 1e-3
+
+
+@dataclass
+class ExportResult:
+    path: str
+    task: str
+    opset: int
+    dynamic_size: bool
+    max_abs_diff: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+class OnnxModule(nn.Module):
+    """An ONNX Runtime session behind a module's call: normalised (N, 3, H, W) batch -> logits (fp32, CPU)."""
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = _cores()
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own, unexported exception types for every kind of bad file
+            raise CheckpointError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]}); re-export with `busai export`") from None
+        self.metadata = self.session.get_modelmeta().custom_metadata_map
+        self.path = str(path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        return torch.from_numpy(self.session.run([OUTPUT], {INPUT: array})[0])
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def load_onnx(path: str | Path) -> LoadedModel:
+    """An exported file as a :class:`LoadedModel` whose module runs in ONNX Runtime."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found; pass a .onnx file written by `busai export`")
+    module = OnnxModule(path)
+    try:
+        meta = json.loads(module.metadata[METADATA_KEY])
+    except (KeyError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: has no busai metadata, so its preprocessing is unknown; export it with `busai export`") from None
+    pre = meta["preprocessing"]
+    return LoadedModel(
+        module=module, task=meta["spec"]["task"], spec=meta["spec"], image_size=int(pre["image_size"]),
+        mean=tuple(pre["mean"]), std=tuple(pre["std"]), config=meta.get("config", {}), source=str(path),
+    )
+
+
+def _export_graph(module: nn.Module, task: str, size: int, path: Path, opset: int, dynamic_size: bool) -> None:
+    batch_axes = {0: "batch"}
+    image_axes = {**batch_axes, 2: "height", 3: "width"} if dynamic_size else batch_axes
+    output_axes = image_axes if task == "segmentation" else batch_axes
+    example = torch.zeros(2, 3, size, size)
+    # The TorchScript-based exporter, on purpose (its deprecation warning is silenced): the dynamo
+    # one needs onnxscript and gains nothing for these CNNs.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module, (example,), str(path), input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
+            dynamic_axes={INPUT: image_axes, OUTPUT: output_axes}, dynamo=False,
+        )
+
+
+def _write_metadata(path: Path, loaded: LoadedModel, dynamic_size: bool) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    meta = {
+        "spec": loaded.spec,
+        "preprocessing": {"image_size": loaded.image_size, "mean": list(loaded.mean), "std": list(loaded.std)},
+        "dynamic_size": dynamic_size,
+        "source": loaded.source,
+        "config": {k: loaded.config.get(k) for k in ("train", "model_spec", "preprocessing", "weight_source")},
+    }
+    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
+    onnx.save(model, str(path))
+
+
+def parity(module: nn.Module, onnx_module: OnnxModule, size: int, batch: int = 2, seed: int = 0) -> float:
+    """Largest absolute logit difference between PyTorch fp32 eager and ONNX Runtime on one random batch."""
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        expected = module(x).float()
+    return float((onnx_module(x) - expected).abs().max())
+
+
+def export_onnx(loaded: LoadedModel, out: str | Path, *, opset: int = OPSET, dynamic_size: bool = True) -> ExportResult:
+    """Export ``loaded`` (fp32, eval mode) to ``out`` and check it against PyTorch.
+
+    With ``dynamic_size`` the file is also run at a second size (the model size + 32, a multiple
+    of the segmentation stride too); if that fails or disagrees, it is exported again with a fixed size.
+    """
+    if isinstance(loaded.module, OnnxModule):
+        raise CheckpointError(f"{loaded.source}: is already an ONNX file; export from a run folder or the release model")
+    if opset < 17:
+        raise CheckpointError(f"--opset {opset}: busai exports need opset 17 or newer")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    module = loaded.module.float().eval().to(memory_format=torch.contiguous_format)
+    size = loaded.image_size
+
+    _export_graph(module, loaded.task, size, out, opset, dynamic_size)
+    if dynamic_size:
+        try:
+            dynamic_size = parity(module, OnnxModule(out), size + 32) <= PARITY_TOLERANCE
+        except Exception:  # a shape the graph cannot take surfaces as an ORT runtime error
+            dynamic_size = False
+        if not dynamic_size:
+            _export_graph(module, loaded.task, size, out, opset, dynamic_size=False)
+    _write_metadata(out, loaded, dynamic_size)
+    diff = parity(module, OnnxModule(out), size)
+    return ExportResult(str(out), loaded.task, opset, dynamic_size, diff, PARITY_TOLERANCE)
+
+
+def to_onnx_backend(loaded: LoadedModel, workdir: str | Path) -> LoadedModel:
+    """``loaded`` exported into ``workdir`` and reloaded to run in ONNX Runtime (``--backend onnx``)."""
+    if isinstance(loaded.module, OnnxModule):
+        return loaded
+    result = export_onnx(loaded, Path(workdir) / f"{loaded.task}.onnx", dynamic_size=False)
+    if not result.ok:
+        raise CheckpointError(
+            f"{loaded.source}: the ONNX graph differs from PyTorch by {result.max_abs_diff:.2g} (> {result.tolerance}); use --backend torch"
+        )
+    return load_onnx(result.path)

@@ -1,0 +1,86 @@
+"""Losses: focal loss for classification (paper eq. 11) and Dice / Dice+BCE for segmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from segmentation_models_pytorch.losses import DiceLoss
+from torch import nn
+
+from busai.errors import ConfigError
+
+REDUCTIONS = ("mean", "sum", "none")
+SEGMENTATION_LOSSES = ("dice", "dice_bce")
+
+
+class FocalLoss(nn.Module):
+    """Multi-class focal loss, the paper's equation 11 with one-hot ``y``:
+
+        FL = -sum_c alpha_c * (1 - p_c)^gamma * y_c * log(p_c)  =  -alpha_t * (1 - p_t)^gamma * log(p_t)
+
+    where ``t`` is the sample's true class and ``p = softmax(logits)``. ``alpha`` is one float (the
+    same weight for every class) or one float per class. ``reduction="mean"`` averages over samples
+    (it does not divide by the summed alphas, unlike ``F.cross_entropy(weight=...)``).
+    With ``gamma=0`` and ``alpha=1`` it equals cross-entropy.
+
+    Written by hand because torchvision's ``sigmoid_focal_loss`` is the binary/sigmoid form, not
+    the softmax form of eq. 11.
+    """
+
+    def __init__(self, alpha: float | Sequence[float] = 1.0, gamma: float = 2.0, reduction: str = "mean") -> None:
+        super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ConfigError(f"focal loss reduction '{reduction}': unknown; choose one of: {', '.join(REDUCTIONS)}")
+        if gamma < 0:
+            raise ConfigError(f"focal_gamma {gamma}: must be >= 0")
+        alpha_tensor = torch.as_tensor(alpha, dtype=torch.float32)
+        if alpha_tensor.ndim > 1 or (alpha_tensor < 0).any():
+            raise ConfigError(f"focal_alpha {alpha}: must be one non-negative number or one per class")
+        self.register_buffer("alpha", alpha_tensor)
+        self.gamma = float(gamma)
+        self.reduction = reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits`` (N, C) and integer ``target`` (N,) -> loss (scalar, or (N,) with reduction="none")."""
+        log_p = F.log_softmax(logits.float(), dim=1)  # stable log(p) even for large logits
+        log_pt = log_p.gather(1, target.long().unsqueeze(1)).squeeze(1)
+        one_minus_pt = -torch.expm1(log_pt)  # 1 - p_t without cancellation when p_t is close to 1
+        loss = -self._alpha_of(target, logits.shape[1]) * one_minus_pt.pow(self.gamma) * log_pt
+        if self.reduction == "mean":
+            return loss.mean()
+        if self.reduction == "sum":
+            return loss.sum()
+        return loss
+
+    def _alpha_of(self, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+        if self.alpha.ndim == 0:
+            return self.alpha
+        if self.alpha.numel() != num_classes:
+            raise ConfigError(f"focal_alpha has {self.alpha.numel()} values but the model has {num_classes} classes; give one per class")
+        return self.alpha[target.long()]
+
+
+class DiceBCELoss(nn.Module):
+    """Dice loss + binary cross-entropy, both on logits (sum of the two, unweighted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dice = DiceLoss(mode="binary", from_logits=True)
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.dice(logits, mask) + self.bce(logits, mask.to(logits.dtype))
+
+
+def build_segmentation_loss(name: str = "dice") -> nn.Module:
+    """``"dice"`` (smp ``DiceLoss(mode="binary", from_logits=True)``, the paper's) or ``"dice_bce"``.
+
+    Both take logits (N, 1, H, W) and a {0, 1} mask of the same shape.
+    """
+    if name == "dice":
+        return DiceLoss(mode="binary", from_logits=True)
+    if name == "dice_bce":
+        return DiceBCELoss()
+    raise ConfigError(f"unknown segmentation loss '{name}'; choose one of: {', '.join(SEGMENTATION_LOSSES)}")

@@ -1,0 +1,95 @@
+"""Lesion measurements from a binary mask: area, longest diameter and bounding box.
+
+Measurements describe the **largest connected component** (8-connectivity), the index lesion: a
+thresholded network output often carries small specks beside the lesion, and letting them join
+the measurement would stretch the diameter and the box across empty tissue. ``lesion_count``
+says how many separate components the mask holds, so a second lesion is never hidden.
+
+Geometry counts pixels as squares, not points: a lesion 10 pixels across has a diameter of 10,
+and the longest diameter is the maximum Feret diameter, the largest distance between two corners
+of the lesion's pixels, taken over the corners on its convex hull. ``pixel_spacing`` is the size
+of one pixel in millimetres: one number for square pixels, or (row, column) spacing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull
+from scipy.spatial.distance import pdist, squareform
+
+from busai.errors import ConfigError
+
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+# Key order is the column order of predictions.csv.
+MEASUREMENT_KEYS = (
+    "lesion_count", "area_px", "area_mm2", "longest_diameter_px", "longest_diameter_mm",
+    "bbox_x", "bbox_y", "bbox_width", "bbox_height",
+)
+
+
+def spacing_mm(pixel_spacing: float | tuple[float, float] | list[float] | None) -> tuple[float, float] | None:
+    """Normalise ``pixel_spacing`` to (row_mm, column_mm), or None when not given."""
+    if pixel_spacing is None:
+        return None
+    values = [float(pixel_spacing)] * 2 if np.isscalar(pixel_spacing) else [float(v) for v in pixel_spacing]
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"--pixel-spacing {pixel_spacing}: give one positive number (mm per pixel) or two (row, column)")
+    return values[0], values[1]
+
+
+def largest_component(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The largest 8-connected component of ``mask`` (bool) and the number of components."""
+    labels, count = ndimage.label(mask > 0, structure=_EIGHT_CONNECTED)
+    if count <= 1:
+        return labels > 0, count
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == int(np.argmax(sizes)) + 1, count
+
+
+def feret_diameter(region: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> tuple[float, list[list[float]]]:
+    """Maximum Feret diameter of a non-empty bool ``region`` and its two end points as [x, y].
+
+    Only boundary pixels can own hull corners, so the hull is built from their four corners.
+    """
+    boundary = region & ~ndimage.binary_erosion(region, structure=_EIGHT_CONNECTED)
+    rows, cols = np.nonzero(boundary)
+    corners = np.concatenate([np.stack([rows + dy, cols + dx], axis=1) for dy in (0, 1) for dx in (0, 1)]).astype(float)
+    corners *= np.asarray(spacing)  # measure in physical units, so anisotropic pixels are handled
+    hull = corners[ConvexHull(corners).vertices]
+    distances = squareform(pdist(hull))
+    i, j = np.unravel_index(int(np.argmax(distances)), distances.shape)
+    ends = hull[[i, j]] / np.asarray(spacing)
+    return float(distances[i, j]), [[round(float(p[1]), 2), round(float(p[0]), 2)] for p in ends]
+
+
+def measure_lesion(mask: np.ndarray, pixel_spacing: float | tuple[float, float] | None = None) -> dict:
+    """Measurements of the largest lesion in ``mask`` (H, W; any non-zero value is lesion).
+
+    Returns the keys of :data:`MEASUREMENT_KEYS` plus ``diameter_endpoints`` ([[x, y], [x, y]] in
+    pixel-corner coordinates, for drawing). The mm keys are None without ``pixel_spacing``; every
+    size is None (and ``lesion_count`` 0) when the mask is empty. The bounding box is
+    x, y (top-left pixel) and width, height in pixels.
+    """
+    spacing = spacing_mm(pixel_spacing)
+    region, count = largest_component(np.asarray(mask))
+    result: dict = {key: None for key in MEASUREMENT_KEYS}
+    result.update(lesion_count=count, area_px=0, diameter_endpoints=None)
+    if count == 0:
+        return result
+    rows, cols = np.nonzero(region)
+    diameter_px, ends = feret_diameter(region)
+    result.update(
+        area_px=int(rows.size),
+        longest_diameter_px=round(diameter_px, 2),
+        bbox_x=int(cols.min()), bbox_y=int(rows.min()),
+        bbox_width=int(cols.max() - cols.min() + 1), bbox_height=int(rows.max() - rows.min() + 1),
+        diameter_endpoints=ends,
+    )
+    if spacing is not None:
+        result["area_mm2"] = round(rows.size * spacing[0] * spacing[1], 3)
+        # With anisotropic pixels the longest physical chord can differ from the longest pixel chord.
+        result["longest_diameter_mm"] = round(feret_diameter(region, spacing)[0], 3)
+    return result

@@ -1,0 +1,342 @@
+"""Model registry and factory: every model is built by name through :func:`build`.
+
+Adding an architecture is one entry in :data:`DECODERS`, :data:`ENCODERS` or :data:`CLASSIFIERS`
+(the timm / smp ``create_model`` pattern). ``busai models`` prints :func:`list_models`.
+
+Segmentation models are smp decoders on smp encoders and return logits ``(N, 1, H, W)`` at the
+input size. Classifiers return logits ``(N, num_classes)`` in train and eval mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import timm
+import torchvision.models as tvm
+from torch import nn
+
+from busai.errors import CheckpointError, ConfigError
+from busai.models import weights as W
+
+TASK_ALIASES = {"seg": "segmentation", "segmentation": "segmentation", "cls": "classification", "classification": "classification"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LITE0_MEAN = LITE0_STD = (0.5, 0.5, 0.5)  # TF Lite models expect inputs scaled to [-1, 1]
+SEGMENTATION_IMAGE_SIZE = 256
+SEGMENTATION_SIZE_MULTIPLE = 32  # five stride-2 encoder stages
+IMAGENET_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images must be prepared for a model: square size and per-channel normalisation."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass
+class BuiltModel:
+    """A built network plus what a run folder records about it.
+
+    ``spec`` holds exactly the arguments that rebuild the same architecture:
+    ``build(**spec, weights=checkpoint)``.
+    """
+
+    module: nn.Module
+    weight_source: str
+    preprocessing: Preprocessing
+    spec: dict
+
+
+# --------------------------------------------------------------------------- ImageNet sources
+def _smp_hub_files(encoder: str) -> tuple[W.HubFile, ...]:
+    """The Hugging Face cache entry smp itself would download for ``encoder`` (read offline only)."""
+    settings = smp.encoders.encoders[encoder]["pretrained_settings"]["imagenet"]
+    return (W.HubFile(settings["repo_id"], "model.safetensors", settings["revision"]),)
+
+
+def _timm_hub_files(model_name: str) -> tuple[W.HubFile, ...]:
+    hub_id = timm.models.get_pretrained_cfg(model_name).hf_hub_id
+    return (W.HubFile(hub_id, "model.safetensors"), W.HubFile(hub_id, "pytorch_model.bin"))
+
+
+RESNET18 = W.ImagenetSource(("resnet18",), tvm.ResNet18_Weights, _smp_hub_files("resnet18"))
+MOBILENET_V2 = W.ImagenetSource(("mobilenet_v2",), tvm.MobileNet_V2_Weights, _smp_hub_files("mobilenet_v2"))
+VGG16 = W.ImagenetSource(("vgg16",), tvm.VGG16_Weights, _smp_hub_files("vgg16"))
+# smp's efficientnet-b0 is lukemelas/EfficientNet-PyTorch; its release file name is accepted too.
+EFFICIENTNET_B0 = W.ImagenetSource(("efficientnet-b0", "efficientnet-b0-355c32eb"), None, _smp_hub_files("efficientnet-b0"))
+EFFICIENTNET_LITE0 = W.ImagenetSource(
+    ("efficientnet-lite0", "efficientnet_lite0"),
+    None,
+    _timm_hub_files("tf_efficientnet_lite0"),
+    lite0_package=True,
+    convert=W.lite0_keys_to_timm,
+)
+DENSENET121 = W.ImagenetSource(("densenet121",), tvm.DenseNet121_Weights, convert=W.densenet_legacy_keys)
+INCEPTION_V3 = W.ImagenetSource(("inception_v3",), tvm.Inception_V3_Weights)
+MOBILENET_V3_LARGE = W.ImagenetSource(("mobilenet_v3_large",), tvm.MobileNet_V3_Large_Weights)
+GOOGLENET = W.ImagenetSource(("googlenet",), tvm.GoogLeNet_Weights)
+
+
+# --------------------------------------------------------------------------- segmentation
+@dataclass(frozen=True)
+class SegmentationEncoder:
+    smp_name: str
+    imagenet: W.ImagenetSource
+    # Keys of an ImageNet classifier checkpoint that the encoder has no place for.
+    head_prefixes: tuple[str, ...]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def timm_universal(self) -> bool:
+        return self.smp_name.startswith("tu-")
+
+
+DECODERS: dict[str, Callable[..., nn.Module]] = {
+    "unet": smp.Unet,
+    "unetplusplus": smp.UnetPlusPlus,
+    "deeplabv3": smp.DeepLabV3,
+}
+
+ENCODERS: dict[str, SegmentationEncoder] = {
+    "resnet18": SegmentationEncoder("resnet18", RESNET18, ("fc.",)),
+    "efficientnet-b0": SegmentationEncoder("efficientnet-b0", EFFICIENTNET_B0, ("_fc.",)),
+    "mobilenet_v2": SegmentationEncoder("mobilenet_v2", MOBILENET_V2, ("classifier.",)),
+    "vgg16": SegmentationEncoder("vgg16", VGG16, ("classifier.",)),
+    "efficientnet-lite0": SegmentationEncoder(
+        "tu-tf_efficientnet_lite0", EFFICIENTNET_LITE0, ("conv_head.", "bn2.", "classifier."), LITE0_MEAN, LITE0_STD
+    ),
+}
+
+# (decoder, encoder) pairs that cannot be built, with the reason shown to the user.
+UNSUPPORTED = {
+    ("deeplabv3", "vgg16"): "DeepLabV3 needs a dilated encoder and smp's VGG16 has none (max-pool downsampling); "
+    "the paper's VGG16:DeepLabV3 also failed",
+}
+
+
+# --------------------------------------------------------------------------- classification
+@dataclass(frozen=True)
+class Classifier:
+    # Builds the final architecture with `num_classes` outputs and random weights.
+    create: Callable[[int], nn.Module]
+    imagenet: W.ImagenetSource
+    # ImageNet-checkpoint keys that are not loaded: the 1000-class head and auxiliary heads.
+    head_prefixes: tuple[str, ...]
+    image_size: int = 224
+    min_image_size: int = 32
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+# InceptionV3 and GoogLeNet are built WITHOUT auxiliary heads and their ImageNet aux weights are
+# skipped on load (all other tensors must match, checked). Why: the paper trains with focal loss on
+# the main output only, so an aux loss is not used; a model whose forward always returns one logits
+# tensor keeps the training engine, metrics and ONNX export identical for every classifier.
+# transform_input=True is what torchvision uses with these Google-trained weights: it maps
+# ImageNet-normalised inputs to the [-1, 1] range they were trained on. It is kept for random and
+# file weights too, so that the architecture never depends on where the weights came from.
+CLASSIFIERS: dict[str, Classifier] = {
+    "resnet18": Classifier(lambda n: tvm.resnet18(num_classes=n), RESNET18, ("fc.",)),
+    "densenet121": Classifier(lambda n: tvm.densenet121(num_classes=n), DENSENET121, ("classifier.",)),
+    "inception_v3": Classifier(
+        lambda n: tvm.inception_v3(num_classes=n, aux_logits=False, transform_input=True, init_weights=True),
+        INCEPTION_V3,
+        ("fc.", "AuxLogits."),
+        image_size=299,
+        min_image_size=75,
+    ),
+    "mobilenet_v3_large": Classifier(lambda n: tvm.mobilenet_v3_large(num_classes=n), MOBILENET_V3_LARGE, ("classifier.3.",)),
+    "googlenet": Classifier(
+        lambda n: tvm.googlenet(num_classes=n, aux_logits=False, transform_input=True, init_weights=True),
+        GOOGLENET,
+        ("fc.", "aux1.", "aux2."),
+    ),
+    "efficientnet_lite0": Classifier(
+        lambda n: timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=n),
+        EFFICIENTNET_LITE0,
+        ("classifier.",),
+        mean=LITE0_MEAN,
+        std=LITE0_STD,
+    ),
+}
+
+
+# --------------------------------------------------------------------------- build
+def build(
+    task: str,
+    name: str,
+    *,
+    encoder: str | None = None,
+    weights: str | None = "imagenet",
+    num_classes: int = 3,
+    image_size: int | None = None,
+) -> BuiltModel:
+    """Build a model by name with ``weights`` = ``"imagenet"`` | ``"none"`` | path to a state dict.
+
+    ``task``: ``segmentation``/``seg`` (``name`` = decoder, ``encoder`` defaults to ``resnet18``;
+    one output channel, ``num_classes`` is not used) or ``classification``/``cls``.
+    Names are case-insensitive and ``-``/``_`` are interchangeable. Unknown names raise
+    :class:`ConfigError`; a weights file that does not fit raises :class:`CheckpointError`.
+    """
+    task = resolve_task(task)
+    policy = _weights_policy(weights)
+    if task == "segmentation":
+        return _build_segmentation(name, encoder, policy, image_size)
+    if encoder is not None:
+        raise ConfigError(f"encoder '{encoder}': only segmentation models take an encoder; leave it unset for classifiers")
+    return _build_classifier(name, policy, num_classes, image_size)
+
+
+def resolve_task(task: str) -> str:
+    resolved = TASK_ALIASES.get(str(task).lower())
+    if resolved is None:
+        raise ConfigError(f"unknown task '{task}'; choose one of: segmentation (seg), classification (cls)")
+    return resolved
+
+
+def _canonical(name: str) -> str:
+    return str(name).lower().replace("-", "_")
+
+
+def _lookup(table: dict, name: str, kind: str) -> str:
+    """The registry key matching ``name`` (case and -/_ insensitive), else a ConfigError listing choices."""
+    for key in table:
+        if _canonical(key) == _canonical(name):
+            return key
+    raise ConfigError(f"unknown {kind} '{name}'; choose one of: {', '.join(table)}; see `busai models`")
+
+
+def _weights_policy(weights: str | None) -> str | Path:
+    if weights is None or str(weights).lower() in ("none", "imagenet"):
+        return "none" if weights is None else str(weights).lower()
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{weights}: no such weights file; use weights=imagenet, none or a path to a .safetensors/.pt/.pth file")
+    return path
+
+
+def _build_segmentation(decoder: str, encoder: str | None, policy: str | Path, image_size: int | None) -> BuiltModel:
+    decoder = _lookup(DECODERS, decoder, "segmentation model")
+    encoder = _lookup(ENCODERS, encoder or "resnet18", "encoder")
+    if (decoder, encoder) in UNSUPPORTED:
+        raise ConfigError(
+            f"{encoder} with {decoder}: not supported ({UNSUPPORTED[(decoder, encoder)]}); pick another encoder or decoder; see `busai models`"
+        )
+    size = _segmentation_size(image_size)
+    spec = ENCODERS[encoder]
+    model = DECODERS[decoder](encoder_name=spec.smp_name, encoder_weights=None, in_channels=3, classes=1)
+    if policy == "imagenet":
+        source = W.load_imagenet(_encoder_module(model, spec), spec.imagenet, f"encoder {encoder}", spec.head_prefixes)
+    elif policy == "none":
+        source = "random (weights=none)"
+    else:
+        source = _load_segmentation_file(model, spec, policy)
+    return BuiltModel(
+        module=model,
+        weight_source=source,
+        preprocessing=Preprocessing(size, spec.mean, spec.std),
+        spec={"task": "segmentation", "name": decoder, "encoder": encoder, "num_classes": 1},
+    )
+
+
+def _segmentation_size(image_size: int | None) -> int:
+    size = SEGMENTATION_IMAGE_SIZE if image_size is None else int(image_size)
+    if size <= 0 or size % SEGMENTATION_SIZE_MULTIPLE:
+        raise ConfigError(f"image_size {image_size}: segmentation needs a positive multiple of {SEGMENTATION_SIZE_MULTIPLE}; use e.g. 256, 288 or 320")
+    return size
+
+
+def _encoder_module(model: nn.Module, spec: SegmentationEncoder) -> nn.Module:
+    """The module whose keys match an ImageNet checkpoint (smp wraps timm models in ``.model``)."""
+    return model.encoder.model if spec.timm_universal else model.encoder
+
+
+def _load_segmentation_file(model: nn.Module, spec: SegmentationEncoder, path: Path) -> str:
+    """Full smp model state dict, or an encoder-only one (no decoder / head keys)."""
+    state_dict = W.read_state_dict(path)
+    if any(key.startswith(("decoder.", "segmentation_head.")) for key in state_dict):
+        W.load_checked(model, state_dict, path)
+        return f"file: {path}"
+    if spec.timm_universal:
+        state_dict = W.strip_prefix(state_dict, "model.")
+    state_dict = spec.imagenet.convert(W.strip_prefix(state_dict, "encoder."))
+    W.load_checked(_encoder_module(model, spec), state_dict, path, spec.head_prefixes)
+    return f"file: {path} (encoder only)"
+
+
+def _build_classifier(name: str, policy: str | Path, num_classes: int, image_size: int | None) -> BuiltModel:
+    name = _lookup(CLASSIFIERS, name, "classifier")
+    spec = CLASSIFIERS[name]
+    if num_classes < 2:
+        raise ConfigError(f"num_classes {num_classes}: a classifier needs at least 2 classes")
+    size = spec.image_size if image_size is None else int(image_size)
+    if size < spec.min_image_size:
+        raise ConfigError(f"image_size {size}: {name} needs at least {spec.min_image_size} px; use its default {spec.image_size}")
+    model = spec.create(num_classes)
+    if policy == "imagenet":
+        source = W.load_imagenet(model, spec.imagenet, f"classifier {name}", spec.head_prefixes)
+    elif policy == "none":
+        source = "random (weights=none)"
+    else:
+        source = _load_classifier_file(model, spec, policy, num_classes)
+    return BuiltModel(
+        module=model,
+        weight_source=source,
+        preprocessing=Preprocessing(size, spec.mean, spec.std),
+        spec={"task": "classification", "name": name, "num_classes": num_classes},
+    )
+
+
+def _load_classifier_file(model: nn.Module, spec: Classifier, path: Path, num_classes: int) -> str:
+    """Full model state dict; or a backbone file (no head, or a 1000-class ImageNet head) -> new head.
+
+    A file from a run with a different number of classes is a mismatch, not a backbone: loading
+    it partially at evaluation time would silently score an untrained head.
+    """
+    state_dict = spec.imagenet.convert(W.read_state_dict(path))
+    head_weight = state_dict.get(f"{spec.head_prefixes[0]}weight")
+    imagenet_head = head_weight is not None and head_weight.shape[0] == IMAGENET_CLASSES and num_classes != IMAGENET_CLASSES
+    if head_weight is None or imagenet_head:
+        W.load_checked(model, state_dict, path, spec.head_prefixes)
+        return f"file: {path} (backbone only; new {num_classes}-class head)"
+    W.load_checked(model, state_dict, path)
+    return f"file: {path}"
+
+
+# --------------------------------------------------------------------------- listing
+def list_models(task: str | None = None) -> list[dict]:
+    """One row per buildable model: task, name, encoder, image_size, imagenet ("yes"/"no"), imagenet_source.
+
+    ``imagenet_source`` tells where the ImageNet weights would be loaded from on this machine
+    (``None`` when they are missing and the model would start from random weights).
+    """
+    tasks = [resolve_task(task)] if task else ["segmentation", "classification"]
+    availability: dict[int, str | None] = {}
+
+    def imagenet_row(source: W.ImagenetSource) -> dict:
+        if id(source) not in availability:
+            found = W.find_imagenet(source).found
+            availability[id(source)] = found.describe() if found else None
+        where = availability[id(source)]
+        return {"imagenet": "yes" if where else "no", "imagenet_source": where}
+
+    rows = []
+    if "segmentation" in tasks:
+        for decoder in DECODERS:
+            for encoder, spec in ENCODERS.items():
+                if (decoder, encoder) in UNSUPPORTED:
+                    continue
+                row = {"task": "segmentation", "name": decoder, "encoder": encoder, "image_size": SEGMENTATION_IMAGE_SIZE}
+                rows.append(row | imagenet_row(spec.imagenet))
+    if "classification" in tasks:
+        for name, spec in CLASSIFIERS.items():
+            row = {"task": "classification", "name": name, "encoder": None, "image_size": spec.image_size}
+            rows.append(row | imagenet_row(spec.imagenet))
+    return rows

@@ -1,0 +1,221 @@
+"""Masks, classes and lesion measurements for a folder of scans.
+
+For each input ``NAME.ext`` :func:`predict_paths` writes ``OUT/NAME_pred_mask.png`` (0 / 255, the
+input's own size) and ``OUT/NAME_overlay.png`` (lesion contour and longest diameter on the scan),
+and for the batch one ``OUT/predictions.json`` (a list, one object per input, in input order)
+with the same rows in ``OUT/predictions.csv``. Every row has every key of :data:`COLUMNS`; a file
+that cannot be read gets a row with ``error`` set and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from busai import CLASSES
+from busai.data.discover import IMAGE_SUFFIXES, _MASK_RE, natural_key, read_image
+from busai.errors import BusaiError, ConfigError, DataError
+from busai.inference import predict_image, upsample_probability
+from busai.measure import MEASUREMENT_KEYS, measure_lesion
+from busai.runs import LoadedModel
+
+MASK_SUFFIX, OVERLAY_SUFFIX = "_pred_mask.png", "_overlay.png"
+PROBABILITY_KEYS = tuple(f"p_{c}" for c in CLASSES)
+COLUMNS = ("image", "label", *PROBABILITY_KEYS, *MEASUREMENT_KEYS, "width", "height", "mask", "overlay", "error")
+BACKENDS = ("torch", "onnx")
+CONTOUR_RGB, DIAMETER_RGB = (255, 214, 0), (0, 200, 255)
+ModelSource = str | Path | LoadedModel | None
+
+
+@dataclass
+class Models:
+    """The segmenter and classifier a prediction uses; either may be absent (``--seg none``)."""
+
+    seg: LoadedModel | None
+    cls: LoadedModel | None
+
+
+def load_models(seg: ModelSource = "release", cls: ModelSource = "release", *, backend: str = "torch", workdir: str | Path | None = None) -> Models:
+    """Resolve each source (``"release"``/None, run folder, .onnx file, a LoadedModel, or ``"none"`` to skip).
+
+    ``backend="onnx"`` exports PyTorch models into ``workdir`` and runs them in ONNX Runtime.
+    """
+    from busai.export import to_onnx_backend
+    from busai.release import resolve_model
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend}: unknown; choose torch or onnx")
+    loaded = {}
+    for task, source in (("segmentation", seg), ("classification", cls)):
+        if isinstance(source, str) and source.lower() == "none":
+            loaded[task] = None
+            continue
+        model = source if isinstance(source, LoadedModel) else resolve_model(source, task)
+        if backend == "onnx":
+            model = to_onnx_backend(model, workdir or tempfile.mkdtemp(prefix="busai-onnx-"))
+        loaded[task] = model
+    if loaded["segmentation"] is None and loaded["classification"] is None:
+        raise ConfigError("--seg none --cls none: nothing to predict; keep at least one model")
+    return Models(loaded["segmentation"], loaded["classification"])
+
+
+def empty_row(image: str) -> dict:
+    return {key: None for key in COLUMNS} | {"image": image}
+
+
+def predict_array(
+    models: Models, image_rgb: np.ndarray, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5
+) -> tuple[dict, np.ndarray | None]:
+    """One uint8 (H, W, 3) scan -> (row without file fields, {0, 1} mask at the scan's size or None)."""
+    height, width = image_rgb.shape[:2]
+    row: dict = {"width": width, "height": height}
+    if models.cls is not None:
+        probs = predict_image(models.cls, image_rgb, tta=tta).numpy()
+        row["label"] = CLASSES[int(probs.argmax())]
+        row.update({key: round(float(p), 5) for key, p in zip(PROBABILITY_KEYS, probs)})
+    mask = None
+    if models.seg is not None:
+        prob = upsample_probability(predict_image(models.seg, image_rgb, tta=tta), (height, width))
+        mask = (prob > threshold).astype(np.uint8)
+        row.update(measure_lesion(mask, pixel_spacing))
+    return row, mask
+
+
+def draw_overlay(image_rgb: np.ndarray, mask: np.ndarray, diameter_endpoints=None, caption: str | None = None) -> Image.Image:
+    """The scan with the lesion contour, its longest diameter and an optional caption (e.g. the class)."""
+    height, width = mask.shape
+    thickness = max(1, round(max(height, width) / 300))
+    overlay = image_rgb.copy()
+    lesion = mask.astype(bool)
+    contour = lesion & ~ndimage.binary_erosion(lesion, iterations=thickness, border_value=0)
+    overlay[contour] = CONTOUR_RGB
+    picture = Image.fromarray(overlay)
+    draw = ImageDraw.Draw(picture)
+    if diameter_endpoints:
+        draw.line([tuple(p) for p in diameter_endpoints], fill=DIAMETER_RGB, width=thickness)
+    if caption:
+        font = ImageFont.load_default(size=max(10, height // 22))
+        box = draw.textbbox((4, 4), caption, font=font)
+        draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=(0, 0, 0))
+        draw.text((4, 4), caption, fill=(255, 255, 255), font=font)
+    return picture
+
+
+def label_caption(row: dict) -> str | None:
+    if row.get("label") is None:
+        return None
+    return f"{row['label']} {row['p_' + row['label']]:.2f}"
+
+
+def collect_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Files as given; a folder contributes the images directly inside it, in natural order.
+
+    Masks (``*_mask.png``, ``*_mask_1.png``, our ``*_pred_mask.png``) and our overlays are skipped,
+    so a BUSI class folder or a previous output folder can be passed as it is.
+    """
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if not path.is_dir():
+            paths.append(path)  # a missing or unreadable file becomes an error row, not a crash
+            continue
+        found = [
+            p for p in path.iterdir()
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            and not _MASK_RE.match(p.stem) and not p.name.endswith(OVERLAY_SUFFIX)
+        ]
+        if not found:
+            raise DataError(f"{path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); pass image files or another folder")
+        paths.extend(sorted(found, key=lambda p: natural_key(p.name)))
+    if not paths:
+        raise ConfigError("no input images given; pass image files or folders")
+    return paths
+
+
+def _output_stem(path: Path, used: set[str]) -> str:
+    """``NAME`` for ``NAME.ext``; a second input with the same name gets ``NAME-2`` so nothing is overwritten."""
+    stem, n = path.stem, 1
+    while (stem if n == 1 else f"{path.stem}-{n}") in used:
+        n += 1
+    stem = stem if n == 1 else f"{path.stem}-{n}"
+    used.add(stem)
+    return stem
+
+
+def write_tables(rows: list[dict], out_dir: Path) -> None:
+    (out_dir / "predictions.json").write_text(json.dumps(rows, indent=2) + "\n")
+    with (out_dir / "predictions.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def predict_paths(
+    inputs: list[str | Path],
+    out_dir: str | Path,
+    *,
+    seg: ModelSource = "release",
+    cls: ModelSource = "release",
+    backend: str = "torch",
+    tta: bool = False,
+    pixel_spacing: float | tuple[float, float] | None = None,
+    threshold: float = 0.5,
+    progress: bool = True,
+) -> list[dict]:
+    """Predict every input image into ``out_dir`` and return the rows of predictions.json.
+
+    A file that cannot be decoded gets ``{"image": ..., "error": ...}`` (other keys None) and the
+    batch continues. ``pixel_spacing`` (mm per pixel) adds the mm measurements.
+    """
+    from busai.measure import spacing_mm
+    from busai.runs import best_threads
+
+    spacing_mm(pixel_spacing)  # a bad value fails before any model is loaded
+    if not 0 < threshold < 1:
+        raise ConfigError(f"--threshold {threshold}: must be between 0 and 1")
+    paths = collect_inputs(inputs)
+    best_threads()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="busai-onnx-") as workdir:
+        models = load_models(seg, cls, backend=backend, workdir=workdir)
+        rows, used = [], set()
+        for path in _track(paths, progress):
+            row = empty_row(str(path))
+            try:
+                image = read_image(path, mode="RGB")
+            except BusaiError as exc:
+                row["error"] = str(exc)
+                rows.append(row)
+                continue
+            except Image.DecompressionBombError as exc:  # Pillow's guard against absurd pixel counts
+                row["error"] = f"{path}: {exc}"
+                rows.append(row)
+                continue
+            values, mask = predict_array(models, image, tta=tta, pixel_spacing=pixel_spacing, threshold=threshold)
+            ends = values.pop("diameter_endpoints", None)
+            row.update(values)
+            if mask is not None:
+                stem = _output_stem(path, used)
+                row["mask"], row["overlay"] = stem + MASK_SUFFIX, stem + OVERLAY_SUFFIX
+                Image.fromarray(mask * 255).save(out_dir / row["mask"])
+                draw_overlay(image, mask, ends, label_caption(row)).save(out_dir / row["overlay"])
+            rows.append(row)
+    write_tables(rows, out_dir)
+    return rows
+
+
+def _track(paths: list[Path], progress: bool):
+    if not progress:
+        return paths
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(paths, description=f"Predicting {len(paths)} images", console=Console(stderr=True), transient=True)

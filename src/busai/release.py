@@ -1,0 +1,105 @@
+"""Released models shipped inside the package, and resolving any model source to a loaded model.
+
+A release lives in ``busai/release/<task>/``: ``model.safetensors`` (fp16 weights, the package
+stays small), ``config.json`` (the run's own) and ``scores.json`` (its evaluation). A model
+source is ``None`` / ``"release"`` (the packaged model), a run folder, or a ``.onnx`` file from
+``busai export``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from busai.errors import CheckpointError, ConfigError
+from busai.runs import CONFIG, LoadedModel, load_model, read_run_config, write_json
+
+RELEASE_DIR = Path(__file__).with_name("release")
+WEIGHTS = "model.safetensors"
+SCORES = "scores.json"
+MAX_RELEASE_MB = 20
+TASK_FLAGS = {"segmentation": "--seg", "classification": "--cls"}
+
+
+def release_dir(task: str, root: str | Path | None = None) -> Path:
+    """``busai/release/<task>`` (or under ``root``, for tests and for staging a release elsewhere)."""
+    from busai.models.registry import resolve_task
+
+    return Path(root if root is not None else RELEASE_DIR) / resolve_task(task)
+
+
+def make_release(run_dir: str | Path, task: str, root: str | Path | None = None) -> Path:
+    """Write the run's best weights (as fp16), config and scores as the release model for ``task``."""
+    from busai.report import compact_classification, compact_segmentation
+
+    run_dir = Path(run_dir)
+    loaded = load_model(run_dir)
+    out = release_dir(task, root)
+    if loaded.task != out.name:
+        raise ConfigError(f"{run_dir}: is a {loaded.task} run, not {out.name}; pass a {out.name} run folder")
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in loaded.module.state_dict().items()}
+    overflow = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if overflow:
+        raise CheckpointError(f"{run_dir}: weight {overflow[0]} overflows fp16; this run cannot be released as fp16")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp))
+    size_mb = tmp.stat().st_size / 2**20
+    if size_mb > MAX_RELEASE_MB:
+        tmp.unlink()
+        raise CheckpointError(f"{run_dir}: fp16 weights are {size_mb:.1f} MB, over the {MAX_RELEASE_MB} MB package limit; release a smaller model")
+    tmp.replace(out / WEIGHTS)
+    shutil.copyfile(run_dir / CONFIG, out / CONFIG)
+
+    metrics_path = run_dir / "metrics.json"
+    compact = compact_segmentation if loaded.task == "segmentation" else compact_classification
+    try:
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{metrics_path}: not valid JSON ({exc.msg}); re-run `busai evaluate` on {run_dir}") from None
+    write_json(out / SCORES, {
+        "run": run_dir.name,
+        "model": loaded.spec,
+        "image_size": loaded.image_size,
+        "weights_sha256": hashlib.sha256((out / WEIGHTS).read_bytes()).hexdigest(),
+        "weights_mb": round(size_mb, 2),
+        "splits": {split: {"images": m.get("images"), **compact(m)} for split, m in metrics.items() if isinstance(m, dict)},
+    })
+    return out
+
+
+def load_release(task: str, root: str | Path | None = None) -> LoadedModel:
+    """The packaged model for ``task``; a clear error when none has been released yet."""
+    folder = release_dir(task, root)
+    if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
+        raise CheckpointError(
+            f"{folder}: no released {folder.name} model is packaged yet; train one with `busai train` "
+            f"and pass its run folder with {TASK_FLAGS[folder.name]} RUN_DIR"
+        )
+    return load_model(folder, checkpoint=WEIGHTS)
+
+
+def resolve_model(source: str | Path | None, task: str) -> LoadedModel:
+    """``None``/``"release"``, a run folder or an exported ``.onnx`` file -> a model for ``task`` (eval mode)."""
+    from busai.export import load_onnx
+    from busai.models.registry import resolve_task
+
+    task = resolve_task(task)
+    if source is None or str(source) == "release":
+        return load_release(task)
+    path = Path(source).expanduser()
+    if path.suffix.lower() == ".onnx":
+        loaded = load_onnx(path)
+    elif path.is_dir():
+        read_run_config(path)  # a clear error for a folder that is not a run
+        loaded = load_model(path)
+    else:
+        raise CheckpointError(f"{source}: not found; pass a run folder, an exported .onnx file or 'release' to {TASK_FLAGS[task]}")
+    if loaded.task != task:
+        raise ConfigError(f"{TASK_FLAGS[task]} {source}: is a {loaded.task} model; pass a {task} model")
+    return loaded

@@ -1,0 +1,128 @@
+"""BusDataset, ImageCache and the weighted sampler."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import busai.data.dataset as dataset_module
+from busai.data.dataset import BusDataset, ImageCache, make_weighted_sampler
+from busai.data.discover import discover_records
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def test_item_shapes_and_types(synthetic_dir):
+    records = discover_records(synthetic_dir)
+    ds = BusDataset(records, 48, MEAN, STD, augment=True)
+    item = ds[0]
+    assert item["image"].shape == (3, 48, 48) and item["image"].dtype == torch.float32
+    assert item["mask"].shape == (1, 48, 48) and item["mask"].dtype == torch.float32
+    assert set(item["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert item["label"].dtype == torch.int64 and item["label"].item() == records[0].label_index
+    assert item["index"] == 0 and len(ds) == len(records)
+    assert ds.labels == [r.label_index for r in records]
+
+
+def test_normalisation_without_augmentation(synthetic_dir):
+    record = discover_records(synthetic_dir)[0]
+    image = np.asarray(Image.open(record.image).convert("RGB").resize((32, 32), Image.BILINEAR), dtype=np.float32) / 255
+    got = BusDataset([record], 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))[0]["image"].numpy().transpose(1, 2, 0)
+    assert np.abs(got * 0.25 + 0.5 - image).mean() < 0.03  # same picture up to the resize filter
+
+
+def test_lesion_masks_are_resized_with_nearest(synthetic_dir):
+    records = [r for r in discover_records(synthetic_dir) if r.label == "malignant"]
+    masks = torch.stack([BusDataset(records, 40, MEAN, STD)[i]["mask"] for i in range(len(records))])
+    assert set(masks.unique().tolist()) == {0.0, 1.0}
+
+
+@pytest.fixture
+def bright_square(tmp_path):
+    """A black image with a bright off-centre square whose mask is exactly that square."""
+    image = np.zeros((64, 64), dtype=np.uint8)
+    image[8:28, 36:56] = 220
+    (tmp_path / "benign").mkdir()
+    Image.fromarray(image).save(tmp_path / "benign" / "sq.png")
+    Image.fromarray(image > 0).save(tmp_path / "benign" / "sq_mask.png")
+    return discover_records(tmp_path)
+
+
+def test_mask_stays_on_the_bright_pixels_under_augmentation(bright_square):
+    ds = BusDataset(bright_square, 64, (0, 0, 0), (1, 1, 1), augment=True, seed=0)
+    positions = set()
+    for _ in range(40):
+        item = ds[0]
+        bright = item["image"][0] > 0.3
+        mask = item["mask"][0] > 0.5
+        agreement = (bright == mask).float().mean().item()
+        assert agreement > 0.98, agreement
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        positions.add((ys.float().mean().round().item(), xs.float().mean().round().item()))
+    assert len(positions) >= 4  # flips and rotations did move the square
+
+
+def test_augmentation_is_reproducible_with_a_seed(bright_square):
+    a = BusDataset(bright_square, 64, MEAN, STD, augment=True, seed=5)
+    b = BusDataset(bright_square, 64, MEAN, STD, augment=True, seed=5)
+    for _ in range(5):
+        assert torch.equal(a[0]["image"], b[0]["image"])
+
+
+def test_cache_decodes_each_file_once(synthetic_dir, monkeypatch):
+    calls = Counter()
+    real_image, real_mask = dataset_module.read_image, dataset_module.read_mask
+    monkeypatch.setattr(dataset_module, "read_image", lambda path, mode="RGB": calls.update(["image"]) or real_image(path, mode))
+    monkeypatch.setattr(dataset_module, "read_mask", lambda record, size=None: calls.update(["mask"]) or real_mask(record, size))
+    records = discover_records(synthetic_dir)
+    cache = ImageCache()
+    train = BusDataset(records[:16], 32, MEAN, STD, augment=True, cache=cache)
+    val = BusDataset(records, 32, MEAN, STD, cache=cache)  # overlaps train on purpose
+    for _ in range(3):  # epochs
+        for ds in (train, val):
+            for i in range(len(ds)):
+                ds[i]
+    assert calls == {"image": len(records), "mask": len(records)} and len(cache) == len(records)
+    BusDataset(records, 40, MEAN, STD, cache=cache)[0]  # another size is another entry
+    assert calls["image"] == len(records) + 1
+
+
+def test_warm_fills_the_cache(synthetic_dir):
+    records = discover_records(synthetic_dir)
+    cache = ImageCache()
+    cache.warm(records, 32, progress=True)
+    assert len(cache) == len(records)
+    image, mask = cache.get(records[0], 32)
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8 and mask.shape == (32, 32) and not image.flags.writeable
+
+
+def test_weighted_sampler_balances_classes():
+    labels = [0] * 10 + [1] * 30 + [2] * 60
+    sampler = make_weighted_sampler(labels, seed=0)
+    assert sampler.num_samples == len(labels) and sampler.replacement
+    drawn = Counter(labels[i] for _ in range(50) for i in sampler)
+    for c in (0, 1, 2):
+        assert abs(drawn[c] / sum(drawn.values()) - 1 / 3) < 0.03, drawn
+
+
+def test_weighted_sampler_is_seeded():
+    labels = [0, 1, 1, 2, 2, 2]
+    assert list(make_weighted_sampler(labels, seed=3)) == list(make_weighted_sampler(labels, seed=3))
+
+
+def test_each_loader_worker_gets_its_own_augmentation_stream(bright_square, monkeypatch):
+    """Forked workers copy one RNG; the dataset reseeds per worker so they do not replay the same flips."""
+    from types import SimpleNamespace
+
+    def images_in_worker(seed: int) -> list[torch.Tensor]:
+        ds = BusDataset(bright_square, 64, MEAN, STD, augment=True, seed=0)
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: SimpleNamespace(seed=seed))
+        return [ds[0]["image"] for _ in range(6)]
+
+    first, again, second = images_in_worker(100), images_in_worker(100), images_in_worker(101)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, second))

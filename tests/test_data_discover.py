@@ -1,0 +1,111 @@
+"""Discovery on a synthetic dataset, and one test per discovery error message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from busai import CLASSES
+from busai.data.discover import discover_records, read_image, read_mask, scan_dataset
+from busai.errors import DataError
+
+
+def test_discovers_every_synthetic_image_with_its_masks(synthetic_dir):
+    records = discover_records(synthetic_dir)
+    assert {c: sum(r.label == c for r in records) for c in CLASSES} == {"normal": 6, "benign": 11, "malignant": 7}
+    assert [r.label for r in records] == sorted((r.label for r in records), key=CLASSES.index)
+    first_benign = next(r for r in records if r.key == "benign/benign (1).png")
+    assert [m.name for m in first_benign.masks] == ["benign (1)_mask.png", "benign (1)_mask_1.png"]
+    image = read_image(first_benign.image, mode="RGB")
+    union = read_mask(first_benign, size=image.shape[:2])
+    parts = [read_image(m, mode="L") > 127 for m in first_benign.masks]
+    assert image.shape == (64, 80, 3) and union.dtype == np.uint8
+    assert np.array_equal(union.astype(bool), parts[0] | parts[1])
+
+
+# --- one test per error message; folder-level errors go through the CLI -------------------
+
+
+def test_missing_folder(cli, tmp_path):
+    cli.fails("data", "audit", tmp_path / "nowhere", expect="nowhere: folder not found; pass the folder that holds benign/")
+
+
+def test_not_a_folder(cli, tmp_path):
+    file = tmp_path / "data.zip"
+    file.write_bytes(b"PK")
+    cli.fails("data", "audit", file, expect="data.zip: not a folder; pass the folder")
+
+
+def test_empty_folder(cli, tmp_path):
+    cli.fails("data", "audit", tmp_path, expect="no class folders found; expected normal, benign, malignant sub-folders")
+
+
+def test_unknown_class_folder(cli, busi_copy):
+    (busi_copy / "unsure").mkdir()
+    cli.fails("data", "audit", busi_copy, expect="unknown class folder 'unsure'; class folders must be normal, benign, malignant")
+
+
+def test_class_folder_twice(cli, busi_copy):
+    (busi_copy / "Benign").mkdir()
+    cli.fails("data", "audit", busi_copy, expect="class 'benign' appears twice (Benign and benign); merge them")
+
+
+def test_class_folders_without_images(cli, tmp_path):
+    (tmp_path / "benign").mkdir()
+    cli.fails("data", "split", tmp_path, "--out", tmp_path / "s.json", expect="no images found in the class folders")
+
+
+def test_image_without_mask(cli, busi_copy):
+    (busi_copy / "malignant" / "malignant (2)_mask.png").unlink()
+    problems = scan_dataset(busi_copy).problems
+    assert [(p.path, p.kind) for p in problems] == [("malignant/malignant (2).png", "missing_mask")]
+    assert "malignant (2).png: no mask found; add malignant (2)_mask.png beside it" in problems[0].message
+    cli.fails("data", "split", busi_copy, "--out", busi_copy / "s.json", expect="no mask found; add malignant (2)_mask.png")
+
+
+def test_mask_without_image(cli, busi_copy):
+    (busi_copy / "normal" / "normal (3).png").unlink()
+    problems = scan_dataset(busi_copy).problems
+    assert [p.kind for p in problems] == ["mask_without_image"]
+    assert "normal (3)_mask.png: mask has no image normal (3).png" in problems[0].message
+    cli.fails("data", "split", busi_copy, "--out", busi_copy / "s.json", expect="mask has no image normal (3).png; add the image or remove the mask")
+
+
+def test_non_image_file(cli, busi_copy):
+    (busi_copy / "benign" / "notes.txt").write_text("biopsy pending")
+    problems = scan_dataset(busi_copy).problems
+    assert [(p.path, p.kind) for p in problems] == [("benign/notes.txt", "not_an_image")]
+    cli.fails("data", "split", busi_copy, "--out", busi_copy / "s.json", expect="notes.txt: not an image file; move it out of the dataset folder")
+
+
+def test_several_pairing_problems_are_summarised(busi_copy):
+    (busi_copy / "benign" / "a.txt").write_text("x")
+    (busi_copy / "benign" / "b.txt").write_text("x")
+    with pytest.raises(DataError, match=r"\(and 1 more; run `busai data audit "):
+        discover_records(busi_copy)
+
+
+def test_read_image_missing_file(tmp_path):
+    with pytest.raises(DataError, match="gone.png: file not found; check the path"):
+        read_image(tmp_path / "gone.png")
+
+
+def test_read_image_corrupt_file(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DataError, match=r"broken.png: cannot decode image \(\w+\); replace or remove the file"):
+        read_image(path)
+
+
+def test_read_mask_size_differs_from_image(busi_copy):
+    record = next(r for r in discover_records(busi_copy) if r.label == "malignant")
+    with pytest.raises(DataError, match="mask is 80x64 but its image is 90x70; re-export the mask at the image's size"):
+        read_mask(record, size=(70, 90))
+
+
+def test_read_mask_parts_of_different_sizes(busi_copy):
+    record = next(r for r in discover_records(busi_copy) if len(r.masks) == 2)
+    Image.new("1", (40, 30)).save(record.masks[1])
+    with pytest.raises(DataError, match="mask is 40x30 but the image's other mask is 80x64; re-export it"):
+        read_mask(record)

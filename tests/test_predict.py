@@ -1,0 +1,145 @@
+"""`busai predict`: odd images, a bad file in a batch, the output layout, TTA, ONNX backend."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from busai.data.discover import discover_records, read_image
+from busai.errors import CheckpointError, ConfigError
+from busai.inference import predict_image, preprocess
+from busai.predict import COLUMNS, predict_paths
+from busai.release import load_release, resolve_model
+
+
+def write_odd_images(folder):
+    """Every mode and size predict must take, plus files it must skip or report."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    gray = (rng.random((45, 71)) * 255).astype(np.uint8)
+    Image.fromarray(gray, mode="L").save(folder / "gray.png")
+    Image.fromarray(np.stack([gray] * 3, -1)).save(folder / "rgb.jpg")
+    Image.fromarray(np.dstack([gray, gray, gray, np.full_like(gray, 200)]), mode="RGBA").save(folder / "rgba.png")
+    Image.fromarray((rng.random((33, 130)) * 65535).astype(np.uint16)).save(folder / "deep16.png")  # I;16
+    Image.fromarray(gray).convert("P").save(folder / "palette.bmp")
+    Image.fromarray(gray[:1, :1]).save(folder / "tiny.png")  # 1 x 1
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    Image.fromarray(gray).save(folder / "gray_mask.png")  # an annotation beside its scan: skipped
+    (folder / "notes.txt").write_text("not an image suffix: skipped")
+    return {"gray.png": (45, 71), "rgb.jpg": (45, 71), "rgba.png": (45, 71), "deep16.png": (33, 130), "palette.bmp": (45, 71), "tiny.png": (1, 1)}
+
+
+def test_preprocessing_is_the_training_datasets(synthetic_dir):
+    from busai.data.dataset import BusDataset
+
+    record = discover_records(synthetic_dir)[0]
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    for size in (32, 128):  # shrinking and enlarging take different interpolations
+        expected = BusDataset([record], size, mean, std)[0]["image"]
+        assert torch.equal(preprocess(read_image(record.image), size, mean, std), expected)
+
+
+def test_odd_images_and_a_bad_file(tmp_path, seg_run, cls_run):
+    sizes = write_odd_images(tmp_path / "in")
+    out = tmp_path / "out"
+    rows = predict_paths([tmp_path / "in"], out, seg=seg_run, cls=cls_run, progress=False)
+
+    names = [r["image"].split("/")[-1] for r in rows]
+    assert names == ["broken.png", "deep16.png", "gray.png", "palette.bmp", "rgb.jpg", "rgba.png", "tiny.png"]
+    broken = rows[0]
+    assert "broken.png" in broken["error"] and broken["label"] is None and broken["mask"] is None
+    for row in rows[1:]:
+        name = row["image"].split("/")[-1]
+        stem = name.rsplit(".", 1)[0]
+        assert row["error"] is None
+        assert set(row) == set(COLUMNS)
+        assert row["label"] in ("normal", "benign", "malignant")
+        assert sum(row[f"p_{c}"] for c in ("normal", "benign", "malignant")) == pytest.approx(1, abs=1e-4)
+        mask = np.asarray(Image.open(out / f"{stem}_pred_mask.png"))
+        assert mask.shape == sizes[name] and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 255}
+        assert row["area_px"] == int((mask == 255).sum()) or row["lesion_count"] > 1
+        overlay = Image.open(out / f"{stem}_overlay.png")
+        assert overlay.mode == "RGB" and overlay.size == sizes[name][::-1]
+        assert (row["height"], row["width"]) == sizes[name]
+    assert json.loads((out / "predictions.json").read_text()) == rows
+    with (out / "predictions.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["image"] for r in table] == [r["image"] for r in rows]
+    assert list(table[0]) == list(COLUMNS)
+    assert table[2]["area_px"] == str(rows[2]["area_px"])
+
+
+def test_pixel_spacing_tta_and_duplicate_names(tmp_path, seg_run, cls_run):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    image = np.zeros((80, 96), dtype=np.uint8)
+    image[30:50, 20:70] = 255
+    for folder in ("a", "b"):
+        Image.fromarray(image).save(tmp_path / folder / "scan.png")
+    rows = predict_paths([tmp_path / "a" / "scan.png", tmp_path / "b"], tmp_path / "out", seg=seg_run, cls=cls_run,
+                         tta=True, pixel_spacing=0.2, threshold=0.3, progress=False)
+    assert [r["mask"] for r in rows] == ["scan_pred_mask.png", "scan-2_pred_mask.png"]
+    for row in rows:
+        assert row["area_mm2"] == pytest.approx(row["area_px"] * 0.04, abs=1e-3)
+        if row["area_px"]:
+            assert row["longest_diameter_mm"] == pytest.approx(row["longest_diameter_px"] * 0.2, abs=0.01)
+
+
+def test_tta_averages_the_mirrored_prediction(seg_run):
+    loaded = resolve_model(seg_run, "seg")
+    image = (np.random.default_rng(1).random((70, 90, 3)) * 255).astype(np.uint8)
+    plain = predict_image(loaded, image, precision="fp32")
+    mirrored = predict_image(loaded, image[:, ::-1], precision="fp32").flip(-1)
+    tta = predict_image(loaded, image, tta=True, precision="fp32")
+    assert torch.allclose(tta, (plain + mirrored) / 2, atol=1e-5)
+
+
+def test_only_one_model_and_onnx_backend(tmp_path, seg_run, cls_run):
+    image = tmp_path / "scan.png"
+    Image.fromarray((np.random.default_rng(2).random((64, 80)) * 255).astype(np.uint8)).save(image)
+    seg_only = predict_paths([image], tmp_path / "seg", seg=seg_run, cls="none", progress=False)[0]
+    assert seg_only["label"] is None and seg_only["p_benign"] is None and seg_only["area_px"] is not None
+    cls_only = predict_paths([image], tmp_path / "cls", seg="none", cls=cls_run, progress=False)[0]
+    assert cls_only["mask"] is None and cls_only["area_px"] is None and cls_only["label"]
+    assert not (tmp_path / "cls" / "scan_pred_mask.png").exists()
+    torch_row = predict_paths([image], tmp_path / "t", seg=seg_run, cls=cls_run, progress=False)[0]
+    onnx_row = predict_paths([image], tmp_path / "o", seg=seg_run, cls=cls_run, backend="onnx", progress=False)[0]
+    # The torch path runs in bf16, ONNX Runtime in fp32: close, not equal.
+    for key in ("p_normal", "p_benign", "p_malignant"):
+        assert onnx_row[key] == pytest.approx(torch_row[key], abs=0.03)
+
+
+def test_input_and_option_errors(tmp_path, seg_run, cls_run):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="no images found"):
+        predict_paths([tmp_path / "empty"], tmp_path / "out", seg=seg_run, cls=cls_run, progress=False)
+    with pytest.raises(ConfigError, match="nothing to predict"):
+        predict_paths([tmp_path / "scan.png"], tmp_path / "out", seg="none", cls="none", progress=False)
+    with pytest.raises(ConfigError, match="is a segmentation model"):
+        resolve_model(seg_run, "cls")
+    with pytest.raises(CheckpointError, match="not found"):
+        resolve_model(tmp_path / "nowhere", "seg")
+
+
+def test_missing_release_says_what_to_do(tmp_path):
+    with pytest.raises(CheckpointError, match=r"no released segmentation model is packaged yet.*--seg RUN_DIR"):
+        load_release("seg", root=tmp_path)
+
+
+def test_cli_batch_with_a_bad_file(tmp_path, seg_run, cls_run, cli):
+    write_odd_images(tmp_path / "in")
+    code, out, err = cli("predict", tmp_path / "in", "--out", tmp_path / "out", "--seg", seg_run, "--cls", cls_run, "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["images"] == 7 and result["failed"] == 1
+    assert err.count("warning: skipped") == 1 and "broken.png" in err
+    code, out, err = cli("predict", tmp_path / "in" / "broken.png", "--out", tmp_path / "out2", "--seg", seg_run, "--cls", cls_run, "--quiet")
+    assert code == 2 and "broken.png" in err
+    assert json.loads((tmp_path / "out2" / "predictions.json").read_text())[0]["error"]
+    code, out, err = cli("predict", tmp_path / "in" / "gray.png", "--out", tmp_path / "out3", "--seg", seg_run, "--cls", cls_run, "--pixel-spacing", "0.1")
+    assert code == 0 and "gray.png" in out
+    cli.fails("predict", tmp_path / "in", "--out", tmp_path / "o", "--seg", cls_run, expect="is a classification model")
