@@ -23,6 +23,15 @@ SEGMENTATION_COMBOS = [(d, e) for d in R.DECODERS for e in R.ENCODERS if (d, e) 
 RESNET18_FILE = "resnet18-f37072fd.pth"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One thread: on a shared 2-core machine oversubscribed threads made these tests 3x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def offline_caches(tmp_path, monkeypatch):
     """Empty torch hub and Hugging Face caches, no BUSAI_WEIGHTS_DIR: only the Lite0 package is left."""
@@ -143,7 +152,8 @@ def test_imagenet_missing_warns_loudly_and_uses_random(offline_caches, capsys):
         built = build("seg", "unet", encoder="resnet18", weights="imagenet")
     assert built.weight_source == "random (imagenet requested, not found)"
     err = capsys.readouterr().err
-    assert "RANDOM weights" in err and RESNET18_FILE in err and "BUSAI_WEIGHTS_DIR" in err
+    assert err.startswith("WARNING: ImageNet weights for encoder resnet18 not found; continuing with RANDOM weights")
+    assert err.count("\n") == 1 and RESNET18_FILE in err and "BUSAI_WEIGHTS_DIR" in err
 
 
 def test_weights_none_does_not_warn():
@@ -188,7 +198,7 @@ def test_broken_imagenet_file_is_an_error_not_random(offline_caches):
     cache = offline_caches / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     torch.save(tvm.resnet34().state_dict(), cache / RESNET18_FILE)
-    with pytest.raises(CheckpointError, match=rf"{RESNET18_FILE}: does not match the model: missing layer1.0.conv1.weight|unexpected"):
+    with pytest.raises(CheckpointError, match=rf"{RESNET18_FILE}: does not match the model: unexpected layer1.2.conv1.weight"):
         build("cls", "resnet18", weights="imagenet")
 
 

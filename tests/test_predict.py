@@ -9,10 +9,20 @@ import torch
 from PIL import Image
 
 from busai.data.discover import discover_records, read_image
-from busai.errors import CheckpointError, ConfigError
+from busai.errors import CheckpointError, ConfigError, DataError
 from busai.inference import predict_image, preprocess
 from busai.predict import COLUMNS, predict_paths
 from busai.release import load_release, resolve_model
+
+
+@pytest.fixture(scope="module")
+def seg(seg_run):
+    return resolve_model(seg_run, "seg")
+
+
+@pytest.fixture(scope="module")
+def cls(cls_run):
+    return resolve_model(cls_run, "cls")
 
 
 def write_odd_images(folder):
@@ -45,7 +55,7 @@ def test_preprocessing_is_the_training_datasets(synthetic_dir):
 def test_odd_images_and_a_bad_file(tmp_path, seg_run, cls_run):
     sizes = write_odd_images(tmp_path / "in")
     out = tmp_path / "out"
-    rows = predict_paths([tmp_path / "in"], out, seg=seg_run, cls=cls_run, progress=False)
+    rows = predict_paths([tmp_path / "in"], out, seg=seg_run, cls=cls_run, progress=False)  # run folders as sources
 
     names = [r["image"].split("/")[-1] for r in rows]
     assert names == ["broken.png", "deep16.png", "gray.png", "palette.bmp", "rgb.jpg", "rgba.png", "tiny.png"]
@@ -73,14 +83,14 @@ def test_odd_images_and_a_bad_file(tmp_path, seg_run, cls_run):
     assert table[2]["area_px"] == str(rows[2]["area_px"])
 
 
-def test_pixel_spacing_tta_and_duplicate_names(tmp_path, seg_run, cls_run):
+def test_pixel_spacing_tta_and_duplicate_names(tmp_path, seg, cls):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     image = np.zeros((80, 96), dtype=np.uint8)
     image[30:50, 20:70] = 255
     for folder in ("a", "b"):
         Image.fromarray(image).save(tmp_path / folder / "scan.png")
-    rows = predict_paths([tmp_path / "a" / "scan.png", tmp_path / "b"], tmp_path / "out", seg=seg_run, cls=cls_run,
+    rows = predict_paths([tmp_path / "a" / "scan.png", tmp_path / "b"], tmp_path / "out", seg=seg, cls=cls,
                          tta=True, pixel_spacing=0.2, threshold=0.3, progress=False)
     assert [r["mask"] for r in rows] == ["scan_pred_mask.png", "scan-2_pred_mask.png"]
     for row in rows:
@@ -89,8 +99,8 @@ def test_pixel_spacing_tta_and_duplicate_names(tmp_path, seg_run, cls_run):
             assert row["longest_diameter_mm"] == pytest.approx(row["longest_diameter_px"] * 0.2, abs=0.01)
 
 
-def test_tta_averages_the_mirrored_prediction(seg_run):
-    loaded = resolve_model(seg_run, "seg")
+def test_tta_averages_the_mirrored_prediction(seg):
+    loaded = seg
     image = (np.random.default_rng(1).random((70, 90, 3)) * 255).astype(np.uint8)
     plain = predict_image(loaded, image, precision="fp32")
     mirrored = predict_image(loaded, image[:, ::-1], precision="fp32").flip(-1)
@@ -98,25 +108,25 @@ def test_tta_averages_the_mirrored_prediction(seg_run):
     assert torch.allclose(tta, (plain + mirrored) / 2, atol=1e-5)
 
 
-def test_only_one_model_and_onnx_backend(tmp_path, seg_run, cls_run):
+def test_only_one_model_and_onnx_backend(tmp_path, seg, cls):
     image = tmp_path / "scan.png"
     Image.fromarray((np.random.default_rng(2).random((64, 80)) * 255).astype(np.uint8)).save(image)
-    seg_only = predict_paths([image], tmp_path / "seg", seg=seg_run, cls="none", progress=False)[0]
+    seg_only = predict_paths([image], tmp_path / "seg", seg=seg, cls="none", progress=False)[0]
     assert seg_only["label"] is None and seg_only["p_benign"] is None and seg_only["area_px"] is not None
-    cls_only = predict_paths([image], tmp_path / "cls", seg="none", cls=cls_run, progress=False)[0]
+    cls_only = predict_paths([image], tmp_path / "cls", seg="none", cls=cls, progress=False)[0]
     assert cls_only["mask"] is None and cls_only["area_px"] is None and cls_only["label"]
     assert not (tmp_path / "cls" / "scan_pred_mask.png").exists()
-    torch_row = predict_paths([image], tmp_path / "t", seg=seg_run, cls=cls_run, progress=False)[0]
-    onnx_row = predict_paths([image], tmp_path / "o", seg=seg_run, cls=cls_run, backend="onnx", progress=False)[0]
+    torch_row = predict_paths([image], tmp_path / "t", seg=seg, cls=cls, progress=False)[0]
+    onnx_row = predict_paths([image], tmp_path / "o", seg=seg, cls=cls, backend="onnx", progress=False)[0]
     # The torch path runs in bf16, ONNX Runtime in fp32: close, not equal.
     for key in ("p_normal", "p_benign", "p_malignant"):
         assert onnx_row[key] == pytest.approx(torch_row[key], abs=0.03)
 
 
-def test_input_and_option_errors(tmp_path, seg_run, cls_run):
+def test_input_and_option_errors(tmp_path, seg, cls, seg_run):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(Exception, match="no images found"):
-        predict_paths([tmp_path / "empty"], tmp_path / "out", seg=seg_run, cls=cls_run, progress=False)
+    with pytest.raises(DataError, match="no images found"):
+        predict_paths([tmp_path / "empty"], tmp_path / "out", seg=seg, cls=cls, progress=False)
     with pytest.raises(ConfigError, match="nothing to predict"):
         predict_paths([tmp_path / "scan.png"], tmp_path / "out", seg="none", cls="none", progress=False)
     with pytest.raises(ConfigError, match="is a segmentation model"):

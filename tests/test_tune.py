@@ -22,6 +22,7 @@ import pytest
 from optuna.trial import TrialState
 
 import busai.training
+import busai.tune
 from busai.cli import main
 from busai.config import TrainConfig
 from busai.errors import ConfigError
@@ -70,7 +71,9 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture
 def fake(monkeypatch):
+    """Fake trials, and no plots (seconds each on 2 cores; the real-engine test draws them)."""
     monkeypatch.setattr(busai.training, "train", fake_train)
+    monkeypatch.setattr(busai.tune, "write_plots", lambda study, out_dir: {})
 
 
 def states(out_dir, storage=None, study=None):
@@ -185,17 +188,17 @@ def test_cpu_budget_overrides_are_recorded():
 
 
 def test_median_pruner_stops_poor_trials(tmp_path, dataset, fake):
-    summary = run_study("seg", *dataset, out_dir=tmp_path / "s", trials=14, space=build_space("seg", max_epochs=8), pruner="median", seed=1)
+    summary = run_study("seg", *dataset, out_dir=tmp_path / "s", trials=10, space=build_space("seg", max_epochs=6), pruner="median", seed=1)
     found = states(tmp_path / "s")
     assert TrialState.PRUNED in found and TrialState.COMPLETE in found
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
-    assert all(len(t.intermediate_values) < 8 for t in pruned)  # stopped before the last epoch
+    assert all(len(t.intermediate_values) < 6 for t in pruned)  # stopped before the last epoch
     assert summary.summary["best"]["value"] == min(t.value for t in study.trials if t.state == TrialState.COMPLETE)
 
 
 def test_hyperband_prunes_and_patience_only_early_stops(tmp_path, dataset, fake):
-    run_study("seg", *dataset, out_dir=tmp_path / "h", trials=14, space=build_space("seg", max_epochs=9), pruner="hyperband", seed=1)
+    run_study("seg", *dataset, out_dir=tmp_path / "h", trials=10, space=build_space("seg", max_epochs=9), pruner="hyperband", seed=1)
     assert TrialState.PRUNED in states(tmp_path / "h")
     summary = run_study("cls", *dataset, out_dir=tmp_path / "p", trials=3, space=build_space("cls", max_epochs=4), pruner="patience", trial_patience=2)
     assert states(tmp_path / "p") == [TrialState.COMPLETE] * 3
@@ -230,9 +233,10 @@ def test_resume_refuses_a_changed_space(tmp_path, dataset, fake):
 WORKER = """
 import sys
 sys.path.insert(0, {tests!r})
-import busai.training
+import busai.training, busai.tune
 from test_tune import fake_train
 busai.training.train = fake_train
+busai.tune.write_plots = lambda study, out_dir: {{}}
 from busai.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -243,7 +247,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path, dataset):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=str(Path(__file__).parent)))
-    env = {**os.environ, "FAKE_EPOCH_SECONDS": "0.3"}
+    env = {**os.environ, "FAKE_EPOCH_SECONDS": "0.2"}
     workers = [
         subprocess.Popen([sys.executable, str(script), "tune", "seg", "--data", data, "--splits", splits, "--out", str(tmp_path / f"w{i}"),
                           "--trials", "6", "--max-epochs", "2", "--storage", storage, "--study", "shared", "--seed", str(i), "--quiet"],

@@ -39,7 +39,6 @@ def fast_context(model: torch.nn.Module, precision: str = "bf16"):
     return torch.autocast(device_type=device, dtype=torch.bfloat16)
 
 
-@torch.inference_mode()
 def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "bf16") -> torch.Tensor:
     """Normalised (N, 3, S, S) batch -> probabilities: (N, S, S) lesion map or (N, classes).
 
@@ -49,14 +48,18 @@ def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "b
 
     model = loaded.module
     if isinstance(model, OnnxModule):
-        logits = model(batch)
-    else:
-        device = next(model.parameters()).device
-        x = batch.to(device)
-        if precision != "fp32":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with fast_context(model, precision):
-            logits = model(x)
+        with torch.inference_mode():
+            logits = model(batch)
+        return probabilities(loaded.task, logits.float()).cpu()
+    device = next(model.parameters()).device
+    x = batch.to(device)
+    if precision != "fp32":
+        x = x.contiguous(memory_format=torch.channels_last)
+    # fast_context converts the weights to channels_last: done outside inference mode, or they would
+    # become inference tensors that autograd (Grad-CAM) can no longer use.
+    context = fast_context(model, precision)
+    with torch.inference_mode(), context:
+        logits = model(x)
     return probabilities(loaded.task, logits.float()).cpu()
 
 

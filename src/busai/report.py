@@ -106,10 +106,9 @@ def segmentation_table(results: list[dict]) -> str:
         theirs = paper.SEGMENTATION_SCORES.get(key, {})
         fit = r.get("fit", {})
         epochs = f"{fit.get('epochs_run', '?')} ({fit.get('stop_reason', '?')})"
-        for i, split in enumerate(("train", "val", "test")):
-            m = r["metrics"].get(split)
-            if not m:
-                continue
+        present = [s for s in ("train", "val", "test") if r["metrics"].get(s)]
+        for i, split in enumerate(present):
+            m = r["metrics"][split]
             p = theirs.get(split)
             paper_cell = " / ".join(f"{v:.2f}" for v in p) if p else "–"
             head = (f"{key[0]}:{key[1]}", _short_source(r.get("weight_source")), epochs) if i == 0 else ("", "", "")
@@ -131,10 +130,9 @@ def classification_table(results: list[dict]) -> str:
         theirs = paper.CLASSIFICATION_SCORES.get(name, {})
         fit = r.get("fit", {})
         epochs = f"{fit.get('epochs_run', '?')} ({fit.get('stop_reason', '?')})"
-        for i, split in enumerate(("train", "val", "test")):
-            m = r["metrics"].get(split)
-            if not m:
-                continue
+        present = [s for s in ("train", "val", "test") if r["metrics"].get(s)]
+        for i, split in enumerate(present):
+            m = r["metrics"][split]
             p = theirs.get(split)
             recalls = " / ".join(_fmt(m["per_class"][c]["recall"]) for c in CLASSES) if "per_class" in m else "–"
             head = (name, _short_source(r.get("weight_source")), epochs) if i == 0 else ("", "", "")

@@ -12,7 +12,7 @@ from busai.errors import ConfigError
 
 def dice_per_image(logits: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """Hard Dice per image at a probability threshold; 1.0 when prediction and truth are both empty."""
-    pred = (torch.sigmoid(logits) > threshold).flatten(1).float()
+    pred = (torch.sigmoid(logits) >= threshold).flatten(1).float()  # same rule as busai.metrics
     truth = (masks > 0.5).flatten(1).float()
     inter = (pred * truth).sum(1)
     total = pred.sum(1) + truth.sum(1)

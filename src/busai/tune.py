@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import csv
+import random
+import time
 import json
 import math
 import os
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from busai.config import TASK_ALIASES, TrainConfig
@@ -313,11 +316,21 @@ def default_storage(out_dir: str | Path) -> str:
 def _storage(url: str) -> optuna.storages.RDBStorage:
     # The heartbeat marks a trial whose worker died as FAIL, so a re-run resumes cleanly.
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120)
-    except Exception as exc:  # sqlalchemy / driver errors: bad URL, server down, missing driver
-        raise ConfigError(f"--storage {redact(url)}: cannot open ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                          "check the URL, that the server runs and that its driver (e.g. psycopg2-binary) is installed") from None
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat: experimental since 2.9
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120)
+        except sqlalchemy.exc.DatabaseError as exc:
+            # Workers starting together on an empty database race to create its tables (optuna#1092):
+            # the loser finds them on a retry. A server that is down fails every attempt.
+            error = exc
+            time.sleep(0.5 + random.random() * attempt)
+        except Exception as exc:  # bad URL, missing driver
+            error = exc
+            break
+    raise ConfigError(f"--storage {redact(url)}: cannot open ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                      "check the URL, that the server runs and that its driver (e.g. psycopg2-binary) is installed")
 
 
 def redact(url: str) -> str:
@@ -431,9 +444,12 @@ def _check_inputs(data, splits) -> None:
 def _check_same_study(study: optuna.Study, task: str, space: dict, storage_url: str) -> None:
     stored = study.user_attrs
     if not stored:
-        study.set_user_attr("task", task)
-        study.set_user_attr("space", space)
-        return
+        try:
+            study.set_user_attr("task", task)
+            study.set_user_attr("space", space)
+            return
+        except sqlalchemy.exc.IntegrityError:  # another worker wrote them first: compare with theirs
+            stored = study.user_attrs
     if stored.get("task") != task or stored.get("space") != json.loads(json.dumps(space)):
         raise ConfigError(
             f"--study {study.study_name}: already exists in {redact(storage_url)} with a different task or search space; "
@@ -474,12 +490,10 @@ def _objective(task: str, space: dict, base: TrainConfig, out_dir: Path, command
 
 
 def _record_best_epoch(trial: optuna.Trial, rows: list[dict]) -> None:
+    """One user attribute (one storage write): epochs run and the validation scores of the best epoch."""
     best = min(rows, key=lambda row: row["val_loss"])
-    trial.set_user_attr("epochs_run", len(rows))
-    trial.set_user_attr("best_epoch", best["epoch"])
-    for key, value in best.items():
-        if key.startswith("val_"):
-            trial.set_user_attr(key, value)
+    metrics = {"epochs_run": len(rows), "best_epoch": best["epoch"], **{k: v for k, v in best.items() if k.startswith("val_")}}
+    trial.set_user_attr("metrics", metrics)
 
 
 def _duration(trial: optuna.trial.FrozenTrial) -> float | None:
@@ -496,7 +510,7 @@ def _trial_record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
         best_number = best_value = None
     return {
         "number": trial.number, "state": trial.state.name, "value": trial.value, "params": trial.params,
-        "seconds": _duration(trial), "epochs_run": trial.user_attrs.get("epochs_run"),
+        "seconds": _duration(trial), "epochs_run": trial.user_attrs.get("metrics", {}).get("epochs_run"),
         "fail_reason": trial.user_attrs.get("fail_reason"), "best_number": best_number, "best_value": best_value,
     }
 
@@ -523,7 +537,7 @@ def write_outputs(study: optuna.Study, out_dir: str | Path, *, task: str, storag
     if complete:
         trial = study.best_trial
         best = {"number": trial.number, "value": trial.value, "params": trial.params,
-                "metrics": {k: v for k, v in trial.user_attrs.items() if k.startswith("val_") or k in ("best_epoch", "epochs_run")},
+                "metrics": trial.user_attrs.get("metrics", {}),
                 "run_dir": trial.user_attrs.get("run_dir")}
         config = dict(trial.user_attrs["config"])
         config["max_minutes"] = None  # the per-trial time cap is a tuning budget, not part of the configuration
@@ -548,8 +562,8 @@ def write_outputs(study: optuna.Study, out_dir: str | Path, *, task: str, storag
 def _write_trials_csv(trials: list, path: Path) -> None:
     """One row per trial (Optuna's trials_dataframe needs pandas, which busai does not depend on)."""
     params = sorted({k for t in trials for k in t.params})
-    attrs = sorted({k for t in trials for k in t.user_attrs if k not in ("config", "run_dir")})
-    fields = ["number", "state", "value", "seconds", "datetime_start", *[f"params_{k}" for k in params], *attrs]
+    metrics = list(dict.fromkeys(k for t in trials for k in t.user_attrs.get("metrics", {})))
+    fields = ["number", "state", "value", "seconds", "datetime_start", *[f"params_{k}" for k in params], *metrics, "fail_reason"]
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
@@ -558,7 +572,8 @@ def _write_trials_csv(trials: list, path: Path) -> None:
             writer.writerow({
                 "number": t.number, "state": t.state.name, "value": t.value, "seconds": _duration(t),
                 "datetime_start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
-                **{f"params_{k}": t.params.get(k) for k in params}, **{k: t.user_attrs.get(k) for k in attrs},
+                **{f"params_{k}": t.params.get(k) for k in params}, **t.user_attrs.get("metrics", {}),
+                "fail_reason": t.user_attrs.get("fail_reason"),
             })
     tmp.replace(path)
 

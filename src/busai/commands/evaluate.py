@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     splits = args.split if isinstance(args.split, list) else [args.split]
     results = {}
     for split in splits:
-        results[split] = evaluate_run(args.run_dir, args.data, args.splits, split, n_boot=args.n_boot, figures=args.figures, command=command_line())
+        results[split] = evaluate_run(args.run_dir, args.data, args.splits, split, n_boot=args.n_boot, figures=args.figures, command=command_line(args))
     if args.json:
         print(json.dumps(results[splits[0]] if len(splits) == 1 else results, default=str))
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -58,9 +59,9 @@ def _print_summary(rows: list[dict], out_dir: str) -> None:
 
     for row in rows:
         if row["error"]:
-            table.add_row(row["image"], "[red]error", "", "", "", "", "")
+            table.add_row(Path(row["image"]).name, "[red]error", "", "", "", "", "")
             continue
         p = row.get(f"p_{row['label']}") if row["label"] else None
-        table.add_row(row["image"], text(row["label"]), text(p), text(row["area_px"]), text(row["area_mm2"]),
+        table.add_row(Path(row["image"]).name, text(row["label"]), text(p), text(row["area_px"]), text(row["area_mm2"]),
                       text(row["longest_diameter_px"]), text(row["longest_diameter_mm"]))
     Console().print(table)

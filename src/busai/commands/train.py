@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.out:
             raise ConfigError("--out RUN_DIR is required for a new run (or pass --resume RUN_DIR)")
-        result = training.train(config_from_args(args), args.out, quiet=args.quiet, command=command_line())
+        result = training.train(config_from_args(args), args.out, quiet=args.quiet, command=command_line(args))
         run_dir = args.out
     summary = {"run_dir": str(run_dir), **result.to_dict()}
     if args.json:

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_study(
         args.task, args.data, args.splits, out_dir=args.out, trials=args.trials, timeout_minutes=args.timeout,
         storage=args.storage, study_name=args.study, space=space, base=base, trial_minutes=args.trial_minutes, trial_patience=args.trial_patience,
-        pruner=args.pruner, seed=args.seed, command=command_line(), on_trial=_print_trial if chatty else None,
+        pruner=args.pruner, seed=args.seed, command=command_line(args), on_trial=_print_trial if chatty else None,
     ).to_dict()
     if args.json:
         print(json.dumps(summary))

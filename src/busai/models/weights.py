@@ -299,28 +299,36 @@ def load_imagenet(module: nn.Module, source: ImagenetSource, what: str, ignore_p
     """
     result = find_imagenet(source)
     if result.found is None:
-        warn_imagenet_missing(what, result.looked_for)
+        warn_imagenet_missing(what, source, result.looked_for)
         return "random (imagenet requested, not found)"
     state_dict = source.convert(read_state_dict(result.found.path))
     load_checked(module, state_dict, result.found.path, ignore_prefixes)
     return result.found.describe()
 
 
-def warn_imagenet_missing(what: str, looked_for: list[str]) -> None:
-    """Red line on stderr plus ``RuntimeWarning``: training continues from random weights."""
+def warn_imagenet_missing(what: str, source: ImagenetSource, looked_for: list[str]) -> None:
+    """Bold red line on stderr plus ``RuntimeWarning``: training continues from random weights."""
     message = (
         f"ImageNet weights for {what} not found; continuing with RANDOM weights. "
-        f"Looked for: {'; '.join(looked_for)}. "
-        f"Provide them: copy the torchvision file into $TORCH_HOME/hub/checkpoints/ "
-        f"or set {WEIGHTS_DIR_ENV} to a folder holding it (or <name>.pth / <name>.safetensors)."
+        f"Looked for: {'; '.join(looked_for)}. To provide them: {_how_to_provide(source)}"
     )
     _print_red(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    warnings.warn(message, RuntimeWarning, stacklevel=5)  # points at the caller of build()
+
+
+def _how_to_provide(source: ImagenetSource) -> str:
+    own_files = f"{source.local_names[0]}.pth or .safetensors"
+    if source.torchvision_weights is None:
+        return f"set {WEIGHTS_DIR_ENV} to a folder holding {own_files} (an ImageNet state dict of this backbone)."
+    url = source.torchvision_weights.DEFAULT.url
+    return (
+        f"copy {url.rsplit('/', 1)[-1]} ({url}) into {torchvision_checkpoint_dir()}/ "
+        f"(that is $TORCH_HOME/hub/checkpoints), or set {WEIGHTS_DIR_ENV} to a folder holding it or {own_files}."
+    )
 
 
 def _print_red(message: str) -> None:
     from rich.console import Console
-    from rich.panel import Panel
 
-    # stderr, so that a command's --json output on stdout stays clean.
-    Console(file=sys.stderr).print(Panel(message, title="WARNING: no ImageNet weights", style="bold red"))
+    # One unwrapped line (greppable in logs) on stderr, so a command's --json stdout stays clean.
+    Console(file=sys.stderr, soft_wrap=True).print(f"WARNING: {message}", style="bold red", markup=False, highlight=False)

@@ -1,8 +1,8 @@
 """The web page and its JSON API (FastAPI): drop a scan, see the lesion, the class and the measurements.
 
-``POST /api/predict`` takes one multipart ``file`` and returns the prediction row of
-``busai predict`` (class probabilities, measurements) plus the overlay, and with ``?gradcam=1``
-the classifier's Grad-CAM heat-map, both as PNG data URLs. Uploads are checked before any model
+``POST /api/predict`` takes one multipart ``file`` and returns the keys of a ``busai predict``
+row (class probabilities, measurements), with ``mask`` and ``overlay`` as PNG data URLs, and
+with ``?gradcam=1`` the classifier's Grad-CAM heat-map as ``gradcam``. Uploads are checked before any model
 runs (size, type, decodability) and answered with a 4xx and one-line ``detail`` when they fail;
 the upload is decoded from a temporary folder that is removed at once. ``GET /`` is the page.
 """
@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 
 from busai.errors import BusaiError
-from busai.predict import Models, ModelSource, draw_overlay, label_caption, load_models, predict_array
+from busai.predict import COLUMNS, Models, ModelSource, draw_overlay, label_caption, load_models, predict_array
 
 NOTICE = "Research software, not a medical device: not for diagnosis or treatment decisions."
 STATIC = Path(__file__).with_name("static")
@@ -91,7 +91,10 @@ def create_app(
             row, mask = predict_array(models, image, tta=tta, pixel_spacing=pixel_spacing)
             ends = row.pop("diameter_endpoints", None)
             shown = mask if mask is not None else np.zeros(image.shape[:2], dtype=np.uint8)
-            result = {"image": file.filename, **row, "notice": NOTICE}
+            # The keys of a predictions.json row; mask and overlay are PNG data URLs instead of file names.
+            result = {key: None for key in COLUMNS if key != "error"} | {"image": file.filename} | row
+            result["notice"] = NOTICE
+            result["mask"] = png_data_url(mask * 255) if mask is not None else None
             result["overlay"] = png_data_url(draw_overlay(image, shown, ends, label_caption(row)))
             result["gradcam"] = None
             if gradcam:

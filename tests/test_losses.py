@@ -1,0 +1,92 @@
+"""Focal loss against hand-computed values (paper eq. 11) and the segmentation losses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from busai.errors import ConfigError
+from busai.losses import DiceBCELoss, FocalLoss, build_segmentation_loss
+
+LOGITS = [[2.0, 1.0, 0.1], [0.5, 2.5, -1.0]]
+TARGET = [0, 2]
+
+
+def _softmax_row(row: list[float]) -> list[float]:
+    exps = [math.exp(v) for v in row]
+    return [e / sum(exps) for e in exps]
+
+
+def _hand_focal(alpha_of_sample: list[float], gamma: float) -> list[float]:
+    """-alpha_t (1 - p_t)^gamma log p_t for each sample, from the paper's equation 11."""
+    losses = []
+    for row, t, a in zip(LOGITS, TARGET, alpha_of_sample):
+        p_t = _softmax_row(row)[t]
+        losses.append(-a * (1 - p_t) ** gamma * math.log(p_t))
+    return losses
+
+
+def test_focal_loss_matches_hand_computation_scalar_alpha():
+    # Sample 0: p_0 = e^2 / (e^2 + e^1 + e^0.1) ~ 0.659; sample 1: p_2 = e^-1 / (e^0.5 + e^2.5 + e^-1) ~ 0.0273
+    expected = _hand_focal([0.25, 0.25], gamma=2.0)
+    loss = FocalLoss(alpha=0.25, gamma=2.0, reduction="none")(torch.tensor(LOGITS), torch.tensor(TARGET))
+    assert loss.tolist() == pytest.approx(expected, rel=1e-5)
+    mean = FocalLoss(alpha=0.25, gamma=2.0)(torch.tensor(LOGITS), torch.tensor(TARGET))
+    assert mean.item() == pytest.approx(sum(expected) / 2, rel=1e-5)
+    total = FocalLoss(alpha=0.25, gamma=2.0, reduction="sum")(torch.tensor(LOGITS), torch.tensor(TARGET))
+    assert total.item() == pytest.approx(sum(expected), rel=1e-5)
+
+
+def test_focal_loss_per_class_alpha_uses_true_class_weight():
+    alpha = [0.2, 0.3, 0.5]
+    expected = _hand_focal([alpha[0], alpha[2]], gamma=1.5)  # true classes 0 and 2
+    loss = FocalLoss(alpha=alpha, gamma=1.5, reduction="none")(torch.tensor(LOGITS), torch.tensor(TARGET))
+    assert loss.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_focal_loss_is_cross_entropy_at_gamma_0_alpha_1():
+    torch.manual_seed(0)
+    logits = torch.randn(8, 3) * 3
+    target = torch.randint(0, 3, (8,))
+    for reduction in ("mean", "sum", "none"):
+        focal = FocalLoss(alpha=1.0, gamma=0.0, reduction=reduction)(logits, target)
+        assert torch.allclose(focal, F.cross_entropy(logits, target, reduction=reduction), atol=1e-6)
+
+
+def test_focal_loss_down_weights_easy_samples_and_has_gradients():
+    logits = torch.tensor(LOGITS, requires_grad=True)
+    FocalLoss(gamma=2.0)(logits, torch.tensor(TARGET)).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    easy = torch.tensor([[10.0, 0.0, 0.0]])
+    assert FocalLoss(gamma=2.0)(easy, torch.tensor([0])) < 1e-3 * F.cross_entropy(easy, torch.tensor([0]))
+
+
+def test_focal_loss_errors():
+    with pytest.raises(ConfigError, match="focal_alpha has 2 values but the model has 3 classes"):
+        FocalLoss(alpha=[0.5, 0.5])(torch.tensor(LOGITS), torch.tensor(TARGET))
+    with pytest.raises(ConfigError, match="focal_gamma -1"):
+        FocalLoss(gamma=-1)
+    with pytest.raises(ConfigError, match="reduction 'avg'"):
+        FocalLoss(reduction="avg")
+
+
+def test_segmentation_losses():
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 2:6, 2:6] = 1
+    perfect = (mask * 2 - 1) * 20  # logits far on the right side
+    dice = build_segmentation_loss("dice")
+    assert dice(perfect, mask).item() == pytest.approx(0.0, abs=1e-4)
+    assert dice(-perfect, mask).item() > 0.9
+
+    logits = torch.randn(2, 1, 8, 8, requires_grad=True)
+    combined = build_segmentation_loss("dice_bce")
+    assert isinstance(combined, DiceBCELoss)
+    value = combined(logits, mask)
+    assert value.item() == pytest.approx((dice(logits, mask) + F.binary_cross_entropy_with_logits(logits, mask)).item(), rel=1e-5)
+    value.backward()
+    assert logits.grad is not None
+    with pytest.raises(ConfigError, match="unknown segmentation loss 'focal'; choose one of: dice, dice_bce"):
+        build_segmentation_loss("focal")

@@ -1,0 +1,155 @@
+"""Segmentation and classification metrics against numbers worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from busai.errors import DataError
+from busai.metrics import classification_report_dict, histogram_auc, segmentation_counts, summarise_segmentation
+
+MASK = np.array(
+    [
+        [0, 0, 0, 0],
+        [0, 1, 1, 0],
+        [0, 1, 1, 0],
+        [0, 0, 0, 0],
+    ]
+)
+PROB = np.array(
+    [
+        [0.1, 0.2, 0.1, 0.0],
+        [0.6, 0.9, 0.8, 0.1],  # 0.6: false positive; 0.9, 0.8: true positives
+        [0.0, 0.7, 0.4, 0.1],  # 0.7: true positive; 0.4: false negative
+        [0.0, 0.1, 0.3, 0.2],
+    ]
+)
+# tp=3 fp=1 fn=1 tn=11. Accuracy 14/16, Dice 2*3/(2*3+1+1) = 6/8, IoU 3/(3+1+1) = 3/5.
+# AUC: positives 0.9, 0.8, 0.7 beat all 12 negatives, 0.4 beats 11 of them (not 0.6): 47/48.
+HAND = {"pixel_accuracy": 14 / 16, "dice": 6 / 8, "iou": 3 / 5, "auc": 47 / 48}
+
+
+def _value(summary: dict, metric: str, kind: str) -> float | None:
+    return summary[metric][kind]["value"]
+
+
+def test_segmentation_counts_by_hand():
+    counts = segmentation_counts(PROB, MASK)
+    assert (counts["tp"], counts["fp"], counts["fn"], counts["tn"]) == (3, 1, 1, 11)
+    assert counts["auc"] == pytest.approx(47 / 48)
+    assert counts["hist_pos"].sum() == 4 and counts["hist_neg"].sum() == 12
+    summary = summarise_segmentation([counts], n_boot=50)
+    for metric, expected in HAND.items():
+        assert _value(summary, metric, "pooled") == pytest.approx(expected)
+        assert _value(summary, metric, "mean") == pytest.approx(expected)
+
+
+def test_empty_mask_conventions():
+    empty = np.zeros((4, 4), dtype=np.uint8)
+    correct_empty = segmentation_counts(np.full((4, 4), 0.1), empty)
+    assert correct_empty["auc"] is None  # undefined: no lesion pixel
+    false_alarm = segmentation_counts(np.where(np.eye(4) > 0, 0.9, 0.1), empty)
+    full = segmentation_counts(np.full((4, 4), 0.9), np.ones((4, 4)))
+    assert full["auc"] is None  # undefined: no background pixel
+
+    summary = summarise_segmentation([segmentation_counts(PROB, MASK), correct_empty, false_alarm, full], n_boot=50)
+    # Per-image Dice: 0.75, 1 (both empty), 0 (prediction only), 1 (both full).
+    assert _value(summary, "dice", "mean") == pytest.approx((0.75 + 1 + 0 + 1) / 4)
+    assert _value(summary, "iou", "mean") == pytest.approx((0.6 + 1 + 0 + 1) / 4)
+    # Pooled: tp = 3 + 16, fp = 1 + 4, fn = 1.
+    assert _value(summary, "dice", "pooled") == pytest.approx(2 * 19 / (2 * 19 + 5 + 1))
+    assert _value(summary, "pixel_accuracy", "pooled") == pytest.approx((14 + 16 + 12 + 16) / 64)
+    assert summary["n_images"] == 4 and summary["n_images_auc"] == 1
+    assert _value(summary, "auc", "mean") == pytest.approx(47 / 48)
+
+
+def test_all_empty_split_has_null_auc():
+    summary = summarise_segmentation([segmentation_counts(np.zeros((4, 4)), np.zeros((4, 4)))], n_boot=20)
+    assert summary["auc"]["pooled"] == {"value": None, "ci_low": None, "ci_high": None}
+    assert summary["auc"]["mean"]["value"] is None
+    assert _value(summary, "dice", "mean") == 1.0
+
+
+def _random_split(n_images: int = 12, size: int = 32, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    probs, masks = [], []
+    for i in range(n_images):
+        mask = np.zeros((size, size), dtype=np.uint8)
+        if i % 4:  # every fourth image is normal (empty mask)
+            top, left = rng.integers(0, size // 2, 2)
+            mask[top : top + rng.integers(4, size // 2), left : left + rng.integers(4, size // 2)] = 1
+        logit = rng.normal(0, 1.5, mask.shape) + np.where(mask > 0, 1.0, -1.0) * rng.uniform(0.5, 3.0)
+        probs.append(1 / (1 + np.exp(-logit)))
+        masks.append(mask)
+    return probs, masks
+
+
+def test_pooled_auc_matches_sklearn_and_ci_contains_values():
+    probs, masks = _random_split()
+    summary = summarise_segmentation([segmentation_counts(p, m) for p, m in zip(probs, masks)], n_boot=200, seed=1)
+    exact = roc_auc_score(np.concatenate([m.ravel() for m in masks]), np.concatenate([p.ravel() for p in probs]))
+    assert _value(summary, "auc", "pooled") == pytest.approx(exact, abs=1e-3)
+    per_image = [roc_auc_score(m.ravel(), p.ravel()) for p, m in zip(probs, masks) if 0 < m.sum() < m.size]
+    assert _value(summary, "auc", "mean") == pytest.approx(np.mean(per_image))
+    for metric in ("pixel_accuracy", "dice", "iou", "auc"):
+        for kind in ("pooled", "mean"):
+            entry = summary[metric][kind]
+            assert entry["ci_low"] <= entry["value"] <= entry["ci_high"], (metric, kind, entry)
+            assert entry["ci_low"] < entry["ci_high"]
+
+
+def test_histogram_auc_extremes_and_shape_error():
+    assert histogram_auc(np.array([0, 0, 5]), np.array([3, 0, 0])) == 1.0
+    assert histogram_auc(np.array([0, 4, 0]), np.array([0, 4, 0])) == 0.5  # all tied
+    with pytest.raises(DataError, match=r"prediction shape \(4, 4\) != mask shape \(2, 2\)"):
+        segmentation_counts(PROB, np.zeros((2, 2)))
+
+
+# --------------------------------------------------------------------------- classification
+Y_TRUE = [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
+Y_PRED = [0, 0, 1, 1, 1, 2, 1, 2, 2, 0]
+
+
+def _probs_for(predictions: list[int]) -> np.ndarray:
+    """0.6 on the predicted class, 0.2 on the others."""
+    probs = np.full((len(predictions), 3), 0.2)
+    probs[np.arange(len(predictions)), predictions] = 0.6
+    return probs
+
+
+def test_classification_report_by_hand():
+    report = classification_report_dict(Y_TRUE, _probs_for(Y_PRED), n_boot=200)
+    # Rows = true class, columns = predicted class.
+    assert report["confusion_matrix"] == [[2, 1, 0], [0, 3, 1], [1, 0, 2]]
+    assert report["accuracy"]["value"] == pytest.approx(7 / 10)
+    normal, benign, malignant = (report["per_class"][c] for c in ("normal", "benign", "malignant"))
+    # normal: 2 of 3 predicted-normal are normal, 2 of 3 normals found; benign 3/4 and 3/4; malignant 2/3 and 2/3.
+    assert (normal["precision"], normal["recall"], normal["f1"]) == pytest.approx((2 / 3, 2 / 3, 2 / 3))
+    assert (benign["precision"], benign["recall"], benign["f1"]) == pytest.approx((3 / 4, 3 / 4, 3 / 4))
+    assert (malignant["precision"], malignant["recall"], malignant["f1"]) == pytest.approx((2 / 3, 2 / 3, 2 / 3))
+    assert [normal["support"], benign["support"], malignant["support"]] == [3, 4, 3]
+    assert report["macro_f1"]["value"] == pytest.approx((2 / 3 + 3 / 4 + 2 / 3) / 3)
+    # AUC normal-vs-rest: positives score 0.6, 0.6, 0.2; negatives one 0.6, six 0.2.
+    # Each 0.6 positive: 6 wins + 1/2 tie; the 0.2 positive: 6 half-ties -> (6.5 + 6.5 + 3) / 21.
+    assert normal["auc"] == pytest.approx(16 / 21)
+    assert benign["auc"] == pytest.approx((3 * 5.5 + 2.5) / 24)
+    assert report["macro_auc"]["value"] == pytest.approx((16 / 21 + 19 / 24 + 16 / 21) / 3)
+    for metric in ("accuracy", "macro_f1", "macro_auc"):
+        entry = report[metric]
+        assert entry["ci_low"] <= entry["value"] <= entry["ci_high"], (metric, entry)
+
+
+def test_classification_missing_class_does_not_crash():
+    y_true = [0, 0, 1, 1, 1, 0]
+    report = classification_report_dict(y_true, _probs_for([0, 1, 1, 1, 2, 0]), n_boot=50)
+    malignant = report["per_class"]["malignant"]
+    assert malignant["support"] == 0 and malignant["auc"] is None
+    assert malignant["precision"] == malignant["recall"] == malignant["f1"] == 0.0
+    assert report["confusion_matrix"][2] == [0, 0, 0]
+    assert report["macro_auc"]["value"] == pytest.approx(np.mean([report["per_class"][c]["auc"] for c in ("normal", "benign")]))
+
+
+def test_classification_shape_error():
+    with pytest.raises(DataError, match="do not fit 3 labels and 3 classes"):
+        classification_report_dict([0, 1, 2], np.ones((3, 2)) / 2)

@@ -1,0 +1,91 @@
+"""Train -> resume -> evaluate -> report through the public API and the CLI, on tiny synthetic runs."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from busai.evaluate import evaluate_run
+from busai.report import classification_table, collect_run, segmentation_table
+
+
+def splits_of(run):
+    return run.parent / "splits.json"
+
+
+def test_segmentation_evaluation_keys_and_ranges(seg_run, synthetic_dir, tmp_path):
+    run = shutil.copytree(seg_run, tmp_path / "seg")
+    result = evaluate_run(run, synthetic_dir, splits_of(seg_run), "val", n_boot=50)
+    for name in ("pixel_accuracy", "dice", "iou", "auc"):
+        for kind in ("pooled", "mean"):
+            entry = result[name][kind]
+            assert set(entry) >= {"value", "ci_low", "ci_high"}
+            if entry["value"] is not None:
+                assert 0.0 <= entry["value"] <= 1.0
+    assert result["images"] == len(json.loads(splits_of(seg_run).read_text())["val"])
+    assert (run / "samples_val.png").exists()
+    evaluate_run(run, synthetic_dir, splits_of(seg_run), "test", n_boot=20, figures=False)
+    assert set(json.loads((run / "metrics.json").read_text())) == {"val", "test"}  # merged, not overwritten
+
+
+def test_classification_evaluation_counts_every_image(cls_run, synthetic_dir, tmp_path):
+    run = shutil.copytree(cls_run, tmp_path / "cls")
+    result = evaluate_run(run, synthetic_dir, splits_of(cls_run), "val", n_boot=50)
+    matrix = np.array(result["confusion_matrix"])
+    assert matrix.shape == (3, 3) and matrix.sum() == result["images"] == len(result["predictions"])
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(result["accuracy"]["value"])
+    assert (run / "confusion_val.png").exists() and (run / "samples_val.png").exists()
+
+
+def test_cli_refuses_to_overwrite_a_run(cli, seg_run, synthetic_dir):
+    cli.fails("train", "seg", "--data", synthetic_dir, "--splits", splits_of(seg_run), "--out", seg_run,
+              expect="already holds a run; pass --resume to continue it")
+
+
+def test_cli_resume_extends_a_finished_run(cli, seg_run, tmp_path):
+    run = shutil.copytree(seg_run, tmp_path / "seg")
+    code, _, err = cli("train", "--resume", run, "--epochs", "2", "--quiet")
+    assert code == 0, err
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+
+
+def test_cli_evaluate_json_and_report(cli, cls_run, synthetic_dir, tmp_path):
+    run = shutil.copytree(cls_run, tmp_path / "cls")
+    code, out, err = cli("evaluate", run, "--data", synthetic_dir, "--splits", splits_of(cls_run), "--split", "test", "--n-boot", "20", "--json", "--no-figures")
+    assert code == 0, err
+    result = json.loads(out)
+    assert {"accuracy", "macro_f1", "macro_auc", "per_class", "confusion_matrix", "command"} <= set(result)
+    assert result["command"].startswith("busai evaluate")
+    summary = collect_run(run)
+    assert summary["metrics"]["test"]["accuracy"] == result["accuracy"]
+    table = classification_table([summary])
+    assert "| efficientnet_lite0 |" in table and "| test |" in table
+
+
+def test_evaluate_missing_run_folder(cli, synthetic_dir, tmp_path):
+    cli.fails("evaluate", tmp_path / "nope", "--data", synthetic_dir, "--splits", tmp_path / "s.json",
+              expect="run folder not found; pass a folder written by `busai train`")
+
+
+def test_mismatched_checkpoint_is_named(cls_run, seg_run, tmp_path):
+    from busai.errors import CheckpointError
+    from busai.runs import load_model
+
+    run = shutil.copytree(cls_run, tmp_path / "cls")
+    shutil.copy(seg_run / "checkpoint_best.safetensors", run / "checkpoint_best.safetensors")
+    with pytest.raises(CheckpointError, match="weights do not match"):
+        load_model(run)
+
+
+def test_segmentation_table_prints_paper_numbers_beside_ours(seg_run, synthetic_dir, tmp_path):
+    run = shutil.copytree(seg_run, tmp_path / "seg")
+    evaluate_run(run, synthetic_dir, splits_of(seg_run), "test", n_boot=20, figures=False)
+    summary = collect_run(run)
+    summary["model"] = {**summary["model"], "encoder": "resnet18", "name": "unetplusplus"}
+    table = segmentation_table([summary])
+    assert "resnet18:unetplusplus" in table
+    assert "0.97 / 0.83 / 0.71 / 0.91" in table  # the paper's Table 4 test row for ResNet18:U-Net++

@@ -1,0 +1,41 @@
+"""Release models: fp16 packaging from a run folder, loading, and the error when none is packaged."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from busai.errors import CheckpointError, ConfigError
+from busai.inference import predict_image
+from busai.release import MAX_RELEASE_MB, load_release, make_release, resolve_model
+
+
+def test_make_and_load_release(seg_run, synthetic_dir, tiny_runs, tmp_path):
+    from busai.evaluate import evaluate_run
+
+    evaluate_run(seg_run, synthetic_dir, tiny_runs / "splits.json", "val", n_boot=10, figures=False)
+    folder = make_release(seg_run, "seg", root=tmp_path)
+    assert folder == tmp_path / "segmentation"
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "scores.json"}
+    weights = load_file(str(folder / "model.safetensors"))
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
+    scores = json.loads((folder / "scores.json").read_text())
+    assert scores["weights_mb"] <= MAX_RELEASE_MB and scores["model"]["encoder"] == "efficientnet-lite0"
+    assert scores["splits"]["val"]["dice"]["mean"] is not None
+
+    released, original = load_release("seg", root=tmp_path), resolve_model(seg_run, "seg")
+    image = (np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)
+    difference = (predict_image(released, image, precision="fp32") - predict_image(original, image, precision="fp32")).abs().max()
+    assert difference < 1e-2  # fp16 storage rounds the weights, nothing more
+
+
+def test_release_errors(seg_run, tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="is a segmentation run"):
+        make_release(seg_run, "cls", root=tmp_path)
+    monkeypatch.setattr("busai.release.RELEASE_DIR", tmp_path / "empty")
+    with pytest.raises(CheckpointError, match=r"no released classification model.*--cls RUN_DIR"):
+        resolve_model("release", "cls")
+    with pytest.raises(CheckpointError, match=r"no released segmentation model.*--seg RUN_DIR"):
+        resolve_model(None, "seg")
