@@ -89,3 +89,19 @@ def test_segmentation_table_prints_paper_numbers_beside_ours(seg_run, synthetic_
     table = segmentation_table([summary])
     assert "resnet18:unetplusplus" in table
     assert "0.97 / 0.83 / 0.71 / 0.91" in table  # the paper's Table 4 test row for ResNet18:U-Net++
+
+
+def test_same_seed_same_run(synthetic_dir, seg_run, tmp_path):
+    """Seeded and repeatable: two runs of one config give identical histories and weights."""
+    from safetensors.torch import load_file
+
+    from busai.config import TrainConfig
+    from busai.training import train
+
+    cfg = dict(task="seg", model="unet", encoder="efficientnet-lite0", weights="none", image_size=64, epochs=1,
+               batch_size=8, data=str(synthetic_dir), splits=str(splits_of(seg_run)), seed=3)
+    a = train(TrainConfig(**cfg), tmp_path / "a", quiet=True)
+    b = train(TrainConfig(**cfg), tmp_path / "b", quiet=True)
+    assert a.history[0]["val_loss"] == b.history[0]["val_loss"]
+    wa, wb = (load_file(str(tmp_path / r / "checkpoint_best.safetensors")) for r in "ab")
+    assert all((wa[k] == wb[k]).all() for k in wa)

@@ -12,7 +12,7 @@ from busai.data.discover import discover_records, read_image
 from busai.errors import CheckpointError, ConfigError, DataError
 from busai.inference import predict_image, preprocess
 from busai.predict import COLUMNS, predict_paths
-from busai.release import load_release, resolve_model
+from busai.release import resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +133,6 @@ def test_input_and_option_errors(tmp_path, seg, cls, seg_run):
         resolve_model(seg_run, "cls")
     with pytest.raises(CheckpointError, match="not found"):
         resolve_model(tmp_path / "nowhere", "seg")
-
-
-def test_missing_release_says_what_to_do(tmp_path):
-    with pytest.raises(CheckpointError, match=r"no released segmentation model is packaged yet.*--seg RUN_DIR"):
-        load_release("seg", root=tmp_path)
 
 
 def test_cli_batch_with_a_bad_file(tmp_path, seg_run, cls_run, cli):

@@ -11,23 +11,11 @@ import torch.nn.functional as F
 from busai.runs import LoadedModel
 from busai.tasks import probabilities
 
-_NO_MASK = np.zeros((1, 1), dtype=np.uint8)
-
-
 def preprocess(image_rgb: np.ndarray, size: int, mean, std) -> torch.Tensor:
-    """uint8 (H, W, 3) -> normalised float (3, size, size), exactly as the training dataset does.
+    """uint8 (H, W, 3) -> normalised float (3, size, size) through the training dataset's own functions."""
+    from busai.data.dataset import normalise, resize_image
 
-    The resize is the dataset's own ``resize_pair`` (area when shrinking, bilinear when enlarging);
-    it also resizes a mask, so a 1x1 placeholder is passed. The arithmetic is BusDataset's, in
-    float32; tests/test_inference.py checks the two stay identical.
-    """
-    from busai.data.dataset import resize_pair
-
-    image, _ = resize_pair(np.ascontiguousarray(image_rgb), _NO_MASK, int(size))
-    mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
-    std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
-    normalised = (image.astype(np.float32) * np.float32(1.0 / 255.0) - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
+    return normalise(resize_image(np.ascontiguousarray(image_rgb), int(size)), mean, std)
 
 
 def fast_context(model: torch.nn.Module, precision: str = "bf16"):

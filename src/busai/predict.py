@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from busai import CLASSES
-from busai.data.discover import IMAGE_SUFFIXES, _MASK_RE, natural_key, read_image
+from busai.data.discover import IMAGE_SUFFIXES, MASK_RE, natural_key, read_image
 from busai.errors import BusaiError, ConfigError, DataError
 from busai.inference import predict_image, upsample_probability
 from busai.measure import MEASUREMENT_KEYS, measure_lesion
@@ -73,7 +73,10 @@ def empty_row(image: str) -> dict:
 def predict_array(
     models: Models, image_rgb: np.ndarray, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5
 ) -> tuple[dict, np.ndarray | None]:
-    """One uint8 (H, W, 3) scan -> (row without file fields, {0, 1} mask at the scan's size or None)."""
+    """One uint8 (H, W, 3) scan -> (row values, {0, 1} mask at the scan's size or None).
+
+    The row has no file fields (image, mask, overlay, error) and carries ``diameter_endpoints`` for drawing.
+    """
     height, width = image_rgb.shape[:2]
     row: dict = {"width": width, "height": height}
     if models.cls is not None:
@@ -129,7 +132,7 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
         found = [
             p for p in path.iterdir()
             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-            and not _MASK_RE.match(p.stem) and not p.name.endswith(OVERLAY_SUFFIX)
+            and not MASK_RE.match(p.stem) and not p.name.endswith(OVERLAY_SUFFIX)
         ]
         if not found:
             raise DataError(f"{path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); pass image files or another folder")

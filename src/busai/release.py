@@ -79,7 +79,7 @@ def load_release(task: str, root: str | Path | None = None) -> LoadedModel:
     if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
         raise CheckpointError(
             f"{folder}: no released {folder.name} model is packaged yet; train one with `busai train` "
-            f"and pass its run folder with {TASK_FLAGS[folder.name]} RUN_DIR"
+            f"and pass its run folder instead (e.g. {TASK_FLAGS[folder.name]} RUN_DIR)"
         )
     return load_model(folder, checkpoint=WEIGHTS)
 

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from busai.config import TrainConfig
-from busai.engine import FitResult, fit, resolve_precision
+from busai.engine import FitResult, fit, resolve_precision, seed_everything
 from busai.errors import CheckpointError, ConfigError
 from busai.runs import CONFIG, library_versions, read_run_config, write_json
 from busai.tasks import adapter_for
@@ -29,8 +29,8 @@ def _loaders(cfg: TrainConfig, image_size: int, mean, std):
     if not train_records or not val_records:
         raise ConfigError(f"{cfg.splits}: the train or val split is empty; re-run `busai data split` with more images")
     cache = ImageCache()
-    train_ds = BusDataset(train_records, image_size, mean, std, augment=cfg.augment, cache=cache)
-    val_ds = BusDataset(val_records, image_size, mean, std, augment=False, cache=cache)
+    train_ds = BusDataset(train_records, image_size, mean, std, augment=cfg.augment, cache=cache, seed=cfg.seed)
+    val_ds = BusDataset(val_records, image_size, mean, std, augment=False, cache=cache, seed=cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     if cfg.task == "classification" and cfg.weighted_sampler:
         sampler = make_weighted_sampler(train_ds.labels, seed=cfg.seed)
@@ -90,6 +90,7 @@ def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epo
     from busai.runs import best_threads
 
     best_threads()
+    seed_everything(cfg.seed)  # before build: random initial weights (and heads) depend on the seed only
     # On resume the checkpoint supplies every weight: no ImageNet lookup, no warning.
     built = build(cfg.task, cfg.model, encoder=cfg.encoder, weights="none" if resume else cfg.weights, image_size=cfg.image_size)
     image_size = built.preprocessing.image_size

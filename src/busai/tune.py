@@ -64,6 +64,26 @@ CLASSIFICATION_SPACE: dict[str, dict] = {
     "epochs": {"type": "fixed", "value": 100},  # paper: 100 epochs per trial, early stopping after 10
 }
 SPACES = {"segmentation": SEGMENTATION_SPACE, "classification": CLASSIFICATION_SPACE}
+
+# The paper's tuned settings (Table 3 per decoder, Table 5 per model). `--enqueue-paper` runs the row
+# as a study's first trial, so "did tuning beat the paper's settings?" is answered under the same budget.
+PAPER_SETTINGS = {
+    "segmentation": {
+        "unet": {"lr": 8.1e-5, "weight_decay": 7.9e-5, "batch_size": 8, "optimizer": "adam", "image_size": 288},
+        # Its weight decay 1.09011 lies outside the paper's own range: left to the sampler.
+        "unetplusplus": {"lr": 1.55e-4, "batch_size": 8, "optimizer": "rmsprop", "image_size": 288},
+        "deeplabv3": {"lr": 1.9e-4, "weight_decay": 1.9e-4, "batch_size": 8, "optimizer": "adamw", "image_size": 256},
+    },
+    "classification": {
+        "resnet18": {"optimizer": "rmsprop", "lr": 4.91e-5, "weight_decay": 2.7e-4, "focal_alpha": 0.57, "focal_gamma": 4.03, "batch_size": 32},
+        "inception_v3": {"optimizer": "adam", "lr": 1.63e-5, "weight_decay": 9e-5, "focal_alpha": 0.33, "focal_gamma": 4.41, "batch_size": 16, "beta1": 0.84, "beta2": 0.98},
+        "densenet121": {"optimizer": "rmsprop", "lr": 2.46e-5, "weight_decay": 6e-4, "focal_alpha": 0.65, "focal_gamma": 3.55, "batch_size": 32},
+        "mobilenet_v3_large": {"optimizer": "adamw", "lr": 1.12e-4, "weight_decay": 6.26e-3, "focal_alpha": 0.44, "focal_gamma": 4.86, "batch_size": 8, "beta1": 0.81, "beta2": 0.96},
+        "googlenet": {"optimizer": "adam", "lr": 8.705e-4, "weight_decay": 1.5e-4, "focal_alpha": 0.73, "focal_gamma": 4.24, "batch_size": 32, "beta1": 0.91, "beta2": 0.93},
+    },
+}
+# Models the paper did not tune borrow the row of their nearest paper model (same family).
+PAPER_SETTINGS_STANDIN = {"efficientnet_lite0": "mobilenet_v3_large"}
 DIRECTIONS = {"segmentation": "minimize", "classification": "maximize"}
 OBJECTIVES = {
     "segmentation": "lowest validation loss (Dice loss) of the trial",
@@ -141,7 +161,9 @@ def _narrow_one(spec: dict, value: Any, where: str) -> dict:
     if len(parts) not in (1, 2):
         raise ConfigError(f"{where}: expected LOW:HIGH or one value")
     try:
-        bounds = [cast(str(p).strip()) if cast is int else cast(p) for p in parts]
+        bounds = [int(str(p).strip()) if cast is int else float(p) for p in parts]  # int("10.5") refuses a fraction
+        if not all(math.isfinite(b) for b in bounds):
+            raise ValueError
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: not {'an integer' if cast is int else 'a number'}; write e.g. {spec['low']}:{spec['high']}") from None
     low, high = bounds[0], bounds[-1]
@@ -316,7 +338,7 @@ def default_storage(out_dir: str | Path) -> str:
 def _storage(url: str) -> optuna.storages.RDBStorage:
     # The heartbeat marks a trial whose worker died as FAIL, so a re-run resumes cleanly.
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    for attempt in range(5):
+    for _ in range(5):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat: experimental since 2.9
@@ -325,7 +347,7 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
             # Workers starting together on an empty database race to create its tables (optuna#1092):
             # the loser finds them on a retry. A server that is down fails every attempt.
             error = exc
-            time.sleep(0.5 + random.random() * attempt)
+            time.sleep(0.2 + random.random() * 0.5)
         except Exception as exc:  # bad URL, missing driver
             error = exc
             break
@@ -371,6 +393,7 @@ def run_study(
     trial_minutes: float | None = None,
     trial_patience: int = TRIAL_PATIENCE,
     pruner: str = "median",
+    enqueue_paper: bool = False,
     seed: int | None = 0,
     command: str | None = None,
     on_trial: Callable[[dict], None] | None = None,
@@ -379,15 +402,19 @@ def run_study(
 
     ``space`` comes from :func:`build_space` (default: the paper's); ``trial_minutes`` caps each
     trial's wall clock and ``trial_patience`` is its early stopping, both set on ``base``.
+    ``enqueue_paper`` makes the paper's settings for the study's model the first trial.
 
     Every trial is one ``busai.training.train`` run in ``out_dir/trials/trial_NNNN``. Re-running
     with the same study name and storage resumes; trials in any state (complete, pruned, failed)
     count towards ``trials``. Workers sharing a storage should get different ``seed`` values.
     """
+    from busai.runs import write_json
+
     task = _task(task)
     out_dir = Path(out_dir)
     space = space if space is not None else default_space(task)
     validate_space(space)
+    paper = paper_trial_params(task, space) if enqueue_paper else None
     if trials < 1:
         raise ConfigError(f"--trials {trials}: must be 1 or more")
     if timeout_minutes is not None and timeout_minutes <= 0:
@@ -410,12 +437,17 @@ def run_study(
     existing = len(study.get_trials(deepcopy=False))
     if existing == 0 and any((out_dir / "trials").glob("trial_*")):
         raise ConfigError(f"{out_dir / 'trials'}: holds trial runs of another study; use a new --out folder or delete it")
-    from busai.runs import write_json
-
     # Offsetting by the trials already there keeps a resumed study from replaying its first samples.
-    study.sampler = optuna.samplers.TPESampler(seed=None if seed is None else seed + existing)
+    # constant_liar keeps parallel workers from sampling next to each other's running trials.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.sampler = optuna.samplers.TPESampler(seed=None if seed is None else seed + existing, constant_liar=True)
     write_json(out_dir / "space.json", {"task": task, "space": space, "pruner": pruner, "trial_patience": trial_patience,
                                         "trial_minutes": trial_minutes, "base": base.to_dict()})
+
+    if paper and existing == 0:
+        params, row = paper
+        study.enqueue_trial(params, user_attrs={"paper_settings": row})
 
     stopper = _StopAfterFailures(_MAX_CONSECUTIVE_FAILURES)
     callbacks = [optuna.study.MaxTrialsCallback(trials, states=None), stopper]
@@ -430,6 +462,25 @@ def run_study(
     finally:  # an interrupted study still leaves its summary and plots
         summary = write_outputs(study, out_dir, task=task, storage_url=storage_url, command=command, stopped_by_failures=stopper.stopped)
     return StudySummary(study_name, task, str(out_dir), summary)
+
+
+def paper_trial_params(task: str, space: dict[str, dict]) -> tuple[dict, str]:
+    """The paper's row for the space's (fixed) model, restricted to values the space can sample."""
+    model = space.get("model", {})
+    if model.get("type") != "fixed":
+        raise ConfigError("--enqueue-paper: needs one model (the paper tuned each separately); add e.g. --space model=unet")
+    name = model["value"]
+    row = PAPER_SETTINGS_STANDIN.get(name, name)
+    settings = PAPER_SETTINGS[task].get(row)
+    if settings is None:
+        raise ConfigError(f"--enqueue-paper: the paper has no tuned settings for {name}; drop the option")
+    return {k: v for k, v in settings.items() if k in space and _samples(space[k], v)}, row
+
+
+def _samples(spec: dict, value: Any) -> bool:
+    if spec["type"] == "categorical":
+        return value in spec["choices"]
+    return spec["type"] != "fixed" and spec["low"] <= value <= spec["high"]
 
 
 def _check_inputs(data, splits) -> None:
@@ -548,6 +599,7 @@ def write_outputs(study: optuna.Study, out_dir: str | Path, *, task: str, storag
         "trials": {"total": len(trials), **counts},
         "seconds_per_trial": {"complete": mean_seconds(TrialState.COMPLETE), "pruned": mean_seconds(TrialState.PRUNED)},
         "best": best,
+        "paper_trial": _paper_trial(trials, best, study.direction),
         "retrain": f"busai train --config {out_dir / 'best_config.json'} --out runs/{study.study_name}-best" if best else None,
         "failures": [{"number": t.number, "reason": t.user_attrs.get("fail_reason")} for t in trials if t.state == TrialState.FAIL][:10],
         "stopped_after_consecutive_failures": stopped_by_failures,
@@ -557,6 +609,19 @@ def write_outputs(study: optuna.Study, out_dir: str | Path, *, task: str, storag
     summary["plots"] = write_plots(study, out_dir)
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _paper_trial(trials: list, best: dict | None, direction) -> dict | None:
+    """The enqueued paper-settings trial and whether the study's best beat it."""
+    trial = next((t for t in trials if "paper_settings" in t.user_attrs), None)
+    if trial is None:
+        return None
+    beaten = None
+    if trial.state == TrialState.COMPLETE and best is not None:
+        beaten = best["number"] != trial.number and (
+            best["value"] < trial.value if direction == optuna.study.StudyDirection.MINIMIZE else best["value"] > trial.value)
+    return {"number": trial.number, "row": trial.user_attrs["paper_settings"], "state": trial.state.name, "value": trial.value,
+            "params": trial.params, "tuned_beats_paper": beaten}
 
 
 def _write_trials_csv(trials: list, path: Path) -> None:
@@ -641,14 +706,16 @@ def best_params_table(study_dirs: list[str | Path]) -> str:
         columns = _SEG_COLUMNS if task == "segmentation" else _CLS_COLUMNS
         score = "Val loss" if task == "segmentation" else "Val macro-F1"
         extra = "Val Dice" if task == "segmentation" else "Val accuracy"
-        header = ["Study", *[c for c, _ in columns], score, extra, "Trials (complete / pruned / failed)"]
+        header = ["Study", *[c for c, _ in columns], score, extra, f"{score} with the paper's settings", "Trials (complete / pruned / failed)"]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for summary, config in entries:
             best = summary.get("best") or {}
             cells = [summary["study"], *[_cell(key, config) for _, key in columns]]
             metric = best.get("metrics", {}).get("val_dice" if task == "segmentation" else "val_accuracy")
             t = summary["trials"]
-            cells += [_fmt(best.get("value")), _fmt(metric), f"{t.get('COMPLETE', 0)} / {t.get('PRUNED', 0)} / {t.get('FAIL', 0)}"]
+            paper = summary.get("paper_trial") or {}
+            paper_value = f"{_fmt(paper.get('value'))} ({paper['state'].lower()})" if paper else "–"
+            cells += [_fmt(best.get("value")), _fmt(metric), paper_value, f"{t.get('COMPLETE', 0)} / {t.get('PRUNED', 0)} / {t.get('FAIL', 0)}"]
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)

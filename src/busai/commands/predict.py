@@ -55,7 +55,7 @@ def _print_summary(rows: list[dict], out_dir: str) -> None:
         table.add_column(name)
 
     def text(value) -> str:
-        return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+        return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
     for row in rows:
         if row["error"]:

@@ -34,6 +34,8 @@ def register(sub) -> None:
         s.add_argument("--space-file", help="JSON object of the same overrides, applied before --space")
         s.add_argument("--pruner", choices=PRUNERS, default="median",
                        help="median / hyperband: prune against other trials; patience: only the paper's early stop after 10 flat epochs")
+        s.add_argument("--enqueue-paper", action="store_true",
+                       help="make the paper's tuned settings for the (fixed) model the first trial, to compare under the same budget")
         s.add_argument("--image-size", type=int, help="CPU budget: fix the image size (overrides the paper's 256/288/320)")
         s.add_argument("--max-epochs", type=int, help="CPU budget: cap the epochs of every trial")
         s.add_argument("--trial-minutes", type=float, help="CPU budget: wall-clock cap per trial")
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_study(
         args.task, args.data, args.splits, out_dir=args.out, trials=args.trials, timeout_minutes=args.timeout,
         storage=args.storage, study_name=args.study, space=space, base=base, trial_minutes=args.trial_minutes, trial_patience=args.trial_patience,
-        pruner=args.pruner, seed=args.seed, command=command_line(args), on_trial=_print_trial if chatty else None,
+        pruner=args.pruner, enqueue_paper=args.enqueue_paper, seed=args.seed, command=command_line(args), on_trial=_print_trial if chatty else None,
     ).to_dict()
     if args.json:
         print(json.dumps(summary))
@@ -80,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{v} {k.lower()}" for k, v in summary["trials"].items() if k != "total")
         print(f"{args.out}: {summary['trials']['total']} trials ({counts}); "
               + (f"best #{best['number']} {best['value']:.4f} {best['params']}" if best else "no complete trial"))
+        paper = summary["paper_trial"]
+        if paper and paper["state"] == "COMPLETE":
+            print(f"paper's settings ({paper['row']}): trial #{paper['number']} {paper['value']:.4f}; tuned beats them: {paper['tuned_beats_paper']}")
         if best:
             print(f"retrain: {summary['retrain']}")
     return 0

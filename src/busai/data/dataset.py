@@ -18,12 +18,23 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 from busai.data.discover import Record, read_image, read_mask
 
 
-def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resize an image (area when shrinking, bilinear when enlarging) and its mask (nearest) to size x size."""
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize to size x size: area when shrinking (no aliasing), bilinear when enlarging."""
     shrink = image.shape[0] * image.shape[1] >= size * size
-    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
-    return image, mask
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize an image (see :func:`resize_image`) and its mask (nearest) to size x size."""
+    return resize_image(image, size), cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (S, S, 3) -> float32 (3, S, S) as (x / 255 - mean) / std: the one model-input transform."""
+    mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
+    std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
+    scaled = (image.astype(np.float32) * np.float32(1.0 / 255.0) - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
 
 
 class ImageCache:
@@ -107,10 +118,7 @@ class BusDataset(Dataset):
         self._seed = int(torch.randint(2**31 - 1, ())) if seed is None else int(seed)
         self.augment = paper_augmentations(self._seed) if augment else None
         self._worker_seeded: int | None = None
-        # Scaling to 0..1 and normalising in one step: (x / 255 - mean) / std.
-        self._scale = np.float32(1.0 / 255.0)
-        self._mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
-        self._std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -126,14 +134,19 @@ class BusDataset(Dataset):
             self._reseed_in_worker()
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        normalised = (image.astype(np.float32) * self._scale - self._mean) / self._std
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1))),
+            "image": normalise(image, self.mean, self.std),
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)[None]),
             "label": torch.tensor(record.label_index, dtype=torch.int64),
             "index": index,
         }
 
+    def set_epoch_seed(self, seed: int) -> None:
+        """Called by the engine before each epoch so augmentation depends on (seed, epoch) only,
+        which makes a resumed run draw the same augmentations as an uninterrupted one."""
+        if self.augment is not None:
+            self.augment.set_random_seed((self._seed + seed) % 2**32)
+            self._worker_seeded = None
 
     def _reseed_in_worker(self) -> None:
         """Give each DataLoader worker its own augmentation stream.

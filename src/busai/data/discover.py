@@ -21,7 +21,7 @@ from busai import CLASSES
 from busai.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-_MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<index>\d+))?$", re.IGNORECASE)
+MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<index>\d+))?$", re.IGNORECASE)
 # Files every OS sprinkles into folders; never data, never a problem.
 _IGNORED = {"thumbs.db", "desktop.ini"}
 
@@ -107,7 +107,7 @@ def scan_dataset(root: str | Path) -> Scan:
                 scan.problems.append(Problem(rel, "not_an_image", f"{rel}: not an image file; move it out of the dataset folder"))
                 continue
             stem_key = path.with_suffix("").relative_to(folder).as_posix()
-            match = _MASK_RE.match(stem_key)
+            match = MASK_RE.match(stem_key)
             if match:
                 masks.setdefault(match["stem"], []).append((int(match["index"] or 0), path))
             else:
