@@ -39,3 +39,23 @@ def test_release_errors(seg_run, tmp_path, monkeypatch):
         resolve_model("release", "cls")
     with pytest.raises(CheckpointError, match=r"no released segmentation model.*--seg RUN_DIR"):
         resolve_model(None, "seg")
+
+
+def _fake_val(run, dice):
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"val": {"task": "segmentation", "dice": {"mean": {"value": dice}}},
+                                                  "test": {"task": "segmentation", "dice": {"mean": {"value": 1 - dice}}}}))
+    return run
+
+
+def test_release_picks_by_validation_never_test(tmp_path):
+    from busai.release import pick_by_validation
+
+    a, b = _fake_val(tmp_path / "a", 0.80), _fake_val(tmp_path / "b", 0.70)  # b has the better *test* score
+    best, scores = pick_by_validation([a, b])
+    assert best == a and scores == {str(a): 0.80, str(b): 0.70}
+
+
+def test_release_needs_validation_metrics(cli, tmp_path):
+    (tmp_path / "r").mkdir()
+    cli.fails("release", tmp_path / "r", "--task", "seg", expect="no validation metrics; run `busai evaluate")

@@ -7,12 +7,11 @@ config file reads like its Tables 3 and 5. A resolved config is written into eve
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from busai.errors import ConfigError
+from busai.errors import ConfigError, read_json
 
 TASK_ALIASES = {"seg": "segmentation", "segmentation": "segmentation", "cls": "classification", "classification": "classification"}
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "adagrad")
@@ -98,13 +97,7 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        try:
-            values = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); fix the file") from None
+        values = read_json(path, missing="config file not found", fix="fix the file")
         # A run folder's config.json nests the train config under "train".
         values = values.get("train", values)
         return cls.from_dict(values, source=str(path))

@@ -21,3 +21,25 @@ class ConfigError(BusaiError):
 
 class CheckpointError(BusaiError):
     """A run folder or checkpoint is missing, incomplete or does not match the model."""
+
+
+def read_json(path, *, error: "type[BusaiError] | None" = None, missing: str, fix: str):
+    """Parse a JSON file, turning the usual failures into one-line ``error`` messages.
+
+    ``missing`` ends the message for an absent file; ``fix`` says what to do about a broken one.
+    """
+    import json
+    from pathlib import Path
+
+    error = error or ConfigError
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: {missing}") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read the file ({exc.__class__.__name__}); {fix}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); {fix}") from None

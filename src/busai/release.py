@@ -103,3 +103,21 @@ def resolve_model(source: str | Path | None, task: str) -> LoadedModel:
     if loaded.task != task:
         raise ConfigError(f"{TASK_FLAGS[task]} {source}: is a {loaded.task} model; pass a {task} model")
     return loaded
+
+
+def validation_score(run_dir: str | Path) -> float:
+    """The release criterion: validation Dice (mean over images) or validation macro-F1. Never test."""
+    path = Path(run_dir) / "metrics.json"
+    try:
+        val = json.loads(path.read_text())["val"]
+    except (FileNotFoundError, KeyError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: no validation metrics; run `busai evaluate {run_dir} --split val` first") from None
+    entry = val["dice"]["mean"] if val["task"] == "segmentation" else val["macro_f1"]
+    return float(entry["value"])
+
+
+def pick_by_validation(run_dirs: list[str | Path]) -> tuple[Path, dict[str, float]]:
+    """The run with the best validation score among ``run_dirs``, and every run's score."""
+    scores = {str(r): validation_score(r) for r in run_dirs}
+    best = max(scores, key=scores.get)
+    return Path(best), scores

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from busai.engine import BEST_CHECKPOINT
-from busai.errors import CheckpointError
+from busai.errors import CheckpointError, read_json
 
 CONFIG = "config.json"
 
@@ -51,12 +51,8 @@ def read_run_config(run_dir: str | Path) -> dict:
     path = run_dir / CONFIG
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: run folder not found; pass a folder written by `busai train`")
-    if not path.exists():
-        raise CheckpointError(f"{path}: missing; {run_dir} is not a busai run folder (train one with `busai train`)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc.msg}); the run folder is damaged, retrain it") from None
+    return read_json(path, error=CheckpointError, missing=f"missing; {run_dir} is not a busai run folder (train one with `busai train`)",
+                     fix="the run folder is damaged, retrain it")
 
 
 @dataclass

@@ -36,7 +36,7 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from busai.config import TASK_ALIASES, TrainConfig
-from busai.errors import ConfigError
+from busai.errors import ConfigError, read_json
 
 # The paper's spaces (section 2.5). Keys are TrainConfig keys, so a sampled point is a run config.
 SEGMENTATION_SPACE: dict[str, dict] = {
@@ -178,13 +178,7 @@ def _narrow_one(spec: dict, value: Any, where: str) -> dict:
 
 def read_space_file(path: str | Path) -> dict[str, Any]:
     """A JSON object of overrides in :func:`narrow_space`'s syntax, e.g. ``{"lr": "1e-4:1e-3", "encoder": ["resnet18"]}``."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: space file not found; pass a JSON file like {{\"lr\": \"1e-4:1e-3\"}}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); fix the file") from None
+    data = read_json(path, missing='space file not found; pass a JSON file like {"lr": "1e-4:1e-3"}', fix="fix the file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must hold a JSON object of parameter -> range or choices")
     return data

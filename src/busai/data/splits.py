@@ -26,7 +26,7 @@ import numpy as np
 
 from busai import CLASSES
 from busai.data.discover import Record, discover_records
-from busai.errors import ConfigError, DataError
+from busai.errors import ConfigError, DataError, read_json
 
 FORMAT = "busai-splits/1"
 SPLIT_NAMES = ("train", "val", "test")
@@ -219,16 +219,7 @@ def read_splits(path: str | Path) -> dict:
     """Load and validate a split file written by :func:`write_splits` (or by hand in its format)."""
     path = Path(path)
     remake = f"re-create it with `busai data split DATA_DIR --out {path} --force`"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: split file not found; create it with `busai data split DATA_DIR --out {path}`") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the split file ({exc.__class__.__name__}); {remake}") from None
-    try:
-        splits = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); {remake}") from None
+    splits = read_json(path, error=DataError, missing=f"split file not found; create it with `busai data split DATA_DIR --out {path}`", fix=remake)
     found = splits.get("format") if isinstance(splits, dict) else None
     if found != FORMAT:
         raise DataError(f"{path}: not a busai split file (format {found!r}, expected '{FORMAT}'); {remake}")
