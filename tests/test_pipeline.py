@@ -105,3 +105,21 @@ def test_same_seed_same_run(synthetic_dir, seg_run, tmp_path):
     assert a.history[0]["val_loss"] == b.history[0]["val_loss"]
     wa, wb = (load_file(str(tmp_path / r / "checkpoint_best.safetensors")) for r in "ab")
     assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_speed_table_and_readme_markers(tmp_path):
+    from busai.errors import CheckpointError
+    from busai.report import speed_table, update_readme
+
+    (tmp_path / "train_speed.json").write_text(json.dumps({
+        "command": "python benchmarks/train_speed.py", "model": "resnet18:unet", "image_size": 256, "batch_size": 8,
+        "images_per_second": {"fp32_eager": 2.0, "default_bf16_channels_last": 5.0}, "speedup": 2.5}))
+    table = speed_table(tmp_path)
+    assert "| training | resnet18:unet | 256 × 8 | 2.00 img/s | 5.00 img/s | – | 2.50× | `python benchmarks/train_speed.py` |" in table
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- speed-table:start -->\nold\n<!-- speed-table:end -->\nrest\n")
+    update_readme(readme, "speed-table", table)
+    text = readme.read_text()
+    assert "old" not in text and table in text and text.startswith("intro") and text.endswith("rest\n")
+    with pytest.raises(CheckpointError, match="no <!-- cls-table:start -->"):
+        update_readme(readme, "cls-table", "x")

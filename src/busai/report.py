@@ -179,3 +179,24 @@ def print_metrics(result: dict) -> None:
             pc = result["per_class"][c]
             table.add_row(f"{c} P/R/F1", f"{_fmt(pc['precision'])} / {_fmt(pc['recall'])} / {_fmt(pc['f1'])}")
     Console().print(table)
+
+
+def speed_table(results_dir: str | Path) -> str:
+    """Markdown of the committed speed benchmarks (train_speed*.json, inference_speed.json), with their commands."""
+    root = Path(results_dir)
+    lines = ["| Benchmark | Model | Size × batch | fp32 eager | busai default (bf16 + channels_last) | ONNX Runtime | Speed-up | Command |",
+             "|---|---|---|---|---|---|---|---|"]
+    for path in sorted(root.glob("train_speed*.json")):
+        r = json.loads(path.read_text())
+        ips = r["images_per_second"]
+        lines.append(f"| training | {r['model']} | {r['image_size']} × {r['batch_size']} | {ips['fp32_eager']:.2f} img/s | "
+                     f"{ips['default_bf16_channels_last']:.2f} img/s | – | {r['speedup']:.2f}× | `{r['command']}` |")
+    path = root / "inference_speed.json"
+    if path.exists():
+        r = json.loads(path.read_text())
+        ms = {k: v["ms_per_image_median"] for k, v in r["results"].items()}
+        model = f"{r['model'].get('encoder')}:{r['model']['name']}"
+        lines.append(f"| inference | {model} | {r['image_size']} × {r['batch_size']} | {ms['fp32_eager']:.1f} ms/img | "
+                     f"{ms['default_bf16_channels_last']:.1f} ms/img | {ms.get('onnxruntime', float('nan')):.1f} ms/img | "
+                     f"{max(r['speedup_vs_fp32_eager'].values()):.2f}× | `{r['command']}` |")
+    return "\n".join(lines)
