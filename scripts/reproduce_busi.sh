@@ -50,5 +50,9 @@ for name in "${NAMES[@]}"; do
   fi
   busai evaluate "$run" --data "$DATA" --splits "$SPLITS" --split train val test
   busai report collect "$run" --out "$results"
+  mkdir -p "$results/figures"
+  for fig in "$run"/samples_*.png "$run"/confusion_*.png; do
+    if [ -f "$fig" ]; then cp "$fig" "$results/figures/${name}_$(basename "$fig")"; fi
+  done
 done
 busai report tables --readme README.md

@@ -153,3 +153,14 @@ def test_classification_missing_class_does_not_crash():
 def test_classification_shape_error():
     with pytest.raises(DataError, match="do not fit 3 labels and 3 classes"):
         classification_report_dict([0, 1, 2], np.ones((3, 2)) / 2)
+
+
+def test_image_overlap_of_one_image():
+    from busai.metrics import image_overlap, segmentation_counts
+
+    mask = np.zeros((4, 4), dtype=np.uint8)
+    mask[:2, :2] = 1  # 4 lesion pixels
+    prob = np.zeros((4, 4))
+    prob[:2, :3] = 0.9  # 6 predicted: tp 4, fp 2, fn 0, tn 10
+    scores = image_overlap(segmentation_counts(prob, mask))
+    assert scores == pytest.approx({"pixel_accuracy": 14 / 16, "dice": 8 / 10, "iou": 4 / 6})

@@ -32,6 +32,7 @@ def _pick(n_total: int, n: int) -> list[int]:
 def segmentation_samples(samples, path: Path, title: str, n: int = 4) -> str:
     """Rows of (scan, ground truth, predicted contour over the scan) with each row's Dice."""
     from busai.data.discover import read_image
+    from busai.metrics import image_overlap
 
     # Prefer images with a lesion: a normal scan shows nothing to compare.
     lesion = [s for s in samples if s[2].any()] or samples
@@ -46,8 +47,7 @@ def segmentation_samples(samples, path: Path, title: str, n: int = 4) -> str:
         row[2].imshow(image, cmap="gray")
         row[2].contour(mask, levels=[0.5], colors="lime", linewidths=1)
         row[2].contour(prob, levels=[0.5], colors="red", linewidths=1)
-        dice = counts.get("dice")
-        row[2].set_title(f"truth (green) vs prediction (red), Dice {dice:.2f}" if dice is not None else "prediction", fontsize=8)
+        row[2].set_title(f"truth (green) vs prediction (red), Dice {image_overlap(counts)['dice']:.2f}", fontsize=8)
         for ax in row:
             ax.axis("off")
     fig.suptitle(title)

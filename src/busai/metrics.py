@@ -61,6 +61,11 @@ def segmentation_counts(prob: np.ndarray, mask: np.ndarray, threshold: float = 0
     }
 
 
+def image_overlap(counts: dict) -> dict[str, float]:
+    """Pixel accuracy, Dice and IoU of one image from its :func:`segmentation_counts`."""
+    return {k: float(v) for k, v in _overlap_scores(counts["tp"], counts["fp"], counts["fn"], counts["tn"]).items()}
+
+
 def _overlap_scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> dict[str, np.ndarray]:
     """Pixel accuracy, Dice and IoU from counts (any array shape); Dice = IoU = 1 when both are empty."""
     tp, fp, fn, tn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn, tn))

@@ -41,6 +41,6 @@ def tables(args: argparse.Namespace) -> int:
     for marker, table in rendered.items():
         if args.readme:
             update_readme(args.readme, marker, table)
-        else:
+        elif table.count("\n") > 1:  # header rows only: nothing collected for this table
             print(table + "\n")
     return 0
