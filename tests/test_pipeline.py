@@ -123,3 +123,16 @@ def test_speed_table_and_readme_markers(tmp_path):
     assert "old" not in text and table in text and text.startswith("intro") and text.endswith("rest\n")
     with pytest.raises(CheckpointError, match="no <!-- cls-table:start -->"):
         update_readme(readme, "cls-table", "x")
+
+
+def test_comparison_chart_rows(cls_run, synthetic_dir, tmp_path):
+    from busai.figures import model_comparison
+    from busai.report import comparison_rows
+
+    run = shutil.copytree(cls_run, tmp_path / "cls")
+    evaluate_run(run, synthetic_dir, splits_of(cls_run), "test", n_boot=10, figures=False)
+    summary = collect_run(run)
+    rows = comparison_rows([summary])
+    assert rows == [{"model": "efficientnet_lite0", "split": "test", "accuracy": summary["metrics"]["test"]["accuracy"]["value"],
+                     "macro_f1": summary["metrics"]["test"]["macro_f1"]["value"]}]
+    assert model_comparison(rows, tmp_path / "fig.png") == str(tmp_path / "fig.png") and (tmp_path / "fig.png").stat().st_size > 0

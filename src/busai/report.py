@@ -19,10 +19,6 @@ from busai.runs import read_run_config, write_json
 SEG_METRICS = ("pixel_accuracy", "dice", "iou", "auc")
 
 
-def _value(entry) -> float | None:
-    return None if entry is None else entry.get("value") if isinstance(entry, dict) else entry
-
-
 def compact_segmentation(metrics: dict) -> dict:
     """{metric: {"mean": value, "pooled": value, "mean_ci": [lo, hi]}} from an evaluate result."""
     out = {}
@@ -148,6 +144,16 @@ def _metric_ci(entry) -> str:
         lo, hi = entry.get("ci_low"), entry.get("ci_high")
         return f"{_fmt(entry.get('value'))} ({_fmt(lo)}–{_fmt(hi)})" if lo is not None else _fmt(entry.get("value"))
     return _fmt(entry)
+
+
+def comparison_rows(results: list[dict], metrics=("accuracy", "macro_f1")) -> list[dict]:
+    """One row per (model, split) with headline values, for the paper's Figure 11 chart."""
+    rows = []
+    for r in results:
+        for split, m in r["metrics"].items():
+            values = {k: (m[k].get("value") if isinstance(m.get(k), dict) else m.get(k)) for k in metrics}
+            rows.append({"model": r["model"]["name"], "split": split, **values})
+    return rows
 
 
 def update_readme(readme: str | Path, marker: str, content: str) -> None:

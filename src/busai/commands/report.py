@@ -13,7 +13,7 @@ def register(sub) -> None:
     c.add_argument("run_dirs", nargs="+")
     c.add_argument("--out", required=True, help="results folder, e.g. results/segmentation")
     c.set_defaults(handler=collect)
-    t = rsub.add_parser("tables", help="print (or write into README) the segmentation, classification and speed tables")
+    t = rsub.add_parser("tables", help="print (or write into README) the segmentation, classification and speed tables; draw the classifier comparison chart")
     t.add_argument("--results", default="results", help="folder holding segmentation/ and classification/")
     t.add_argument("--readme", help="README to update between <!-- seg-table|cls-table|speed-table:start/end --> markers")
     t.set_defaults(handler=tables)
@@ -30,12 +30,16 @@ def collect(args: argparse.Namespace) -> int:
 def tables(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from busai.report import classification_table, load_results, segmentation_table, speed_table, update_readme
+    from busai.figures import model_comparison
+    from busai.report import classification_table, comparison_rows, load_results, segmentation_table, speed_table, update_readme
 
     root = Path(args.results)
+    classification = load_results(root / "classification")
+    if classification:  # the paper's Figure 11: every classifier on train / val / test
+        print(model_comparison(comparison_rows(classification), root / "classification" / "figures" / "model_comparison.png"))
     rendered = {
         "seg-table": segmentation_table(load_results(root / "segmentation")),
-        "cls-table": classification_table(load_results(root / "classification")),
+        "cls-table": classification_table(classification),
         "speed-table": speed_table(root),
     }
     for marker, table in rendered.items():
