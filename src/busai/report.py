@@ -91,27 +91,32 @@ def _short_source(source: str | None) -> str:
     return "ImageNet" if source.startswith("imagenet") else "random init" if source.startswith("random") else source
 
 
+def _run_rows(result: dict, name: str, theirs: dict, cells) -> list[str]:
+    """One table row per evaluated split of a run; name, weight source and epoch cap on its first row only."""
+    fit = result.get("fit", {})
+    head = (name, _short_source(result.get("weight_source")), f"{fit.get('epochs_run', '?')} ({fit.get('stop_reason', '?')})")
+    present = [s for s in ("train", "val", "test") if result["metrics"].get(s)]
+    rows = []
+    for i, split in enumerate(present):
+        paper_cell = " / ".join(f"{v:.2f}" for v in theirs[split]) if split in theirs else "–"
+        shown = head if i == 0 else ("", "", "")
+        rows.append(f"| {' | '.join(shown)} | {split} | {cells(result['metrics'][split])} | {paper_cell} |")
+    return rows
+
+
 def segmentation_table(results: list[dict]) -> str:
     """Markdown shaped like the paper's Table 4; ours: Dice/IoU mean over images (95% CI), pixel accuracy and AUC pooled."""
     lines = [
         "| Encoder:Decoder | Weights | Epochs (stop) | Split | Pixel acc. | Dice | IoU | AUC | Paper: acc / Dice / IoU / AUC |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def cells(m: dict) -> str:
+        return f"{_fmt(m['pixel_accuracy']['pooled'], 3)} | {_ci(m['dice'], 'mean')} | {_ci(m['iou'], 'mean')} | {_fmt(m['auc']['pooled'])}"
+
     for r in sorted(results, key=lambda r: (r["model"].get("encoder", ""), r["model"]["name"])):
         key = (r["model"].get("encoder"), r["model"]["name"])
-        theirs = paper.SEGMENTATION_SCORES.get(key, {})
-        fit = r.get("fit", {})
-        epochs = f"{fit.get('epochs_run', '?')} ({fit.get('stop_reason', '?')})"
-        present = [s for s in ("train", "val", "test") if r["metrics"].get(s)]
-        for i, split in enumerate(present):
-            m = r["metrics"][split]
-            p = theirs.get(split)
-            paper_cell = " / ".join(f"{v:.2f}" for v in p) if p else "–"
-            head = (f"{key[0]}:{key[1]}", _short_source(r.get("weight_source")), epochs) if i == 0 else ("", "", "")
-            lines.append(
-                f"| {head[0]} | {head[1]} | {head[2]} | {split} | {_fmt(m['pixel_accuracy']['pooled'], 3)} | "
-                f"{_ci(m['dice'], 'mean')} | {_ci(m['iou'], 'mean')} | {_fmt(m['auc']['pooled'])} | {paper_cell} |"
-            )
+        lines += _run_rows(r, f"{key[0]}:{key[1]}", paper.SEGMENTATION_SCORES.get(key, {}), cells)
     return "\n".join(lines)
 
 
@@ -121,21 +126,14 @@ def classification_table(results: list[dict]) -> str:
         "| Model | Weights | Epochs (stop) | Split | Accuracy | Macro F1 | Macro AUC | Recall N / B / M | Paper: F1 / acc / macro F1 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def cells(m: dict) -> str:
+        recalls = " / ".join(_fmt(m["per_class"][c]["recall"]) for c in CLASSES) if "per_class" in m else "–"
+        return f"{_metric_ci(m.get('accuracy'))} | {_metric_ci(m.get('macro_f1'))} | {_metric_ci(m.get('macro_auc'))} | {recalls}"
+
     for r in sorted(results, key=lambda r: r["model"]["name"]):
         name = r["model"]["name"]
-        theirs = paper.CLASSIFICATION_SCORES.get(name, {})
-        fit = r.get("fit", {})
-        epochs = f"{fit.get('epochs_run', '?')} ({fit.get('stop_reason', '?')})"
-        present = [s for s in ("train", "val", "test") if r["metrics"].get(s)]
-        for i, split in enumerate(present):
-            m = r["metrics"][split]
-            p = theirs.get(split)
-            recalls = " / ".join(_fmt(m["per_class"][c]["recall"]) for c in CLASSES) if "per_class" in m else "–"
-            head = (name, _short_source(r.get("weight_source")), epochs) if i == 0 else ("", "", "")
-            lines.append(
-                f"| {head[0]} | {head[1]} | {head[2]} | {split} | {_metric_ci(m.get('accuracy'))} | {_metric_ci(m.get('macro_f1'))} | "
-                f"{_metric_ci(m.get('macro_auc'))} | {recalls} | {' / '.join(f'{v:.2f}' for v in p) if p else '–'} |"
-            )
+        lines += _run_rows(r, name, paper.CLASSIFICATION_SCORES.get(name, {}), cells)
     return "\n".join(lines)
 
 
