@@ -44,16 +44,11 @@ def _print_table(rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="busai models")
-    for column in ("task", "model", "encoder", "size", "imagenet", "source"):
-        table.add_column(column)
+    for column in ("task", "model", "encoder", "size", "ImageNet weights here"):
+        table.add_column(column, overflow="fold")
+    short_task = {"segmentation": "seg", "classification": "cls"}  # keeps the table inside 80 columns
     for row in rows:
-        available = "[green]yes[/green]" if row["imagenet"] == "yes" else "[red]no[/red]"
-        table.add_row(
-            row["task"],
-            row["name"],
-            row["encoder"] or "",
-            str(row["image_size"]),
-            available,
-            row["imagenet_source"] or "",
-        )
+        source = (row["imagenet_source"] or "").removeprefix("imagenet ").strip("()")
+        available = f"[green]yes[/green] {source}" if row["imagenet"] == "yes" else "[red]no[/red]"
+        table.add_row(short_task.get(row["task"], row["task"]), row["name"], row["encoder"] or "", str(row["image_size"]), available)
     Console().print(table)
