@@ -128,3 +128,11 @@ def test_bf16_default_path_trains(tmp_path):
     train, val = loaders()
     result = fit(toy_model(), toy_adapter(), train, val, config(precision="bf16"), tmp_path, quiet=True)
     assert result.history[-1]["val_accuracy"] == 1.0
+
+
+def test_resuming_an_early_stopped_run_trains_no_further(tmp_path):
+    train, val = loaders()
+    first = fit(toy_model(), toy_adapter(), train, val, config(lr=1e-12, patience=2, epochs=50), tmp_path, quiet=True)
+    assert first.stop_reason == "early_stopping"
+    again = fit(toy_model(), toy_adapter(), train, val, config(lr=1e-12, patience=2, epochs=50), tmp_path, quiet=True, resume=True)
+    assert (again.stop_reason, again.epochs_run) == ("early_stopping", first.epochs_run)

@@ -285,14 +285,12 @@ def fit(
 
     progress = _Progress(quiet, cfg.epochs, start_epoch)
     started = time.monotonic()
-    stop_reason = "max_epochs"
-    epoch = start_epoch
+    # A resumed run that had already early-stopped (under the patience in force now) trains no further.
+    already_stopped = start_epoch - best_epoch >= cfg.patience
+    stop_reason = "early_stopping" if already_stopped else "max_epochs"
+    last_epoch = start_epoch if already_stopped else cfg.epochs
     try:
-        if start_epoch >= cfg.epochs:
-            stop_reason = "max_epochs"
-        elif start_epoch - best_epoch >= cfg.patience:
-            stop_reason = "early_stopping"
-        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        for epoch in range(start_epoch + 1, last_epoch + 1):
             epoch_start = time.monotonic()
             _reseed_epoch(train_loader, cfg.seed * 100_003 + epoch)
             train_loss, _ = _run_epoch(model, train_loader, adapter, optimizer, precision, scaler, progress, train=True)
