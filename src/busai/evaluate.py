@@ -23,7 +23,7 @@ from busai.runs import LoadedModel, load_model, write_json
 SPLITS = ("train", "val", "test")
 
 
-def _predict_records(loaded: LoadedModel, records, batch_size: int = 16, quiet: bool = True):
+def _predict_records(loaded: LoadedModel, records, batch_size: int = 16):
     """Yield (record, probability) for every record, in order, through the training dataset's preprocessing."""
     from busai.data.dataset import BusDataset, ImageCache
 

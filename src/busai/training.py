@@ -74,12 +74,12 @@ def resume(
     counts against ``max_minutes``.
     """
     run_dir = Path(run_dir)
-    cfg = TrainConfig.from_dict(read_run_config(run_dir)["train"], source=str(run_dir / CONFIG))
+    stored = read_run_config(run_dir)
+    cfg = TrainConfig.from_dict(stored["train"], source=str(run_dir / CONFIG))
     for key, value in (("epochs", epochs), ("max_minutes", max_minutes), ("patience", patience)):
         if value is not None:
             setattr(cfg, key, value)
     if epochs is not None or max_minutes is not None or patience is not None:
-        stored = read_run_config(run_dir)
         stored["train"] = cfg.to_dict()
         write_json(run_dir / CONFIG, stored)
     return _train(cfg, run_dir, resume=True, quiet=quiet, on_epoch=None, command=None)
