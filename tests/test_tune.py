@@ -80,7 +80,7 @@ def dataset(tmp_path_factory):
 def fake(monkeypatch):
     """Fake trials, and no plots (seconds each on 2 cores; the real-engine test draws them)."""
     monkeypatch.setattr(busai.training, "train", fake_train)
-    monkeypatch.setattr(busai.tune, "write_plots", lambda study, out_dir: {})
+    monkeypatch.setattr(busai.tune.outputs, "write_plots", lambda study, out_dir: {})
 
 
 def states(out_dir, storage=None, study=None):
@@ -265,7 +265,7 @@ sys.path.insert(0, {tests!r})
 import busai.training, busai.tune
 from test_tune import fake_train
 busai.training.train = fake_train
-busai.tune.write_plots = lambda study, out_dir: {{}}
+busai.tune.outputs.write_plots = lambda study, out_dir: {{}}
 from busai.cli import main
 sys.exit(main(sys.argv[1:]))
 """
