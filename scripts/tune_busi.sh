@@ -6,16 +6,17 @@
 # and results/tuning/README.md gets the best-parameter table. Re-running resumes an unfinished study.
 #
 # CPU budget (2 cores): images at 160 px instead of the paper's 256/288/320 (segmentation) or the
-# model's 224 (classification), at most 6 epochs per trial, 12 minutes per trial, BUSAI_TUNE_MINUTES
-# (default 120) per study; the median pruner stops poor trials after epoch 3. Every override is
+# model's 224 (classification), at most 5 epochs per trial, 6 minutes per trial, 20 trials or
+# BUSAI_TUNE_MINUTES (default 30) per study, whichever ends first; the median pruner stops poor
+# trials from epoch 4 on. Every override is
 # recorded in space.json. Trial 0 replays the paper's tuned settings (--enqueue-paper) under the
 # same budget, so summary.json's paper_trial.tuned_beats_paper answers "did tuning beat the paper?".
 set -euo pipefail
 DATA=${1:?usage: tune_busi.sh DATA_DIR [NAME ...]}
 shift
 SPLITS=splits/busi.json
-MINUTES=${BUSAI_TUNE_MINUTES:-120}
-BUDGET="--trials 24 --timeout $MINUTES --image-size 160 --max-epochs 6 --trial-minutes 12 --pruner median --enqueue-paper"
+MINUTES=${BUSAI_TUNE_MINUTES:-30}
+BUDGET="--trials 20 --timeout $MINUTES --image-size 160 --max-epochs 5 --trial-minutes 6 --pruner median --enqueue-paper"
 
 declare -A ARGS=(
   # Table 3's U-Net study with the offline ImageNet encoder; searches lr, weight decay, batch, optimizer.
