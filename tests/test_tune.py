@@ -391,3 +391,14 @@ def test_best_params_table_for_classification(tmp_path, dataset, fake):
     table = best_params_table([tmp_path / "c"])
     assert table.splitlines()[0].startswith("| Study | Model | Optimizer | Learning rate | Weight decay | FL(α) | FL(γ) | Batch size | β1 | β2 |")
     assert "| c | resnet18 | adam |" in table
+
+
+def test_report_tables_renders_the_tuning_table_into_the_readme(tmp_path, dataset, fake):
+    results = tmp_path / "results"
+    run_study("cls", *dataset, out_dir=results / "tuning" / "c", trials=1,
+              space=build_space("cls", space_flags=["optimizer=adam", "model=resnet18"], max_epochs=1))
+    readme = tmp_path / "README.md"
+    readme.write_text("".join(f"<!-- {m}:start -->\nold\n<!-- {m}:end -->\n" for m in ("seg-table", "cls-table", "speed-table", "tune-table")))
+    assert main(["report", "tables", "--results", str(results), "--readme", str(readme)]) == 0
+    tuned = readme.read_text().split("<!-- tune-table:start -->\n")[1].split("<!-- tune-table:end -->")[0]
+    assert tuned.startswith("| Study | Model | Optimizer |") and "| c | resnet18 | adam |" in tuned

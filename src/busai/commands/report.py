@@ -13,9 +13,9 @@ def register(sub) -> None:
     c.add_argument("run_dirs", nargs="+")
     c.add_argument("--out", required=True, help="results folder, e.g. results/segmentation")
     c.set_defaults(handler=collect)
-    t = rsub.add_parser("tables", help="print (or write into README) the segmentation, classification and speed tables; draw the classifier comparison chart")
-    t.add_argument("--results", default="results", help="folder holding segmentation/ and classification/")
-    t.add_argument("--readme", help="README to update between <!-- seg-table|cls-table|speed-table:start/end --> markers")
+    t = rsub.add_parser("tables", help="print (or write into README) the segmentation, classification, speed and tuning tables; draw the classifier comparison chart")
+    t.add_argument("--results", default="results", help="folder holding segmentation/, classification/ and tuning/")
+    t.add_argument("--readme", help="README to update between <!-- seg-table|cls-table|speed-table|tune-table:start/end --> markers")
     t.set_defaults(handler=tables)
 
 
@@ -42,6 +42,11 @@ def tables(args: argparse.Namespace) -> int:
         "cls-table": classification_table(classification),
         "speed-table": speed_table(root),
     }
+    studies = sorted(p.parent for p in (root / "tuning").glob("*/summary.json"))
+    if studies:  # Optuna is imported only when there are studies to show
+        from busai.tune import best_params_table
+
+        rendered["tune-table"] = best_params_table(studies)
     for marker, table in rendered.items():
         if args.readme:
             update_readme(args.readme, marker, table)
