@@ -8,7 +8,7 @@
 # CPU budget (2 cores): images at 160 px instead of the paper's 256/288/320 (segmentation) or the
 # model's 224 (classification), at most 5 epochs per trial, 6 minutes per trial, 20 trials or
 # BUSAI_TUNE_MINUTES (default 30) per study, whichever ends first; the median pruner stops poor
-# trials from epoch 4 on. Every override is
+# trials from epoch 3 on. Every override is
 # recorded in space.json. Trial 0 replays the paper's tuned settings (--enqueue-paper) under the
 # same budget, so summary.json's paper_trial.tuned_beats_paper answers "did tuning beat the paper?".
 set -euo pipefail
