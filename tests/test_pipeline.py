@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from busai.evaluate import evaluate_run
 from busai.report import classification_table, collect_run, segmentation_table
@@ -136,3 +137,22 @@ def test_comparison_chart_rows(cls_run, synthetic_dir, tmp_path):
     assert rows == [{"model": "efficientnet_lite0", "split": "test", "accuracy": summary["metrics"]["test"]["accuracy"]["value"],
                      "macro_f1": summary["metrics"]["test"]["macro_f1"]["value"]}]
     assert model_comparison(rows, tmp_path / "fig.png") == str(tmp_path / "fig.png") and (tmp_path / "fig.png").stat().st_size > 0
+
+
+def test_evaluate_tta_is_stored_beside_the_plain_result(seg_run, synthetic_dir, tmp_path):
+    from busai.inference import predict_tensor
+    from busai.runs import load_model
+
+    run = shutil.copytree(seg_run, tmp_path / "seg")
+    plain = evaluate_run(run, synthetic_dir, splits_of(seg_run), "val", n_boot=20, figures=False)
+    flipped = evaluate_run(run, synthetic_dir, splits_of(seg_run), "val", n_boot=20, tta=True)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"val", "val_tta"} and metrics["val"]["dice"] == plain["dice"]
+    assert (metrics["val_tta"]["tta"], metrics["val"]["tta"]) == (True, False)
+    assert (run / "samples_val_tta.png").exists()
+    assert flipped["dice"] != plain["dice"]  # a 64-px model trained for a few steps is not mirror-symmetric
+    # the batched TTA is the mean of the prediction and the mirrored prediction of the mirrored batch
+    loaded = load_model(run)
+    x = torch.randn(2, 3, 64, 64)
+    expected = (predict_tensor(loaded, x, "fp32") + predict_tensor(loaded, x.flip(-1), "fp32").flip(-1)) / 2
+    assert np.allclose(predict_tensor(loaded, x, "fp32", tta=True), expected, atol=1e-5)

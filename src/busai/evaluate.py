@@ -23,7 +23,7 @@ from busai.runs import LoadedModel, load_model, write_json
 SPLITS = ("train", "val", "test")
 
 
-def _predict_records(loaded: LoadedModel, records, batch_size: int = 16):
+def _predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16):
     """Yield (record, probability) for every record, in order, through the training dataset's preprocessing."""
     from busai.data.dataset import BusDataset, ImageCache
 
@@ -31,18 +31,18 @@ def _predict_records(loaded: LoadedModel, records, batch_size: int = 16):
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     i = 0
     for batch in loader:
-        probs = predict_tensor(loaded, batch["image"])
+        probs = predict_tensor(loaded, batch["image"], tta=tta)
         for p in probs:
             yield records[i], p
             i += 1
 
 
-def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: int) -> tuple[dict, list]:
+def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False) -> tuple[dict, list]:
     from busai.data.discover import read_mask
     from busai.metrics import segmentation_counts, summarise_segmentation
 
     per_image, samples = [], []
-    for record, prob in _predict_records(loaded, records):
+    for record, prob in _predict_records(loaded, records, tta=tta):
         mask = read_mask(record)
         full = upsample_probability(prob, mask.shape)
         counts = segmentation_counts(full, mask)
@@ -52,10 +52,10 @@ def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: in
     return summary, samples
 
 
-def evaluate_classification(loaded: LoadedModel, records, *, n_boot: int, seed: int) -> tuple[dict, list]:
+def evaluate_classification(loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False) -> tuple[dict, list]:
     from busai.metrics import classification_report_dict
 
-    rows = [(record, prob.numpy()) for record, prob in _predict_records(loaded, records)]
+    rows = [(record, prob.numpy()) for record, prob in _predict_records(loaded, records, tta=tta)]
     y_true = np.array([r.label_index for r, _ in rows])
     probs = np.stack([p for _, p in rows])
     report = classification_report_dict(y_true, probs, class_names=CLASSES, n_boot=n_boot, seed=seed)
@@ -75,9 +75,14 @@ def evaluate_run(
     n_boot: int = 1000,
     seed: int = 0,
     figures: bool = True,
+    tta: bool = False,
     command: str | None = None,
 ) -> dict:
-    """Score a run's best checkpoint on ``split``; merge the result into ``RUN_DIR/metrics.json``."""
+    """Score a run's best checkpoint on ``split``; merge the result into ``RUN_DIR/metrics.json``.
+
+    With ``tta`` (flip test-time augmentation, as ``busai predict --tta``) the result is stored
+    under ``<split>_tta`` beside the plain one, and its figures are named the same way.
+    """
     from busai.data.splits import load_split_records, read_splits
     from busai.runs import best_threads
 
@@ -90,25 +95,24 @@ def evaluate_run(
     if not records:
         raise ConfigError(f"{splits_file}: split '{split}' is empty; nothing to evaluate")
     torch.manual_seed(seed)
-    if loaded.task == "segmentation":
-        result, samples = evaluate_segmentation(loaded, records, n_boot=n_boot, seed=seed)
-    else:
-        result, samples = evaluate_classification(loaded, records, n_boot=n_boot, seed=seed)
+    evaluate = evaluate_segmentation if loaded.task == "segmentation" else evaluate_classification
+    result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta)
+    key = f"{split}_tta" if tta else split
     result = {
-        "split": split, "command": command, "images": len(records), "task": loaded.task, "model": loaded.spec,
+        "split": split, "tta": tta, "command": command, "images": len(records), "task": loaded.task, "model": loaded.spec,
         "weight_source": loaded.config.get("weight_source"), "n_boot": n_boot, **result,
     }
     if figures:
         from busai import figures as fig
 
         if loaded.task == "segmentation":
-            result["figure"] = fig.segmentation_samples(samples, run_dir / f"samples_{split}.png", title=f"{_title(loaded)}: {split}")
+            result["figure"] = fig.segmentation_samples(samples, run_dir / f"samples_{key}.png", title=f"{_title(loaded)}: {key}")
         else:
-            result["figure"] = fig.confusion_matrix(np.array(result["confusion_matrix"]), run_dir / f"confusion_{split}.png", title=f"{_title(loaded)}: {split}")
-            result["sample_figure"] = fig.classification_samples(samples, run_dir / f"samples_{split}.png", title=f"{_title(loaded)}: {split}")
+            result["figure"] = fig.confusion_matrix(np.array(result["confusion_matrix"]), run_dir / f"confusion_{key}.png", title=f"{_title(loaded)}: {key}")
+            result["sample_figure"] = fig.classification_samples(samples, run_dir / f"samples_{key}.png", title=f"{_title(loaded)}: {key}")
     metrics_path = run_dir / "metrics.json"
     merged = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    merged[split] = result
+    merged[key] = result
     write_json(metrics_path, merged)
     return result
 

@@ -27,11 +27,22 @@ def fast_context(model: torch.nn.Module, precision: str = "bf16"):
     return torch.autocast(device_type=device, dtype=torch.bfloat16)
 
 
-def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "bf16") -> torch.Tensor:
+def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "bf16", *, tta: bool = False) -> torch.Tensor:
     """Normalised (N, 3, S, S) batch -> probabilities: (N, S, S) lesion map or (N, classes).
 
+    ``tta`` averages each prediction with that of the horizontally flipped image (flipped back),
+    a mirror image being an equally plausible scan; both run as one batch.
     A model exported to ONNX (see :mod:`busai.export`) runs in ONNX Runtime in fp32, whatever ``precision`` says.
     """
+    if tta:
+        n = len(batch)
+        probs = _probabilities(loaded, torch.cat([batch, batch.flip(-1)]), precision)
+        mirrored = probs[n:].flip(-1) if loaded.task == "segmentation" else probs[n:]
+        return (probs[:n] + mirrored) / 2
+    return _probabilities(loaded, batch, precision)
+
+
+def _probabilities(loaded: LoadedModel, batch: torch.Tensor, precision: str) -> torch.Tensor:
     from busai.export import OnnxModule
 
     model = loaded.module
@@ -52,17 +63,9 @@ def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "b
 
 
 def predict_image(loaded: LoadedModel, image_rgb: np.ndarray, *, tta: bool = False, precision: str = "bf16") -> torch.Tensor:
-    """One uint8 (H, W, 3) image -> (S, S) lesion probability or (classes,) class probabilities.
-
-    ``tta`` averages the prediction with that of the horizontally flipped image (flipped back),
-    a mirror image being an equally plausible scan.
-    """
+    """One uint8 (H, W, 3) image -> (S, S) lesion probability or (classes,) class probabilities (``tta``: see predict_tensor)."""
     x = preprocess(image_rgb, loaded.image_size, loaded.mean, loaded.std)[None]
-    if not tta:
-        return predict_tensor(loaded, x, precision)[0]
-    probs = predict_tensor(loaded, torch.cat([x, x.flip(-1)]), precision)
-    mirrored = probs[1].flip(-1) if loaded.task == "segmentation" else probs[1]
-    return (probs[0] + mirrored) / 2
+    return predict_tensor(loaded, x, precision, tta=tta)[0]
 
 
 def upsample_probability(prob: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:

@@ -149,6 +149,8 @@ def comparison_rows(results: list[dict], metrics=("accuracy", "macro_f1")) -> li
     rows = []
     for r in results:
         for split, m in r["metrics"].items():
+            if split not in ("train", "val", "test"):  # e.g. test_tta
+                continue
             values = {k: (m[k].get("value") if isinstance(m.get(k), dict) else m.get(k)) for k in metrics}
             rows.append({"model": r["model"]["name"], "split": split, **values})
     return rows
@@ -169,7 +171,8 @@ def print_metrics(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{result['task']} · {result['split']} · {result['images']} images · weights: {_short_source(result.get('weight_source'))}")
+    split = result["split"] + (" + flip TTA" if result.get("tta") else "")
+    table = Table(title=f"{result['task']} · {split} · {result['images']} images · weights: {_short_source(result.get('weight_source'))}")
     table.add_column("metric")
     table.add_column("value (95% CI)")
     if result["task"] == "segmentation":
