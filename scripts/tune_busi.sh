@@ -6,8 +6,8 @@
 # and results/tuning/README.md gets the best-parameter table. Re-running resumes an unfinished study.
 #
 # CPU budget (2 cores): images at 160 px instead of the paper's 256/288/320 (segmentation) or the
-# model's 224 (classification), at most 5 epochs per trial, 6 minutes per trial, 20 trials or
-# BUSAI_TUNE_MINUTES (default 30) per study, whichever ends first; the median pruner stops poor
+# model's 224 (classification), at most 5 epochs per trial, 6 minutes per trial, BUSAI_TUNE_TRIALS
+# (default 20) trials or BUSAI_TUNE_MINUTES (default 30) per study, whichever ends first; the median pruner stops poor
 # trials from epoch 3 on. Every override is
 # recorded in space.json. Trial 0 replays the paper's tuned settings (--enqueue-paper) under the
 # same budget, so summary.json's paper_trial.tuned_beats_paper answers "did tuning beat the paper?".
@@ -16,7 +16,8 @@ DATA=${1:?usage: tune_busi.sh DATA_DIR [NAME ...]}
 shift
 SPLITS=splits/busi.json
 MINUTES=${BUSAI_TUNE_MINUTES:-30}
-BUDGET="--trials 20 --timeout $MINUTES --image-size 160 --max-epochs 5 --trial-minutes 6 --pruner median --enqueue-paper"
+TRIALS=${BUSAI_TUNE_TRIALS:-20}
+BUDGET="--trials $TRIALS --timeout $MINUTES --image-size 160 --max-epochs 5 --trial-minutes 6 --pruner median --enqueue-paper"
 
 declare -A ARGS=(
   # Table 3's U-Net study with the offline ImageNet encoder; searches lr, weight decay, batch, optimizer.
