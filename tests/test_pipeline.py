@@ -156,3 +156,13 @@ def test_evaluate_tta_is_stored_beside_the_plain_result(seg_run, synthetic_dir, 
     x = torch.randn(2, 3, 64, 64)
     expected = (predict_tensor(loaded, x, "fp32") + predict_tensor(loaded, x.flip(-1), "fp32").flip(-1)) / 2
     assert np.allclose(predict_tensor(loaded, x, "fp32", tta=True), expected, atol=1e-5)
+
+
+def test_epochs_cell_names_the_budget_that_stopped_a_run():
+    from busai.report import _epochs_cell
+
+    budget = {"fit": {"epochs_run": 4, "stop_reason": "time_budget"}, "train_config": {"max_minutes": 7.0}}
+    assert _epochs_cell(budget) == "4 (7-min budget)"
+    early = {"fit": {"epochs_run": 49, "stop_reason": "early_stopping"}, "train_config": {"max_minutes": 40.0}}
+    assert _epochs_cell(early) == "49 (early stopping)"
+    assert _epochs_cell({}) == "? (?)"

@@ -91,10 +91,19 @@ def _short_source(source: str | None) -> str:
     return "ImageNet" if source.startswith("imagenet") else "random init" if source.startswith("random") else source
 
 
+def _epochs_cell(result: dict) -> str:
+    """Epochs run and why training stopped, with the wall-clock budget when that was the reason."""
+    fit = result.get("fit", {})
+    reason = fit.get("stop_reason", "?")
+    minutes = result.get("train_config", {}).get("max_minutes")
+    if reason == "time_budget" and minutes:
+        reason = f"{minutes:g}-min budget"
+    return f"{fit.get('epochs_run', '?')} ({reason.replace('_', ' ')})"
+
+
 def _run_rows(result: dict, name: str, theirs: dict, cells) -> list[str]:
     """One table row per evaluated split of a run; name, weight source and epoch cap on its first row only."""
-    fit = result.get("fit", {})
-    head = (name, _short_source(result.get("weight_source")), f"{fit.get('epochs_run', '?')} ({fit.get('stop_reason', '?')})")
+    head = (name, _short_source(result.get("weight_source")), _epochs_cell(result))
     present = [s for s in ("train", "val", "test") if result["metrics"].get(s)]
     rows = []
     for i, split in enumerate(present):
