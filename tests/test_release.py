@@ -59,3 +59,9 @@ def test_release_picks_by_validation_never_test(tmp_path):
 def test_release_needs_validation_metrics(cli, tmp_path):
     (tmp_path / "r").mkdir()
     cli.fails("release", tmp_path / "r", "--task", "seg", expect="no validation metrics; run `busai evaluate")
+
+
+def test_release_refuses_a_file_given_as_a_run(cli, tmp_path):
+    log = tmp_path / "run.log"  # e.g. a shell glob runs/busi/cls-* that also matches a log file
+    log.write_text("x")
+    cli.fails("release", log, "--task", "cls", expect="not a run folder; pass folders written by `busai train`")

@@ -107,6 +107,8 @@ def resolve_model(source: str | Path | None, task: str) -> LoadedModel:
 
 def validation_score(run_dir: str | Path) -> float:
     """The release criterion: validation Dice (mean over images) or validation macro-F1. Never test."""
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"{run_dir}: not a run folder; pass folders written by `busai train` and scored by `busai evaluate`")
     path = Path(run_dir) / "metrics.json"
     try:
         val = json.loads(path.read_text())["val"]
