@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from busai.config import TrainConfig
+from busai.engine import HISTORY
 from busai.runs import library_versions, write_json
 from busai.training import resume, train
 
@@ -36,10 +37,11 @@ def run_one(args, precision: str) -> dict:
                           batch_size=args.batch_size, optimizer="adamw", lr=args.lr, weight_decay=1e-4, epochs=args.epochs,
                           patience=args.epochs, precision=precision, seed=args.seed, data=args.data, splits=args.splits)
         train(cfg, run_dir, quiet=True, command=f"{Path(sys.argv[0]).name} (precision {precision})")
-    rows = list(csv.DictReader((run_dir / "history.csv").open()))
-    best = min(rows, key=lambda r: float(r["val_loss"]))  # the checkpoint the engine keeps
+    rows = list(csv.DictReader((run_dir / HISTORY).open()))
+    best_epoch = json.loads((run_dir / "fit.json").read_text())["best_epoch"]  # the checkpoint the engine kept
+    best = next(r for r in rows if int(r["epoch"]) == best_epoch)
     return {
-        "run_dir": str(run_dir), "epochs": len(rows), "best_epoch": int(best["epoch"]),
+        "run_dir": str(run_dir), "epochs": len(rows), "best_epoch": best_epoch,
         "best_val_loss": float(best["val_loss"]), "val_dice_at_best": float(best["val_dice"]),
         "max_val_dice": max(float(r["val_dice"]) for r in rows),
         "median_seconds_per_epoch": round(statistics.median(float(r["seconds"]) for r in rows), 1),

@@ -15,12 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from busai import CLASSES
+from busai import CLASSES, SPLIT_NAMES
 from busai.errors import ConfigError
 from busai.inference import predict_tensor, upsample_probability
 from busai.runs import LoadedModel, load_model, write_json
-
-SPLITS = ("train", "val", "test")
 
 
 def _predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16):
@@ -86,7 +84,7 @@ def evaluate_run(
     from busai.data.splits import load_split_records, read_splits
     from busai.runs import best_threads
 
-    if split not in SPLITS:
+    if split not in SPLIT_NAMES:
         raise ConfigError(f"split '{split}': unknown; choose train, val or test")
     best_threads()
     run_dir = Path(run_dir)

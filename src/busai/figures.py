@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from busai import CLASSES  # noqa: E402
+from busai import CLASSES, SPLIT_NAMES  # noqa: E402
 
 
 def _save(fig, path: Path) -> str:
@@ -91,7 +91,7 @@ def model_comparison(rows: list[dict], path: Path, metrics=("accuracy", "macro_f
     ``rows``: {"model": name, "split": split, metric: value, ...}.
     """
     models = sorted({r["model"] for r in rows})
-    splits = [s for s in ("train", "val", "test") if any(r["split"] == s for r in rows)]
+    splits = [s for s in SPLIT_NAMES if any(r["split"] == s for r in rows)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
     width = 0.8 / max(len(splits), 1)
     for ax, metric in zip(axes[0], metrics):

@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from busai import CLASSES, paper
+from busai import CLASSES, SPLIT_NAMES, paper
 from busai.errors import CheckpointError
 from busai.runs import read_run_config, write_json
 
@@ -104,7 +104,7 @@ def _epochs_cell(result: dict) -> str:
 def _run_rows(result: dict, name: str, theirs: dict, cells) -> list[str]:
     """One table row per evaluated split of a run; name, weight source and epoch cap on its first row only."""
     head = (name, _short_source(result.get("weight_source")), _epochs_cell(result))
-    present = [s for s in ("train", "val", "test") if result["metrics"].get(s)]
+    present = [s for s in SPLIT_NAMES if result["metrics"].get(s)]
     rows = []
     for i, split in enumerate(present):
         paper_cell = " / ".join(f"{v:.2f}" for v in theirs[split]) if split in theirs else "–"
@@ -158,7 +158,7 @@ def comparison_rows(results: list[dict], metrics=("accuracy", "macro_f1")) -> li
     rows = []
     for r in results:
         for split, m in r["metrics"].items():
-            if split not in ("train", "val", "test"):  # e.g. test_tta
+            if split not in SPLIT_NAMES:  # e.g. test_tta
                 continue
             values = {k: (m[k].get("value") if isinstance(m.get(k), dict) else m.get(k)) for k in metrics}
             rows.append({"model": r["model"]["name"], "split": split, **values})

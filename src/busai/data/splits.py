@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from busai import CLASSES
+from busai import CLASSES, SPLIT_NAMES
 from busai.data.discover import Record, discover_records
 from busai.errors import ConfigError, DataError, read_json
 
 FORMAT = "busai-splits/1"
-SPLIT_NAMES = ("train", "val", "test")
 DUPLICATE_POLICIES = ("group", "exclude")
 _SEVERITY = {name: i for i, name in enumerate(CLASSES)}  # ties in a conflict go to the more severe class
 
