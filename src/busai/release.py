@@ -8,7 +8,6 @@ source is ``None`` / ``"release"`` (the packaged model), a run folder, or a ``.o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from busai.errors import CheckpointError, ConfigError
+from busai.models.weights import file_sha256
 from busai.runs import CONFIG, LoadedModel, load_model, read_run_config, write_json
 
 RELEASE_DIR = Path(__file__).with_name("release")
@@ -66,7 +66,7 @@ def make_release(run_dir: str | Path, task: str, root: str | Path | None = None)
         "run": run_dir.name,
         "model": loaded.spec,
         "image_size": loaded.image_size,
-        "weights_sha256": hashlib.sha256((out / WEIGHTS).read_bytes()).hexdigest(),
+        "weights_sha256": file_sha256(out / WEIGHTS),
         "weights_mb": round(size_mb, 2),
         "splits": {split: {"images": m.get("images"), **compact(m)} for split, m in metrics.items() if isinstance(m, dict)},
     })

@@ -88,6 +88,8 @@ def _ci(entry: dict, key: str) -> str:
 def _short_source(source: str | None) -> str:
     if not source:
         return "?"
+    if source.startswith("segmentation encoder"):
+        return "BUSI seg. encoder"  # a classifier started from a segmentation run's encoder (train split only)
     return "ImageNet" if source.startswith("imagenet") else "random init" if source.startswith("random") else source
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Callable
@@ -13,6 +12,7 @@ from torch.utils.data import DataLoader
 from busai.config import TrainConfig
 from busai.engine import FitResult, fit, resolve_precision, seed_everything
 from busai.errors import CheckpointError, ConfigError
+from busai.models.weights import file_sha256
 from busai.runs import CONFIG, library_versions, read_run_config, write_json
 from busai.tasks import adapter_for
 
@@ -39,10 +39,6 @@ def _loaders(cfg: TrainConfig, image_size: int, mean, std):
         train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=generator, num_workers=cfg.num_workers, drop_last=len(train_ds) > cfg.batch_size)
     val_loader = DataLoader(val_ds, batch_size=max(cfg.batch_size, 16), shuffle=False, num_workers=cfg.num_workers)
     return train_loader, val_loader, splits
-
-
-def _file_sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def train(
@@ -108,7 +104,7 @@ def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epo
             "device": str(precision.device),
             "autocast": str(precision.autocast_dtype).replace("torch.", "") if precision.autocast_dtype else "none",
             "channels_last": precision.channels_last,
-            "splits_sha256": _file_sha256(cfg.splits),
+            "splits_sha256": file_sha256(cfg.splits),
             "data_fingerprint": splits.get("fingerprint"),
             "train_images": len(train_loader.dataset),
             "val_images": len(val_loader.dataset),

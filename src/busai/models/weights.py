@@ -18,6 +18,7 @@ loudly (red line on stderr and a ``RuntimeWarning``); it never crashes and never
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
@@ -257,6 +258,15 @@ def read_state_dict(path: str | Path) -> StateDict:
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise CheckpointError(f"{path}: is not a state dict of tensors; save one with model.state_dict()")
     return dict(loaded)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex digest of a file (weights, splits), recorded so a run names exactly what it started from."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _is_ignored(key: str, prefixes: Iterable[str]) -> bool:
