@@ -182,3 +182,30 @@ def test_weights_column_names_the_source(source, label):
     from busai.report import _short_source
 
     assert _short_source(source) == label
+
+
+def test_classifier_from_segmentation_run_of_the_same_split(seg_run, synthetic_dir, tmp_path):
+    from busai.config import TrainConfig
+    from busai.training import train
+
+    weights = seg_run / "checkpoint_best.safetensors"
+    cfg = TrainConfig(task="cls", model="efficientnet_lite0", weights=str(weights), image_size=64, epochs=1,
+                      batch_size=8, data=str(synthetic_dir), splits=str(seg_run.parent / "splits.json"))
+    train(cfg, tmp_path / "cls", quiet=True)
+    config = json.loads((tmp_path / "cls" / "config.json").read_text())
+    assert config["weight_source"].startswith(f"segmentation encoder: {weights} (sha256 ")
+
+
+def test_weights_trained_on_another_split_are_refused(cli, seg_run, synthetic_dir, tmp_path):
+    from busai.data.discover import discover_records
+    from busai.data.splits import make_splits, write_splits
+
+    other = tmp_path / "other_split.json"
+    write_splits(other, make_splits(discover_records(synthetic_dir), [], val=0.25, test=0.1, seed=1))
+    weights = seg_run / "checkpoint_best.safetensors"
+    code, _, err = cli("train", "cls", "--model", "efficientnet_lite0", "--weights", str(weights), "--image-size", "64",
+                       "--epochs", "1", "--data", str(synthetic_dir), "--splits", str(other), "--out", str(tmp_path / "run"))
+    assert code != 0
+    assert err.strip().splitlines()[-1].startswith(f"error: {weights}: was trained on another split than {other} (splits_sha256 ")
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from busai.config import TrainConfig
 from busai.engine import FitResult, fit, resolve_precision, seed_everything
-from busai.errors import CheckpointError, ConfigError
+from busai.errors import CheckpointError, ConfigError, read_json
 from busai.models.weights import file_sha256
 from busai.runs import CONFIG, library_versions, read_run_config, write_json
 from busai.tasks import adapter_for
@@ -81,11 +81,33 @@ def resume(
     return _train(cfg, run_dir, resume=True, quiet=quiet, on_epoch=None, command=None)
 
 
+def check_weights_split(cfg: TrainConfig) -> None:
+    """Refuse ``weights=FILE`` from a run (or release) trained on another split.
+
+    Its weights have seen that split's training images, which may be this run's validation or test
+    images: scores would leak. The file's run folder (or release folder) records the split's sha256
+    in ``config.json``; a file with no such record beside it is the user's responsibility.
+    """
+    if str(cfg.weights).lower() in ("imagenet", "none") or not cfg.splits:
+        return
+    beside = Path(cfg.weights).expanduser().parent / CONFIG
+    if not beside.is_file():
+        return
+    trained_on = read_json(beside, missing="missing", fix="fix or remove it").get("splits_sha256")
+    if trained_on and trained_on != file_sha256(cfg.splits):
+        raise ConfigError(
+            f"{cfg.weights}: was trained on another split than {cfg.splits} (splits_sha256 {trained_on[:12]} in {beside}); "
+            "its weights have seen images that may be in this run's val or test split: use weights trained with the same --splits"
+        )
+
+
 def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epoch, command: str | None) -> FitResult:
     from busai.models.registry import build
     from busai.runs import best_threads
 
     best_threads()
+    if not resume:
+        check_weights_split(cfg)
     seed_everything(cfg.seed)  # before build: random initial weights (and heads) depend on the seed only
     # On resume the checkpoint supplies every weight: no ImageNet lookup, no warning.
     built = build(cfg.task, cfg.model, encoder=cfg.encoder, weights="none" if resume else cfg.weights, image_size=cfg.image_size)
