@@ -15,6 +15,8 @@ declare -A ARGS=(
   # EfficientNet-Lite0 encoders: the ImageNet backbone available offline.
   [seg-lite0-unet]="seg --model unet --encoder efficientnet-lite0 --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --scheduler plateau --plateau-patience 6 --epochs 100"
   [seg-lite0-unetplusplus]="seg --model unetplusplus --encoder efficientnet-lite0 --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --epochs 100"
+  # Dice+BCE loss with the seg-lite0-unet tuning study's learning rate and weight decay.
+  [seg-lite0-unet-dicebce]="seg --model unet --encoder efficientnet-lite0 --image-size 256 --batch-size 8 --optimizer adamw --lr 2.5e-4 --weight-decay 5.7e-5 --loss dice_bce --scheduler plateau --plateau-patience 6 --epochs 100"
   [seg-lite0-deeplabv3]="seg --model deeplabv3 --encoder efficientnet-lite0 --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --epochs 100"
   # The paper's Table 3 settings (ResNet18 encoder; its U-Net++ weight decay 1.09 is outside its own range: none used).
   [seg-resnet18-unet]="seg --model unet --encoder resnet18 --image-size 288 --batch-size 8 --optimizer adam --lr 8.1e-5 --weight-decay 7.9e-5 --epochs 100"
@@ -22,6 +24,9 @@ declare -A ARGS=(
   [seg-resnet18-deeplabv3]="seg --model deeplabv3 --encoder resnet18 --image-size 256 --batch-size 8 --optimizer adamw --lr 1.9e-4 --weight-decay 1.9e-4 --epochs 100"
   # Classification: EfficientNet-Lite0, then the paper's Table 5 settings.
   [cls-efficientnet_lite0]="cls --model efficientnet_lite0 --image-size 224 --batch-size 16 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --epochs 100"
+  # Lite0 classifier started from the released segmentation model's encoder (seg-lite0-unet, trained on
+  # this split's train images only; see benchmarks/encoder_probe.py), at the 256 px it was trained at.
+  [cls-lite0-seginit]="cls --model efficientnet_lite0 --weights src/busai/release/segmentation/model.safetensors --image-size 256 --batch-size 16 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --plateau-patience 5 --epochs 100"
   [cls-resnet18]="cls --model resnet18 --optimizer rmsprop --lr 4.91e-5 --weight-decay 2.7e-4 --focal-alpha 0.57 --focal-gamma 4.03 --batch-size 32 --epochs 100"
   [cls-inception_v3]="cls --model inception_v3 --optimizer adam --lr 1.63e-5 --weight-decay 9e-5 --focal-alpha 0.33 --focal-gamma 4.41 --batch-size 16 --betas 0.84 0.98 --epochs 100"
   [cls-densenet121]="cls --model densenet121 --optimizer rmsprop --lr 2.46e-5 --weight-decay 6e-4 --focal-alpha 0.65 --focal-gamma 3.55 --batch-size 32 --epochs 100"
@@ -29,7 +34,8 @@ declare -A ARGS=(
   [cls-googlenet]="cls --model googlenet --optimizer adam --lr 8.705e-4 --weight-decay 1.5e-4 --focal-alpha 0.73 --focal-gamma 4.24 --batch-size 32 --betas 0.91 0.93 --epochs 100"
 )
 ORDER=(seg-lite0-unet cls-efficientnet_lite0 seg-lite0-unetplusplus seg-lite0-deeplabv3 seg-resnet18-unetplusplus
-       seg-resnet18-deeplabv3 seg-resnet18-unet cls-resnet18 cls-inception_v3 cls-densenet121 cls-mobilenet_v3_large cls-googlenet)
+       seg-resnet18-deeplabv3 seg-resnet18-unet cls-resnet18 cls-inception_v3 cls-densenet121 cls-mobilenet_v3_large cls-googlenet
+       seg-lite0-unet-dicebce cls-lite0-seginit)
 NAMES=("$@")
 [ ${#NAMES[@]} -gt 0 ] || NAMES=("${ORDER[@]}")
 
