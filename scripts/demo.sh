@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job end to end on built-in synthetic phantoms (no dataset needed), in a few minutes on 2 CPU cores:
-# synthesise -> audit -> split -> train + evaluate a segmenter and a classifier -> report -> predict -> ONNX export.
+# synthesise -> audit -> split -> train + evaluate a segmenter and a classifier started from its encoder -> report -> predict -> ONNX export.
 set -euo pipefail
 OUT=${1:-demo_out}
 rm -rf "$OUT"
@@ -15,8 +15,9 @@ busai train seg --data "$DATA" --splits "$OUT/splits.json" --out "$OUT/runs/seg-
   --model unet --encoder efficientnet-lite0 --image-size 96 --epochs 6 --batch-size 8 --lr 1e-3 --optimizer adamw
 busai evaluate "$OUT/runs/seg-lite0-unet" --data "$DATA" --splits "$OUT/splits.json" --split val test --n-boot 200
 
+# The classifier starts from the segmenter's encoder (same split, so no val/test image leaks in).
 busai train cls --data "$DATA" --splits "$OUT/splits.json" --out "$OUT/runs/cls-lite0" \
-  --model efficientnet_lite0 --image-size 96 --epochs 6 --batch-size 16 --lr 1e-3 --optimizer adamw --focal-gamma 2
+  --model efficientnet_lite0 --weights "$OUT/runs/seg-lite0-unet/checkpoint_best.safetensors" --image-size 96 --epochs 6 --batch-size 16 --lr 1e-3 --optimizer adamw --focal-gamma 2
 busai evaluate "$OUT/runs/cls-lite0" --data "$DATA" --splits "$OUT/splits.json" --split val test --n-boot 200
 
 busai report collect "$OUT/runs/seg-lite0-unet" --out "$OUT/results/segmentation"

@@ -209,3 +209,17 @@ def test_weights_trained_on_another_split_are_refused(cli, seg_run, synthetic_di
     assert err.strip().splitlines()[-1].startswith(f"error: {weights}: was trained on another split than {other} (splits_sha256 ")
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_runs_of_one_model_are_told_apart_by_run_name():
+    from busai.report import classification_table, comparison_rows
+
+    def result(name, source):
+        split = {"accuracy": {"value": 0.5}, "macro_f1": {"value": 0.4}, "macro_auc": {"value": 0.6}}
+        return {"name": name, "model": {"name": "efficientnet_lite0"}, "weight_source": source, "fit": {}, "metrics": {"val": split}}
+
+    results = [result("cls-b", "imagenet (x)"), result("cls-a", "segmentation encoder: s.safetensors"), {**result("r18", "random"), "model": {"name": "resnet18"}}]
+    table = classification_table(results)
+    assert "| efficientnet_lite0 (cls-a) | BUSI seg. encoder |" in table and "| efficientnet_lite0 (cls-b) | ImageNet |" in table
+    assert "| resnet18 | random init |" in table
+    assert [row["model"] for row in comparison_rows(results)] == ["efficientnet_lite0 (cls-b)", "efficientnet_lite0 (cls-a)", "resnet18"]

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from busai import CLASSES, SPLIT_NAMES
 from busai.errors import ConfigError
 from busai.inference import predict_tensor, upsample_probability
-from busai.runs import LoadedModel, load_model, write_json
+from busai.runs import LoadedModel, load_model, model_label, write_json
 
 
 def _predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16):
@@ -104,17 +104,13 @@ def evaluate_run(
         from busai import figures as fig
 
         if loaded.task == "segmentation":
-            result["figure"] = fig.segmentation_samples(samples, run_dir / f"samples_{key}.png", title=f"{_title(loaded)}: {key}")
+            result["figure"] = fig.segmentation_samples(samples, run_dir / f"samples_{key}.png", title=f"{model_label(loaded.spec)}: {key}")
         else:
-            result["figure"] = fig.confusion_matrix(np.array(result["confusion_matrix"]), run_dir / f"confusion_{key}.png", title=f"{_title(loaded)}: {key}")
-            result["sample_figure"] = fig.classification_samples(samples, run_dir / f"samples_{key}.png", title=f"{_title(loaded)}: {key}")
+            result["figure"] = fig.confusion_matrix(np.array(result["confusion_matrix"]), run_dir / f"confusion_{key}.png", title=f"{model_label(loaded.spec)}: {key}")
+            result["sample_figure"] = fig.classification_samples(samples, run_dir / f"samples_{key}.png", title=f"{model_label(loaded.spec)}: {key}")
     metrics_path = run_dir / "metrics.json"
     merged = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     merged[key] = result
     write_json(metrics_path, merged)
     return result
 
-
-def _title(loaded: LoadedModel) -> str:
-    spec = loaded.spec
-    return f"{spec.get('encoder')}:{spec['name']}" if spec.get("encoder") else spec["name"]

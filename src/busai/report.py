@@ -14,7 +14,7 @@ from pathlib import Path
 
 from busai import CLASSES, SPLIT_NAMES, paper
 from busai.errors import CheckpointError
-from busai.runs import read_run_config, write_json
+from busai.runs import model_label, read_run_config, write_json
 
 SEG_METRICS = ("pixel_accuracy", "dice", "iou", "auc")
 
@@ -103,6 +103,12 @@ def _epochs_cell(result: dict) -> str:
     return f"{fit.get('epochs_run', '?')} ({reason.replace('_', ' ')})"
 
 
+def _row_labels(results: list[dict]) -> list[str]:
+    """Each result's model label, plus its run name where two results share a model (e.g. another loss or start)."""
+    labels = [model_label(r["model"]) for r in results]
+    return [f"{label} ({r['name']})" if labels.count(label) > 1 else label for label, r in zip(labels, results)]
+
+
 def _run_rows(result: dict, name: str, theirs: dict, cells) -> list[str]:
     """One table row per evaluated split of a run; name, weight source and epoch cap on its first row only."""
     head = (name, _short_source(result.get("weight_source")), _epochs_cell(result))
@@ -125,9 +131,10 @@ def segmentation_table(results: list[dict]) -> str:
     def cells(m: dict) -> str:
         return f"{_fmt(m['pixel_accuracy']['pooled'], 3)} | {_ci(m['dice'], 'mean')} | {_ci(m['iou'], 'mean')} | {_fmt(m['auc']['pooled'])}"
 
-    for r in sorted(results, key=lambda r: (r["model"].get("encoder", ""), r["model"]["name"])):
+    ordered = sorted(results, key=lambda r: (r["model"].get("encoder", ""), r["model"]["name"], r["name"]))
+    for r, label in zip(ordered, _row_labels(ordered)):
         key = (r["model"].get("encoder"), r["model"]["name"])
-        lines += _run_rows(r, f"{key[0]}:{key[1]}", paper.SEGMENTATION_SCORES.get(key, {}), cells)
+        lines += _run_rows(r, label, paper.SEGMENTATION_SCORES.get(key, {}), cells)
     return "\n".join(lines)
 
 
@@ -142,9 +149,9 @@ def classification_table(results: list[dict]) -> str:
         recalls = " / ".join(_fmt(m["per_class"][c]["recall"]) for c in CLASSES) if "per_class" in m else "–"
         return f"{_metric_ci(m.get('accuracy'))} | {_metric_ci(m.get('macro_f1'))} | {_metric_ci(m.get('macro_auc'))} | {recalls}"
 
-    for r in sorted(results, key=lambda r: r["model"]["name"]):
-        name = r["model"]["name"]
-        lines += _run_rows(r, name, paper.CLASSIFICATION_SCORES.get(name, {}), cells)
+    ordered = sorted(results, key=lambda r: (r["model"]["name"], r["name"]))
+    for r, label in zip(ordered, _row_labels(ordered)):
+        lines += _run_rows(r, label, paper.CLASSIFICATION_SCORES.get(r["model"]["name"], {}), cells)
     return "\n".join(lines)
 
 
@@ -158,12 +165,12 @@ def _metric_ci(entry) -> str:
 def comparison_rows(results: list[dict], metrics=("accuracy", "macro_f1")) -> list[dict]:
     """One row per (model, split) with headline values, for the paper's Figure 11 chart."""
     rows = []
-    for r in results:
+    for r, label in zip(results, _row_labels(results)):
         for split, m in r["metrics"].items():
             if split not in SPLIT_NAMES:  # e.g. test_tta
                 continue
             values = {k: (m[k].get("value") if isinstance(m.get(k), dict) else m.get(k)) for k in metrics}
-            rows.append({"model": r["model"]["name"], "split": split, **values})
+            rows.append({"model": label, "split": split, **values})
     return rows
 
 

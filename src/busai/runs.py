@@ -40,6 +40,11 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def model_label(spec: dict) -> str:
+    """How tables and figures name a model: ``encoder:decoder`` for segmentation, the classifier's name otherwise."""
+    return f"{spec['encoder']}:{spec['name']}" if spec.get("encoder") else spec["name"]
+
+
 def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
