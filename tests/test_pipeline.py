@@ -223,3 +223,15 @@ def test_runs_of_one_model_are_told_apart_by_run_name():
     assert "| efficientnet_lite0 (cls-a) | BUSI seg. encoder |" in table and "| efficientnet_lite0 (cls-b) | ImageNet |" in table
     assert "| resnet18 | random init |" in table
     assert [row["model"] for row in comparison_rows(results)] == ["efficientnet_lite0 (cls-b)", "efficientnet_lite0 (cls-a)", "resnet18"]
+
+
+def test_fast_path_quality_row(tmp_path):
+    from busai.report import speed_table
+
+    (tmp_path / "fast_path_quality.json").write_text(json.dumps({
+        "command": "python benchmarks/fast_path_quality.py", "val_dice_difference": -0.0042, "epoch_time_ratio": 2.31,
+        "config": {"seed": 0, "encoder": "efficientnet-lite0", "model": "unet", "image_size": 160, "batch_size": 8, "epochs": 12},
+        "fp32": {"val_dice_at_best": 0.7012, "best_epoch": 11}, "bf16_channels_last": {"val_dice_at_best": 0.697, "best_epoch": 12}}))
+    table = speed_table(tmp_path)
+    assert ("| seed 0 | efficientnet-lite0:unet | 160 × 8 | 12 | 0.701 (epoch 11) | 0.697 (epoch 12) | -0.004 | 2.31× | "
+            "`python benchmarks/fast_path_quality.py` |") in table

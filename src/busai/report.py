@@ -224,4 +224,13 @@ def speed_table(results_dir: str | Path) -> str:
         lines.append(f"| inference | {model} | {r['image_size']} × {r['batch_size']} | {ms['fp32_eager']:.1f} ms/img | "
                      f"{ms['default_bf16_channels_last']:.1f} ms/img | {ms.get('onnxruntime', float('nan')):.1f} ms/img | "
                      f"{max(r['speedup_vs_fp32_eager'].values()):.2f}× | `{r['command']}` |")
+    path = root / "fast_path_quality.json"
+    if path.exists():  # does the fast path train as well? (benchmarks/fast_path_quality.py)
+        r = json.loads(path.read_text())
+        c, slow, fast = r["config"], r["fp32"], r["bf16_channels_last"]
+        lines += ["", "| Same training, two paths | Model | Size × batch | Epochs | fp32 eager: val Dice at best epoch | busai default: val Dice at best epoch | Difference | Epoch-time ratio | Command |",
+                  "|---|---|---|---|---|---|---|---|---|",
+                  f"| seed {c['seed']} | {c['encoder']}:{c['model']} | {c['image_size']} × {c['batch_size']} | {c['epochs']} | "
+                  f"{slow['val_dice_at_best']:.3f} (epoch {slow['best_epoch']}) | {fast['val_dice_at_best']:.3f} (epoch {fast['best_epoch']}) | "
+                  f"{r['val_dice_difference']:+.3f} | {r['epoch_time_ratio']:.2f}× | `{r['command']}` |"]
     return "\n".join(lines)
