@@ -323,8 +323,9 @@ def _load_segmentation_backbone(model: nn.Module, name: str, spec: Classifier, s
 
     Why: an encoder trained to outline BUSI lesions already attends to them; a linear probe on its
     pooled features scored validation macro-F1 0.74 against 0.67 for the ImageNet features it
-    started from (benchmarks/encoder_probe.py, results/encoder_probe.json). Layers the segmentation encoder lacks (Lite0's 1x1
-    head convolution) come from ImageNet where found, else stay random with the usual warning.
+    started from (benchmarks/encoder_probe.py, results/encoder_probe.json). Layers the
+    segmentation encoder lacks (Lite0's 1x1 head convolution) come from ImageNet where found,
+    else stay random with the usual warning.
     """
     if spec.segmentation_encoder is None:
         usable = ", ".join(n for n, c in CLASSIFIERS.items() if c.segmentation_encoder)
