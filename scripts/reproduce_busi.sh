@@ -27,6 +27,8 @@ declare -A ARGS=(
   # Lite0 classifier started from the released segmentation model's encoder (seg-lite0-unet, trained on
   # this split's train images only; see benchmarks/encoder_probe.py), at the 256 px it was trained at.
   [cls-lite0-seginit]="cls --model efficientnet_lite0 --weights src/busai/release/segmentation/model.safetensors --image-size 256 --batch-size 16 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --plateau-patience 5 --epochs 100"
+  # The same settings from the ImageNet start: isolates what the segmentation-encoder start adds.
+  [cls-lite0-imagenet-256]="cls --model efficientnet_lite0 --image-size 256 --batch-size 16 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --plateau-patience 5 --epochs 100"
   [cls-resnet18]="cls --model resnet18 --optimizer rmsprop --lr 4.91e-5 --weight-decay 2.7e-4 --focal-alpha 0.57 --focal-gamma 4.03 --batch-size 32 --epochs 100"
   [cls-inception_v3]="cls --model inception_v3 --optimizer adam --lr 1.63e-5 --weight-decay 9e-5 --focal-alpha 0.33 --focal-gamma 4.41 --batch-size 16 --betas 0.84 0.98 --epochs 100"
   [cls-densenet121]="cls --model densenet121 --optimizer rmsprop --lr 2.46e-5 --weight-decay 6e-4 --focal-alpha 0.65 --focal-gamma 3.55 --batch-size 32 --epochs 100"
@@ -35,7 +37,7 @@ declare -A ARGS=(
 )
 ORDER=(seg-lite0-unet cls-efficientnet_lite0 seg-lite0-unetplusplus seg-lite0-deeplabv3 seg-resnet18-unetplusplus
        seg-resnet18-deeplabv3 seg-resnet18-unet cls-resnet18 cls-inception_v3 cls-densenet121 cls-mobilenet_v3_large cls-googlenet
-       seg-lite0-unet-dicebce cls-lite0-seginit)
+       seg-lite0-unet-dicebce cls-lite0-seginit cls-lite0-imagenet-256)
 NAMES=("$@")
 [ ${#NAMES[@]} -gt 0 ] || NAMES=("${ORDER[@]}")
 
