@@ -1,8 +1,8 @@
-"""Does the fast path (bf16 autocast + channels_last) train as well as plain fp32? Issue 3's
-"at equal validation Dice within 0.01".
+"""Does bf16 autocast + channels_last (the default path on a CPU with native bf16) train as well as
+plain fp32? Issue 3's "at equal validation Dice within 0.01".
 
 Trains the same configuration twice on real data, same seed, once with ``--precision fp32`` and
-once with the default, and compares the validation Dice of each run's best checkpoint (lowest
+once with ``--precision bf16``, and compares the validation Dice of each run's best checkpoint (lowest
 validation loss) and the wall-clock seconds per epoch. Each training is an ordinary resumable run
 folder under ``--runs``, so an interrupted benchmark continues where it stopped. Writes
 ``results/fast_path_quality.json``.

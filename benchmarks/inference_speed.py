@@ -6,7 +6,8 @@ interleaved (one call of each path in turn) and the median is kept, so a moment 
 another process does not favour one path:
 
 - ``fp32_eager``: PyTorch fp32, contiguous memory format;
-- ``default_bf16_channels_last``: the project's default (bf16 autocast + channels_last);
+- ``default``: the project's default path (channels_last, with bf16 autocast where the CPU has
+  native bf16; ``default_path`` in the output says which);
 - ``onnxruntime``: the model exported by ``busai export`` (fp32 graph, all graph optimisations).
 
 Each path's largest absolute probability difference from fp32 eager is recorded too, so speed is
@@ -22,7 +23,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import platform
 import shlex
 import statistics
 import sys
@@ -35,7 +35,8 @@ import torch
 from busai.export import export_onnx, load_onnx
 from busai.inference import predict_tensor
 from busai.release import resolve_model
-from busai.runs import best_threads, library_versions
+from busai.engine import default_path_name
+from busai.runs import best_threads, library_versions, machine_info
 
 TARGET_SPEEDUP = 3.0
 
@@ -52,16 +53,6 @@ def ms_per_image(paths: dict, x: torch.Tensor, warmup: int, iters: int) -> dict[
             run(x)
             times[name].append((time.perf_counter() - start) * 1000 / x.shape[0])
     return times
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -81,14 +72,14 @@ def main() -> None:
     def copy_of(memory_format=torch.preserve_format):
         return dataclasses.replace(loaded, module=copy.deepcopy(loaded.module).to(memory_format=memory_format))
 
-    # Separate copies: the bf16 path converts its module to channels_last in place.
+    # Separate copies: the default path converts its module to channels_last in place.
     fp32, fast = copy_of(torch.contiguous_format), copy_of()
     with tempfile.TemporaryDirectory() as tmp:
         export = export_onnx(copy_of(), Path(tmp) / "seg.onnx", dynamic_size=False)
         ort = load_onnx(export.path)
         paths = {
             "fp32_eager": lambda b: predict_tensor(fp32, b, precision="fp32"),
-            "default_bf16_channels_last": lambda b: predict_tensor(fast, b, precision="bf16"),
+            "default": lambda b: predict_tensor(fast, b),
             "onnxruntime": lambda b: predict_tensor(ort, b),
         }
         reference = paths["fp32_eager"](x)
@@ -112,7 +103,7 @@ def main() -> None:
         "warmup": args.warmup, "iters": args.iters, "results": results, "speedup_vs_fp32_eager": speedups,
         "fastest": fastest, "target_speedup": TARGET_SPEEDUP, "target_met": speedups[fastest] >= TARGET_SPEEDUP,
         "onnx_parity_max_abs_logit_diff": export.max_abs_diff,
-        "cpu": cpu_name(), "threads": torch.get_num_threads(), "versions": library_versions(),
+        "default_path": default_path_name(), **machine_info(), "versions": library_versions(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from busai.config import TrainConfig
 from busai.engine import BEST_CHECKPOINT, HISTORY, LAST_CHECKPOINT, TaskAdapter, fit
-from busai.errors import CheckpointError
+from busai.errors import CheckpointError, ConfigError
 
 
 class ToyImages(Dataset):
@@ -136,3 +137,34 @@ def test_resuming_an_early_stopped_run_trains_no_further(tmp_path):
     assert first.stop_reason == "early_stopping"
     again = fit(toy_model(), toy_adapter(), train, val, config(lr=1e-12, patience=2, epochs=50), tmp_path, quiet=True, resume=True)
     assert (again.stop_reason, again.epochs_run) == ("early_stopping", first.epochs_run)
+
+
+def test_cosine_schedule_anneals_to_one_percent(tmp_path):
+    train, val = loaders()
+    result = fit(toy_model(), toy_adapter(), train, val, config(scheduler="cosine", epochs=4), tmp_path, quiet=True)
+    lrs = [row["lr"] for row in result.history]  # the rate after each epoch's step
+    expected = [0.05 * (0.01 + 0.99 * (1 + math.cos(math.pi * e / 4)) / 2) for e in range(1, 5)]
+    assert lrs == pytest.approx(expected)
+    assert lrs[-1] == pytest.approx(0.0005)
+
+
+def test_unknown_scheduler_is_a_clear_error(tmp_path):
+    train, val = loaders()
+    with pytest.raises(ConfigError, match="scheduler 'step': unknown; use plateau, cosine or none"):
+        fit(toy_model(), toy_adapter(), train, val, config(scheduler="step"), tmp_path, quiet=True)
+
+
+@pytest.mark.parametrize(("precision", "native", "dtype", "channels_last"), [
+    ("auto", True, torch.bfloat16, True),
+    ("auto", False, None, True),  # emulated bf16 is several times slower than fp32: not the default
+    ("bf16", False, torch.bfloat16, True),
+    ("fp32", True, None, False),
+])
+def test_default_path_uses_bf16_only_where_the_cpu_has_it(monkeypatch, precision, native, dtype, channels_last):
+    from busai import engine
+
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
+    resolved = engine.resolve_precision(config(precision=precision))
+    assert (resolved.autocast_dtype, resolved.channels_last) == (dtype, channels_last)
+    expected = "channels_last + bfloat16 autocast" if native else "channels_last + fp32"
+    assert engine.default_path_name() == expected

@@ -88,5 +88,30 @@ def test_segmentation_losses():
     assert value.item() == pytest.approx((dice(logits, mask) + F.binary_cross_entropy_with_logits(logits, mask)).item(), rel=1e-5)
     value.backward()
     assert logits.grad is not None
-    with pytest.raises(ConfigError, match="unknown segmentation loss 'focal'; choose one of: dice, dice_bce"):
+    with pytest.raises(ConfigError, match="unknown segmentation loss 'focal'; choose one of: dice, dice_bce, image_dice_bce"):
         build_segmentation_loss("focal")
+
+
+def test_image_dice_scores_each_lesion_image_alone():
+    """Hand-computed: a batch of a small lesion (4 px), a large one (36 px) and a lesion-free image."""
+    mask = torch.zeros(3, 1, 8, 8)
+    mask[0, 0, :2, :2] = 1
+    mask[1, 0, 2:8, 2:8] = 1
+    right = (mask * 2 - 1) * 30  # every pixel right, with certainty
+    loss = build_segmentation_loss("image_dice_bce")
+    assert loss(right, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+    missed_small = right.clone()
+    missed_small[0] = -30
+    # Dice: (1 + 0) / 2 lesion images; BCE: 4 of 192 pixels wrong by 30 nats.
+    expected = 0.5 + 4 * 30 / 192
+    assert loss(missed_small, mask).item() == pytest.approx(expected, rel=1e-4)
+    # The paper's batch Dice hardly notices the same miss: 1 - 2*36/(36+40).
+    assert build_segmentation_loss("dice")(missed_small, mask).item() == pytest.approx(1 - 72 / 76, rel=1e-4)
+
+    false_alarm = right.clone()
+    false_alarm[2, 0, :1, :3] = 30  # 3 lesion pixels on the lesion-free image: BCE only
+    assert loss(false_alarm, mask).item() == pytest.approx(3 * 30 / 192, rel=1e-4)
+
+    empty = torch.zeros(2, 1, 8, 8)
+    assert loss(torch.full_like(empty, -30.0), empty).item() == pytest.approx(0.0, abs=1e-6)

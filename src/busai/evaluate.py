@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from busai import CLASSES, SPLIT_NAMES
+from busai.engine import default_path_name
 from busai.errors import ConfigError
 from busai.inference import predict_tensor, upsample_probability
 from busai.runs import LoadedModel, load_model, model_label, write_json
@@ -98,7 +99,8 @@ def evaluate_run(
     key = f"{split}_tta" if tta else split
     result = {
         "split": split, "tta": tta, "command": command, "images": len(records), "task": loaded.task, "model": loaded.spec,
-        "weight_source": loaded.config.get("weight_source"), "n_boot": n_boot, **result,
+        "weight_source": loaded.config.get("weight_source"), "n_boot": n_boot,
+        "inference_path": default_path_name(next(loaded.module.parameters()).device), **result,
     }
     if figures:
         from busai import figures as fig

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from busai import CLASSES, SPLIT_NAMES, paper
 from busai.errors import CheckpointError
+from busai.engine import BEST_CHECKPOINT
 from busai.runs import model_label, read_run_config, write_json
 
 SEG_METRICS = ("pixel_accuracy", "dice", "iou", "auc")
@@ -90,6 +91,10 @@ def _short_source(source: str | None) -> str:
         return "?"
     if source.startswith("segmentation encoder"):
         return "BUSI seg. encoder"  # a classifier started from a segmentation run's encoder (train split only)
+    if source.startswith("file: "):
+        # A run's checkpoint is named by its run, the folder's name (training continued from it).
+        path = Path(source.removeprefix("file: ").split(" (")[0])
+        return f"{path.parent.name} weights" if path.name == BEST_CHECKPOINT else f"file: {path}"
     return "ImageNet" if source.startswith("imagenet") else "random init" if source.startswith("random") else source
 
 
@@ -206,29 +211,39 @@ def print_metrics(result: dict) -> None:
     Console().print(table)
 
 
+def _cpu_cell(result: dict) -> str:
+    native = {True: "native bf16", False: "no native bf16"}.get(result.get("cpu_native_bf16"), "bf16 support not recorded")
+    return f"{result.get('cpu', '?')}, {result.get('threads', '?')} threads ({native})"
+
+
 def speed_table(results_dir: str | Path) -> str:
-    """Markdown of the committed speed benchmarks (train_speed*.json, inference_speed.json), with their commands."""
+    """Markdown of the committed speed benchmarks (train_speed*.json, inference_speed.json), with their commands.
+
+    Each row names the CPU and the path the default resolved to there: bf16 autocast only pays
+    on a CPU that computes bf16 natively (see ``engine.cpu_has_native_bf16``).
+    """
     root = Path(results_dir)
-    lines = ["| Benchmark | Model | Size × batch | fp32 eager | busai default (bf16 + channels_last) | ONNX Runtime | Speed-up | Command |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| Benchmark | Model | Size × batch | CPU | fp32 eager | busai default | Default path | Forced bf16 | ONNX Runtime | Speed-up (default) | Command |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(root.glob("train_speed*.json")):
         r = json.loads(path.read_text())
         ips = r["images_per_second"]
-        lines.append(f"| training | {r['model']} | {r['image_size']} × {r['batch_size']} | {ips['fp32_eager']:.2f} img/s | "
-                     f"{ips['default_bf16_channels_last']:.2f} img/s | – | {r['speedup']:.2f}× | `{r['command']}` |")
+        bf16 = f"{ips['bf16_channels_last']:.2f} img/s" if "bf16_channels_last" in ips else "–"
+        lines.append(f"| training | {r['model']} | {r['image_size']} × {r['batch_size']} | {_cpu_cell(r)} | {ips['fp32_eager']:.2f} img/s | "
+                     f"{ips['default']:.2f} img/s | {r.get('default_path', '?')} | {bf16} | – | {r['speedup']:.2f}× | `{r['command']}` |")
     path = root / "inference_speed.json"
     if path.exists():
         r = json.loads(path.read_text())
         ms = {k: v["ms_per_image_median"] for k, v in r["results"].items()}
         model = f"{r['model'].get('encoder')}:{r['model']['name']}"
-        lines.append(f"| inference | {model} | {r['image_size']} × {r['batch_size']} | {ms['fp32_eager']:.1f} ms/img | "
-                     f"{ms['default_bf16_channels_last']:.1f} ms/img | {ms.get('onnxruntime', float('nan')):.1f} ms/img | "
-                     f"{max(r['speedup_vs_fp32_eager'].values()):.2f}× | `{r['command']}` |")
+        lines.append(f"| inference | {model} | {r['image_size']} × {r['batch_size']} | {_cpu_cell(r)} | {ms['fp32_eager']:.1f} ms/img | "
+                     f"{ms['default']:.1f} ms/img | {r.get('default_path', '?')} | – | {ms.get('onnxruntime', float('nan')):.1f} ms/img | "
+                     f"{r['speedup_vs_fp32_eager']['default']:.2f}× | `{r['command']}` |")
     path = root / "fast_path_quality.json"
     if path.exists():  # does the fast path train as well? (benchmarks/fast_path_quality.py)
         r = json.loads(path.read_text())
         c, slow, fast = r["config"], r["fp32"], r["bf16_channels_last"]
-        lines += ["", "| Same training, two paths | Model | Size × batch | Epochs | fp32 eager: val Dice at best epoch | busai default: val Dice at best epoch | Difference | Epoch-time ratio | Command |",
+        lines += ["", "| Same training, two paths | Model | Size × batch | Epochs | fp32 eager: val Dice at best epoch | bf16 autocast + channels_last: val Dice at best epoch | Difference | Epoch-time ratio | Command |",
                   "|---|---|---|---|---|---|---|---|---|",
                   f"| seed {c['seed']} | {c['encoder']}:{c['model']} | {c['image_size']} × {c['batch_size']} | {c['epochs']} | "
                   f"{slow['val_dice_at_best']:.3f} (epoch {slow['best_epoch']}) | {fast['val_dice_at_best']:.3f} (epoch {fast['best_epoch']}) | "

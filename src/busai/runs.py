@@ -40,6 +40,18 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def machine_info() -> dict:
+    """The CPU, whether it computes bf16 natively (which decides the default path) and the thread count."""
+    from busai.engine import cpu_has_native_bf16
+
+    name = platform.processor() or platform.machine()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": name, "cpu_native_bf16": cpu_has_native_bf16(), "threads": torch.get_num_threads()}
+
+
 def model_label(spec: dict) -> str:
     """How tables and figures name a model: ``encoder:decoder`` for segmentation, the classifier's name otherwise."""
     return f"{spec['encoder']}:{spec['name']}" if spec.get("encoder") else spec["name"]

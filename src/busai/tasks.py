@@ -20,10 +20,10 @@ def dice_per_image(logits: torch.Tensor, masks: torch.Tensor, threshold: float =
 
 
 def segmentation_adapter(cfg: TrainConfig) -> TaskAdapter:
-    from busai.losses import build_segmentation_loss
+    from busai.losses import SEGMENTATION_LOSSES, build_segmentation_loss
 
-    if cfg.loss not in ("dice", "dice_bce"):
-        raise ConfigError(f"loss '{cfg.loss}': not a segmentation loss; use dice or dice_bce")
+    if cfg.loss not in SEGMENTATION_LOSSES:
+        raise ConfigError(f"loss '{cfg.loss}': not a segmentation loss; use {', '.join(SEGMENTATION_LOSSES)}")
     criterion = build_segmentation_loss(cfg.loss)
 
     def loss(out: torch.Tensor, batch: dict) -> torch.Tensor:

@@ -13,7 +13,7 @@ from busai.config import TrainConfig
 from busai.engine import FitResult, fit, resolve_precision, seed_everything
 from busai.errors import CheckpointError, ConfigError, read_json
 from busai.models.weights import file_sha256
-from busai.runs import CONFIG, library_versions, read_run_config, write_json
+from busai.runs import CONFIG, library_versions, machine_info, read_run_config, write_json
 from busai.tasks import adapter_for
 
 
@@ -131,6 +131,7 @@ def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epo
             "train_images": len(train_loader.dataset),
             "val_images": len(val_loader.dataset),
             "versions": library_versions(),
+            "machine": machine_info(),
         }
         write_json(run_dir / CONFIG, resolved)
         write_json(run_dir / "splits.json", splits)

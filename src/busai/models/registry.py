@@ -263,16 +263,20 @@ def _encoder_module(model: nn.Module, spec: SegmentationEncoder) -> nn.Module:
 
 
 def _load_segmentation_file(model: nn.Module, spec: SegmentationEncoder, path: Path) -> str:
-    """Full smp model state dict, or an encoder-only one (no decoder / head keys)."""
+    """Full smp model state dict, or an encoder-only one (no decoder / head keys).
+
+    The source names the file's sha256: a path alone does not say which weights it held.
+    """
     state_dict = W.read_state_dict(path)
+    digest = W.file_sha256(path)[:12]
     if any(key.startswith(("decoder.", "segmentation_head.")) for key in state_dict):
         W.load_checked(model, state_dict, path)
-        return f"file: {path}"
+        return f"file: {path} (sha256 {digest})"
     if spec.timm_universal:
         state_dict = W.strip_prefix(state_dict, "model.")
     state_dict = spec.imagenet.convert(W.strip_prefix(state_dict, "encoder."))
     W.load_checked(_encoder_module(model, spec), state_dict, path, spec.head_prefixes)
-    return f"file: {path} (encoder only)"
+    return f"file: {path} (encoder only, sha256 {digest})"
 
 
 def _build_classifier(name: str, policy: str | Path, num_classes: int, image_size: int | None) -> BuiltModel:
@@ -311,11 +315,12 @@ def _load_classifier_file(model: nn.Module, name: str, spec: Classifier, path: P
     state_dict = spec.imagenet.convert(state_dict)
     head_weight = state_dict.get(f"{spec.head_prefixes[0]}weight")
     imagenet_head = head_weight is not None and head_weight.shape[0] == IMAGENET_CLASSES and num_classes != IMAGENET_CLASSES
+    digest = W.file_sha256(path)[:12]
     if head_weight is None or imagenet_head:
         W.load_checked(model, state_dict, path, spec.head_prefixes)
-        return f"file: {path} (backbone only; new {num_classes}-class head)"
+        return f"file: {path} (backbone only; new {num_classes}-class head; sha256 {digest})"
     W.load_checked(model, state_dict, path)
-    return f"file: {path}"
+    return f"file: {path} (sha256 {digest})"
 
 
 def _load_segmentation_backbone(model: nn.Module, name: str, spec: Classifier, state_dict: dict, path: Path) -> str:
