@@ -24,6 +24,12 @@ declare -A ARGS=(
   [seg-lite0-unet-imagedice]="seg --model unet --encoder efficientnet-lite0 --weights runs/busi/seg-lite0-unet/checkpoint_best.safetensors --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss image_dice_bce --scheduler cosine --epochs 12"
   # Control for seg-lite0-unet-imagedice: the same continuation with the paper's batch Dice loss.
   [seg-lite0-unet-finetune-dice]="seg --model unet --encoder efficientnet-lite0 --weights runs/busi/seg-lite0-unet/checkpoint_best.safetensors --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss dice --scheduler cosine --epochs 12"
+  # The same continuation with --augment strong (scale, shift, gamma, speckle noise, blur on top of the
+  # paper's flips, rotations and jitter): one change against seg-lite0-unet-finetune-dice.
+  [seg-lite0-unet-strongaug]="seg --model unet --encoder efficientnet-lite0 --weights runs/busi/seg-lite0-unet/checkpoint_best.safetensors --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss dice --scheduler cosine --augment strong --epochs 12"
+  # seg-lite0-unet-finetune-dice's best weights continued at 320 px (the paper's largest size) for
+  # finer lesion borders: the fully convolutional model takes the larger input unchanged.
+  [seg-lite0-unet-320]="seg --model unet --encoder efficientnet-lite0 --weights runs/busi/seg-lite0-unet-finetune-dice/checkpoint_best.safetensors --image-size 320 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss dice --scheduler cosine --epochs 8"
   [seg-lite0-deeplabv3]="seg --model deeplabv3 --encoder efficientnet-lite0 --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --epochs 100"
   # The paper's Table 3 settings (ResNet18 encoder; its U-Net++ weight decay 1.09 is outside its own range: none used).
   [seg-resnet18-unet]="seg --model unet --encoder resnet18 --image-size 288 --batch-size 8 --optimizer adam --lr 8.1e-5 --weight-decay 7.9e-5 --epochs 100"
@@ -45,7 +51,7 @@ declare -A ARGS=(
 ORDER=(seg-lite0-unet cls-efficientnet_lite0 seg-lite0-unetplusplus seg-lite0-deeplabv3 seg-resnet18-unetplusplus
        seg-resnet18-deeplabv3 seg-resnet18-unet cls-resnet18 cls-inception_v3 cls-densenet121 cls-mobilenet_v3_large cls-googlenet
        seg-lite0-unet-dicebce cls-lite0-seginit cls-lite0-imagenet-256 seg-lite0-unet-imagedice
-       seg-lite0-unet-finetune-dice)
+       seg-lite0-unet-finetune-dice seg-lite0-unet-320 seg-lite0-unet-strongaug)
 NAMES=("$@")
 [ ${#NAMES[@]} -gt 0 ] || NAMES=("${ORDER[@]}")
 

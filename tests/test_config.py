@@ -23,6 +23,7 @@ def test_task_defaults_follow_the_paper():
         ({"task": "detect"}, "task 'detect': unknown; use seg or cls"),
         ({"optimizer": "lion"}, "optimizer 'lion': unknown; choose one of adam, adamw, rmsprop, sgd, adagrad"),
         ({"precision": "fp8"}, "precision 'fp8': unknown; choose auto, bf16 or fp32"),
+        ({"augment": "heavy"}, "augment 'heavy': unknown; choose one of paper, strong, none"),
         ({"lr": 0}, "lr=0: must be positive"),
         ({"weight_decay": -1}, "weight_decay=-1: must be zero or positive"),
     ],
@@ -59,3 +60,11 @@ def test_flags_override_config_file_and_round_trip(tmp_path):
 def test_cls_defaults_to_resnet18_on_the_command_line():
     cfg = config_from_args(build_parser().parse_args(["train", "cls", "--out", "x"]))
     assert cfg.model == "resnet18"
+
+
+def test_augment_flag_and_configs_written_before_named_recipes():
+    cfg = config_from_args(build_parser().parse_args(["train", "seg", "--out", "x", "--augment", "strong"]))
+    assert cfg.augment == "strong" and TrainConfig(task="seg").augment == "paper"
+    # Older run folders stored a boolean; --resume reads them as the recipe they ran.
+    assert TrainConfig(task="seg", augment=True).augment == "paper"
+    assert TrainConfig(task="seg", augment=False).augment == "none"

@@ -12,13 +12,14 @@ from PIL import Image
 import busai.data.dataset as dataset_module
 from busai.data.dataset import BusDataset, ImageCache, make_weighted_sampler
 from busai.data.discover import discover_records
+from busai.errors import ConfigError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def test_item_shapes_and_types(synthetic_dir):
     records = discover_records(synthetic_dir)
-    ds = BusDataset(records, 48, MEAN, STD, augment=True)
+    ds = BusDataset(records, 48, MEAN, STD, augment="paper")
     item = ds[0]
     assert item["image"].shape == (3, 48, 48) and item["image"].dtype == torch.float32
     assert item["mask"].shape == (1, 48, 48) and item["mask"].dtype == torch.float32
@@ -52,23 +53,40 @@ def bright_square(tmp_path):
     return discover_records(tmp_path)
 
 
-def test_mask_stays_on_the_bright_pixels_under_augmentation(bright_square):
-    ds = BusDataset(bright_square, 64, (0, 0, 0), (1, 1, 1), augment=True, seed=0)
-    positions = set()
+@pytest.mark.parametrize("recipe", ["paper", "strong"])
+def test_mask_stays_on_the_bright_pixels_under_augmentation(bright_square, recipe):
+    ds = BusDataset(bright_square, 64, (0, 0, 0), (1, 1, 1), augment=recipe, seed=0)
+    positions, areas = set(), set()
     for _ in range(40):
         item = ds[0]
         bright = item["image"][0] > 0.3
         mask = item["mask"][0] > 0.5
         agreement = (bright == mask).float().mean().item()
-        assert agreement > 0.98, agreement
+        assert agreement > 0.97, agreement
         ys, xs = torch.nonzero(mask, as_tuple=True)
         positions.add((ys.float().mean().round().item(), xs.float().mean().round().item()))
+        areas.add(round(mask.sum().item() / 400, 1))  # the square covers 400 pixels unaugmented
     assert len(positions) >= 4  # flips and rotations did move the square
+    if recipe == "strong":
+        assert min(areas) <= 0.8 and max(areas) >= 1.2  # the scale range (0.8-1.25)^2 in area is used
+    else:
+        assert areas <= {0.9, 1.0, 1.1}  # rotation alone keeps the area
+
+
+def test_no_augmentation_returns_the_cached_image(bright_square):
+    ds = BusDataset(bright_square, 64, (0, 0, 0), (1, 1, 1), augment="none", seed=0)
+    assert torch.equal(ds[0]["image"], ds[0]["image"]) and ds.augment is None
+    assert ds[0]["mask"][0, 8:28, 36:56].all() and ds[0]["mask"].sum() == 400
+
+
+def test_unknown_augmentation_is_refused(bright_square):
+    with pytest.raises(ConfigError, match=r"augment 'heavy': unknown; choose one of paper, strong, none"):
+        BusDataset(bright_square, 64, MEAN, STD, augment="heavy")
 
 
 def test_augmentation_is_reproducible_with_a_seed(bright_square):
-    a = BusDataset(bright_square, 64, MEAN, STD, augment=True, seed=5)
-    b = BusDataset(bright_square, 64, MEAN, STD, augment=True, seed=5)
+    a = BusDataset(bright_square, 64, MEAN, STD, augment="paper", seed=5)
+    b = BusDataset(bright_square, 64, MEAN, STD, augment="paper", seed=5)
     for _ in range(5):
         assert torch.equal(a[0]["image"], b[0]["image"])
 
@@ -80,7 +98,7 @@ def test_cache_decodes_each_file_once(synthetic_dir, monkeypatch):
     monkeypatch.setattr(dataset_module, "read_mask", lambda record, size=None: calls.update(["mask"]) or real_mask(record, size))
     records = discover_records(synthetic_dir)
     cache = ImageCache()
-    train = BusDataset(records[:16], 32, MEAN, STD, augment=True, cache=cache)
+    train = BusDataset(records[:16], 32, MEAN, STD, augment="paper", cache=cache)
     val = BusDataset(records, 32, MEAN, STD, cache=cache)  # overlaps train on purpose
     for _ in range(3):  # epochs
         for ds in (train, val):
@@ -119,7 +137,7 @@ def test_each_loader_worker_gets_its_own_augmentation_stream(bright_square, monk
     from types import SimpleNamespace
 
     def images_in_worker(seed: int) -> list[torch.Tensor]:
-        ds = BusDataset(bright_square, 64, MEAN, STD, augment=True, seed=0)
+        ds = BusDataset(bright_square, 64, MEAN, STD, augment="paper", seed=0)
         monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: SimpleNamespace(seed=seed))
         return [ds[0]["image"] for _ in range(6)]
 

@@ -16,6 +16,7 @@ from busai.errors import ConfigError, read_json
 TASK_ALIASES = {"seg": "segmentation", "segmentation": "segmentation", "cls": "classification", "classification": "classification"}
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "adagrad")
 PRECISIONS = ("auto", "bf16", "fp32")
+AUGMENTATIONS = ("paper", "strong", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -45,7 +46,7 @@ class TrainConfig:
     scheduler: str | None = None  # None: "plateau" for classification (paper), "none" for segmentation
     plateau_patience: int = 25
     plateau_factor: float = 0.1
-    augment: bool = True
+    augment: str = "paper"  # paper, strong or none (see busai.data.dataset.build_augmentations)
 
     # auto: channels_last, plus bf16 autocast where the CPU (or GPU) computes bf16 natively;
     # bf16: autocast whatever the hardware; fp32: plain fp32 eager, neither.
@@ -70,6 +71,10 @@ class TrainConfig:
             raise ConfigError(f"optimizer '{self.optimizer}': unknown; choose one of {', '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision '{self.precision}': unknown; choose auto, bf16 or fp32")
+        if isinstance(self.augment, bool):  # run configs written before the named recipes stored true / false
+            self.augment = "paper" if self.augment else "none"
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"augment '{self.augment}': unknown; choose one of {', '.join(AUGMENTATIONS)}")
         if self.device not in DEVICES:
             raise ConfigError(f"device '{self.device}': unknown; choose auto, cpu or cuda")
         if self.loss is None:

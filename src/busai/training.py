@@ -30,7 +30,7 @@ def _loaders(cfg: TrainConfig, image_size: int, mean, std):
         raise ConfigError(f"{cfg.splits}: the train or val split is empty; re-run `busai data split` with more images")
     cache = ImageCache()
     train_ds = BusDataset(train_records, image_size, mean, std, augment=cfg.augment, cache=cache, seed=cfg.seed)
-    val_ds = BusDataset(val_records, image_size, mean, std, augment=False, cache=cache, seed=cfg.seed)
+    val_ds = BusDataset(val_records, image_size, mean, std, cache=cache, seed=cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     if cfg.task == "classification" and cfg.weighted_sampler:
         sampler = make_weighted_sampler(train_ds.labels, seed=cfg.seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from busai.config import TrainConfig
+from busai.config import AUGMENTATIONS, TrainConfig
 
 # CLI flag -> config key; every flag defaults to None so only what the user typed overrides --config.
 _FLAGS = {
@@ -31,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--focal-alpha", dest="focal_alpha", type=float, nargs="+", default=None, help="one value, or one per class (normal benign malignant)")
     p.add_argument("--betas", type=float, nargs=2, default=None, metavar=("BETA1", "BETA2"))
     p.add_argument("--no-sampler", dest="weighted_sampler", action="store_false", default=None, help="classification: no class-frequency sampler")
-    p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    p.add_argument("--augment", choices=AUGMENTATIONS, default=None, help="training augmentations: paper (flips, rotations, colour jitter; default), strong (adds scale, shift, gamma, speckle noise, blur) or none")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the fit summary as JSON")
     p.set_defaults(handler=run)

@@ -16,6 +16,8 @@ import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from busai.data.discover import Record, read_image, read_mask
+from busai.config import AUGMENTATIONS
+from busai.errors import ConfigError
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -79,26 +81,35 @@ def _track(items: Sequence, description: str, progress: bool) -> Iterable:
     return track(items, description=description, console=console, transient=True, disable=not console.is_terminal)
 
 
-def paper_augmentations(seed: int | None = None) -> A.Compose:
-    """The paper's training augmentations, applied to image and mask together.
+def build_augmentations(name: str, seed: int | None = None) -> A.Compose | None:
+    """Training augmentations by name, applied to image and mask together; ``none`` gives None.
 
-    Ultrasound images are near-grayscale, so saturation and hue jitter stay small (they only touch
-    the few images with colour overlays).
+    ``paper``: the study's flips, rotations and colour jitter. Ultrasound images are near-grayscale,
+    so saturation and hue jitter stay small (they only touch the few images with colour overlays).
+
+    ``strong``: the paper's flips and jitter plus what varies between real scans and the paper's
+    recipe leaves out: lesion size and position (probe depth and placement: scale 0.8-1.25 and
+    shift, with the rotation, in one affine warp), gain curves (gamma) and speckle or focus
+    (multiplicative noise or blur).
     """
-    return A.Compose(
-        [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.Rotate(limit=15, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.5),
-            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.05, hue=0.02, p=0.5),
-        ],
-        seed=seed,
-    )
+    if name == "none":
+        return None
+    flips = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+    jitter = A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.05, hue=0.02, p=0.5)
+    if name == "paper":
+        rotate = A.Rotate(limit=15, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.5)
+        return A.Compose([*flips, rotate, jitter], seed=seed)
+    if name == "strong":
+        warp = A.Affine(scale=(0.8, 1.25), translate_percent=(-0.1, 0.1), rotate=(-15, 15), border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.75)
+        texture = A.OneOf([A.MultiplicativeNoise(multiplier=(0.85, 1.15), elementwise=True), A.GaussianBlur(blur_limit=(3, 5))], p=0.3)
+        return A.Compose([*flips, warp, jitter, A.RandomGamma(gamma_limit=(70, 150), p=0.3), texture], seed=seed)
+    raise ConfigError(f"augment '{name}': unknown; choose one of {', '.join(AUGMENTATIONS)}")
 
 
 class BusDataset(Dataset):
     """Records as model input: ``image`` (3,S,S) float32 normalised, ``mask`` (1,S,S) float32 {0,1},
-    ``label`` int64 (index into ``busai.CLASSES``) and ``index`` (position in ``records``)."""
+    ``label`` int64 (index into ``busai.CLASSES``) and ``index`` (position in ``records``).
+    ``augment`` names the training augmentations (see :func:`build_augmentations`)."""
 
     def __init__(
         self,
@@ -106,7 +117,7 @@ class BusDataset(Dataset):
         image_size: int,
         mean: Sequence[float],
         std: Sequence[float],
-        augment: bool = False,
+        augment: str = "none",
         cache: ImageCache | None = None,
         *,
         seed: int | None = None,
@@ -116,7 +127,7 @@ class BusDataset(Dataset):
         self.cache = cache if cache is not None else ImageCache()
         # seed None: drawn from torch's global RNG, so torch.manual_seed(...) makes augmentation reproducible.
         self._seed = int(torch.randint(2**31 - 1, ())) if seed is None else int(seed)
-        self.augment = paper_augmentations(self._seed) if augment else None
+        self.augment = build_augmentations(augment, self._seed)
         self._worker_seeded: int | None = None
         self.mean, self.std = tuple(mean), tuple(std)
 
