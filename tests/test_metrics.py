@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from busai.errors import DataError
-from busai.metrics import classification_report_dict, histogram_auc, segmentation_counts, summarise_segmentation
+from busai.metrics import classification_report_dict, histogram_auc, lesion_detection, segmentation_counts, summarise_segmentation
 
 MASK = np.array(
     [
@@ -62,6 +62,19 @@ def test_empty_mask_conventions():
     assert _value(summary, "pixel_accuracy", "pooled") == pytest.approx((14 + 16 + 12 + 16) / 64)
     assert summary["n_images"] == 4 and summary["n_images_auc"] == 1
     assert _value(summary, "auc", "mean") == pytest.approx(47 / 48)
+    # Two lesion images, both touched; two lesion-free images, one with a false alarm.
+    assert summary["detection"] == {"lesion_images": 2, "missed_lesions": 0, "lesion_free_images": 2, "false_alarms": 1}
+
+
+def test_detection_counts_a_lesion_missed_entirely_not_one_found_badly():
+    lesion = np.zeros((4, 4), dtype=np.uint8)
+    lesion[1:3, 1:3] = 1
+    beside = np.zeros((4, 4))
+    beside[0, 0] = 0.9  # a predicted pixel next to the lesion, none on it
+    touching = np.zeros((4, 4))
+    touching[0:2, 0:2] = 0.9  # one of four predicted pixels on the lesion
+    rows = [segmentation_counts(np.zeros((4, 4)), lesion), segmentation_counts(beside, lesion), segmentation_counts(touching, lesion)]
+    assert lesion_detection(rows) == {"lesion_images": 3, "missed_lesions": 2, "lesion_free_images": 0, "false_alarms": 0}
 
 
 def test_all_empty_split_has_null_auc():

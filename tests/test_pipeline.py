@@ -28,6 +28,12 @@ def test_segmentation_evaluation_keys_and_ranges(seg_run, synthetic_dir, tmp_pat
     assert result["images"] == len(json.loads(splits_of(seg_run).read_text())["val"])
     assert result["inference_path"] in ("channels_last + fp32", "channels_last + bfloat16 autocast")
     assert (run / "samples_val.png").exists()
+    scores = result["per_image"]
+    assert sorted(s["image"] for s in scores) == sorted(json.loads(splits_of(seg_run).read_text())["val"])
+    assert len(scores) == result["images"] and np.mean([s["dice"] for s in scores]) == pytest.approx(result["dice"]["mean"]["value"], abs=1e-5)
+    d = result["detection"]
+    assert d["lesion_images"] == sum(s["lesion_px"] > 0 for s in scores) and d["lesion_images"] + d["lesion_free_images"] == result["images"]
+    assert d["missed_lesions"] == sum(s["lesion_px"] > 0 and s["dice"] == 0 for s in scores)
     evaluate_run(run, synthetic_dir, splits_of(seg_run), "test", n_boot=20, figures=False)
     assert set(json.loads((run / "metrics.json").read_text())) == {"val", "test"}  # merged, not overwritten
 
@@ -91,6 +97,10 @@ def test_segmentation_table_prints_paper_numbers_beside_ours(seg_run, synthetic_
     table = segmentation_table([summary])
     assert "resnet18:unetplusplus" in table
     assert "0.97 / 0.83 / 0.71 / 0.91" in table  # the paper's Table 4 test row for ResNet18:U-Net++
+    d = summary["metrics"]["test"]["detection"]
+    assert f"| {d['missed_lesions']} of {d['lesion_images']} | {d['false_alarms']} of {d['lesion_free_images']} |" in table
+    del summary["metrics"]["test"]["detection"]  # results evaluated before detection was recorded
+    assert "| – | – | 0.97 / 0.83 / 0.71 / 0.91 |" in segmentation_table([summary])
 
 
 def test_same_seed_same_run(synthetic_dir, seg_run, tmp_path):

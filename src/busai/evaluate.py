@@ -38,16 +38,22 @@ def _predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_s
 
 def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False) -> tuple[dict, list]:
     from busai.data.discover import read_mask
-    from busai.metrics import segmentation_counts, summarise_segmentation
+    from busai.metrics import image_overlap, segmentation_counts, summarise_segmentation
 
-    per_image, samples = [], []
+    per_image, samples, scores = [], [], []
     for record, prob in _predict_records(loaded, records, tta=tta):
         mask = read_mask(record)
         full = upsample_probability(prob, mask.shape)
         counts = segmentation_counts(full, mask)
         per_image.append(counts)
         samples.append((record, full, mask, counts))
+        overlap = image_overlap(counts)
+        scores.append({
+            "image": record.key, "label": record.label, "dice": round(overlap["dice"], 5), "iou": round(overlap["iou"], 5),
+            "lesion_px": counts["tp"] + counts["fn"], "predicted_px": counts["tp"] + counts["fp"], "max_probability": round(float(full.max()), 5),
+        })
     summary = summarise_segmentation(per_image, n_boot=n_boot, seed=seed)
+    summary["per_image"] = scores  # which images fail, and how: a missed lesion has predicted_px 0 or no overlap
     return summary, samples
 
 

@@ -126,12 +126,30 @@ def summarise_segmentation(per_image: list[dict], n_boot: int = 1000, seed: int 
             "mean": _mean_with_ci(per_image_values[metric], n_boot, seed),
         }
     summary.update(
+        detection=lesion_detection(per_image),
         n_images=len(per_image),
         n_images_auc=int(per_image_values["auc"].size),
         n_boot=n_boot,
         ci=f"{CI_METHOD} over images",
     )
     return summary
+
+
+def lesion_detection(per_image: list[dict]) -> dict[str, int]:
+    """Image-level view of a split's masks from :func:`segmentation_counts` rows.
+
+    ``missed_lesions``: images with a lesion that no predicted pixel touches (Dice 0 whatever the
+    lesion's size); ``false_alarms``: lesion-free images with any predicted pixel (also Dice 0).
+    The mean Dice folds both into one number; these say how much of its shortfall is outright
+    misses rather than imprecise borders.
+    """
+    has_lesion = [row["tp"] + row["fn"] > 0 for row in per_image]
+    return {
+        "lesion_images": sum(has_lesion),
+        "missed_lesions": sum(row["tp"] == 0 for row, lesion in zip(per_image, has_lesion) if lesion),
+        "lesion_free_images": len(per_image) - sum(has_lesion),
+        "false_alarms": sum(row["fp"] > 0 for row, lesion in zip(per_image, has_lesion) if not lesion),
+    }
 
 
 def _resample_weights(n: int, n_boot: int, seed: int) -> np.ndarray:

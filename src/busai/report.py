@@ -21,8 +21,9 @@ SEG_METRICS = ("pixel_accuracy", "dice", "iou", "auc")
 
 
 def compact_segmentation(metrics: dict) -> dict:
-    """{metric: {"mean": value, "pooled": value, "mean_ci": [lo, hi]}} from an evaluate result."""
-    out = {}
+    """{metric: {"mean": value, "pooled": value, "mean_ci": [lo, hi]}} from an evaluate result, plus
+    its lesion ``detection`` counts where the evaluation recorded them."""
+    out = {"detection": metrics["detection"]} if "detection" in metrics else {}
     for name in SEG_METRICS:
         m = metrics.get(name, {})
         mean, pooled = m.get("mean") or {}, m.get("pooled") or {}
@@ -129,12 +130,14 @@ def _run_rows(result: dict, name: str, theirs: dict, cells) -> list[str]:
 def segmentation_table(results: list[dict]) -> str:
     """Markdown shaped like the paper's Table 4; ours: Dice/IoU mean over images (95% CI), pixel accuracy and AUC pooled."""
     lines = [
-        "| Encoder:Decoder | Weights | Epochs (stop) | Split | Pixel acc. | Dice | IoU | AUC | Paper: acc / Dice / IoU / AUC |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Encoder:Decoder | Weights | Epochs (stop) | Split | Pixel acc. | Dice | IoU | AUC | Lesions missed | Normals flagged | Paper: acc / Dice / IoU / AUC |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cells(m: dict) -> str:
-        return f"{_fmt(m['pixel_accuracy']['pooled'], 3)} | {_ci(m['dice'], 'mean')} | {_ci(m['iou'], 'mean')} | {_fmt(m['auc']['pooled'])}"
+        d = m.get("detection")  # absent from results evaluated before it was recorded
+        detection = f"{d['missed_lesions']} of {d['lesion_images']} | {d['false_alarms']} of {d['lesion_free_images']}" if d else "– | –"
+        return f"{_fmt(m['pixel_accuracy']['pooled'], 3)} | {_ci(m['dice'], 'mean')} | {_ci(m['iou'], 'mean')} | {_fmt(m['auc']['pooled'])} | {detection}"
 
     ordered = sorted(results, key=lambda r: (r["model"].get("encoder", ""), r["model"]["name"], r["name"]))
     for r, label in zip(ordered, _row_labels(ordered)):
@@ -202,6 +205,9 @@ def print_metrics(result: dict) -> None:
         for name in SEG_METRICS:
             for kind in ("mean", "pooled"):
                 table.add_row(f"{name} ({kind})", _metric_ci(result[name][kind]))
+        d = result["detection"]
+        table.add_row("lesion images missed", f"{d['missed_lesions']} of {d['lesion_images']}")
+        table.add_row("lesion-free images flagged", f"{d['false_alarms']} of {d['lesion_free_images']}")
     else:
         for name in ("accuracy", "macro_f1", "macro_auc"):
             table.add_row(name, _metric_ci(result.get(name)))
