@@ -35,7 +35,7 @@ def images_per_second(cfg: TrainConfig, args, x: torch.Tensor, y: torch.Tensor, 
     if precision.channels_last:
         model.to(memory_format=torch.channels_last)
     model.train()
-    optimizer = build_optimizer(cfg, model.parameters())
+    optimizer = build_optimizer(cfg, model.parameters(), fused=precision.fused_optimizer)
     loss_fn = build_segmentation_loss("dice")
     inputs = precision.to_input(x)
 
@@ -82,7 +82,7 @@ def main() -> None:
         "command": "python benchmarks/train_speed.py " + shlex.join(sys.argv[1:]),
         "model": f"{args.encoder}:{args.model}", "image_size": args.image_size, "batch_size": args.batch_size,
         "steps": args.steps, "warmup": args.warmup, "images_per_second": results,
-        "speedup": round(results["default"] / results["fp32_eager"], 2), "default_path": default_path_name(),
+        "speedup": round(results["default"] / results["fp32_eager"], 2), "default_path": default_path_name(training=True),
         **machine_info(), "versions": library_versions(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -165,6 +165,26 @@ def test_default_path_uses_bf16_only_where_the_cpu_has_it(monkeypatch, precision
 
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
     resolved = engine.resolve_precision(config(precision=precision))
-    assert (resolved.autocast_dtype, resolved.channels_last) == (dtype, channels_last)
+    assert (resolved.autocast_dtype, resolved.channels_last, resolved.fused_optimizer) == (dtype, channels_last, channels_last)
     expected = "channels_last + bfloat16 autocast" if native else "channels_last + fp32"
     assert engine.default_path_name() == expected
+    assert engine.default_path_name(training=True) == expected + " + fused optimizer"
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "adagrad", "rmsprop"])
+def test_fused_optimizer_computes_the_plain_update(optimizer):
+    """The fast path's fused kernel is a speed change only: same weights as torch's default loop."""
+    from busai.engine import FUSABLE_OPTIMIZERS, build_optimizer
+
+    cfg = config(optimizer=optimizer, lr=1e-2, weight_decay=1e-3)
+    models = [toy_model().eval(), toy_model().eval()]  # eval: no dropout draws to tell the two apart
+    optimizers = [build_optimizer(cfg, models[0].parameters()), build_optimizer(cfg, models[1].parameters(), fused=True)]
+    assert bool(optimizers[1].defaults.get("fused")) == (optimizer in FUSABLE_OPTIMIZERS) and not optimizers[0].defaults.get("fused")
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        for model, opt in zip(models, optimizers):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
