@@ -28,10 +28,13 @@ from busai.models.registry import build
 from busai.runs import best_threads, library_versions, machine_info
 
 
-def images_per_second(cfg: TrainConfig, args, x: torch.Tensor, y: torch.Tensor, warmup: int, steps: int) -> float:
+def images_per_second(cfg: TrainConfig, args, x: torch.Tensor, y: torch.Tensor, warmup: int, steps: int, fused: bool | None = None) -> float:
+    """Training throughput of ``cfg``'s precision path; ``fused`` overrides its optimizer choice."""
     torch.manual_seed(0)
     model = build("segmentation", args.model, encoder=args.encoder, weights="none", image_size=args.image_size).module
     precision = resolve_precision(cfg)
+    if fused is not None:
+        precision.fused_optimizer = fused
     if precision.channels_last:
         model.to(memory_format=torch.channels_last)
     model.train()
@@ -70,13 +73,15 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g)
     y = (torch.rand(args.batch_size, 1, args.image_size, args.image_size, generator=g) > 0.8).float()
-    paths = [("fp32_eager", "fp32", args.warmup, args.steps), ("default", "auto", args.warmup, args.steps)]
+    # default_unfused: the default path with torch's default optimizer loop, to show what each part adds.
+    paths = [("fp32_eager", "fp32", args.warmup, args.steps, None), ("default_unfused", "auto", args.warmup, args.steps, False),
+             ("default", "auto", args.warmup, args.steps, None)]
     if not cpu_has_native_bf16() and args.bf16_steps > 0:
-        paths.append(("bf16_channels_last", "bf16", 1, args.bf16_steps))
+        paths.append(("bf16_channels_last", "bf16", 1, args.bf16_steps, None))
     results = {}
-    for name, precision, warmup, steps in paths:
+    for name, precision, warmup, steps, fused in paths:
         cfg = TrainConfig(task="seg", model=args.model, encoder=args.encoder, precision=precision, device="cpu", optimizer="adam", lr=1e-4)
-        results[name] = round(images_per_second(cfg, args, x, y, warmup, steps), 3)
+        results[name] = round(images_per_second(cfg, args, x, y, warmup, steps, fused), 3)
         print(f"{name}: {results[name]} images/s", flush=True)
     summary = {
         "command": "python benchmarks/train_speed.py " + shlex.join(sys.argv[1:]),

@@ -125,11 +125,11 @@ def test_speed_table_and_readme_markers(tmp_path):
 
     (tmp_path / "train_speed.json").write_text(json.dumps({
         "command": "python benchmarks/train_speed.py", "model": "resnet18:unet", "image_size": 256, "batch_size": 8,
-        "images_per_second": {"fp32_eager": 2.0, "default": 5.0, "bf16_channels_last": 0.5}, "speedup": 2.5,
+        "images_per_second": {"fp32_eager": 2.0, "default": 5.0, "default_unfused": 4.0, "bf16_channels_last": 0.5}, "speedup": 2.5,
         "default_path": "channels_last + fp32", "cpu": "AMD EPYC", "cpu_native_bf16": False, "threads": 2}))
     table = speed_table(tmp_path)
     assert ("| training | resnet18:unet | 256 × 8 | AMD EPYC, 2 threads (no native bf16) | 2.00 img/s | 5.00 img/s | channels_last + fp32 | "
-            "0.50 img/s | – | 2.50× | `python benchmarks/train_speed.py` |") in table
+            "4.00 img/s | 0.50 img/s | – | 2.50× | `python benchmarks/train_speed.py` |") in table
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- speed-table:start -->\nold\n<!-- speed-table:end -->\nrest\n")
     update_readme(readme, "speed-table", table)

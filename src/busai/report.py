@@ -229,21 +229,21 @@ def speed_table(results_dir: str | Path) -> str:
     on a CPU that computes bf16 natively (see ``engine.cpu_has_native_bf16``).
     """
     root = Path(results_dir)
-    lines = ["| Benchmark | Model | Size × batch | CPU | fp32 eager | busai default | Default path | Forced bf16 | ONNX Runtime | Speed-up (default) | Command |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| Benchmark | Model | Size × batch | CPU | fp32 eager | busai default | Default path | Default, unfused optimizer | Forced bf16 | ONNX Runtime | Speed-up (default) | Command |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(root.glob("train_speed*.json")):
         r = json.loads(path.read_text())
         ips = r["images_per_second"]
-        bf16 = f"{ips['bf16_channels_last']:.2f} img/s" if "bf16_channels_last" in ips else "–"
+        bf16, unfused = (f"{ips[k]:.2f} img/s" if k in ips else "–" for k in ("bf16_channels_last", "default_unfused"))
         lines.append(f"| training | {r['model']} | {r['image_size']} × {r['batch_size']} | {_cpu_cell(r)} | {ips['fp32_eager']:.2f} img/s | "
-                     f"{ips['default']:.2f} img/s | {r.get('default_path', '?')} | {bf16} | – | {r['speedup']:.2f}× | `{r['command']}` |")
+                     f"{ips['default']:.2f} img/s | {r.get('default_path', '?')} | {unfused} | {bf16} | – | {r['speedup']:.2f}× | `{r['command']}` |")
     path = root / "inference_speed.json"
     if path.exists():
         r = json.loads(path.read_text())
         ms = {k: v["ms_per_image_median"] for k, v in r["results"].items()}
         model = f"{r['model'].get('encoder')}:{r['model']['name']}"
         lines.append(f"| inference | {model} | {r['image_size']} × {r['batch_size']} | {_cpu_cell(r)} | {ms['fp32_eager']:.1f} ms/img | "
-                     f"{ms['default']:.1f} ms/img | {r.get('default_path', '?')} | – | {ms.get('onnxruntime', float('nan')):.1f} ms/img | "
+                     f"{ms['default']:.1f} ms/img | {r.get('default_path', '?')} | – | – | {ms.get('onnxruntime', float('nan')):.1f} ms/img | "
                      f"{r['speedup_vs_fp32_eager']['default']:.2f}× | `{r['command']}` |")
     path = root / "fast_path_quality.json"
     if path.exists():  # does the fast path train as well? (benchmarks/fast_path_quality.py)
