@@ -19,8 +19,9 @@ declare -A ARGS=(
   [seg-lite0-unet-dicebce]="seg --model unet --encoder efficientnet-lite0 --image-size 256 --batch-size 8 --optimizer adamw --lr 2.5e-4 --weight-decay 5.7e-5 --loss dice_bce --scheduler plateau --plateau-patience 6 --epochs 100"
   # Per-image Dice + BCE (a missed small lesion costs as much as a missed large one) with a cosine
   # learning-rate schedule over the epochs that fit the budget, continuing seg-lite0-unet's best
-  # weights. (Run first here from the release file, seg-lite0-unet's best weights in fp16:
-  # `git show aa1afa6:src/busai/release/segmentation/model.safetensors > runs/busi/seg-lite0-unet/checkpoint_best.safetensors`.)
+  # weights. (Run here from the release file, seg-lite0-unet's best weights in fp16, with its config:
+  # `git show aa1afa6:src/busai/release/segmentation/model.safetensors > runs/busi/seg-lite0-unet/checkpoint_best.safetensors`
+  # and `git show aa1afa6:src/busai/release/segmentation/config.json > runs/busi/seg-lite0-unet/config.json`.)
   [seg-lite0-unet-imagedice]="seg --model unet --encoder efficientnet-lite0 --weights runs/busi/seg-lite0-unet/checkpoint_best.safetensors --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss image_dice_bce --scheduler cosine --epochs 12"
   # Control for seg-lite0-unet-imagedice: the same continuation with the paper's batch Dice loss.
   [seg-lite0-unet-finetune-dice]="seg --model unet --encoder efficientnet-lite0 --weights runs/busi/seg-lite0-unet/checkpoint_best.safetensors --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss dice --scheduler cosine --epochs 12"
@@ -39,9 +40,10 @@ declare -A ARGS=(
   [seg-resnet18-deeplabv3]="seg --model deeplabv3 --encoder resnet18 --image-size 256 --batch-size 8 --optimizer adamw --lr 1.9e-4 --weight-decay 1.9e-4 --epochs 100"
   # Classification: EfficientNet-Lite0, then the paper's Table 5 settings.
   [cls-efficientnet_lite0]="cls --model efficientnet_lite0 --image-size 224 --batch-size 16 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --epochs 100"
-  # Lite0 classifier started from the released segmentation model's encoder (seg-lite0-unet, trained on
-  # this split's train images only; see benchmarks/encoder_probe.py), at the 256 px it was trained at.
-  [cls-lite0-seginit]="cls --model efficientnet_lite0 --weights src/busai/release/segmentation/model.safetensors --image-size 256 --batch-size 16 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --plateau-patience 5 --epochs 100"
+  # Lite0 classifier started from seg-lite0-unet's encoder (trained on this split's train images only;
+  # see benchmarks/encoder_probe.py), at the 256 px it was trained at. It ran from the release file of
+  # the day, seg-lite0-unet's best weights in fp16 (sha256 d61403a07e61, restored as above).
+  [cls-lite0-seginit]="cls --model efficientnet_lite0 --weights runs/busi/seg-lite0-unet/checkpoint_best.safetensors --image-size 256 --batch-size 16 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --plateau-patience 5 --epochs 100"
   # The same settings from the ImageNet start: isolates what the segmentation-encoder start adds.
   [cls-lite0-imagenet-256]="cls --model efficientnet_lite0 --image-size 256 --batch-size 16 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --plateau-patience 5 --epochs 100"
   [cls-resnet18]="cls --model resnet18 --optimizer rmsprop --lr 4.91e-5 --weight-decay 2.7e-4 --focal-alpha 0.57 --focal-gamma 4.03 --batch-size 32 --epochs 100"
