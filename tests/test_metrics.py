@@ -112,6 +112,63 @@ def test_pooled_auc_matches_sklearn_and_ci_contains_values():
             assert entry["ci_low"] < entry["ci_high"]
 
 
+def _ci_width(entry: dict) -> float:
+    return entry["ci_high"] - entry["ci_low"]
+
+
+def test_duplicate_groups_are_resampled_whole():
+    from busai.metrics import _resample_weights
+
+    groups = np.array(["a", "a", "a", "b", "c"])
+    weights = _resample_weights(groups, n_boot=200, seed=0)
+    assert weights.shape == (200, 5) and (weights[:, 0] == weights[:, 1]).all() and (weights[:, 1] == weights[:, 2]).all()
+    assert (weights[:, [0, 3, 4]].sum(axis=1) == 3).all()  # three groups drawn per resample, however large
+    singles = _resample_weights(np.arange(5), n_boot=200, seed=0)
+    assert (singles.sum(axis=1) == 5).all() and not (singles[:, 0] == singles[:, 1]).all()
+
+
+def test_segmentation_ci_over_duplicate_groups():
+    lesion = np.zeros((4, 4), dtype=np.uint8)
+    lesion[1:3, 1:3] = 1
+    missed = segmentation_counts(np.zeros((4, 4)), lesion)  # Dice 0
+    found = segmentation_counts(lesion.astype(float), lesion)  # Dice 1
+    rows = [missed] * 7 + [found] * 7
+    by_image = summarise_segmentation(rows, n_boot=500, seed=0)
+    by_group = summarise_segmentation(rows, n_boot=500, seed=0, groups=["frames of one lesion"] * 7 + list("abcdefg"))
+    assert _value(by_image, "dice", "mean") == _value(by_group, "dice", "mean") == 0.5  # same estimate
+    # Seven copies of one miss are one observation: the interval over 8 groups is far wider.
+    assert _ci_width(by_group["dice"]["mean"]) > 1.5 * _ci_width(by_image["dice"]["mean"])
+    assert _ci_width(by_group["dice"]["pooled"]) > 1.5 * _ci_width(by_image["dice"]["pooled"])
+    assert by_image["ci"] == "95% percentile bootstrap over images"
+    assert by_group["ci"] == "95% percentile bootstrap over 8 duplicate groups of images"
+    # One group holding every image: each resample is the whole split, so the interval is the point.
+    whole = summarise_segmentation(rows, n_boot=50, groups=[0] * 14)
+    assert whole["dice"]["mean"] == {"value": 0.5, "ci_low": 0.5, "ci_high": 0.5}
+
+
+def test_classification_ci_over_duplicate_groups():
+    y_true = [0] * 10 + [1] * 20 + [2] * 10
+    predicted = [1] * 5 + [0] * 5 + [1] * 20 + [2] * 10  # five normal frames of one scan, all wrong
+    groups = ["scan"] * 5 + [str(i) for i in range(35)]
+    plain = classification_report_dict(y_true, _probs_for(predicted), n_boot=500)
+    grouped = classification_report_dict(y_true, _probs_for(predicted), n_boot=500, groups=groups)
+    assert plain["accuracy"]["value"] == grouped["accuracy"]["value"] == pytest.approx(35 / 40)
+    assert _ci_width(grouped["accuracy"]) > 1.5 * _ci_width(plain["accuracy"])
+    assert 0 <= grouped["accuracy"]["ci_low"] and grouped["accuracy"]["ci_high"] <= 1
+    assert grouped["ci"] == "95% percentile bootstrap over 36 duplicate groups of samples"
+
+
+def test_evaluation_groups_come_from_the_split():
+    from types import SimpleNamespace
+
+    from busai.evaluate import duplicate_groups
+
+    records = [SimpleNamespace(key=k) for k in ("benign/a.png", "benign/b.png", "benign/c.png", "normal/d.png")]
+    splits = {"groups": [["normal/x.png", "normal/y.png"], ["benign/a.png", "benign/c.png"]]}
+    assert duplicate_groups(splits, records) == ["group 1", "benign/b.png", "group 1", "normal/d.png"]
+    assert duplicate_groups({}, records) == [r.key for r in records]
+
+
 def test_histogram_auc_extremes_and_shape_error():
     assert histogram_auc(np.array([0, 0, 5]), np.array([3, 0, 0])) == 1.0
     assert histogram_auc(np.array([0, 4, 0]), np.array([0, 4, 0])) == 0.5  # all tied

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from busai.evaluate import evaluate_run
+from busai.data.splits import load_split_records, read_splits
+from busai.evaluate import duplicate_groups, evaluate_run
 from busai.report import classification_table, collect_run, segmentation_table
 
 
@@ -34,6 +35,9 @@ def test_segmentation_evaluation_keys_and_ranges(seg_run, synthetic_dir, tmp_pat
     d = result["detection"]
     assert d["lesion_images"] == sum(s["lesion_px"] > 0 for s in scores) and d["lesion_images"] + d["lesion_free_images"] == result["images"]
     assert d["missed_lesions"] == sum(s["lesion_px"] > 0 and s["dice"] == 0 for s in scores)
+    n_groups = len(set(duplicate_groups(read_splits(splits_of(seg_run)), load_split_records(synthetic_dir, read_splits(splits_of(seg_run)), "val"))))
+    expected = "images" if n_groups == result["images"] else f"{n_groups} duplicate groups of images"
+    assert result["ci"] == f"95% percentile bootstrap over {expected}"
     evaluate_run(run, synthetic_dir, splits_of(seg_run), "test", n_boot=20, figures=False)
     assert set(json.loads((run / "metrics.json").read_text())) == {"val", "test"}  # merged, not overwritten
 
@@ -101,6 +105,10 @@ def test_segmentation_table_prints_paper_numbers_beside_ours(seg_run, synthetic_
     assert f"| {d['missed_lesions']} of {d['lesion_images']} | {d['false_alarms']} of {d['lesion_free_images']} |" in table
     del summary["metrics"]["test"]["detection"]  # results evaluated before detection was recorded
     assert "| – | – | 0.97 / 0.83 / 0.71 / 0.91 |" in segmentation_table([summary])
+    summary["metrics"]["test"]["ci"] = "95% percentile bootstrap over 60 duplicate groups of images"
+    assert "| test† |" in segmentation_table([summary])
+    summary["metrics"]["test"]["ci"] = "95% percentile bootstrap over images"
+    assert "| test |" in segmentation_table([summary])
 
 
 def test_same_seed_same_run(synthetic_dir, seg_run, tmp_path):

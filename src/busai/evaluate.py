@@ -36,7 +36,14 @@ def _predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_s
             i += 1
 
 
-def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False) -> tuple[dict, list]:
+def duplicate_groups(splits: dict, records) -> list[str]:
+    """Each record's duplicate group from a splits file (its own key where it has none), for CIs
+    that resample groups: near-duplicate frames of one lesion are not independent observations."""
+    group_of = {key: f"group {i}" for i, group in enumerate(splits.get("groups", [])) for key in group}
+    return [group_of.get(record.key, record.key) for record in records]
+
+
+def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None) -> tuple[dict, list]:
     from busai.data.discover import read_mask
     from busai.metrics import image_overlap, segmentation_counts, summarise_segmentation
 
@@ -52,18 +59,18 @@ def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: in
             "image": record.key, "label": record.label, "dice": round(overlap["dice"], 5), "iou": round(overlap["iou"], 5),
             "lesion_px": counts["tp"] + counts["fn"], "predicted_px": counts["tp"] + counts["fp"], "max_probability": round(float(full.max()), 5),
         })
-    summary = summarise_segmentation(per_image, n_boot=n_boot, seed=seed)
+    summary = summarise_segmentation(per_image, n_boot=n_boot, seed=seed, groups=groups)
     summary["per_image"] = scores  # which images fail, and how: a missed lesion has predicted_px 0 or no overlap
     return summary, samples
 
 
-def evaluate_classification(loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False) -> tuple[dict, list]:
+def evaluate_classification(loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None) -> tuple[dict, list]:
     from busai.metrics import classification_report_dict
 
     rows = [(record, prob.numpy()) for record, prob in _predict_records(loaded, records, tta=tta)]
     y_true = np.array([r.label_index for r, _ in rows])
     probs = np.stack([p for _, p in rows])
-    report = classification_report_dict(y_true, probs, class_names=CLASSES, n_boot=n_boot, seed=seed)
+    report = classification_report_dict(y_true, probs, class_names=CLASSES, n_boot=n_boot, seed=seed, groups=groups)
     report["predictions"] = [
         {"image": r.key, "label": r.label, "predicted": CLASSES[int(p.argmax())], **{f"p_{c}": round(float(p[i]), 5) for i, c in enumerate(CLASSES)}}
         for r, p in rows
@@ -96,12 +103,13 @@ def evaluate_run(
     best_threads()
     run_dir = Path(run_dir)
     loaded = load_model(run_dir)
-    records = load_split_records(data_dir, read_splits(splits_file), split)
+    splits = read_splits(splits_file)
+    records = load_split_records(data_dir, splits, split)
     if not records:
         raise ConfigError(f"{splits_file}: split '{split}' is empty; nothing to evaluate")
     torch.manual_seed(seed)
     evaluate = evaluate_segmentation if loaded.task == "segmentation" else evaluate_classification
-    result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta)
+    result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta, groups=duplicate_groups(splits, records))
     key = f"{split}_tta" if tta else split
     result = {
         "split": split, "tta": tta, "command": command, "images": len(records), "task": loaded.task, "model": loaded.spec,

@@ -1,7 +1,8 @@
 """Segmentation and classification metrics with 95% bootstrap confidence intervals.
 
-Every interval is a percentile bootstrap over images (segmentation) or samples (classification);
-undefined values are ``None`` so results serialise to JSON as ``null``.
+Every interval is a percentile bootstrap over images (segmentation) or samples (classification),
+or over their duplicate groups where those are given; undefined values are ``None`` so results
+serialise to JSON as ``null``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import sparse
 from scipy.special import expit
-from scipy.stats import bootstrap
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 from busai import CLASSES
@@ -90,7 +90,7 @@ def histogram_auc(hist_pos: np.ndarray, hist_neg: np.ndarray) -> np.ndarray:
         return np.where(pairs > 0, wins / np.where(pairs > 0, pairs, 1.0), np.nan)
 
 
-def summarise_segmentation(per_image: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+def summarise_segmentation(per_image: list[dict], n_boot: int = 1000, seed: int = 0, groups: Sequence | None = None) -> dict:
     """Split-level metrics from :func:`segmentation_counts` rows, each with a 95% CI over images.
 
     For ``pixel_accuracy``, ``dice``, ``iou`` and ``auc``:
@@ -101,10 +101,11 @@ def summarise_segmentation(per_image: list[dict], n_boot: int = 1000, seed: int 
       are both empty (e.g. a correctly empty normal image); images whose mask is empty or full have
       no per-image AUC and are left out of the AUC mean (``n_images_auc`` says how many remain).
 
-    CIs: for ``mean``, ``scipy.stats.bootstrap`` (percentile) over the per-image values. For
-    ``pooled``, the same percentile bootstrap written here: images are resampled and the metric is
-    recomputed from the resampled sums, all resamples at once as one matrix product; scipy's
-    bootstrap would call a multi-array statistic once per resample, which is far slower.
+    CIs: percentile bootstrap, written here because it resamples **groups**: ``groups`` gives each
+    image's duplicate group (see :func:`_resample_weights`); None treats every image as its own.
+    Each resample's pooled metrics are recomputed from its resampled sums and its means are weighted
+    means, all resamples at once as matrix products; ``scipy.stats.bootstrap`` resamples single
+    observations only and would call a multi-array statistic once per resample, far slower.
     Each value is ``{"value", "ci_low", "ci_high"}``; ``None`` where undefined.
     """
     if not per_image:
@@ -113,24 +114,27 @@ def summarise_segmentation(per_image: list[dict], n_boot: int = 1000, seed: int 
     hist_pos = np.stack([row["hist_pos"] for row in per_image]).astype(np.float64)
     hist_neg = np.stack([row["hist_neg"] for row in per_image]).astype(np.float64)
     per_image_values = _overlap_scores(**counts)
+    has_auc = np.array([row["auc"] is not None for row in per_image])
     per_image_values["auc"] = np.array([row["auc"] for row in per_image if row["auc"] is not None], dtype=np.float64)
 
     pooled = _pooled_segmentation(counts, hist_pos, hist_neg, weights=np.ones((1, len(per_image))))
-    resample_weights = _resample_weights(len(per_image), n_boot, seed)
+    groups = np.arange(len(per_image)) if groups is None else np.asarray(groups)
+    resample_weights = _resample_weights(groups, n_boot, seed)
     pooled_boot = _pooled_segmentation(counts, hist_pos, hist_neg, weights=resample_weights)
 
     summary: dict = {}
     for metric in SEGMENTATION_METRICS:
+        weights = resample_weights[:, has_auc] if metric == "auc" else resample_weights
         summary[metric] = {
             "pooled": _estimate(pooled[metric][0], *_percentile_interval(pooled_boot[metric])),
-            "mean": _mean_with_ci(per_image_values[metric], n_boot, seed),
+            "mean": _mean_with_ci(per_image_values[metric], weights),
         }
     summary.update(
         detection=lesion_detection(per_image),
         n_images=len(per_image),
         n_images_auc=int(per_image_values["auc"].size),
         n_boot=n_boot,
-        ci=f"{CI_METHOD} over images",
+        ci=_ci_method(groups, "images"),
     )
     return summary
 
@@ -152,10 +156,25 @@ def lesion_detection(per_image: list[dict]) -> dict[str, int]:
     }
 
 
-def _resample_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n) how often each item is drawn in each bootstrap resample (resampling with replacement)."""
+def _resample_weights(groups: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) how often each of n items is drawn in each bootstrap resample.
+
+    ``groups`` labels each item's group; a resample draws as many groups as there are, with
+    replacement, and a drawn group brings all its items. BUSI holds near-duplicate frames of one
+    lesion (a split keeps each duplicate group together): they are not independent observations,
+    and resampling them one by one would give intervals that are too narrow. With every item its own
+    group this is the ordinary bootstrap over items.
+    """
+    _, group_of_item = np.unique(groups, return_inverse=True)
+    n_groups = int(group_of_item.max()) + 1
     rng = np.random.default_rng(seed)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+    drawn = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot).astype(np.float64)
+    return drawn[:, group_of_item]
+
+
+def _ci_method(groups: np.ndarray, items: str) -> str:
+    n_groups = len(np.unique(groups))
+    return f"{CI_METHOD} over {items}" if n_groups == len(groups) else f"{CI_METHOD} over {n_groups} duplicate groups of {items}"
 
 
 def _pooled_segmentation(counts: dict[str, np.ndarray], hist_pos: np.ndarray, hist_neg: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -166,22 +185,17 @@ def _pooled_segmentation(counts: dict[str, np.ndarray], hist_pos: np.ndarray, hi
     return values
 
 
-def _mean_with_ci(values: np.ndarray, n_boot: int, seed: int) -> dict:
+def _mean_with_ci(values: np.ndarray, weights: np.ndarray) -> dict:
+    """Mean of ``values`` and its percentile interval over resamples ``weights`` (n_boot, values.size)."""
     if values.size == 0:
         return _estimate(None, None, None)
     mean = float(values.mean())
     if values.size < 2 or np.ptp(values) == 0:  # no spread: every resample has the same mean
         return _estimate(mean, mean, mean)
-    result = bootstrap(
-        (values,),
-        np.mean,
-        n_resamples=n_boot,
-        confidence_level=CONFIDENCE,
-        method="percentile",
-        vectorized=True,
-        rng=np.random.default_rng(seed),
-    )
-    return _estimate(mean, result.confidence_interval.low, result.confidence_interval.high)
+    drawn = weights.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample that drew none of these items: NaN, dropped
+        resampled = (weights @ values) / drawn
+    return _estimate(mean, *_percentile_interval(resampled))
 
 
 def _percentile_interval(samples: np.ndarray) -> tuple[float | None, float | None]:
@@ -208,6 +222,7 @@ def classification_report_dict(
     class_names: Sequence[str] = CLASSES,
     n_boot: int = 1000,
     seed: int = 0,
+    groups: Sequence | None = None,
 ) -> dict:
     """Accuracy, per-class and macro precision/recall/F1, one-vs-rest ROC AUC and confusion matrix.
 
@@ -216,9 +231,10 @@ def classification_report_dict(
     Macro averages run over all ``class_names`` (sklearn ``labels=``), a class absent from
     ``y_true`` scoring 0 (``zero_division=0``). AUC is one-vs-rest per class, ``None`` for a class
     absent from (or the only class in) ``y_true``; the macro AUC averages the defined ones.
-    95% CIs for accuracy, macro F1 and macro AUC: percentile bootstrap over samples, written here
-    (vectorised, see :func:`_classification_bootstrap`) so that one set of paired (label,
-    probability) resamples drives all three metrics.
+    95% CIs for accuracy, macro F1 and macro AUC: percentile bootstrap over samples, or over their
+    duplicate ``groups`` (see :func:`_resample_weights`), written here (vectorised, see
+    :func:`_classification_bootstrap`) so that one set of paired (label, probability) resamples
+    drives all three metrics.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -230,7 +246,8 @@ def classification_report_dict(
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     auc_per_class = _one_vs_rest_auc(y_true, probs, labels)
     macro_auc = _mean_defined(auc_per_class)
-    boot = _classification_bootstrap(y_true, probs, labels, n_boot, seed)
+    groups = np.arange(y_true.size) if groups is None else np.asarray(groups)
+    boot = _classification_bootstrap(y_true, probs, labels, _resample_weights(groups, n_boot, seed))
     return {
         "n_samples": int(y_true.size),
         "classes": list(class_names),
@@ -251,7 +268,7 @@ def classification_report_dict(
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "n_boot": n_boot,
-        "ci": f"{CI_METHOD} over samples",
+        "ci": _ci_method(groups, "samples"),
     }
 
 
@@ -271,8 +288,8 @@ def _mean_defined(values: list[float | None]) -> float | None:
     return float(np.mean(defined)) if defined else None
 
 
-def _classification_bootstrap(y_true: np.ndarray, probs: np.ndarray, labels: list[int], n_boot: int, seed: int) -> dict[str, np.ndarray]:
-    """Accuracy, macro F1 and macro one-vs-rest AUC for ``n_boot`` paired resamples of the samples.
+def _classification_bootstrap(y_true: np.ndarray, probs: np.ndarray, labels: list[int], weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, macro F1 and macro one-vs-rest AUC for each paired resample (row) of ``weights``.
 
     Vectorised over resamples (a resample = how often each sample is drawn): confusion matrices
     are one matrix product and AUCs reuse :func:`histogram_auc` with one bin per distinct score,
@@ -280,7 +297,7 @@ def _classification_bootstrap(y_true: np.ndarray, probs: np.ndarray, labels: lis
     ~6 s for 1000 resamples of 160 samples.
     """
     n_classes = len(labels)
-    weights = _resample_weights(y_true.size, n_boot, seed)  # (n_boot, n)
+    n_boot = weights.shape[0]
     y_pred = probs.argmax(axis=1)
     cell = y_true * n_classes + y_pred  # flat confusion-matrix cell of each sample
     confusion = (weights @ np.eye(n_classes * n_classes)[cell]).reshape(n_boot, n_classes, n_classes)
@@ -291,7 +308,7 @@ def _classification_bootstrap(y_true: np.ndarray, probs: np.ndarray, labels: lis
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no class pair in that resample
         macro_auc = np.nanmean(aucs, axis=1)
-    return {"accuracy": tp.sum(axis=1) / y_true.size, "macro_f1": f1.mean(axis=1), "macro_auc": macro_auc}
+    return {"accuracy": tp.sum(axis=1) / weights.sum(axis=1), "macro_f1": f1.mean(axis=1), "macro_auc": macro_auc}
 
 
 def _resampled_auc(scores: np.ndarray, is_positive: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -22,8 +22,8 @@ SEG_METRICS = ("pixel_accuracy", "dice", "iou", "auc")
 
 def compact_segmentation(metrics: dict) -> dict:
     """{metric: {"mean": value, "pooled": value, "mean_ci": [lo, hi]}} from an evaluate result, plus
-    its lesion ``detection`` counts where the evaluation recorded them."""
-    out = {"detection": metrics["detection"]} if "detection" in metrics else {}
+    its CI method (``ci``) and lesion ``detection`` counts where the evaluation recorded them."""
+    out = {k: metrics[k] for k in ("ci", "detection") if k in metrics}
     for name in SEG_METRICS:
         m = metrics.get(name, {})
         mean, pooled = m.get("mean") or {}, m.get("pooled") or {}
@@ -33,7 +33,7 @@ def compact_segmentation(metrics: dict) -> dict:
 
 
 def compact_classification(metrics: dict) -> dict:
-    keep = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "macro_auc", "per_class", "confusion_matrix")
+    keep = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "macro_auc", "per_class", "confusion_matrix", "ci")
     return {k: metrics[k] for k in keep if k in metrics}
 
 
@@ -115,15 +115,20 @@ def _row_labels(results: list[dict]) -> list[str]:
     return [f"{label} ({r['name']})" if labels.count(label) > 1 else label for label, r in zip(labels, results)]
 
 
+GROUP_CI_MARK = "†"  # the split's CIs resample duplicate groups (README explains)
+
+
 def _run_rows(result: dict, name: str, theirs: dict, cells) -> list[str]:
     """One table row per evaluated split of a run; name, weight source and epoch cap on its first row only."""
     head = (name, _short_source(result.get("weight_source")), _epochs_cell(result))
     present = [s for s in SPLIT_NAMES if result["metrics"].get(s)]
     rows = []
     for i, split in enumerate(present):
+        metrics = result["metrics"][split]
         paper_cell = " / ".join(f"{v:.2f}" for v in theirs[split]) if split in theirs else "–"
         shown = head if i == 0 else ("", "", "")
-        rows.append(f"| {' | '.join(shown)} | {split} | {cells(result['metrics'][split])} | {paper_cell} |")
+        mark = GROUP_CI_MARK if "duplicate groups" in (metrics.get("ci") or "") else ""
+        rows.append(f"| {' | '.join(shown)} | {split}{mark} | {cells(metrics)} | {paper_cell} |")
     return rows
 
 
@@ -198,7 +203,8 @@ def print_metrics(result: dict) -> None:
     from rich.table import Table
 
     split = result["split"] + (" + flip TTA" if result.get("tta") else "")
-    table = Table(title=f"{result['task']} · {split} · {result['images']} images · weights: {_short_source(result.get('weight_source'))}")
+    table = Table(title=f"{result['task']} · {split} · {result['images']} images · weights: {_short_source(result.get('weight_source'))}",
+                  caption=f"CI: {result.get('ci')}")
     table.add_column("metric")
     table.add_column("value (95% CI)")
     if result["task"] == "segmentation":
