@@ -113,9 +113,9 @@ def resolve_precision(cfg: TrainConfig) -> Precision:
     :func:`autocast_dtype`); ``precision="fp32"`` is plain fp32 eager PyTorch, every choice at
     torch's defaults: the reference the speed benchmarks compare against.
 
-    Fused optimizers: torch's default Adam on CPU makes about a dozen passes over the weights per
-    step, over 10% of a Lite0 U-Net training step on 2 cores; the fused kernel computes the same
-    fp32 update in one pass.
+    Fused optimizers: torch's default Adam loop makes about a dozen passes over the weights per
+    step, the fused kernel one, for the same fp32 update; a small gain (about 2% of a U-Net
+    training step on 2 cores, ``benchmarks/train_speed.py``), but free.
 
     On CUDA, bf16 where the GPU supports it, else fp16 (the engine then uses a GradScaler).
     """

@@ -91,7 +91,8 @@ def histogram_auc(hist_pos: np.ndarray, hist_neg: np.ndarray) -> np.ndarray:
 
 
 def summarise_segmentation(per_image: list[dict], n_boot: int = 1000, seed: int = 0, groups: Sequence | None = None) -> dict:
-    """Split-level metrics from :func:`segmentation_counts` rows, each with a 95% CI over images.
+    """Split-level metrics from :func:`segmentation_counts` rows, each with a 95% CI over images
+    (or over their duplicate ``groups``).
 
     For ``pixel_accuracy``, ``dice``, ``iou`` and ``auc``:
 
