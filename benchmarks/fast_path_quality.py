@@ -22,7 +22,7 @@ from pathlib import Path
 
 from busai.config import TrainConfig
 from busai.engine import HISTORY
-from busai.runs import library_versions, write_json
+from busai.runs import library_versions, machine_info, write_json
 from busai.training import resume, train
 
 
@@ -72,7 +72,7 @@ def main() -> None:
         "val_dice_difference": round(fast["val_dice_at_best"] - fp32["val_dice_at_best"], 4),
         "within_0.01": abs(fast["val_dice_at_best"] - fp32["val_dice_at_best"]) <= 0.01,
         "epoch_time_ratio": round(fp32["median_seconds_per_epoch"] / fast["median_seconds_per_epoch"], 2),
-        "versions": library_versions(),
+        **machine_info(), "versions": library_versions(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(Path(args.out), summary)
