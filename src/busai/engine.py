@@ -134,9 +134,14 @@ def seed_everything(seed: int) -> None:
 FUSABLE_OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad")  # torch has no fused RMSprop
 
 
+def runs_fused(cfg: TrainConfig, fused: bool) -> bool:
+    """Whether :func:`build_optimizer` with ``fused`` builds a fused optimizer for ``cfg`` (run configs record it)."""
+    return fused and cfg.optimizer in FUSABLE_OPTIMIZERS
+
+
 def build_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter], *, fused: bool = False) -> torch.optim.Optimizer:
     kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    if fused and cfg.optimizer in FUSABLE_OPTIMIZERS:
+    if runs_fused(cfg, fused):
         kwargs["fused"] = True
     if cfg.optimizer in ("adam", "adamw"):
         cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW

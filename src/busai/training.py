@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from busai.config import TrainConfig
-from busai.engine import FUSABLE_OPTIMIZERS, FitResult, fit, resolve_precision, seed_everything
+from busai.engine import FitResult, fit, resolve_precision, runs_fused, seed_everything
 from busai.errors import CheckpointError, ConfigError, read_json
 from busai.models.weights import file_sha256
 from busai.runs import CONFIG, library_versions, machine_info, read_run_config, write_json
@@ -126,7 +126,7 @@ def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epo
             "device": str(precision.device),
             "autocast": str(precision.autocast_dtype).replace("torch.", "") if precision.autocast_dtype else "none",
             "channels_last": precision.channels_last,
-            "fused_optimizer": precision.fused_optimizer and cfg.optimizer in FUSABLE_OPTIMIZERS,
+            "fused_optimizer": runs_fused(cfg, precision.fused_optimizer),
             "splits_sha256": file_sha256(cfg.splits),
             "data_fingerprint": splits.get("fingerprint"),
             "train_images": len(train_loader.dataset),
