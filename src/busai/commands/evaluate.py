@@ -7,7 +7,7 @@ import json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="score a run on train / val / test with bootstrap 95% CIs")
+    p = sub.add_parser("evaluate", help="score a run on train / val / test with bootstrap 95%% CIs")
     p.add_argument("run_dir", help="run folder written by `busai train`")
     p.add_argument("--data", required=True, help="dataset folder (BUSI layout)")
     p.add_argument("--splits", required=True, help="split JSON used for training")

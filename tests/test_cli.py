@@ -1,0 +1,35 @@
+"""The command line's own text: every help page renders (a stray `%` in a help string crashes
+argparse with a traceback, which no other test would notice)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from busai.cli import COMMAND_MODULES, build_parser, main
+
+
+def _all_parsers(parser: argparse.ArgumentParser, prefix=()):
+    yield prefix, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _all_parsers(child, prefix + (name,))
+
+
+PARSERS = list(_all_parsers(build_parser()))
+
+
+def test_every_command_module_is_registered():
+    assert {path[0] for path, _ in PARSERS if len(path) == 1} == set(COMMAND_MODULES)
+
+
+@pytest.mark.parametrize("path", [path for path, _ in PARSERS], ids=lambda p: " ".join(p) or "busai")
+def test_help_renders(path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*path, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: busai")
+    assert "%" not in out.replace("95%", "")  # an unformatted placeholder would leak through
