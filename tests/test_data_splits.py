@@ -87,6 +87,20 @@ def test_exclude_policy_lists_and_drops_every_grouped_image(hundred):
     assert sum(splits["counts"]["excluded"].values()) == len(grouped)
 
 
+def test_ignore_policy_splits_images_and_lists_the_leaks(hundred):
+    _, records, groups = hundred
+    grouped_splits = make_splits(records, groups, seed=3)
+    assert grouped_splits["leaked"] == {"val": [], "test": []}
+    splits = make_splits(records, groups, seed=3, duplicates="ignore")
+    assert sorted(splits["train"] + splits["val"] + splits["test"]) == sorted(r.key for r in records)
+    assert splits["groups"] == grouped_splits["groups"]  # still written, so evaluation can still resample them
+    where = {k: name for name in ("train", "val", "test") for k in splits[name]}
+    for name in ("val", "test"):
+        expected = [k for k in splits[name] if any(k in g and any(where[o] == "train" for o in g) for g in splits["groups"])]
+        assert splits["leaked"][name] == expected
+    assert splits["leaked"]["val"] or splits["leaked"]["test"]  # the fixture's groups do straddle here
+
+
 def test_conflict_group_label_is_majority_then_more_severe():
     label_of = {"a": "benign", "b": "malignant", "c": "malignant", "d": "normal"}
     assert unit_label(["a", "b"], label_of) == "malignant"  # tie
@@ -132,7 +146,7 @@ def test_bad_fractions_and_policy(hundred):
         make_splits(records, groups, val=0.5, test=0.5)
     with pytest.raises(ConfigError, match="--folds 1: need at least 2 folds"):
         make_splits(records, groups, folds=1)
-    with pytest.raises(ConfigError, match="duplicates 'drop': unknown policy; choose group or exclude"):
+    with pytest.raises(ConfigError, match="duplicates 'drop': unknown policy; choose group, exclude, ignore"):
         make_splits(records, groups, duplicates="drop")
 
 

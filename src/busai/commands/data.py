@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from busai import CLASSES
+from busai.data.splits import DUPLICATE_POLICIES
 
 _SHOWN = 10  # items listed per section in the human-readable audit; --json has them all
 
@@ -41,7 +42,11 @@ def register(subparsers) -> None:
     split.add_argument("--val", type=float, default=0.1, help="validation fraction (default 0.1)")
     split.add_argument("--test", type=float, default=0.1, help="test fraction (default 0.1)")
     split.add_argument("--folds", type=int, default=None, metavar="K", help="also write K cross-validation folds over train+val")
-    split.add_argument("--exclude-duplicates", action="store_true", help="leave every duplicate-group image out instead of keeping groups together")
+    split.add_argument(
+        "--duplicates", choices=DUPLICATE_POLICIES, default="group",
+        help="group: keep each duplicate group inside one split (default); exclude: leave grouped images out; "
+        "ignore: split image by image as the paper did, a leaky control (leaked images are listed)",
+    )
     _near_threshold_option(split, DEFAULT_NEAR_THRESHOLD)
     split.add_argument("--force", action="store_true", help="overwrite FILE even if it holds different splits")
     split.set_defaults(handler=run_split)
@@ -125,7 +130,7 @@ def run_split(args: argparse.Namespace) -> int:
         test=args.test,
         seed=args.seed,
         folds=args.folds,
-        duplicates="exclude" if args.exclude_duplicates else "group",
+        duplicates=args.duplicates,
     )
     splits = {"command": _command_line(args), **splits, "near_threshold": args.near_threshold}
     path = write_splits(args.out, splits, overwrite=args.force)
@@ -141,10 +146,20 @@ def _command_line(args: argparse.Namespace) -> str:
     parts = ["busai", "data", "split", args.data_dir, "--out", args.out, "--seed", str(args.seed), "--val", str(args.val), "--test", str(args.test)]
     if args.folds:
         parts += ["--folds", str(args.folds)]
-    if args.exclude_duplicates:
-        parts.append("--exclude-duplicates")
+    if args.duplicates != "group":
+        parts += ["--duplicates", args.duplicates]
     parts += ["--near-threshold", str(args.near_threshold)]
     return shlex.join(parts)
+
+
+def _duplicates_line(splits: dict) -> str:
+    if splits["duplicates"] == "group":
+        return f"{len(splits['groups'])} duplicate groups kept within one split"
+    if splits["duplicates"] == "exclude":
+        return f"{len(splits['excluded'])} duplicate-group images excluded"
+    leaked = splits["leaked"]
+    return (f"duplicates ignored (a leaky control): {len(leaked['val'])} val and {len(leaked['test'])} test images "
+            "have a duplicate in train")
 
 
 def _print_split_counts(splits: dict, path) -> None:
@@ -158,6 +173,6 @@ def _print_split_counts(splits: dict, path) -> None:
         table.add_row(name, *(str(counts[c]) for c in CLASSES), str(sum(counts.values())))
     console = Console()
     console.print(table)
-    console.print(f"{len(splits['groups'])} duplicate groups kept within one split" if splits["duplicates"] == "group" else f"{len(splits['excluded'])} duplicate-group images excluded")
+    console.print(_duplicates_line(splits))
     if splits.get("folds"):
         console.print(f"{len(splits['folds'])} cross-validation folds over train+val; test is fixed")

@@ -3,7 +3,9 @@
 Splits are stratified by class and keep each duplicate group (from :func:`busai.data.audit.audit_dataset`)
 inside one split, so a re-cropped copy of a test image can never sit in train. With
 ``duplicates="exclude"`` every image of a duplicate group is left out instead and listed under
-``excluded``.
+``excluded``. ``duplicates="ignore"`` splits image by image as the paper did (a control that measures
+what the leak is worth); the groups are still written, and ``leaked`` counts the val / test images
+whose duplicate sits in train.
 
 The hold-out split is a greedy allocation, not ``sklearn``: ``StratifiedGroupKFold`` only makes
 1/K-sized parts, while ``--val 0.15`` or ``--test 0.2`` must be honoured per class. Units
@@ -29,7 +31,7 @@ from busai.data.discover import Record, discover_records
 from busai.errors import ConfigError, DataError, read_json
 
 FORMAT = "busai-splits/1"
-DUPLICATE_POLICIES = ("group", "exclude")
+DUPLICATE_POLICIES = ("group", "exclude", "ignore")
 _SEVERITY = {name: i for i, name in enumerate(CLASSES)}  # ties in a conflict go to the more severe class
 
 
@@ -70,10 +72,12 @@ def make_splits(
     if duplicates == "exclude":
         excluded = sorted(grouped, key=order.get)
         units = [[r.key] for r in records if r.key not in grouped]
+    elif duplicates == "ignore":
+        units = [[r.key] for r in records]
     else:
         units = merged + [[r.key] for r in records if r.key not in grouped]
     if not units:
-        raise DataError("every image is in a duplicate group, nothing is left to split; use --duplicates group (drop --exclude-duplicates)")
+        raise DataError("every image is in a duplicate group, nothing is left to split; use --duplicates group")
 
     rng = np.random.default_rng(seed)
     fractions = {"train": 1.0 - val - test, "val": val, "test": test}
@@ -90,9 +94,18 @@ def make_splits(
         "groups": [sorted(g, key=order.get) for g in sorted(merged, key=lambda g: min(order[k] for k in g))],
     }
     result["counts"] = {name: _class_counts(result[name], label_of) for name in (*SPLIT_NAMES, "excluded")}
+    result["leaked"] = leaked_keys(result)
     if folds:
         result["folds"] = _grouped_folds(assigned["train"] + assigned["val"], label_of, order, folds, seed)
     return result
+
+
+def leaked_keys(splits: dict) -> dict[str, list[str]]:
+    """Per held-out split, its images that have a duplicate-group partner in train (empty unless
+    the split was made with ``duplicates="ignore"``)."""
+    train = set(splits["train"])
+    partnered = {k for g in splits["groups"] if train.intersection(g) for k in g}
+    return {name: [k for k in splits[name] if k in partnered] for name in ("val", "test")}
 
 
 def _check_options(val: float, test: float, folds: int | None, duplicates: str) -> None:
@@ -104,7 +117,7 @@ def _check_options(val: float, test: float, folds: int | None, duplicates: str) 
     if folds is not None and folds < 2:
         raise ConfigError(f"--folds {folds}: need at least 2 folds (or leave --folds out for one train/val split)")
     if duplicates not in DUPLICATE_POLICIES:
-        raise ConfigError(f"duplicates '{duplicates}': unknown policy; choose {' or '.join(DUPLICATE_POLICIES)}")
+        raise ConfigError(f"duplicates '{duplicates}': unknown policy; choose {', '.join(DUPLICATE_POLICIES)}")
 
 
 def _merge_groups(groups: list[list[str]]) -> list[list[str]]:
