@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from busai.errors import DataError
-from busai.metrics import classification_report_dict, histogram_auc, lesion_detection, segmentation_counts, summarise_segmentation
+from busai.metrics import classification_report_dict, histogram_auc, lesion_detection, mean_with_ci, segmentation_counts, summarise_segmentation
 
 MASK = np.array(
     [
@@ -125,6 +125,18 @@ def test_duplicate_groups_are_resampled_whole():
     assert (weights[:, [0, 3, 4]].sum(axis=1) == 3).all()  # three groups drawn per resample, however large
     singles = _resample_weights(np.arange(5), n_boot=200, seed=0)
     assert (singles.sum(axis=1) == 5).all() and not (singles[:, 0] == singles[:, 1]).all()
+
+
+def test_mean_with_ci_of_a_subset():
+    assert mean_with_ci([]) == {"value": None, "ci_low": None, "ci_high": None}
+    assert mean_with_ci([0.5, 0.5, 0.5]) == {"value": 0.5, "ci_low": 0.5, "ci_high": 0.5}
+    # Two groups: a group of three zeros and one image scoring 1. Over groups a resample is all
+    # zeros, all ones, or both (mean 0.25); over images the means fall on quarters of 4 draws.
+    values, groups = [0.0, 0.0, 0.0, 1.0], ["a", "a", "a", "b"]
+    by_group = mean_with_ci(values, groups, n_boot=400)
+    assert by_group["value"] == 0.25 and by_group["ci_low"] == 0.0 and by_group["ci_high"] == 1.0
+    by_image = mean_with_ci(values, n_boot=4000)  # P(mean >= 0.75) = 5%: enough resamples to see it
+    assert by_image["ci_low"] == 0.0 and by_image["ci_high"] == 0.75
 
 
 def test_segmentation_ci_over_duplicate_groups():

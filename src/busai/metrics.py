@@ -157,6 +157,16 @@ def lesion_detection(per_image: list[dict]) -> dict[str, int]:
     }
 
 
+def mean_with_ci(values: Sequence[float], groups: Sequence | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean of per-image ``values`` with a 95% percentile-bootstrap CI over images, or over their
+    duplicate ``groups`` (for scores of a subset of a split, e.g. its leaked images)."""
+    values = np.asarray(values, dtype=np.float64)
+    groups = np.arange(values.size) if groups is None else np.asarray(groups)
+    if values.size == 0:
+        return _estimate(None, None, None)
+    return _mean_with_ci(values, _resample_weights(groups, n_boot, seed))
+
+
 def _resample_weights(groups: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """(n_boot, n) how often each of n items is drawn in each bootstrap resample.
 
