@@ -51,7 +51,8 @@ def score_run(run_dir: Path, splits_file: Path, n_boot: int, by_leak: bool) -> d
     group_of = {k: f"group {i}" for i, g in enumerate(splits["groups"]) for k in g}
     leaked = leaked_keys(splits)
     config = json.loads((run_dir / "config.json").read_text())
-    out: dict = {"run": str(run_dir), "splits": str(splits_file), "duplicates": splits.get("duplicates"), "command_trained": config["command"], "train": config["train"]}
+    out: dict = {"run": str(run_dir), "splits": str(splits_file), "duplicates": splits.get("duplicates"), "command_trained": config["command"], "train": config["train"],
+                 "fit": json.loads((run_dir / "fit.json").read_text())}
     for split in HELD_OUT:
         dice = per_image_dice(run_dir, split)
         keys = splits[split]

@@ -257,3 +257,27 @@ def test_fast_path_quality_row(tmp_path):
     table = speed_table(tmp_path)
     assert ("| seed 0 | efficientnet-lite0:unet | 160 × 8 | 12 | 0.701 (epoch 11) | 0.697 (epoch 12) | -0.004 | 2.31× | "
             "`python benchmarks/fast_path_quality.py` |") in table
+
+
+def test_leakage_table(tmp_path):
+    from busai.report import leakage_table
+
+    assert leakage_table(tmp_path) == ""  # no benchmark file: nothing to render
+
+    def subset(value, n):
+        return {"images": n, "groups": n, "mean_dice": {"value": value, "ci_low": value - 0.1, "ci_high": value + 0.1}, "dice_zero": 1}
+
+    fit = {"epochs_run": 35, "best_epoch": 18}
+    (tmp_path / "split_leakage.json").write_text(json.dumps({
+        "command": "python benchmarks/split_leakage.py",
+        "control": {"run": "runs/busi/a", "splits": "splits/busi.json", "duplicates": "group", "fit": fit,
+                    "val": {"all": subset(0.74, 79)}, "test": {"all": subset(0.73, 79)}},
+        "leaky": {"run": "runs/busi/b", "splits": "splits/busi-leaky.json", "duplicates": "ignore", "fit": fit,
+                  "val": {"all": subset(0.75, 79), "leaked": subset(0.8, 34), "not_leaked": subset(0.7, 45)},
+                  "test": {"all": subset(0.82, 79), "leaked": subset(0.84, 28), "not_leaked": subset(0.81, 51)}},
+    }))
+    table = leakage_table(tmp_path)
+    assert "| a | 35 (18) | `splits/busi.json` | duplicate groups kept in one split | test | 79 | 0.73 (0.63–0.83) | – | – | 1 |" in table
+    assert ("| b | 35 (18) | `splits/busi-leaky.json` | image by image (duplicates ignored) | val | 79 | 0.75 (0.65–0.85) | "
+            "0.80 (0.70–0.90) (34) | 0.70 (0.60–0.80) (45) | 1 |") in table
+    assert table.endswith("Command: `python benchmarks/split_leakage.py`")

@@ -187,6 +187,32 @@ def comparison_rows(results: list[dict], metrics=("accuracy", "macro_f1")) -> li
     return rows
 
 
+def leakage_table(results_dir: str | Path) -> str:
+    """Markdown of ``split_leakage.json`` (benchmarks/split_leakage.py): one recipe trained on the
+    duplicate-aware split and on an image-by-image one; held-out mean Dice, on the leaky split also
+    for its images with and without a duplicate in train. Empty when the file is absent."""
+    path = Path(results_dir) / "split_leakage.json"
+    if not path.exists():
+        return ""
+    r = json.loads(path.read_text())
+    split_name = {"group": "duplicate groups kept in one split", "ignore": "image by image (duplicates ignored)"}
+    lines = ["| Run | Epochs (best) | Split file | Split made | Held out | Images | All: mean Dice | Duplicate in train: Dice (images) | No duplicate in train: Dice (images) | Dice 0 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for run in (r["control"], r["leaky"]):
+        fit = run["fit"]
+        for split in ("val", "test"):
+            row = run[split]
+            lines.append(f"| {Path(run['run']).name} | {fit['epochs_run']} ({fit['best_epoch']}) | `{run['splits']}` | {split_name.get(run['duplicates'], run['duplicates'])} | {split} | {row['all']['images']} | "
+                         f"{_metric_ci(row['all']['mean_dice'])} | {_subset_cell(row, 'leaked')} | {_subset_cell(row, 'not_leaked')} | {row['all']['dice_zero']} |")
+    return "\n".join(lines + ["", f"Command: `{r['command']}`"])
+
+
+def _subset_cell(row: dict, subset: str) -> str:
+    if subset not in row:
+        return "–"
+    return f"{_metric_ci(row[subset]['mean_dice'])} ({row[subset]['images']})"
+
+
 def update_readme(readme: str | Path, marker: str, content: str) -> None:
     """Replace the text between ``<!-- marker:start -->`` and ``<!-- marker:end -->``."""
     readme = Path(readme)

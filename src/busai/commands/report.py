@@ -15,7 +15,7 @@ def register(sub) -> None:
     c.set_defaults(handler=collect)
     t = rsub.add_parser("tables", help="print (or write into README) the segmentation, classification, speed and tuning tables; draw the classifier comparison chart")
     t.add_argument("--results", default="results", help="folder holding segmentation/, classification/ and tuning/")
-    t.add_argument("--readme", help="README to update between <!-- seg-table|cls-table|speed-table|tune-table:start/end --> markers")
+    t.add_argument("--readme", help="README to update between <!-- seg-table|cls-table|speed-table|leak-table|tune-table:start/end --> markers")
     t.set_defaults(handler=tables)
 
 
@@ -31,7 +31,7 @@ def tables(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from busai.figures import model_comparison
-    from busai.report import classification_table, comparison_rows, load_results, segmentation_table, speed_table, update_readme
+    from busai.report import classification_table, comparison_rows, leakage_table, load_results, segmentation_table, speed_table, update_readme
 
     root = Path(args.results)
     classification = load_results(root / "classification")
@@ -41,6 +41,7 @@ def tables(args: argparse.Namespace) -> int:
         "seg-table": segmentation_table(load_results(root / "segmentation")),
         "cls-table": classification_table(classification),
         "speed-table": speed_table(root),
+        "leak-table": leakage_table(root),
     }
     studies = sorted(p.parent for p in (root / "tuning").glob("*/summary.json"))
     if studies:  # Optuna is imported only when there are studies to show
