@@ -271,6 +271,16 @@ def test_cli_split_writes_file_with_command(cli, synthetic_dir, tmp_path):
     assert "train" in stdout and "malignant" in stdout and "2 cross-validation folds" in stdout
 
 
+def test_cli_leaky_control_split_is_recorded_and_reported(cli, synthetic_dir, tmp_path):
+    out = tmp_path / "leaky.json"
+    code, stdout, err = cli("data", "split", synthetic_dir, "--out", out, "--seed", "3", "--duplicates", "ignore")
+    assert code == 0, err
+    splits = read_splits(out)
+    assert "--duplicates ignore" in splits["command"] and splits["duplicates"] == "ignore"
+    leaked = splits["leaked"]
+    assert f"{len(leaked['val'])} val and {len(leaked['test'])} test images" in " ".join(stdout.split())
+
+
 def test_cli_refuses_to_overwrite_without_force(cli, synthetic_dir, tmp_path):
     out = tmp_path / "splits.json"
     assert cli("data", "split", synthetic_dir, "--out", out, "--seed", "1")[0] == 0
