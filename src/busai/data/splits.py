@@ -202,7 +202,8 @@ def _class_counts(keys: list[str], label_of: dict[str, str]) -> dict[str, int]:
 def write_splits(path: str | Path, splits: dict, *, overwrite: bool = False) -> Path:
     """Write ``splits`` as JSON atomically; refuse to replace a file that holds different splits.
 
-    Files that differ only in their ``command`` field count as the same splits.
+    Files that differ only in their ``command`` field, or in ``leaked`` (derived from the rest, and
+    absent from files written before it existed), count as the same splits.
     """
     path = Path(path)
     if path.is_dir():
@@ -223,7 +224,7 @@ def _same_splits(path: Path, splits: dict) -> bool:
         return False
     if not isinstance(old, dict):
         return False
-    strip = lambda d: {k: v for k, v in d.items() if k != "command"}  # noqa: E731
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("command", "leaked")}  # noqa: E731
     return strip(old) == strip(json.loads(json.dumps(splits)))
 
 
