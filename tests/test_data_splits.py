@@ -170,8 +170,9 @@ def test_write_read_round_trip(hundred, tmp_path):
 def test_rewriting_identical_splits_is_allowed(hundred, tmp_path):
     _, records, groups = hundred
     path = write_splits(tmp_path / "s.json", {"command": "one", **make_splits(records, groups)})
+    before = path.read_bytes()
     write_splits(path, {"command": "two", **make_splits(records, groups)})
-    assert read_splits(path)["command"] == "two"
+    assert path.read_bytes() == before  # the same splits: the file (and the sha256 runs record) is kept
 
 
 def test_refuses_to_overwrite_different_splits(hundred, tmp_path):
@@ -289,6 +290,7 @@ def test_cli_refuses_to_overwrite_without_force(cli, synthetic_dir, tmp_path):
     del older["leaked"]  # a file written before split files listed their leaks: still the same splits
     out.write_text(json.dumps(older))
     assert cli("data", "split", synthetic_dir, "--out", out, "--seed", "1")[0] == 0
+    assert json.loads(out.read_text()) == older  # not rewritten: its sha256, recorded by runs, stays
     cli.fails("data", "split", synthetic_dir, "--out", out, "--seed", "2", expect="already holds different splits; pass --force")
     assert cli("data", "split", synthetic_dir, "--out", out, "--seed", "2", "--force")[0] == 0
 

@@ -208,7 +208,9 @@ def write_splits(path: str | Path, splits: dict, *, overwrite: bool = False) -> 
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a folder; pass a file name for the splits, e.g. {path / 'splits.json'}")
-    if path.exists() and not overwrite and not _same_splits(path, splits):
+    if path.exists() and not overwrite and _same_splits(path, splits):
+        return path  # left byte for byte as it is: runs record its sha256 (see training's --weights check)
+    if path.exists() and not overwrite:
         raise DataError(f"{path}: already holds different splits; pass --force to overwrite it (runs made with the old file will no longer match)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
