@@ -41,8 +41,9 @@ def test_release_errors(seg_run, tmp_path, monkeypatch):
         resolve_model(None, "seg")
 
 
-def _fake_val(run, dice):
+def _fake_val(run, dice, splits_sha256="s1"):
     run.mkdir()
+    (run / "config.json").write_text(json.dumps({"splits_sha256": splits_sha256}))
     (run / "metrics.json").write_text(json.dumps({"val": {"task": "segmentation", "dice": {"mean": {"value": dice}}},
                                                   "test": {"task": "segmentation", "dice": {"mean": {"value": 1 - dice}}}}))
     return run
@@ -54,6 +55,14 @@ def test_release_picks_by_validation_never_test(tmp_path):
     a, b = _fake_val(tmp_path / "a", 0.80), _fake_val(tmp_path / "b", 0.70)  # b has the better *test* score
     best, scores = pick_by_validation([a, b])
     assert best == a and scores == {str(a): 0.80, str(b): 0.70}
+
+
+def test_release_refuses_runs_from_different_split_files(tmp_path):
+    from busai.release import pick_by_validation
+
+    a, b = _fake_val(tmp_path / "a", 0.80), _fake_val(tmp_path / "b", 0.90, splits_sha256="leaky")
+    with pytest.raises(ConfigError, match=r"b: trained on another split file than .*a \(splits_sha256 leaky vs s1\)"):
+        pick_by_validation([a, b])
 
 
 def test_release_needs_validation_metrics(cli, tmp_path):

@@ -121,5 +121,21 @@ def validation_score(run_dir: str | Path) -> float:
 def pick_by_validation(run_dirs: list[str | Path]) -> tuple[Path, dict[str, float]]:
     """The run with the best validation score among ``run_dirs``, and every run's score."""
     scores = {str(r): validation_score(r) for r in run_dirs}
+    _check_one_split(run_dirs)
     best = max(scores, key=scores.get)
     return Path(best), scores
+
+
+def _check_one_split(run_dirs: list[str | Path]) -> None:
+    """Validation scores compare only on the same validation images: refuse runs whose configs
+    record different split files (e.g. the leaky control beside the canonical runs)."""
+    first = None
+    for run_dir in run_dirs:
+        sha = read_run_config(run_dir).get("splits_sha256")
+        if sha is None:
+            continue  # a run from before split hashes were recorded: nothing to compare
+        if first is None:
+            first = (run_dir, sha)
+        elif sha != first[1]:
+            raise ConfigError(f"{run_dir}: trained on another split file than {first[0]} (splits_sha256 {sha[:12]} vs {first[1][:12]}); "
+                              "their validation scores are on different images, so pass runs made with one split file")
