@@ -49,6 +49,8 @@ def tables(args: argparse.Namespace) -> int:
 
         rendered["tune-table"] = best_params_table(studies)
     for marker, table in rendered.items():
+        if not table:  # an optional table whose results are absent (the leak benchmark): its markers are not required
+            continue
         if args.readme:
             update_readme(args.readme, marker, table)
         elif table.count("\n") > 1:  # header rows only: nothing collected for this table
