@@ -22,9 +22,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from busai.data.splits import leaked_keys, read_splits
+from busai.data.splits import duplicate_groups, leaked_keys, read_splits
 from busai.metrics import mean_with_ci
-from busai.runs import write_json
+from busai.runs import read_run_config, write_json
 
 HELD_OUT = ("val", "test")
 
@@ -37,29 +37,29 @@ def per_image_dice(run_dir: Path, split: str) -> dict[str, float]:
     return {row["image"]: row["dice"] for row in metrics[split]["per_image"]}
 
 
-def subset_summary(dice: dict[str, float], keys: list[str], group_of: dict[str, str], n_boot: int) -> dict:
+def subset_summary(dice: dict[str, float], keys: list[str], splits: dict, n_boot: int) -> dict:
     values = [dice[k] for k in keys]
+    groups = duplicate_groups(splits, keys)
     return {
-        "images": len(keys), "groups": len({group_of.get(k, k) for k in keys}),
-        "mean_dice": mean_with_ci(values, [group_of.get(k, k) for k in keys], n_boot=n_boot),
+        "images": len(keys), "groups": len(set(groups)),
+        "mean_dice": mean_with_ci(values, groups, n_boot=n_boot),
         "dice_zero": sum(v == 0.0 for v in values),
     }
 
 
 def score_run(run_dir: Path, splits_file: Path, n_boot: int, by_leak: bool) -> dict:
     splits = read_splits(splits_file)
-    group_of = {k: f"group {i}" for i, g in enumerate(splits["groups"]) for k in g}
-    leaked = leaked_keys(splits)
-    config = json.loads((run_dir / "config.json").read_text())
+    leaked = {split: set(keys) for split, keys in leaked_keys(splits).items()}
+    config = read_run_config(run_dir)
     out: dict = {"run": str(run_dir), "splits": str(splits_file), "duplicates": splits.get("duplicates"), "command_trained": config["command"], "train": config["train"],
                  "fit": json.loads((run_dir / "fit.json").read_text())}
     for split in HELD_OUT:
         dice = per_image_dice(run_dir, split)
         keys = splits[split]
-        row = {"all": subset_summary(dice, keys, group_of, n_boot)}
+        row = {"all": subset_summary(dice, keys, splits, n_boot)}
         if by_leak:
-            row["leaked"] = subset_summary(dice, [k for k in keys if k in set(leaked[split])], group_of, n_boot)
-            row["not_leaked"] = subset_summary(dice, [k for k in keys if k not in set(leaked[split])], group_of, n_boot)
+            row["leaked"] = subset_summary(dice, [k for k in keys if k in leaked[split]], splits, n_boot)
+            row["not_leaked"] = subset_summary(dice, [k for k in keys if k not in leaked[split]], splits, n_boot)
         out[split] = row
     return out
 

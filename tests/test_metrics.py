@@ -171,14 +171,12 @@ def test_classification_ci_over_duplicate_groups():
 
 
 def test_evaluation_groups_come_from_the_split():
-    from types import SimpleNamespace
+    from busai.data.splits import duplicate_groups
 
-    from busai.evaluate import duplicate_groups
-
-    records = [SimpleNamespace(key=k) for k in ("benign/a.png", "benign/b.png", "benign/c.png", "normal/d.png")]
+    keys = ["benign/a.png", "benign/b.png", "benign/c.png", "normal/d.png"]
     splits = {"groups": [["normal/x.png", "normal/y.png"], ["benign/a.png", "benign/c.png"]]}
-    assert duplicate_groups(splits, records) == ["group 1", "benign/b.png", "group 1", "normal/d.png"]
-    assert duplicate_groups({}, records) == [r.key for r in records]
+    assert duplicate_groups(splits, keys) == ["group 1", "benign/b.png", "group 1", "normal/d.png"]
+    assert duplicate_groups({}, keys) == keys
 
 
 def test_histogram_auc_extremes_and_shape_error():

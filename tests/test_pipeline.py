@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from busai.data.splits import load_split_records, read_splits
-from busai.evaluate import duplicate_groups, evaluate_run
+from busai.data.splits import duplicate_groups, read_splits
+from busai.evaluate import evaluate_run
 from busai.report import classification_table, collect_run, segmentation_table
 
 
@@ -35,7 +35,8 @@ def test_segmentation_evaluation_keys_and_ranges(seg_run, synthetic_dir, tmp_pat
     d = result["detection"]
     assert d["lesion_images"] == sum(s["lesion_px"] > 0 for s in scores) and d["lesion_images"] + d["lesion_free_images"] == result["images"]
     assert d["missed_lesions"] == sum(s["lesion_px"] > 0 and s["dice"] == 0 for s in scores)
-    n_groups = len(set(duplicate_groups(read_splits(splits_of(seg_run)), load_split_records(synthetic_dir, read_splits(splits_of(seg_run)), "val"))))
+    splits = read_splits(splits_of(seg_run))
+    n_groups = len(set(duplicate_groups(splits, splits["val"])))
     expected = "images" if n_groups == result["images"] else f"{n_groups} duplicate groups of images"
     assert result["ci"] == f"95% percentile bootstrap over {expected}"
     evaluate_run(run, synthetic_dir, splits_of(seg_run), "test", n_boot=20, figures=False)

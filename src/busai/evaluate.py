@@ -36,13 +36,6 @@ def _predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_s
             i += 1
 
 
-def duplicate_groups(splits: dict, records) -> list[str]:
-    """Each record's duplicate group from a splits file (its own key where it has none), for CIs
-    that resample groups: near-duplicate frames of one lesion are not independent observations."""
-    group_of = {key: f"group {i}" for i, group in enumerate(splits.get("groups", [])) for key in group}
-    return [group_of.get(record.key, record.key) for record in records]
-
-
 def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None) -> tuple[dict, list]:
     from busai.data.discover import read_mask
     from busai.metrics import image_overlap, segmentation_counts, summarise_segmentation
@@ -95,7 +88,7 @@ def evaluate_run(
     With ``tta`` (flip test-time augmentation, as ``busai predict --tta``) the result is stored
     under ``<split>_tta`` beside the plain one, and its figures are named the same way.
     """
-    from busai.data.splits import load_split_records, read_splits
+    from busai.data.splits import duplicate_groups, load_split_records, read_splits
     from busai.runs import best_threads
 
     if split not in SPLIT_NAMES:
@@ -109,7 +102,7 @@ def evaluate_run(
         raise ConfigError(f"{splits_file}: split '{split}' is empty; nothing to evaluate")
     torch.manual_seed(seed)
     evaluate = evaluate_segmentation if loaded.task == "segmentation" else evaluate_classification
-    result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta, groups=duplicate_groups(splits, records))
+    result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta, groups=duplicate_groups(splits, [r.key for r in records]))
     key = f"{split}_tta" if tta else split
     result = {
         "split": split, "tta": tta, "command": command, "images": len(records), "task": loaded.task, "model": loaded.spec,

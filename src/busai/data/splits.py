@@ -100,6 +100,13 @@ def make_splits(
     return result
 
 
+def duplicate_groups(splits: dict, keys: list[str]) -> list[str]:
+    """Each key's duplicate group from a splits file (the key itself where it has none), for CIs
+    that resample groups: near-duplicate frames of one lesion are not independent observations."""
+    group_of = {key: f"group {i}" for i, group in enumerate(splits.get("groups", [])) for key in group}
+    return [group_of.get(key, key) for key in keys]
+
+
 def leaked_keys(splits: dict) -> dict[str, list[str]]:
     """Per held-out split, its images that have a duplicate-group partner in train (empty unless
     the split was made with ``duplicates="ignore"``)."""
