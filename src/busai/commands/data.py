@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.table import Table
 
 from busai import CLASSES
-from busai.data.splits import DUPLICATE_POLICIES
 
 _SHOWN = 10  # items listed per section in the human-readable audit; --json has them all
 
@@ -28,6 +27,7 @@ def register(subparsers) -> None:
     synth.set_defaults(handler=run_synth)
 
     from busai.data.audit import DEFAULT_NEAR_THRESHOLD
+    from busai.data.splits import DUPLICATE_POLICIES
 
     audit = sub.add_parser("audit", help="count images, find duplicates, label conflicts and bad files")
     audit.add_argument("data_dir", metavar="DATA_DIR", help="folder holding benign/, malignant/, normal/")
