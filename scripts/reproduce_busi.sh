@@ -33,10 +33,6 @@ declare -A ARGS=(
   # seg-lite0-unet-finetune-dice's best weights continued at 320 px (the paper's largest size) for
   # finer lesion borders: the fully convolutional model takes the larger input unchanged.
   [seg-lite0-unet-320]="seg --model unet --encoder efficientnet-lite0 --weights runs/busi/seg-lite0-unet-finetune-dice/checkpoint_best.safetensors --image-size 320 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss dice --scheduler cosine --epochs 8"
-  # Leak control: seg-lite0-unet-strongaug-imagenet's recipe on splits/busi-leaky.json, an image-by-image
-  # split that ignores BUSI's duplicates as the paper's did (SPLIT_OF below). Not a release candidate: its
-  # val and test differ from every other run's; benchmarks/split_leakage.py compares the two.
-  [seg-lite0-unet-leaky]="seg --model unet --encoder efficientnet-lite0 --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --scheduler plateau --plateau-patience 6 --augment strong --epochs 100"
   [seg-lite0-deeplabv3]="seg --model deeplabv3 --encoder efficientnet-lite0 --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --epochs 100"
   # The paper's Table 3 settings (ResNet18 encoder; its U-Net++ weight decay 1.09 is outside its own range: none used).
   [seg-resnet18-unet]="seg --model unet --encoder resnet18 --image-size 288 --batch-size 8 --optimizer adam --lr 8.1e-5 --weight-decay 7.9e-5 --epochs 100"
@@ -56,6 +52,10 @@ declare -A ARGS=(
   [cls-mobilenet_v3_large]="cls --model mobilenet_v3_large --optimizer adamw --lr 1.12e-4 --weight-decay 6.26e-3 --focal-alpha 0.44 --focal-gamma 4.86 --batch-size 8 --betas 0.81 0.96 --epochs 100"
   [cls-googlenet]="cls --model googlenet --optimizer adam --lr 8.705e-4 --weight-decay 1.5e-4 --focal-alpha 0.73 --focal-gamma 4.24 --batch-size 32 --betas 0.91 0.93 --epochs 100"
 )
+# Leak control: seg-lite0-unet-strongaug-imagenet's recipe, unchanged, on splits/busi-leaky.json, an
+# image-by-image split that ignores BUSI's duplicates as the paper's did (SPLIT_OF below). Not a release
+# candidate: its val and test differ from every other run's; benchmarks/split_leakage.py compares the two.
+ARGS[seg-lite0-unet-leaky]=${ARGS[seg-lite0-unet-strongaug-imagenet]}
 # Runs on another split file than $SPLITS, and where their results go.
 declare -A SPLIT_OF=([seg-lite0-unet-leaky]=splits/busi-leaky.json)
 declare -A RESULTS_OF=([seg-lite0-unet-leaky]=results/leakage)
