@@ -88,7 +88,7 @@ def test_segmentation_losses():
     assert value.item() == pytest.approx((dice(logits, mask) + F.binary_cross_entropy_with_logits(logits, mask)).item(), rel=1e-5)
     value.backward()
     assert logits.grad is not None
-    with pytest.raises(ConfigError, match="unknown segmentation loss 'focal'; choose one of: dice, dice_bce, image_dice_bce"):
+    with pytest.raises(ConfigError, match="unknown segmentation loss 'focal'; choose one of: dice, dice_bce, image_dice_bce, dice_presence"):
         build_segmentation_loss("focal")
 
 
@@ -115,3 +115,30 @@ def test_image_dice_scores_each_lesion_image_alone():
 
     empty = torch.zeros(2, 1, 8, 8)
     assert loss(torch.full_like(empty, -30.0), empty).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_presence_term_costs_a_missed_lesion_whatever_its_size():
+    """Hand-computed on the same batch: a small lesion (4 px), a large one (36 px), a lesion-free image."""
+    mask = torch.zeros(3, 1, 8, 8)
+    mask[0, 0, :2, :2] = 1
+    mask[1, 0, 2:8, 2:8] = 1
+    right = (mask * 2 - 1) * 30
+    loss = build_segmentation_loss("dice_presence")
+    batch_dice = build_segmentation_loss("dice")
+    # Presence logits: log-mean-exp of the pixels, about 30 + log(4/64) and 30 + log(36/64) for the
+    # lesion images and -30 for the empty one: all right with certainty.
+    assert loss(right, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+    missed_small = right.clone()
+    missed_small[0] = -30  # presence logit -30 for a lesion image: 30 nats, averaged over 3 images
+    assert loss(missed_small, mask).item() == pytest.approx(1 - 72 / 76 + 30 / 3, rel=1e-4)
+    assert loss(missed_small, mask).item() - batch_dice(missed_small, mask).item() == pytest.approx(10, rel=1e-4)
+
+    # A constant output c has presence logit c: BCE(c=0) = log 2 for every image.
+    flat = torch.zeros(3, 1, 8, 8)
+    assert loss(flat, mask).item() == pytest.approx(batch_dice(flat, mask).item() + math.log(2), rel=1e-5)
+
+    false_alarm = right.clone()
+    false_alarm[2, 0, 0, 0] = 30  # one lesion pixel on the empty image: presence 30 + log(1/64)
+    expected = F.softplus(torch.tensor(30 - math.log(64))).item() / 3 + batch_dice(false_alarm, mask).item()
+    assert loss(false_alarm, mask).item() == pytest.approx(expected, rel=1e-4)

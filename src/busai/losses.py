@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -12,7 +13,7 @@ from torch import nn
 from busai.errors import ConfigError
 
 REDUCTIONS = ("mean", "sum", "none")
-SEGMENTATION_LOSSES = ("dice", "dice_bce", "image_dice_bce")
+SEGMENTATION_LOSSES = ("dice", "dice_bce", "image_dice_bce", "dice_presence")
 
 
 class FocalLoss(nn.Module):
@@ -98,9 +99,32 @@ class ImageDiceBCELoss(nn.Module):
         return dice + self.bce(logits, mask)
 
 
+class DicePresenceLoss(nn.Module):
+    """The paper's batch Dice + a per-image "is there a lesion" cross-entropy on the same output.
+
+    The image's presence logit is the log-mean-exp of its pixel logits: a smooth maximum, so a lesion
+    image is scored by its most lesion-like pixels and a lesion-free one is penalised for any. Where
+    the batch-Dice models miss a lesion outright, every pixel sits at the same low probability; this
+    term costs such an image as much as a missed normal/lesion label would, whatever the lesion's
+    size, and its gradient goes to the pixels the model already finds most suspicious.
+    Written by hand: smp's losses score pixels, none scores a pooled per-image output.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dice = DiceLoss(mode="binary", from_logits=True)
+
+    def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        flat = logits.float().flatten(1)
+        presence = torch.logsumexp(flat, 1) - math.log(flat.shape[1])
+        has_lesion = (mask.flatten(1).amax(1) > 0).float()
+        return self.dice(logits, mask) + F.binary_cross_entropy_with_logits(presence, has_lesion)
+
+
 def build_segmentation_loss(name: str = "dice") -> nn.Module:
     """``"dice"`` (smp ``DiceLoss(mode="binary", from_logits=True)``, the paper's: one Dice over the
-    batch's pixels), ``"dice_bce"`` (that + BCE) or ``"image_dice_bce"`` (:class:`ImageDiceBCELoss`).
+    batch's pixels), ``"dice_bce"`` (that + BCE), ``"image_dice_bce"`` (:class:`ImageDiceBCELoss`) or
+    ``"dice_presence"`` (:class:`DicePresenceLoss`).
 
     Each takes logits (N, 1, H, W) and a {0, 1} mask of the same shape.
     """
@@ -110,4 +134,6 @@ def build_segmentation_loss(name: str = "dice") -> nn.Module:
         return DiceBCELoss()
     if name == "image_dice_bce":
         return ImageDiceBCELoss()
+    if name == "dice_presence":
+        return DicePresenceLoss()
     raise ConfigError(f"unknown segmentation loss '{name}'; choose one of: {', '.join(SEGMENTATION_LOSSES)}")
