@@ -28,6 +28,12 @@ declare -A ARGS=(
   # The same continuation with --augment strong (scale, shift, gamma, speckle noise, blur on top of the
   # paper's flips, rotations and jitter): one change against seg-lite0-unet-finetune-dice.
   [seg-lite0-unet-strongaug]="seg --model unet --encoder efficientnet-lite0 --weights runs/busi/seg-lite0-unet/checkpoint_best.safetensors --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss dice --scheduler cosine --augment strong --epochs 12"
+  # The same continuation with --loss dice_presence (batch Dice + a per-image lesion-presence term
+  # aimed at the lesions every model misses outright): one change against seg-lite0-unet-finetune-dice.
+  [seg-lite0-unet-presence]="seg --model unet --encoder efficientnet-lite0 --weights runs/busi/seg-lite0-unet/checkpoint_best.safetensors --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss dice_presence --scheduler cosine --epochs 12"
+  # The same continuation with --loss lovasz (per-image Lovász hinge, a surrogate of each image's
+  # IoU, to refine the borders): one change against seg-lite0-unet-finetune-dice.
+  [seg-lite0-unet-lovasz]="seg --model unet --encoder efficientnet-lite0 --weights runs/busi/seg-lite0-unet/checkpoint_best.safetensors --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss lovasz --scheduler cosine --epochs 12"
   # seg-lite0-unet's recipe from the ImageNet start with --augment strong: one change against it.
   [seg-lite0-unet-strongaug-imagenet]="seg --model unet --encoder efficientnet-lite0 --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --scheduler plateau --plateau-patience 6 --augment strong --epochs 100"
   # seg-lite0-unet-finetune-dice's best weights continued at 320 px (the paper's largest size) for
@@ -63,7 +69,8 @@ ORDER=(seg-lite0-unet cls-efficientnet_lite0 seg-lite0-unetplusplus seg-lite0-de
        seg-resnet18-deeplabv3 seg-resnet18-unet cls-resnet18 cls-inception_v3 cls-densenet121 cls-mobilenet_v3_large cls-googlenet
        seg-lite0-unet-dicebce cls-lite0-seginit cls-lite0-imagenet-256 seg-lite0-unet-imagedice
        seg-lite0-unet-finetune-dice seg-lite0-unet-320 seg-lite0-unet-strongaug
-       seg-lite0-unet-strongaug-imagenet seg-lite0-unet-leaky)
+       seg-lite0-unet-strongaug-imagenet seg-lite0-unet-leaky seg-lite0-unet-presence
+       seg-lite0-unet-lovasz)
 NAMES=("$@")
 [ ${#NAMES[@]} -gt 0 ] || NAMES=("${ORDER[@]}")
 

@@ -88,7 +88,7 @@ def test_segmentation_losses():
     assert value.item() == pytest.approx((dice(logits, mask) + F.binary_cross_entropy_with_logits(logits, mask)).item(), rel=1e-5)
     value.backward()
     assert logits.grad is not None
-    with pytest.raises(ConfigError, match="unknown segmentation loss 'focal'; choose one of: dice, dice_bce, image_dice_bce, dice_presence"):
+    with pytest.raises(ConfigError, match="unknown segmentation loss 'focal'; choose one of: dice, dice_bce, image_dice_bce, dice_presence, lovasz"):
         build_segmentation_loss("focal")
 
 
@@ -142,3 +142,18 @@ def test_presence_term_costs_a_missed_lesion_whatever_its_size():
     false_alarm[2, 0, 0, 0] = 30  # one lesion pixel on the empty image: presence 30 + log(1/64)
     expected = F.softplus(torch.tensor(30 - math.log(64))).item() / 3 + batch_dice(false_alarm, mask).item()
     assert loss(false_alarm, mask).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_lovasz_scores_each_image_by_its_worst_hinge_errors():
+    """Hand-computed Lovász hinge: a 4-px lesion image and an empty one, logits of +-3 when right."""
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[0, 0, :2, :2] = 1
+    right = (mask * 2 - 1) * 3
+    loss = build_segmentation_loss("lovasz")
+    assert loss(right, mask).item() == pytest.approx(0.0, abs=1e-6)
+    missed = right.clone()
+    missed[0] = -3  # hinge error 1 + 3 on each lesion pixel, IoU steps of 1/4: 4 * 4 * 0.25, over 2 images
+    assert loss(missed, mask).item() == pytest.approx(2.0, rel=1e-5)
+    false_alarm = right.clone()
+    false_alarm[1, 0, 0, 0] = 1.0  # empty image: only its worst pixel counts, error 1 + 1
+    assert loss(false_alarm, mask).item() == pytest.approx(1.0, rel=1e-5)

@@ -7,13 +7,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from segmentation_models_pytorch.losses import DiceLoss
+from segmentation_models_pytorch.losses import DiceLoss, LovaszLoss
 from torch import nn
 
 from busai.errors import ConfigError
 
 REDUCTIONS = ("mean", "sum", "none")
-SEGMENTATION_LOSSES = ("dice", "dice_bce", "image_dice_bce", "dice_presence")
+SEGMENTATION_LOSSES = ("dice", "dice_bce", "image_dice_bce", "dice_presence", "lovasz")
 
 
 class FocalLoss(nn.Module):
@@ -123,8 +123,9 @@ class DicePresenceLoss(nn.Module):
 
 def build_segmentation_loss(name: str = "dice") -> nn.Module:
     """``"dice"`` (smp ``DiceLoss(mode="binary", from_logits=True)``, the paper's: one Dice over the
-    batch's pixels), ``"dice_bce"`` (that + BCE), ``"image_dice_bce"`` (:class:`ImageDiceBCELoss`) or
-    ``"dice_presence"`` (:class:`DicePresenceLoss`).
+    batch's pixels), ``"dice_bce"`` (that + BCE), ``"image_dice_bce"`` (:class:`ImageDiceBCELoss`),
+    ``"dice_presence"`` (:class:`DicePresenceLoss`) or ``"lovasz"`` (smp's Lovász hinge per image, a
+    convex surrogate of each image's IoU, usually used to refine a Dice-trained model's borders).
 
     Each takes logits (N, 1, H, W) and a {0, 1} mask of the same shape.
     """
@@ -136,4 +137,6 @@ def build_segmentation_loss(name: str = "dice") -> nn.Module:
         return ImageDiceBCELoss()
     if name == "dice_presence":
         return DicePresenceLoss()
+    if name == "lovasz":
+        return LovaszLoss(mode="binary", per_image=True, from_logits=True)
     raise ConfigError(f"unknown segmentation loss '{name}'; choose one of: {', '.join(SEGMENTATION_LOSSES)}")
