@@ -17,6 +17,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,8 +29,8 @@ from busai.models.registry import build
 from busai.runs import best_threads, library_versions, machine_info
 
 
-def images_per_second(cfg: TrainConfig, args, x: torch.Tensor, y: torch.Tensor, warmup: int, steps: int, fused: bool | None = None) -> float:
-    """Training throughput of ``cfg``'s precision path; ``fused`` overrides its optimizer choice."""
+def training_step(cfg: TrainConfig, args, x: torch.Tensor, y: torch.Tensor, fused: bool | None = None) -> Callable[[], None]:
+    """One optimizer step of a fresh model on ``cfg``'s precision path; ``fused`` overrides its optimizer choice."""
     torch.manual_seed(0)
     model = build("segmentation", args.model, encoder=args.encoder, weights="none", image_size=args.image_size).module
     precision = resolve_precision(cfg)
@@ -50,6 +51,12 @@ def images_per_second(cfg: TrainConfig, args, x: torch.Tensor, y: torch.Tensor, 
         loss.backward()
         optimizer.step()
 
+    return step
+
+
+def images_per_second(cfg: TrainConfig, args, x: torch.Tensor, y: torch.Tensor, warmup: int, steps: int, fused: bool | None = None) -> float:
+    """Training throughput of ``cfg``'s precision path, timed over ``steps`` steps after ``warmup``."""
+    step = training_step(cfg, args, x, y, fused)
     for _ in range(warmup):
         step()
     start = time.perf_counter()

@@ -260,6 +260,20 @@ def test_fast_path_quality_row(tmp_path):
             "`python benchmarks/fast_path_quality.py` |") in table
 
 
+def test_profile_table_shares_and_speedups(tmp_path):
+    from busai.report import speed_table
+
+    (tmp_path / "train_profile.json").write_text(json.dumps({
+        "command": "python benchmarks/train_profile.py", "cpu": "Xeon", "threads": 2, "unit": "ms",
+        "models": {"efficientnet-lite0:unet": {"fp32_eager": {"convolution": 600.0, "batch norm": 400.0},
+                                               "default": {"convolution": 150.0, "batch norm": 350.0}}}}))
+    table = speed_table(tmp_path)
+    # Shares of each path's own total (1000 and 500 ms); speed-up fp32 / default.
+    assert "| efficientnet-lite0:unet | convolution | 600 (60%) | 150 (30%) | 4.00× |" in table
+    assert "|  | batch norm | 400 (40%) | 350 (70%) | 1.14× |" in table
+    assert "|  | all | 1000 (100%) | 500 (100%) | 2.00× |" in table
+    assert "Command: `python benchmarks/train_profile.py` (Xeon, 2 threads; ms)" in table
+
 def test_leakage_table(tmp_path):
     from busai.report import leakage_table
 

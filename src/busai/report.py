@@ -286,4 +286,21 @@ def speed_table(results_dir: str | Path) -> str:
                   f"| seed {c['seed']} | {c['encoder']}:{c['model']} | {c['image_size']} × {c['batch_size']} | {c['epochs']} | "
                   f"{slow['val_dice_at_best']:.3f} (epoch {slow['best_epoch']}) | {fast['val_dice_at_best']:.3f} (epoch {fast['best_epoch']}) | "
                   f"{r['val_dice_difference']:+.3f} | {r['epoch_time_ratio']:.2f}× | `{r['command']}` |"]
+    path = root / "train_profile.json"
+    if path.exists():  # where a training step's time goes, by kind of operator (benchmarks/train_profile.py)
+        lines += ["", _profile_table(json.loads(path.read_text()))]
     return "\n".join(lines)
+
+
+def _profile_table(r: dict) -> str:
+    lines = ["| Model | Operators | fp32 eager: ms / step (share) | busai default: ms / step (share) | Speed-up |", "|---|---|---|---|---|"]
+    for model, paths in r["models"].items():
+        slow, fast = paths["fp32_eager"], paths["default"]
+        rows = [*slow, "all"]
+        totals = {"fp32": sum(slow.values()), "default": sum(fast.values())}
+        for kind in rows:
+            a, b = (totals["fp32"], totals["default"]) if kind == "all" else (slow[kind], fast[kind])
+            speedup = f"{a / b:.2f}×" if b > 0 else "–"
+            lines.append(f"| {model} | {kind} | {a:.0f} ({a / totals['fp32']:.0%}) | {b:.0f} ({b / totals['default']:.0%}) | {speedup} |")
+            model = ""
+    return "\n".join(lines) + f"\n\nCommand: `{r['command']}` ({r['cpu']}, {r['threads']} threads; {r['unit']})"
