@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from train_speed import training_step  # benchmarks/ is on sys.path when this script runs
+from train_speed import random_batch, training_step  # benchmarks/ is on sys.path when this script runs
 
 from busai.config import TrainConfig
 from busai.engine import default_path_name
@@ -74,9 +74,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/train_profile.json")
     args = parser.parse_args()
     best_threads()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g)
-    y = (torch.rand(args.batch_size, 1, args.image_size, args.image_size, generator=g) > 0.8).float()
+    x, y = random_batch(args.batch_size, args.image_size)
     models = {}
     for spec in args.models:
         args.encoder, args.model = spec.split(":")

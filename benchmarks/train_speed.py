@@ -29,6 +29,14 @@ from busai.models.registry import build
 from busai.runs import best_threads, library_versions, machine_info
 
 
+def random_batch(batch_size: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same seeded images and masks for every path and benchmark: speed does not depend on content."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 3, image_size, image_size, generator=g)
+    y = (torch.rand(batch_size, 1, image_size, image_size, generator=g) > 0.8).float()
+    return x, y
+
+
 def training_step(cfg: TrainConfig, args, x: torch.Tensor, y: torch.Tensor, fused: bool | None = None) -> Callable[[], None]:
     """One optimizer step of a fresh model on ``cfg``'s precision path; ``fused`` overrides its optimizer choice."""
     torch.manual_seed(0)
@@ -77,9 +85,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/train_speed.json")
     args = parser.parse_args()
     best_threads()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g)
-    y = (torch.rand(args.batch_size, 1, args.image_size, args.image_size, generator=g) > 0.8).float()
+    x, y = random_batch(args.batch_size, args.image_size)
     # default_unfused: the default path with torch's default optimizer loop, to show what each part adds.
     paths = [("fp32_eager", "fp32", args.warmup, args.steps, None), ("default_unfused", "auto", args.warmup, args.steps, False),
              ("default", "auto", args.warmup, args.steps, None)]
