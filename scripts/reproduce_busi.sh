@@ -42,6 +42,7 @@ declare -A ARGS=(
   [seg-lite0-deeplabv3]="seg --model deeplabv3 --encoder efficientnet-lite0 --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --epochs 100"
   # The paper's Table 3 settings (ResNet18 encoder; its U-Net++ weight decay 1.09 is outside its own range: none used).
   [seg-resnet18-unet]="seg --model unet --encoder resnet18 --image-size 288 --batch-size 8 --optimizer adam --lr 8.1e-5 --weight-decay 7.9e-5 --epochs 100"
+  # (Its committed results were resumed to 65 minutes: busai train --resume runs/busi/seg-resnet18-unetplusplus --max-minutes 65.)
   [seg-resnet18-unetplusplus]="seg --model unetplusplus --encoder resnet18 --image-size 288 --batch-size 8 --optimizer rmsprop --lr 1.55e-4 --epochs 100"
   [seg-resnet18-deeplabv3]="seg --model deeplabv3 --encoder resnet18 --image-size 256 --batch-size 8 --optimizer adamw --lr 1.9e-4 --weight-decay 1.9e-4 --epochs 100"
   # Classification: EfficientNet-Lite0, then the paper's Table 5 settings.
