@@ -25,15 +25,6 @@ declare -A ARGS=(
   [seg-lite0-unet-imagedice]="seg --model unet --encoder efficientnet-lite0 --weights runs/busi/seg-lite0-unet/checkpoint_best.safetensors --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss image_dice_bce --scheduler cosine --epochs 12"
   # Control for seg-lite0-unet-imagedice: the same continuation with the paper's batch Dice loss.
   [seg-lite0-unet-finetune-dice]="seg --model unet --encoder efficientnet-lite0 --weights runs/busi/seg-lite0-unet/checkpoint_best.safetensors --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss dice --scheduler cosine --epochs 12"
-  # The same continuation with --augment strong (scale, shift, gamma, speckle noise, blur on top of the
-  # paper's flips, rotations and jitter): one change against seg-lite0-unet-finetune-dice.
-  [seg-lite0-unet-strongaug]="seg --model unet --encoder efficientnet-lite0 --weights runs/busi/seg-lite0-unet/checkpoint_best.safetensors --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss dice --scheduler cosine --augment strong --epochs 12"
-  # The same continuation with --loss dice_presence (batch Dice + a per-image lesion-presence term
-  # aimed at the lesions every model misses outright): one change against seg-lite0-unet-finetune-dice.
-  [seg-lite0-unet-presence]="seg --model unet --encoder efficientnet-lite0 --weights runs/busi/seg-lite0-unet/checkpoint_best.safetensors --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss dice_presence --scheduler cosine --epochs 12"
-  # The same continuation with --loss lovasz (per-image Lovász hinge, a surrogate of each image's
-  # IoU, to refine the borders): one change against seg-lite0-unet-finetune-dice.
-  [seg-lite0-unet-lovasz]="seg --model unet --encoder efficientnet-lite0 --weights runs/busi/seg-lite0-unet/checkpoint_best.safetensors --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss lovasz --scheduler cosine --epochs 12"
   # seg-lite0-unet's recipe from the ImageNet start with --augment strong: one change against it.
   [seg-lite0-unet-strongaug-imagenet]="seg --model unet --encoder efficientnet-lite0 --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --scheduler plateau --plateau-patience 6 --augment strong --epochs 100"
   # seg-lite0-unet-finetune-dice's best weights continued at 320 px (the paper's largest size) for
@@ -59,6 +50,15 @@ declare -A ARGS=(
   [cls-mobilenet_v3_large]="cls --model mobilenet_v3_large --optimizer adamw --lr 1.12e-4 --weight-decay 6.26e-3 --focal-alpha 0.44 --focal-gamma 4.86 --batch-size 8 --betas 0.81 0.96 --epochs 100"
   [cls-googlenet]="cls --model googlenet --optimizer adam --lr 8.705e-4 --weight-decay 1.5e-4 --focal-alpha 0.73 --focal-gamma 4.24 --batch-size 32 --betas 0.91 0.93 --epochs 100"
 )
+# One change each against seg-lite0-unet-finetune-dice's continuation, so the rest cannot drift apart:
+# --augment strong (scale, shift, gamma, speckle noise, blur on top of the paper's flips, rotations
+# and jitter); --loss dice_presence (batch Dice + a per-image lesion-presence term aimed at the
+# lesions every model misses outright); --loss lovasz (per-image Lovász hinge, a surrogate of each
+# image's IoU, to refine the borders).
+FINETUNE=${ARGS[seg-lite0-unet-finetune-dice]}
+ARGS[seg-lite0-unet-strongaug]=${FINETUNE/--epochs/--augment strong --epochs}
+ARGS[seg-lite0-unet-presence]=${FINETUNE/--loss dice /--loss dice_presence }
+ARGS[seg-lite0-unet-lovasz]=${FINETUNE/--loss dice /--loss lovasz }
 # Leak control: seg-lite0-unet-strongaug-imagenet's recipe, unchanged, on splits/busi-leaky.json, an
 # image-by-image split that ignores BUSI's duplicates as the paper's did (SPLIT_OF below). Not a release
 # candidate: its val and test differ from every other run's; benchmarks/split_leakage.py compares the two.
