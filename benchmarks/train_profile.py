@@ -44,7 +44,7 @@ def category(event) -> str:
         return "batch norm"
     if any(a in name for a in ACTIVATIONS):
         return "activation"
-    if any(c in name for c in ("copy", "to_copy", "aten::to", "clone", "contiguous")):
+    if any(c in name for c in ("copy", "aten::to", "clone", "contiguous")):
         return "cast / copy"
     return "other"
 

@@ -274,6 +274,7 @@ def test_profile_table_shares_and_speedups(tmp_path):
     assert "|  | all | 1000 (100%) | 500 (100%) | – |" in table
     assert "Command: `python benchmarks/train_profile.py` (Xeon, 2 threads; ms)" in table
 
+
 def test_leakage_table(tmp_path):
     from busai.report import leakage_table
 

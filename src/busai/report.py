@@ -296,12 +296,9 @@ def _profile_table(r: dict) -> str:
     lines = ["| Model | Operators | fp32 eager: ms / step (share) | busai default: ms / step (share) | Speed-up |", "|---|---|---|---|---|"]
     for model, paths in r["models"].items():
         slow, fast = paths["fp32_eager"], paths["default"]
-        rows = [*slow, "all"]
-        totals = {"fp32": sum(slow.values()), "default": sum(fast.values())}
-        for kind in rows:
-            a, b = (totals["fp32"], totals["default"]) if kind == "all" else (slow[kind], fast[kind])
-            # No speed-up for the whole step: the profiler slows the two paths unequally; the timed rows above give it.
-            speedup = f"{a / b:.2f}×" if b > 0 and kind != "all" else "–"
-            lines.append(f"| {model} | {kind} | {a:.0f} ({a / totals['fp32']:.0%}) | {b:.0f} ({b / totals['default']:.0%}) | {speedup} |")
-            model = ""
+        rows = [(kind, slow[kind], fast[kind], f"{slow[kind] / fast[kind]:.2f}×" if fast[kind] > 0 else "–") for kind in slow]
+        # No speed-up for the whole step: the profiler slows the two paths unequally; the timed rows above give it.
+        rows.append(("all", sum(slow.values()), sum(fast.values()), "–"))
+        for i, (kind, a, b, speedup) in enumerate(rows):
+            lines.append(f"| {model if i == 0 else ''} | {kind} | {a:.0f} ({a / rows[-1][1]:.0%}) | {b:.0f} ({b / rows[-1][2]:.0%}) | {speedup} |")
     return "\n".join(lines) + f"\n\nCommand: `{r['command']}` ({r['cpu']}, {r['threads']} threads; {r['unit']})"
