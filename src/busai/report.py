@@ -57,7 +57,11 @@ def collect_run(run_dir: str | Path, name: str | None = None) -> dict:
         "fit": fit,
         "device": config.get("device"),
         "versions": config.get("versions"),
-        "commands": {"train": config.get("command"), **{f"evaluate_{s}": m.get("command") for s, m in metrics.items()}},
+        "commands": {
+            "train": config.get("command"),
+            **({"resume": config["resume_commands"]} if config.get("resume_commands") else {}),
+            **{f"evaluate_{s}": m.get("command") for s, m in metrics.items()},
+        },
         "metrics": {split: {"images": m.get("images"), **compact(m)} for split, m in metrics.items()},
     }
 

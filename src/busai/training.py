@@ -63,11 +63,13 @@ def resume(
     max_minutes: float | None = None,
     patience: int | None = None,
     quiet: bool = False,
+    command: str | None = None,
 ) -> FitResult:
     """Continue an interrupted run from ``checkpoint_last.pt`` with its stored config.
 
     Only the budget (epochs, wall-clock minutes, patience) may change; the time already spent
-    counts against ``max_minutes``.
+    counts against ``max_minutes``. ``command`` is appended to the config's ``resume_commands``,
+    so that the results name every command that shaped the run, not only the first.
     """
     run_dir = Path(run_dir)
     stored = read_run_config(run_dir)
@@ -75,9 +77,10 @@ def resume(
     for key, value in (("epochs", epochs), ("max_minutes", max_minutes), ("patience", patience)):
         if value is not None:
             setattr(cfg, key, value)
-    if epochs is not None or max_minutes is not None or patience is not None:
-        stored["train"] = cfg.to_dict()
-        write_json(run_dir / CONFIG, stored)
+    stored["train"] = cfg.to_dict()
+    if command is not None:
+        stored["resume_commands"] = [*stored.get("resume_commands", []), command]
+    write_json(run_dir / CONFIG, stored)
     return _train(cfg, run_dir, resume=True, quiet=quiet, on_epoch=None, command=None)
 
 

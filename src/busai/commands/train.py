@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     from busai.errors import ConfigError
 
     if args.resume:
-        result = training.resume(args.resume, epochs=args.epochs, max_minutes=args.max_minutes, patience=args.patience, quiet=args.quiet)
+        result = training.resume(
+            args.resume, epochs=args.epochs, max_minutes=args.max_minutes, patience=args.patience, quiet=args.quiet, command=command_line(args)
+        )
         run_dir = args.resume
     else:
         if not args.out:

