@@ -76,6 +76,10 @@ def test_results_name_the_resume_commands(cli, seg_run, synthetic_dir, tmp_path)
     commands = collect_run(run)["commands"]
     assert commands["resume"] == [f"busai train --resume {run} --epochs {n} --quiet" for n in (2, 3)]
     assert list(commands) == ["train", "resume", "evaluate_val"]
+    config = json.loads((run / "config.json").read_text())
+    summary = collect_run(run)
+    assert summary["machine"] == config["machine"] and set(summary["machine"]) == {"cpu", "cpu_native_bf16", "threads"}
+    assert summary["autocast"] == config["autocast"]
 
 
 def test_cli_evaluate_json_and_report(cli, cls_run, synthetic_dir, tmp_path):

@@ -56,6 +56,9 @@ def collect_run(run_dir: str | Path, name: str | None = None) -> dict:
         "image_size": config["preprocessing"]["image_size"],
         "fit": fit,
         "device": config.get("device"),
+        # The CPU and the path it took (bf16 autocast or not): epochs per budget depend on both.
+        "machine": config.get("machine"),
+        "autocast": config.get("autocast"),
         "versions": config.get("versions"),
         "commands": {
             "train": config.get("command"),
