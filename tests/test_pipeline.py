@@ -73,11 +73,11 @@ def test_results_name_the_resume_commands(cli, seg_run, synthetic_dir, tmp_path)
     for epochs in ("2", "3"):
         assert cli("train", "--resume", run, "--epochs", epochs, "--quiet")[0] == 0
     evaluate_run(run, synthetic_dir, splits_of(seg_run), "val", n_boot=10, figures=False)
-    commands = collect_run(run)["commands"]
+    summary = collect_run(run)
+    commands = summary["commands"]
     assert commands["resume"] == [f"busai train --resume {run} --epochs {n} --quiet" for n in (2, 3)]
     assert list(commands) == ["train", "resume", "evaluate_val"]
     config = json.loads((run / "config.json").read_text())
-    summary = collect_run(run)
     assert summary["machine"] == config["machine"] and set(summary["machine"]) == {"cpu", "cpu_native_bf16", "threads"}
     assert summary["autocast"] == config["autocast"]
 

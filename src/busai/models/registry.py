@@ -191,7 +191,6 @@ CLASSIFIERS: dict[str, Classifier] = {
 }
 
 
-
 # --------------------------------------------------------------------------- build
 def build(
     task: str,
