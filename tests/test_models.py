@@ -375,6 +375,14 @@ def test_missing_weights_file(tmp_path):
         build("cls", "resnet18", weights=str(tmp_path / "nope.safetensors"))
 
 
+def test_every_classifier_names_a_gradcam_layer_it_has():
+    from busai.gradcam import GRADCAM_LAYERS
+
+    assert set(GRADCAM_LAYERS) == set(R.CLASSIFIERS)
+    for name, path in GRADCAM_LAYERS.items():
+        build("cls", name, weights="none").module.get_submodule(path)  # raises if the path does not exist
+
+
 # --------------------------------------------------------------------------- CLI
 def test_cli_models_json(cli):
     code, out, _ = cli("models", "--task", "cls", "--json")

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from busai.errors import ConfigError
+from busai.models.registry import LITE_VARIANTS
 from busai.runs import LoadedModel
 
 # Classifier name -> its last convolutional block (the layer whose activations Grad-CAM weighs).
@@ -17,7 +18,8 @@ GRADCAM_LAYERS = {
     "inception_v3": "Mixed_7c",
     "mobilenet_v3_large": "features",
     "googlenet": "inception5b",
-    "efficientnet_lite0": "bn2",  # timm: conv_head -> bn2 (BatchNorm + ReLU6) -> global pool
+    # timm: conv_head -> bn2 (BatchNorm + ReLU6) -> global pool, in every Lite variant.
+    **{f"efficientnet_lite{v}": "bn2" for v in LITE_VARIANTS},
 }
 
 
