@@ -57,6 +57,11 @@ def test_flags_override_config_file_and_round_trip(tmp_path):
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
 
 
+def test_hard_examples_flag_reaches_the_config():
+    assert config_from_args(build_parser().parse_args(["train", "seg", "--hard-examples"])).hard_examples
+    assert not config_from_args(build_parser().parse_args(["train", "seg"])).hard_examples
+
+
 def test_cls_defaults_to_resnet18_on_the_command_line():
     cfg = config_from_args(build_parser().parse_args(["train", "cls", "--out", "x"]))
     assert cfg.model == "resnet18"

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import busai.data.dataset as dataset_module
-from busai.data.dataset import BusDataset, ImageCache, make_weighted_sampler
+from busai.data.dataset import BusDataset, HardExampleSampler, ImageCache, make_weighted_sampler
 from busai.data.discover import discover_records
 from busai.errors import ConfigError
 
@@ -130,6 +130,25 @@ def test_weighted_sampler_balances_classes():
 def test_weighted_sampler_is_seeded():
     labels = [0, 1, 1, 2, 2, 2]
     assert list(make_weighted_sampler(labels, seed=3)) == list(make_weighted_sampler(labels, seed=3))
+
+
+def test_hard_example_sampler_draws_by_last_difficulty():
+    sampler = HardExampleSampler(4, seed=0)
+    assert torch.equal(sampler.weights, torch.full((4,), 1.2, dtype=torch.double))  # unseen: all hard
+    sampler.update(torch.tensor([0, 1, 2]), torch.tensor([1.0, 0.0, 0.0]))
+    drawn = Counter(i for _ in range(2000) for i in sampler)
+    # Image 0 missed (weight 1.2), images 1 and 2 solved (0.2), image 3 not seen yet (1.2).
+    assert abs(drawn[0] / drawn[1] - 6) < 0.6 and abs(drawn[3] / drawn[2] - 6) < 0.6, drawn
+
+
+def test_hard_example_sampler_scales_class_weights_and_restores_its_state():
+    base = torch.tensor([1.0, 1.0, 3.0], dtype=torch.double)
+    sampler = HardExampleSampler(3, base, floor=0.5, seed=1)
+    sampler.update([2], torch.tensor([0.0]))
+    assert torch.allclose(sampler.weights, torch.tensor([1.5, 1.5, 1.5], dtype=torch.double))
+    restored = HardExampleSampler(3, base, floor=0.5, seed=1)
+    restored.load_state_dict(sampler.state_dict())
+    assert list(restored) == list(sampler)
 
 
 def test_each_loader_worker_gets_its_own_augmentation_stream(bright_square, monkeypatch):

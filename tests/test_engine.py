@@ -119,6 +119,42 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+class IndexedToyImages(ToyImages):
+    def __getitem__(self, i):
+        return {**super().__getitem__(i), "index": i}
+
+
+def hard_example_loaders():
+    from busai.data.dataset import HardExampleSampler
+
+    train = DataLoader(IndexedToyImages(32, 0), batch_size=8, sampler=HardExampleSampler(32, seed=0))
+    return train, DataLoader(ToyImages(16, 1), batch_size=8)
+
+
+def hard_adapter():
+    adapter = toy_adapter()
+    adapter.difficulty = lambda out, batch: 1 - out.softmax(1).gather(1, batch["label"][:, None])[:, 0]
+    return adapter
+
+
+def test_hard_examples_are_reweighted_each_batch_and_resume_with_their_weights(tmp_path):
+    train, val = hard_example_loaders()
+    full = fit(toy_model(), hard_adapter(), train, val, config(lr=0.01), tmp_path / "full", quiet=True)
+
+    def interrupt(epoch, row):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    train, val = hard_example_loaders()
+    with pytest.raises(KeyboardInterrupt):
+        fit(toy_model(), hard_adapter(), train, val, config(lr=0.01), tmp_path / "cut", quiet=True, on_epoch=interrupt)
+    difficulty = train.sampler.difficulty  # measured in training, and still unequal when the run is cut
+    assert difficulty.max() < 1 and difficulty.std() > 0.05
+    train, val = hard_example_loaders()  # a fresh sampler: all images hard until the checkpoint says otherwise
+    resumed = fit(toy_model(), hard_adapter(), train, val, config(lr=0.01), tmp_path / "cut", quiet=True, resume=True)
+    assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in full.history]
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     train, val = loaders()
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
@@ -188,3 +224,18 @@ def test_fused_optimizer_computes_the_plain_update(optimizer):
             opt.step()
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_task_difficulty_is_one_for_a_missed_lesion_and_zero_for_a_solved_image():
+    from busai.tasks import adapter_for
+
+    seg = adapter_for(TrainConfig(task="seg"))
+    masks = torch.zeros(3, 1, 4, 4)
+    masks[0, 0, :2, :2] = 1  # lesion, predicted nowhere
+    masks[1, 0, :2, :2] = 1  # lesion, predicted exactly
+    logits = torch.full((3, 1, 4, 4), -9.0)
+    logits[1, 0, :2, :2] = 9.0  # image 2: lesion-free, predicted empty
+    assert seg.difficulty(logits, {"mask": masks}).tolist() == [1.0, 0.0, 0.0]
+    cls = adapter_for(TrainConfig(task="cls", model="resnet18"))
+    out = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.7, 0.2, 0.1]]))
+    assert cls.difficulty(out, {"label": torch.tensor([0, 2])}).tolist() == pytest.approx([0.3, 0.9])

@@ -43,6 +43,8 @@ class TrainConfig:
     focal_alpha: float | list[float] = 0.25
     focal_gamma: float = 2.0
     weighted_sampler: bool = True  # classification only (paper: class-frequency WeightedRandomSampler)
+    # Draw training images by how wrong the model last was on each (busai.data.dataset.HardExampleSampler).
+    hard_examples: bool = False
     scheduler: str | None = None  # None: "plateau" for classification (paper), "none" for segmentation
     plateau_patience: int = 25
     plateau_factor: float = 0.1

@@ -42,12 +42,15 @@ class TaskAdapter:
 
     ``loss`` maps (model output, batch) to a scalar; ``target_key`` names the batch entry the
     validation score needs; ``score`` maps concatenated validation outputs and targets to a dict
-    of named numbers logged per epoch (e.g. dice, or accuracy and macro_f1).
+    of named numbers logged per epoch (e.g. dice, or accuracy and macro_f1); ``difficulty`` maps
+    (model output, batch) to one number in [0, 1] per sample, for a training sampler that has an
+    ``update(indices, difficulty)`` method (``--hard-examples``).
     """
 
     loss: Callable[[torch.Tensor, dict], torch.Tensor]
     target_key: str
     score: Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+    difficulty: Callable[[torch.Tensor, dict], torch.Tensor] | None = None
 
 
 @dataclass
@@ -254,6 +257,8 @@ def _run_epoch(model, loader, adapter, optimizer, precision, scaler, progress, t
     outputs, targets = [], []
     progress.start_phase("train" if train else "val", len(loader))
     grad = torch.enable_grad() if train else torch.inference_mode()
+    sampler = getattr(loader, "sampler", None)
+    reweigh = train and adapter.difficulty is not None and hasattr(sampler, "update")
     with grad:
         for batch in loader:
             x = precision.to_input(batch["image"])
@@ -272,6 +277,9 @@ def _run_epoch(model, loader, adapter, optimizer, precision, scaler, progress, t
                 else:
                     loss.backward()
                     optimizer.step()
+                if reweigh:
+                    with torch.no_grad():
+                        sampler.update(batch["index"], adapter.difficulty(out.detach().float(), batch))
             else:
                 outputs.append(out.float().cpu())
                 targets.append(batch[adapter.target_key].cpu())
@@ -328,6 +336,8 @@ def fit(
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("sampler") and hasattr(train_loader.sampler, "load_state_dict"):
+            train_loader.sampler.load_state_dict(state["sampler"])
         history = state["history"]
         best_loss, best_epoch, start_epoch = state["best_val_loss"], state["best_epoch"], state["epoch"]
         elapsed_before = state.get("seconds", 0.0)
@@ -366,6 +376,7 @@ def fit(
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else {},
                 "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch,
+                "sampler": train_loader.sampler.state_dict() if hasattr(train_loader.sampler, "state_dict") else {},
                 "best_val_loss": best_loss, "best_epoch": best_epoch, "seconds": seconds,
             }
             _atomic_write(last_path, lambda p: torch.save(checkpoint, p))

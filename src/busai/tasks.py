@@ -32,7 +32,12 @@ def segmentation_adapter(cfg: TrainConfig) -> TaskAdapter:
     def score(out: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
         return {"dice": dice_per_image(out, masks).mean().item()}
 
-    return TaskAdapter(loss=loss, target_key="mask", score=score)
+    def difficulty(out: torch.Tensor, batch: dict) -> torch.Tensor:
+        # Hard Dice, not soft: a lesion-free image predicted empty is solved (1 − 1 = 0), while its
+        # soft Dice would stay near 0 from thousands of tiny probabilities.
+        return 1.0 - dice_per_image(out, batch["mask"])
+
+    return TaskAdapter(loss=loss, target_key="mask", score=score, difficulty=difficulty)
 
 
 def classification_adapter(cfg: TrainConfig) -> TaskAdapter:
@@ -59,7 +64,10 @@ def classification_adapter(cfg: TrainConfig) -> TaskAdapter:
             "macro_f1": float(f1_score(truth, pred, average="macro", labels=list(range(len(CLASSES))), zero_division=0)),
         }
 
-    return TaskAdapter(loss=loss, target_key="label", score=score)
+    def difficulty(out: torch.Tensor, batch: dict) -> torch.Tensor:
+        return 1.0 - F.softmax(out, dim=1).gather(1, batch["label"][:, None])[:, 0]
+
+    return TaskAdapter(loss=loss, target_key="label", score=score, difficulty=difficulty)
 
 
 def adapter_for(cfg: TrainConfig) -> TaskAdapter:

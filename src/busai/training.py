@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from busai.config import TrainConfig
 from busai.engine import FitResult, fit, resolve_precision, runs_fused, seed_everything
@@ -18,7 +18,7 @@ from busai.tasks import adapter_for
 
 
 def _loaders(cfg: TrainConfig, image_size: int, mean, std):
-    from busai.data.dataset import BusDataset, ImageCache, make_weighted_sampler
+    from busai.data.dataset import BusDataset, HardExampleSampler, ImageCache, class_balance_weights, make_weighted_sampler
     from busai.data.splits import load_split_records, read_splits
 
     if not cfg.data or not cfg.splits:
@@ -31,12 +31,14 @@ def _loaders(cfg: TrainConfig, image_size: int, mean, std):
     cache = ImageCache()
     train_ds = BusDataset(train_records, image_size, mean, std, augment=cfg.augment, cache=cache, seed=cfg.seed)
     val_ds = BusDataset(val_records, image_size, mean, std, cache=cache, seed=cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    if cfg.task == "classification" and cfg.weighted_sampler:
+    class_balanced = cfg.task == "classification" and cfg.weighted_sampler
+    if cfg.hard_examples:
+        sampler = HardExampleSampler(len(train_ds), class_balance_weights(train_ds.labels) if class_balanced else None, seed=cfg.seed)
+    elif class_balanced:
         sampler = make_weighted_sampler(train_ds.labels, seed=cfg.seed)
-        train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=len(train_ds) > cfg.batch_size)
     else:
-        train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=generator, num_workers=cfg.num_workers, drop_last=len(train_ds) > cfg.batch_size)
+        sampler = RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed))
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=len(train_ds) > cfg.batch_size)
     val_loader = DataLoader(val_ds, batch_size=max(cfg.batch_size, 16), shuffle=False, num_workers=cfg.num_workers)
     return train_loader, val_loader, splits
 

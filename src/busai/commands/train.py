@@ -31,6 +31,8 @@ def register(sub) -> None:
     p.add_argument("--focal-alpha", dest="focal_alpha", type=float, nargs="+", default=None, help="one value, or one per class (normal benign malignant)")
     p.add_argument("--betas", type=float, nargs=2, default=None, metavar=("BETA1", "BETA2"))
     p.add_argument("--no-sampler", dest="weighted_sampler", action="store_false", default=None, help="classification: no class-frequency sampler")
+    p.add_argument("--hard-examples", dest="hard_examples", action="store_true", default=None,
+                   help="draw training images by how wrong the model last was on each (missed lesions, misclassified scans come round more often)")
     p.add_argument("--augment", choices=AUGMENTATIONS, default=None, help="training augmentations: paper (flips, rotations, colour jitter; default), strong (adds scale, shift, gamma, speckle noise, blur) or none")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the fit summary as JSON")
@@ -41,7 +43,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
     if args.task:
         base["task"] = args.task
-    for key in [*_FLAGS, "betas", "weighted_sampler", "augment"]:
+    for key in [*_FLAGS, "betas", "weighted_sampler", "hard_examples", "augment"]:
         value = getattr(args, key)
         if value is not None:
             base[key] = value

@@ -172,10 +172,41 @@ class BusDataset(Dataset):
             self._worker_seeded = info.seed
 
 
+def class_balance_weights(labels: Sequence[int]) -> torch.Tensor:
+    """Per-sample weight 1 / class frequency: each class drawn equally often on average."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return torch.as_tensor(1.0 / np.bincount(labels)[labels], dtype=torch.double)
+
+
 def make_weighted_sampler(labels: Sequence[int], seed: int = 0) -> WeightedRandomSampler:
     """Sampler drawing each class equally often on average (weight = 1 / class frequency), seeded."""
-    labels = np.asarray(labels, dtype=np.int64)
-    frequency = np.bincount(labels)
-    weights = 1.0 / frequency[labels]
     generator = torch.Generator().manual_seed(int(seed))
-    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels), replacement=True, generator=generator)
+    return WeightedRandomSampler(class_balance_weights(labels), num_samples=len(labels), replacement=True, generator=generator)
+
+
+class HardExampleSampler(WeightedRandomSampler):
+    """Draws each training image in proportion to ``base × (floor + difficulty)``.
+
+    ``difficulty`` in [0, 1] is what the engine measured on the image the last time it was trained
+    on (1 − Dice for a mask, 1 − p(true class) for a label); unseen images count as hard (1). So
+    images the model keeps getting wrong, such as a rare lesion type, come round up to
+    ``(1 + floor) / floor`` times as often as solved ones. torch's sampler draws from fixed
+    weights; this subclass only re-weights it between epochs, and its state goes into checkpoints
+    so a resumed run draws the same batches.
+    """
+
+    def __init__(self, size: int, base: torch.Tensor | None = None, floor: float = 0.2, seed: int = 0) -> None:
+        self.base = torch.ones(size, dtype=torch.double) if base is None else base.double()
+        self.difficulty = torch.ones(size, dtype=torch.double)
+        self.floor = float(floor)
+        super().__init__(self.base * (self.floor + 1.0), num_samples=size, replacement=True, generator=torch.Generator().manual_seed(int(seed)))
+
+    def update(self, indices, difficulty: torch.Tensor) -> None:
+        self.difficulty[torch.as_tensor(indices, dtype=torch.long)] = difficulty.detach().double().cpu().clamp(0.0, 1.0)
+        self.weights = self.base * (self.floor + self.difficulty)
+
+    def state_dict(self) -> dict:
+        return {"difficulty": self.difficulty.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.update(torch.arange(len(self.difficulty)), state["difficulty"])
