@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,3 +314,53 @@ def test_leakage_table(tmp_path):
     assert ("| b | 35 (18) | `splits/busi-leaky.json` | image by image (duplicates ignored) | val | 79 | 0.75 (0.65–0.85) | "
             "0.80 (0.70–0.90) (34) | 0.70 (0.60–0.80) (45) | 1 |") in table
     assert table.endswith("Command: `python benchmarks/split_leakage.py`")
+
+
+def missed_lesions_benchmark():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("missed_lesions", Path(__file__).parents[1] / "benchmarks" / "missed_lesions.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_missed_lesions_summary_and_table(tmp_path):
+    from busai.report import missed_table
+
+    assert missed_table(tmp_path) == ""  # no benchmark file: nothing to render
+    bench = missed_lesions_benchmark()
+
+    def row(image, label, group, dice, area, verdict):
+        return {"image": image, "label": label, "group": group, "dice": dice, "lesion_area": area, "classifier": verdict}
+
+    rows = [
+        row("b1", "benign", "group 1", 0.0, 0.2, "normal"), row("b2", "benign", "group 1", 0.0, 0.1, "normal"),
+        row("m1", "malignant", "m1", 0.0, 0.05, "malignant"), row("b3", "benign", "b3", 0.9, 0.04, "benign"),
+        row("m2", "malignant", "m2", 0.5, 0.02, "normal"),
+    ]
+    summary = bench.summarise(rows)
+    assert (summary["lesion_images"], summary["missed"], summary["missed_by_class"], summary["missed_groups"]) == (5, 3, {"benign": 2, "malignant": 1}, 2)
+    assert (summary["missed_called_normal"], summary["all_lesions_called_normal"]) == (2, 3)
+    assert summary["median_lesion_area"] == {"missed": 0.1, "found": 0.03}
+    assert [r["image"] for r in summary["missed_images"]] == ["b1", "b2", "m1"]
+    (tmp_path / "missed_lesions.json").write_text(json.dumps({
+        "command": "python benchmarks/missed_lesions.py", "segmentation_model": "release", "classification_model": "release", "val": summary,
+    }))
+    table = missed_table(tmp_path)
+    assert "| val | 5 | 3 (2 / 1) | 2 | 0.100 / 0.030 | 2 of 3 | 3 of 5 |" in table
+    assert "| train |" not in table and table.endswith("Command: `python benchmarks/missed_lesions.py`")
+
+
+def test_missed_lesions_benchmark_runs_both_models(seg_run, cls_run, synthetic_dir, tmp_path):
+    bench = missed_lesions_benchmark()
+    out = tmp_path / "missed.json"
+    args = ["--data", str(synthetic_dir), "--splits", str(seg_run / "splits.json"), "--seg", str(seg_run), "--cls", str(cls_run),
+            "--split", "val", "--out", str(out), "--figures", str(tmp_path / "figures")]
+    assert bench.main(args) == 0
+    result = json.loads(out.read_text())
+    splits = read_splits(seg_run / "splits.json")
+    lesions = [k for k in splits["val"] if not k.startswith("normal/")]
+    assert result["val"]["lesion_images"] == len(lesions) and set(result) >= {"command", "val"} and "train" not in result
+    assert all(r["dice"] == 0.0 and r["classifier"] in ("normal", "benign", "malignant") for r in result["val"]["missed_images"])
+    assert Path(result["val"]["figure"]).is_file()

@@ -278,8 +278,7 @@ def _run_epoch(model, loader, adapter, optimizer, precision, scaler, progress, t
                     loss.backward()
                     optimizer.step()
                 if reweigh:
-                    with torch.no_grad():
-                        sampler.update(batch["index"], adapter.difficulty(out.detach().float(), batch))
+                    sampler.update(batch["index"], adapter.difficulty(out.detach().float(), batch))
             else:
                 outputs.append(out.float().cpu())
                 targets.append(batch[adapter.target_key].cpu())

@@ -22,7 +22,7 @@ from busai.inference import predict_tensor, upsample_probability
 from busai.runs import LoadedModel, load_model, model_label, write_json
 
 
-def _predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16):
+def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16):
     """Yield (record, probability) for every record, in order, through the training dataset's preprocessing."""
     from busai.data.dataset import BusDataset, ImageCache
 
@@ -41,7 +41,7 @@ def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: in
     from busai.metrics import image_overlap, segmentation_counts, summarise_segmentation
 
     per_image, samples, scores = [], [], []
-    for record, prob in _predict_records(loaded, records, tta=tta):
+    for record, prob in predict_records(loaded, records, tta=tta):
         mask = read_mask(record)
         full = upsample_probability(prob, mask.shape)
         counts = segmentation_counts(full, mask)
@@ -60,7 +60,7 @@ def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: in
 def evaluate_classification(loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None) -> tuple[dict, list]:
     from busai.metrics import classification_report_dict
 
-    rows = [(record, prob.numpy()) for record, prob in _predict_records(loaded, records, tta=tta)]
+    rows = [(record, prob.numpy()) for record, prob in predict_records(loaded, records, tta=tta)]
     y_true = np.array([r.label_index for r, _ in rows])
     probs = np.stack([p for _, p in rows])
     report = classification_report_dict(y_true, probs, class_names=CLASSES, n_boot=n_boot, seed=seed, groups=groups)

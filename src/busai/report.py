@@ -214,6 +214,27 @@ def leakage_table(results_dir: str | Path) -> str:
     return "\n".join(lines + ["", f"Command: `{r['command']}`"])
 
 
+def missed_table(results_dir: str | Path) -> str:
+    """Markdown of ``missed_lesions.json`` (benchmarks/missed_lesions.py): per split, the lesions the
+    segmenter misses outright, and how many of those scans the classifier calls normal. Empty when
+    the file is absent."""
+    path = Path(results_dir) / "missed_lesions.json"
+    if not path.exists():
+        return ""
+    r = json.loads(path.read_text())
+    lines = ["| Split | Lesion images | Missed (benign / malignant) | Duplicate groups missed | Median lesion area: missed / found | Classifier says normal: missed scans | Classifier says normal: all lesion scans |",
+             "|---|---|---|---|---|---|---|"]
+    for split in SPLIT_NAMES:
+        if split not in r:
+            continue
+        row = r[split]
+        area = row["median_lesion_area"]
+        lines.append(f"| {split} | {row['lesion_images']} | {row['missed']} ({row['missed_by_class']['benign']} / {row['missed_by_class']['malignant']}) | "
+                     f"{row['missed_groups']} | {_fmt(area['missed'], 3)} / {_fmt(area['found'], 3)} | {row['missed_called_normal']} of {row['missed']} | "
+                     f"{row['all_lesions_called_normal']} of {row['lesion_images']} |")
+    return "\n".join(lines + ["", f"Models: segmentation `{r['segmentation_model']}`, classification `{r['classification_model']}`. Command: `{r['command']}`"])
+
+
 def _subset_cell(row: dict, subset: str) -> str:
     if subset not in row:
         return "–"

@@ -31,7 +31,9 @@ def tables(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from busai.figures import model_comparison
-    from busai.report import classification_table, comparison_rows, leakage_table, load_results, segmentation_table, speed_table, update_readme
+    from busai.report import (
+        classification_table, comparison_rows, leakage_table, load_results, missed_table, segmentation_table, speed_table, update_readme,
+    )
 
     root = Path(args.results)
     classification = load_results(root / "classification")
@@ -42,6 +44,7 @@ def tables(args: argparse.Namespace) -> int:
         "cls-table": classification_table(classification),
         "speed-table": speed_table(root),
         "leak-table": leakage_table(root),
+        "missed-table": missed_table(root),
     }
     studies = sorted(p.parent for p in (root / "tuning").glob("*/summary.json"))
     if studies:  # Optuna is imported only when there are studies to show
