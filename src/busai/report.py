@@ -222,7 +222,7 @@ def missed_table(results_dir: str | Path) -> str:
     if not path.exists():
         return ""
     r = json.loads(path.read_text())
-    lines = ["| Split | Lesion images | Missed (benign / malignant) | Duplicate groups missed | Median lesion area: missed / found | Classifier says normal: missed scans | Classifier says normal: all lesion scans |",
+    lines = ["| Split | Lesion images | Missed (benign / malignant) | Missed, each duplicate group once | Median lesion area: missed / found | Classifier says normal: missed scans | Classifier says normal: all lesion scans |",
              "|---|---|---|---|---|---|---|"]
     for split in SPLIT_NAMES:
         if split not in r:
