@@ -348,7 +348,7 @@ def test_missed_lesions_summary_and_table(tmp_path):
         "command": "python benchmarks/missed_lesions.py", "segmentation_model": "release", "classification_model": "release", "val": summary,
     }))
     table = missed_table(tmp_path)
-    assert "| val | 5 | 3 (2 / 1) | 2 | 0.100 / 0.030 | 2 of 3 | 3 of 5 |" in table
+    assert "| val | 5 | 3 (2 / 1) | 2 | 0.100 / 0.030 | 2 of 3 | 3 of 5 | 1 of 3 |" in table
     assert "| train |" not in table and table.endswith("Command: `python benchmarks/missed_lesions.py`")
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from busai.data.discover import discover_records, read_image
 from busai.errors import CheckpointError, ConfigError, DataError
 from busai.inference import predict_image, preprocess
-from busai.predict import COLUMNS, predict_paths
+from busai.predict import COLUMNS, predict_paths, review_note
 from busai.release import resolve_model
 
 
@@ -148,3 +148,29 @@ def test_cli_batch_with_a_bad_file(tmp_path, seg_run, cls_run, cli):
     code, out, err = cli("predict", tmp_path / "in" / "gray.png", "--out", tmp_path / "out3", "--seg", seg_run, "--cls", cls_run, "--pixel-spacing", "0.1")
     assert code == 0 and "gray.png" in out
     cli.fails("predict", tmp_path / "in", "--out", tmp_path / "o", "--seg", cls_run, expect="is a classification model")
+
+
+@pytest.mark.parametrize(
+    "label, lesions, expect",
+    [
+        ("benign", 0, "classified benign but no lesion outlined"),
+        ("malignant", 0, "classified malignant but no lesion outlined"),
+        ("normal", 2, "lesion outlined on a scan classified normal"),
+        ("malignant", 1, None), ("normal", 0, None),
+        (None, 0, None), ("benign", None, None),  # one model only: nothing to compare
+    ],
+)
+def test_review_note_when_the_models_disagree_on_a_lesion(label, lesions, expect):
+    note = review_note(label, lesions)
+    assert note is None if expect is None else note.startswith(expect)
+
+
+def test_cli_summary_names_the_scans_to_review(capsys):
+    from busai.commands.predict import _print_summary
+    from busai.predict import empty_row
+
+    rows = [empty_row("in/a.png") | {"label": "benign", "p_benign": 0.9, "lesion_count": 0, "review": review_note("benign", 0)},
+            empty_row("in/b.png") | {"label": "benign", "p_benign": 0.8, "lesion_count": 1, "area_px": 40}]
+    _print_summary(rows, "out")
+    out = capsys.readouterr().out
+    assert "disagree on whether 1 scan(s) show a lesion: a.png" in " ".join(out.split())

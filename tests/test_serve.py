@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from busai.errors import CheckpointError
+from busai.predict import review_note
 from busai.serve import NOTICE, create_app
 
 
@@ -52,6 +53,7 @@ def test_predict_returns_probabilities_measurements_overlay_and_gradcam(client):
     for key in ("area_px", "area_mm2", "longest_diameter_px", "bbox_x", "lesion_count"):
         assert key in body
     assert body["area_mm2"] == pytest.approx(body["area_px"] * 0.01, abs=1e-3)
+    assert body["review"] == review_note(body["label"], body["lesion_count"])
     assert (body["width"], body["height"]) == (84, 60)
     assert decode_data_url(body["overlay"]).size == (84, 60)
     assert decode_data_url(body["gradcam"]).size == (84, 60)

@@ -28,7 +28,7 @@ from busai.runs import LoadedModel
 
 MASK_SUFFIX, OVERLAY_SUFFIX = "_pred_mask.png", "_overlay.png"
 PROBABILITY_KEYS = tuple(f"p_{c}" for c in CLASSES)
-COLUMNS = ("image", "label", *PROBABILITY_KEYS, *MEASUREMENT_KEYS, "width", "height", "mask", "overlay", "error")
+COLUMNS = ("image", "label", *PROBABILITY_KEYS, *MEASUREMENT_KEYS, "review", "width", "height", "mask", "overlay", "error")
 BACKENDS = ("torch", "onnx")
 CONTOUR_RGB, DIAMETER_RGB = (255, 214, 0), (0, 200, 255)
 ModelSource = str | Path | LoadedModel | None
@@ -88,7 +88,23 @@ def predict_array(
         prob = upsample_probability(predict_image(models.seg, image_rgb, tta=tta), (height, width))
         mask = (prob > threshold).astype(np.uint8)
         row.update(measure_lesion(mask, pixel_spacing))
+    row["review"] = review_note(row.get("label"), row.get("lesion_count"))
     return row, mask
+
+
+def review_note(label: str | None, lesion_count: int | None) -> str | None:
+    """Why a scan needs a human look when the two models disagree on whether it shows a lesion; None otherwise.
+
+    The segmenter's misses are scans it takes for lesion-free tissue (benchmarks/missed_lesions.py);
+    where the classifier still names a lesion class, saying so is the only hint a user gets.
+    """
+    if label is None or lesion_count is None:
+        return None
+    if label != "normal" and lesion_count == 0:
+        return f"classified {label} but no lesion outlined: check the scan for a lesion the outline missed"
+    if label == "normal" and lesion_count > 0:
+        return "lesion outlined on a scan classified normal: check whether the outline marks a lesion"
+    return None
 
 
 def draw_overlay(image_rgb: np.ndarray, mask: np.ndarray, diameter_endpoints=None, caption: str | None = None) -> Image.Image:

@@ -222,8 +222,8 @@ def missed_table(results_dir: str | Path) -> str:
     if not path.exists():
         return ""
     r = json.loads(path.read_text())
-    lines = ["| Split | Lesion images | Missed (benign / malignant) | Missed, each duplicate group once | Median lesion area: missed / found | Classifier says normal: missed scans | Classifier says normal: all lesion scans |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| Split | Lesion images | Missed (benign / malignant) | Missed, each duplicate group once | Median lesion area: missed / found | Classifier says normal: missed scans | Classifier says normal: all lesion scans | Missed but flagged for review |",
+             "|---|---|---|---|---|---|---|---|"]
     for split in SPLIT_NAMES:
         if split not in r:
             continue
@@ -231,7 +231,7 @@ def missed_table(results_dir: str | Path) -> str:
         area = row["median_lesion_area"]
         lines.append(f"| {split} | {row['lesion_images']} | {row['missed']} ({row['missed_by_class']['benign']} / {row['missed_by_class']['malignant']}) | "
                      f"{row['missed_groups']} | {_fmt(area['missed'], 3)} / {_fmt(area['found'], 3)} | {row['missed_called_normal']} of {row['missed']} | "
-                     f"{row['all_lesions_called_normal']} of {row['lesion_images']} |")
+                     f"{row['all_lesions_called_normal']} of {row['lesion_images']} | {row['missed'] - row['missed_called_normal']} of {row['missed']} |")
     return "\n".join(lines + ["", f"Models: segmentation `{r['segmentation_model']}`, classification `{r['classification_model']}`. Command: `{r['command']}`"])
 
 

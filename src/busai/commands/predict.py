@@ -64,4 +64,9 @@ def _print_summary(rows: list[dict], out_dir: str) -> None:
         p = row.get(f"p_{row['label']}") if row["label"] else None
         table.add_row(Path(row["image"]).name, text(row["label"]), text(p), text(row["area_px"]), text(row["area_mm2"]),
                       text(row["longest_diameter_px"]), text(row["longest_diameter_mm"]))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    flagged = [Path(row["image"]).name for row in rows if row["review"]]
+    if flagged:
+        console.print(f"[yellow]review: the two models disagree on whether {len(flagged)} scan(s) show a lesion: "
+                      f"{', '.join(flagged)} (why: the review column of predictions.csv)")
