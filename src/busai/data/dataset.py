@@ -191,7 +191,8 @@ class HardExampleSampler(WeightedRandomSampler):
     on (1 − Dice for a mask, 1 − p(true class) for a label); unseen images count as hard (1). So
     images the model keeps getting wrong, such as a rare lesion type, come round up to
     ``(1 + floor) / floor`` times as often as solved ones. torch's sampler draws from fixed
-    weights; this subclass only re-weights it between epochs, and its state goes into checkpoints
+    weights; this subclass re-weights it after every training batch (an epoch's order is drawn at
+    its start, so the new weights count from the next epoch), and its state goes into checkpoints
     so a resumed run draws the same batches.
     """
 
