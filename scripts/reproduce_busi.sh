@@ -65,8 +65,9 @@ ARGS[seg-lite0-unet-strongaug]=${FINETUNE/--epochs/--augment strong --epochs}
 ARGS[seg-lite0-unet-presence]=${FINETUNE/--loss dice /--loss dice_presence }
 ARGS[seg-lite0-unet-lovasz]=${FINETUNE/--loss dice /--loss lovasz }
 # --hard-examples: the same continuation drawing each training image by its last Dice (1 − Dice, plus
-# a floor), aimed at the lesions every model misses in train as in val and test (mostly axillary
-# lymph nodes, a rare benign subtype); 12 epochs fit 70 minutes on a 2-core CPU without native bf16.
+# a floor), aimed at the lesions every model misses in train as in val and test (soft, isoechoic
+# masses, several of them axillary lymph nodes: benchmarks/missed_lesions.py); 12 epochs fit 70
+# minutes on a 2-core CPU without native bf16.
 ARGS[seg-lite0-unet-hard]=${FINETUNE/--epochs/--hard-examples --epochs}
 # The release's own recipe again with --seed 1 (other shuffling and augmentation draws): how far
 # validation Dice moves from training noise alone, the yardstick for the one-change runs above.
