@@ -26,9 +26,7 @@ import numpy as np
 from busai import CLASSES
 from busai.data.discover import read_image, read_mask
 from busai.data.splits import duplicate_groups, load_split_records, read_splits
-from busai.evaluate import predict_records
-from busai.inference import upsample_probability
-from busai.metrics import image_overlap, segmentation_counts
+from busai.evaluate import predict_records, score_segmentation_image
 from busai.release import resolve_model
 from busai.runs import best_threads, write_json
 
@@ -38,15 +36,13 @@ def split_rows(seg, cls, records, groups: list[str]) -> list[dict]:
     verdicts = {record.key: prob.numpy() for record, prob in predict_records(cls, records)}
     rows = []
     for (record, prob), group in zip(predict_records(seg, records), groups):
-        mask = read_mask(record)
+        _, mask, _, scored = score_segmentation_image(record, prob)
         if not mask.any():
             continue
-        full = upsample_probability(prob, mask.shape)
         p = verdicts[record.key]
         rows.append({
-            "image": record.key, "label": record.label, "group": group,
-            "dice": round(image_overlap(segmentation_counts(full, mask))["dice"], 4),
-            "lesion_area": round(float(mask.mean()), 4), "max_probability": round(float(full.max()), 4),
+            "image": record.key, "label": record.label, "group": group, "dice": scored["dice"],
+            "lesion_area": round(float(mask.mean()), 4), "max_probability": scored["max_probability"],
             "classifier": CLASSES[int(p.argmax())], "p_normal": round(float(p[CLASSES.index("normal")]), 4),
         })
     return rows

@@ -36,22 +36,31 @@ def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_si
             i += 1
 
 
-def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None) -> tuple[dict, list]:
+def score_segmentation_image(record, prob: torch.Tensor) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """One image scored at its own resolution: (probability map, mask, pixel counts, its per-image row)."""
     from busai.data.discover import read_mask
-    from busai.metrics import image_overlap, segmentation_counts, summarise_segmentation
+    from busai.metrics import image_overlap, segmentation_counts
+
+    mask = read_mask(record)
+    full = upsample_probability(prob, mask.shape)
+    counts = segmentation_counts(full, mask)
+    overlap = image_overlap(counts)
+    row = {
+        "image": record.key, "label": record.label, "dice": round(overlap["dice"], 5), "iou": round(overlap["iou"], 5),
+        "lesion_px": counts["tp"] + counts["fn"], "predicted_px": counts["tp"] + counts["fp"], "max_probability": round(float(full.max()), 5),
+    }
+    return full, mask, counts, row
+
+
+def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None) -> tuple[dict, list]:
+    from busai.metrics import summarise_segmentation
 
     per_image, samples, scores = [], [], []
     for record, prob in predict_records(loaded, records, tta=tta):
-        mask = read_mask(record)
-        full = upsample_probability(prob, mask.shape)
-        counts = segmentation_counts(full, mask)
+        full, mask, counts, row = score_segmentation_image(record, prob)
         per_image.append(counts)
         samples.append((record, full, mask, counts))
-        overlap = image_overlap(counts)
-        scores.append({
-            "image": record.key, "label": record.label, "dice": round(overlap["dice"], 5), "iou": round(overlap["iou"], 5),
-            "lesion_px": counts["tp"] + counts["fn"], "predicted_px": counts["tp"] + counts["fp"], "max_probability": round(float(full.max()), 5),
-        })
+        scores.append(row)
     summary = summarise_segmentation(per_image, n_boot=n_boot, seed=seed, groups=groups)
     summary["per_image"] = scores  # which images fail, and how: a missed lesion has predicted_px 0 or no overlap
     return summary, samples
