@@ -72,6 +72,11 @@ ARGS[seg-lite0-unet-hard]=${FINETUNE/--epochs/--hard-examples --epochs}
 # The release's own recipe again with --seed 1 (other shuffling and augmentation draws): how far
 # validation Dice moves from training noise alone, the yardstick for the one-change runs above.
 ARGS[seg-lite0-unet-finetune-dice-seed1]=${FINETUNE/--epochs/--seed 1 --epochs}
+# --lesion-paste 0.5: the same continuation, half the training scans (normals too) given another
+# training scan's lesion at a random echogenicity down to the host tissue's own grey level
+# (busai.data.dataset.paste_lesion), so the network sees isoechoic lesions far more often than
+# BUSI's train split holds them.
+ARGS[seg-lite0-unet-paste]=${FINETUNE/--epochs/--lesion-paste 0.5 --epochs}
 # The same continuation of seg-lite2-unet's best weights, for the 7 epochs that fit its budget.
 LITE2_FINETUNE=${FINETUNE//lite0/lite2}
 ARGS[seg-lite2-unet-finetune-dice]=${LITE2_FINETUNE/--epochs 12/--epochs 7}
@@ -83,14 +88,14 @@ ARGS[seg-lite0-unet-leaky]=${ARGS[seg-lite0-unet-strongaug-imagenet]}
 declare -A SPLIT_OF=([seg-lite0-unet-leaky]=splits/busi-leaky.json)
 declare -A RESULTS_OF=([seg-lite0-unet-leaky]=results/leakage)
 # Runs with another wall-clock budget than $MINUTES.
-declare -A MINUTES_OF=([seg-lite2-unet]=95 [seg-lite2-unet-finetune-dice]=38 [seg-lite0-unet-hard]=70 [seg-lite0-unet-finetune-dice-seed1]=70)
+declare -A MINUTES_OF=([seg-lite2-unet]=95 [seg-lite2-unet-finetune-dice]=38 [seg-lite0-unet-hard]=70 [seg-lite0-unet-finetune-dice-seed1]=70 [seg-lite0-unet-paste]=70)
 ORDER=(seg-lite0-unet cls-efficientnet_lite0 seg-lite0-unetplusplus seg-lite0-deeplabv3 seg-resnet18-unetplusplus
        seg-resnet18-deeplabv3 seg-resnet18-unet cls-resnet18 cls-inception_v3 cls-densenet121 cls-mobilenet_v3_large cls-googlenet
        seg-lite0-unet-dicebce cls-lite0-seginit cls-lite0-imagenet-256 seg-lite0-unet-imagedice
        seg-lite0-unet-finetune-dice seg-lite0-unet-320 seg-lite0-unet-strongaug
        seg-lite0-unet-strongaug-imagenet seg-lite0-unet-leaky seg-lite0-unet-presence
        seg-lite0-unet-lovasz seg-lite2-unet seg-lite2-unet-finetune-dice seg-lite0-unet-hard
-       seg-lite0-unet-finetune-dice-seed1)
+       seg-lite0-unet-finetune-dice-seed1 seg-lite0-unet-paste)
 NAMES=("$@")
 [ ${#NAMES[@]} -gt 0 ] || NAMES=("${ORDER[@]}")
 

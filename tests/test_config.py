@@ -62,6 +62,14 @@ def test_hard_examples_flag_reaches_the_config():
     assert not config_from_args(build_parser().parse_args(["train", "seg"])).hard_examples
 
 
+def test_lesion_paste_is_a_segmentation_probability():
+    assert config_from_args(build_parser().parse_args(["train", "seg", "--lesion-paste", "0.5"])).lesion_paste == 0.5
+    with pytest.raises(ConfigError, match=r"lesion_paste=1.5: must be a probability between 0 and 1"):
+        TrainConfig(task="seg", lesion_paste=1.5)
+    with pytest.raises(ConfigError, match=r"lesion_paste: segmentation only .*; drop --lesion-paste"):
+        TrainConfig(task="cls", model="resnet18", lesion_paste=0.5)
+
+
 def test_cls_defaults_to_resnet18_on_the_command_line():
     cfg = config_from_args(build_parser().parse_args(["train", "cls", "--out", "x"]))
     assert cfg.model == "resnet18"

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import busai.data.dataset as dataset_module
-from busai.data.dataset import BusDataset, HardExampleSampler, ImageCache, make_weighted_sampler
+from busai.data.dataset import BusDataset, HardExampleSampler, ImageCache, make_weighted_sampler, paste_lesion
 from busai.data.discover import discover_records
 from busai.errors import ConfigError
 
@@ -89,6 +89,50 @@ def test_augmentation_is_reproducible_with_a_seed(bright_square):
     b = BusDataset(bright_square, 64, MEAN, STD, augment="paper", seed=5)
     for _ in range(5):
         assert torch.equal(a[0]["image"], b[0]["image"])
+
+
+def _donor():
+    """A 64 px scan of grey 100 holding a 10 x 10 lesion of grey 200 in its corner, and its mask."""
+    image = np.full((64, 64, 3), 100, dtype=np.uint8)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    image[2:12, 2:12], mask[2:12, 2:12] = 200, 1
+    return image, mask
+
+
+@pytest.mark.parametrize(("fade", "lesion_grey"), [(1.0, 200), (0.5, 130), (0.0, 60)])
+def test_paste_lesion_sets_echogenicity_between_donor_and_host(fade, lesion_grey):
+    host = np.full((64, 64, 3), 60, dtype=np.uint8)
+    host_mask = np.zeros((64, 64), dtype=np.uint8)
+    host_mask[40:64, 0:64] = 1  # the host's own lesion: the paste must stay clear of it
+    image, mask = paste_lesion(host, host_mask, *_donor(), np.random.default_rng(0), fade=fade)
+    pasted = mask.astype(bool) & ~host_mask.astype(bool)
+    assert pasted.sum() == 100  # all of the lesion, none of it over the host's own
+    ys, xs = np.nonzero(pasted)
+    core = image[ys.min() + 3 : ys.max() - 2, xs.min() + 3 : xs.max() - 2]  # inside the 3-pixel blending ramp
+    assert np.all(core == lesion_grey)  # 60 + fade * (200 - 60)
+    assert np.all(image[~pasted] == 60) and host.max() == 60  # only lesion pixels change; inputs untouched
+
+
+def test_paste_lesion_skips_what_cannot_be_placed():
+    host, host_mask = np.full((64, 64, 3), 60, dtype=np.uint8), np.ones((64, 64), dtype=np.uint8)
+    image, mask = paste_lesion(host, host_mask, *_donor(), np.random.default_rng(0), fade=1.0)
+    assert image is host and mask is host_mask  # no spot clear of the host's lesion
+    big_image, big_mask = np.full((64, 64, 3), 200, dtype=np.uint8), np.ones((64, 64), dtype=np.uint8)
+    image, mask = paste_lesion(host, np.zeros_like(host_mask), big_image, big_mask, np.random.default_rng(0), fade=1.0)
+    assert image is host  # a lesion as large as the scan does not fit
+
+
+def test_lesion_paste_gives_normal_scans_a_lesion_per_epoch_seed(synthetic_dir):
+    records = discover_records(synthetic_dir)
+    normals = [i for i, r in enumerate(records) if r.label == "normal"]
+    plain = BusDataset(records, 64, MEAN, STD, seed=0)
+    pasting = BusDataset(records, 64, MEAN, STD, seed=0, lesion_paste=1.0, cache=plain.cache)
+    assert all(plain[i]["mask"].sum() == 0 for i in normals)
+    first = [pasting[i]["mask"] for i in normals]
+    assert sum(m.sum() > 0 for m in first) >= len(normals) - 1  # a rare draw may find no spot
+    assert all(torch.equal(a, pasting[i]["mask"]) for a, i in zip(first, normals))  # same epoch, same paste
+    pasting.set_epoch_seed(1)
+    assert not all(torch.equal(a, pasting[i]["mask"]) for a, i in zip(first, normals))
 
 
 def test_cache_decodes_each_file_once(synthetic_dir, monkeypatch):

@@ -49,6 +49,8 @@ class TrainConfig:
     plateau_patience: int = 25
     plateau_factor: float = 0.1
     augment: str = "paper"  # paper, strong or none (see busai.data.dataset.build_augmentations)
+    # Segmentation: chance of pasting another training scan's lesion, faded toward the host's grey (busai.data.dataset.paste_lesion).
+    lesion_paste: float = 0.0
 
     # auto: channels_last, plus bf16 autocast where the CPU (or GPU) computes bf16 natively;
     # bf16: autocast whatever the hardware; fp32: plain fp32 eager, neither.
@@ -77,6 +79,10 @@ class TrainConfig:
             self.augment = "paper" if self.augment else "none"
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"augment '{self.augment}': unknown; choose one of {', '.join(AUGMENTATIONS)}")
+        if not 0.0 <= self.lesion_paste <= 1.0:
+            raise ConfigError(f"lesion_paste={self.lesion_paste}: must be a probability between 0 and 1")
+        if self.lesion_paste and task == "classification":
+            raise ConfigError("lesion_paste: segmentation only (a pasted lesion would make a normal scan's class label wrong); drop --lesion-paste")
         if self.device not in DEVICES:
             raise ConfigError(f"device '{self.device}': unknown; choose auto, cpu or cuda")
         if self.loss is None:

@@ -29,7 +29,7 @@ def _loaders(cfg: TrainConfig, image_size: int, mean, std):
     if not train_records or not val_records:
         raise ConfigError(f"{cfg.splits}: the train or val split is empty; re-run `busai data split` with more images")
     cache = ImageCache()
-    train_ds = BusDataset(train_records, image_size, mean, std, augment=cfg.augment, cache=cache, seed=cfg.seed)
+    train_ds = BusDataset(train_records, image_size, mean, std, augment=cfg.augment, cache=cache, seed=cfg.seed, lesion_paste=cfg.lesion_paste)
     val_ds = BusDataset(val_records, image_size, mean, std, cache=cache, seed=cfg.seed)
     class_balanced = cfg.task == "classification" and cfg.weighted_sampler
     if cfg.hard_examples:

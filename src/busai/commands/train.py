@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--no-sampler", dest="weighted_sampler", action="store_false", default=None, help="classification: no class-frequency sampler")
     p.add_argument("--hard-examples", dest="hard_examples", action="store_true", default=None,
                    help="draw training images by how wrong the model last was on each (missed lesions, misclassified scans come round more often)")
+    p.add_argument("--lesion-paste", dest="lesion_paste", type=float, default=None, metavar="P",
+                   help="segmentation: with probability P, paste another training scan's lesion in at a random echogenicity, down to isoechoic")
     p.add_argument("--augment", choices=AUGMENTATIONS, default=None, help="training augmentations: paper (flips, rotations, colour jitter; default), strong (adds scale, shift, gamma, speckle noise, blur) or none")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the fit summary as JSON")
@@ -43,7 +45,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
     if args.task:
         base["task"] = args.task
-    for key in [*_FLAGS, "betas", "weighted_sampler", "hard_examples", "augment"]:
+    for key in [*_FLAGS, "betas", "weighted_sampler", "hard_examples", "lesion_paste", "augment"]:
         value = getattr(args, key)
         if value is not None:
             base[key] = value

@@ -106,10 +106,54 @@ def build_augmentations(name: str, seed: int | None = None) -> A.Compose | None:
     raise ConfigError(f"augment '{name}': unknown; choose one of {', '.join(AUGMENTATIONS)}")
 
 
+def paste_lesion(
+    image: np.ndarray, mask: np.ndarray, donor_image: np.ndarray, donor_mask: np.ndarray, rng: np.random.Generator, fade: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paste the lesion of ``donor`` into ``image`` at a random spot clear of its own lesion.
+
+    ``fade`` in [0, 1] sets the lesion's echogenicity: 1 keeps the donor's grey level, 0 shifts the
+    lesion's mean to that of the host tissue it covers, keeping only its texture and outline: an
+    isoechoic lesion, the kind the segmenter misses. Only lesion pixels are pasted, blended in over
+    a 3-pixel ramp inside the outline, so the paste leaves no step or halo for the network to learn
+    instead. Written here because albumentations' OverlayElements pastes hard-edged at the donor's
+    own grey level. Returns new arrays, or the inputs when the lesion cannot be placed (larger than
+    60% of the image, or no spot clear of the host's lesion in five draws).
+    """
+    ys, xs = np.nonzero(donor_mask)
+    if ys.size == 0:
+        return image, mask
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    h, w = y1 - y0, x1 - x0
+    size_y, size_x = mask.shape
+    if h > 0.6 * size_y or w > 0.6 * size_x:
+        return image, mask
+    for _ in range(5):
+        ty, tx = int(rng.integers(0, size_y - h + 1)), int(rng.integers(0, size_x - w + 1))
+        if not mask[ty : ty + h, tx : tx + w].any():
+            break
+    else:
+        return image, mask
+    lesion = (donor_mask[y0:y1, x0:x1] > 0).astype(np.uint8)
+    # Distance to the outline, padded so a lesion cut by the image border still ramps there.
+    inward = cv2.distanceTransform(cv2.copyMakeBorder(lesion, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    alpha = np.clip(inward / 3.0, 0.0, 1.0)[..., None]
+    patch = donor_image[y0:y1, x0:x1].astype(np.float32)
+    host = image[ty : ty + h, tx : tx + w].astype(np.float32)
+    inside = lesion.astype(bool)
+    patch += (1.0 - fade) * (host[inside].mean(axis=0) - patch[inside].mean(axis=0))
+    out_image, out_mask = image.copy(), mask.copy()
+    out_image[ty : ty + h, tx : tx + w] = np.rint(host * (1.0 - alpha) + alpha * np.clip(patch, 0, 255)).astype(image.dtype)
+    out_mask[ty : ty + h, tx : tx + w] |= lesion.astype(mask.dtype)
+    return out_image, out_mask
+
+
 class BusDataset(Dataset):
     """Records as model input: ``image`` (3,S,S) float32 normalised, ``mask`` (1,S,S) float32 {0,1},
     ``label`` int64 (index into ``busai.CLASSES``) and ``index`` (position in ``records``).
-    ``augment`` names the training augmentations (see :func:`build_augmentations`)."""
+    ``augment`` names the training augmentations (see :func:`build_augmentations`);
+    ``lesion_paste`` is the chance that an item also gets another training image's lesion pasted
+    in, at a random echogenicity (see :func:`paste_lesion`; segmentation only: it changes what the
+    scan shows, not its class label)."""
 
     def __init__(
         self,
@@ -121,6 +165,7 @@ class BusDataset(Dataset):
         cache: ImageCache | None = None,
         *,
         seed: int | None = None,
+        lesion_paste: float = 0.0,
     ) -> None:
         self.records = list(records)
         self.image_size = int(image_size)
@@ -130,6 +175,9 @@ class BusDataset(Dataset):
         self.augment = build_augmentations(augment, self._seed)
         self._worker_seeded: int | None = None
         self.mean, self.std = tuple(mean), tuple(std)
+        self.lesion_paste = float(lesion_paste)
+        self._epoch_seed = 0
+        self._donors = [i for i, r in enumerate(self.records) if r.label != "normal"]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -141,6 +189,12 @@ class BusDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         image, mask = self.cache.get(record, self.image_size)
+        if self.lesion_paste > 0 and self._donors:
+            # Seeded by (seed, epoch, item) alone, so workers and resumed runs paste the same lesions.
+            rng = np.random.default_rng([self._seed, self._epoch_seed, index])
+            if rng.random() < self.lesion_paste:
+                donor = self.records[self._donors[int(rng.integers(len(self._donors)))]]
+                image, mask = paste_lesion(image, mask, *self.cache.get(donor, self.image_size), rng, fade=float(rng.random()))
         if self.augment is not None:
             self._reseed_in_worker()
             out = self.augment(image=image, mask=mask)
@@ -155,6 +209,7 @@ class BusDataset(Dataset):
     def set_epoch_seed(self, seed: int) -> None:
         """Called by the engine before each epoch so augmentation depends on (seed, epoch) only,
         which makes a resumed run draw the same augmentations as an uninterrupted one."""
+        self._epoch_seed = int(seed)
         if self.augment is not None:
             self.augment.set_random_seed((self._seed + seed) % 2**32)
             self._worker_seeded = None
