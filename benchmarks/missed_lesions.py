@@ -1,12 +1,13 @@
 """Which lesions does the segmenter miss outright, and does the classifier see them?
 
-Every model in the README's segmentation table misses 10 to 14 of the 65 validation lesions
+Every model in the README's segmentation table misses 10 to 15 of the 65 validation lesions
 outright (no predicted pixel on the lesion); on validation that costs more mean Dice than all
 imprecise borders together. This lists, per split, each lesion image the segmentation model misses (Dice 0 at
 threshold 0.5) with its class, duplicate group, lesion area (share of the image), the model's
 highest lesion probability anywhere in the scan, and the classification model's verdict on the
-same scan; the summary counts how many of the missed scans the classifier calls "normal", against
-its rate on all lesion scans of the split. Train is included: a lesion missed there was missed
+same scan and the ``review`` note ``busai predict`` would give it; the summary counts how many of
+the missed scans the classifier calls "normal", against its rate on all lesion scans of the split,
+and how many of them that note flags. Train is included: a lesion missed there was missed
 although the model trained on it. A figure per split shows the missed scans with the annotated
 outline. Writes ``results/missed_lesions.json`` and
 ``results/segmentation/figures/missed_lesions_<split>.png``.
@@ -27,12 +28,14 @@ from busai import CLASSES
 from busai.data.discover import read_image, read_mask
 from busai.data.splits import duplicate_groups, load_split_records, read_splits
 from busai.evaluate import predict_records, score_segmentation_image
+from busai.predict import review_note
 from busai.release import resolve_model
 from busai.runs import best_threads, write_json
 
 
 def split_rows(seg, cls, records, groups: list[str]) -> list[dict]:
-    """One row per lesion image: the segmenter's Dice and peak probability, the classifier's verdict."""
+    """One row per lesion image: the segmenter's Dice and peak probability, the classifier's verdict,
+    and predict's review note (a miss with an outline elsewhere on the scan gets none)."""
     verdicts = {record.key: prob.numpy() for record, prob in predict_records(cls, records)}
     rows = []
     for (record, prob), group in zip(predict_records(seg, records), groups):
@@ -40,10 +43,13 @@ def split_rows(seg, cls, records, groups: list[str]) -> list[dict]:
         if not mask.any():
             continue
         p = verdicts[record.key]
+        verdict = CLASSES[int(p.argmax())]
         rows.append({
             "image": record.key, "label": record.label, "group": group, "dice": scored["dice"],
             "lesion_area": round(float(mask.mean()), 4), "max_probability": scored["max_probability"],
-            "classifier": CLASSES[int(p.argmax())], "p_normal": round(float(p[CLASSES.index("normal")]), 4),
+            "classifier": verdict, "p_normal": round(float(p[CLASSES.index("normal")]), 4),
+            # review_note asks only whether anything is outlined, not how many components.
+            "review": review_note(verdict, int(scored["predicted_px"] > 0)),
         })
     return rows
 
@@ -58,6 +64,7 @@ def summarise(rows: list[dict]) -> dict:
         "missed_groups": len({r["group"] for r in missed}),
         "missed_called_normal": sum(r["classifier"] == "normal" for r in missed),
         "all_lesions_called_normal": sum(r["classifier"] == "normal" for r in rows),
+        "missed_flagged": sum(r["review"] is not None for r in missed),
         "median_lesion_area": {"missed": _median(missed), "found": _median(found)},
         "missed_images": missed,
     }

@@ -331,12 +331,12 @@ def test_missed_lesions_summary_and_table(tmp_path):
     assert missed_table(tmp_path) == ""  # no benchmark file: nothing to render
     bench = missed_lesions_benchmark()
 
-    def row(image, label, group, dice, area, verdict):
-        return {"image": image, "label": label, "group": group, "dice": dice, "lesion_area": area, "classifier": verdict}
+    def row(image, label, group, dice, area, verdict, review=None):
+        return {"image": image, "label": label, "group": group, "dice": dice, "lesion_area": area, "classifier": verdict, "review": review}
 
     rows = [
         row("b1", "benign", "group 1", 0.0, 0.2, "normal"), row("b2", "benign", "group 1", 0.0, 0.1, "normal"),
-        row("m1", "malignant", "m1", 0.0, 0.05, "malignant"), row("b3", "benign", "b3", 0.9, 0.04, "benign"),
+        row("m1", "malignant", "m1", 0.0, 0.05, "malignant", review="classified malignant but no lesion outlined"), row("b3", "benign", "b3", 0.9, 0.04, "benign"),
         row("m2", "malignant", "m2", 0.5, 0.02, "normal"),
     ]
     summary = bench.summarise(rows)
@@ -350,6 +350,12 @@ def test_missed_lesions_summary_and_table(tmp_path):
     table = missed_table(tmp_path)
     assert "| val | 5 | 3 (2 / 1) | 2 | 0.100 / 0.030 | 2 of 3 | 3 of 5 | 1 of 3 |" in table
     assert "| train |" not in table and table.endswith("Command: `python benchmarks/missed_lesions.py`")
+    # A miss outlined elsewhere on a scan the classifier puts in a lesion class gets no review note: not counted.
+    outlined_elsewhere = bench.summarise([*rows[:2], {**rows[2], "review": None}, *rows[3:]])
+    (tmp_path / "missed_lesions.json").write_text(json.dumps({
+        "command": "python benchmarks/missed_lesions.py", "segmentation_model": "release", "classification_model": "release", "val": outlined_elsewhere,
+    }))
+    assert "| 2 of 3 | 3 of 5 | 0 of 3 |" in missed_table(tmp_path)
 
 
 def test_missed_lesions_benchmark_runs_both_models(seg_run, cls_run, synthetic_dir, tmp_path):
@@ -363,4 +369,8 @@ def test_missed_lesions_benchmark_runs_both_models(seg_run, cls_run, synthetic_d
     lesions = [k for k in splits["val"] if not k.startswith("normal/")]
     assert result["val"]["lesion_images"] == len(lesions) and set(result) >= {"command", "val"} and "train" not in result
     assert all(r["dice"] == 0.0 and r["classifier"] in ("normal", "benign", "malignant") for r in result["val"]["missed_images"])
+    # predict's review note: none where the two models agree (normal and nothing outlined, or a lesion class and an outline).
+    missed = result["val"]["missed_images"]
+    assert all((r["review"] is None) == ((r["classifier"] == "normal") != (r["max_probability"] > 0.5)) for r in missed)
+    assert result["val"]["missed_flagged"] == sum(r["review"] is not None for r in missed)
     assert Path(result["val"]["figure"]).is_file()

@@ -231,7 +231,7 @@ def missed_table(results_dir: str | Path) -> str:
         area = row["median_lesion_area"]
         lines.append(f"| {split} | {row['lesion_images']} | {row['missed']} ({row['missed_by_class']['benign']} / {row['missed_by_class']['malignant']}) | "
                      f"{row['missed_groups']} | {_fmt(area['missed'], 3)} / {_fmt(area['found'], 3)} | {row['missed_called_normal']} of {row['missed']} | "
-                     f"{row['all_lesions_called_normal']} of {row['lesion_images']} | {row['missed'] - row['missed_called_normal']} of {row['missed']} |")
+                     f"{row['all_lesions_called_normal']} of {row['lesion_images']} | {row['missed_flagged']} of {row['missed']} |")
     return "\n".join(lines + ["", f"Models: segmentation `{r['segmentation_model']}`, classification `{r['classification_model']}`. Command: `{r['command']}`"])
 
 
