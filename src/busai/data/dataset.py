@@ -207,8 +207,8 @@ class BusDataset(Dataset):
         }
 
     def set_epoch_seed(self, seed: int) -> None:
-        """Called by the engine before each epoch so augmentation depends on (seed, epoch) only,
-        which makes a resumed run draw the same augmentations as an uninterrupted one."""
+        """Called by the engine before each epoch so augmentation and lesion pastes depend on (seed,
+        epoch) only, which makes a resumed run draw the same ones as an uninterrupted run."""
         self._epoch_seed = int(seed)
         if self.augment is not None:
             self.augment.set_random_seed((self._seed + seed) % 2**32)
