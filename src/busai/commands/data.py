@@ -167,6 +167,14 @@ def run_split(args: argparse.Namespace) -> int:
         usable, groups, val=args.val, test=args.test, seed=args.seed, folds=args.folds, duplicates=args.duplicates,
         formats={spec.name: report.format for spec, report in zip(specs, reports)},
     )
+    # Fingerprints describe each dataset folder as it is, excluded images included.
+    from busai.data.splits import dataset_fingerprint
+
+    if splits.get("datasets"):
+        for name, entry in splits["datasets"].items():
+            entry["fingerprint"] = dataset_fingerprint([r for r in records if r.dataset == name])
+    else:
+        splits["fingerprint"] = dataset_fingerprint(records)
     if unusable:
         label_of = {r.key: r.label for r in records}
         splits["excluded"] = splits["excluded"] + [k for k in (r.key for r in records) if k in unusable]

@@ -434,7 +434,7 @@ def load_split_records(data, splits: dict | str | Path, split: str, fold: int | 
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DataError(
             f"{missing[0]}: listed in the '{split}' split but not found in {specs[0].path if len(specs) == 1 else 'the given datasets'}{more}; "
-            "check the data folder or re-make the split file with `busai data split ... --force`"
+            "check the data folder or re-run `busai data split ... --out FILE --force`"
         )
     return [by_key[k] for k in keys]
 
