@@ -98,7 +98,7 @@ def test_cli_evaluate_json_and_report(cli, cls_run, synthetic_dir, tmp_path):
 
 def test_evaluate_missing_run_folder(cli, synthetic_dir, tmp_path):
     cli.fails("evaluate", tmp_path / "nope", "--data", synthetic_dir, "--splits", tmp_path / "s.json",
-              expect="run folder not found; pass a folder written by `busai train`")
+              expect="nope: not found; pass a run folder, 'release', a release folder or an exported .onnx file")
 
 
 def test_mismatched_checkpoint_is_named(cls_run, seg_run, tmp_path):
@@ -246,9 +246,18 @@ def test_weights_trained_on_another_split_are_refused(cli, seg_run, synthetic_di
     code, _, err = cli("train", "cls", "--model", "efficientnet_lite0", "--weights", str(weights), "--image-size", "64",
                        "--epochs", "1", "--data", str(synthetic_dir), "--splits", str(other), "--out", str(tmp_path / "run"))
     assert code != 0
-    assert err.strip().splitlines()[-1].startswith(f"error: {weights}: was trained on another split than {other} (splits_sha256 ")
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"error: {seg_run}: ") and " val images of " in line and "were in this model's training data" in line, line
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_weights_from_the_same_split_are_allowed(cli, seg_run, synthetic_dir, tiny_runs, tmp_path):
+    code, _, err = cli("train", "seg", "--model", "unet", "--encoder", "efficientnet-lite0", "--weights", str(seg_run), "--image-size", "64",
+                       "--epochs", "1", "--data", str(synthetic_dir), "--splits", str(tiny_runs / "splits.json"), "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 0, err
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train"]["weights"] == str(seg_run) and config["weight_source"].startswith(f"file: {seg_run / 'checkpoint_best.safetensors'}")
 
 
 def test_runs_of_one_model_are_told_apart_by_run_name():

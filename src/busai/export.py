@@ -86,6 +86,7 @@ def load_onnx(path: str | Path) -> LoadedModel:
     return LoadedModel(
         module=module, task=meta["spec"]["task"], spec=meta["spec"], image_size=int(pre["image_size"]),
         mean=tuple(pre["mean"]), std=tuple(pre["std"]), config=meta.get("config", {}), source=str(path), grayscale=pre.get("color") == "gray",
+        temperature=float(meta.get("temperature", 1.0)),
     )
 
 
@@ -113,6 +114,7 @@ def _write_metadata(path: Path, loaded: LoadedModel, dynamic_size: bool) -> None
         "preprocessing": {"image_size": loaded.image_size, "mean": list(loaded.mean), "std": list(loaded.std),
                           "color": "gray" if loaded.grayscale else "rgb"},
         "dynamic_size": dynamic_size,
+        "temperature": loaded.temperature,
         "source": loaded.source,
         "config": {k: loaded.config.get(k) for k in ("train", "model_spec", "preprocessing", "weight_source")},
     }

@@ -31,29 +31,32 @@ def fast_context(model: torch.nn.Module, precision: str = "auto"):
     return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "auto", *, tta: bool = False) -> torch.Tensor:
+def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "auto", *, tta: bool = False, calibrated: bool = True) -> torch.Tensor:
     """Normalised (N, 3, S, S) batch -> probabilities: (N, S, S) lesion map or (N, classes).
 
     ``tta`` averages each prediction with that of the horizontally flipped image (flipped back),
     a mirror image being an equally plausible scan; both run as one batch.
     A model exported to ONNX (see :mod:`busai.export`) runs in ONNX Runtime in fp32, whatever ``precision`` says.
+    A classifier's logits are divided by its stored temperature (busai.calibration) unless
+    ``calibrated=False``.
     """
+    temperature = loaded.temperature if calibrated and loaded.task == "classification" else 1.0
     if tta:
         n = len(batch)
-        probs = _probabilities(loaded, torch.cat([batch, batch.flip(-1)]), precision)
+        probs = _probabilities(loaded, torch.cat([batch, batch.flip(-1)]), precision, temperature)
         mirrored = probs[n:].flip(-1) if loaded.task == "segmentation" else probs[n:]
         return (probs[:n] + mirrored) / 2
-    return _probabilities(loaded, batch, precision)
+    return _probabilities(loaded, batch, precision, temperature)
 
 
-def _probabilities(loaded: LoadedModel, batch: torch.Tensor, precision: str) -> torch.Tensor:
+def _probabilities(loaded: LoadedModel, batch: torch.Tensor, precision: str, temperature: float = 1.0) -> torch.Tensor:
     from busai.export import OnnxModule
 
     model = loaded.module
     if isinstance(model, OnnxModule):
         with torch.inference_mode():
             logits = model(batch)
-        return probabilities(loaded.task, logits.float()).cpu()
+        return probabilities(loaded.task, logits.float() / temperature).cpu()
     device = next(model.parameters()).device
     x = batch.to(device)
     if precision != "fp32":
@@ -63,7 +66,7 @@ def _probabilities(loaded: LoadedModel, batch: torch.Tensor, precision: str) -> 
     context = fast_context(model, precision)
     with torch.inference_mode(), context:
         logits = model(x)
-    return probabilities(loaded.task, logits.float()).cpu()
+    return probabilities(loaded.task, logits.float() / temperature).cpu()
 
 
 def predict_image(loaded: LoadedModel, image_rgb: np.ndarray, *, tta: bool = False, precision: str = "auto") -> torch.Tensor:

@@ -251,12 +251,12 @@ def update_readme(readme: str | Path, marker: str, content: str) -> None:
     readme.write_text(pattern.sub(lambda m: m.group(1) + content + "\n" + m.group(2), text))
 
 
-def print_metrics(result: dict) -> None:
+def print_metrics(result: dict, key: str | None = None) -> None:
     """A short human summary of one evaluate result."""
     from rich.console import Console
     from rich.table import Table
 
-    split = result["split"] + (" + flip TTA" if result.get("tta") else "")
+    split = (key or result["split"]) + (" + flip TTA" if result.get("tta") and not (key or "").endswith("_tta") else "")
     table = Table(title=f"{result['task']} · {split} · {result['images']} images · weights: {_short_source(result.get('weight_source'))}",
                   caption=f"CI: {result.get('ci')}")
     table.add_column("metric")
@@ -265,12 +265,15 @@ def print_metrics(result: dict) -> None:
         for name in SEG_METRICS:
             for kind in ("mean", "pooled"):
                 table.add_row(f"{name} ({kind})", _metric_ci(result[name][kind]))
+        if result.get("lesion_dice"):
+            table.add_row("dice over lesion images", _metric_ci(result["lesion_dice"]))
         d = result["detection"]
         table.add_row("lesion images missed", f"{d['missed_lesions']} of {d['lesion_images']}")
         table.add_row("lesion-free images flagged", f"{d['false_alarms']} of {d['lesion_free_images']}")
     else:
-        for name in ("accuracy", "macro_f1", "macro_auc"):
-            table.add_row(name, _metric_ci(result.get(name)))
+        for name in ("accuracy", "macro_f1", "macro_auc", "malignant_vs_benign_auc"):
+            if result.get(name) is not None:
+                table.add_row(name, _metric_ci(result.get(name)))
         for c in CLASSES:
             pc = result["per_class"][c]
             table.add_row(f"{c} P/R/F1", f"{_fmt(pc['precision'])} / {_fmt(pc['recall'])} / {_fmt(pc['f1'])}")

@@ -83,6 +83,7 @@ class LoadedModel:
     config: dict
     source: str
     grayscale: bool = False  # preprocessing "color": "gray" (see TrainConfig.color)
+    temperature: float = 1.0  # classification logits are divided by it (busai.calibration); 1 = uncalibrated
 
 
 def load_weights_into(module: nn.Module, path: Path) -> None:
@@ -102,6 +103,7 @@ def load_weights_into(module: nn.Module, path: Path) -> None:
 
 def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT) -> LoadedModel:
     """Rebuild the architecture from a run folder's config and load its best weights (eval mode)."""
+    from busai.calibration import read_temperature
     from busai.models.registry import build
 
     source = Path(source)
@@ -119,6 +121,7 @@ def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT) -> Load
     return LoadedModel(
         module=built.module, task=spec["task"], spec=spec, image_size=int(pre["image_size"]),
         mean=tuple(pre["mean"]), std=tuple(pre["std"]), config=config, source=str(source), grayscale=pre.get("color") == "gray",
+        temperature=read_temperature(source) if spec["task"] == "classification" else 1.0,
     )
 
 

@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     synth.add_argument("--n", type=int, default=30, help="number of images, split ~45/30/25 benign/malignant/normal (default 30)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes identical files (default 0)")
     synth.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(128, 160), help="image height and width (default 128 160)")
+    synth.add_argument("--layout", default="busi", choices=["busi", "class-folders", "bus-uclm", "images-masks", "manifest"],
+                       help="folder layout to write (default busi); every layout `busai data audit` reads, to see or test one")
     synth.set_defaults(handler=run_synth)
 
     from busai.data.audit import DEFAULT_NEAR_THRESHOLD
@@ -76,9 +78,16 @@ def _near_threshold_option(parser: argparse.ArgumentParser, default: int) -> Non
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from busai.data.synthetic import class_counts, write_synthetic_dataset
+    import tempfile
 
-    out = write_synthetic_dataset(args.out_dir, n=args.n, seed=args.seed, size=tuple(args.size))
+    from busai.data.synthetic import class_counts, write_layout, write_synthetic_dataset
+
+    if args.layout == "busi":
+        out = write_synthetic_dataset(args.out_dir, n=args.n, seed=args.seed, size=tuple(args.size))
+    else:
+        with tempfile.TemporaryDirectory(prefix="busai-synth-") as tmp:
+            busi = write_synthetic_dataset(Path(tmp) / "busi", n=args.n, seed=args.seed, size=tuple(args.size))
+            out = write_layout(busi, args.out_dir, args.layout)
     counts = ", ".join(f"{n} {c}" for c, n in class_counts(args.n).items())
     Console().print(f"wrote {args.n} synthetic images ({counts}) to {out}")
     return 0
