@@ -77,7 +77,7 @@ def decode_upload(upload: Upload) -> np.ndarray:
 
 
 def too_large(max_bytes: int) -> str:
-    return f"upload is over the {max_bytes / 2**20:g} MB limit; upload a smaller image"
+    return f"upload is over the {round(max_bytes / 2**20, 3):g} MB limit; upload a smaller image"
 
 
 def over_pixels(max_pixels: int) -> str:
