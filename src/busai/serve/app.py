@@ -14,7 +14,7 @@ import base64
 import io
 import math
 import tempfile
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from busai.errors import ConfigError
 from busai.predict import COLUMNS, Models, ModelSource, draw_overlay, label_caption, load_models, predict_array
 from busai.serve.guard import SecurityHeaders, UploadGate, content_security_policy, host_patterns
 from busai.serve.limits import MAX_MEGAPIXELS, MAX_QUEUE, MAX_UPLOAD_MB, MULTIPART_OVERHEAD, PIXEL_SPACING_MM
-from busai.serve.upload import decode_upload, receive_upload, too_large
+from busai.serve.upload import Upload, decode_upload, receive_upload, too_large
 
 NOTICE = "Research software, not a medical device: not for diagnosis or treatment decisions."
 STATIC = Path(__file__).with_name("static")
@@ -74,12 +74,16 @@ def create_app(
     except BaseException:
         workdir.cleanup()
         raise
-    lock = threading.Lock()  # one decode + prediction at a time: Grad-CAM hooks and CPU threads are shared
+    # Every decode and prediction runs on this one thread: one at a time (Grad-CAM hooks and CPU threads
+    # are shared), and all their large allocations come from one malloc arena, which is reused, rather
+    # than one arena per request thread, each keeping its own decoded image's worth of memory.
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="busai-predict")
     page = (STATIC / "index.html").read_text()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        worker.shutdown(wait=True, cancel_futures=True)
         # On shutdown, SIGTERM included: uvicorn re-raises the signal after shutting down, which
         # ends the process before atexit would remove the folder (it holds the ONNX files of --backend onnx).
         workdir.cleanup()
@@ -131,24 +135,26 @@ def create_app(
         upload = receive_upload(file, max_bytes=max_bytes, max_pixels=max_pixels)
         if gradcam and not _gradcam_available(models):
             raise HTTPException(400, "gradcam=1: needs a PyTorch classifier; start the server with --cls RUN_DIR and --backend torch")
-        with lock:
-            image = decode_upload(upload)
-            try:
-                row, mask = predict_array(models, image, tta=tta, pixel_spacing=pixel_spacing)
-            except ConfigError as exc:  # an option the query checks missed (pixel_spacing): the caller's to fix
-                raise HTTPException(422, str(exc)) from None
-            ends = row.pop("diameter_endpoints", None)
-            shown = mask if mask is not None else np.zeros(image.shape[:2], dtype=np.uint8)
-            # The keys of a predictions.json row; mask and overlay are PNG data URLs instead of file names.
-            result = {key: None for key in COLUMNS if key != "error"} | {"image": upload.name} | row
-            result["notice"] = NOTICE
-            result["mask"] = png_data_url(mask * 255) if mask is not None else None
-            result["overlay"] = png_data_url(draw_overlay(image, shown, ends, label_caption(row)))
-            result["gradcam"] = None
-            if gradcam:
-                from busai.gradcam import gradcam_heatmap
+        return worker.submit(analyse, upload, gradcam=gradcam, tta=tta, pixel_spacing=pixel_spacing).result()
 
-                result["gradcam"] = png_data_url(gradcam_heatmap(models.cls, image))
+    def analyse(upload: Upload, *, gradcam: bool, tta: bool, pixel_spacing: float | None) -> dict:
+        image = decode_upload(upload)
+        try:
+            row, mask = predict_array(models, image, tta=tta, pixel_spacing=pixel_spacing)
+        except ConfigError as exc:  # an option the query checks missed (pixel_spacing): the caller's to fix
+            raise HTTPException(422, str(exc)) from None
+        ends = row.pop("diameter_endpoints", None)
+        shown = mask if mask is not None else np.zeros(image.shape[:2], dtype=np.uint8)
+        # The keys of a predictions.json row; mask and overlay are PNG data URLs instead of file names.
+        result = {key: None for key in COLUMNS if key != "error"} | {"image": upload.name} | row
+        result["notice"] = NOTICE
+        result["mask"] = png_data_url(mask * 255) if mask is not None else None
+        result["overlay"] = png_data_url(draw_overlay(image, shown, ends, label_caption(row)))
+        result["gradcam"] = None
+        if gradcam:
+            from busai.gradcam import gradcam_heatmap
+
+            result["gradcam"] = png_data_url(gradcam_heatmap(models.cls, image))
         return result
 
     return app
