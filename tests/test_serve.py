@@ -313,8 +313,9 @@ def test_serve_refuses_bad_limits_before_loading_models(cli, monkeypatch, option
     cli.fails("serve", option, value, expect=expect)
 
 
-def test_sigterm_removes_the_temporary_folder(seg_run, tmp_path):
-    """--backend onnx keeps its exported models in busai-serve-*; SIGTERM must not leave it behind."""
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_stopping_removes_the_temporary_folder(seg_run, tmp_path, stop):
+    """--backend onnx keeps its exported models in busai-serve-*; SIGTERM or Ctrl-C must not leave it behind."""
     import signal
     import subprocess
     import sys
@@ -330,12 +331,14 @@ def test_sigterm_removes_the_temporary_folder(seg_run, tmp_path):
         assert any(folder.rglob("*.onnx"))
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=10) as answer:
             assert answer.status == 200
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        server.send_signal(getattr(signal, stop))
+        _, err = server.communicate(timeout=30)
     finally:
         if server.poll() is None:
             server.kill()
-    assert not folder.exists(), "SIGTERM left the server's temporary folder behind"
+    assert not folder.exists(), f"{stop} left the server's temporary folder behind"
+    if stop == "SIGINT":  # Ctrl-C is the usual way to stop a server: no traceback, no advice to --resume
+        assert server.returncode == 0 and err.rstrip().endswith("busai: server stopped") and "Traceback" not in err
     assert not list(tmp_path.glob("busai-*"))
 
 
