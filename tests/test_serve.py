@@ -365,3 +365,18 @@ def wait_until_up(url: str, server, timeout: float = 120) -> None:
         except OSError:
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.2)
+
+
+def test_serve_command_passes_hosts_limits_and_flags(cli, monkeypatch):
+    import uvicorn
+
+    seen = {}
+    monkeypatch.setattr("busai.serve.create_app", lambda *args, **kwargs: seen.update(args=args, kwargs=kwargs) or "app")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(app=app, run=kwargs))
+    code, _, err = cli("serve", "--host", "::1", "--port", "8123", "--seg", "none", "--allow-host", "scanner.lan",
+                       "--max-queue", "3", "--max-megapixels", "12.5", "--openapi")
+    assert code == 0, err
+    assert seen["kwargs"] == {"backend": "torch", "max_upload_mb": 10.0, "max_megapixels": 12.5, "max_queue": 3,
+                              "allow_hosts": ["::1", "scanner.lan"], "openapi": True}
+    assert seen["app"] == "app" and seen["run"] == {"host": "::1", "port": 8123, "log_level": "warning"}
+    assert "http://[::1]:8123/" in err
