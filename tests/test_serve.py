@@ -380,3 +380,14 @@ def test_serve_command_passes_hosts_limits_and_flags(cli, monkeypatch):
                               "allow_hosts": ["::1", "scanner.lan"], "openapi": True}
     assert seen["app"] == "app" and seen["run"] == {"host": "::1", "port": 8123, "log_level": "warning"}
     assert "http://[::1]:8123/" in err
+
+
+def test_a_measurement_option_refused_by_the_library_is_a_422(client, monkeypatch):
+    from busai.errors import ConfigError
+
+    def refuse(*args, **kwargs):
+        raise ConfigError("--pixel-spacing 0.5: give one positive number (mm per pixel) or two (row, column)")
+
+    monkeypatch.setattr("busai.serve.app.predict_array", refuse)
+    response = client.post("/api/predict?pixel_spacing=0.5", files={"file": ("scan.png", png_bytes(), "image/png")})
+    assert response.status_code == 422 and response.json()["detail"].startswith("--pixel-spacing 0.5: give one positive number")
