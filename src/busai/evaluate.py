@@ -26,7 +26,7 @@ def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_si
     """Yield (record, probability) for every record, in order, through the training dataset's preprocessing."""
     from busai.data.dataset import BusDataset, ImageCache
 
-    dataset = BusDataset(records, loaded.image_size, loaded.mean, loaded.std, cache=ImageCache())
+    dataset = BusDataset(records, loaded.image_size, loaded.mean, loaded.std, cache=ImageCache(), grayscale=loaded.grayscale)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     i = 0
     for batch in loader:

@@ -85,7 +85,7 @@ def load_onnx(path: str | Path) -> LoadedModel:
     pre = meta["preprocessing"]
     return LoadedModel(
         module=module, task=meta["spec"]["task"], spec=meta["spec"], image_size=int(pre["image_size"]),
-        mean=tuple(pre["mean"]), std=tuple(pre["std"]), config=meta.get("config", {}), source=str(path),
+        mean=tuple(pre["mean"]), std=tuple(pre["std"]), config=meta.get("config", {}), source=str(path), grayscale=pre.get("color") == "gray",
     )
 
 
@@ -110,7 +110,8 @@ def _write_metadata(path: Path, loaded: LoadedModel, dynamic_size: bool) -> None
     model = onnx.load(str(path))
     meta = {
         "spec": loaded.spec,
-        "preprocessing": {"image_size": loaded.image_size, "mean": list(loaded.mean), "std": list(loaded.std)},
+        "preprocessing": {"image_size": loaded.image_size, "mean": list(loaded.mean), "std": list(loaded.std),
+                          "color": "gray" if loaded.grayscale else "rgb"},
         "dynamic_size": dynamic_size,
         "source": loaded.source,
         "config": {k: loaded.config.get(k) for k in ("train", "model_spec", "preprocessing", "weight_source")},

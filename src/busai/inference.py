@@ -12,11 +12,12 @@ from busai.engine import autocast_dtype
 from busai.runs import LoadedModel
 from busai.tasks import probabilities
 
-def preprocess(image_rgb: np.ndarray, size: int, mean, std) -> torch.Tensor:
+def preprocess(image_rgb: np.ndarray, size: int, mean, std, grayscale: bool = False) -> torch.Tensor:
     """uint8 (H, W, 3) -> normalised float (3, size, size) through the training dataset's own functions."""
-    from busai.data.dataset import normalise, resize_image
+    from busai.data.dataset import normalise, resize_image, to_gray_rgb
 
-    return normalise(resize_image(np.ascontiguousarray(image_rgb), int(size)), mean, std)
+    image = resize_image(np.ascontiguousarray(image_rgb), int(size))
+    return normalise(to_gray_rgb(image) if grayscale else image, mean, std)
 
 
 def fast_context(model: torch.nn.Module, precision: str = "auto"):
@@ -67,7 +68,7 @@ def _probabilities(loaded: LoadedModel, batch: torch.Tensor, precision: str) -> 
 
 def predict_image(loaded: LoadedModel, image_rgb: np.ndarray, *, tta: bool = False, precision: str = "auto") -> torch.Tensor:
     """One uint8 (H, W, 3) image -> (S, S) lesion probability or (classes,) class probabilities (``tta``: see predict_tensor)."""
-    x = preprocess(image_rgb, loaded.image_size, loaded.mean, loaded.std)[None]
+    x = preprocess(image_rgb, loaded.image_size, loaded.mean, loaded.std, loaded.grayscale)[None]
     return predict_tensor(loaded, x, precision, tta=tta)[0]
 
 

@@ -82,6 +82,7 @@ class LoadedModel:
     std: tuple[float, float, float]
     config: dict
     source: str
+    grayscale: bool = False  # preprocessing "color": "gray" (see TrainConfig.color)
 
 
 def load_weights_into(module: nn.Module, path: Path) -> None:
@@ -117,7 +118,7 @@ def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT) -> Load
     built.module.eval()
     return LoadedModel(
         module=built.module, task=spec["task"], spec=spec, image_size=int(pre["image_size"]),
-        mean=tuple(pre["mean"]), std=tuple(pre["std"]), config=config, source=str(source),
+        mean=tuple(pre["mean"]), std=tuple(pre["std"]), config=config, source=str(source), grayscale=pre.get("color") == "gray",
     )
 
 

@@ -12,7 +12,7 @@ _FLAGS = {
     "model": str, "encoder": str, "weights": str, "image_size": int, "optimizer": str, "lr": float,
     "weight_decay": float, "batch_size": int, "epochs": int, "patience": int, "loss": str,
     "focal_gamma": float, "scheduler": str, "plateau_patience": int, "precision": str, "device": str,
-    "seed": int, "max_minutes": float, "data": str, "splits": str, "fold": int, "num_workers": int,
+    "seed": int, "max_minutes": float, "splits": str, "fold": int, "num_workers": int,
 }
 
 
@@ -36,6 +36,12 @@ def register(sub) -> None:
     p.add_argument("--lesion-paste", dest="lesion_paste", type=float, default=None, metavar="P",
                    help="segmentation: with probability P, paste another training scan's lesion in at a random echogenicity, down to isoechoic")
     p.add_argument("--augment", choices=AUGMENTATIONS, default=None, help="training augmentations: paper (flips, rotations, colour jitter; default), strong (adds scale, shift, gamma, speckle noise, blur) or none")
+    p.add_argument("--data", action="append", default=None, metavar="[NAME=]PATH",
+                   help="dataset folder or CSV manifest; repeat as NAME=PATH to train on several datasets of one split file")
+    p.add_argument("--dataset-weight", dest="dataset_weights", action="append", default=None, metavar="NAME=W",
+                   help="relative share of training draws for a dataset (default: images drawn uniformly across datasets)")
+    p.add_argument("--color", choices=["rgb", "gray"], default=None,
+                   help="gray: the model sees every scan as grey (a tinted grey map or overlays do not shift it); default rgb")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the fit summary as JSON")
     p.set_defaults(handler=run)
@@ -45,10 +51,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
     if args.task:
         base["task"] = args.task
-    for key in [*_FLAGS, "betas", "weighted_sampler", "hard_examples", "lesion_paste", "augment"]:
+    for key in [*_FLAGS, "betas", "weighted_sampler", "hard_examples", "lesion_paste", "augment", "color"]:
         value = getattr(args, key)
         if value is not None:
             base[key] = value
+    if args.data is not None:
+        base["data"] = args.data[0] if len(args.data) == 1 else list(args.data)
+    if args.dataset_weights is not None:
+        base["dataset_weights"] = _parse_weights(args.dataset_weights)
     alpha = args.focal_alpha
     if alpha is not None:
         base["focal_alpha"] = alpha[0] if len(alpha) == 1 else alpha
@@ -59,6 +69,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if base["task"] in ("cls", "classification") and "model" not in base:
         base["model"] = "resnet18"
     return TrainConfig.from_dict(base, source=args.config or "command line")
+
+
+def _parse_weights(values: list[str]) -> dict[str, float]:
+    from busai.errors import ConfigError
+
+    weights = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        try:
+            weights[name] = float(number)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise ConfigError(f"--dataset-weight {value}: write NAME=WEIGHT, e.g. --dataset-weight uclm=2")
+    return weights
 
 
 def run(args: argparse.Namespace) -> int:
