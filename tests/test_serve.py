@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from busai.errors import CheckpointError
+from busai.errors import CheckpointError, ConfigError
 from busai.predict import review_note
 from busai.serve import NOTICE, create_app
 
@@ -266,6 +266,7 @@ def _held(app) -> int:
         ("scanner.lan:8000", ("scanner.lan",), 200),
         ("::1", (), 400),  # malformed
         ("anything.example", ("*",), 200),
+        ("a.scanners.lan", ("*.scanners.lan",), 200),
     ],
 )
 def test_host_header_check(seg_run, host, allow, status):
@@ -391,3 +392,9 @@ def test_a_measurement_option_refused_by_the_library_is_a_422(client, monkeypatc
     monkeypatch.setattr("busai.serve.app.predict_array", refuse)
     response = client.post("/api/predict?pixel_spacing=0.5", files={"file": ("scan.png", png_bytes(), "image/png")})
     assert response.status_code == 422 and response.json()["detail"].startswith("--pixel-spacing 0.5: give one positive number")
+
+
+@pytest.mark.parametrize("pattern", ["scan*.lan", "*scanner.lan", "**"])
+def test_bad_host_patterns_fail_before_serving(seg_run, pattern):
+    with pytest.raises(ConfigError, match=r"a wildcard is allowed only as '\*' or '\*.example.com'"):
+        create_app(seg_run, "none", allow_hosts=[pattern])

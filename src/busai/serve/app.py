@@ -65,6 +65,7 @@ def create_app(
     from busai.runs import best_threads
 
     _check_limits(max_upload_mb, max_megapixels, max_queue)
+    hosts = host_patterns(allow_hosts)
     best_threads()
     max_bytes = int(min(max_upload_mb * 2**20, 2**62))
     max_pixels = int(min(max_megapixels * 1e6, 2**62))
@@ -94,7 +95,7 @@ def create_app(
     # Added last = outermost: the headers go on every answer, the Host check precedes any work.
     app.add_middleware(UploadGate, path="/api/predict", max_body=max_bytes + MULTIPART_OVERHEAD,
                        max_held=max_queue, too_large=too_large(max_bytes))
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=host_patterns(allow_hosts), www_redirect=False)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
     app.add_middleware(SecurityHeaders, csp=content_security_policy(page))
 
     @app.exception_handler(RequestValidationError)

@@ -21,13 +21,14 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from busai.errors import ConfigError
 from busai.serve.limits import RETRY_AFTER_S
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 def content_security_policy(page: str) -> str:
-    """A CSP that lets ``page`` run its own inline scripts (by hash) and nothing else.
+    """A CSP that lets ``page`` run its own inline ``<script>`` blocks (by hash) and nothing else.
 
     Styles stay ``'unsafe-inline'``: the page sets a few style attributes, and no user text is
     ever inserted as HTML (the page writes results with ``textContent``).
@@ -49,6 +50,8 @@ def host_patterns(hosts) -> list[str]:
     patterns = list(LOOPBACK_HOSTS)
     for host in hosts:
         host = host.strip().lower()
+        if "*" in host.lstrip("*") or (host.startswith("*") and host != "*" and not host.startswith("*.")):
+            raise ConfigError(f"--allow-host {host}: a wildcard is allowed only as '*' or '*.example.com'")
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         if host and host not in patterns:
