@@ -370,6 +370,9 @@ def fit(
             }
             history.append(row)
             _write_history(run_dir / HISTORY, history)
+            from busai.figures import training_curve  # progress.png: the curves so far, redrawn every epoch
+
+            training_curve(history, run_dir / "progress.png", title=run_dir.name)
             seconds = elapsed_before + time.monotonic() - started
             checkpoint = {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
