@@ -145,12 +145,13 @@ def replace_between_markers(doc: str | Path, marker: str, content: str) -> None:
     os.replace(tmp, doc)
 
 
-def render(results: Path) -> dict[str, str]:
-    """Every table, by marker name; a table whose results are absent is left out."""
+def render(results: Path, *, chart: bool = True) -> dict[str, str]:
+    """Every table, by marker name; a table whose results are absent is left out. ``chart`` also
+    redraws the classifier comparison chart into the results folder."""
     from busai.figures import model_comparison
 
     classification = load_results(results / "classification")
-    if classification:  # the paper's Figure 11: every classifier on train / val / test
+    if classification and chart:  # the paper's Figure 11: every classifier on train / val / test
         print(model_comparison(comparison_rows(classification), results / "classification" / "figures" / "model_comparison.png"), file=sys.stderr)
     rendered = {
         "seg-table": segmentation_table(load_results(results / "segmentation")),
