@@ -6,8 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/Dataset_BUSI_with_GT}
-mkdir -p results/report
-busai data audit "$DATA" --json > results/report/busi_audit.json.tmp
-mv results/report/busi_audit.json.tmp results/report/busi_audit.json
-busai report results --splits splits/busi.json --audit results/report/busi_audit.json --sample-splits test \
+busai data audit "$DATA" --json > results/busi_audit.json.tmp
+mv results/busi_audit.json.tmp results/busi_audit.json
+busai report results --splits splits/busi.json --audit results/busi_audit.json --sample-splits test \
   --title "busai on BUSI: study report" --out results/report

@@ -111,3 +111,16 @@ def test_bad_inputs_are_one_line_errors(cli, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     cli.fails("report", bad, "--out", tmp_path / "r", expect="bad.json: holds no run folder")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    cli.fails("report", tmp_path / "empty", "--out", tmp_path / "other", expect="exists and is not a busai report folder")
+
+
+def test_report_rewrites_its_own_folder_only(cli, evaluated, tmp_path):
+    root, _ = evaluated
+    assert cli("report", root, "--out", tmp_path / "r")[0] == 0
+    assert cli("report", root, "--out", tmp_path / "r")[0] == 0  # a previous report is replaced
+    (tmp_path / "runs_copy").mkdir()
+    (tmp_path / "runs_copy" / "config.json").write_text("{}")
+    cli.fails("report", root, "--out", tmp_path / "runs_copy", expect="--out " + str(tmp_path / "runs_copy") + ": exists and is not a busai report folder")
+    assert (tmp_path / "runs_copy" / "config.json").read_text() == "{}"

@@ -419,13 +419,16 @@ def write_report(
     title: str = "busai report", command: str | None = None, sample_splits: tuple[str, ...] = ("test",),
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``figures/`` into ``out``; returns their paths."""
+    out = Path(out)
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / "report.md").exists()):
+        # Rewriting a previous report is fine; filling a folder of other files (a run, a checkout) is not.
+        raise ConfigError(f"--out {out}: exists and is not a busai report folder; choose a new or empty folder")
     inputs = gather(paths)
     if not inputs.entries and not inputs.studies:
         raise DataError("nothing to report: the inputs hold no run or tuning study")
     unknown = [s for s in sample_splits if s not in SPLIT_NAMES]
     if unknown:
         raise ConfigError(f"--sample-splits {' '.join(unknown)}: unknown; choose from {', '.join(SPLIT_NAMES)}")
-    out = Path(out)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     entries = sorted(inputs.entries, key=lambda e: (e.result["task"] != "segmentation", e.result["name"]))

@@ -1,4 +1,4 @@
-"""`busai report`: the study's report from runs, results and tuning studies; `busai collect`: result files from run folders."""
+"""`busai report`: the study's report from run folders, results folders and tuning studies."""
 
 from __future__ import annotations
 
@@ -22,11 +22,6 @@ def register(sub) -> None:
                    help="splits whose sample-prediction figures are shown: train, val, test (default test)")
     p.set_defaults(handler=report)
 
-    c = sub.add_parser("collect", help="write results/<task>/<run>.json from evaluated run folders (the inputs of docs/results.md)")
-    c.add_argument("run_dirs", nargs="+", metavar="RUN", help="evaluated run folders")
-    c.add_argument("--out", required=True, metavar="DIR", help="results folder, e.g. results/segmentation")
-    c.set_defaults(handler=collect)
-
 
 def report(args: argparse.Namespace) -> int:
     from busai.commands import command_line
@@ -36,12 +31,4 @@ def report(args: argparse.Namespace) -> int:
                            command=command_line(args), sample_splits=tuple(args.sample_splits))
     size = written["html"].stat().st_size / 1e6
     print(f"{written['markdown']}\n{written['html']} ({size:.1f} MB)")
-    return 0
-
-
-def collect(args: argparse.Namespace) -> int:
-    from busai.report import write_results
-
-    for path in write_results(args.run_dirs, args.out):
-        print(path)
     return 0
