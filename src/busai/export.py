@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from busai.errors import CheckpointError
+from busai.extras import require
 from busai.runs import LoadedModel
 
 METADATA_KEY = "busai"
@@ -51,6 +52,7 @@ class OnnxModule(nn.Module):
 
     def __init__(self, path: str | Path):
         super().__init__()
+        require("export")
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -106,6 +108,7 @@ def _export_graph(module: nn.Module, task: str, size: int, path: Path, opset: in
 
 
 def _write_metadata(path: Path, loaded: LoadedModel, dynamic_size: bool) -> None:
+    require("export")
     import onnx
 
     model = onnx.load(str(path))
@@ -136,6 +139,7 @@ def export_onnx(loaded: LoadedModel, out: str | Path, *, opset: int = OPSET, dyn
     With ``dynamic_size`` the file is also run at a second size (the model size + 32, a multiple
     of the segmentation stride too); if that fails or disagrees, it is exported again with a fixed size.
     """
+    require("export")
     if isinstance(loaded.module, OnnxModule):
         raise CheckpointError(f"{loaded.source}: is already an ONNX file; export from a run folder or the release model")
     if opset < 17:

@@ -21,8 +21,8 @@ def preprocess(image_rgb: np.ndarray, size: int, mean, std, grayscale: bool = Fa
 
 
 def fast_context(model: torch.nn.Module, precision: str = "auto"):
-    """channels_last, with bf16 autocast where the hardware computes bf16 natively (3x faster
-    inference on a CPU with AMX; see engine.autocast_dtype); plain fp32 with ``precision="fp32"``."""
+    """channels_last, with bf16 autocast where the hardware computes bf16 natively (faster inference
+    on a CPU with AMX: docs/results.md, "Speed"; see engine.autocast_dtype); plain fp32 with ``precision="fp32"``."""
     if precision == "fp32":
         return contextlib.nullcontext()
     model.to(memory_format=torch.channels_last)
