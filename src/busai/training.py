@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from busai.config import TrainConfig
 from busai.engine import FitResult, fit, resolve_precision, runs_fused, seed_everything
-from busai.errors import CheckpointError, ConfigError, read_json
+from busai.errors import CheckpointError, ConfigError
 from busai.models.weights import file_sha256
 from busai.runs import CONFIG, library_versions, machine_info, read_run_config, write_json
 from busai.tasks import adapter_for

@@ -161,7 +161,7 @@ def run_split(args: argparse.Namespace) -> int:
     records = read_records(specs)  # strict: refuses unpaired images before the slower audit
     reports = [audit_dataset(spec, args.near_threshold, progress=True) for spec in specs]
     unusable = {}
-    for spec, report in zip(specs, reports):
+    for report in reports:
         for problem in report.problems:
             if problem.kind in _UNUSABLE:
                 unusable.setdefault(_image_key(problem.path, records), problem.message)
