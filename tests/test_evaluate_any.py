@@ -102,3 +102,27 @@ def test_dataset_weights_set_each_datasets_share():
     records = [Record(Path("/"), Path(f"/{d}{i}.png"), (), "benign", dataset=d) for d, n in (("a", 3), ("b", 1)) for i in range(n)]
     weights = _dataset_weighted(records, {"b": 2.0}, None)
     assert torch.allclose(weights, torch.tensor([1 / 3, 1 / 3, 1 / 3, 2.0], dtype=torch.double))  # a: 1 in all, b: 2
+
+
+def test_fold_training_and_its_summary(cli, synthetic_dir, tmp_path):
+    import csv
+    import statistics
+
+    split = tmp_path / "folds.json"
+    assert cli("data", "split", synthetic_dir, "--out", split, "--val", "0.2", "--test", "0.2", "--folds", "2")[0] == 0
+    args = ["train", "cls", "--model", "efficientnet_lite0", "--weights", "none", "--image-size", "32", "--epochs", "1",
+            "--data", synthetic_dir, "--splits", split, "--out", tmp_path / "cv", "--quiet"]
+    cli.fails(*args, "--folds", "3", expect="has 2 folds")
+    code, out, err = cli(*args, "--folds", "2", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    losses = []
+    for i in range(2):
+        with open(tmp_path / "cv" / f"fold-{i}" / "history.csv") as handle:
+            losses.append(min(float(r["val_loss"]) for r in csv.DictReader(handle)))
+        assert json.loads((tmp_path / "cv" / f"fold-{i}" / "config.json").read_text())["train"]["fold"] == i
+    assert summary["mean"]["val_loss"] == pytest.approx(statistics.fmean(losses))
+    assert summary["sd"]["val_loss"] == pytest.approx(statistics.stdev(losses))
+    assert json.loads((tmp_path / "cv" / "folds.json").read_text()) == summary
+    code, out, _ = cli(*args, "--folds", "2", "--json")  # finished folds are skipped, the summary is the same
+    assert code == 0 and json.loads(out)["folds"] == summary["folds"]
