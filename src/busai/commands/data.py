@@ -160,6 +160,8 @@ def run_split(args: argparse.Namespace) -> int:
     specs = parse_data_specs(args.data or [args.data_dir], args.formats)
     records = read_records(specs)  # strict: refuses unpaired images before the slower audit
     reports = [audit_dataset(spec, args.near_threshold, progress=True) for spec in specs]
+    for spec, report in zip(specs, reports):
+        Console().print(f"{spec}: layout {report.format}", highlight=False)
     unusable = {}
     for report in reports:
         for problem in report.problems:
