@@ -76,8 +76,7 @@ def test_trainconfig_has_per_task_defaults():
 
 # --------------------------------------------------------------------------- round trips
 def assert_same(a: Prediction, b: Prediction) -> None:
-    assert (a.width, a.height, a.label, a.probabilities, a.measurements, a.review) == (
-        b.width, b.height, b.label, b.probabilities, b.measurements, b.review)
+    assert (a.width, a.height, a.label, a.probabilities, a.measurements, a.review) == (b.width, b.height, b.label, b.probabilities, b.measurements, b.review)
     for field in ("mask", "lesion_probability"):
         x, y = getattr(a, field), getattr(b, field)
         assert (x is None and y is None) or np.array_equal(x, y)
@@ -150,17 +149,20 @@ def test_every_input_form_gives_the_same_answer(seg_run, scan):
     assert_same(model.predict(rgba), expected)  # opaque alpha composited away
 
 
-@pytest.mark.parametrize(("image", "expected"), [
-    (np.zeros((8, 8, 4), np.uint8), "image array of shape (8, 8, 4): pass H x W (grey) or H x W x 3 (RGB); drop an alpha channel with x[..., :3]"),
-    (np.zeros((2, 8, 8, 3), np.uint8), "image array of shape (2, 8, 8, 3): pass H x W (grey) or H x W x 3 (RGB); drop an alpha channel with x[..., :3]"),
-    (np.zeros((0, 8), np.uint8), "image array of shape (0, 8): pass H x W (grey) or H x W x 3 (RGB); drop an alpha channel with x[..., :3]"),
-    (np.zeros((8, 8), np.uint16), "image array of dtype uint16: pass uint8 (0-255) or float in [0, 1], e.g. x.astype(np.float32) / x.max()"),
-    (np.zeros((8, 8), bool), "image array of dtype bool: pass uint8 (0-255) or float in [0, 1], e.g. x.astype(np.float32) / x.max()"),
-    (np.full((8, 8), 2.0), "float image array with values outside [0, 1] (or not finite): scale it into [0, 1], e.g. x / 255 for 0-255 values"),
-    (np.full((8, 8), np.nan), "float image array with values outside [0, 1] (or not finite): scale it into [0, 1], e.g. x / 255 for 0-255 values"),
-    (torch.zeros(8, 8), "image of type Tensor: pass a file path, a PIL image or a numpy array (H x W or H x W x 3)"),
-    (b"png", "image of type bytes: pass a file path, a PIL image or a numpy array (H x W or H x W x 3)"),
-])
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        (np.zeros((8, 8, 4), np.uint8), "image array of shape (8, 8, 4): pass H x W (grey) or H x W x 3 (RGB); drop an alpha channel with x[..., :3]"),
+        (np.zeros((2, 8, 8, 3), np.uint8), "image array of shape (2, 8, 8, 3): pass H x W (grey) or H x W x 3 (RGB); drop an alpha channel with x[..., :3]"),
+        (np.zeros((0, 8), np.uint8), "image array of shape (0, 8): pass H x W (grey) or H x W x 3 (RGB); drop an alpha channel with x[..., :3]"),
+        (np.zeros((8, 8), np.uint16), "image array of dtype uint16: pass uint8 (0-255) or float in [0, 1], e.g. x.astype(np.float32) / x.max()"),
+        (np.zeros((8, 8), bool), "image array of dtype bool: pass uint8 (0-255) or float in [0, 1], e.g. x.astype(np.float32) / x.max()"),
+        (np.full((8, 8), 2.0), "float image array with values outside [0, 1] (or not finite): scale it into [0, 1], e.g. x / 255 for 0-255 values"),
+        (np.full((8, 8), np.nan), "float image array with values outside [0, 1] (or not finite): scale it into [0, 1], e.g. x / 255 for 0-255 values"),
+        (torch.zeros(8, 8), "image of type Tensor: pass a file path, a PIL image or a numpy array (H x W or H x W x 3)"),
+        (b"png", "image of type bytes: pass a file path, a PIL image or a numpy array (H x W or H x W x 3)"),
+    ],
+)
 def test_bad_images_are_refused_with_the_fix(seg_run, image, expected):
     model = busai.load(seg_run)
     with pytest.raises(DataError) as exc:
@@ -198,12 +200,21 @@ def test_bad_options_and_model_lists(seg_run, cls_run, scan):
 def test_bad_sources_are_refused_with_the_fix(seg_run, tmp_path):
     cases = [
         (lambda: busai.load("release"), ConfigError, 'load("release"): say which packaged model, task="seg" or task="cls"'),
-        (lambda: busai.load(seg_run, task="cls"), ConfigError,
-         f"{seg_run}: is a segmentation model, not classification; pass a classification model or leave task out"),
-        (lambda: busai.load(tmp_path / "nowhere"), CheckpointError,
-         f"{tmp_path / 'nowhere'}: not found; pass 'release', a run folder, a saved model folder or an exported .onnx file"),
-        (lambda: busai.load(tmp_path), CheckpointError,
-         f"{tmp_path / 'config.json'}: missing; {tmp_path} is not a busai run folder (train one with `busai train`)"),
+        (
+            lambda: busai.load(seg_run, task="cls"),
+            ConfigError,
+            f"{seg_run}: is a segmentation model, not classification; pass a classification model or leave task out",
+        ),
+        (
+            lambda: busai.load(tmp_path / "nowhere"),
+            CheckpointError,
+            f"{tmp_path / 'nowhere'}: not found; pass 'release', a run folder, a saved model folder or an exported .onnx file",
+        ),
+        (
+            lambda: busai.load(tmp_path),
+            CheckpointError,
+            f"{tmp_path / 'config.json'}: missing; {tmp_path} is not a busai run folder (train one with `busai train`)",
+        ),
         (lambda: busai.load(seg_run, device="gpu"), ConfigError, "device 'gpu': unknown; choose auto, cpu, cuda or cuda:N"),
         (lambda: busai.load(seg_run, task="detection"), ConfigError, None),
     ]
@@ -278,4 +289,3 @@ def test_drawing_a_figure_selects_no_matplotlib_backend(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False"]
     assert Image.open(tmp_path / "cm.png").size[0] > 100
-

@@ -137,8 +137,7 @@ class Model:
         from busai.release import WEIGHTS
         from busai.runs import write_json
 
-        state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
-                 for k, v in self.loaded.module.state_dict().items()}
+        state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous() for k, v in self.loaded.module.state_dict().items()}
         save_file(state, str(out / WEIGHTS))
         write_json(out / CONFIG, self.config)
         if self.temperature != 1.0:
@@ -199,8 +198,7 @@ def _load_path(path: Path, given: str) -> tuple[LoadedModel, str]:
     return load_model(path), "torch"
 
 
-def predict(models: Model | Iterable[Model], images, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5,
-            precision: str = "auto"):
+def predict(models: Model | Iterable[Model], images, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5, precision: str = "auto"):
     """Run a segmenter and / or a classifier (at most one of each) on one scan or a list of scans.
 
     One scan (a path, a PIL image or an array) gives one :class:`Prediction` holding every model's
@@ -270,7 +268,7 @@ def to_rgb(image) -> np.ndarray:
         raise DataError(f"image array of shape {image.shape}: pass H x W (grey) or H x W x 3 (RGB); drop an alpha channel with x[..., :3]")
     if array.dtype.kind == "f":
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-            raise DataError(f"float image array with values outside [0, 1] (or not finite): scale it into [0, 1], e.g. x / 255 for 0-255 values")
+            raise DataError("float image array with values outside [0, 1] (or not finite): scale it into [0, 1], e.g. x / 255 for 0-255 values")
         array = (array * 255.0).round().astype(np.uint8)
     elif array.dtype != np.uint8:
         raise DataError(f"image array of dtype {array.dtype}: pass uint8 (0-255) or float in [0, 1], e.g. x.astype(np.float32) / x.max()")
