@@ -134,6 +134,16 @@ def test_onnx_file_predicts_like_torch_and_saves(seg_run, cls_run, scan, tmp_pat
         assert message(exc) == f"{result.path}: ONNX models run on the CPU here; pass device='cpu' (or load the run folder to use cuda)"
 
 
+def test_busai_predict_command_reads_saved_folders(seg_run, cls_run, scan, tmp_path, cli):
+    seg, cls = busai.load(seg_run), busai.load(cls_run)
+    expected = busai.predict([seg, cls], scan).to_row()
+    seg_dir, cls_dir = seg.save(tmp_path / "seg"), cls.save(tmp_path / "cls")
+    code, _, err = cli("predict", scan, "--seg", seg_dir, "--cls", cls_dir, "--out", tmp_path / "out", "--quiet")
+    assert code == 0, err
+    (row,) = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert {k: row[k] for k in expected} == expected
+
+
 # --------------------------------------------------------------------------- inputs
 def test_every_input_form_gives_the_same_answer(seg_run, scan):
     model = busai.load(seg_run)
@@ -289,3 +299,24 @@ def test_drawing_a_figure_selects_no_matplotlib_backend(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False"]
     assert Image.open(tmp_path / "cm.png").size[0] > 100
+
+
+# --------------------------------------------------------------------------- devices
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_a_gpu_is_refused(seg_run):
+    for device, expected in (
+        ("cuda", "device 'cuda': no CUDA GPU is visible; use --device cpu or auto"),
+        ("cuda:1", "device 'cuda:1': no CUDA GPU is visible; use device='cpu' or 'auto'"),
+    ):
+        with pytest.raises(ConfigError) as exc:
+            busai.load(seg_run, device=device)
+        assert message(exc) == expected
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_model_predicts_like_the_cpu_one_and_saves(scan, tmp_path):
+    cpu, gpu = busai.load("release", task="seg", device="cpu"), busai.load("release", task="seg", device="cuda")
+    assert next(gpu.network.parameters()).is_cuda
+    a, b = cpu.predict(scan, precision="fp32"), gpu.predict(scan, precision="fp32")
+    assert np.abs(a.lesion_probability - b.lesion_probability).max() < 1e-2  # cuDNN may use TF32 convolutions
+    assert_same(busai.load(gpu.save(tmp_path / "seg"), device="cpu").predict(scan, precision="fp32"), a)

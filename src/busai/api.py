@@ -174,13 +174,15 @@ def load(source: str | Path = "release", *, task: str | None = None, device: str
 
         loaded, backend = load_release(wanted), "torch"
     else:
-        loaded, backend = _load_path(Path(source).expanduser(), str(source))
+        loaded, backend = load_path(Path(source).expanduser(), str(source))
     if wanted is not None and loaded.task != wanted:
         raise ConfigError(f"{source}: is a {loaded.task} model, not {wanted}; pass a {wanted} model or leave task out")
     return Model(loaded, backend, device)
 
 
-def _load_path(path: Path, given: str) -> tuple[LoadedModel, str]:
+def load_path(path: Path, given: str | None = None) -> tuple[LoadedModel, str]:
+    """A run folder, saved or release folder, or .onnx file -> (LoadedModel on the CPU, backend)."""
+    given = str(path) if given is None else given
     from busai.engine import BEST_CHECKPOINT
     from busai.export import load_onnx
     from busai.release import WEIGHTS
