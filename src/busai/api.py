@@ -23,10 +23,9 @@ from busai.errors import CheckpointError, ConfigError, DataError
 from busai.runs import CONFIG, LoadedModel
 
 ONNX_FILE = "model.onnx"  # what Model.save writes for an ONNX model (its metadata carries the rest)
-BACKENDS = ("torch", "onnx")
 
 
-@dataclass
+@dataclass(eq=False)  # numpy fields: compare field by field (np.array_equal)
 class Prediction:
     """What the models said about one scan; a field stays None when no model of its task ran.
 
