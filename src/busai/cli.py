@@ -42,11 +42,22 @@ def _version() -> str:
     return __version__
 
 
+def _process_settings() -> None:
+    """What the command, owning its process, sets and a library call must not: every core for
+    torch (busai.runs.best_threads) and matplotlib drawing to files only; the user's own
+    BUSAI_ALL_CORES / MPLBACKEND win."""
+    import os
+
+    os.environ.setdefault("BUSAI_ALL_CORES", "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    _process_settings()
     try:
         result = args.handler(args)
     except BusaiError as exc:

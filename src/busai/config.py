@@ -19,14 +19,23 @@ PRECISIONS = ("auto", "bf16", "fp32")
 AUGMENTATIONS = ("paper", "strong", "none")
 DEVICES = ("auto", "cpu", "cuda")
 COLORS = ("rgb", "gray")
+DEFAULT_MODELS = {"segmentation": "unet", "classification": "resnet18"}  # what `busai train seg|cls` trains unasked
 
 
 @dataclass
 class TrainConfig:
-    task: str = "segmentation"
+    """Everything a training run needs, for either task; ``TrainConfig(task="cls")`` is complete.
+
+    Every field has a default (the paper's, where it names one); fields left None resolve per task
+    here: ``model``, ``loss``, ``scheduler`` (and ``encoder`` is dropped for classification).
+    The comments beside the fields say what each does; ``busai train --help`` shows the same
+    options, and docs/python-api.md groups them.
+    """
+
+    task: str = "segmentation"  # "seg"/"segmentation" or "cls"/"classification"
     # Segmentation: model = decoder (unet, unetplusplus, deeplabv3) on `encoder`.
-    # Classification: model = classifier name; encoder unused.
-    model: str = "unet"
+    # Classification: model = classifier name; encoder unused. `busai models` lists both.
+    model: str | None = None  # None: "unet" for segmentation, "resnet18" for classification
     encoder: str | None = "resnet18"
     weights: str = "imagenet"
     image_size: int | None = None  # None: the model's own default (224, 299 for InceptionV3, 256 for segmentation)
@@ -97,6 +106,8 @@ class TrainConfig:
                 raise ConfigError(f"--dataset-weight {bad[0]}: a weight must be a positive number, e.g. --dataset-weight uclm=2")
         if self.device not in DEVICES:
             raise ConfigError(f"device '{self.device}': unknown; choose auto, cpu or cuda")
+        if self.model is None:
+            self.model = DEFAULT_MODELS[task]
         if self.loss is None:
             self.loss = "dice" if task == "segmentation" else "focal"
         if self.scheduler is None:
