@@ -135,7 +135,31 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
-        values = read_json(path, missing="config file not found", fix="fix the file")
+        """A JSON or YAML (``.yaml`` / ``.yml``) config, or a run folder's ``config.json``."""
+        path = Path(path)
+        if path.suffix.lower() in (".yaml", ".yml"):
+            values = _read_yaml(path)
+        else:
+            values = read_json(path, missing="config file not found", fix="fix the file")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: holds no mapping of config keys; write key: value lines (see `busai train --help`)")
         # A run folder's config.json nests the train config under "train".
         values = values.get("train", values)
         return cls.from_dict(values, source=str(path))
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the file ({exc.__class__.__name__}); fix the file") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; fix the file") from None
