@@ -1,6 +1,10 @@
 """The cross-dataset yardstick: how each pair of models does on BUSI and on BUS-UCLM.
 
     python benchmarks/cross_dataset.py --busi ../shared/data/Dataset_BUSI_with_GT --uclm ../shared/data/BUS-UCLM
+    python benchmarks/cross_dataset.py --busi ... --uclm ... --split val     # the selection table
+
+``--split val`` scores every row on the validation images of both datasets, each and pooled: the
+table candidates are chosen by (results/cross_dataset_val.*).
 
 Rows are model pairs (segmenter, classifier), each scored with ``busai evaluate`` on the test
 split of ``splits/busi-uclm.json`` of every dataset it trained on and on **all** of a dataset it
@@ -44,6 +48,13 @@ def score_row(name: str, models: dict[str, str], evaluations, data: dict[str, st
     from busai.evaluate import evaluate_model
 
     row = {"row": name, "models": models, "scores": {}}
+    if evaluations == "val":
+        both = [f"{d}={data[d]}" for d in ("busi", "uclm")]
+        by_task = {task: evaluate_model(model, both, out=out / _slug(name), splits_file=ROOT / SPLITS, split_names=["val"], n_boot=n_boot,
+                                        figures=False)[task] for task, model in models.items()}
+        for key in ("busi/val", "uclm/val", "val"):
+            row["scores"][key if "/" in key else "pooled/val"] = {task: _compact(results[key]) for task, results in by_task.items()}
+        return row
     for dataset, selection in evaluations:
         key = f"{dataset}/{selection}"
         entry = {}
@@ -90,8 +101,8 @@ def render(rows: list[dict], command: str) -> str:
             continue
         for key, entry in row["scores"].items():
             s, c = entry["segmentation"], entry["classification"]
-            where = {"test": "test split", "all": "all images (never trained on)"}[key.split("/")[1]]
-            dataset = {"busi": "BUSI", "uclm": "BUS-UCLM"}[key.split("/")[0]]
+            where = {"test": "test split", "all": "all images (never trained on)", "val": "validation"}[key.split("/")[1]]
+            dataset = {"busi": "BUSI", "uclm": "BUS-UCLM", "pooled": "both"}[key.split("/")[0]]
             lines.append(
                 f"| {row['row']} ({row['trained_on']}) | {dataset} {where}, {s['images']} images | {_ci(s['dice'])} | {_ci(s['lesion_dice'])} | "
                 f"{_ci(s['iou'])} | {s['missed_lesions']} of {s['lesion_images']} | {s['false_alarms']} of {s['lesion_free_images']} | "
@@ -109,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "results" / "cross_dataset.json"))
     parser.add_argument("--work", default=str(ROOT / "runs" / "cross_dataset"), help="where per-row metrics and figures go")
     parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--split", choices=["test", "val"], default="test", help="val: the selection table, both datasets' validation images")
     args = parser.parse_args(argv)
+    if args.split == "val" and args.out == parser.get_default("out"):
+        args.out = str(ROOT / "results" / "cross_dataset_val.json")
     command = shlex.join(["python", "benchmarks/cross_dataset.py", *(argv if argv is not None else sys.argv[1:])])
     data = {"busi": args.busi, "uclm": args.uclm}
     rows = []
@@ -119,14 +133,16 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"row": name, "trained_on": trained_on, "models": {"segmentation": seg, "classification": cls}})
             continue
         print(f"scoring {name} ...", file=sys.stderr)
-        rows.append({**score_row(name, models, evaluations, data, Path(args.work), args.n_boot), "trained_on": trained_on})
+        chosen = "val" if args.split == "val" else evaluations
+        rows.append({**score_row(name, models, chosen, data, Path(args.work) / args.split, args.n_boot), "trained_on": trained_on})
     out = Path(args.out)
     payload = {"command": command, "splits": SPLITS, "rows": rows}
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     tmp.replace(out)
     md = out.with_suffix(".md")
-    md.write_text("# Cross-dataset yardstick\n\n" + render(rows, command))
+    title = "Cross-dataset yardstick" if args.split == "test" else "Cross-dataset candidates on validation (the selection table)"
+    md.write_text(f"# {title}\n\n" + render(rows, command))
     print(md.read_text())
     return 0
 
