@@ -121,13 +121,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=str(ROOT / "runs" / "cross_dataset"), help="where per-row metrics and figures go")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--split", choices=["test", "val"], default="test", help="val: the selection table, both datasets' validation images")
+    parser.add_argument("--rows", nargs="+", default=None, metavar="ROW",
+                        help="score only these rows (by name); the others keep their scores from the existing output file")
     args = parser.parse_args(argv)
     if args.split == "val" and args.out == parser.get_default("out"):
         args.out = str(ROOT / "results" / "cross_dataset_val.json")
     command = shlex.join(["python", "benchmarks/cross_dataset.py", *(argv if argv is not None else sys.argv[1:])])
     data = {"busi": args.busi, "uclm": args.uclm}
+    previous = {}
+    if args.rows and Path(args.out).is_file():
+        previous = {row["row"]: row for row in json.loads(Path(args.out).read_text())["rows"]}
     rows = []
     for name, trained_on, seg, cls, evaluations in ROWS:
+        if args.rows and name not in args.rows and name in previous:
+            rows.append(previous[name])
+            continue
         models = _model_dirs(seg, cls)
         if models is None:
             rows.append({"row": name, "trained_on": trained_on, "models": {"segmentation": seg, "classification": cls}})
