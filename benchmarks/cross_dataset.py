@@ -126,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.split == "val" and args.out == parser.get_default("out"):
         args.out = str(ROOT / "results" / "cross_dataset_val.json")
-    command = shlex.join(["python", "benchmarks/cross_dataset.py", *(argv if argv is not None else sys.argv[1:])])
+    given = argv if argv is not None else sys.argv[1:]
+    # The command that re-scores every row: --rows only saves re-scoring the unchanged ones.
+    keep = [a for i, a in enumerate(given) if a != "--rows" and not (args.rows and a in args.rows and "--rows" in given[:i])]
+    command = shlex.join(["python", "benchmarks/cross_dataset.py", *keep])
     data = {"busi": args.busi, "uclm": args.uclm}
     previous = {}
     if args.rows and Path(args.out).is_file():
