@@ -8,7 +8,6 @@ paper's Table 4 does not say which it used — the README discusses the comparis
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,8 @@ from busai import CLASSES, SPLIT_NAMES
 from busai.engine import default_path_name
 from busai.errors import ConfigError
 from busai.inference import predict_tensor, upsample_probability
-from busai.runs import LoadedModel, load_model, model_label, write_json
+from busai.outputs import output_dir
+from busai.runs import LoadedModel, load_model, model_label, read_metrics, write_json
 
 
 def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16):
@@ -105,6 +105,8 @@ def evaluate_run(
     best_threads()
     run_dir = Path(run_dir)
     loaded = load_model(run_dir)
+    output_dir(run_dir, option="run folder")
+    read_metrics(run_dir)  # a damaged metrics.json fails now, not after the scoring
     splits = read_splits(splits_file)
     records = load_split_records(data_dir, splits, split)
     if not records:
@@ -127,7 +129,7 @@ def evaluate_run(
             result["figure"] = fig.confusion_matrix(np.array(result["confusion_matrix"]), run_dir / f"confusion_{key}.png", title=f"{model_label(loaded.spec)}: {key}")
             result["sample_figure"] = fig.classification_samples(samples, run_dir / f"samples_{key}.png", title=f"{model_label(loaded.spec)}: {key}")
     metrics_path = run_dir / "metrics.json"
-    merged = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    merged = read_metrics(run_dir)
     merged[key] = result
     write_json(metrics_path, merged)
     return result

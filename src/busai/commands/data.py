@@ -117,7 +117,12 @@ def run_split(args: argparse.Namespace) -> int:
     from busai.data.splits import make_splits, write_splits
     from busai.errors import DataError
 
+    from busai.guards import check_file_names
+    from busai.outputs import output_file
+
+    output_file(args.out)  # a read-only location or a folder fails before the audit
     records = discover_records(args.data_dir)  # strict: refuses unpaired images before the slower audit
+    check_file_names(records, args.data_dir)
     report = audit_dataset(args.data_dir, args.near_threshold, progress=True)
     unreadable = [p for p in report.problems if p.kind in {"unreadable_image", "unreadable_mask", "mask_size_mismatch"}]
     if unreadable:
