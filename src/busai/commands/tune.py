@@ -20,7 +20,8 @@ def register(sub) -> None:
     tsub.required = True
     for task in ("seg", "cls"):
         s = tsub.add_parser(task, help=f"{'segmentation' if task == 'seg' else 'classification'} study",
-                            description="Re-running the same command resumes the study; trials in any state count towards --trials.")
+                            description="Re-running the same command resumes the study; trials in any state count towards --trials, "
+                            "except those whose worker was killed mid-trial (marked FAIL and run again).")
         s.add_argument("--data", required=True, help="dataset folder")
         s.add_argument("--splits", required=True, help="splits JSON from `busai data split`")
         s.add_argument("--out", required=True, help="study folder: study.db, summary, best config, plots, trial runs")
