@@ -248,6 +248,9 @@ def read_splits(path: str | Path) -> dict:
     for name in SPLIT_NAMES:
         if not isinstance(splits.get(name), list):
             raise DataError(f"{path}: the '{name}' list is missing; {remake}")
+        bad = [entry for entry in splits[name] if not isinstance(entry, str)]
+        if bad:
+            raise DataError(f"{path}: the '{name}' list holds {json.dumps(bad[0])[:60]}, not an image path like 'benign/benign (1).png'; {remake}")
     return splits
 
 
