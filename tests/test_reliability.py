@@ -284,13 +284,16 @@ def test_export_opset_and_damaged_onnx_metadata(seg_run, synthetic_dir, tmp_path
     cli.fails("export", seg_run, "--out", tmp_path / "x.onnx", "--opset", "99", expect="--opset 99: busai exports need opset 17 to")
     good = tmp_path / "good.onnx"
     assert cli("export", seg_run, "--out", good, "--fixed-size")[0] == 0
-    drop_pre = lambda m: {k: v for k, v in m.items() if k != "preprocessing"}  # noqa: E731
-    resize = lambda m: m | {"preprocessing": m["preprocessing"] | {"image_size": 96}}  # noqa: E731
-    negative = lambda m: m | {"preprocessing": m["preprocessing"] | {"image_size": -64}}  # noqa: E731
+    def drop_pre(meta):
+        return {k: v for k, v in meta.items() if k != "preprocessing"}
+
+    def sized(size):
+        return lambda meta: meta | {"preprocessing": meta["preprocessing"] | {"image_size": size}}
+
     cases = {
         "lacks the task or preprocessing": _edited_export(good, tmp_path / "a.onnx", meta=drop_pre),
-        "does not take (N, 3, 96, 96) images": _edited_export(good, tmp_path / "b.onnx", meta=resize),
-        "image_size -64 is not a size in pixels": _edited_export(good, tmp_path / "c.onnx", meta=negative),
+        "does not take (N, 3, 96, 96) images": _edited_export(good, tmp_path / "b.onnx", meta=sized(96)),
+        "image_size -64 is not a size in pixels": _edited_export(good, tmp_path / "c.onnx", meta=sized(-64)),
         "the graph takes ['input_1']": _edited_export(good, tmp_path / "d.onnx", input_name="input_1"),
     }
     scans = _scans(synthetic_dir, tmp_path / "in", n=1)

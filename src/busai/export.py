@@ -205,10 +205,11 @@ def _highest_opset() -> int:
 def is_export(path: str | Path) -> bool:
     """Whether ``path`` is an ONNX file carrying busai's metadata (an earlier export, safe to replace)."""
     import onnx
+    from google.protobuf.message import DecodeError
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # onnx raises DecodeError and others for files that are not ONNX
+    except (DecodeError, OSError, ValueError, RuntimeError):  # a file that is not ONNX
         return False
     return any(prop.key == METADATA_KEY for prop in model.metadata_props)
 

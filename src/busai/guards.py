@@ -40,7 +40,7 @@ def check_class_coverage(cfg: TrainConfig, train_dataset, splits_file: str | Non
     """
     if cfg.task != "classification":
         return
-    present = set(int(label) for label in train_dataset.labels)
+    present = {int(label) for label in train_dataset.labels}
     missing = [name for i, name in enumerate(CLASSES) if i not in present]
     if missing:
         raise ConfigError(

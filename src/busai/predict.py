@@ -14,6 +14,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -215,7 +216,7 @@ class _RowLog(list):
         """Output names the kept rows already use, so a new row never takes one."""
         return {row["mask"].removesuffix(MASK_SUFFIX) for row in self.done.values() if row.get("mask")}
 
-    def __enter__(self) -> "_RowLog":
+    def __enter__(self) -> Self:
         self.file = (self.out_dir / ROW_LOG).open("a", encoding="utf-8")
         return self
 

@@ -9,8 +9,8 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from busai.config import TrainConfig
 from busai import guards
+from busai.config import TrainConfig
 from busai.engine import LAST_CHECKPOINT, FitResult, fit, load_checkpoint, resolve_precision, runs_fused, seed_everything
 from busai.errors import ConfigError, read_json
 from busai.models.weights import file_sha256

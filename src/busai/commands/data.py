@@ -116,7 +116,6 @@ def run_split(args: argparse.Namespace) -> int:
     from busai.data.discover import discover_records
     from busai.data.splits import make_splits, write_splits
     from busai.errors import DataError
-
     from busai.guards import check_file_names
     from busai.outputs import output_file
 
