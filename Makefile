@@ -5,14 +5,15 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test lint install clean-demo
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	# constraints.txt pins the torch / torchvision pair this project is tested with; the package declares ranges.
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 demo: install
@@ -20,6 +21,9 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 clean-demo:
 	rm -rf $(DEMO_OUT)

@@ -1,8 +1,7 @@
 """Which lesions does the segmenter miss outright, and does the classifier see them?
 
-Every model in the README's segmentation table misses 10 to 15 of the 65 validation lesions
-outright (no predicted pixel on the lesion); on validation that costs more mean Dice than all
-imprecise borders together. This lists, per split, each lesion image the segmentation model misses (Dice 0 at
+Every model in the segmentation table of docs/results.md misses some validation lesions outright
+(no predicted pixel on the lesion; the "Lesions missed" column). This lists, per split, each lesion image the segmentation model misses (Dice 0 at
 threshold 0.5) with its class, duplicate group, lesion area (share of the image), the model's
 highest lesion probability anywhere in the scan, and the classification model's verdict on the
 same scan and the ``review`` note ``busai predict`` would give it; the summary counts how many of

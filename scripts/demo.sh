@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job end to end on built-in synthetic phantoms (no dataset needed), in a few minutes on 2 CPU cores:
-# synthesise -> audit -> split -> train + evaluate a segmenter and a classifier started from its encoder -> report -> predict -> ONNX export.
+# synthesise -> audit -> split -> train + evaluate a segmenter and a classifier started from its encoder -> predict -> ONNX export -> report.
 set -euo pipefail
 OUT=${1:-demo_out}
 rm -rf "$OUT"
@@ -20,9 +20,6 @@ busai train cls --data "$DATA" --splits "$OUT/splits.json" --out "$OUT/runs/cls-
   --model efficientnet_lite0 --weights "$OUT/runs/seg-lite0-unet/checkpoint_best.safetensors" --image-size 96 --epochs 6 --batch-size 16 --lr 1e-3 --optimizer adamw --focal-gamma 2
 busai evaluate "$OUT/runs/cls-lite0" --data "$DATA" --splits "$OUT/splits.json" --split val test --n-boot 200
 
-busai report collect "$OUT/runs/seg-lite0-unet" --out "$OUT/results/segmentation"
-busai report collect "$OUT/runs/cls-lite0" --out "$OUT/results/classification"
-busai report tables --results "$OUT/results"
 
 # New scans: fresh phantoms (another seed) through both models; masks, overlays, measurements, CSV/JSON.
 busai data synth "$OUT/new_scans" --n 6 --seed 99
@@ -30,4 +27,7 @@ busai predict "$OUT/new_scans/benign" "$OUT/new_scans/malignant" --out "$OUT/pre
   --seg "$OUT/runs/seg-lite0-unet" --cls "$OUT/runs/cls-lite0" --pixel-spacing 0.1 --quiet
 busai export "$OUT/runs/seg-lite0-unet" --format onnx --out "$OUT/seg-lite0-unet.onnx"
 busai predict "$OUT/new_scans/malignant" --out "$OUT/predictions_onnx" --seg "$OUT/seg-lite0-unet.onnx" --cls none --quiet
+# The study's report of both runs: tables beside the paper's, figures, training curves (report.md and a self-contained report.html).
+busai report "$OUT/runs" --audit "$DATA" --out "$OUT/report"
 echo "demo finished: run folders, metrics.json and figures are in $OUT/runs"
+echo "report: $OUT/report/report.html"

@@ -116,10 +116,11 @@ for name in "${NAMES[@]}"; do
     busai train $args --data "$DATA" --splits "$splits" --out "$run" --max-minutes "${MINUTES_OF[$name]:-$MINUTES}" --quiet
   fi
   busai evaluate "$run" --data "$DATA" --splits "$splits" --split train val test
-  busai report collect "$run" --out "$results"
+  busai collect "$run" --out "$results"
   mkdir -p "$results/figures"
   for fig in "$run"/samples_*.png "$run"/confusion_*.png; do
     if [ -f "$fig" ]; then cp "$fig" "$results/figures/${name}_$(basename "$fig")"; fi
   done
 done
-busai report tables --readme README.md
+python benchmarks/tables.py  # every table into docs/results.md
+bash scripts/report_busi.sh "$DATA"  # results/report/

@@ -56,6 +56,7 @@ def browser():
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1000"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to see Content-Security-Policy reports
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
@@ -92,6 +93,9 @@ def test_upload_a_scan_and_see_the_result(server, browser, synthetic_dir, tmp_pa
     assert view.get_attribute("src") == overlay
     browser.save_screenshot(str(tmp_path / "page.png"))
     assert (tmp_path / "page.png").stat().st_size > 10_000
+    # The server's CSP must let the page run as it is: no script, style or image blocked.
+    blocked = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert not blocked, blocked
 
 
 def test_a_rejected_upload_is_explained(server, browser, tmp_path):

@@ -28,17 +28,17 @@ def test_discovers_every_synthetic_image_with_its_masks(synthetic_dir):
 
 
 def test_missing_folder(cli, tmp_path):
-    cli.fails("data", "audit", tmp_path / "nowhere", expect="nowhere: folder not found; pass the folder that holds benign/")
+    cli.fails("data", "audit", tmp_path / "nowhere", expect="nowhere: not found; pass a dataset folder or a CSV manifest")
 
 
 def test_not_a_folder(cli, tmp_path):
     file = tmp_path / "data.zip"
     file.write_bytes(b"PK")
-    cli.fails("data", "audit", file, expect="data.zip: not a folder; pass the folder")
+    cli.fails("data", "audit", file, expect="data.zip: not a folder or a .csv manifest; pass the dataset folder")
 
 
 def test_empty_folder(cli, tmp_path):
-    cli.fails("data", "audit", tmp_path, expect="no class folders found; expected normal, benign, malignant sub-folders")
+    cli.fails("data", "audit", tmp_path, expect="no known dataset layout found; expected class folders (benign/ malignant/ normal/)")
 
 
 def test_unknown_class_folder(cli, busi_copy):
@@ -53,7 +53,7 @@ def test_class_folder_twice(cli, busi_copy):
 
 def test_class_folders_without_images(cli, tmp_path):
     (tmp_path / "benign").mkdir()
-    cli.fails("data", "split", tmp_path, "--out", tmp_path / "s.json", expect="no images found in the class folders")
+    cli.fails("data", "split", tmp_path, "--out", tmp_path / "s.json", expect="no images found; see docs/datasets.md")
 
 
 def test_image_without_mask(cli, busi_copy):

@@ -18,7 +18,9 @@ def test_make_and_load_release(seg_run, synthetic_dir, tiny_runs, tmp_path):
     evaluate_run(seg_run, synthetic_dir, tiny_runs / "splits.json", "val", n_boot=10, figures=False)
     folder = make_release(seg_run, "seg", root=tmp_path)
     assert folder == tmp_path / "segmentation"
-    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "scores.json"}
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "scores.json", "training_data.json"}
+    trained_on = json.loads((folder / "training_data.json").read_text())["datasets"]
+    assert trained_on[0]["train"] == json.loads((tiny_runs / "splits.json").read_text())["train"]
     weights = load_file(str(folder / "model.safetensors"))
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
     scores = json.loads((folder / "scores.json").read_text())

@@ -393,15 +393,22 @@ def test_best_params_table_for_classification(tmp_path, dataset, fake):
     assert "| c | resnet18 | adam |" in table
 
 
-def test_report_tables_renders_the_tuning_table_into_the_readme(tmp_path, dataset, fake):
+def test_tuning_table_renders_into_the_results_page_and_the_report(tmp_path, dataset, fake):
+    import importlib.util
+
     results = tmp_path / "results"
     run_study("cls", *dataset, out_dir=results / "tuning" / "c", trials=1,
               space=build_space("cls", space_flags=["optimizer=adam", "model=resnet18"], max_epochs=1))
-    readme = tmp_path / "README.md"
-    readme.write_text("".join(f"<!-- {m}:start -->\nold\n<!-- {m}:end -->\n" for m in ("seg-table", "cls-table", "speed-table", "tune-table")))
-    assert main(["report", "tables", "--results", str(results), "--readme", str(readme)]) == 0
-    tuned = readme.read_text().split("<!-- tune-table:start -->\n")[1].split("<!-- tune-table:end -->")[0]
+    doc = tmp_path / "results.md"
+    doc.write_text("".join(f"<!-- {m}:start -->\nold\n<!-- {m}:end -->\n" for m in ("seg-table", "cls-table", "speed-table", "tune-table")))
+    spec = importlib.util.spec_from_file_location("tables", Path(__file__).parents[1] / "benchmarks" / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    assert tables.main(["--results", str(results), "--doc", str(doc)]) == 0
+    tuned = doc.read_text().split("<!-- tune-table:start -->\n")[1].split("<!-- tune-table:end -->")[0]
     assert tuned.startswith("| Study | Model | Optimizer |") and "| c | resnet18 | adam |" in tuned
+    assert main(["report", str(results / "tuning" / "c"), "--out", str(tmp_path / "report")]) == 0
+    assert "| c | resnet18 | adam |" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_a_killed_worker_s_trial_is_failed_and_not_counted(tmp_path, dataset, fake):

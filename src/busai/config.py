@@ -19,6 +19,7 @@ OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "adagrad")
 PRECISIONS = ("auto", "bf16", "fp32")
 AUGMENTATIONS = ("paper", "strong", "none")
 DEVICES = ("auto", "cpu", "cuda")
+COLORS = ("rgb", "gray")
 
 
 @dataclass
@@ -52,6 +53,11 @@ class TrainConfig:
     augment: str = "paper"  # paper, strong or none (see busai.data.dataset.build_augmentations)
     # Segmentation: chance of pasting another training scan's lesion, faded toward the host's grey (busai.data.dataset.paste_lesion).
     lesion_paste: float = 0.0
+    # gray: the model sees every scan as grey (luma copied to three channels), in training and
+    # prediction alike, so a scanner's tinted grey map or colour overlays do not shift its input.
+    color: str = "rgb"
+    # Relative share of training draws per dataset (name -> weight); None draws images uniformly.
+    dataset_weights: dict[str, float] | None = None
 
     # auto: channels_last, plus bf16 autocast where the CPU (or GPU) computes bf16 natively;
     # bf16: autocast whatever the hardware; fp32: plain fp32 eager, neither.
@@ -61,7 +67,7 @@ class TrainConfig:
     num_workers: int = 0
     max_minutes: float | None = None  # wall-clock budget; training stops cleanly after the epoch that crosses it
 
-    data: str | None = None
+    data: str | list[str] | None = None  # a path, or NAME=PATH strings for several datasets
     splits: str | None = None
     fold: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +90,12 @@ class TrainConfig:
             raise ConfigError(f"lesion_paste={self.lesion_paste}: must be a probability between 0 and 1")
         if self.lesion_paste and task == "classification":
             raise ConfigError("lesion_paste: segmentation only (a pasted lesion would make a normal scan's class label wrong); drop --lesion-paste")
+        if self.color not in COLORS:
+            raise ConfigError(f"color '{self.color}': unknown; choose rgb or gray")
+        if self.dataset_weights is not None:
+            bad = [f"{k}={v}" for k, v in self.dataset_weights.items() if not (isinstance(v, (int, float)) and v > 0 and v < float("inf"))]
+            if bad:
+                raise ConfigError(f"--dataset-weight {bad[0]}: a weight must be a positive number, e.g. --dataset-weight uclm=2")
         if self.device not in DEVICES:
             raise ConfigError(f"device '{self.device}': unknown; choose auto, cpu or cuda")
         if self.loss is None:

@@ -84,10 +84,10 @@ def resolve_device(name: str) -> torch.device:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX).
 
-    Elsewhere (AVX2-only CPUs, many AMD EPYC among them) oneDNN emulates bf16: a Lite0 U-Net
-    training step at 256 px was 9x slower in bf16 than in fp32 on such a 2-core machine, whereas
-    on a CPU with AMX bf16 was 2.6x faster. torch exposes the check only as private helpers, so a
-    torch without them counts as "no" (fp32 is never the slow choice).
+    Elsewhere (AVX2-only CPUs, many AMD EPYC among them) oneDNN emulates bf16 and a training step
+    is several times slower in bf16 than in fp32, while on a CPU with AMX it is faster (measured in
+    docs/results.md, "Speed"). torch exposes the check only as private helpers, so a torch without
+    them counts as "no" (fp32 is never the slow choice).
     """
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
@@ -396,6 +396,9 @@ def fit(
             }
             history.append(row)
             _write_history(run_dir / HISTORY, history)
+            from busai.figures import training_curve  # progress.png: the curves so far, redrawn every epoch
+
+            training_curve(history, run_dir / "progress.png", title=run_dir.name)
             seconds = elapsed_before + time.monotonic() - started
             checkpoint = {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),

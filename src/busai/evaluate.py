@@ -1,4 +1,10 @@
-"""Evaluate a run folder on one split: metrics with bootstrap CIs into metrics.json, plus figures.
+"""Score any model on any labelled data: metrics with bootstrap CIs into metrics.json, plus figures.
+
+A model is a run folder, ``release`` (both packaged models), a release folder or an exported
+``.onnx`` file; the data is one or more datasets (``NAME=PATH``), scored on a split of a split
+file or, with ``all_images``, every image (external validation on a dataset the model never saw).
+Each dataset is scored on its own (``NAME/split``) and, with several, pooled (``split``). The
+model's own training images are refused (:mod:`busai.provenance`).
 
 Segmentation is scored at each image's own resolution (the probability map is resized back to
 the original mask), not at the network's input size, so the numbers describe the masks a user
@@ -8,6 +14,8 @@ paper's Table 4 does not say which it used — the README discusses the comparis
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +24,21 @@ from torch.utils.data import DataLoader
 
 from busai import CLASSES, SPLIT_NAMES
 from busai.engine import default_path_name
-from busai.errors import ConfigError
+from busai.errors import CheckpointError, ConfigError
 from busai.inference import predict_tensor, upsample_probability
 from busai.outputs import output_dir
 from busai.runs import LoadedModel, load_model, model_label, read_metrics, write_json
 
 
-def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16):
+def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16, calibrated: bool = True):
     """Yield (record, probability) for every record, in order, through the training dataset's preprocessing."""
     from busai.data.dataset import BusDataset, ImageCache
 
-    dataset = BusDataset(records, loaded.image_size, loaded.mean, loaded.std, cache=ImageCache())
+    dataset = BusDataset(records, loaded.image_size, loaded.mean, loaded.std, cache=ImageCache(), grayscale=loaded.grayscale)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     i = 0
     for batch in loader:
-        probs = predict_tensor(loaded, batch["image"], tta=tta)
+        probs = predict_tensor(loaded, batch["image"], tta=tta, calibrated=calibrated)
         for p in probs:
             yield records[i], p
             i += 1
@@ -62,17 +70,23 @@ def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: in
         samples.append((record, full, mask, counts))
         scores.append(row)
     summary = summarise_segmentation(per_image, n_boot=n_boot, seed=seed, groups=groups)
+    summary["lesion_dice"] = _lesion_dice(scores, groups, n_boot, seed)
     summary["per_image"] = scores  # which images fail, and how: a missed lesion has predicted_px 0 or no overlap
     return summary, samples
 
 
 def evaluate_classification(loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None) -> tuple[dict, list]:
-    from busai.metrics import classification_report_dict
+    from busai.calibration import expected_calibration_error, reliability_bins
+    from busai.metrics import classification_report_dict, malignant_vs_benign_auc
 
     rows = [(record, prob.numpy()) for record, prob in predict_records(loaded, records, tta=tta)]
     y_true = np.array([r.label_index for r, _ in rows])
     probs = np.stack([p for _, p in rows])
     report = classification_report_dict(y_true, probs, class_names=CLASSES, n_boot=n_boot, seed=seed, groups=groups)
+    report["malignant_vs_benign_auc"] = malignant_vs_benign_auc(y_true, probs, n_boot=n_boot, seed=seed, groups=groups)
+    report["temperature"] = loaded.temperature
+    report["ece"] = expected_calibration_error(probs, y_true)
+    report["reliability"] = reliability_bins(probs, y_true)
     report["predictions"] = [
         {"image": r.key, "label": r.label, "predicted": CLASSES[int(p.argmax())], **{f"p_{c}": round(float(p[i]), 5) for i, c in enumerate(CLASSES)}}
         for r, p in rows
@@ -80,9 +94,19 @@ def evaluate_classification(loaded: LoadedModel, records, *, n_boot: int, seed: 
     return report, rows
 
 
+def _lesion_dice(rows: list[dict], groups, n_boot: int, seed: int) -> dict:
+    """Mean Dice over the lesion scans alone (with its CI): on a dataset of mostly normal scans the
+    all-image mean is flattered by every correctly empty mask."""
+    from busai.metrics import mean_with_ci
+
+    lesion = [i for i, row in enumerate(rows) if row["lesion_px"] > 0]
+    picked = None if groups is None else [groups[i] for i in lesion]
+    return mean_with_ci([rows[i]["dice"] for i in lesion], picked, n_boot=n_boot, seed=seed)
+
+
 def evaluate_run(
     run_dir: str | Path,
-    data_dir: str | Path,
+    data_dir,
     splits_file: str | Path,
     split: str,
     *,
@@ -92,45 +116,185 @@ def evaluate_run(
     tta: bool = False,
     command: str | None = None,
 ) -> dict:
-    """Score a run's best checkpoint on ``split``; merge the result into ``RUN_DIR/metrics.json``.
+    """Score a run's best checkpoint on ``split`` of one dataset; merged into ``RUN_DIR/metrics.json``.
 
     With ``tta`` (flip test-time augmentation, as ``busai predict --tta``) the result is stored
     under ``<split>_tta`` beside the plain one, and its figures are named the same way.
     """
-    from busai.data.splits import duplicate_groups, load_split_records, read_splits
+    results = evaluate_model(run_dir, data_dir, splits_file=splits_file, split_names=[split], n_boot=n_boot, seed=seed,
+                             figures=figures, tta=tta, command=command)
+    (by_key,) = results.values()
+    wanted = f"{split}_tta" if tta else split
+    return by_key.get(wanted) or next(iter(by_key.values()))
+
+
+def resolve_models(model: str | Path) -> list[tuple[object, Path | None, Path | None]]:
+    """(loaded model, folder that records its training data or None, its run folder or None) for
+    each model ``model`` names: a run folder, ``release`` (both tasks), a release folder or a .onnx file."""
+    from busai.export import load_onnx
+    from busai.release import WEIGHTS, load_release, release_dir
+    from busai.runs import load_model
+
+    text = str(model)
+    if text == "release":
+        return [(load_release(task), release_dir(task), None) for task in ("segmentation", "classification")]
+    path = Path(text).expanduser()
+    if path.suffix.lower() == ".onnx":
+        return [(load_onnx(path), None, None)]
+    if not path.is_dir():
+        raise CheckpointError(f"{model}: not found; pass a run folder, 'release', a release folder or an exported .onnx file")
+    if (path / WEIGHTS).is_file() and not (path / "checkpoint_last.pt").exists() and not (path / "history.csv").exists():
+        return [(load_model(path, checkpoint=WEIGHTS), path, None)]
+    return [(load_model(path), path, path)]
+
+
+def evaluate_model(
+    model: str | Path,
+    data,
+    *,
+    splits_file: str | Path | None = None,
+    split_names=("test",),
+    all_images: bool = False,
+    out: str | Path | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    figures: bool = True,
+    tta: bool = False,
+    command: str | None = None,
+) -> dict[str, dict[str, dict]]:
+    """Score ``model`` on ``data`` (see the module docstring); returns {task: {key: result}}.
+
+    Results go into ``RUN_DIR/metrics.json`` for a run folder (unless ``out`` is given), else into
+    ``OUT/<task>/metrics.json``; keys are ``split`` for one unnamed dataset, ``NAME/split`` per
+    named dataset plus the pooled ``split`` for several, and ``.../all`` with ``all_images``.
+    """
+    from busai.data.sources import parse_data_specs
+    from busai.provenance import check_unseen, dataset_fingerprints
     from busai.runs import best_threads
 
-    if split not in SPLIT_NAMES:
-        raise ConfigError(f"split '{split}': unknown; choose train, val or test")
+    specs = parse_data_specs(data)
+    if not specs:
+        raise ConfigError("pass the data to score with --data PATH (or --data NAME=PATH, repeatable)")
+    if all_images == (splits_file is not None):
+        raise ConfigError("say which images to score: --splits FILE with --split NAME, or --all for every image of the data")
+    for split in split_names:
+        if split not in SPLIT_NAMES:
+            raise ConfigError(f"split '{split}': unknown; choose train, val or test")
     best_threads()
-    run_dir = Path(run_dir)
-    loaded = load_model(run_dir)
-    output_dir(run_dir, option="run folder")
-    read_metrics(run_dir)  # a damaged metrics.json fails now, not after the scoring
+    models = resolve_models(model)
+    if out is None and any(run is None for _, _, run in models):
+        raise ConfigError(f"{model}: is not a run folder, so its scores need a place: pass --out DIR")
+    for loaded, _, run_dir in models:  # a read-only destination or a damaged metrics.json fails before any scoring
+        dest = Path(out) / loaded.task if out is not None else Path(run_dir)
+        output_dir(dest, option="--out" if out is not None else "run folder")
+        read_metrics(dest)
+    selections = _selections(specs, splits_file, split_names, all_images)
+    fingerprints = dataset_fingerprints(specs)
+    results: dict[str, dict[str, dict]] = {}
+    for loaded, provenance_dir, run_dir in models:
+        if provenance_dir is not None:
+            for role, records, *_ in selections:
+                check_unseen(provenance_dir, {role: records}, fingerprints, what="scoring")
+        dest = Path(out) / loaded.task if out is not None else Path(run_dir)
+        results[loaded.task] = _score_selections(loaded, selections, dest, n_boot=n_boot, seed=seed, figures=figures, tta=tta, command=command)
+    return results
+
+
+def _selections(specs, splits_file, split_names, all_images) -> list[tuple[str, list, list, str, dict]]:
+    """What to score: (role, records, their CI groups, key, images skipped with the reason) per
+    dataset, plus pooled entries."""
+    out = []
+    if all_images:
+        from busai.data.audit import audit_dataset
+        from busai.data.sources import read_records
+
+        for spec in specs:
+            records = read_records([spec])
+            report = audit_dataset(spec)
+            skipped = _unusable(report, records)
+            if skipped:
+                print(f"note: {len(skipped)} images of {spec.path} cannot be scored and are left out (listed under 'skipped'): "
+                      f"{next(iter(skipped.values()))}", file=sys.stderr)
+            kept = [r for r in records if r.key not in skipped]
+            out.append(("all", kept, _groups_without_split(report, kept), f"{spec.name}/all" if spec.name else "all", skipped))
+        return out
+    from busai.data.splits import duplicate_groups, load_split_records, read_splits
+
     splits = read_splits(splits_file)
-    records = load_split_records(data_dir, splits, split)
-    if not records:
-        raise ConfigError(f"{splits_file}: split '{split}' is empty; nothing to evaluate")
+    for split in split_names:
+        records = load_split_records(specs, splits, split)
+        if not records:
+            raise ConfigError(f"{splits_file}: split '{split}' is empty for the given data; nothing to evaluate")
+        groups = duplicate_groups(splits, [r.key for r in records])
+        names = list(dict.fromkeys(r.dataset for r in records))
+        for name in names:
+            idx = [i for i, r in enumerate(records) if r.dataset == name]
+            out.append((split, [records[i] for i in idx], [groups[i] for i in idx], f"{name}/{split}" if name else split, {}))
+        if len(names) > 1:
+            out.append((split, records, groups, split, {}))
+    return out
+
+
+def _unusable(report, records) -> dict[str, str]:
+    """Images an audit finds unscorable (unreadable, or a mask of another size: never resized
+    silently onto a scan), by key, with the audit's message."""
+    import os
+
+    by_mask = {(f"{r.dataset}:" if r.dataset else "") + Path(os.path.relpath(m, r.root)).as_posix(): r.key for r in records for m in r.masks}
+    kinds = {"unreadable_image", "unreadable_mask", "mask_size_mismatch"}
+    return {by_mask.get(p.path, p.path): p.message for p in report.problems if p.kind in kinds}
+
+
+def _groups_without_split(report, records) -> list[str]:
+    """CI groups for scoring every image of a dataset: its duplicate groups (from an audit) merged
+    with its patient groups, so near-identical frames count as one observation."""
+    from busai.data.splits import _merge_groups
+
+    patients: dict[str, list[str]] = {}
+    for r in records:
+        if r.group is not None:
+            patients.setdefault(r.group, []).append(r.key)
+    merged = _merge_groups(report.duplicate_groups + list(patients.values()))
+    group_of = {k: f"group {i}" for i, g in enumerate(merged) for k in g}
+    return [group_of.get(r.key, r.key) for r in records]
+
+
+def _score_selections(loaded, selections, dest: Path, *, n_boot: int, seed: int, figures: bool, tta: bool, command: str | None) -> dict[str, dict]:
     torch.manual_seed(seed)
     evaluate = evaluate_segmentation if loaded.task == "segmentation" else evaluate_classification
-    result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta, groups=duplicate_groups(splits, [r.key for r in records]))
-    key = f"{split}_tta" if tta else split
-    result = {
-        "split": split, "tta": tta, "command": command, "images": len(records), "task": loaded.task, "model": loaded.spec,
-        "weight_source": loaded.config.get("weight_source"), "n_boot": n_boot,
-        "inference_path": default_path_name(next(loaded.module.parameters()).device), **result,
-    }
-    if figures:
-        from busai import figures as fig
-
+    results = {}
+    for role, records, groups, key, skipped in selections:
         if loaded.task == "segmentation":
-            result["figure"] = fig.segmentation_samples(samples, run_dir / f"samples_{key}.png", title=f"{model_label(loaded.spec)}: {key}")
-        else:
-            result["figure"] = fig.confusion_matrix(np.array(result["confusion_matrix"]), run_dir / f"confusion_{key}.png", title=f"{model_label(loaded.spec)}: {key}")
-            result["sample_figure"] = fig.classification_samples(samples, run_dir / f"samples_{key}.png", title=f"{model_label(loaded.spec)}: {key}")
-    metrics_path = run_dir / "metrics.json"
-    merged = read_metrics(run_dir)
-    merged[key] = result
-    write_json(metrics_path, merged)
-    return result
+            maskless = [r for r in records if not r.segmentable]
+            if maskless:
+                raise ConfigError(f"{maskless[0].image}: a {maskless[0].label} image without a mask ({len(maskless)} such); "
+                                  "segmentation cannot be scored on it: score a classifier, or add the masks")
+        result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta, groups=groups)
+        key = f"{key}_tta" if tta else key
+        datasets = sorted({r.dataset for r in records})
+        result = {
+            "split": role, "datasets": datasets, "skipped": skipped, "tta": tta, "command": command, "images": len(records), "task": loaded.task,
+            "model": loaded.spec, "model_source": loaded.source, "weight_source": loaded.config.get("weight_source"), "n_boot": n_boot,
+            "inference_path": default_path_name(next(loaded.module.parameters()).device), **result,
+        }
+        dest.mkdir(parents=True, exist_ok=True)
+        if figures:
+            from busai import figures as fig
 
+            name = key.replace("/", "_")
+            title = f"{model_label(loaded.spec)}: {key}"
+            if loaded.task == "segmentation":
+                result["figure"] = fig.segmentation_samples(samples, dest / f"samples_{name}.png", title=title)
+            else:
+                result["figure"] = fig.confusion_matrix(np.array(result["confusion_matrix"]), dest / f"confusion_{name}.png", title=title)
+                result["sample_figure"] = fig.classification_samples(samples, dest / f"samples_{name}.png", title=title)
+                from busai.calibration import reliability_figure
+
+                result["reliability_figure"] = reliability_figure({f"{key} (ECE {result['ece']:.3f})": result["reliability"]},
+                                                                  dest / f"reliability_{name}.png", title=title)
+        metrics_path = dest / "metrics.json"
+        merged = read_metrics(dest)
+        merged[key] = result
+        write_json(metrics_path, merged)
+        results[key] = result
+    return results

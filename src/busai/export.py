@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from busai.errors import CheckpointError, ConfigError
+from busai.extras import require
 from busai.outputs import atomic_path, output_file
 from busai.runs import LoadedModel
 
@@ -52,6 +53,7 @@ class OnnxModule(nn.Module):
 
     def __init__(self, path: str | Path):
         super().__init__()
+        require("export")
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -84,9 +86,13 @@ def load_onnx(path: str | Path) -> LoadedModel:
     except (KeyError, json.JSONDecodeError):
         raise CheckpointError(f"{path}: has no busai metadata, so its preprocessing is unknown; export it with `busai export`") from None
     spec, image_size, mean, std = _checked_metadata(meta, module, path)
+    temperature = meta.get("temperature", 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+        raise CheckpointError(f"{path}: metadata temperature {temperature!r} is not a positive number; re-export the model with `busai export`")
     return LoadedModel(
-        module=module, task=spec["task"], spec=spec, image_size=image_size,
-        mean=mean, std=std, config=meta.get("config", {}) if isinstance(meta.get("config"), dict) else {}, source=str(path),
+        module=module, task=spec["task"], spec=spec, image_size=image_size, mean=mean, std=std,
+        config=meta.get("config", {}) if isinstance(meta.get("config"), dict) else {}, source=str(path),
+        grayscale=meta["preprocessing"].get("color") == "gray", temperature=float(temperature),
     )
 
 
@@ -136,13 +142,16 @@ def _export_graph(module: nn.Module, task: str, size: int, path: Path, opset: in
 
 
 def _write_metadata(path: Path, loaded: LoadedModel, dynamic_size: bool) -> None:
+    require("export")
     import onnx
 
     model = onnx.load(str(path))
     meta = {
         "spec": loaded.spec,
-        "preprocessing": {"image_size": loaded.image_size, "mean": list(loaded.mean), "std": list(loaded.std)},
+        "preprocessing": {"image_size": loaded.image_size, "mean": list(loaded.mean), "std": list(loaded.std),
+                          "color": "gray" if loaded.grayscale else "rgb"},
         "dynamic_size": dynamic_size,
+        "temperature": loaded.temperature,
         "source": loaded.source,
         "config": {k: loaded.config.get(k) for k in ("train", "model_spec", "preprocessing", "weight_source")},
     }
@@ -166,6 +175,7 @@ def export_onnx(loaded: LoadedModel, out: str | Path, *, opset: int = OPSET, dyn
     With ``dynamic_size`` the file is also run at a second size (the model size + 32, a multiple
     of the segmentation stride too); if that fails or disagrees, it is exported again with a fixed size.
     """
+    require("export")
     if isinstance(loaded.module, OnnxModule):
         raise CheckpointError(f"{loaded.source}: is already an ONNX file; export from a run folder or the release model")
     highest = _highest_opset()

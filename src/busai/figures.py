@@ -103,3 +103,76 @@ def model_comparison(rows: list[dict], path: Path, metrics=("accuracy", "macro_f
         ax.set_title(metric)
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def training_curve(history: list[dict], path: Path, title: str = "") -> str:
+    """Loss (train and validation) and the validation scores per epoch, best epoch marked.
+
+    Drawn on a bare ``Figure`` (no pyplot, no backend switch) because the training loop calls it
+    after every epoch; written atomically so a reader never sees half a file.
+    """
+    from matplotlib.figure import Figure
+
+    epochs = [row["epoch"] for row in history]
+    scores = [k for k in history[0] if k.startswith("val_") and k != "val_loss"] if history else []
+    fig = Figure(figsize=(9, 3.4))
+    loss_ax, score_ax = fig.subplots(1, 2)
+    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+        loss_ax.plot(epochs, [row.get(key) for row in history], marker=".", label=label)
+    for key in scores:
+        score_ax.plot(epochs, [row.get(key) for row in history], marker=".", label=key.removeprefix("val_"))
+    best = [row["epoch"] for row in history if row.get("best") in (True, "True")]
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (loss_ax, score_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if best:
+            ax.axvline(best[-1], color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    loss_ax.set_title("loss (dotted: best checkpoint)", fontsize=9)
+    score_ax.set_title("validation scores", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    tmp.replace(path)
+    return str(path)
+
+
+def reliability_diagram(confidence: np.ndarray, correct: np.ndarray, path: Path, title: str, bins: int = 10) -> tuple[str, float]:
+    """Accuracy against confidence of the predicted class in equal-width bins; returns (path, ECE).
+
+    ECE is the bin-size-weighted mean |accuracy - confidence| (Guo et al., 2017).
+    """
+    from matplotlib.figure import Figure
+
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    centres, accuracy, counts = [], [], []
+    ece = 0.0
+    for b in range(bins):
+        chosen = index == b
+        if chosen.any():
+            centres.append((edges[b] + edges[b + 1]) / 2)
+            accuracy.append(float(correct[chosen].mean()))
+            counts.append(int(chosen.sum()))
+            ece += chosen.mean() * abs(correct[chosen].mean() - confidence[chosen].mean())
+    fig = Figure(figsize=(4, 4))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.bar(centres, accuracy, width=1 / bins, edgecolor="black", alpha=0.7)
+    for x, y, n in zip(centres, accuracy, counts):
+        ax.text(x, y + 0.02, str(n), ha="center", fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel("confidence of the predicted class")
+    ax.set_ylabel("accuracy (images per bin above the bar)")
+    ax.set_title(f"{title}\nECE {ece:.3f}", fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    return str(path), float(ece)

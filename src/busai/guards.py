@@ -71,7 +71,7 @@ def clear_unfinished_run(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def check_file_names(records, root) -> None:
+def check_file_names(records) -> None:
     """Refuse image names that are not valid UTF-8: a split file (JSON, UTF-8) cannot name them.
 
     Python keeps such bytes as lone surrogates; JSON writers escape them into text other tools
@@ -80,6 +80,6 @@ def check_file_names(records, root) -> None:
     from busai.predict import printable
 
     for record in records:
-        name = str(record.key)
+        name = str(record.image)
         if printable(name) != name:
-            raise DataError(f"{Path(root) / printable(name)}: the file name is not valid UTF-8; rename the file (and its masks)")
+            raise DataError(f"{printable(name)}: the file name is not valid UTF-8; rename the file (and its masks)")

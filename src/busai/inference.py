@@ -12,16 +12,17 @@ from busai.engine import autocast_dtype
 from busai.runs import LoadedModel
 from busai.tasks import probabilities
 
-def preprocess(image_rgb: np.ndarray, size: int, mean, std) -> torch.Tensor:
+def preprocess(image_rgb: np.ndarray, size: int, mean, std, grayscale: bool = False) -> torch.Tensor:
     """uint8 (H, W, 3) -> normalised float (3, size, size) through the training dataset's own functions."""
-    from busai.data.dataset import normalise, resize_image
+    from busai.data.dataset import normalise, resize_image, to_gray_rgb
 
-    return normalise(resize_image(np.ascontiguousarray(image_rgb), int(size)), mean, std)
+    image = resize_image(np.ascontiguousarray(image_rgb), int(size))
+    return normalise(to_gray_rgb(image) if grayscale else image, mean, std)
 
 
 def fast_context(model: torch.nn.Module, precision: str = "auto"):
-    """channels_last, with bf16 autocast where the hardware computes bf16 natively (3x faster
-    inference on a CPU with AMX; see engine.autocast_dtype); plain fp32 with ``precision="fp32"``."""
+    """channels_last, with bf16 autocast where the hardware computes bf16 natively (faster inference
+    on a CPU with AMX: docs/results.md, "Speed"; see engine.autocast_dtype); plain fp32 with ``precision="fp32"``."""
     if precision == "fp32":
         return contextlib.nullcontext()
     model.to(memory_format=torch.channels_last)
@@ -30,29 +31,32 @@ def fast_context(model: torch.nn.Module, precision: str = "auto"):
     return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "auto", *, tta: bool = False) -> torch.Tensor:
+def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "auto", *, tta: bool = False, calibrated: bool = True) -> torch.Tensor:
     """Normalised (N, 3, S, S) batch -> probabilities: (N, S, S) lesion map or (N, classes).
 
     ``tta`` averages each prediction with that of the horizontally flipped image (flipped back),
     a mirror image being an equally plausible scan; both run as one batch.
     A model exported to ONNX (see :mod:`busai.export`) runs in ONNX Runtime in fp32, whatever ``precision`` says.
+    A classifier's logits are divided by its stored temperature (busai.calibration) unless
+    ``calibrated=False``.
     """
+    temperature = loaded.temperature if calibrated and loaded.task == "classification" else 1.0
     if tta:
         n = len(batch)
-        probs = _probabilities(loaded, torch.cat([batch, batch.flip(-1)]), precision)
+        probs = _probabilities(loaded, torch.cat([batch, batch.flip(-1)]), precision, temperature)
         mirrored = probs[n:].flip(-1) if loaded.task == "segmentation" else probs[n:]
         return (probs[:n] + mirrored) / 2
-    return _probabilities(loaded, batch, precision)
+    return _probabilities(loaded, batch, precision, temperature)
 
 
-def _probabilities(loaded: LoadedModel, batch: torch.Tensor, precision: str) -> torch.Tensor:
+def _probabilities(loaded: LoadedModel, batch: torch.Tensor, precision: str, temperature: float = 1.0) -> torch.Tensor:
     from busai.export import OnnxModule
 
     model = loaded.module
     if isinstance(model, OnnxModule):
         with torch.inference_mode():
             logits = model(batch)
-        return probabilities(loaded.task, logits.float()).cpu()
+        return probabilities(loaded.task, logits.float() / temperature).cpu()
     device = next(model.parameters()).device
     x = batch.to(device)
     if precision != "fp32":
@@ -62,12 +66,12 @@ def _probabilities(loaded: LoadedModel, batch: torch.Tensor, precision: str) -> 
     context = fast_context(model, precision)
     with torch.inference_mode(), context:
         logits = model(x)
-    return probabilities(loaded.task, logits.float()).cpu()
+    return probabilities(loaded.task, logits.float() / temperature).cpu()
 
 
 def predict_image(loaded: LoadedModel, image_rgb: np.ndarray, *, tta: bool = False, precision: str = "auto") -> torch.Tensor:
     """One uint8 (H, W, 3) image -> (S, S) lesion probability or (classes,) class probabilities (``tta``: see predict_tensor)."""
-    x = preprocess(image_rgb, loaded.image_size, loaded.mean, loaded.std)[None]
+    x = preprocess(image_rgb, loaded.image_size, loaded.mean, loaded.std, loaded.grayscale)[None]
     return predict_tensor(loaded, x, precision, tta=tta)[0]
 
 

@@ -283,6 +283,24 @@ def classification_report_dict(
     }
 
 
+def malignant_vs_benign_auc(y_true, probs: np.ndarray, *, n_boot: int = 1000, seed: int = 0, groups: Sequence | None = None) -> dict:
+    """ROC AUC of p(malignant) / (p(malignant) + p(benign)) over the lesion scans alone, with a 95%
+    CI over them (or their groups): how well the model ranks malignant above benign once a lesion
+    is there, the question a biopsy decision turns on. None where one of the two classes is absent."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    benign, malignant = CLASSES.index("benign"), CLASSES.index("malignant")
+    lesion = (y_true == benign) | (y_true == malignant)
+    positive = y_true[lesion] == malignant
+    if positive.all() or not positive.any():
+        return _estimate(None, None, None)
+    total = probs[lesion, malignant] + probs[lesion, benign]
+    scores = np.divide(probs[lesion, malignant], total, out=np.full(total.shape, 0.5), where=total > 0)
+    groups = np.arange(y_true.size) if groups is None else np.asarray(groups)
+    boot = _resampled_auc(scores, positive, _resample_weights(groups[lesion], n_boot, seed))
+    return _estimate(float(roc_auc_score(positive, scores)), *_percentile_interval(boot))
+
+
 def _one_vs_rest_auc(y_true: np.ndarray, probs: np.ndarray, labels: list[int]) -> list[float | None]:
     # Per class with the binary sklearn score: roc_auc_score(multi_class="ovr") raises as soon as
     # one class is missing, which happens in small splits and bootstrap resamples.

@@ -38,3 +38,12 @@ CLASSIFICATION_SCORES = {
     "mobilenet_v3_large": {"train": (0.93, 0.94, 0.93), "val": (0.81, 0.80, 0.80), "test": (0.71, 0.71, 0.71)},
     "googlenet": {"train": (0.91, 0.91, 0.91), "val": (0.73, 0.73, 0.73), "test": (0.78, 0.77, 0.77)},
 }
+
+# Tables 1 and 2: image-mask pairs per split (segmentation) and images per class and split
+# (classification). The paper split 780 images 80:10:10 image by image.
+SPLIT_IMAGES = {"train": 624, "val": 77, "test": 77}
+SPLIT_CLASS_COUNTS = {
+    "train": {"normal": 106, "benign": 350, "malignant": 168},
+    "val": {"normal": 13, "benign": 43, "malignant": 21},
+    "test": {"normal": 13, "benign": 43, "malignant": 21},
+}

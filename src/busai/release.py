@@ -55,6 +55,16 @@ def make_release(run_dir: str | Path, task: str, root: str | Path | None = None)
         raise CheckpointError(f"{run_dir}: fp16 weights are {size_mb:.1f} MB, over the {MAX_RELEASE_MB} MB package limit; release a smaller model")
     tmp.replace(out / WEIGHTS)
     shutil.copyfile(run_dir / CONFIG, out / CONFIG)
+    from busai.calibration import CALIBRATION
+
+    if (run_dir / CALIBRATION).is_file():
+        shutil.copyfile(run_dir / CALIBRATION, out / CALIBRATION)
+    elif (out / CALIBRATION).exists():
+        (out / CALIBRATION).unlink()  # a temperature belongs to the weights it was fitted for
+    from busai.provenance import TRAINING_DATA, training_data
+
+    # What the model saw, so scoring or fine-tuning the release can refuse images it trained on.
+    write_json(out / TRAINING_DATA, {"source": f"{run_dir.name}/splits.json", "datasets": training_data(run_dir)})
 
     metrics_path = run_dir / "metrics.json"
     compact = compact_segmentation if loaded.task == "segmentation" else compact_classification

@@ -95,6 +95,8 @@ class LoadedModel:
     std: tuple[float, float, float]
     config: dict
     source: str
+    grayscale: bool = False  # preprocessing "color": "gray" (see TrainConfig.color)
+    temperature: float = 1.0  # classification logits are divided by it (busai.calibration); 1 = uncalibrated
 
 
 def load_weights_into(module: nn.Module, path: Path) -> None:
@@ -114,6 +116,7 @@ def load_weights_into(module: nn.Module, path: Path) -> None:
 
 def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT) -> LoadedModel:
     """Rebuild the architecture from a run folder's config and load its best weights (eval mode)."""
+    from busai.calibration import read_temperature
     from busai.models.registry import build
 
     source = Path(source)
@@ -130,7 +133,8 @@ def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT) -> Load
     built.module.eval()
     return LoadedModel(
         module=built.module, task=spec["task"], spec=spec, image_size=int(pre["image_size"]),
-        mean=tuple(pre["mean"]), std=tuple(pre["std"]), config=config, source=str(source),
+        mean=tuple(pre["mean"]), std=tuple(pre["std"]), config=config, source=str(source), grayscale=pre.get("color") == "gray",
+        temperature=read_temperature(source) if spec["task"] == "classification" else 1.0,
     )
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from busai import guards
 from busai.config import TrainConfig
 from busai.engine import LAST_CHECKPOINT, FitResult, fit, load_checkpoint, resolve_precision, runs_fused, seed_everything
-from busai.errors import ConfigError, read_json
+from busai.errors import CheckpointError, ConfigError
 from busai.models.weights import file_sha256
 from busai.outputs import output_dir
 from busai.runs import CONFIG, library_versions, machine_info, read_run_config, write_json
@@ -20,29 +20,65 @@ from busai.tasks import adapter_for
 
 
 def _loaders(cfg: TrainConfig, image_size: int, mean, std):
-    from busai.data.dataset import BusDataset, HardExampleSampler, ImageCache, class_balance_weights, make_weighted_sampler
+    from busai.data.dataset import BusDataset, HardExampleSampler, ImageCache, class_balance_weights
+    from busai.data.sources import parse_data_specs
     from busai.data.splits import load_split_records, read_splits
 
     if not cfg.data or not cfg.splits:
         raise ConfigError("training needs --data DIR and --splits FILE (make one with `busai data split DIR --out FILE`)")
+    specs = parse_data_specs(cfg.data)
     splits = read_splits(cfg.splits)
-    train_records = load_split_records(cfg.data, splits, "train", fold=cfg.fold)
-    val_records = load_split_records(cfg.data, splits, "val", fold=cfg.fold)
+    train_records = load_split_records(specs, splits, "train", fold=cfg.fold)
+    val_records = load_split_records(specs, splits, "val", fold=cfg.fold)
     if not train_records or not val_records:
         raise ConfigError(f"{cfg.splits}: the train or val split is empty; re-run `busai data split` with more images")
+    if cfg.task == "segmentation":
+        maskless = [r for r in train_records + val_records if not r.segmentable]
+        if maskless:
+            raise ConfigError(f"{maskless[0].image}: a {maskless[0].label} image without a mask ({len(maskless)} such); "
+                              "segmentation needs lesion masks: train `cls` on this data, or add the masks")
+    names = [s.name for s in specs]
+    unknown = sorted(set(cfg.dataset_weights or {}) - set(names))
+    if unknown:
+        raise ConfigError(f"--dataset-weight {unknown[0]}=...: no --data named '{unknown[0]}'; the datasets are {', '.join(n or '(unnamed)' for n in names)}")
     cache = ImageCache()
-    train_ds = BusDataset(train_records, image_size, mean, std, augment=cfg.augment, cache=cache, seed=cfg.seed, lesion_paste=cfg.lesion_paste)
-    val_ds = BusDataset(val_records, image_size, mean, std, cache=cache, seed=cfg.seed)
+    gray = cfg.color == "gray"
+    train_ds = BusDataset(train_records, image_size, mean, std, augment=cfg.augment, cache=cache, seed=cfg.seed, lesion_paste=cfg.lesion_paste, grayscale=gray)
+    val_ds = BusDataset(val_records, image_size, mean, std, cache=cache, seed=cfg.seed, grayscale=gray)
     class_balanced = cfg.task == "classification" and cfg.weighted_sampler
+    base = class_balance_weights(train_ds.labels) if class_balanced else None
+    if cfg.dataset_weights:
+        base = _dataset_weighted(train_records, cfg.dataset_weights, base)
+    generator = torch.Generator().manual_seed(cfg.seed)
     if cfg.hard_examples:
-        sampler = HardExampleSampler(len(train_ds), class_balance_weights(train_ds.labels) if class_balanced else None, seed=cfg.seed)
-    elif class_balanced:
-        sampler = make_weighted_sampler(train_ds.labels, seed=cfg.seed)
+        sampler = HardExampleSampler(len(train_ds), base, seed=cfg.seed)
+    elif base is not None:
+        sampler = WeightedRandomSampler(base, num_samples=len(train_ds), replacement=True, generator=generator)
     else:
-        sampler = RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed))
+        sampler = RandomSampler(train_ds, generator=generator)
     train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=len(train_ds) > cfg.batch_size)
     val_loader = DataLoader(val_ds, batch_size=max(cfg.batch_size, 16), shuffle=False, num_workers=cfg.num_workers)
-    return train_loader, val_loader, splits
+    datasets = {
+        s.name: {
+            "path": str(s.path),
+            "train_images": sum(r.dataset == s.name for r in train_records),
+            "val_images": sum(r.dataset == s.name for r in val_records),
+        }
+        for s in specs
+    }
+    return train_loader, val_loader, splits, specs, datasets
+
+
+def _dataset_weighted(records, weights: dict[str, float], base: torch.Tensor | None) -> torch.Tensor:
+    """Per-image draw weights giving each dataset ``weights[name]`` / sum of the draws (datasets
+    without a weight count 1), keeping ``base`` (class balance) within each dataset."""
+    names = [r.dataset for r in records]
+    base = torch.ones(len(records), dtype=torch.double) if base is None else base.double()
+    out = torch.empty_like(base)
+    for name in dict.fromkeys(names):
+        idx = torch.tensor([i for i, n in enumerate(names) if n == name])
+        out[idx] = float(weights.get(name, 1.0)) * base[idx] / base[idx].sum()
+    return out
 
 
 def train(
@@ -98,24 +134,45 @@ def resume(
     return _train(cfg, run_dir, resume=True, quiet=quiet, on_epoch=None, command=None, on_ready=record)
 
 
-def check_weights_split(cfg: TrainConfig) -> None:
-    """Refuse ``weights=FILE`` from a run (or release) trained on another split.
+def resolve_weights(cfg: TrainConfig) -> Path | None:
+    """``weights`` naming a model folder rather than a file: ``release`` (the packaged model for the
+    task), a release folder, or a run folder (its best checkpoint). Returns the folder, and points
+    ``cfg.weights`` at its weights file; None for imagenet / none / a plain file."""
+    from busai.engine import BEST_CHECKPOINT
+    from busai.release import WEIGHTS, release_dir
 
-    Its weights have seen that split's training images, which may be this run's validation or test
-    images: scores would leak. The file's run folder (or release folder) records the split's sha256
-    in ``config.json``; a file with no such record beside it is the user's responsibility.
+    value = str(cfg.weights)
+    if value.lower() in ("imagenet", "none"):
+        return None
+    folder = release_dir(cfg.task) if value == "release" else Path(value).expanduser()
+    if not folder.is_dir():
+        return Path(value).expanduser().parent if (Path(value).expanduser().parent / CONFIG).is_file() else None
+    for name in (WEIGHTS, BEST_CHECKPOINT):
+        if (folder / name).is_file():
+            cfg.weights = str(folder / name)
+            return folder
+    raise CheckpointError(f"--weights {value}: {folder} holds no {WEIGHTS} or {BEST_CHECKPOINT}; pass a release or finished run folder, or a weights file")
+
+
+def check_weights_split(cfg: TrainConfig, val_records, test_records, fingerprints: dict[str, str]) -> None:
+    """Refuse weights whose model trained on images that are this run's validation or test images.
+
+    Compared by dataset fingerprint and image path (see :mod:`busai.provenance`): fine-tuning the
+    release on a split file whose BUSI part is BUSI's canonical split is fine; on a split that puts
+    the release's training images into validation or test it is refused. Weights with no record
+    of their training data beside them are the user's responsibility.
     """
-    if str(cfg.weights).lower() in ("imagenet", "none") or not cfg.splits:
-        return
-    beside = Path(cfg.weights).expanduser().parent / CONFIG
-    if not beside.is_file():
-        return
-    trained_on = read_json(beside, missing="missing", fix="fix or remove it").get("splits_sha256")
-    if trained_on and trained_on != file_sha256(cfg.splits):
-        raise ConfigError(
-            f"{cfg.weights}: was trained on another split than {cfg.splits} (splits_sha256 {trained_on[:12]} in {beside}); "
-            "its weights have seen images that may be in this run's val or test split: use weights trained with the same --splits"
-        )
+    from busai.provenance import check_unseen
+
+    folder = resolve_weights(cfg)
+    if folder is not None:
+        check_unseen(folder, {"val": val_records, "test": test_records}, fingerprints, what=f"--weights {folder}: validating or testing on")
+
+
+def _with_fingerprints(datasets: dict, splits: dict) -> dict:
+    for name, entry in datasets.items():
+        entry["fingerprint"] = (splits.get("datasets") or {}).get(name, {}).get("fingerprint") if name else splits.get("fingerprint")
+    return datasets
 
 
 def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epoch, command: str | None,
@@ -125,13 +182,20 @@ def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epo
 
     best_threads()
     guards.validate_config(cfg)
+    requested_weights = cfg.weights
     if not resume:
-        check_weights_split(cfg)
+        from busai.data.splits import load_split_records
+        from busai.provenance import dataset_fingerprints
+
+        test_records = load_split_records(cfg.data, cfg.splits, "test") if cfg.data and cfg.splits else []
+        val_records = load_split_records(cfg.data, cfg.splits, "val", fold=cfg.fold) if cfg.data and cfg.splits else []
+        check_weights_split(cfg, val_records, test_records, dataset_fingerprints(cfg.data) if cfg.data else {})
     seed_everything(cfg.seed)  # before build: random initial weights (and heads) depend on the seed only
     # On resume the checkpoint supplies every weight: no ImageNet lookup, no warning.
     built = build(cfg.task, cfg.model, encoder=cfg.encoder, weights="none" if resume else cfg.weights, image_size=cfg.image_size)
+    cfg.weights = requested_weights  # the config keeps what the user asked for ("release"); weight_source names the file
     image_size = built.preprocessing.image_size
-    train_loader, val_loader, splits = _loaders(cfg, image_size, built.preprocessing.mean, built.preprocessing.std)
+    train_loader, val_loader, splits, specs, datasets = _loaders(cfg, image_size, built.preprocessing.mean, built.preprocessing.std)
     guards.check_class_coverage(cfg, train_loader.dataset, cfg.splits)
 
     if resume and on_ready is not None:
@@ -144,7 +208,7 @@ def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epo
             "command": command,
             "train": cfg.to_dict(),
             "model_spec": built.spec,
-            "preprocessing": {"image_size": image_size, "mean": list(built.preprocessing.mean), "std": list(built.preprocessing.std)},
+            "preprocessing": {"image_size": image_size, "mean": list(built.preprocessing.mean), "std": list(built.preprocessing.std), "color": cfg.color},
             "weight_source": built.weight_source,
             "device": str(precision.device),
             "autocast": str(precision.autocast_dtype).replace("torch.", "") if precision.autocast_dtype else "none",
@@ -152,6 +216,7 @@ def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epo
             "fused_optimizer": runs_fused(cfg, precision.fused_optimizer),
             "splits_sha256": file_sha256(cfg.splits),
             "data_fingerprint": splits.get("fingerprint"),
+            "datasets": _with_fingerprints(datasets, splits),
             "train_images": len(train_loader.dataset),
             "val_images": len(val_loader.dataset),
             "versions": library_versions(),

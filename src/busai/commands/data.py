@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -24,19 +26,32 @@ def register(subparsers) -> None:
     synth.add_argument("--n", type=int, default=30, help="number of images, split ~45/30/25 benign/malignant/normal (default 30)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes identical files (default 0)")
     synth.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(128, 160), help="image height and width (default 128 160)")
+    synth.add_argument("--layout", default="busi", choices=["busi", "class-folders", "bus-uclm", "images-masks", "manifest"],
+                       help="folder layout to write (default busi); every layout `busai data audit` reads, to see or test one")
     synth.set_defaults(handler=run_synth)
 
     from busai.data.audit import DEFAULT_NEAR_THRESHOLD
     from busai.data.splits import DUPLICATE_POLICIES
 
-    audit = sub.add_parser("audit", help="count images, find duplicates, label conflicts and bad files")
-    audit.add_argument("data_dir", metavar="DATA_DIR", help="folder holding benign/, malignant/, normal/")
+    from busai.data.sources import FORMATS
+
+    layouts = ", ".join(FORMATS)
+    audit = sub.add_parser("audit", help="count images and patients, find duplicates, label conflicts and bad files")
+    audit.add_argument("data_dir", metavar="DATA", help=f"dataset folder or CSV manifest, optionally NAME=PATH (layouts: {layouts}; detected)")
+    audit.add_argument("--format", metavar="LAYOUT", choices=FORMATS, default=None, help=f"force a layout instead of detecting it: {layouts}")
     audit.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     _near_threshold_option(audit, DEFAULT_NEAR_THRESHOLD)
     audit.set_defaults(handler=run_audit)
 
-    split = sub.add_parser("split", help="write stratified train/val/test splits that keep duplicates together")
-    split.add_argument("data_dir", metavar="DATA_DIR", help="folder holding benign/, malignant/, normal/")
+    split = sub.add_parser("split", help="write stratified train/val/test splits that keep duplicates and patients together")
+    split.add_argument("data_dir", metavar="DATA", nargs="?", default=None, help="one dataset folder or CSV manifest (or use --data)")
+    split.add_argument("--data", dest="data", action="append", default=None, metavar="NAME=PATH",
+                       help="a dataset, repeatable: several datasets share one split file, each split on its own (keys carry NAME:)")
+    split.add_argument("--format", dest="formats", action="append", default=None, metavar="[NAME=]LAYOUT",
+                       help=f"force a dataset's layout instead of detecting it: {layouts}")
+    split.add_argument("--exclude-problems", action="store_true",
+                       help="leave out images the audit finds unusable (unreadable, mask of another size) and list them under "
+                       "'excluded' with the reason, instead of stopping at the first")
     split.add_argument("--out", required=True, metavar="FILE", help="split file to write (JSON)")
     split.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     split.add_argument("--val", type=float, default=0.1, help="validation fraction (default 0.1)")
@@ -63,9 +78,16 @@ def _near_threshold_option(parser: argparse.ArgumentParser, default: int) -> Non
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from busai.data.synthetic import class_counts, write_synthetic_dataset
+    import tempfile
 
-    out = write_synthetic_dataset(args.out_dir, n=args.n, seed=args.seed, size=tuple(args.size))
+    from busai.data.synthetic import class_counts, write_layout, write_synthetic_dataset
+
+    if args.layout == "busi":
+        out = write_synthetic_dataset(args.out_dir, n=args.n, seed=args.seed, size=tuple(args.size))
+    else:
+        with tempfile.TemporaryDirectory(prefix="busai-synth-") as tmp:
+            busi = write_synthetic_dataset(Path(tmp) / "busi", n=args.n, seed=args.seed, size=tuple(args.size))
+            out = write_layout(busi, args.out_dir, args.layout)
     counts = ", ".join(f"{n} {c}" for c, n in class_counts(args.n).items())
     Console().print(f"wrote {args.n} synthetic images ({counts}) to {out}")
     return 0
@@ -73,21 +95,34 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_audit(args: argparse.Namespace) -> int:
     from busai.data.audit import audit_dataset
+    from busai.data.sources import parse_data_specs
 
-    report = audit_dataset(args.data_dir, args.near_threshold, progress=not args.json)
+    spec = parse_data_specs([args.data_dir], [args.format] if args.format else None)[0]
+    report = audit_dataset(spec, args.near_threshold, progress=not args.json)
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
     console = Console()
-    console.print(f"Dataset {report.root}", highlight=False)
+    console.print(f"Dataset {report.root} (layout: {report.format})", highlight=False)
     table = Table()
     for column in ("class", "images"):
         table.add_column(column, justify="right" if column == "images" else "left")
     for name in CLASSES:
         table.add_row(name, str(report.counts[name]))
+    if report.unlabelled:
+        table.add_row("unlabelled", str(report.unlabelled))
     table.add_row("total", str(report.images), style="bold")
     console.print(table)
     console.print(f"{report.masks} mask files")
+    groups = report.group_summary()
+    if groups["groups"]:
+        console.print(
+            f"{groups['groups']} patients (groups): {groups['images_min']} to {groups['images_max']} images each "
+            f"(median {groups['images_median']}); {groups['groups_with_lesion']} with a lesion scan",
+            highlight=False,
+        )
+    else:
+        console.print("patients unknown (the layout names no groups): duplicate groups alone keep scans together")
     exact = report.exact_duplicate_groups
     console.print(
         f"{len(report.duplicate_groups)} duplicate groups ({sum(map(len, report.duplicate_groups))} images; "
@@ -111,43 +146,84 @@ def _print_some(console: Console, lines: list[str], title: str) -> None:
         console.print(f"  ... {len(lines) - _SHOWN} more (use --json for all)", highlight=False)
 
 
+_UNUSABLE = {"unreadable_image", "unreadable_mask", "mask_size_mismatch"}
+
+
 def run_split(args: argparse.Namespace) -> int:
-    from busai.data.audit import audit_dataset
-    from busai.data.discover import discover_records
-    from busai.data.splits import make_splits, write_splits
-    from busai.errors import DataError
+    from busai.data.audit import audit_dataset, duplicate_groups_across
+    from busai.data.sources import parse_data_specs, read_records
+    from busai.data.splits import _class_counts, make_splits, write_splits
+    from busai.errors import ConfigError, DataError
     from busai.guards import check_file_names
     from busai.outputs import output_file
 
+    if (args.data_dir is None) == (args.data is None):
+        raise ConfigError("give the dataset either as DATA or with --data NAME=PATH (repeatable), not both or neither")
+    specs = parse_data_specs(args.data or [args.data_dir], args.formats)
     output_file(args.out)  # a read-only location or a folder fails before the audit
-    records = discover_records(args.data_dir)  # strict: refuses unpaired images before the slower audit
-    check_file_names(records, args.data_dir)
-    report = audit_dataset(args.data_dir, args.near_threshold, progress=True)
-    unreadable = [p for p in report.problems if p.kind in {"unreadable_image", "unreadable_mask", "mask_size_mismatch"}]
-    if unreadable:
-        more = f" (and {len(unreadable) - 1} more; run `busai data audit {args.data_dir}`)" if len(unreadable) > 1 else ""
-        raise DataError(unreadable[0].message + more)
+    records = read_records(specs)  # strict: refuses unpaired images before the slower audit
+    check_file_names(records)
+    reports = [audit_dataset(spec, args.near_threshold, progress=True) for spec in specs]
+    unusable = {}
+    for spec, report in zip(specs, reports):
+        for problem in report.problems:
+            if problem.kind in _UNUSABLE:
+                unusable.setdefault(_image_key(problem.path, records), problem.message)
+    if unusable and not args.exclude_problems:
+        first = next(iter(unusable.values()))
+        where = " ".join(f"busai data audit {s.path}" for s in specs)
+        raise DataError(f"{first} (and {len(unusable) - 1} more; `{where}` lists them; or pass --exclude-problems to leave them out)"
+                        if len(unusable) > 1 else first + " (or pass --exclude-problems to leave it out)")
+    usable = [r for r in records if r.key not in unusable]
+    groups = duplicate_groups_across(reports)
     splits = make_splits(
-        records,
-        report.duplicate_groups,
-        val=args.val,
-        test=args.test,
-        seed=args.seed,
-        folds=args.folds,
-        duplicates=args.duplicates,
+        usable, groups, val=args.val, test=args.test, seed=args.seed, folds=args.folds, duplicates=args.duplicates,
+        formats={spec.name: report.format for spec, report in zip(specs, reports)},
     )
+    # Fingerprints describe each dataset folder as it is, excluded images included.
+    from busai.data.splits import dataset_fingerprint
+
+    if splits.get("datasets"):
+        for name, entry in splits["datasets"].items():
+            entry["fingerprint"] = dataset_fingerprint([r for r in records if r.dataset == name])
+    else:
+        splits["fingerprint"] = dataset_fingerprint(records)
+    if unusable:
+        label_of = {r.key: r.label for r in records}
+        splits["excluded"] = splits["excluded"] + [k for k in (r.key for r in records) if k in unusable]
+        splits["exclusions"] = unusable
+        splits["counts"]["excluded"] = _class_counts(splits["excluded"], label_of)
+        for name, entry in (splits.get("datasets") or {}).items():
+            entry["counts"]["excluded"] = _class_counts([k for k in splits["excluded"] if k.startswith(f"{name}:")], label_of)
     splits = {"command": _command_line(args), **splits, "near_threshold": args.near_threshold}
     path = write_splits(args.out, splits, overwrite=args.force)
     _print_split_counts(splits, path)
-    if report.problems:
-        counts = ", ".join(f"{kind} {n}" for kind, n in report.problem_counts().items())
-        Console().print(f"note: the audit found {len(report.problems)} problems ({counts}); see `busai data audit {args.data_dir}`", highlight=False)
+    problems = sum(len(r.problems) for r in reports)
+    if problems:
+        Console().print(f"note: the audit found {problems} problems; see `busai data audit` on each dataset", highlight=False)
     return 0
+
+
+def _image_key(problem_key: str, records) -> str:
+    """A problem names an image or one of its masks; map a mask's path to its image's key."""
+    keys = {r.key for r in records}
+    if problem_key in keys:
+        return problem_key
+    for r in records:
+        prefix = f"{r.dataset}:" if r.dataset else ""
+        if any(problem_key == prefix + Path(os.path.relpath(m, r.root)).as_posix() for m in r.masks):
+            return r.key
+    return problem_key
 
 
 def _command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this file (options spelled out, so defaults are on record)."""
-    parts = ["busai", "data", "split", args.data_dir, "--out", args.out, "--seed", str(args.seed), "--val", str(args.val), "--test", str(args.test)]
+    data = [args.data_dir] if args.data_dir else [x for d in args.data for x in ("--data", d)]
+    parts = ["busai", "data", "split", *data]
+    parts += [x for f in args.formats or [] for x in ("--format", f)]
+    if args.exclude_problems:
+        parts.append("--exclude-problems")
+    parts += ["--out", args.out, "--seed", str(args.seed), "--val", str(args.val), "--test", str(args.test)]
     if args.folds:
         parts += ["--folds", str(args.folds)]
     if args.duplicates != "group":
@@ -167,16 +243,32 @@ def _duplicates_line(splits: dict) -> str:
 
 
 def _print_split_counts(splits: dict, path) -> None:
+    console = Console()
+    datasets = splits.get("datasets")
     table = Table(title=f"Splits written to {path}")
+    if datasets:
+        table.add_column("dataset")
     table.add_column("split")
     for name in (*CLASSES, "total"):
         table.add_column(name, justify="right")
+    if datasets:
+        table.add_column("patients", justify="right")
     names = ["train", "val", "test"] + (["excluded"] if splits["excluded"] else [])
-    for name in names:
-        counts = splits["counts"][name]
-        table.add_row(name, *(str(counts[c]) for c in CLASSES), str(sum(counts.values())))
-    console = Console()
+    for dataset, entry in (datasets or {"": {"counts": splits["counts"]}}).items():
+        for name in names:
+            counts = entry["counts"][name]
+            row = [str(counts[c]) for c in CLASSES] + [str(sum(counts.values()))]
+            if datasets:
+                patients = entry.get("patients", {}).get(name)
+                row = [dataset, name, *row, "" if not patients else str(patients)]
+            else:
+                row = [name, *row]
+            table.add_row(*row)
     console.print(table)
     console.print(_duplicates_line(splits))
+    if splits.get("exclusions"):
+        console.print(f"{len(splits['exclusions'])} unusable images excluded (reasons under 'exclusions' in the file)")
+    if splits.get("cross_dataset_groups"):
+        console.print(f"{len(splits['cross_dataset_groups'])} duplicate groups span two datasets: kept in train")
     if splits.get("folds"):
         console.print(f"{len(splits['folds'])} cross-validation folds over train+val; test is fixed")

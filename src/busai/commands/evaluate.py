@@ -1,4 +1,4 @@
-"""`busai evaluate`: score a run folder on a split (metrics.json + figures)."""
+"""`busai evaluate`: score any model (run folder, release, release folder, .onnx) on any labelled data."""
 
 from __future__ import annotations
 
@@ -7,30 +7,41 @@ import json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="score a run on train / val / test with bootstrap 95%% CIs")
-    p.add_argument("run_dir", help="run folder written by `busai train`")
-    p.add_argument("--data", required=True, help="dataset folder (BUSI layout)")
-    p.add_argument("--splits", required=True, help="split JSON used for training")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], nargs="+", help="one or more splits (default test)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
-    p.add_argument("--no-figures", dest="figures", action="store_false")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation, as `busai predict --tta`; stored as <split>_tta in metrics.json")
+    p = sub.add_parser(
+        "evaluate", help="score a model on a split or on all of a dataset, with bootstrap 95%% CIs",
+        description="Score a model on labelled data. MODEL is a run folder, 'release' (both packaged models), a release folder "
+        "or an exported .onnx file. A dataset the model never trained on can be scored whole with --all (external validation); "
+        "images the model trained on are refused.",
+    )
+    p.add_argument("model", metavar="MODEL", help="run folder, 'release', release folder or .onnx file")
+    p.add_argument("--data", action="append", required=True, metavar="[NAME=]PATH",
+                   help="dataset folder or CSV manifest; repeat as NAME=PATH for several (each scored on its own, and pooled)")
+    p.add_argument("--splits", default=None, metavar="FILE", help="split JSON (from `busai data split`)")
+    p.add_argument("--split", default=["test"], choices=["train", "val", "test"], nargs="+", help="one or more splits of --splits (default: test)")
+    p.add_argument("--all", dest="all_images", action="store_true", help="score every image of the data instead of a split")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where metrics.json and figures go (default: the run folder; required for release, release folders and .onnx)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (default 1000)")
+    p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the sample and confusion-matrix figures")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation, as `busai predict --tta`; stored as <key>_tta")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from busai.commands import command_line
-    from busai.evaluate import evaluate_run
+    from busai.evaluate import evaluate_model
     from busai.report import print_metrics
 
-    splits = args.split if isinstance(args.split, list) else [args.split]
-    results = {}
-    for split in splits:
-        results[split] = evaluate_run(args.run_dir, args.data, args.splits, split, n_boot=args.n_boot, figures=args.figures, tta=args.tta, command=command_line(args))
+    results = evaluate_model(
+        args.model, args.data, splits_file=args.splits, split_names=args.split, all_images=args.all_images, out=args.out,
+        n_boot=args.n_boot, figures=args.figures, tta=args.tta, command=command_line(args),
+    )
     if args.json:
-        print(json.dumps(results[splits[0]] if len(splits) == 1 else results, default=str))
+        flat = {f"{task}:{key}" if len(results) > 1 else key: r for task, by_key in results.items() for key, r in by_key.items()}
+        print(json.dumps(next(iter(flat.values())) if len(flat) == 1 else flat, default=str))
     else:
-        for result in results.values():
-            print_metrics(result)
+        for by_key in results.values():
+            for key, result in by_key.items():
+                print_metrics(result, key)
     return 0

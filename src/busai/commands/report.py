@@ -1,4 +1,4 @@
-"""`busai report`: result files from evaluated run folders, and the README tables from result files."""
+"""`busai report`: the study's report from run folders, results folders and tuning studies."""
 
 from __future__ import annotations
 
@@ -6,56 +6,29 @@ import argparse
 
 
 def register(sub) -> None:
-    p = sub.add_parser("report", help="collect results from run folders; render paper-shaped tables")
-    rsub = p.add_subparsers(dest="report_command", metavar="ACTION")
-    rsub.required = True
-    c = rsub.add_parser("collect", help="write results/<task>/<run>.json from evaluated run folders")
-    c.add_argument("run_dirs", nargs="+")
-    c.add_argument("--out", required=True, help="results folder, e.g. results/segmentation")
-    c.set_defaults(handler=collect)
-    t = rsub.add_parser("tables", help="print (or write into README) the segmentation, classification, speed and tuning tables; draw the classifier comparison chart")
-    t.add_argument("--results", default="results", help="folder holding segmentation/, classification/ and tuning/")
-    t.add_argument("--readme", help="README to update between <!-- seg-table|cls-table|speed-table|leak-table|tune-table:start/end --> markers")
-    t.set_defaults(handler=tables)
-
-
-def collect(args: argparse.Namespace) -> int:
-    from busai.report import write_results
-
-    for path in write_results(args.run_dirs, args.out):
-        print(path)
-    return 0
-
-
-def tables(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from busai.figures import model_comparison
-    from busai.report import (
-        classification_table, comparison_rows, leakage_table, load_results, missed_table, segmentation_table, speed_table, update_readme,
+    p = sub.add_parser(
+        "report", help="write report.md and a self-contained report.html from runs, results folders and tuning studies",
+        description="The study's report: dataset audit, split tables, tuned hyper-parameters, segmentation and classification "
+        "tables with CIs beside the paper's, confusion matrices, calibration, training curves, sample predictions, "
+        "weight source and training cost per run. Nothing is recomputed: numbers are read from the inputs.",
     )
+    p.add_argument("inputs", nargs="+", metavar="RUN_OR_STUDY",
+                   help="run folders, folders of run folders, results folders (with segmentation/, classification/, tuning/), result files or tuning study folders")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write report.md, report.html and figures/ into")
+    p.add_argument("--audit", metavar="DATA_DIR_OR_JSON", help="dataset folder to audit, or the JSON of `busai data audit DIR --json` (default: no audit section)")
+    p.add_argument("--splits", nargs="+", default=[], metavar="FILE", help="split files to tabulate besides those the runs name (default: none)")
+    p.add_argument("--title", default="busai report", help="report title (default 'busai report')")
+    p.add_argument("--sample-splits", nargs="+", default=["test"], choices=["train", "val", "test"], metavar="SPLIT",
+                   help="splits whose sample-prediction figures are shown: train, val, test (default test)")
+    p.set_defaults(handler=report)
 
-    root = Path(args.results)
-    classification = load_results(root / "classification")
-    if classification:  # the paper's Figure 11: every classifier on train / val / test
-        print(model_comparison(comparison_rows(classification), root / "classification" / "figures" / "model_comparison.png"))
-    rendered = {
-        "seg-table": segmentation_table(load_results(root / "segmentation")),
-        "cls-table": classification_table(classification),
-        "speed-table": speed_table(root),
-        "leak-table": leakage_table(root),
-        "missed-table": missed_table(root),
-    }
-    studies = sorted(p.parent for p in (root / "tuning").glob("*/summary.json"))
-    if studies:  # Optuna is imported only when there are studies to show
-        from busai.tune import best_params_table
 
-        rendered["tune-table"] = best_params_table(studies)
-    for marker, table in rendered.items():
-        if not table:  # an optional table whose results are absent (the leak benchmark): its markers are not required
-            continue
-        if args.readme:
-            update_readme(args.readme, marker, table)
-        elif table.count("\n") > 1:  # header rows only: nothing collected for this table
-            print(table + "\n")
+def report(args: argparse.Namespace) -> int:
+    from busai.commands import command_line
+    from busai.study_report import write_report
+
+    written = write_report(args.inputs, args.out, audit=args.audit, splits=args.splits, title=args.title,
+                           command=command_line(args), sample_splits=tuple(args.sample_splits))
+    size = written["html"].stat().st_size / 1e6
+    print(f"{written['markdown']}\n{written['html']} ({size:.1f} MB)")
     return 0

@@ -12,7 +12,7 @@ _FLAGS = {
     "model": str, "encoder": str, "weights": str, "image_size": int, "optimizer": str, "lr": float,
     "weight_decay": float, "batch_size": int, "epochs": int, "patience": int, "loss": str,
     "focal_gamma": float, "scheduler": str, "plateau_patience": int, "precision": str, "device": str,
-    "seed": int, "max_minutes": float, "data": str, "splits": str, "fold": int, "num_workers": int,
+    "seed": int, "max_minutes": float, "splits": str, "fold": int, "num_workers": int,
 }
 
 
@@ -36,6 +36,12 @@ def register(sub) -> None:
     p.add_argument("--lesion-paste", dest="lesion_paste", type=float, default=None, metavar="P",
                    help="segmentation: with probability P, paste another training scan's lesion in at a random echogenicity, down to isoechoic")
     p.add_argument("--augment", choices=AUGMENTATIONS, default=None, help="training augmentations: paper (flips, rotations, colour jitter; default), strong (adds scale, shift, gamma, speckle noise, blur) or none")
+    p.add_argument("--data", action="append", default=None, metavar="[NAME=]PATH",
+                   help="dataset folder or CSV manifest; repeat as NAME=PATH to train on several datasets of one split file")
+    p.add_argument("--dataset-weight", dest="dataset_weights", action="append", default=None, metavar="NAME=W",
+                   help="relative share of training draws for a dataset (default: images drawn uniformly across datasets)")
+    p.add_argument("--color", choices=["rgb", "gray"], default=None,
+                   help="gray: the model sees every scan as grey (a tinted grey map or overlays do not shift it); default rgb")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the fit summary as JSON")
     p.set_defaults(handler=run)
@@ -45,10 +51,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
     if args.task:
         base["task"] = args.task
-    for key in [*_FLAGS, "betas", "weighted_sampler", "hard_examples", "lesion_paste", "augment"]:
+    for key in [*_FLAGS, "betas", "weighted_sampler", "hard_examples", "lesion_paste", "augment", "color"]:
         value = getattr(args, key)
         if value is not None:
             base[key] = value
+    if args.data is not None:
+        base["data"] = args.data[0] if len(args.data) == 1 else list(args.data)
+    if args.dataset_weights is not None:
+        base["dataset_weights"] = _parse_weights(args.dataset_weights)
     alpha = args.focal_alpha
     if alpha is not None:
         base["focal_alpha"] = alpha[0] if len(alpha) == 1 else alpha
@@ -75,13 +85,29 @@ def _refuse_options_on_resume(args: argparse.Namespace) -> None:
     given = [key for key, value in vars(args).items()
              if key not in _RESUME_OPTIONS and key in _USER_OPTIONS and value is not None]
     if given:
-        spelled = {"task": f"task {args.task}", "weighted_sampler": "--no-sampler"}
+        spelled = {"task": f"task {args.task}", "weighted_sampler": "--no-sampler", "dataset_weights": "--dataset-weight"}
         names = ", ".join(spelled.get(key, "--" + key.replace("_", "-")) for key in given)
         raise ConfigError(f"{names}: cannot change a run being resumed (only --epochs, --max-minutes and --patience can); "
                           "drop them, or start a new run with `busai train --config RUN_DIR/config.json --out NEW_RUN` plus the changes")
 
 
-_USER_OPTIONS = {"task", "out", "config", *_FLAGS, "focal_alpha", "betas", "weighted_sampler", "hard_examples", "lesion_paste", "augment"}
+_USER_OPTIONS = {"task", "out", "config", *_FLAGS, "focal_alpha", "betas", "weighted_sampler", "hard_examples", "lesion_paste", "augment",
+                 "data", "dataset_weights", "color"}
+
+
+def _parse_weights(values: list[str]) -> dict[str, float]:
+    from busai.errors import ConfigError
+
+    weights = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        try:
+            weights[name] = float(number)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise ConfigError(f"--dataset-weight {value}: write NAME=WEIGHT, e.g. --dataset-weight uclm=2")
+    return weights
 
 
 def run(args: argparse.Namespace) -> int:

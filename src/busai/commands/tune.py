@@ -54,11 +54,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from busai.tune import build_space, describe_space, run_study  # first: names the 'tune' extra if optuna is missing
+
     import optuna
 
     from busai.commands import command_line
     from busai.config import TrainConfig
-    from busai.tune import build_space, describe_space, run_study
 
     space = build_space(args.task, space_file=args.space_file, space_flags=args.space, image_size=args.image_size, max_epochs=args.max_epochs)
     base = TrainConfig.from_file(args.config) if args.config else TrainConfig(task=args.task)

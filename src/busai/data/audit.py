@@ -1,4 +1,5 @@
-"""Audit a BUSI-layout folder: counts, exact and near-duplicate images, label conflicts, bad files.
+"""Audit a dataset in any layout busai reads: counts, patients, exact and near-duplicate images,
+label conflicts, bad files.
 
 ``audit_dataset`` decodes every image and mask once and never raises on a bad file: everything it
 finds is a :class:`~busai.data.discover.Problem` in the report, so one run lists all problems.
@@ -22,6 +23,7 @@ a few true pairs that differ by a black corner (``benign (64)`` / ``benign (141)
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from busai import CLASSES
-from busai.data.discover import Problem, Record, mask_foreground, natural_key, read_image, scan_dataset
+from busai.data.discover import Problem, Record, mask_foreground, mask_values, natural_key, read_image
 from busai.errors import ConfigError, DataError
 
 DEFAULT_NEAR_THRESHOLD = 8
@@ -48,14 +50,27 @@ class AuditReport:
     counts: dict[str, int]
     masks: int
     near_threshold: int
+    format: str = "busi"
+    unlabelled: int = 0
+    groups: dict[str, dict[str, int]] = field(default_factory=dict)  # patient / case -> images per class
     exact_duplicate_groups: list[list[str]] = field(default_factory=list)
     duplicate_groups: list[list[str]] = field(default_factory=list)  # exact and near, merged
     conflicts: list[dict] = field(default_factory=list)  # {"keys": [...], "classes": [...]}
     problems: list[Problem] = field(default_factory=list)
+    decoded: list = field(default_factory=list, repr=False)  # per-image hashes, for cross-dataset duplicates
 
     @property
     def images(self) -> int:
-        return sum(self.counts.values())
+        return sum(self.counts.values()) + self.unlabelled
+
+    def group_summary(self) -> dict:
+        """Per-group (patient) view: how many groups, and the spread of images per group."""
+        sizes = sorted(sum(c.values()) for c in self.groups.values())
+        if not sizes:
+            return {"groups": 0}
+        with_lesion = sum(1 for c in self.groups.values() if c.get("benign", 0) + c.get("malignant", 0) > 0)
+        return {"groups": len(sizes), "images_min": sizes[0], "images_median": sizes[len(sizes) // 2], "images_max": sizes[-1],
+                "groups_with_lesion": with_lesion}
 
     def problem_counts(self) -> dict[str, int]:
         return dict(sorted(Counter(p.kind for p in self.problems).items()))
@@ -63,8 +78,12 @@ class AuditReport:
     def to_dict(self) -> dict:
         return {
             "root": str(self.root),
+            "format": self.format,
             "images": self.images,
             "counts": dict(self.counts),
+            "unlabelled": self.unlabelled,
+            "group_summary": self.group_summary(),
+            "groups": self.groups,
             "masks": self.masks,
             "near_threshold": self.near_threshold,
             "duplicate_groups": self.duplicate_groups,
@@ -85,27 +104,40 @@ class _Decoded:
     phash: int  # 64-bit perceptual hash as an integer
 
 
-def audit_dataset(root: str | Path, near_threshold: int = DEFAULT_NEAR_THRESHOLD, *, progress: bool = False) -> AuditReport:
-    """Scan, decode and cross-check every image and mask under ``root``.
+def audit_dataset(source, near_threshold: int = DEFAULT_NEAR_THRESHOLD, *, progress: bool = False) -> AuditReport:
+    """Scan, decode and cross-check every image and mask of a dataset in any layout.
 
-    ``counts`` are the images that have a mask (the records a split can use); images without one
-    are listed in ``problems``. ``progress=True`` shows a progress bar on stderr.
+    ``source`` is a path, ``NAME=PATH`` or a :class:`~busai.data.sources.DataSpec`. ``counts`` are
+    the records a split can use (images paired as their layout requires); the others are listed in
+    ``problems``. ``progress=True`` shows a progress bar on stderr.
     """
+    from busai.data.sources import scan_source
+
     if not 0 <= near_threshold <= 64:
         raise ConfigError(f"--near-threshold {near_threshold}: must be between 0 and 64 (phash has 64 bits); the default is {DEFAULT_NEAR_THRESHOLD}")
-    scan = scan_dataset(root)
+    scan, fmt = scan_source(source)
+    groups: dict[str, dict[str, int]] = {}
+    for r in scan.records:
+        if r.group is not None:
+            per_class = groups.setdefault(r.group, {c: 0 for c in CLASSES})
+            if r.label is not None:
+                per_class[r.label] += 1
     report = AuditReport(
         root=scan.root,
         counts={name: sum(r.label == name for r in scan.records) for name in CLASSES},
         masks=sum(len(r.masks) for r in scan.records),
         near_threshold=near_threshold,
+        format=fmt,
+        unlabelled=sum(r.label is None for r in scan.records),
+        groups=dict(sorted(groups.items(), key=lambda kv: natural_key(kv[0]))),
         problems=list(scan.problems),
     )
     decoded: list[_Decoded] = []
     for record in _iterate(scan.records, progress):
-        item = _check_record(record, report.problems)
+        item = _check_record(record, report.problems, masks_expected=fmt != "class-folders")
         if item is not None:
             decoded.append(item)
+    report.decoded = decoded
     report.exact_duplicate_groups = _sorted_groups(_exact_groups(decoded))
     report.duplicate_groups = _sorted_groups(_linked_groups(decoded, near_threshold))
     labels = {d.key: d.label for d in decoded}
@@ -128,14 +160,17 @@ def _iterate(records: list[Record], progress: bool):
     yield from track(records, description="Auditing images", console=console, transient=True, disable=not console.is_terminal)
 
 
-def _check_record(record: Record, problems: list[Problem]) -> _Decoded | None:
+def _check_record(record: Record, problems: list[Problem], *, masks_expected: bool = True) -> _Decoded | None:
     """Decode one image and its masks, append what is wrong to ``problems``; None if unreadable."""
     try:
         gray = read_image(record.image, mode="L")
     except DataError as exc:
         problems.append(Problem(record.key, "unreadable_image", str(exc)))
         gray = None
-    _check_masks(record, None if gray is None else gray.shape, problems)
+    if record.masks:
+        _check_masks(record, None if gray is None else gray.shape, problems)
+    elif masks_expected and record.label in ("benign", "malignant"):
+        problems.append(Problem(record.key, "missing_mask", f"{record.key}: {record.label} image has no mask; add one (segmentation needs it) or use it for classification only"))
     if gray is None:
         return None
     digest = hashlib.sha256(f"{gray.shape}".encode() + gray.tobytes()).hexdigest()
@@ -146,9 +181,9 @@ def _check_masks(record: Record, image_shape: tuple[int, int] | None, problems: 
     foreground = False  # same rule as read_mask: a pixel is lesion when its value is > 127
     all_read = True
     for path in record.masks:
-        rel = path.relative_to(record.root).as_posix()
+        rel = (f"{record.dataset}:" if record.dataset else "") + Path(os.path.relpath(path, record.root)).as_posix()
         try:
-            mask = read_image(path, mode="L")
+            mask = mask_values(path)
         except DataError as exc:
             problems.append(Problem(rel, "unreadable_mask", str(exc)))
             all_read = False
@@ -173,7 +208,7 @@ def _check_masks(record: Record, image_shape: tuple[int, int] | None, problems: 
                 Problem(rel, "mask_faint", f"{rel}: mask foreground value is {values[1]} (2..127), so it reads as empty; re-save it with 0 and 255")
             )
         foreground |= bool(mask_foreground(mask).any())
-    if not all_read:
+    if not all_read or record.label is None:
         return
     if record.label == "normal" and foreground:
         problems.append(
@@ -183,6 +218,16 @@ def _check_masks(record: Record, image_shape: tuple[int, int] | None, problems: 
         problems.append(
             Problem(record.key, "empty_mask", f"{record.key}: {record.label} image has an empty mask; draw the lesion or move the image to normal/")
         )
+
+
+def duplicate_groups_across(reports: list[AuditReport]) -> list[list[str]]:
+    """Duplicate groups over several datasets' audits at once, so a scan published in two datasets
+    is found too (each report's own threshold must agree; keys carry their dataset's name)."""
+    thresholds = {r.near_threshold for r in reports}
+    if len(thresholds) > 1:
+        raise ConfigError("audits made with different --near-threshold values cannot be combined")
+    decoded = [d for r in reports for d in r.decoded]
+    return _sorted_groups(_linked_groups(decoded, thresholds.pop())) if reports else []
 
 
 def _exact_groups(decoded: list[_Decoded]) -> list[list[str]]:

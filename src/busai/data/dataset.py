@@ -31,6 +31,12 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
     return resize_image(image, size), cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
+def to_gray_rgb(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) -> its luma copied to three channels: the ``color="gray"`` model input."""
+    gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
 def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (S, S, 3) -> float32 (3, S, S) as (x / 255 - mean) / std: the one model-input transform."""
     mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
@@ -166,6 +172,7 @@ class BusDataset(Dataset):
         *,
         seed: int | None = None,
         lesion_paste: float = 0.0,
+        grayscale: bool = False,
     ) -> None:
         self.records = list(records)
         self.image_size = int(image_size)
@@ -176,8 +183,9 @@ class BusDataset(Dataset):
         self._worker_seeded: int | None = None
         self.mean, self.std = tuple(mean), tuple(std)
         self.lesion_paste = float(lesion_paste)
+        self.grayscale = bool(grayscale)
         self._epoch_seed = 0
-        self._donors = [i for i, r in enumerate(self.records) if r.label != "normal"]
+        self._donors = [i for i, r in enumerate(self.records) if r.masks and r.label not in (None, "normal")]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -199,6 +207,8 @@ class BusDataset(Dataset):
             self._reseed_in_worker()
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
+        if self.grayscale:  # after augmentation, so colour jitter cannot tint the model's input
+            image = to_gray_rgb(image)
         return {
             "image": normalise(image, self.mean, self.std),
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)[None]),

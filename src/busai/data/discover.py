@@ -1,7 +1,12 @@
-"""Find images, their masks and labels in a BUSI-layout folder, and decode them safely.
+"""The record every dataset reader yields, the BUSI-layout reader, and safe image / mask decoding.
 
-Layout: ``ROOT/<class>/NAME.png`` with ``NAME_mask.png`` and optional ``NAME_mask_1.png``,
-``NAME_mask_2.png``... whose union is the lesion. Class folders are matched case-insensitively.
+A :class:`Record` is one scan: its image, zero or more masks (their union is the lesion), its
+label (or None when unlabelled), the dataset it came from, its group (patient or case, where the
+source knows it) and its pixel spacing in mm (where known). The other layouts' readers live in
+:mod:`busai.data.sources`.
+
+BUSI layout: ``ROOT/<class>/NAME.png`` with ``NAME_mask.png`` and optional ``NAME_mask_1.png``,
+``NAME_mask_2.png``... Class folders are matched case-insensitively.
 
 ``scan_dataset`` never raises on a bad file: it returns the records it could pair and a list of
 :class:`Problem`, so ``audit`` can report everything at once. ``discover_records`` is the strict
@@ -10,6 +15,7 @@ entry point used for training: it raises one :class:`DataError` naming the first
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,21 +34,37 @@ _IGNORED = {"thumbs.db", "desktop.ini"}
 
 @dataclass(frozen=True)
 class Record:
-    """One image with its lesion masks and class label."""
+    """One scan: image, lesion masks (union; none for a normal scan or classification-only data),
+    label (None when unlabelled), dataset name, group (patient / case id) and pixel spacing in mm."""
 
     root: Path
     image: Path
     masks: tuple[Path, ...]
-    label: str
+    label: str | None
+    dataset: str = ""
+    group: str | None = None
+    pixel_spacing_mm: float | None = None
+
+    @property
+    def relpath(self) -> str:
+        """Image path relative to the dataset root, POSIX style (``../`` where a manifest points outside)."""
+        return Path(os.path.relpath(self.image, self.root)).as_posix()
 
     @property
     def key(self) -> str:
-        """Path relative to the dataset root, POSIX style: the identity used in split files."""
-        return self.image.relative_to(self.root).as_posix()
+        """The identity used in split files: the relative path, prefixed ``DATASET:`` for a named dataset."""
+        return f"{self.dataset}:{self.relpath}" if self.dataset else self.relpath
 
     @property
     def label_index(self) -> int:
+        if self.label is None:
+            raise DataError(f"{self.image}: has no label; label it (normal, benign or malignant) or leave it out of training and scoring")
         return CLASSES.index(self.label)
+
+    @property
+    def segmentable(self) -> bool:
+        """Usable for segmentation: it has a mask, or it is a normal scan (its lesion is empty)."""
+        return bool(self.masks) or self.label == "normal"
 
 
 @dataclass(frozen=True)
@@ -177,6 +199,14 @@ def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
         raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}); replace or remove the file") from None
 
 
+def mask_values(path: str | Path) -> np.ndarray:
+    """A mask file as one uint8 channel: the brightest channel of each pixel, so a colour-coded
+    mask (BUS-UCLM: green benign, red malignant on black) reads as lesion wherever it is not black;
+    converting to grey instead would dim pure red below the threshold."""
+    rgb = read_image(path, mode="RGB")
+    return rgb.max(axis=2)
+
+
 def mask_foreground(values: np.ndarray) -> np.ndarray:
     """Lesion pixels of a decoded mask: 0/255 masks (BUSI) threshold at 127 so anti-aliased edges
     stay out; masks saved as 0/1 threshold at 0."""
@@ -187,18 +217,22 @@ def read_mask(record: Record, size: tuple[int, int] | None = None) -> np.ndarray
     """Union of a record's masks as a uint8 {0, 1} array of the image's size (H, W).
 
     ``size`` (H, W) is the image size the masks must match; a mismatch is an error because
-    silently resizing a mask hides an annotation mistake.
+    silently resizing a mask hides an annotation mistake. A record without masks (a normal scan,
+    or classification-only data) gives an all-zero mask of ``size``.
     """
+    if not record.masks:
+        if size is None:
+            size = read_image(record.image, mode="L").shape
+        return np.zeros(tuple(size), dtype=np.uint8)
     union: np.ndarray | None = None
     for path in record.masks:
-        mask = mask_foreground(read_image(path, mode="L"))
+        mask = mask_foreground(mask_values(path))
         if size is not None and mask.shape != tuple(size):
             raise DataError(
                 f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {size[1]}x{size[0]}; "
                 "re-export the mask at the image's size"
             )
         union = mask if union is None else (union | mask if union.shape == mask.shape else _mismatch(path, union, mask))
-    assert union is not None  # records always carry at least one mask
     return union.astype(np.uint8)
 
 

@@ -165,3 +165,69 @@ def _insert_lesion(echo: np.ndarray, lesion: np.ndarray, level: float, rng: np.r
     inside = ndimage.gaussian_filter(lesion.astype(float), 0.8)  # soft edge, as a real margin is not one pixel sharp
     interior = level * (1.0 + 0.3 * ndimage.gaussian_filter(rng.normal(size=echo.shape), 2.0))
     return echo * (1.0 - inside) + np.clip(interior, 0.02, None) * inside
+
+
+LAYOUTS = ("busi", "class-folders", "bus-uclm", "images-masks", "manifest")
+_UCLM_COLOURS = {"benign": (0, 255, 0), "malignant": (255, 0, 0), "normal": (0, 0, 0)}
+
+
+def write_layout(busi_dir: str | Path, out_dir: str | Path, layout: str, *, images_per_patient: int = 3) -> Path:
+    """Re-write a BUSI-layout dataset (e.g. the phantoms above) in another layout busai reads, so
+    tests and users can see each layout with the same scans: ``class-folders`` (images only),
+    ``bus-uclm`` (INFO.csv with a byte-order mark, tinted JPEG images, colour masks, patients of
+    ``images_per_patient`` scans named by a four-letter prefix), ``images-masks`` (images/, masks/,
+    labels.csv with group) and ``manifest`` (one CSV; several masks joined by ';'). Returns the path
+    to pass to busai: the folder, or the manifest's CSV."""
+    from busai.data.discover import discover_records, read_image, read_mask
+
+    if layout not in LAYOUTS:
+        raise ConfigError(f"--layout {layout}: unknown; choose one of {', '.join(LAYOUTS)}")
+    out = Path(out_dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out}: exists and is not an empty folder; choose a new folder")
+    records = discover_records(busi_dir)
+    if layout == "busi":
+        import shutil
+
+        shutil.copytree(busi_dir, out, dirs_exist_ok=True)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[str] = []
+    for i, record in enumerate(records):
+        patient = "P" + "".join(chr(ord("A") + (i // images_per_patient // 26**k) % 26) for k in (2, 1, 0))
+        stem = f"{patient}_{i % images_per_patient:03d}"
+        image = read_image(record.image, mode="L")
+        if layout == "class-folders":
+            (out / record.label).mkdir(exist_ok=True)
+            Image.fromarray(image).save(out / record.label / f"{stem}.png")
+        elif layout == "bus-uclm":
+            (out / "images").mkdir(exist_ok=True)
+            (out / "masks").mkdir(exist_ok=True)
+            tinted = np.stack([image, image, np.clip(image.astype(np.int16) + 12, 0, 255).astype(np.uint8)], axis=2)
+            Image.fromarray(tinted).save(out / "images" / f"{stem}.jpg", quality=95, subsampling=0)
+            colour = np.zeros((*image.shape, 3), dtype=np.uint8)
+            colour[read_mask(record).astype(bool)] = _UCLM_COLOURS[record.label]
+            Image.fromarray(colour).save(out / "masks" / f"{stem}.png")
+            rows.append(f"{stem}.png;{image.shape[1]}x{image.shape[0]};{record.label.capitalize()};No;No;No")
+        else:
+            folder = out / ("images" if layout == "images-masks" else "scans")
+            folder.mkdir(exist_ok=True)
+            Image.fromarray(image).save(folder / f"{stem}.png")
+            masks = []
+            for j, path in enumerate(record.masks):
+                name = f"{stem}_mask.png" if j == 0 else f"{stem}_mask_{j}.png"
+                (out / "masks").mkdir(exist_ok=True)
+                Image.fromarray(read_image(path, mode="L")).save(out / "masks" / name)
+                masks.append(f"masks/{name}")
+            if layout == "images-masks":
+                rows.append(f"{stem}.png,{record.label},{patient}")
+            else:
+                rows.append(f"scans/{stem}.png,{';'.join(masks)},{record.label},{patient},0.1")
+    if layout == "bus-uclm":
+        (out / "INFO.csv").write_text("\ufeffImage;Resolution;Label;Doppler;Marks;Combined\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    elif layout == "images-masks":
+        (out / "labels.csv").write_text("image,label,group\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    elif layout == "manifest":
+        (out / "manifest.csv").write_text("image,mask,label,group,pixel_spacing_mm\n" + "\n".join(rows) + "\n", encoding="utf-8")
+        return out / "manifest.csv"
+    return out

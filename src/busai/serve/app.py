@@ -3,31 +3,40 @@
 ``POST /api/predict`` takes one multipart ``file`` and returns the keys of a ``busai predict``
 row (class probabilities, measurements), with ``mask`` and ``overlay`` as PNG data URLs, and
 with ``?gradcam=1`` the classifier's Grad-CAM heat-map as ``gradcam``. Uploads are checked before any model
-runs (size, type, decodability) and answered with a 4xx and one-line ``detail`` when they fail;
-the upload is decoded from a temporary folder that is removed at once. ``GET /`` is the page.
+runs (size, type, header pixel count) and answered with a 4xx and one-line ``detail`` when they fail;
+decoding and prediction run one request at a time (:mod:`busai.serve.upload`), and the requests held
+at once are bounded (:mod:`busai.serve.guard`). ``GET /`` is the page. docs/serve.md lists the limits.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import math
 import tempfile
-import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from busai.errors import BusaiError
+from busai.errors import ConfigError
 from busai.predict import COLUMNS, Models, ModelSource, draw_overlay, label_caption, load_models, predict_array
+from busai.serve.guard import SecurityHeaders, UploadGate, content_security_policy, host_patterns
+from busai.serve.limits import MAX_MEGAPIXELS, MAX_QUEUE, MAX_UPLOAD_MB, MULTIPART_OVERHEAD, PIXEL_SPACING_MM
+from busai.serve.upload import Upload, decode_upload, receive_upload, too_large
 
 NOTICE = "Research software, not a medical device: not for diagnosis or treatment decisions."
 STATIC = Path(__file__).with_name("static")
-IMAGE_TYPES = {"image/png": ".png", "image/jpeg": ".jpg", "image/bmp": ".bmp", "image/x-ms-bmp": ".bmp", "image/tiff": ".tiff"}
-MAX_PIXELS = 40_000_000  # far above any ultrasound frame; bounds the memory one request can take
-MULTIPART_OVERHEAD = 64 * 1024
+FIELD_HINTS = {
+    "pixel_spacing": f"give the pixel size in mm, from {PIXEL_SPACING_MM[0]:g} to {PIXEL_SPACING_MM[1]:g}",
+    "file": "send the scan as the multipart form field 'file'",
+}
 
 
 def png_data_url(image: np.ndarray | Image.Image) -> str:
@@ -42,28 +51,62 @@ def create_app(
     cls: ModelSource = "release",
     *,
     backend: str = "torch",
-    max_upload_mb: float = 10.0,
+    max_upload_mb: float = MAX_UPLOAD_MB,
+    max_megapixels: float = MAX_MEGAPIXELS,
+    max_queue: int = MAX_QUEUE,
+    allow_hosts: tuple[str, ...] | list[str] = (),
+    openapi: bool = False,
 ) -> FastAPI:
-    """The app with its models loaded now, so a missing model fails before the server starts."""
+    """The app with its models loaded now, so a missing model or a bad limit fails before the server starts.
+
+    Only Host headers naming a loopback address or one of ``allow_hosts`` are answered (``"*"``: any);
+    ``openapi`` publishes the API schema at /openapi.json.
+    """
     from busai.runs import best_threads
 
+    _check_limits(max_upload_mb, max_megapixels, max_queue)
+    hosts = host_patterns(allow_hosts)
     best_threads()
+    max_bytes = int(min(max_upload_mb * 2**20, 2**62))
+    max_pixels = int(min(max_megapixels * 1e6, 2**62))
     workdir = tempfile.TemporaryDirectory(prefix="busai-serve-")
-    models = load_models(seg, cls, backend=backend, workdir=workdir.name)
-    max_bytes = int(max_upload_mb * 2**20)
-    lock = threading.Lock()  # one prediction at a time: Grad-CAM hooks and CPU threads are shared
+    try:
+        models = load_models(seg, cls, backend=backend, workdir=workdir.name)
+    except BaseException:
+        workdir.cleanup()
+        raise
+    # Every decode and prediction runs on this one thread: one at a time (Grad-CAM hooks and CPU threads
+    # are shared), and all their large allocations come from one malloc arena, which is reused, rather
+    # than one arena per request thread, each keeping its own decoded image's worth of memory.
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="busai-predict")
     page = (STATIC / "index.html").read_text()
 
-    app = FastAPI(title="busai", description=NOTICE, docs_url=None, redoc_url=None)
-    app.state.workdir = workdir  # keeps the ONNX files of --backend onnx alive with the app
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        worker.shutdown(wait=True, cancel_futures=True)
+        # On shutdown, SIGTERM included: uvicorn re-raises the signal after shutting down, which
+        # ends the process before atexit would remove the folder (it holds the ONNX files of --backend onnx).
+        workdir.cleanup()
 
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):
-        # Checked on the header, before the multipart body is read at all.
-        length = request.headers.get("content-length")
-        if request.url.path == "/api/predict" and length and length.isdigit() and int(length) > max_bytes + MULTIPART_OVERHEAD:
-            return JSONResponse({"detail": _too_large(max_bytes)}, status_code=413)
-        return await call_next(request)
+    app = FastAPI(title="busai", description=NOTICE, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if openapi else None, lifespan=lifespan)
+    app.state.workdir = workdir
+    # Added last = outermost: the headers go on every answer, the Host check precedes any work.
+    app.add_middleware(UploadGate, path="/api/predict", max_body=max_bytes + MULTIPART_OVERHEAD,
+                       max_held=max_queue, too_large=too_large(max_bytes))
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
+    app.add_middleware(SecurityHeaders, csp=content_security_policy(page))
+
+    @app.exception_handler(RequestValidationError)
+    async def one_line_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
+
+    @app.exception_handler(413)
+    async def body_too_large(request: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI's streaming limit (max_body_size) says only "Content Too Large"; say the limit and the fix.
+        detail = too_large(max_bytes) if exc.detail == "Content Too Large" else exc.detail
+        return JSONResponse({"detail": detail}, status_code=413)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -77,67 +120,61 @@ def create_app(
             "classification": _describe(models.cls),
             "gradcam": _gradcam_available(models),
             "max_upload_mb": max_upload_mb,
+            "max_megapixels": max_megapixels,
         }
 
-    @app.post("/api/predict")
+    @app.post("/api/predict", max_body_size=max_bytes + MULTIPART_OVERHEAD)
     def predict(
         file: UploadFile = File(..., description="one ultrasound image (PNG, JPEG, BMP or TIFF)"),
         gradcam: bool = Query(False, description="add the classifier's Grad-CAM heat-map"),
         tta: bool = Query(False, description="average with the horizontally flipped image"),
-        pixel_spacing: float | None = Query(None, gt=0, description="pixel size in mm, for mm / mm2 measurements"),
+        pixel_spacing: float | None = Query(
+            None, ge=PIXEL_SPACING_MM[0], le=PIXEL_SPACING_MM[1], allow_inf_nan=False,
+            description="pixel size in mm, for mm / mm2 measurements",
+        ),
     ) -> dict:
-        image = _read_upload(file, max_bytes)
-        with lock:
-            row, mask = predict_array(models, image, tta=tta, pixel_spacing=pixel_spacing)
-            ends = row.pop("diameter_endpoints", None)
-            shown = mask if mask is not None else np.zeros(image.shape[:2], dtype=np.uint8)
-            # The keys of a predictions.json row; mask and overlay are PNG data URLs instead of file names.
-            result = {key: None for key in COLUMNS if key != "error"} | {"image": file.filename} | row
-            result["notice"] = NOTICE
-            result["mask"] = png_data_url(mask * 255) if mask is not None else None
-            result["overlay"] = png_data_url(draw_overlay(image, shown, ends, label_caption(row)))
-            result["gradcam"] = None
-            if gradcam:
-                if not _gradcam_available(models):
-                    raise HTTPException(400, "gradcam=1: needs a PyTorch classifier; start the server with --cls RUN_DIR and --backend torch")
-                from busai.gradcam import gradcam_heatmap
+        upload = receive_upload(file, max_bytes=max_bytes, max_pixels=max_pixels)
+        if gradcam and not _gradcam_available(models):
+            raise HTTPException(400, "gradcam=1: needs a PyTorch classifier; start the server with --cls RUN_DIR and --backend torch")
+        return worker.submit(analyse, upload, gradcam=gradcam, tta=tta, pixel_spacing=pixel_spacing).result()
 
-                result["gradcam"] = png_data_url(gradcam_heatmap(models.cls, image))
+    def analyse(upload: Upload, *, gradcam: bool, tta: bool, pixel_spacing: float | None) -> dict:
+        image = decode_upload(upload)
+        try:
+            row, mask = predict_array(models, image, tta=tta, pixel_spacing=pixel_spacing)
+        except ConfigError as exc:  # an option the query checks missed (pixel_spacing): the caller's to fix
+            raise HTTPException(422, str(exc)) from None
+        ends = row.pop("diameter_endpoints", None)
+        shown = mask if mask is not None else np.zeros(image.shape[:2], dtype=np.uint8)
+        # The keys of a predictions.json row; mask and overlay are PNG data URLs instead of file names.
+        result = {key: None for key in COLUMNS if key != "error"} | {"image": upload.name} | row
+        result["notice"] = NOTICE
+        result["mask"] = png_data_url(mask * 255) if mask is not None else None
+        result["overlay"] = png_data_url(draw_overlay(image, shown, ends, label_caption(row)))
+        result["gradcam"] = None
+        if gradcam:
+            from busai.gradcam import gradcam_heatmap
+
+            result["gradcam"] = png_data_url(gradcam_heatmap(models.cls, image))
         return result
 
     return app
 
 
-def _read_upload(file: UploadFile, max_bytes: int) -> np.ndarray:
-    """Check and decode an upload (inside a temporary folder, removed on return) as uint8 RGB."""
-    from busai.data.discover import read_image
-
-    content_type = (file.content_type or "").split(";")[0].strip().lower()
-    if content_type not in IMAGE_TYPES:
-        raise HTTPException(415, f"{file.filename}: type '{content_type or 'unknown'}' is not accepted; upload a PNG, JPEG, BMP or TIFF image")
-    data = file.file.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise HTTPException(413, f"{file.filename}: {_too_large(max_bytes)}")
-    if not data:
-        raise HTTPException(400, f"{file.filename}: the file is empty; upload an image")
-    with tempfile.TemporaryDirectory(prefix="busai-upload-") as tmp:
-        path = Path(tmp) / ("upload" + IMAGE_TYPES[content_type])  # never the client's file name
-        path.write_bytes(data)
-        try:
-            with Image.open(path) as probe:
-                pixels = probe.size[0] * probe.size[1]
-        except Exception:  # undecodable: read_image below says so in one line
-            pixels = 0
-        if pixels > MAX_PIXELS:
-            raise HTTPException(413, f"{file.filename}: {pixels / 1e6:.0f} megapixels is over the {MAX_PIXELS / 1e6:.0f} megapixel limit; upload a smaller image")
-        try:
-            return read_image(path, mode="RGB")
-        except BusaiError:
-            raise HTTPException(400, f"{file.filename}: cannot be decoded as an image; upload a PNG, JPEG, BMP or TIFF scan") from None
+def _check_limits(max_upload_mb: float, max_megapixels: float, max_queue: int) -> None:
+    for option, value, unit in (("--max-upload-mb", max_upload_mb, 2**20), ("--max-megapixels", max_megapixels, 1e6)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value * unit < 1:
+            raise ConfigError(f"{option} {value}: give a number above 0")
+    if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
+        raise ConfigError(f"--max-queue {max_queue}: give a whole number of 1 or more")
 
 
-def _too_large(max_bytes: int) -> str:
-    return f"upload is over the {max_bytes / 2**20:g} MB limit; upload a smaller image"
+def _validation_message(exc: RequestValidationError) -> str:
+    """One line for the first invalid field: its name, what is wrong, and what to send instead."""
+    error = exc.errors()[0]
+    field = str(error["loc"][-1]) if error.get("loc") else "request"
+    hint = FIELD_HINTS.get(field)
+    return f"{field}: {error['msg']}" + (f"; {hint}" if hint else "")
 
 
 def _describe(loaded) -> dict | None:

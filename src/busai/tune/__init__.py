@@ -12,8 +12,12 @@ the F1 of the checkpoint ``busai train`` keeps (the paper scores trials by macro
 maximum over epochs instead would reward a lucky epoch on a ~80-image validation split).
 """
 
-from busai.tune.outputs import best_params_table, write_outputs, write_plots
-from busai.tune.space import (
+from busai.extras import require
+
+require("tune")  # one clear line instead of an ImportError from optuna
+
+from busai.tune.outputs import best_params_table, write_outputs, write_plots  # noqa: E402
+from busai.tune.space import (  # noqa: E402
     CLASSIFICATION_SPACE,
     DIRECTIONS,
     OBJECTIVES,
@@ -31,8 +35,8 @@ from busai.tune.space import (
     suggest_config,
     validate_space,
 )
-from busai.tune.storage import default_storage, redact
-from busai.tune.study import PRUNERS, TRIAL_PATIENCE, StudySummary, make_pruner, objective_value, run_study
+from busai.tune.storage import default_storage, redact  # noqa: E402
+from busai.tune.study import PRUNERS, TRIAL_PATIENCE, StudySummary, make_pruner, objective_value, run_study  # noqa: E402
 
 __all__ = [
     "CLASSIFICATION_SPACE", "DIRECTIONS", "OBJECTIVES", "PAPER_SETTINGS", "PRUNERS", "SEGMENTATION_SPACE", "SPACES",

@@ -1,0 +1,135 @@
+"""The cross-dataset yardstick: how each pair of models does on BUSI and on BUS-UCLM.
+
+    python benchmarks/cross_dataset.py --busi ../shared/data/Dataset_BUSI_with_GT --uclm ../shared/data/BUS-UCLM
+
+Rows are model pairs (segmenter, classifier), each scored with ``busai evaluate`` on the test
+split of ``splits/busi-uclm.json`` of every dataset it trained on and on **all** of a dataset it
+never saw (external validation). A row whose run folders do not exist yet is listed as not
+trained. Writes ``results/cross_dataset.json`` (every metric with its 95% CI over duplicate /
+patient groups) and ``results/cross_dataset.md`` (the table). Test splits are scored here and
+never used to choose anything: the release is chosen on pooled validation (see docs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLITS = "splits/busi-uclm.json"
+# name, trained on, segmenter, classifier, and what each is scored on: (dataset, "test" | "all").
+ROWS = [
+    ("release (BUSI train)", "BUSI", "release", "release", [("busi", "test"), ("uclm", "all")]),
+    ("BUS-UCLM train", "BUS-UCLM", "runs/xd/seg-uclm-gray", "runs/xd/cls-uclm-gray", [("uclm", "test"), ("busi", "all")]),
+    ("both, grey, strong aug", "BUSI + BUS-UCLM", "runs/xd/seg-both-gray", "runs/xd/cls-both-gray", [("busi", "test"), ("uclm", "test")]),
+]
+
+
+def _model_dirs(seg: str, cls: str) -> dict[str, str] | None:
+    from busai.release import release_dir
+
+    models = {"segmentation": seg, "classification": cls}
+    for task, source in models.items():
+        folder = release_dir(task) if source == "release" else ROOT / source
+        if not (folder / ("model.safetensors" if source == "release" else "checkpoint_best.safetensors")).is_file():
+            return None
+        models[task] = str(folder)
+    return models
+
+
+def score_row(name: str, models: dict[str, str], evaluations, data: dict[str, str], out: Path, n_boot: int) -> dict:
+    from busai.evaluate import evaluate_model
+
+    row = {"row": name, "models": models, "scores": {}}
+    for dataset, selection in evaluations:
+        key = f"{dataset}/{selection}"
+        entry = {}
+        for task, model in models.items():
+            kwargs = {"all_images": True} if selection == "all" else {"splits_file": ROOT / SPLITS, "split_names": [selection]}
+            result = evaluate_model(model, [f"{dataset}={data[dataset]}"], out=out / _slug(name), n_boot=n_boot, figures=False, **kwargs)
+            entry[task] = _compact(result[task][key])
+        row["scores"][key] = entry
+    return row
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def _compact(result: dict) -> dict:
+    if result["task"] == "segmentation":
+        d = result["detection"]
+        return {"images": result["images"], "dice": result["dice"]["mean"], "iou": result["iou"]["mean"], "lesion_dice": result["lesion_dice"],
+                "missed_lesions": d["missed_lesions"], "lesion_images": d["lesion_images"], "false_alarms": d["false_alarms"],
+                "lesion_free_images": d["lesion_free_images"], "skipped": len(result.get("skipped") or {})}
+    cm = result["confusion_matrix"]
+    lesion_called_normal = cm[1][0] + cm[2][0]
+    return {"images": result["images"], "accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
+            "malignant_vs_benign_auc": result["malignant_vs_benign_auc"], "normal_recall": result["per_class"]["normal"]["recall"],
+            "lesion_called_normal": lesion_called_normal, "lesion_images": sum(cm[1]) + sum(cm[2]), "skipped": len(result.get("skipped") or {})}
+
+
+def _ci(m: dict | None) -> str:
+    if not m or m.get("value") is None:
+        return "–"
+    if m.get("ci_low") is None:
+        return f"{m['value']:.2f}"
+    return f"{m['value']:.2f} ({m['ci_low']:.2f}–{m['ci_high']:.2f})"
+
+
+def render(rows: list[dict], command: str) -> str:
+    head = ("| Models (trained on) | Scored on | Dice, all images | Dice, lesion images | IoU | Lesions missed | Normals flagged | "
+            "Accuracy | Macro-F1 | Malignant-vs-benign AUC | Normal recall | Lesion scans called normal |")
+    lines = [head, "|" + "---|" * 12]
+    for row in rows:
+        if "scores" not in row:
+            lines.append(f"| {row['row']} ({row['trained_on']}) | not trained yet |" + " |" * 10)
+            continue
+        for key, entry in row["scores"].items():
+            s, c = entry["segmentation"], entry["classification"]
+            where = {"test": "test split", "all": "all images (never trained on)"}[key.split("/")[1]]
+            dataset = {"busi": "BUSI", "uclm": "BUS-UCLM"}[key.split("/")[0]]
+            lines.append(
+                f"| {row['row']} ({row['trained_on']}) | {dataset} {where}, {s['images']} images | {_ci(s['dice'])} | {_ci(s['lesion_dice'])} | "
+                f"{_ci(s['iou'])} | {s['missed_lesions']} of {s['lesion_images']} | {s['false_alarms']} of {s['lesion_free_images']} | "
+                f"{_ci(c['accuracy'])} | {_ci(c['macro_f1'])} | {_ci(c['malignant_vs_benign_auc'])} | {c['normal_recall']:.2f} | "
+                f"{c['lesion_called_normal']} of {c['lesion_images']} |"
+            )
+    return (f"Command: `{command}`\n\nMean over images with 95% CIs over duplicate / patient groups; BUS-UCLM's 13 scans whose masks are "
+            "larger than their images are left out of the 'all images' rows.\n\n" + "\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--busi", required=True)
+    parser.add_argument("--uclm", required=True)
+    parser.add_argument("--out", default=str(ROOT / "results" / "cross_dataset.json"))
+    parser.add_argument("--work", default=str(ROOT / "runs" / "cross_dataset"), help="where per-row metrics and figures go")
+    parser.add_argument("--n-boot", type=int, default=1000)
+    args = parser.parse_args(argv)
+    command = shlex.join(["python", "benchmarks/cross_dataset.py", *(argv if argv is not None else sys.argv[1:])])
+    data = {"busi": args.busi, "uclm": args.uclm}
+    rows = []
+    for name, trained_on, seg, cls, evaluations in ROWS:
+        models = _model_dirs(seg, cls)
+        if models is None:
+            rows.append({"row": name, "trained_on": trained_on, "models": {"segmentation": seg, "classification": cls}})
+            continue
+        print(f"scoring {name} ...", file=sys.stderr)
+        rows.append({**score_row(name, models, evaluations, data, Path(args.work), args.n_boot), "trained_on": trained_on})
+    out = Path(args.out)
+    payload = {"command": command, "splits": SPLITS, "rows": rows}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    tmp.replace(out)
+    md = out.with_suffix(".md")
+    md.write_text("# Cross-dataset yardstick\n\n" + render(rows, command))
+    print(md.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""How well the released classifier's probabilities match its accuracy, on validation and test.
+
+Runs the packaged classifier over the split's images and writes, per split, the expected
+calibration error (10 equal-width bins of the predicted class's probability), the Brier score and
+a reliability diagram. Writes ``results/release_calibration.json`` and
+``results/classification/figures/release_calibration_<split>.png``; docs/model-card.md cites it.
+
+    python benchmarks/release_calibration.py --data ../shared/data/Dataset_BUSI_with_GT --splits splits/busi.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from busai import CLASSES
+from busai.data.splits import load_split_records, read_splits
+from busai.evaluate import predict_records
+from busai.figures import reliability_diagram
+from busai.release import release_dir, resolve_model
+from busai.runs import write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def calibration(labels: np.ndarray, probs: np.ndarray, path: Path, title: str) -> dict:
+    predicted = probs.argmax(axis=1)
+    correct = (predicted == labels).astype(float)
+    figure, ece = reliability_diagram(probs.max(axis=1), correct, path, title)
+    brier = float(np.mean(np.sum((probs - np.eye(len(CLASSES))[labels]) ** 2, axis=1)))
+    return {"images": int(len(labels)), "accuracy": round(float(correct.mean()), 4), "mean_confidence": round(float(probs.max(axis=1).mean()), 4),
+            "ece_10_bins": round(ece, 4), "brier": round(brier, 4), "figure": str(Path(figure).relative_to(ROOT)) if Path(figure).is_relative_to(ROOT) else figure}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="BUSI folder (benign/, malignant/, normal/)")
+    parser.add_argument("--splits", required=True, help="split file, e.g. splits/busi.json")
+    parser.add_argument("--split", nargs="+", default=["val", "test"], help="splits to score (default val test)")
+    parser.add_argument("--out", default=str(ROOT / "results" / "release_calibration.json"))
+    args = parser.parse_args(argv)
+    model = resolve_model("release", "classification")
+    splits = read_splits(args.splits)
+    result = {"command": "python benchmarks/release_calibration.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+              "model": "release", "run": json.loads((release_dir("classification") / "scores.json").read_text())["run"]}
+    for split in args.split:
+        records = load_split_records(args.data, splits, split)
+        rows = list(predict_records(model, records))
+        labels = np.array([CLASSES.index(r.label) for r, _ in rows])
+        probs = np.stack([p.numpy() for _, p in rows])
+        path = ROOT / "results" / "classification" / "figures" / f"release_calibration_{split}.png"
+        result[split] = calibration(labels, probs, path, f"released classifier: {split}")
+        print(split, result[split])
+    write_json(Path(args.out), result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Train the cross-dataset (BUSI + BUS-UCLM) runs of issue 19, one at a time, resumably.
+#   bash scripts/reproduce_crossdataset.sh BUSI_DIR UCLM_DIR [NAME ...]   (no NAME: every run below, in order)
+# Split: splits/busi-uclm.json (BUSI's part is splits/busi.json; BUS-UCLM split by patient).
+# A finished run (fit.json present) is skipped; an interrupted one is resumed with its budget.
+# Runs live in runs/xd/; scoring and the yardstick table: benchmarks/cross_dataset.py.
+set -euo pipefail
+BUSI=${1:?usage: reproduce_crossdataset.sh BUSI_DIR UCLM_DIR [NAME ...]}
+UCLM=${2:?usage: reproduce_crossdataset.sh BUSI_DIR UCLM_DIR [NAME ...]}
+shift 2
+SPLITS=splits/busi-uclm.json
+BOTH="--data busi=$BUSI --data uclm=$UCLM"
+
+declare -A ARGS=(
+  # The release segmenter continued on both datasets' train images, seeing scans as grey (BUS-UCLM's
+  # grey map is tinted) with the strong augmentations (gain, gamma, speckle, scale): one recipe for
+  # scanner shift, judged on the pooled validation images of both datasets.
+  [seg-both-gray]="seg $BOTH --model unet --encoder efficientnet-lite0 --weights release --color gray --augment strong --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss dice --scheduler cosine --epochs 12"
+  # The release classifier continued the same way (class-balanced sampler, focal loss as released).
+  [cls-both-gray]="cls $BOTH --model efficientnet_lite0 --weights release --color gray --augment strong --image-size 256 --batch-size 16 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --scheduler cosine --epochs 8"
+)
+declare -A MINUTES=([seg-both-gray]=55 [cls-both-gray]=28)
+ORDER=(seg-both-gray cls-both-gray)
+
+names=("$@")
+[ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")
+for name in "${names[@]}"; do
+  [ -n "${ARGS[$name]+x}" ] || { echo "unknown run $name; choose from ${ORDER[*]}" >&2; exit 2; }
+  out=runs/xd/$name
+  if [ -f "$out/fit.json" ]; then echo "$name: done"; continue; fi
+  if [ -f "$out/checkpoint_last.pt" ]; then
+    echo "$name: resuming"; busai train --resume "$out" --quiet
+  else
+    rm -rf "$out"  # a run that never finished an epoch: restart it
+    echo "$name: training"; busai train ${ARGS[$name]} --splits $SPLITS --out "$out" --max-minutes ${MINUTES[$name]} --quiet
+  fi
+done

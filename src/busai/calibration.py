@@ -1,0 +1,137 @@
+"""Calibrated class probabilities: expected calibration error, reliability bins, temperature scaling.
+
+Temperature scaling (Guo et al., 2017) divides the classifier's logits by one scalar T fitted on
+validation images only, by minimising their negative log-likelihood: the ranking of classes (and so
+accuracy) is unchanged, only how confident the probabilities are. T is stored beside the model as
+``calibration.json`` and applied by every prediction path; raw logits stay available.
+
+Written here rather than taken from a library: scikit-learn's CalibratedClassifierCV wraps its own
+estimators, and temperature scaling is a one-parameter fit that scipy solves directly.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+
+from busai.errors import CheckpointError, ConfigError, read_json
+
+CALIBRATION = "calibration.json"
+N_BINS = 15
+
+
+def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS) -> list[dict]:
+    """Top-label confidence in ``n_bins`` equal-width bins: per bin its count, mean confidence and
+    accuracy (the points of a reliability diagram). A confidence of exactly 1 falls in the last bin."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y_true = np.asarray(y_true)
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    index = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    bins = []
+    for b in range(n_bins):
+        mine = index == b
+        n = int(mine.sum())
+        bins.append({
+            "low": b / n_bins, "high": (b + 1) / n_bins, "count": n,
+            "confidence": float(confidence[mine].mean()) if n else None, "accuracy": float(correct[mine].mean()) if n else None,
+        })
+    return bins
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS) -> float:
+    """ECE: the count-weighted mean gap between confidence and accuracy over the reliability bins."""
+    bins = reliability_bins(probs, y_true, n_bins)
+    total = sum(b["count"] for b in bins)
+    if total == 0:
+        raise ConfigError("no predictions to compute a calibration error on")
+    return float(sum(b["count"] * abs(b["confidence"] - b["accuracy"]) for b in bins if b["count"]) / total)
+
+
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
+    """The T > 0 minimising the mean negative log-likelihood of softmax(logits / T) (searched on log T)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    y_true = np.asarray(y_true, dtype=np.int64)
+    if logits.ndim != 2 or len(logits) != len(y_true) or len(y_true) == 0:
+        raise ConfigError(f"logits of shape {logits.shape} do not fit {len(y_true)} labels")
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(logits / math.exp(log_t), axis=1)[np.arange(len(y_true)), y_true].mean())
+
+    best = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded", options={"xatol": 1e-5})
+    return float(math.exp(best.x))
+
+
+def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
+    return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
+
+
+def read_temperature(model_dir: str | Path) -> float:
+    """The stored temperature of a run or release folder; 1.0 (uncalibrated) when none is stored."""
+    path = Path(model_dir) / CALIBRATION
+    if not path.is_file():
+        return 1.0
+    value = read_json(path, error=CheckpointError, missing="missing", fix="delete it and re-run `busai calibrate`").get("temperature")
+    if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise CheckpointError(f"{path}: temperature {value!r} is not a positive number; delete it and re-run `busai calibrate`")
+    return float(value)
+
+
+def reliability_figure(bins_by_name: dict[str, list[dict]], path: Path, title: str) -> str:
+    """A reliability diagram (accuracy against confidence per bin, one line per entry) as a PNG."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2, 4.2))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for name, bins in bins_by_name.items():
+        points = [(b["confidence"], b["accuracy"]) for b in bins if b["count"]]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top class)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return str(path)
+
+
+def fit_calibration(run_dir: str | Path, data, splits_file: str | Path, *, force: bool = False) -> dict:
+    """Fit the temperature of a classification run on its validation split and write
+    ``RUN_DIR/calibration.json`` (atomically); refuses a split file other than the run's own."""
+    from busai.data.splits import load_split_records
+    from busai.evaluate import predict_records
+    from busai.models.weights import file_sha256
+    from busai.runs import load_model, write_json
+
+    run_dir = Path(run_dir)
+    loaded = load_model(run_dir)
+    if loaded.task != "classification":
+        raise ConfigError(f"{run_dir}: is a {loaded.task} run; temperature scaling calibrates a classifier's class probabilities")
+    if loaded.config.get("splits_sha256") not in (None, file_sha256(splits_file)):
+        raise ConfigError(f"{splits_file}: is not the split file {run_dir} was trained with; fit on that run's own validation images")
+    path = run_dir / CALIBRATION
+    if path.exists() and not force:
+        raise ConfigError(f"{path}: exists; pass --force to refit and replace it")
+    records = load_split_records(data, splits_file, "val", fold=loaded.config.get("train", {}).get("fold"))
+    rows = list(predict_records(loaded, records, calibrated=False))
+    y_true = np.array([r.label_index for r, _ in rows])
+    probs = np.stack([p.numpy() for _, p in rows]).astype(np.float64)
+    # log p differs from the logits by a per-image constant, which softmax(x / T) ignores.
+    log_probs = np.log(np.clip(probs, 1e-12, 1.0))
+    temperature = fit_temperature(log_probs, y_true)
+    result = {
+        "temperature": temperature, "fitted_on": "val", "images": len(records), "splits_sha256": file_sha256(splits_file),
+        "ece_before": expected_calibration_error(probs, y_true), "ece_after": expected_calibration_error(apply_temperature(log_probs, temperature), y_true),
+        "n_bins": N_BINS,
+    }
+    write_json(path, result)
+    return result

@@ -1,0 +1,454 @@
+"""``busai report``: the study's report, one ``report.md`` and one self-contained ``report.html``.
+
+Inputs are run folders, folders of run folders, results folders (``results/`` with
+``segmentation/`` and ``classification/`` result files written by ``busai collect``), single
+result files and tuning study folders. Nothing is recomputed except what is drawn: every number is
+read from the inputs' metrics, so the report agrees with them by construction.
+
+Sections: dataset audit, split tables (the paper's Tables 1-2), tuned hyper-parameters (Tables
+3, 5), weight source and training cost per run, segmentation and classification tables with CIs
+beside the paper's (Tables 4, 6), model comparison charts, confusion matrices, calibration
+diagrams (where per-image probabilities were kept), training curves and sample predictions.
+``report.md`` links its figures under ``figures/``; ``report.html`` embeds them as data URLs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from busai import CLASSES, SPLIT_NAMES, paper
+from busai.errors import ConfigError, DataError
+from busai.report import (
+    _epochs_cell,
+    _row_labels,
+    _short_source,
+    classification_table,
+    collect_run,
+    comparison_rows,
+    read_history,
+    segmentation_table,
+)
+from busai.runs import read_run_config
+
+NOTICE = "Research software, not a medical device: nothing here is validated for clinical use."
+# Embedded figures are re-encoded no wider than this, so a report of dozens of runs stays small.
+MAX_FIGURE_WIDTH = 900
+
+
+@dataclass
+class Entry:
+    """One run in the report: its collected result, its figure files and any per-image predictions."""
+
+    result: dict
+    figures: dict[str, Path] = field(default_factory=dict)  # "samples_test" -> file
+    predictions: dict[str, list[dict]] = field(default_factory=dict)  # split -> classification predictions
+
+
+@dataclass
+class Inputs:
+    entries: list[Entry] = field(default_factory=list)
+    studies: list[Path] = field(default_factory=list)
+    split_files: list[Path] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- gathering inputs
+def _is_result(data: dict) -> bool:
+    return isinstance(data, dict) and "task" in data and "metrics" in data and "model" in data
+
+
+def _run_entry(run_dir: Path) -> Entry:
+    if (run_dir / "metrics.json").exists():
+        result = collect_run(run_dir)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    else:  # trained, not evaluated: training cost and curve only
+        config = read_run_config(run_dir)
+        fit = json.loads((run_dir / "fit.json").read_text()) if (run_dir / "fit.json").exists() else {}
+        result = {"name": run_dir.name, "task": config["model_spec"]["task"], "model": config["model_spec"], "weight_source": config.get("weight_source"),
+                  "train_config": config["train"], "fit": fit, "machine": config.get("machine"), "device": config.get("device"),
+                  "commands": {"train": config.get("command")}, "metrics": {}, "history": read_history(run_dir)}
+        metrics = {}
+    figures = {p.stem: p for p in sorted(run_dir.glob("*.png")) if p.stem != "progress"}
+    predictions = {split: m["predictions"] for split, m in metrics.items() if m.get("predictions")}
+    return Entry(result, figures, predictions)
+
+
+def _result_entry(path: Path, data: dict) -> Entry:
+    prefix = f"{data['name']}_"
+    figures = {p.stem.removeprefix(prefix): p for p in sorted((path.parent / "figures").glob(f"{prefix}*.png"))}
+    return Entry(data, figures)
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def gather(paths: list[str | Path]) -> Inputs:
+    """Sort each path into runs, results, studies and split files; an unusable path is a DataError."""
+    inputs = Inputs()
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise DataError(f"{path}: not found; pass run folders, results folders, result files or tuning study folders")
+        found = len(inputs.entries) + len(inputs.studies) + len(inputs.split_files)
+        if path.is_file():
+            data = _read(path)
+            if _is_result(data):
+                inputs.entries.append(_result_entry(path, data))
+            elif isinstance(data, dict) and str(data.get("format", "")).startswith("busai-splits"):
+                inputs.split_files.append(path)
+        elif (path / "config.json").exists():
+            inputs.entries.append(_run_entry(path))
+        elif (path / "summary.json").exists():
+            inputs.studies.append(path)
+        else:  # a results folder or a folder of run folders
+            for child in sorted(p for p in path.iterdir() if p.is_dir()):
+                if (child / "config.json").exists():
+                    inputs.entries.append(_run_entry(child))
+            for task in ("segmentation", "classification"):
+                for file in sorted((path / task).glob("*.json")):
+                    data = _read(file)
+                    if _is_result(data):
+                        inputs.entries.append(_result_entry(file, data))
+            inputs.studies += sorted(p.parent for p in (path / "tuning").glob("*/summary.json"))
+        if len(inputs.entries) + len(inputs.studies) + len(inputs.split_files) == found:
+            raise DataError(f"{path}: holds no run folder, result file, tuning study or split file; pass what `busai train`, `busai collect` or `busai tune` wrote")
+    return inputs
+
+
+# --------------------------------------------------------------------------- sections
+def audit_section(audit: dict | None) -> list:
+    blocks: list = [("h2", "Dataset audit")]
+    if audit is None:
+        return blocks + [("p", "No audit given: pass `--audit DATA_DIR` (or the JSON of `busai data audit DATA_DIR --json`).")]
+    groups = audit.get("duplicate_groups", [])
+    rows = ["| Item | Value |", "|---|---|", f"| Folder | `{audit.get('root', '?')}` |", f"| Images | {audit['images']} |",
+            *[f"| {c} | {audit['counts'].get(c, 0)} |" for c in CLASSES], f"| Mask files | {audit.get('masks', '?')} |",
+            f"| Duplicate groups (exact or near, phash distance <= {audit.get('near_threshold', '?')}) | {len(groups)} ({sum(len(g) for g in groups)} images) |",
+            f"| Exact duplicate groups | {len(audit.get('exact_duplicate_groups', []))} |",
+            f"| Label conflicts (one image in two classes) | {len(audit.get('conflicts', []))} |"]
+    rows += [f"| Problem: {kind} | {n} |" for kind, n in audit.get("problem_counts", {}).items()]
+    return blocks + [("table", "\n".join(rows))]
+
+
+def load_audit(source: str | Path | None) -> dict | None:
+    """An audit JSON file, or a dataset folder audited now."""
+    if source is None:
+        return None
+    source = Path(source)
+    if source.is_dir():
+        from busai.data.audit import audit_dataset
+
+        return audit_dataset(source).to_dict()
+    data = _read(source)
+    if not isinstance(data, dict) or "counts" not in data:
+        raise DataError(f"{source}: not an audit; pass a dataset folder or the output of `busai data audit DIR --json`")
+    return data
+
+
+def split_section(split_files: list[Path]) -> list:
+    blocks: list = [("h2", "Data splits (paper's Tables 1 and 2)")]
+    if not split_files:
+        return blocks + [("p", "No split file among the inputs or the runs' configs.")]
+    paper_total = sum(paper.SPLIT_IMAGES.values())
+    for path in split_files:
+        data = json.loads(path.read_text())
+        counts = data.get("counts") or {}
+        present = [s for s in SPLIT_NAMES if s in counts]
+        blocks.append(("p", f"`{path}`: made with `{data.get('command', '?')}`; duplicates: {data.get('duplicates', '?')}."))
+        total = sum(sum(counts[s].values()) for s in present)
+        one = ["| Split | Images and masks (paper) | Share (paper) |", "|---|---|---|"]
+        for s in present:
+            n = sum(counts[s].values())
+            one.append(f"| {s} | {n} ({paper.SPLIT_IMAGES[s]}) | {n / total:.1%} ({paper.SPLIT_IMAGES[s] / paper_total:.1%}) |")
+        two = ["| Class | " + " | ".join(f"{s} (paper)" for s in present) + " |", "|---|" + "---|" * len(present)]
+        for c in CLASSES:
+            two.append(f"| {c} | " + " | ".join(f"{counts[s].get(c, 0)} ({paper.SPLIT_CLASS_COUNTS[s][c]})" for s in present) + " |")
+        two.append("| total | " + " | ".join(f"{sum(counts[s].values())} ({paper.SPLIT_IMAGES[s]})" for s in present) + " |")
+        blocks += [("h3", "Table 1: images per split"), ("table", "\n".join(one)), ("h3", "Table 2: images per class and split"), ("table", "\n".join(two))]
+    return blocks
+
+
+def tuning_section(studies: list[Path]) -> list:
+    blocks: list = [("h2", "Tuned hyper-parameters (paper's Tables 3 and 5)")]
+    seg = ["| Encoder:Decoder | Learning rate | Weight decay | Batch size | Optimizer | Image size |", "|---|---|---|---|---|---|"]
+    for (encoder, decoder), s in paper.SEGMENTATION_SETTINGS.items():
+        decay = "–" if s["weight_decay"] is None else f"{s['weight_decay']:g}"  # the paper's U-Net++ value lies outside its own range
+        seg.append(f"| {encoder}:{decoder} | {s['lr']:g} | {decay} | {s['batch_size']} | {s['optimizer']} | {s['image_size']} |")
+    cls = ["| Model | Optimizer | Learning rate | Weight decay | FL(α) | FL(γ) | Batch size | β1, β2 |", "|---|---|---|---|---|---|---|---|"]
+    for name, s in paper.CLASSIFICATION_SETTINGS.items():
+        betas = ", ".join(f"{b:g}" for b in s["betas"]) if s.get("betas") else "–"
+        cls.append(f"| {name} | {s['optimizer']} | {s['lr']:g} | {s['weight_decay']:g} | {s['focal_alpha']:g} | {s['focal_gamma']:g} | {s['batch_size']} | {betas} |")
+    blocks += [("h3", "The paper's tuned settings"), ("table", "\n".join(seg)), ("table", "\n".join(cls)), ("h3", "Our studies")]
+    if not studies:
+        return blocks + [("p", "No tuning study among the inputs (`busai tune` writes one; pass its folder or a results folder holding `tuning/`).")]
+    from busai.extras import MissingExtraError
+
+    try:
+        from busai.tune import best_params_table
+    except MissingExtraError as exc:
+        return blocks + [("p", str(exc))]
+    blocks.append(("p", "Best trial of each study by its validation objective: " + ", ".join(f"`{p}`" for p in studies) + "."))
+    return blocks + [("table", part) for part in best_params_table(studies).split("\n\n")]
+
+
+def _minutes(result: dict) -> str:
+    seconds = result.get("fit", {}).get("seconds")
+    return f"{seconds / 60:.1f} min" if seconds else "–"
+
+
+def _machine(result: dict) -> str:
+    m = result.get("machine") or {}
+    if m.get("cpu"):
+        return f"{m['cpu']}, {m.get('threads', '?')} threads"
+    return f"{result['device']} (model not recorded)" if result.get("device") else "not recorded"
+
+
+def runs_section(entries: list[Entry]) -> list:
+    rows = ["| Run | Task | Model | Weights | Epochs (stop) | Best epoch | Training time | Machine | Train command |", "|---|---|---|---|---|---|---|---|---|"]
+    results = [e.result for e in entries]
+    for r, label in zip(results, _row_labels(results)):
+        command = (r.get("commands") or {}).get("train") or "–"
+        rows.append(f"| {r['name']} | {r['task']} | {label} | {_short_source(r.get('weight_source'))} | {_epochs_cell(r)} | "
+                    f"{r.get('fit', {}).get('best_epoch', '–')} | {_minutes(r)} | {_machine(r)} | `{command}` |")
+    return [("h2", "Runs: weight source and training cost"), ("table", "\n".join(rows))]
+
+
+def _segmentation_rows(results: list[dict]) -> list[dict]:
+    rows = []
+    for r, label in zip(results, _row_labels(results)):
+        for split in SPLIT_NAMES:
+            m = r["metrics"].get(split)
+            if m:
+                rows.append({"model": label, "split": split, "dice": m["dice"]["mean"], "iou": m["iou"]["mean"]})
+    return rows
+
+
+def score_sections(entries: list[Entry], figures: Path) -> list:
+    from busai.figures import model_comparison
+
+    seg = [e.result for e in entries if e.result["task"] == "segmentation" and e.result["metrics"]]
+    cls = [e.result for e in entries if e.result["task"] == "classification" and e.result["metrics"]]
+    note = ("Mean over images with a bootstrap 95% CI (†: the CI resamples duplicate groups); the paper's numbers "
+            "are beside ours for orientation: its split was image by image.")
+    blocks: list = []
+    if seg:
+        blocks += [("h2", "Segmentation (paper's Table 4)"), ("p", note + " Pixel accuracy and AUC are pooled over pixels."), ("table", segmentation_table(seg))]
+    if cls:
+        blocks += [("h2", "Classification (paper's Table 6)"), ("p", note), ("table", classification_table(cls))]
+    charts = []
+    if seg:
+        charts.append(("fig", Path(model_comparison(_segmentation_rows(seg), figures / "comparison_segmentation.png", metrics=("dice", "iou"))),
+                       "Segmentation: mean Dice and IoU per model and split"))
+    if cls:
+        charts.append(("fig", Path(model_comparison(comparison_rows(cls), figures / "comparison_classification.png")),
+                       "Classification: accuracy and macro-F1 per model and split (the paper's Figure 11)"))
+    if charts:
+        blocks += [("h2", "Model comparison"), *charts]
+    return blocks
+
+
+def confusion_section(entries: list[Entry], figures: Path) -> list:
+    from busai.figures import confusion_matrix
+
+    blocks: list = []
+    for e in entries:
+        r = e.result
+        for split in SPLIT_NAMES:
+            matrix = r["metrics"].get(split, {}).get("confusion_matrix") if r["task"] == "classification" else None
+            if matrix:
+                path = confusion_matrix(np.array(matrix), figures / f"{r['name']}_confusion_{split}.png", title=f"{r['name']}: {split}")
+                blocks.append(("fig", Path(path), f"{r['name']}, {split}: rows true class, columns predicted"))
+    return [("h2", "Confusion matrices (paper's Figures 6-10)"), *blocks] if blocks else []
+
+
+def calibration_section(entries: list[Entry], figures: Path) -> list:
+    from busai.figures import reliability_diagram
+
+    blocks: list = []
+    rows = ["| Run | Split | Images | ECE (10 bins) |", "|---|---|---|---|"]
+    for e in entries:
+        for split, predictions in e.predictions.items():
+            probs = np.array([[p[f"p_{c}"] for c in CLASSES] for p in predictions])
+            correct = np.array([p["label"] == p["predicted"] for p in predictions], dtype=float)
+            name = e.result["name"]
+            path, ece = reliability_diagram(probs.max(axis=1), correct, figures / f"{name}_calibration_{split}.png", title=f"{name}: {split}")
+            rows.append(f"| {name} | {split} | {len(predictions)} | {ece:.3f} |")
+            blocks.append(("fig", Path(path), f"{name}, {split}: accuracy against confidence"))
+        for key, path in e.figures.items():
+            if key.startswith("calibration"):
+                blocks.append(("fig", path, f"{e.result['name']}: {key}"))
+    head: list = [("h2", "Calibration")]
+    if not blocks:
+        return head + [("p", "No per-image probabilities in these inputs: run folders evaluated with `busai evaluate` keep them, collected result files do not.")]
+    return head + ([("table", "\n".join(rows))] if len(rows) > 2 else []) + blocks
+
+
+def curve_section(entries: list[Entry], figures: Path) -> list:
+    from busai.figures import training_curve
+
+    blocks: list = []
+    missing = []
+    for e in entries:
+        history = e.result.get("history")
+        if history:
+            path = training_curve(history, figures / f"{e.result['name']}_training.png", title=e.result["name"])
+            blocks.append(("fig", Path(path), f"{e.result['name']}: loss and validation scores per epoch"))
+        else:
+            missing.append(e.result["name"])
+    if missing:
+        blocks.append(("p", "No per-epoch history in the inputs for: " + ", ".join(f"`{n}`" for n in missing) +
+                       " (result files collected before busai kept it; the run folder's `history.csv` has it)."))
+    return [("h2", "Training curves"), *blocks] if blocks else []
+
+
+def sample_section(entries: list[Entry], splits: tuple[str, ...]) -> list:
+    blocks: list = []
+    for e in entries:
+        for split in splits:
+            path = e.figures.get(f"samples_{split}")
+            if path:
+                blocks.append(("fig", path, f"{e.result['name']}, {split}: sample predictions"))
+    return [("h2", "Sample predictions (paper's Figures 3-5 and 12)"), *blocks] if blocks else []
+
+
+# --------------------------------------------------------------------------- rendering
+def _inline_html(text: str) -> str:
+    parts = re.split(r"(`[^`]*`)", text)
+    return "".join(f"<code>{html.escape(p[1:-1])}</code>" if p.startswith("`") and p.endswith("`") and len(p) > 1 else html.escape(p) for p in parts)
+
+
+def _table_html(table: str) -> str:
+    lines = [line for line in table.strip().splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("|"):
+        return f"<p>{_inline_html(table)}</p>"
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    head, body = rows[0], [r for r in rows[2:]]
+    out = ["<table><thead><tr>", *[f"<th>{_inline_html(c)}</th>" for c in head], "</tr></thead><tbody>"]
+    for r in body:
+        out += ["<tr>", *[f"<td>{_inline_html(c)}</td>" for c in r], "</tr>"]
+    return "".join(out + ["</tbody></table>"])
+
+
+def _data_url(path: Path) -> str:
+    """The figure as a data URL, re-encoded no wider than MAX_FIGURE_WIDTH to keep the page small."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.width <= MAX_FIGURE_WIDTH and path.stat().st_size < 150_000:
+            return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+        image = image.convert("RGB")
+        if image.width > MAX_FIGURE_WIDTH:
+            image = image.resize((MAX_FIGURE_WIDTH, round(image.height * MAX_FIGURE_WIDTH / image.width)), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+         "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
+         "th{background:#f3f3f3}code{background:#f5f5f5;padding:0 3px;font-size:12px}figure{margin:1em 0}img{max-width:100%}"
+         ".notice{background:#fff4d6;border:1px solid #e0c060;padding:.6em 1em}")
+
+
+def render_markdown(blocks: list, out: Path) -> str:
+    lines = []
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2", "h3"):
+            lines += ["#" * int(kind[1]) + " " + rest[0], ""]
+        elif kind in ("p", "table"):
+            lines += [rest[0], ""]
+        elif kind == "fig":
+            lines += [f"![{rest[1]}]({os.path.relpath(rest[0], out)})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_html(blocks: list, title: str) -> str:
+    body = []
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2", "h3"):
+            body.append(f"<{kind}>{_inline_html(rest[0])}</{kind}>")
+        elif kind == "p":
+            cls = ' class="notice"' if rest[0] == NOTICE else ""
+            body.append(f"<p{cls}>{_inline_html(rest[0])}</p>")
+        elif kind == "table":
+            body.append(_table_html(rest[0]))
+        elif kind == "fig":
+            body.append(f'<figure><img src="{_data_url(rest[0])}" alt="{html.escape(rest[1])}"><figcaption>{_inline_html(rest[1])}</figcaption></figure>')
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _split_files(inputs: Inputs, extra: list[str | Path]) -> list[Path]:
+    """The split files given, plus those the runs name (their own ``splits.json`` or the train config's)."""
+    found = [Path(p) for p in extra] + inputs.split_files
+    for e in inputs.entries:
+        path = (e.result.get("train_config") or {}).get("splits")
+        if path and Path(path).exists():
+            found.append(Path(path))
+    unique, seen = [], set()
+    for path in found:
+        if not path.exists():
+            raise DataError(f"{path}: split file not found; pass the file given to `busai train --splits`")
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique
+
+
+def write_report(
+    paths: list[str | Path], out: str | Path, *, audit: str | Path | None = None, splits: list[str | Path] = (),
+    title: str = "busai report", command: str | None = None, sample_splits: tuple[str, ...] = ("test",),
+) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html`` and ``figures/`` into ``out``; returns their paths."""
+    out = Path(out)
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / "report.md").exists()):
+        # Rewriting a previous report is fine; filling a folder of other files (a run, a checkout) is not.
+        raise ConfigError(f"--out {out}: exists and is not a busai report folder; choose a new or empty folder")
+    inputs = gather(paths)
+    if not inputs.entries and not inputs.studies:
+        raise DataError("nothing to report: the inputs hold no run or tuning study")
+    unknown = [s for s in sample_splits if s not in SPLIT_NAMES]
+    if unknown:
+        raise ConfigError(f"--sample-splits {' '.join(unknown)}: unknown; choose from {', '.join(SPLIT_NAMES)}")
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    entries = sorted(inputs.entries, key=lambda e: (e.result["task"] != "segmentation", e.result["name"]))
+    blocks: list = [("h1", title), ("p", NOTICE)]
+    if command:
+        blocks.append(("p", f"Written by `{command}` from " + ", ".join(f"`{p}`" for p in paths) + "."))
+    blocks += audit_section(load_audit(audit))
+    blocks += split_section(_split_files(inputs, list(splits)))
+    blocks += tuning_section(inputs.studies)
+    if entries:
+        blocks += runs_section(entries)
+        blocks += score_sections(entries, figures)
+        blocks += confusion_section(entries, figures)
+        blocks += calibration_section(entries, figures)
+        blocks += curve_section(entries, figures)
+        blocks += sample_section(entries, sample_splits)
+    md, page = out / "report.md", out / "report.html"
+    _write(md, render_markdown(blocks, out))
+    _write(page, render_html(blocks, title))
+    return {"markdown": md, "html": page, "figures": figures}
+
+
+__all__ = ["NOTICE", "Entry", "Inputs", "gather", "load_audit", "render_html", "render_markdown", "write_report"]

@@ -1,0 +1,126 @@
+"""`busai report` and `busai collect` on tiny synthetic runs: every section, numbers equal to the runs' metrics files."""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from busai.evaluate import evaluate_run
+from busai.report import fmt_value
+
+SECTIONS = [
+    "# busai report", "## Dataset audit", "## Data splits (paper's Tables 1 and 2)", "## Tuned hyper-parameters (paper's Tables 3 and 5)",
+    "## Runs: weight source and training cost", "## Segmentation (paper's Table 4)", "## Classification (paper's Table 6)",
+    "## Model comparison", "## Confusion matrices (paper's Figures 6-10)", "## Calibration", "## Training curves",
+    "## Sample predictions (paper's Figures 3-5 and 12)",
+]
+
+
+@pytest.fixture(scope="module")
+def evaluated(seg_run, cls_run, synthetic_dir, tmp_path_factory):
+    """Copies of the tiny runs, evaluated on val and test, side by side in one folder."""
+    root = tmp_path_factory.mktemp("report_runs")
+    runs = {}
+    for name, run in (("seg", seg_run), ("cls", cls_run)):
+        runs[name] = shutil.copytree(run, root / name)
+        for split in ("val", "test"):
+            evaluate_run(runs[name], synthetic_dir, run.parent / "splits.json", split, n_boot=20)
+    return root, runs
+
+
+def ci(entry: dict) -> str:
+    return f"{fmt_value(entry['value'])} ({fmt_value(entry['ci_low'])}–{fmt_value(entry['ci_high'])})"
+
+
+def test_report_has_every_section_and_the_runs_numbers(cli, evaluated, synthetic_dir, tmp_path):
+    root, runs = evaluated
+    audit = tmp_path / "audit.json"
+    code, out, _ = cli("data", "audit", synthetic_dir, "--json")
+    assert code == 0
+    audit.write_text(out)
+    code, out, err = cli("report", root, "--out", tmp_path / "report", "--audit", audit)
+    assert code == 0, err
+    md = (tmp_path / "report" / "report.md").read_text()
+    positions = [md.find(s) for s in SECTIONS]
+    assert -1 not in positions and positions == sorted(positions), dict(zip(SECTIONS, positions))
+
+    seg = json.loads((runs["seg"] / "metrics.json").read_text())
+    for split in ("val", "test"):
+        m = seg[split]
+        dice, iou = ci(m["dice"]["mean"]), ci(m["iou"]["mean"])
+        d = m["detection"]
+        row = (f"| {split}† | {fmt_value(m['pixel_accuracy']['pooled']['value'], 3)} | {dice} | {iou} | {fmt_value(m['auc']['pooled']['value'])} | "
+               f"{d['missed_lesions']} of {d['lesion_images']} | {d['false_alarms']} of {d['lesion_free_images']} |")
+        assert row.replace("†", "") in md.replace("†", ""), row
+    cls = json.loads((runs["cls"] / "metrics.json").read_text())
+    for split in ("val", "test"):
+        m = cls[split]
+        recalls = " / ".join(fmt_value(m["per_class"][c]["recall"]) for c in ("normal", "benign", "malignant"))
+        row = f"| {ci(m['accuracy'])} | {ci(m['macro_f1'])} | {ci(m['macro_auc'])} | {recalls} |"
+        assert row in md, row
+
+    # Table 2: the split file's counts beside the paper's
+    splits = json.loads((runs["seg"] / "splits.json").read_text())["counts"]
+    assert f"| benign | {splits['train']['benign']} (350) | {splits['val']['benign']} (43) | {splits['test']['benign']} (43) |" in md
+    # audit section from the audit JSON
+    assert f"| Images | {json.loads(audit.read_text())['images']} |" in md
+    # weight source and training cost per run
+    fit = json.loads((runs["cls"] / "fit.json").read_text())
+    assert re.search(rf"\| cls \| classification \| efficientnet_lite0 \| random init \| {fit['epochs_run']} \(max epochs\) \| {fit['best_epoch']} \| ", md)
+    # calibration from the classifier's kept probabilities; training curves of both runs
+    assert "| cls | val |" in md and "figures/cls_calibration_test.png" in md
+    assert "figures/seg_training.png" in md and "figures/cls_training.png" in md
+    assert (tmp_path / "report" / "figures" / "cls_confusion_val.png").exists()
+
+
+def test_html_is_self_contained_and_small(cli, evaluated, tmp_path):
+    root, _ = evaluated
+    assert cli("report", root, "--out", tmp_path / "r")[0] == 0
+    page = (tmp_path / "r" / "report.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert sources and all(s.startswith("data:image/") for s in sources)
+    assert "<link" not in page and "<script" not in page
+    assert (tmp_path / "r" / "report.html").stat().st_size < 10_000_000
+    assert "<h2>Segmentation (paper&#x27;s Table 4)</h2>" in page and "<table>" in page
+    assert "No audit given" in page
+
+
+def test_report_from_collected_results(cli, evaluated, tmp_path):
+    """A results folder (what `busai collect` writes) reports the same rows as the run folders."""
+    root, runs = evaluated
+    assert cli("collect", runs["seg"], "--out", tmp_path / "results" / "segmentation")[0] == 0
+    assert cli("collect", runs["cls"], "--out", tmp_path / "results" / "classification")[0] == 0
+    collected = json.loads((tmp_path / "results" / "segmentation" / "seg.json").read_text())
+    assert collected["history"][0]["epoch"] == 1  # per-epoch history travels with the results file
+    assert cli("report", tmp_path / "results", "--out", tmp_path / "from_results")[0] == 0
+    assert cli("report", root, "--out", tmp_path / "from_runs")[0] == 0
+    a, b = ((tmp_path / d / "report.md").read_text() for d in ("from_results", "from_runs"))
+    table = re.compile(r"## Segmentation .*?\n\n.*?\n\n(.*?)\n\n", re.S)
+    assert table.search(a).group(1) == table.search(b).group(1)
+
+
+def test_progress_png_is_written_by_training(seg_run):
+    assert (seg_run / "progress.png").stat().st_size > 0
+
+
+def test_bad_inputs_are_one_line_errors(cli, tmp_path):
+    cli.fails("report", tmp_path / "nope", "--out", tmp_path / "r", expect="nope: not found; pass run folders")
+    (tmp_path / "empty").mkdir()
+    cli.fails("report", tmp_path / "empty", "--out", tmp_path / "r", expect="empty: holds no run folder, result file, tuning study or split file")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    cli.fails("report", bad, "--out", tmp_path / "r", expect="bad.json: holds no run folder")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    cli.fails("report", tmp_path / "empty", "--out", tmp_path / "other", expect="exists and is not a busai report folder")
+
+
+def test_report_rewrites_its_own_folder_only(cli, evaluated, tmp_path):
+    root, _ = evaluated
+    assert cli("report", root, "--out", tmp_path / "r")[0] == 0
+    assert cli("report", root, "--out", tmp_path / "r")[0] == 0  # a previous report is replaced
+    (tmp_path / "runs_copy").mkdir()
+    (tmp_path / "runs_copy" / "config.json").write_text("{}")
+    cli.fails("report", root, "--out", tmp_path / "runs_copy", expect="--out " + str(tmp_path / "runs_copy") + ": exists and is not a busai report folder")
+    assert (tmp_path / "runs_copy" / "config.json").read_text() == "{}"
