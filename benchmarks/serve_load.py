@@ -132,7 +132,7 @@ def run_load(
             barrier = threading.Barrier(concurrency)
             lock = threading.Lock()
 
-            def worker() -> None:
+            def worker(barrier: threading.Barrier = barrier, lock: threading.Lock = lock) -> None:
                 with httpx.Client(timeout=request_timeout) as client:
                     barrier.wait()
                     status, took = upload(client)

@@ -18,9 +18,14 @@ declare -A ARGS=(
   [seg-both-gray]="seg $BOTH --model unet --encoder efficientnet-lite0 --weights release --color gray --augment strong --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss dice --scheduler cosine --epochs 12"
   # The release classifier continued the same way (class-balanced sampler, focal loss as released).
   [cls-both-gray]="cls $BOTH --model efficientnet_lite0 --weights release --color gray --augment strong --image-size 256 --batch-size 16 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --scheduler cosine --epochs 8"
+  # BUS-UCLM alone (the yardstick's "trained on the other scanner" row): the same recipe from
+  # ImageNet weights (the release has seen BUSI), then the classifier from that segmenter's encoder,
+  # as the release classifier was made.
+  [seg-uclm-gray]="seg --data uclm=$UCLM --model unet --encoder efficientnet-lite0 --color gray --augment strong --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --loss dice --scheduler cosine --epochs 10"
+  [cls-uclm-gray]="cls --data uclm=$UCLM --model efficientnet_lite0 --weights runs/xd/seg-uclm-gray/checkpoint_best.safetensors --color gray --augment strong --image-size 256 --batch-size 16 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --scheduler cosine --epochs 8"
 )
-declare -A MINUTES=([seg-both-gray]=55 [cls-both-gray]=28)
-ORDER=(seg-both-gray cls-both-gray)
+declare -A MINUTES=([seg-both-gray]=55 [cls-both-gray]=28 [seg-uclm-gray]=22 [cls-uclm-gray]=14)
+ORDER=(seg-both-gray cls-both-gray seg-uclm-gray cls-uclm-gray)
 
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")

@@ -14,7 +14,6 @@ paper's Table 4 does not say which it used — the README discusses the comparis
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -133,7 +132,6 @@ def resolve_models(model: str | Path) -> list[tuple[object, Path | None, Path | 
     each model ``model`` names: a run folder, ``release`` (both tasks), a release folder or a .onnx file."""
     from busai.export import load_onnx
     from busai.release import WEIGHTS, load_release, release_dir
-    from busai.runs import load_model
 
     text = str(model)
     if text == "release":

@@ -54,8 +54,9 @@ def describe_split(splits: dict, fold: int | None = None, used: dict | None = No
     for name, entry in datasets.items():
         if used is not None and name not in used:
             continue
-        mine = lambda keys: [_relative(k, True) for k in keys if k.startswith(f"{name}:")]  # noqa: E731
-        out.append({"name": name, "fingerprint": entry.get("fingerprint"), "train": mine(source["train"]), "val": mine(source["val"])})
+        prefix = f"{name}:"
+        train, val = ([_relative(k, True) for k in source[part] if k.startswith(prefix)] for part in ("train", "val"))
+        out.append({"name": name, "fingerprint": entry.get("fingerprint"), "train": train, "val": val})
     return out
 
 

@@ -164,8 +164,10 @@ def run_split(args: argparse.Namespace) -> int:
     records = read_records(specs)  # strict: refuses unpaired images before the slower audit
     check_file_names(records)
     reports = [audit_dataset(spec, args.near_threshold, progress=True) for spec in specs]
-    unusable = {}
     for spec, report in zip(specs, reports):
+        Console().print(f"{spec}: layout {report.format}", highlight=False)
+    unusable = {}
+    for report in reports:
         for problem in report.problems:
             if problem.kind in _UNUSABLE:
                 unusable.setdefault(_image_key(problem.path, records), problem.message)

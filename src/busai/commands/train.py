@@ -42,6 +42,9 @@ def register(sub) -> None:
                    help="relative share of training draws for a dataset (default: images drawn uniformly across datasets)")
     p.add_argument("--color", choices=["rgb", "gray"], default=None,
                    help="gray: the model sees every scan as grey (a tinted grey map or overlays do not shift it); default rgb")
+    p.add_argument("--folds", dest="all_folds", type=int, default=None, metavar="K",
+                   help="train every one of the split file's K cross-validation folds into OUT/fold-<i> and summarise them "
+                   "(mean and sd of the validation scores) in OUT/folds.json; re-run to resume")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the fit summary as JSON")
     p.set_defaults(handler=run)
@@ -85,14 +88,14 @@ def _refuse_options_on_resume(args: argparse.Namespace) -> None:
     given = [key for key, value in vars(args).items()
              if key not in _RESUME_OPTIONS and key in _USER_OPTIONS and value is not None]
     if given:
-        spelled = {"task": f"task {args.task}", "weighted_sampler": "--no-sampler", "dataset_weights": "--dataset-weight"}
+        spelled = {"task": f"task {args.task}", "weighted_sampler": "--no-sampler", "dataset_weights": "--dataset-weight", "all_folds": "--folds"}
         names = ", ".join(spelled.get(key, "--" + key.replace("_", "-")) for key in given)
         raise ConfigError(f"{names}: cannot change a run being resumed (only --epochs, --max-minutes and --patience can); "
                           "drop them, or start a new run with `busai train --config RUN_DIR/config.json --out NEW_RUN` plus the changes")
 
 
 _USER_OPTIONS = {"task", "out", "config", *_FLAGS, "focal_alpha", "betas", "weighted_sampler", "hard_examples", "lesion_paste", "augment",
-                 "data", "dataset_weights", "color"}
+                 "data", "dataset_weights", "color", "all_folds"}
 
 
 def _parse_weights(values: list[str]) -> dict[str, float]:
@@ -124,6 +127,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.out:
             raise ConfigError("--out RUN_DIR is required for a new run (or pass --resume RUN_DIR)")
+        if args.all_folds is not None:
+            summary = training.train_folds(config_from_args(args), args.out, args.all_folds, quiet=args.quiet, command=command_line(args))
+            if args.json:
+                print(json.dumps(summary))
+            else:
+                spread = ", ".join(f"{k} {summary['mean'][k]:.4f} (sd {summary['sd'][k]:.4f})" for k in summary["mean"])
+                print(f"{args.out}: {len(summary['folds'])} folds; {spread}")
+            return 0
         result = training.train(config_from_args(args), args.out, quiet=args.quiet, command=command_line(args))
         run_dir = args.out
     summary = {"run_dir": str(run_dir), **result.to_dict()}

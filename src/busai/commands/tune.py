@@ -22,7 +22,10 @@ def register(sub) -> None:
         s = tsub.add_parser(task, help=f"{'segmentation' if task == 'seg' else 'classification'} study",
                             description="Re-running the same command resumes the study; trials in any state count towards --trials, "
                             "except those whose worker was killed mid-trial (marked FAIL and run again).")
-        s.add_argument("--data", required=True, help="dataset folder")
+        s.add_argument("--data", required=True, action="append", metavar="[NAME=]PATH",
+                       help="dataset folder or CSV manifest; repeat as NAME=PATH to tune on several datasets of one split file")
+        s.add_argument("--dataset-weight", dest="dataset_weights", action="append", default=None, metavar="NAME=W",
+                       help="relative share of training draws for a dataset (as for `busai train`)")
         s.add_argument("--splits", required=True, help="splits JSON from `busai data split`")
         s.add_argument("--out", required=True, help="study folder: study.db, summary, best config, plots, trial runs")
         s.add_argument("--trials", type=int, required=True, help="total trials the study should hold")
@@ -66,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     for key in ("weights", "device"):
         if getattr(args, key) is not None:
             setattr(base, key, getattr(args, key))
+    if args.dataset_weights:
+        from busai.commands.train import _parse_weights
+
+        base.dataset_weights = _parse_weights(args.dataset_weights)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial below instead of Optuna's log
     chatty = not (args.quiet or args.json)
     if chatty:

@@ -83,7 +83,7 @@ class _StopAfterFailures:
 
 def run_study(
     task: str,
-    data: str | Path,
+    data: str | Path | list[str],
     splits: str | Path,
     *,
     out_dir: str | Path,
@@ -128,7 +128,8 @@ def run_study(
     base = copy.deepcopy(base) if base is not None else TrainConfig(task=task)
     if base.task != task:
         raise ConfigError(f"--config: is a {base.task} config but the study is {task}; pass a matching config")
-    base.data, base.splits = str(data), str(splits)
+    base.data = str(data) if isinstance(data, (str, Path)) else (str(data[0]) if len(data) == 1 else [str(d) for d in data])
+    base.splits = str(splits)
     base.patience, base.max_minutes = trial_patience, trial_minutes
 
     output_dir(out_dir)
@@ -175,8 +176,11 @@ def _check_inputs(data, splits) -> None:
     from busai.data.splits import read_splits
     from busai.errors import DataError
 
-    if not Path(data).is_dir():
-        raise DataError(f"--data {data}: folder not found; pass the dataset folder")
+    from busai.data.sources import parse_data_specs
+
+    for spec in parse_data_specs(data):
+        if not spec.path.exists():
+            raise DataError(f"--data {spec}: not found; pass the dataset folder or CSV manifest")
     read_splits(splits)  # raises a one-line error for a missing or malformed file
 
 

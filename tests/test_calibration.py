@@ -1,0 +1,56 @@
+"""Calibration: ECE against a hand-computed value, temperature scaling recovering a known temperature,
+and `busai calibrate` storing a temperature every prediction path applies."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from busai.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_bins
+
+
+def test_ece_by_hand():
+    probs = np.array([[0.9, 0.1, 0.0], [0.6, 0.4, 0.0], [0.8, 0.2, 0.0], [0.55, 0.45, 0.0]])
+    y = np.array([0, 1, 0, 0])
+    # Each confidence lands in its own bin: gaps 0.1, 0.6 (wrong), 0.2, 0.45 -> mean 0.3375.
+    assert expected_calibration_error(probs, y) == pytest.approx(0.3375)
+    bins = reliability_bins(probs, y)
+    assert sum(b["count"] for b in bins) == 4 and bins[-1]["high"] == 1.0
+
+
+def test_temperature_scaling_recovers_a_known_temperature():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 1.5, size=(20000, 3))
+    y = np.array([rng.choice(3, p=p) for p in apply_temperature(true_logits, 1.0)])
+    overconfident = 3.0 * true_logits  # a model three times too sure of itself
+    assert fit_temperature(overconfident, y) == pytest.approx(3.0, rel=0.05)
+    assert expected_calibration_error(apply_temperature(overconfident, 3.0), y) < expected_calibration_error(apply_temperature(overconfident, 1.0), y)
+
+
+def test_calibrate_stores_a_temperature_that_predictions_use(cli, cls_run, seg_run, synthetic_dir, tiny_runs, tmp_path):
+    import shutil
+
+    from busai.inference import predict_tensor
+    from busai.runs import load_model
+
+    run = shutil.copytree(cls_run, tmp_path / "cls")
+    code, out, err = cli("calibrate", run, "--data", synthetic_dir, "--splits", tiny_runs / "splits.json", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    saved = json.loads((run / "calibration.json").read_text())
+    assert saved["temperature"] == result["temperature"] > 0 and saved["fitted_on"] == "val"
+    loaded = load_model(run)
+    assert loaded.temperature == pytest.approx(saved["temperature"])
+    x = torch.zeros(2, 3, loaded.image_size, loaded.image_size)
+    raw = predict_tensor(loaded, x, "fp32", calibrated=False)
+    calibrated = predict_tensor(loaded, x, "fp32")
+    expected = torch.softmax(torch.log(raw) / loaded.temperature, dim=1)
+    assert torch.allclose(calibrated, expected, atol=1e-5)
+    cli.fails("calibrate", run, "--data", synthetic_dir, "--splits", tiny_runs / "splits.json", expect="calibration.json: exists; pass --force")
+    cli.fails("calibrate", seg_run, "--data", synthetic_dir, "--splits", tiny_runs / "splits.json", expect="is a segmentation run")
+    other = tmp_path / "other.json"
+    other.write_text((tiny_runs / "splits.json").read_text() + " ")
+    cli.fails("calibrate", run, "--data", synthetic_dir, "--splits", other, "--force", expect="is not the split file")
