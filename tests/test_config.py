@@ -81,3 +81,16 @@ def test_augment_flag_and_configs_written_before_named_recipes():
     # Older run folders stored a boolean; --resume reads them as the recipe they ran.
     assert TrainConfig(task="seg", augment=True).augment == "paper"
     assert TrainConfig(task="seg", augment=False).augment == "none"
+
+
+def test_yaml_config(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("task: cls\nmodel: efficientnet_lite0\nlr: 3.0e-4\nfocal_alpha: [0.2, 0.3, 0.5]\n")
+    cfg = TrainConfig.from_file(path)
+    assert (cfg.task, cfg.model, cfg.lr, cfg.focal_alpha) == ("classification", "efficientnet_lite0", 3e-4, [0.2, 0.3, 0.5])
+    path.write_text("task: [cls\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: not valid YAML at line 2; fix the file"):
+        TrainConfig.from_file(path)
+    path.write_text("- cls\n")
+    with pytest.raises(ConfigError, match="holds no mapping of config keys"):
+        TrainConfig.from_file(path)

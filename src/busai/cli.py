@@ -44,7 +44,7 @@ def _version() -> str:
 
 def continue_hint(args: argparse.Namespace) -> str:
     """How to carry on after Ctrl-C, naming only options the interrupted command has (docs/guarantees.md)."""
-    if args.command == "train":
+    if args.command == "train" and getattr(args, "all_folds", None) is None:
         run_dir = getattr(args, "resume", None) or getattr(args, "out", None)
         return f"continue with `busai train --resume {run_dir}`"
     if args.command == "predict":
@@ -54,11 +54,22 @@ def continue_hint(args: argparse.Namespace) -> str:
     return "re-run the same command"
 
 
+def _process_settings() -> None:
+    """What the command, owning its process, sets and a library call must not: every core for
+    torch (busai.runs.best_threads) and matplotlib drawing to files only; the user's own
+    BUSAI_ALL_CORES / MPLBACKEND win."""
+    import os
+
+    os.environ.setdefault("BUSAI_ALL_CORES", "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    _process_settings()
     try:
         result = args.handler(args)
     except BusaiError as exc:

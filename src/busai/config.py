@@ -20,14 +20,23 @@ PRECISIONS = ("auto", "bf16", "fp32")
 AUGMENTATIONS = ("paper", "strong", "none")
 DEVICES = ("auto", "cpu", "cuda")
 COLORS = ("rgb", "gray")
+DEFAULT_MODELS = {"segmentation": "unet", "classification": "resnet18"}  # what `busai train seg|cls` trains unasked
 
 
 @dataclass
 class TrainConfig:
-    task: str = "segmentation"
+    """Everything a training run needs, for either task; ``TrainConfig(task="cls")`` is complete.
+
+    Every field has a default (the paper's, where it names one); fields left None resolve per task
+    here: ``model``, ``loss``, ``scheduler`` (and ``encoder`` is dropped for classification).
+    The comments beside the fields say what each does; ``busai train --help`` shows the same
+    options, and docs/python-api.md groups them.
+    """
+
+    task: str = "segmentation"  # "seg"/"segmentation" or "cls"/"classification"
     # Segmentation: model = decoder (unet, unetplusplus, deeplabv3) on `encoder`.
-    # Classification: model = classifier name; encoder unused.
-    model: str = "unet"
+    # Classification: model = classifier name; encoder unused. `busai models` lists both.
+    model: str | None = None  # None: "unet" for segmentation, "resnet18" for classification
     encoder: str | None = "resnet18"
     weights: str = "imagenet"
     image_size: int | None = None  # None: the model's own default (224, 299 for InceptionV3, 256 for segmentation)
@@ -98,6 +107,8 @@ class TrainConfig:
                 raise ConfigError(f"--dataset-weight {bad[0]}: a weight must be a positive number, e.g. --dataset-weight uclm=2")
         if self.device not in DEVICES:
             raise ConfigError(f"device '{self.device}': unknown; choose auto, cpu or cuda")
+        if self.model is None:
+            self.model = DEFAULT_MODELS[task]
         if self.loss is None:
             self.loss = "dice" if task == "segmentation" else "focal"
         if self.scheduler is None:
@@ -132,7 +143,31 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
-        values = read_json(path, missing="config file not found", fix="fix the file")
+        """A JSON or YAML (``.yaml`` / ``.yml``) config, or a run folder's ``config.json``."""
+        path = Path(path)
+        if path.suffix.lower() in (".yaml", ".yml"):
+            values = _read_yaml(path)
+        else:
+            values = read_json(path, missing="config file not found", fix="fix the file")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: holds no mapping of config keys; write key: value lines (see `busai train --help`)")
         # A run folder's config.json nests the train config under "train".
         values = values.get("train", values)
         return cls.from_dict(values, source=str(path))
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the file ({exc.__class__.__name__}); fix the file") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; fix the file") from None

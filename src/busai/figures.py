@@ -5,20 +5,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from busai import CLASSES, SPLIT_NAMES
 
-from busai import CLASSES, SPLIT_NAMES  # noqa: E402
+
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize, **kwargs):
+    """pyplot.subplots on a bare Figure: drawn to files only, with no backend chosen or window
+    registered, so drawing a figure changes nothing global (pyplot would)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def _save(fig, path: Path) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return str(path)
 
 
@@ -37,7 +40,7 @@ def segmentation_samples(samples, path: Path, title: str, n: int = 4) -> str:
     # Prefer images with a lesion: a normal scan shows nothing to compare.
     lesion = [s for s in samples if s[2].any()] or samples
     chosen = [lesion[i] for i in _pick(len(lesion), n)]
-    fig, axes = plt.subplots(len(chosen), 3, figsize=(9, 3 * len(chosen)), squeeze=False)
+    fig, axes = _subplots(len(chosen), 3, figsize=(9, 3 * len(chosen)), squeeze=False)
     for row, (record, prob, mask, counts) in zip(axes, chosen):
         image = read_image(record.image, mode="L")
         row[0].imshow(image, cmap="gray")
@@ -55,7 +58,7 @@ def segmentation_samples(samples, path: Path, title: str, n: int = 4) -> str:
 
 
 def confusion_matrix(matrix: np.ndarray, path: Path, title: str) -> str:
-    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    fig, ax = _subplots(figsize=(4.2, 3.8))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), value in np.ndenumerate(matrix):
         ax.text(j, i, int(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
@@ -73,7 +76,7 @@ def classification_samples(rows, path: Path, title: str, n: int = 8) -> str:
 
     chosen = [rows[i] for i in _pick(len(rows), n)]
     cols = 4
-    fig, axes = plt.subplots((len(chosen) + cols - 1) // cols, cols, figsize=(3 * cols, 3.2 * ((len(chosen) + cols - 1) // cols)), squeeze=False)
+    fig, axes = _subplots((len(chosen) + cols - 1) // cols, cols, figsize=(3 * cols, 3.2 * ((len(chosen) + cols - 1) // cols)), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (record, prob) in zip(axes.flat, chosen):
@@ -92,7 +95,7 @@ def model_comparison(rows: list[dict], path: Path, metrics=("accuracy", "macro_f
     """
     models = sorted({r["model"] for r in rows})
     splits = [s for s in SPLIT_NAMES if any(r["split"] == s for r in rows)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
+    fig, axes = _subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
     width = 0.8 / max(len(splits), 1)
     for ax, metric in zip(axes[0], metrics):
         for k, split in enumerate(splits):

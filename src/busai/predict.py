@@ -351,3 +351,8 @@ def _track(paths: list[Path], progress: bool):
     from rich.progress import track
 
     return track(paths, description=f"Predicting {len(paths)} images", console=Console(stderr=True), transient=True)
+
+
+from busai import _make_callable  # noqa: E402
+
+_make_callable(__name__, "busai.api:predict")  # busai.predict(models, images): see busai.api.predict

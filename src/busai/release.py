@@ -96,18 +96,16 @@ def load_release(task: str, root: str | Path | None = None) -> LoadedModel:
 
 def resolve_model(source: str | Path | None, task: str) -> LoadedModel:
     """``None``/``"release"``, a run folder or an exported ``.onnx`` file -> a model for ``task`` (eval mode)."""
-    from busai.export import load_onnx
     from busai.models.registry import resolve_task
 
     task = resolve_task(task)
     if source is None or str(source) == "release":
         return load_release(task)
     path = Path(source).expanduser()
-    if path.suffix.lower() == ".onnx":
-        loaded = load_onnx(path)
-    elif path.is_dir():
-        read_run_config(path)  # a clear error for a folder that is not a run
-        loaded = load_model(path)
+    if path.suffix.lower() == ".onnx" or path.is_dir():
+        from busai.api import load_path
+
+        loaded = load_path(path)[0]  # also a folder from Model.save or `busai release`
     else:
         raise CheckpointError(f"{source}: not found; pass a run folder, an exported .onnx file or 'release' to {TASK_FLAGS[task]}")
     if loaded.task != task:

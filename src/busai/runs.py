@@ -138,9 +138,16 @@ def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT) -> Load
     )
 
 
+ALL_CORES_ENV = "BUSAI_ALL_CORES"  # "1": raise torch's thread count to every core (the busai command sets it)
+
+
 def best_threads() -> None:
-    """Use every core for intra-op work; torch's default can undercount in containers."""
+    """Use every core for intra-op work (torch's default can undercount in containers) when the
+    process asked for it with ``BUSAI_ALL_CORES=1``, as the ``busai`` command does; a library
+    call otherwise leaves the caller's thread count alone."""
     import os
 
+    if os.environ.get(ALL_CORES_ENV) != "1":
+        return
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(max(1, n))

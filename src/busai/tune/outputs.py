@@ -107,10 +107,7 @@ def _write_trials_csv(trials: list, path: Path) -> None:
 
 def write_plots(study: optuna.Study, out_dir: Path) -> dict[str, str]:
     """Optuna's optimisation history, parameter importances and parallel coordinates as PNG files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # Optuna draws with pyplot; its backend is the caller's (the CLI picks Agg)
     from optuna.visualization import matplotlib as ovm
 
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]

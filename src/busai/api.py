@@ -1,0 +1,320 @@
+"""The Python API: ``busai.load`` any model source into one :class:`Model`, predict, save.
+
+A :class:`Model` is a network (PyTorch or an ONNX Runtime session) with its preprocessing,
+task, calibration and provenance, on one device. It wraps the loaders that already exist
+(:func:`busai.runs.load_model`, :func:`busai.release.load_release`, :func:`busai.export.load_onnx`)
+and the one preprocessing and forward path (:mod:`busai.inference`), so a prediction here equals
+the row ``busai predict`` writes for the same scan.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from busai import CLASSES
+from busai.errors import CheckpointError, ConfigError, DataError
+from busai.runs import CONFIG, LoadedModel
+
+ONNX_FILE = "model.onnx"  # what Model.save writes for an ONNX model (its metadata carries the rest)
+
+
+@dataclass(eq=False)  # numpy fields: compare field by field (np.array_equal)
+class Prediction:
+    """What the models said about one scan; a field stays None when no model of its task ran.
+
+    ``mask`` is uint8 {0, 1} at the scan's own height x width and ``lesion_probability`` the
+    segmenter's float map it was thresholded from; ``measurements`` holds the keys of
+    :data:`busai.measure.MEASUREMENT_KEYS` (mm keys None without ``pixel_spacing``) plus
+    ``diameter_endpoints``; ``review`` says why a person should look when the two models disagree.
+    """
+
+    width: int
+    height: int
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    mask: np.ndarray | None = None
+    lesion_probability: np.ndarray | None = None
+    measurements: dict | None = None
+    review: str | None = None
+
+    def to_row(self) -> dict:
+        """The values ``busai predict`` writes to predictions.csv for this scan (no file columns)."""
+        from busai.predict import PROBABILITY_KEYS
+
+        row: dict = {"width": self.width, "height": self.height}
+        if self.probabilities is not None:
+            row["label"] = self.label
+            row.update({key: round(self.probabilities[c], 5) for key, c in zip(PROBABILITY_KEYS, CLASSES)})
+        if self.measurements is not None:
+            row.update({k: v for k, v in self.measurements.items() if k != "diameter_endpoints"})
+        row["review"] = self.review
+        return row
+
+
+class Model:
+    """One trained model, ready to predict: use :func:`load` rather than building one by hand.
+
+    Attributes: ``task`` ("segmentation" or "classification"), ``backend`` ("torch" or "onnx"),
+    ``device``, ``source`` (where it was loaded from), ``spec`` (architecture), ``preprocessing``
+    (image_size, mean, std, color), ``temperature`` (classifier calibration, 1 = none),
+    ``config`` (the training run's resolved config: weight source, versions, split hash ...).
+    """
+
+    def __init__(self, loaded: LoadedModel, backend: str, device: str = "auto"):
+        self.loaded = loaded  # what busai.predict / busai.export / busai.evaluate take today
+        self.backend = backend
+        self.device = _resolve_device(device, backend, loaded.source)
+        if backend == "torch":
+            loaded.module.to(self.device)
+
+    task = property(lambda self: self.loaded.task)
+    source = property(lambda self: self.loaded.source)
+    spec = property(lambda self: self.loaded.spec)
+    config = property(lambda self: self.loaded.config)
+    temperature = property(lambda self: self.loaded.temperature)
+
+    @property
+    def preprocessing(self) -> dict:
+        m = self.loaded
+        return {"image_size": m.image_size, "mean": list(m.mean), "std": list(m.std), "color": "gray" if m.grayscale else "rgb"}
+
+    @property
+    def network(self):
+        """The ``torch.nn.Module`` (eval mode); None for an ONNX model."""
+        return self.loaded.module if self.backend == "torch" else None
+
+    def __repr__(self) -> str:
+        from busai.runs import model_label
+
+        return f"Model({self.task}, {model_label(self.spec)}, backend={self.backend}, device={self.device}, source={self.source!r})"
+
+    def predict(self, image, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5, precision: str = "auto"):
+        """One scan (path, PIL image or array) -> :class:`Prediction`; a list of scans -> a list.
+
+        Arrays are H x W (grey) or H x W x 3 (RGB), uint8 or float in [0, 1]. ``tta`` averages with
+        the mirrored scan; ``pixel_spacing`` (mm per pixel, one value or (row, column)) adds the mm
+        measurements; ``precision="fp32"`` turns off the bf16 fast path where the hardware has one.
+        """
+        return predict([self], image, tta=tta, pixel_spacing=pixel_spacing, threshold=threshold, precision=precision)
+
+    def save(self, folder: str | Path, *, overwrite: bool = False) -> Path:
+        """Write a model folder that :func:`load` reads back with equal outputs; returns its path.
+
+        A PyTorch model becomes a release-style folder: ``model.safetensors`` (fp32, so nothing is
+        rounded), ``config.json``, ``calibration.json`` when calibrated and ``training_data.json``
+        when its training images are known (the leak guard of ``busai evaluate`` reads it). An ONNX
+        model is copied as ``model.onnx``. An existing folder is replaced only with ``overwrite``.
+        """
+        folder = Path(folder).expanduser()
+        if folder.exists() and not overwrite:
+            raise CheckpointError(f"{folder}: already exists; choose a new folder or pass overwrite=True")
+        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            if self.backend == "onnx":
+                shutil.copyfile(self.source, tmp / ONNX_FILE)
+            else:
+                self._write_torch(tmp)
+            _replace_folder(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+
+    def _write_torch(self, out: Path) -> None:
+        from safetensors.torch import save_file
+
+        from busai.calibration import CALIBRATION
+        from busai.provenance import TRAINING_DATA, training_data
+        from busai.release import WEIGHTS
+        from busai.runs import write_json
+
+        state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous() for k, v in self.loaded.module.state_dict().items()}
+        save_file(state, str(out / WEIGHTS))
+        write_json(out / CONFIG, self.config)
+        if self.temperature != 1.0:
+            write_json(out / CALIBRATION, {"temperature": self.temperature, "source": self.source})
+        source = Path(self.source)
+        datasets = training_data(source) if source.is_dir() else None
+        if datasets is not None:
+            write_json(out / TRAINING_DATA, {"source": self.source, "datasets": datasets})
+
+    def export(self, path: str | Path, **options):
+        """Export to an ONNX file checked against PyTorch (the ``export`` extra); see :func:`busai.export.export_onnx`."""
+        from busai.export import export_onnx
+
+        if self.backend == "onnx":
+            raise CheckpointError(f"{self.source}: is already an ONNX file; export from a run folder or a release")
+        return export_onnx(self.loaded, path, **options)
+
+
+def load(source: str | Path = "release", *, task: str | None = None, device: str = "auto") -> Model:
+    """A :class:`Model` from ``source``: ``"release"`` (the packaged model; needs ``task``), a run
+    folder (its best checkpoint), a folder written by :meth:`Model.save` or ``busai release``, or
+    an ``.onnx`` file from ``busai export``.
+
+    ``task`` ("seg"/"segmentation" or "cls"/"classification") is checked against what the source
+    holds; ``device`` is "auto" (a CUDA GPU when visible), "cpu", "cuda" or "cuda:N" (ONNX: CPU only).
+    """
+    from busai.models.registry import resolve_task
+
+    wanted = resolve_task(task) if task is not None else None
+    if source is None or str(source) == "release":
+        if wanted is None:
+            raise ConfigError('load("release"): say which packaged model, task="seg" or task="cls"')
+        from busai.release import load_release
+
+        loaded, backend = load_release(wanted), "torch"
+    else:
+        loaded, backend = load_path(Path(source).expanduser(), str(source))
+    if wanted is not None and loaded.task != wanted:
+        raise ConfigError(f"{source}: is a {loaded.task} model, not {wanted}; pass a {wanted} model or leave task out")
+    return Model(loaded, backend, device)
+
+
+def load_path(path: Path, given: str | None = None) -> tuple[LoadedModel, str]:
+    """A run folder, saved or release folder, or .onnx file -> (LoadedModel on the CPU, backend)."""
+    given = str(path) if given is None else given
+    from busai.engine import BEST_CHECKPOINT
+    from busai.export import load_onnx
+    from busai.release import WEIGHTS
+    from busai.runs import load_model, read_run_config
+
+    if path.suffix.lower() == ".onnx" and not path.is_dir():
+        return load_onnx(path), "onnx"
+    if not path.is_dir():
+        raise CheckpointError(f"{given}: not found; pass 'release', a run folder, a saved model folder or an exported .onnx file")
+    if (path / ONNX_FILE).is_file() and not (path / CONFIG).exists():
+        return load_onnx(path / ONNX_FILE), "onnx"
+    read_run_config(path)  # one clear error for a folder that holds no model
+    if (path / WEIGHTS).is_file() and not (path / BEST_CHECKPOINT).is_file():
+        return load_model(path, checkpoint=WEIGHTS), "torch"
+    return load_model(path), "torch"
+
+
+def predict(models: Model | Iterable[Model], images, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5, precision: str = "auto"):
+    """Run a segmenter and / or a classifier (at most one of each) on one scan or a list of scans.
+
+    One scan (a path, a PIL image or an array) gives one :class:`Prediction` holding every model's
+    answer and the review note; a list or tuple of scans gives a list. See :meth:`Model.predict`.
+    """
+    from busai.measure import spacing_mm
+
+    by_task = _by_task(models)
+    spacing_mm(pixel_spacing)  # a bad value fails before any image is read
+    if not 0 < threshold < 1:
+        raise ConfigError(f"threshold={threshold}: must be between 0 and 1 (exclusive)")
+    if isinstance(images, (list, tuple)):
+        return [_predict_one(by_task, to_rgb(x), tta, pixel_spacing, threshold, precision) for x in images]
+    return _predict_one(by_task, to_rgb(images), tta, pixel_spacing, threshold, precision)
+
+
+def _by_task(models) -> dict[str, Model]:
+    models = [models] if isinstance(models, Model) else list(models)
+    by_task: dict[str, Model] = {}
+    for model in models:
+        if not isinstance(model, Model):
+            raise ConfigError(f"predict: got a {type(model).__name__} where a model belongs; load one with busai.load(...)")
+        if model.task in by_task:
+            raise ConfigError(f"predict: two {model.task} models given; pass at most one segmenter and one classifier")
+        by_task[model.task] = model
+    if not by_task:
+        raise ConfigError("predict: no model given; load one with busai.load(...)")
+    return by_task
+
+
+def _predict_one(by_task: dict[str, Model], image: np.ndarray, tta: bool, pixel_spacing, threshold: float, precision: str) -> Prediction:
+    # The same steps as busai.predict.predict_array, kept here unrounded and with the probability map.
+    from busai.inference import predict_image, upsample_probability
+    from busai.measure import measure_lesion
+    from busai.predict import review_note
+
+    height, width = image.shape[:2]
+    result = Prediction(width=width, height=height)
+    if "classification" in by_task:
+        probs = predict_image(by_task["classification"].loaded, image, tta=tta, precision=precision).numpy()
+        result.label = CLASSES[int(probs.argmax())]
+        result.probabilities = {c: float(p) for c, p in zip(CLASSES, probs)}
+    if "segmentation" in by_task:
+        prob = upsample_probability(predict_image(by_task["segmentation"].loaded, image, tta=tta, precision=precision), (height, width))
+        result.lesion_probability = prob
+        result.mask = (prob > threshold).astype(np.uint8)
+        result.measurements = measure_lesion(result.mask, pixel_spacing)
+    result.review = review_note(result.label, result.measurements["lesion_count"] if result.measurements else None)
+    return result
+
+
+def to_rgb(image) -> np.ndarray:
+    """A path, PIL image or array -> uint8 (H, W, 3), or one clear error saying what to pass instead."""
+    if isinstance(image, (str, Path)):
+        from busai.data.discover import read_image
+
+        try:
+            return read_image(image, mode="RGB")
+        except Image.DecompressionBombError as exc:  # Pillow's guard against absurd pixel counts
+            raise DataError(f"{image}: {exc}") from None
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image)
+    if not isinstance(image, np.ndarray):
+        raise DataError(f"image of type {type(image).__name__}: pass a file path, a PIL image or a numpy array (H x W or H x W x 3)")
+    array = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3) or 0 in array.shape:
+        raise DataError(f"image array of shape {image.shape}: pass H x W (grey) or H x W x 3 (RGB); drop an alpha channel with x[..., :3]")
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise DataError("float image array with values outside [0, 1] (or not finite): scale it into [0, 1], e.g. x / 255 for 0-255 values")
+        array = (array * 255.0).round().astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise DataError(f"image array of dtype {array.dtype}: pass uint8 (0-255) or float in [0, 1], e.g. x.astype(np.float32) / x.max()")
+    return np.ascontiguousarray(np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array)
+
+
+def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+    # As busai.data.discover.read_image does for files (it takes only paths): 16-bit and float
+    # images scaled by their own range, transparency composited on black background.
+    if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        image = Image.fromarray(arr.round().astype(np.uint8), mode="L")
+    elif image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return np.asarray(image.convert("RGB"))
+
+
+def _resolve_device(device: str, backend: str, source: str):
+    import re
+
+    import torch
+
+    from busai.engine import resolve_device
+
+    name = str(device)
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ConfigError(f"device '{device}': unknown; choose auto, cpu, cuda or cuda:N")
+    if backend == "onnx":
+        if name not in ("auto", "cpu"):
+            raise ConfigError(f"{source}: ONNX models run on the CPU here; pass device='cpu' (or load the run folder to use {name})")
+        return torch.device("cpu")
+    if name.startswith("cuda:") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}': no CUDA GPU is visible; use device='cpu' or 'auto'")
+    return resolve_device(name)
+
+
+def _replace_folder(tmp: Path, folder: Path) -> None:
+    """Move the finished ``tmp`` into place; an old folder is kept until the new one is there."""
+    if not folder.exists():
+        tmp.replace(folder)
+        return
+    old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+    folder.replace(old)
+    tmp.replace(folder)
+    shutil.rmtree(old, ignore_errors=True)
