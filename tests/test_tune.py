@@ -409,3 +409,22 @@ def test_tuning_table_renders_into_the_results_page_and_the_report(tmp_path, dat
     assert tuned.startswith("| Study | Model | Optimizer |") and "| c | resnet18 | adam |" in tuned
     assert main(["report", str(results / "tuning" / "c"), "--out", str(tmp_path / "report")]) == 0
     assert "| c | resnet18 | adam |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_killed_worker_s_trial_is_failed_and_not_counted(tmp_path, dataset, fake):
+    """Issue 21 item 6: a trial left RUNNING by a killed worker no longer counts towards --trials."""
+    out = tmp_path / "k"
+    space = build_space("seg", max_epochs=2)
+    run_study("seg", *dataset, out_dir=out, trials=1, space=space)
+    # A worker on this machine that started trial 1 and was killed: its process no longer exists.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study = optuna.load_study(study_name="k", storage=f"sqlite:///{out / 'study.db'}")
+    orphan = study.ask()
+    orphan.set_user_attr("worker", {"host": socket.gethostname(), "pid": dead.pid})
+    summary = run_study("seg", *dataset, out_dir=out, trials=2, space=space).summary
+    assert states(out) == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert summary["trials"] == {"total": 3, "COMPLETE": 2, "FAIL": 1}
+    assert "not counted towards --trials" in summary["failures"][0]["reason"]
+    # The killed trial is the only one left out of the count.
+    assert busai.tune.study.counted_trials(optuna.load_study(study_name="k", storage=f"sqlite:///{out / 'study.db'}")) == 2

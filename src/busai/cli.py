@@ -42,6 +42,18 @@ def _version() -> str:
     return __version__
 
 
+def continue_hint(args: argparse.Namespace) -> str:
+    """How to carry on after Ctrl-C, naming only options the interrupted command has (docs/guarantees.md)."""
+    if args.command == "train" and getattr(args, "all_folds", None) is None:
+        run_dir = getattr(args, "resume", None) or getattr(args, "out", None)
+        return f"continue with `busai train --resume {run_dir}`"
+    if args.command == "predict":
+        return "re-run the same command with --resume to predict only the images not done yet"
+    if args.command == "tune" and getattr(args, "tune_command", None) in ("seg", "cls"):
+        return "re-run the same command to continue the study"
+    return "re-run the same command"
+
+
 def _process_settings() -> None:
     """What the command, owning its process, sets and a library call must not: every core for
     torch (busai.runs.best_threads) and matplotlib drawing to files only; the user's own
@@ -64,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: everything written so far is kept; re-run with --resume to continue", file=sys.stderr)
+        print(f"interrupted: everything written so far is kept; {continue_hint(args)}", file=sys.stderr)
         return 130
     return int(result or 0)
 

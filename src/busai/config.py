@@ -7,6 +7,7 @@ config file reads like its Tables 3 and 5. A resolved config is written into eve
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,11 +115,18 @@ class TrainConfig:
             self.scheduler = "plateau" if task == "classification" else "none"
         if task == "classification":
             self.encoder = None
-        for name in ("lr", "batch_size", "epochs"):
+        for name in ("lr", "batch_size", "epochs", "patience", "focal_gamma", "weight_decay", "momentum", "plateau_patience", "plateau_factor"):
+            value = getattr(self, name)
+            # isinstance first: a string from a hand-written JSON file would fail the comparison with a traceback.
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name}={value!r}: must be a finite number")
+        for name in ("lr", "batch_size", "epochs", "patience"):  # patience 0 would stop before the first epoch
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be positive")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay={self.weight_decay}: must be zero or positive")
+        if self.max_minutes is not None and not (isinstance(self.max_minutes, (int, float)) and 0 < self.max_minutes < math.inf):
+            raise ConfigError(f"max_minutes={self.max_minutes}: must be a positive number of minutes")
         if self.betas is not None:
             self.betas = (float(self.betas[0]), float(self.betas[1]))
 

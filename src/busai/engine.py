@@ -174,6 +174,31 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(tmp, path)
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "torch_rng", "history", "epoch", "best_val_loss", "best_epoch")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read ``checkpoint_last.pt`` tensors-only, turning each way it can be damaged into one line."""
+    import pickle
+    import zipfile
+
+    fix = f"continue from a backup copy of the run folder, or start again with `busai train --config {path.parent / 'config.json'} --out NEW_RUN`"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no checkpoint to resume from; start a new run without --resume") from None
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses any object that is not a tensor or plain container: loading it could run code.
+        raise CheckpointError(f"{path}: refused, it holds objects other than tensors ({str(exc).splitlines()[0][:120]}); "
+                              f"busai never writes such checkpoints: {fix}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: cannot be read, the file is truncated or damaged ({type(exc).__name__}); {fix}") from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a busai training checkpoint (lacks {', '.join(missing)}); {fix}")
+    return state
+
+
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     _atomic_write(path, lambda p: save_file(state, str(p), metadata=metadata))
@@ -205,7 +230,8 @@ class FitResult:
     seconds: float
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "history"}
+        # JSON has no Infinity: a run with no finished epoch has no best loss (None), not inf.
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.__dict__.items() if k != "history"}
 
 
 class _Progress:
@@ -326,7 +352,7 @@ def fit(
     if resume:
         if not last_path.exists():
             raise CheckpointError(f"{last_path}: no checkpoint to resume from; start a new run without --resume")
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(last_path)
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as exc:
@@ -396,5 +422,6 @@ def fit(
         progress.close()
     total_seconds = elapsed_before + time.monotonic() - started
     result = FitResult(best_epoch, best_loss, len(history), stop_reason, history, round(total_seconds, 1))
-    (run_dir / "fit.json").write_text(json.dumps(result.to_dict(), indent=2))
+    fit_json = json.dumps(result.to_dict(), indent=2, allow_nan=False)
+    _atomic_write(run_dir / "fit.json", lambda p: p.write_text(fit_json))
     return result

@@ -23,9 +23,10 @@ from torch.utils.data import DataLoader
 
 from busai import CLASSES, SPLIT_NAMES
 from busai.engine import default_path_name
-from busai.errors import CheckpointError, ConfigError, read_json
+from busai.errors import CheckpointError, ConfigError
 from busai.inference import predict_tensor, upsample_probability
-from busai.runs import LoadedModel, load_model, model_label, write_json
+from busai.outputs import output_dir
+from busai.runs import LoadedModel, load_model, model_label, read_metrics, write_json
 
 
 def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16, calibrated: bool = True):
@@ -181,6 +182,10 @@ def evaluate_model(
     models = resolve_models(model)
     if out is None and any(run is None for _, _, run in models):
         raise ConfigError(f"{model}: is not a run folder, so its scores need a place: pass --out DIR")
+    for loaded, _, run_dir in models:  # a read-only destination or a damaged metrics.json fails before any scoring
+        dest = Path(out) / loaded.task if out is not None else Path(run_dir)
+        output_dir(dest, option="--out" if out is not None else "run folder")
+        read_metrics(dest)
     selections = _selections(specs, splits_file, split_names, all_images)
     fingerprints = dataset_fingerprints(specs)
     results: dict[str, dict[str, dict]] = {}
@@ -286,7 +291,7 @@ def _score_selections(loaded, selections, dest: Path, *, n_boot: int, seed: int,
                 result["reliability_figure"] = reliability_figure({f"{key} (ECE {result['ece']:.3f})": result["reliability"]},
                                                                   dest / f"reliability_{name}.png", title=title)
         metrics_path = dest / "metrics.json"
-        merged = read_json(metrics_path, error=CheckpointError, missing="missing", fix="delete it and re-run `busai evaluate`") if metrics_path.exists() else {}
+        merged = read_metrics(dest)
         merged[key] = result
         write_json(metrics_path, merged)
         results[key] = result

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from busai.errors import CheckpointError
+from busai.errors import CheckpointError, ConfigError
 from busai.extras import require
+from busai.outputs import atomic_path, output_file
 from busai.runs import LoadedModel
 
 METADATA_KEY = "busai"
@@ -84,12 +85,45 @@ def load_onnx(path: str | Path) -> LoadedModel:
         meta = json.loads(module.metadata[METADATA_KEY])
     except (KeyError, json.JSONDecodeError):
         raise CheckpointError(f"{path}: has no busai metadata, so its preprocessing is unknown; export it with `busai export`") from None
-    pre = meta["preprocessing"]
+    spec, image_size, mean, std = _checked_metadata(meta, module, path)
+    temperature = meta.get("temperature", 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+        raise CheckpointError(f"{path}: metadata temperature {temperature!r} is not a positive number; re-export the model with `busai export`")
     return LoadedModel(
-        module=module, task=meta["spec"]["task"], spec=meta["spec"], image_size=int(pre["image_size"]),
-        mean=tuple(pre["mean"]), std=tuple(pre["std"]), config=meta.get("config", {}), source=str(path), grayscale=pre.get("color") == "gray",
-        temperature=float(meta.get("temperature", 1.0)),
+        module=module, task=spec["task"], spec=spec, image_size=image_size, mean=mean, std=std,
+        config=meta.get("config", {}) if isinstance(meta.get("config"), dict) else {}, source=str(path),
+        grayscale=meta["preprocessing"].get("color") == "gray", temperature=float(temperature),
     )
+
+
+def _checked_metadata(meta, module: OnnxModule, path: Path):
+    """The spec and preprocessing from an exported file's metadata, checked against its graph.
+
+    The metadata is plain JSON anyone can edit; a wrong size or normalisation would give wrong
+    answers without an error, so every value the predictions depend on is checked here.
+    """
+    fix = "re-export the model with `busai export`"
+    try:
+        spec, pre = meta["spec"], meta["preprocessing"]
+        task, image_size = spec["task"], pre["image_size"]
+        mean, std = tuple(float(v) for v in pre["mean"]), tuple(float(v) for v in pre["std"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: its busai metadata lacks the task or preprocessing (image_size, mean, std); {fix}") from None
+    if task not in ("segmentation", "classification"):
+        raise CheckpointError(f"{path}: metadata task {task!r} is neither segmentation nor classification; {fix}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 16 <= image_size <= 4096:
+        raise CheckpointError(f"{path}: metadata image_size {image_size!r} is not a size in pixels (16 to 4096); {fix}")
+    if len(mean) != 3 or len(std) != 3 or not all(np.isfinite(mean)) or not all(np.isfinite(v) and v > 0 for v in std):
+        raise CheckpointError(f"{path}: metadata mean / std must be three finite numbers each (std positive); {fix}")
+    inputs = module.session.get_inputs()
+    if [i.name for i in inputs] != [INPUT] or [o.name for o in module.session.get_outputs()] != [OUTPUT]:
+        raise CheckpointError(f"{path}: the graph takes {[i.name for i in inputs]} and returns "
+                              f"{[o.name for o in module.session.get_outputs()]}, not ['{INPUT}'] -> ['{OUTPUT}']; {fix}")
+    shape = inputs[0].shape  # fixed axes are ints, dynamic ones names
+    if len(shape) != 4 or shape[1] not in (3, "channels") or any(isinstance(n, int) and n != image_size for n in shape[2:]):
+        raise CheckpointError(f"{path}: the graph's input shape {shape} does not take (N, 3, {image_size}, {image_size}) "
+                              f"images as its metadata says; {fix}")
+    return spec, image_size, mean, std
 
 
 def _export_graph(module: nn.Module, task: str, size: int, path: Path, opset: int, dynamic_size: bool) -> None:
@@ -133,8 +167,10 @@ def parity(module: nn.Module, onnx_module: OnnxModule, size: int, batch: int = 2
     return float((onnx_module(x) - expected).abs().max())
 
 
-def export_onnx(loaded: LoadedModel, out: str | Path, *, opset: int = OPSET, dynamic_size: bool = True) -> ExportResult:
+def export_onnx(loaded: LoadedModel, out: str | Path, *, opset: int = OPSET, dynamic_size: bool = True, force: bool = False) -> ExportResult:
     """Export ``loaded`` (fp32, eval mode) to ``out`` and check it against PyTorch.
+
+    An existing ``out`` is replaced only if it is an earlier export, or with ``force``.
 
     With ``dynamic_size`` the file is also run at a second size (the model size + 32, a multiple
     of the segmentation stride too); if that fails or disagrees, it is exported again with a fixed size.
@@ -142,24 +178,50 @@ def export_onnx(loaded: LoadedModel, out: str | Path, *, opset: int = OPSET, dyn
     require("export")
     if isinstance(loaded.module, OnnxModule):
         raise CheckpointError(f"{loaded.source}: is already an ONNX file; export from a run folder or the release model")
-    if opset < 17:
-        raise CheckpointError(f"--opset {opset}: busai exports need opset 17 or newer")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    highest = _highest_opset()
+    if not 17 <= opset <= highest:
+        raise ConfigError(f"--opset {opset}: busai exports need opset 17 to {highest} (the newest this torch's exporter writes)")
+    out = output_file(out)
+    if out.exists() and not force and not is_export(out):
+        raise ConfigError(f"--out {out}: exists and is not a file written by `busai export`; choose another name, or pass --force to replace it")
     module = loaded.module.float().eval().to(memory_format=torch.contiguous_format)
     size = loaded.image_size
 
-    _export_graph(module, loaded.task, size, out, opset, dynamic_size)
-    if dynamic_size:
-        try:
-            dynamic_size = parity(module, OnnxModule(out), size + 32) <= PARITY_TOLERANCE
-        except Exception:  # a shape the graph cannot take surfaces as an ORT runtime error
-            dynamic_size = False
-        if not dynamic_size:
-            _export_graph(module, loaded.task, size, out, opset, dynamic_size=False)
-    _write_metadata(out, loaded, dynamic_size)
-    diff = parity(module, OnnxModule(out), size)
+    # Written to a temporary file beside ``out`` and renamed at the end: an interrupted export
+    # leaves the earlier file whole.
+    with atomic_path(out) as tmp:
+        _export_graph(module, loaded.task, size, tmp, opset, dynamic_size)
+        if dynamic_size:
+            try:
+                dynamic_size = parity(module, OnnxModule(tmp), size + 32) <= PARITY_TOLERANCE
+            except Exception:  # a shape the graph cannot take surfaces as an ORT runtime error
+                dynamic_size = False
+            if not dynamic_size:
+                _export_graph(module, loaded.task, size, tmp, opset, dynamic_size=False)
+        _write_metadata(tmp, loaded, dynamic_size)
+        diff = parity(module, OnnxModule(tmp), size)
     return ExportResult(str(out), loaded.task, opset, dynamic_size, diff, PARITY_TOLERANCE)
+
+
+def _highest_opset() -> int:
+    """The newest opset torch's TorchScript exporter writes (a private constant; the oldest one busai needs if it moves)."""
+    try:
+        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    except ImportError:
+        return OPSET
+    return int(ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+
+
+def is_export(path: str | Path) -> bool:
+    """Whether ``path`` is an ONNX file carrying busai's metadata (an earlier export, safe to replace)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError, RuntimeError):  # a file that is not ONNX
+        return False
+    return any(prop.key == METADATA_KEY for prop in model.metadata_props)
 
 
 def to_onnx_backend(loaded: LoadedModel, workdir: str | Path) -> LoadedModel:

@@ -27,6 +27,10 @@ MEASUREMENT_KEYS = (
     "bbox_x", "bbox_y", "bbox_width", "bbox_height",
 )
 
+# Far wider than any scan (roughly 0.03 to 0.5 mm), yet narrow enough that the hull and area
+# arithmetic stay in floating-point range: 1e308 overflowed to inf and 1e-320 underflowed to 0.
+PIXEL_SPACING_RANGE = (1e-3, 1e2)
+
 
 def spacing_mm(pixel_spacing: float | tuple[float, float] | list[float] | None) -> tuple[float, float] | None:
     """Normalise ``pixel_spacing`` to (row_mm, column_mm), or None when not given."""
@@ -37,6 +41,10 @@ def spacing_mm(pixel_spacing: float | tuple[float, float] | list[float] | None) 
         values = values * 2
     if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
         raise ConfigError(f"--pixel-spacing {pixel_spacing}: give one positive number (mm per pixel) or two (row, column)")
+    low, high = PIXEL_SPACING_RANGE
+    if not all(low <= v <= high for v in values):
+        raise ConfigError(f"--pixel-spacing {pixel_spacing}: must be between {low:g} and {high:g} mm per pixel "
+                          "(ultrasound pixels are a few hundredths to tenths of a mm); give the scan's spacing in mm")
     return values[0], values[1]
 
 

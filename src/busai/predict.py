@@ -14,6 +14,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -160,20 +161,124 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
 
 def _output_stem(path: Path, used: set[str]) -> str:
     """``NAME`` for ``NAME.ext``; a second input with the same name gets ``NAME-2`` so nothing is overwritten."""
-    stem, n = path.stem, 1
-    while (stem if n == 1 else f"{path.stem}-{n}") in used:
+    base = printable(path.stem)  # the name the tables can hold, so they name the file as it is on disk
+    stem, n = base, 1
+    while (stem if n == 1 else f"{base}-{n}") in used:
         n += 1
-    stem = stem if n == 1 else f"{path.stem}-{n}"
+    stem = stem if n == 1 else f"{base}-{n}"
     used.add(stem)
     return stem
 
 
+TABLES = ("predictions.json", "predictions.csv")
+ROW_LOG = "predictions.jsonl"  # one finished row per line while a batch runs; removed once the tables are complete
+OPTIONS_FILE = "predict_options.json"  # what produced the rows, so --resume never mixes two settings
+
+
 def write_tables(rows: list[dict], out_dir: Path) -> None:
-    (out_dir / "predictions.json").write_text(json.dumps(rows, indent=2) + "\n")
-    with (out_dir / "predictions.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    """predictions.json and predictions.csv, each written whole to a temporary file and renamed."""
+    from busai.outputs import atomic_write, atomic_write_text
+
+    atomic_write_text(out_dir / "predictions.json", json.dumps(rows, indent=2) + "\n")
+
+    def write_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(out_dir / "predictions.csv", write_csv)
+
+
+def printable(value):
+    """A file name that is not valid UTF-8 (Python keeps its bytes as surrogates) with those bytes
+    spelled ``\\xff``: tables and terminals can show it, where the raw name makes csv and JSON writers fail."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
+
+
+class _RowLog(list):
+    """A batch's rows. Each new row is also written at once, one JSON line, to ``predictions.jsonl``, so a
+    kill mid-batch keeps every finished row; leaving the ``with`` block (done, failed or Ctrl-C) writes
+    the tables from every row so far. Rows of an earlier batch (``--resume``) come in through ``done``."""
+
+    def __init__(self, out_dir: Path, paths: list[Path], done: dict[str, dict]):
+        super().__init__()
+        self.out_dir, self.paths, self.done = out_dir, paths, done
+        self.file = None
+
+    def todo(self) -> list[Path]:
+        """The inputs without a row, or whose row is an error (retried: the file may have been fixed)."""
+        return [p for p in self.paths if (self.done.get(printable(str(p))) or {}).get("error", True)]
+
+    def used_stems(self) -> set[str]:
+        """Output names the kept rows already use, so a new row never takes one."""
+        return {row["mask"].removesuffix(MASK_SUFFIX) for row in self.done.values() if row.get("mask")}
+
+    def __enter__(self) -> Self:
+        self.file = (self.out_dir / ROW_LOG).open("a", encoding="utf-8")
+        return self
+
+    def append(self, row: dict) -> None:
+        row = {key: printable(value) for key, value in row.items()}
+        super().append(row)
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def ordered(self) -> list[dict]:
+        """Rows only the earlier batch has, then one row per input in input order."""
+        new = {row["image"]: row for row in self}
+        inputs = [printable(str(p)) for p in self.paths]
+        given = set(inputs)
+        earlier_only = [row for key, row in self.done.items() if key not in given]
+        return earlier_only + [new.get(key) or self.done[key] for key in inputs if key in new or key in self.done]
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.file.close()
+        if self or self.done:
+            write_tables(self.ordered(), self.out_dir)
+        if exc_type is None or not self:  # complete (or nothing new to keep): the tables say it all
+            (self.out_dir / ROW_LOG).unlink(missing_ok=True)
+
+
+def finished_rows(out_dir: Path) -> list[dict]:
+    """Rows an earlier batch in ``out_dir`` left: the tables, then the row log of a batch that was stopped."""
+    rows: dict[str, dict] = {}
+    tables = out_dir / "predictions.json"
+    if tables.exists():
+        try:
+            rows = {row["image"]: row for row in json.loads(tables.read_text(encoding="utf-8"))}
+        except (ValueError, TypeError, KeyError):
+            raise DataError(f"{tables}: not a predictions table written by busai; choose a new --out folder") from None
+    log = out_dir / ROW_LOG
+    if log.exists():
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+                rows[row["image"]] = row
+            except (ValueError, TypeError, KeyError):
+                continue  # the line being written when the process was killed
+    return list(rows.values())
+
+
+def _check_earlier_batch(out_dir: Path, options: dict, resume: bool) -> list[dict]:
+    """Refuse to drop an earlier batch's table unasked; with ``resume`` return its rows (same options only)."""
+    earlier = [name for name in (*TABLES, ROW_LOG) if (out_dir / name).exists()]
+    if not earlier:
+        return []
+    if not resume:
+        raise ConfigError(f"{out_dir}: already holds {earlier[0]} from an earlier batch; pass --resume to predict only "
+                          "the images it lacks, or choose a new --out folder")
+    from busai.errors import read_json
+
+    stored = read_json(out_dir / OPTIONS_FILE, missing="missing, so the earlier rows' settings are unknown; choose a new --out folder",
+                       fix="choose a new --out folder")
+    changed = sorted(key for key in options if stored.get(key) != options[key])
+    if changed:
+        raise ConfigError(f"--resume: {out_dir} was predicted with other {', '.join(changed)} ({', '.join(f'{k}={stored.get(k)!r}' for k in changed)}); "
+                          "use the same options, or choose a new --out folder")
+    return finished_rows(out_dir)
 
 
 def predict_paths(
@@ -187,13 +292,19 @@ def predict_paths(
     pixel_spacing: float | tuple[float, float] | None = None,
     threshold: float = 0.5,
     progress: bool = True,
+    resume: bool = False,
 ) -> list[dict]:
     """Predict every input image into ``out_dir`` and return the rows of predictions.json.
 
     A file that cannot be decoded gets ``{"image": ..., "error": ...}`` (other keys None) and the
     batch continues. ``pixel_spacing`` (mm per pixel) adds the mm measurements.
+
+    Each finished row is written at once to ``predictions.jsonl``; the tables are written at the end,
+    and also when the batch is interrupted. An ``out_dir`` holding an earlier batch is refused
+    unless ``resume``: then its rows are kept and only the images without one (or with an error) are predicted.
     """
     from busai.measure import spacing_mm
+    from busai.outputs import atomic_write_text, output_dir
     from busai.runs import best_threads
 
     spacing_mm(pixel_spacing)  # a bad value fails before any model is loaded
@@ -201,12 +312,15 @@ def predict_paths(
         raise ConfigError(f"--threshold {threshold}: must be between 0 and 1")
     paths = collect_inputs(inputs)
     best_threads()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="busai-onnx-") as workdir:
+    out_dir = output_dir(out_dir)
+    options = json.loads(json.dumps({"seg": str(seg), "cls": str(cls), "backend": backend, "tta": tta,
+                                     "pixel_spacing": pixel_spacing, "threshold": threshold}, default=str))
+    done = {row["image"]: row for row in _check_earlier_batch(out_dir, options, resume)}
+    atomic_write_text(out_dir / OPTIONS_FILE, json.dumps(options, indent=2) + "\n")
+    with tempfile.TemporaryDirectory(prefix="busai-onnx-") as workdir, _RowLog(out_dir, paths, done) as rows:
         models = load_models(seg, cls, backend=backend, workdir=workdir)
-        rows, used = [], set()
-        for path in _track(paths, progress):
+        used = rows.used_stems()
+        for path in _track(rows.todo(), progress):
             row = empty_row(str(path))
             try:
                 image = read_image(path, mode="RGB")
@@ -227,8 +341,7 @@ def predict_paths(
                 Image.fromarray(mask * 255).save(out_dir / row["mask"])
                 draw_overlay(image, mask, ends, label_caption(row)).save(out_dir / row["overlay"])
             rows.append(row)
-    write_tables(rows, out_dir)
-    return rows
+    return rows.ordered()
 
 
 def _track(paths: list[Path], progress: bool):

@@ -72,6 +72,19 @@ def read_run_config(run_dir: str | Path) -> dict:
                      fix="the run folder is damaged, retrain it")
 
 
+def read_metrics(run_dir: str | Path) -> dict:
+    """A run's ``metrics.json`` ({} before the first evaluation); a damaged one is one error line, never replaced."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        return {}
+    metrics = read_json(path, error=CheckpointError, missing="missing",
+                        fix=f"repair it, or move it away to let `busai evaluate` write a new one (it holds every earlier score of {run_dir})")
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(metrics).__name__}, not the object `busai evaluate` writes; "
+                              "move it away to let `busai evaluate` write a new one")
+    return metrics
+
+
 @dataclass
 class LoadedModel:
     module: nn.Module

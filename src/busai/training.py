@@ -9,10 +9,12 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
+from busai import guards
 from busai.config import TrainConfig
-from busai.engine import FitResult, fit, resolve_precision, runs_fused, seed_everything
+from busai.engine import LAST_CHECKPOINT, FitResult, fit, load_checkpoint, resolve_precision, runs_fused, seed_everything
 from busai.errors import CheckpointError, ConfigError
 from busai.models.weights import file_sha256
+from busai.outputs import output_dir
 from busai.runs import CONFIG, library_versions, machine_info, read_run_config, write_json
 from busai.tasks import adapter_for
 
@@ -87,10 +89,11 @@ def train(
     on_epoch: Callable[[int, dict], None] | None = None,
     command: str | None = None,
 ) -> FitResult:
-    """Train ``cfg`` into a new ``run_dir``; a folder that already holds a run is refused, never overwritten."""
+    """Train ``cfg`` into a new ``run_dir``; a folder that already holds a trained run is refused, never
+    overwritten. A run stopped before its first epoch finished (nothing to resume) is started again in place."""
     run_dir = Path(run_dir)
-    if (run_dir / CONFIG).exists():
-        raise CheckpointError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --out folder")
+    guards.check_new_run_folder(run_dir)
+    output_dir(run_dir, create=False)
     return _train(cfg, run_dir, resume=False, quiet=quiet, on_epoch=on_epoch, command=command)
 
 
@@ -111,15 +114,24 @@ def resume(
     """
     run_dir = Path(run_dir)
     stored = read_run_config(run_dir)
-    cfg = TrainConfig.from_dict(stored["train"], source=str(run_dir / CONFIG))
-    for key, value in (("epochs", epochs), ("max_minutes", max_minutes), ("patience", patience)):
-        if value is not None:
-            setattr(cfg, key, value)
-    stored["train"] = cfg.to_dict()
-    if command is not None:
-        stored["resume_commands"] = [*stored.get("resume_commands", []), command]
-    write_json(run_dir / CONFIG, stored)
-    return _train(cfg, run_dir, resume=True, quiet=quiet, on_epoch=None, command=None)
+    budget = {key: value for key, value in (("epochs", epochs), ("max_minutes", max_minutes), ("patience", patience)) if value is not None}
+    # Re-validated with the new budget: a bad value fails here, before the config is rewritten.
+    cfg = TrainConfig.from_dict({**stored.get("train", {}), **budget}, source=str(run_dir / CONFIG))
+    output_dir(run_dir)
+    commands = [*stored.get("resume_commands", []), *([command] if command is not None else [])]
+    if not guards.has_trained(run_dir):
+        # Stopped before its first epoch finished: nothing to resume, so it starts again in place.
+        return _train(cfg, run_dir, resume=False, quiet=quiet, on_epoch=None, command=stored.get("command"),
+                      extra_config={"resume_commands": commands})
+    load_checkpoint(run_dir / LAST_CHECKPOINT)  # a damaged checkpoint fails here, before the config changes
+
+    def record() -> None:  # called once data and model are ready: a resume that fails earlier leaves no trace
+        stored["train"] = cfg.to_dict()
+        if command is not None:
+            stored["resume_commands"] = commands
+        write_json(run_dir / CONFIG, stored)
+
+    return _train(cfg, run_dir, resume=True, quiet=quiet, on_epoch=None, command=None, on_ready=record)
 
 
 def resolve_weights(cfg: TrainConfig) -> Path | None:
@@ -163,11 +175,13 @@ def _with_fingerprints(datasets: dict, splits: dict) -> dict:
     return datasets
 
 
-def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epoch, command: str | None) -> FitResult:
+def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epoch, command: str | None,
+           on_ready: Callable[[], None] | None = None, extra_config: dict | None = None) -> FitResult:
     from busai.models.registry import build
     from busai.runs import best_threads
 
     best_threads()
+    guards.validate_config(cfg)
     requested_weights = cfg.weights
     if not resume:
         from busai.data.splits import load_split_records
@@ -182,9 +196,13 @@ def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epo
     cfg.weights = requested_weights  # the config keeps what the user asked for ("release"); weight_source names the file
     image_size = built.preprocessing.image_size
     train_loader, val_loader, splits, specs, datasets = _loaders(cfg, image_size, built.preprocessing.mean, built.preprocessing.std)
+    guards.check_class_coverage(cfg, train_loader.dataset, cfg.splits)
 
+    if resume and on_ready is not None:
+        on_ready()
     if not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
+        guards.clear_unfinished_run(run_dir)
         precision = resolve_precision(cfg)
         resolved = {
             "command": command,
@@ -203,6 +221,7 @@ def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epo
             "val_images": len(val_loader.dataset),
             "versions": library_versions(),
             "machine": machine_info(),
+            **(extra_config or {}),
         }
         write_json(run_dir / CONFIG, resolved)
         write_json(run_dir / "splits.json", splits)
@@ -236,8 +255,7 @@ def train_folds(cfg: TrainConfig, out_dir: str | Path, folds: int, *, quiet: boo
         raise ConfigError(f"--folds {folds}: {cfg.splits} has {have} folds; re-make it with `busai data split ... --folds {folds} --force` or pass --folds {have}")
     if cfg.fold is not None:
         raise ConfigError("--folds trains every fold; drop --fold")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out_dir)
     rows = []
     for i in range(folds):
         run_dir = out_dir / f"fold-{i}"

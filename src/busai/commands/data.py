@@ -154,11 +154,15 @@ def run_split(args: argparse.Namespace) -> int:
     from busai.data.sources import parse_data_specs, read_records
     from busai.data.splits import _class_counts, make_splits, write_splits
     from busai.errors import ConfigError, DataError
+    from busai.guards import check_file_names
+    from busai.outputs import output_file
 
     if (args.data_dir is None) == (args.data is None):
         raise ConfigError("give the dataset either as DATA or with --data NAME=PATH (repeatable), not both or neither")
     specs = parse_data_specs(args.data or [args.data_dir], args.formats)
+    output_file(args.out)  # a read-only location or a folder fails before the audit
     records = read_records(specs)  # strict: refuses unpaired images before the slower audit
+    check_file_names(records)
     reports = [audit_dataset(spec, args.near_threshold, progress=True) for spec in specs]
     for spec, report in zip(specs, reports):
         Console().print(f"{spec}: layout {report.format}", highlight=False)

@@ -15,8 +15,9 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="run folder, or seg / cls for the release model")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write, e.g. model.onnx")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 17 or newer)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 17 to the newest torch writes)")
     p.add_argument("--fixed-size", action="store_true", help="fix height and width at the model's size (batch stays dynamic)")
+    p.add_argument("--force", action="store_true", help="replace --out even if it is not an earlier busai export")
     p.add_argument("--json", action="store_true", help="print the export result as JSON")
     p.set_defaults(handler=run)
 
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         loaded = resolve_model("release", args.model)
     else:
         loaded = load_model(args.model)
-    result = export_onnx(loaded, args.out, opset=args.opset or OPSET, dynamic_size=not args.fixed_size)
+    result = export_onnx(loaded, args.out, opset=args.opset or OPSET, dynamic_size=not args.fixed_size, force=args.force)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:

@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--pixel-spacing", type=float, nargs="+", metavar="MM", help="pixel size in mm (one value, or row and column) for mm / mm2 measurements")
     p.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold for the mask (default 0.5)")
+    p.add_argument("--resume", action="store_true", help="OUT holds an earlier (e.g. interrupted) batch: keep its rows and predict only "
+                   "the images without one; without it such a folder is refused")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
     p.add_argument("--json", action="store_true", help="print one JSON object with every prediction")
     p.set_defaults(handler=run)
@@ -34,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
     spacing = args.pixel_spacing[0] if args.pixel_spacing and len(args.pixel_spacing) == 1 else args.pixel_spacing
     rows = predict_paths(
         args.inputs, args.out, seg=args.seg, cls=args.cls, backend=args.backend, tta=args.tta,
-        pixel_spacing=spacing, threshold=args.threshold, progress=not (args.quiet or args.json),
+        pixel_spacing=spacing, threshold=args.threshold, progress=not (args.quiet or args.json), resume=args.resume,
     )
-    failed = [row for row in rows if row["error"]]
+    failed = [row for row in rows if row.get("error")]
     for row in failed:
         print(f"warning: skipped {row['error']}", file=sys.stderr)
     if args.json:

@@ -71,7 +71,31 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise ConfigError("say which task to train: `busai train seg ...` or `busai train cls ...`")
     if base["task"] in ("cls", "classification") and "model" not in base:
         base["model"] = "resnet18"
+    if base["task"] in ("cls", "classification") and args.encoder is not None:
+        from busai.errors import ConfigError
+
+        raise ConfigError(f"--encoder {args.encoder}: classifiers have no separate encoder; name the network with --model (see `busai models`)")
     return TrainConfig.from_dict(base, source=args.config or "command line")
+
+
+# What --resume may change: the budget. Everything else is the run's stored config.
+_RESUME_OPTIONS = ("resume", "epochs", "max_minutes", "patience", "quiet", "json")
+
+
+def _refuse_options_on_resume(args: argparse.Namespace) -> None:
+    from busai.errors import ConfigError
+
+    given = [key for key, value in vars(args).items()
+             if key not in _RESUME_OPTIONS and key in _USER_OPTIONS and value is not None]
+    if given:
+        spelled = {"task": f"task {args.task}", "weighted_sampler": "--no-sampler", "dataset_weights": "--dataset-weight", "all_folds": "--folds"}
+        names = ", ".join(spelled.get(key, "--" + key.replace("_", "-")) for key in given)
+        raise ConfigError(f"{names}: cannot change a run being resumed (only --epochs, --max-minutes and --patience can); "
+                          "drop them, or start a new run with `busai train --config RUN_DIR/config.json --out NEW_RUN` plus the changes")
+
+
+_USER_OPTIONS = {"task", "out", "config", *_FLAGS, "focal_alpha", "betas", "weighted_sampler", "hard_examples", "lesion_paste", "augment",
+                 "data", "dataset_weights", "color", "all_folds"}
 
 
 def _parse_weights(values: list[str]) -> dict[str, float]:
@@ -95,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from busai.errors import ConfigError
 
     if args.resume:
+        _refuse_options_on_resume(args)
         result = training.resume(
             args.resume, epochs=args.epochs, max_minutes=args.max_minutes, patience=args.patience, quiet=args.quiet, command=command_line(args)
         )

@@ -20,7 +20,8 @@ def register(sub) -> None:
     tsub.required = True
     for task in ("seg", "cls"):
         s = tsub.add_parser(task, help=f"{'segmentation' if task == 'seg' else 'classification'} study",
-                            description="Re-running the same command resumes the study; trials in any state count towards --trials.")
+                            description="Re-running the same command resumes the study; trials in any state count towards --trials, "
+                            "except those whose worker was killed mid-trial (marked FAIL and run again).")
         s.add_argument("--data", required=True, action="append", metavar="[NAME=]PATH",
                        help="dataset folder or CSV manifest; repeat as NAME=PATH to tune on several datasets of one split file")
         s.add_argument("--dataset-weight", dest="dataset_weights", action="append", default=None, metavar="NAME=W",

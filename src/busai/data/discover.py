@@ -193,6 +193,8 @@ def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
             return np.asarray(img.convert(mode))
     except FileNotFoundError:
         raise DataError(f"{path}: file not found; check the path") from None
+    except Image.DecompressionBombError as exc:  # Pillow's guard against absurd pixel counts
+        raise DataError(f"{path}: not decoded, {str(exc).split(', could')[0]}; replace or remove the file") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}); replace or remove the file") from None
 

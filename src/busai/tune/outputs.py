@@ -57,7 +57,7 @@ def write_outputs(study: optuna.Study, out_dir: str | Path, *, task: str, storag
         "best": best,
         "paper_trial": _paper_trial(trials, best, study.direction),
         "retrain": f"busai train --config {out_dir / 'best_config.json'} --out runs/{study.study_name}-best" if best else None,
-        "failures": [{"number": t.number, "reason": t.user_attrs.get("fail_reason")} for t in trials if t.state == TrialState.FAIL][:10],
+        "failures": [{"number": t.number, "reason": _fail_reason(t)} for t in trials if t.state == TrialState.FAIL][:10],
         "stopped_after_consecutive_failures": stopped_by_failures,
         "optuna": optuna.__version__,
     }
@@ -65,6 +65,12 @@ def write_outputs(study: optuna.Study, out_dir: str | Path, *, task: str, storag
     summary["plots"] = write_plots(study, out_dir)
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _fail_reason(trial: optuna.trial.FrozenTrial) -> str | None:
+    from busai.tune.study import KILLED_REASON, was_killed
+
+    return KILLED_REASON if was_killed(trial) else trial.user_attrs.get("fail_reason")
 
 
 def _paper_trial(trials: list, best: dict | None, direction) -> dict | None:
@@ -94,7 +100,7 @@ def _write_trials_csv(trials: list, path: Path) -> None:
                 "number": t.number, "state": t.state.name, "value": t.value, "seconds": trial_seconds(t),
                 "datetime_start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
                 **{f"params_{k}": t.params.get(k) for k in params}, **t.user_attrs.get("metrics", {}),
-                "fail_reason": t.user_attrs.get("fail_reason"),
+                "fail_reason": _fail_reason(t),
             })
     tmp.replace(path)
 

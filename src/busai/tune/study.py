@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import socket
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,7 @@ from optuna.trial import TrialState
 
 from busai.config import TrainConfig
 from busai.errors import ConfigError
+from busai.outputs import output_dir
 from busai.tune.outputs import trial_seconds, write_outputs
 from busai.tune.space import DIRECTIONS, default_space, paper_trial_params, suggest_config, task_name, validate_space
 from busai.tune.storage import default_storage, open_storage, redact
@@ -106,7 +109,9 @@ def run_study(
 
     Every trial is one ``busai.training.train`` run in ``out_dir/trials/trial_NNNN``. Re-running
     with the same study name and storage resumes; trials in any state (complete, pruned, failed)
-    count towards ``trials``. Workers sharing a storage should get different ``seed`` values.
+    count towards ``trials``, except those whose worker was killed mid-trial (:func:`fail_dead_trials`
+    marks them FAIL; the study runs others in their place). Workers sharing a storage should get
+    different ``seed`` values.
     """
     from busai.runs import write_json
 
@@ -127,7 +132,7 @@ def run_study(
     base.splits = str(splits)
     base.patience, base.max_minutes = trial_patience, trial_minutes
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_dir(out_dir)
     storage_url = storage or default_storage(out_dir)
     study_name = study_name or out_dir.resolve().name
     study = optuna.create_study(
@@ -135,7 +140,9 @@ def run_study(
         pruner=make_pruner(pruner, space), load_if_exists=True,
     )
     _check_same_study(study, task, space, storage_url)
+    fail_dead_trials(study)
     existing = len(study.get_trials(deepcopy=False))
+    counted = counted_trials(study)
     if existing == 0 and any((out_dir / "trials").glob("trial_*")):
         raise ConfigError(f"{out_dir / 'trials'}: holds trial runs of another study; use a new --out folder or delete it")
     # Offsetting by the trials already there keeps a resumed study from replaying its first samples.
@@ -151,13 +158,13 @@ def run_study(
         study.enqueue_trial(params, user_attrs={"paper_settings": row})
 
     stopper = _StopAfterFailures(_MAX_CONSECUTIVE_FAILURES)
-    callbacks = [optuna.study.MaxTrialsCallback(trials, states=None), stopper]
+    callbacks = [_StopAtTrials(trials), stopper]
     if on_trial is not None:
         callbacks.append(lambda s, t: on_trial(_trial_record(s, t)))
     try:
-        if existing < trials:
+        if counted < trials:
             study.optimize(
-                _objective(task, space, base, out_dir, command), n_trials=trials - existing,
+                _objective(task, space, base, out_dir, command), n_trials=trials - counted,
                 timeout=timeout_minutes * 60 if timeout_minutes else None, catch=(Exception,), callbacks=callbacks,
             )
     finally:  # an interrupted study still leaves its summary and plots
@@ -193,7 +200,86 @@ def _check_same_study(study: optuna.Study, task: str, space: dict, storage_url: 
         )
 
 
+WORKER = "worker"  # trial user attribute: host and process id of the worker running it
+KILLED_REASON = "its worker stopped mid-trial (killed, interrupted or crashed); not counted towards --trials"
+
+
+def was_killed(trial: optuna.trial.FrozenTrial) -> bool:
+    """A FAIL trial the objective did not fail: its worker died or was interrupted while running it.
+
+    Every exception inside the objective records ``fail_reason``; only a trial whose process
+    vanished (or met Ctrl-C) reaches FAIL without one.
+    """
+    return trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs
+
+
+def counted_trials(study: optuna.Study) -> int:
+    """Trials that count towards ``--trials``: every one but those :func:`was_killed`."""
+    return sum(not was_killed(t) for t in study.get_trials(deepcopy=False))
+
+
+class _StopAtTrials:
+    """Optuna's MaxTrialsCallback, counting as :func:`counted_trials` does."""
+
+    def __init__(self, trials: int):
+        self.trials = trials
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if counted_trials(study) >= self.trials:
+            study.stop()
+
+
+def fail_dead_trials(study: optuna.Study) -> None:
+    """Mark FAIL the RUNNING trials whose worker is gone, so a re-run finishes the study.
+
+    Optuna's heartbeat (see :func:`busai.tune.storage.open_storage`) catches a worker on any
+    machine once its grace period has passed; a worker on this machine whose process no longer
+    exists is caught at once, so re-running the command right after a kill works without waiting.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get(WORKER) or {}
+        if worker.get("host") != host or _process_alive(worker.get("pid")):
+            continue
+        try:  # the storage calls Optuna's own fail_stale_trials makes (it has no public per-trial one)
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker failed it first
+
+
+def _process_alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return True  # unknown: leave it to the heartbeat
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
 def _objective(task: str, space: dict, base: TrainConfig, out_dir: Path, command: str | None):
+    objective = _trial_objective(task, space, base, out_dir, command)
+
+    def recorded(trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER, {"host": socket.gethostname(), "pid": os.getpid()})
+        try:
+            return objective(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # any failure inside the objective has a reason: see was_killed
+            if "fail_reason" not in trial.user_attrs:
+                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
+            raise
+
+    return recorded
+
+
+def _trial_objective(task: str, space: dict, base: TrainConfig, out_dir: Path, command: str | None):
     from busai import training
 
     def objective(trial: optuna.Trial) -> float:

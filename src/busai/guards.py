@@ -1,0 +1,85 @@
+"""Checks a training run passes before it writes anything, and the state of a run folder.
+
+They live apart from :mod:`busai.training` so that train / resume stay short: each is one call
+there, made before the run folder is created or its config rewritten.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from busai import CLASSES
+from busai.config import TrainConfig
+from busai.errors import CheckpointError, ConfigError, DataError
+
+# Files a run folder gains once its first epoch has finished (or a finished tune trial keeps).
+EPOCH_FILES = ("checkpoint_last.pt", "history.csv", "fit.json")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """What TrainConfig cannot check alone (the loss name belongs to the task adapter), before any write."""
+    from busai.engine import build_optimizer, build_scheduler
+    from busai.tasks import adapter_for
+
+    adapter_for(cfg)
+    import torch
+
+    # A one-parameter optimizer and scheduler: catches what torch itself refuses (e.g. betas outside [0, 1)).
+    try:
+        optimizer = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+        build_scheduler(cfg, optimizer)
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.optimizer} optimizer: {exc}; fix the option") from None
+
+
+def check_class_coverage(cfg: TrainConfig, train_dataset, splits_file: str | None) -> None:
+    """A classifier learns the classes its training split shows: refuse one that misses any.
+
+    Trained without a class, the model still outputs a probability for it, near zero and
+    meaningless, and nothing in its scores says so.
+    """
+    if cfg.task != "classification":
+        return
+    present = {int(label) for label in train_dataset.labels}
+    missing = [name for i, name in enumerate(CLASSES) if i not in present]
+    if missing:
+        raise ConfigError(
+            f"{splits_file}: the train split has no {' and no '.join(missing)} images, but the classifier predicts "
+            f"{', '.join(CLASSES)}; add images of every class to the dataset (one folder per class) and re-run `busai data split`"
+        )
+
+
+def has_trained(run_dir: Path) -> bool:
+    """Whether any epoch of this run has finished: then it is resumed, never restarted."""
+    return any((run_dir / name).exists() for name in EPOCH_FILES)
+
+
+def check_new_run_folder(run_dir: Path) -> bool:
+    """Refuse a folder holding a trained run; True when it holds a run that never finished an epoch (restart it)."""
+    from busai.runs import CONFIG
+
+    if not (run_dir / CONFIG).exists():
+        return False
+    if has_trained(run_dir):
+        raise CheckpointError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --out folder")
+    return True
+
+
+def clear_unfinished_run(run_dir: Path) -> None:
+    """Remove what a run that never finished an epoch may have left (a best checkpoint saved just before a kill)."""
+    for name in ("checkpoint_best.safetensors", "checkpoint_best.safetensors.tmp", "checkpoint_last.pt.tmp"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def check_file_names(records) -> None:
+    """Refuse image names that are not valid UTF-8: a split file (JSON, UTF-8) cannot name them.
+
+    Python keeps such bytes as lone surrogates; JSON writers escape them into text other tools
+    reject, and hashing the name fails. Renaming is the fix (often a Latin-1 name from an old zip).
+    """
+    from busai.predict import printable
+
+    for record in records:
+        name = str(record.image)
+        if printable(name) != name:
+            raise DataError(f"{printable(name)}: the file name is not valid UTF-8; rename the file (and its masks)")
