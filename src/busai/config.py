@@ -59,6 +59,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     max_minutes: float | None = None  # wall-clock budget; training stops cleanly after the epoch that crosses it
+    log: str = "none"  # per-epoch tracking: none, tensorboard or mlflow (busai.tracking)
 
     data: str | None = None
     splits: str | None = None
@@ -85,6 +86,8 @@ class TrainConfig:
             raise ConfigError("lesion_paste: segmentation only (a pasted lesion would make a normal scan's class label wrong); drop --lesion-paste")
         if self.device not in DEVICES:
             raise ConfigError(f"device '{self.device}': unknown; choose auto, cpu or cuda")
+        if self.log not in ("none", "tensorboard", "mlflow"):
+            raise ConfigError(f"log '{self.log}': unknown; choose tensorboard, mlflow or none")
         if self.loss is None:
             self.loss = "dice" if task == "segmentation" else "focal"
         if self.scheduler is None:

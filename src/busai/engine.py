@@ -343,6 +343,10 @@ def fit(
     else:
         seed_everything(cfg.seed)
 
+    from busai.tracking import open_tracker
+
+    tracker = open_tracker(cfg.log, run_dir)
+    tracker.log_config(cfg.to_dict())
     progress = _Progress(quiet, cfg.epochs, start_epoch)
     started = time.monotonic()
     # A resumed run that had already early-stopped (under the patience in force now) trains no further.
@@ -381,6 +385,7 @@ def fit(
             _atomic_write(last_path, lambda p: torch.save(checkpoint, p))
             score_text = " ".join(f"{k} {v:.3f}" for k, v in scores.items())
             progress.end_epoch(f"val_loss {val_loss:.4f} {score_text} best@{best_epoch}")
+            tracker.log_epoch(epoch, row)
             if on_epoch is not None:
                 on_epoch(epoch, row)
             if epoch - best_epoch >= cfg.patience:
@@ -391,6 +396,7 @@ def fit(
                 break
     finally:
         progress.close()
+        tracker.close()
     total_seconds = elapsed_before + time.monotonic() - started
     result = FitResult(best_epoch, best_loss, len(history), stop_reason, history, round(total_seconds, 1))
     (run_dir / "fit.json").write_text(json.dumps(result.to_dict(), indent=2))

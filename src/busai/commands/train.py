@@ -36,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--lesion-paste", dest="lesion_paste", type=float, default=None, metavar="P",
                    help="segmentation: with probability P, paste another training scan's lesion in at a random echogenicity, down to isoechoic")
     p.add_argument("--augment", choices=AUGMENTATIONS, default=None, help="training augmentations: paper (flips, rotations, colour jitter; default), strong (adds scale, shift, gamma, speckle noise, blur) or none")
+    p.add_argument("--log", choices=["none", "tensorboard", "mlflow"], default=None,
+                   help="also log per-epoch losses, metrics and learning rate to TensorBoard (RUN_DIR/tensorboard) or MLflow "
+                   "(MLFLOW_TRACKING_URI, else RUN_DIR/mlflow.db); needs the busai[tensorboard] / busai[mlflow] extra")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the fit summary as JSON")
     p.set_defaults(handler=run)
@@ -45,7 +48,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
     if args.task:
         base["task"] = args.task
-    for key in [*_FLAGS, "betas", "weighted_sampler", "hard_examples", "lesion_paste", "augment"]:
+    for key in [*_FLAGS, "betas", "weighted_sampler", "hard_examples", "lesion_paste", "augment", "log"]:
         value = getattr(args, key)
         if value is not None:
             base[key] = value
