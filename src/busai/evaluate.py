@@ -91,6 +91,7 @@ def evaluate_run(
     figures: bool = True,
     tta: bool = False,
     command: str | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Score a run's best checkpoint on ``split``; merge the result into ``RUN_DIR/metrics.json``.
 
@@ -104,7 +105,7 @@ def evaluate_run(
         raise ConfigError(f"split '{split}': unknown; choose train, val or test")
     best_threads()
     run_dir = Path(run_dir)
-    loaded = load_model(run_dir)
+    loaded = load_model(run_dir, device=device)
     splits = read_splits(splits_file)
     records = load_split_records(data_dir, splits, split)
     if not records:

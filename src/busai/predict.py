@@ -42,10 +42,13 @@ class Models:
     cls: LoadedModel | None
 
 
-def load_models(seg: ModelSource = "release", cls: ModelSource = "release", *, backend: str = "torch", workdir: str | Path | None = None) -> Models:
+def load_models(
+    seg: ModelSource = "release", cls: ModelSource = "release", *, backend: str = "torch", workdir: str | Path | None = None, device: str = "cpu"
+) -> Models:
     """Resolve each source (``"release"``/None, run folder, .onnx file, a LoadedModel, or ``"none"`` to skip).
 
     ``backend="onnx"`` exports PyTorch models into ``workdir`` and runs them in ONNX Runtime.
+    ``device``: auto, cpu or cuda (see :func:`busai.release.resolve_model`).
     """
     from busai.export import to_onnx_backend
     from busai.release import resolve_model
@@ -57,9 +60,9 @@ def load_models(seg: ModelSource = "release", cls: ModelSource = "release", *, b
         if isinstance(source, str) and source.lower() == "none":
             loaded[task] = None
             continue
-        model = source if isinstance(source, LoadedModel) else resolve_model(source, task)
+        model = source if isinstance(source, LoadedModel) else resolve_model(source, task, device=device)
         if backend == "onnx":
-            model = to_onnx_backend(model, workdir or tempfile.mkdtemp(prefix="busai-onnx-"))
+            model = to_onnx_backend(model, workdir or tempfile.mkdtemp(prefix="busai-onnx-"), device)
         loaded[task] = model
     if loaded["segmentation"] is None and loaded["classification"] is None:
         raise ConfigError("--seg none --cls none: nothing to predict; keep at least one model")
@@ -187,6 +190,7 @@ def predict_paths(
     pixel_spacing: float | tuple[float, float] | None = None,
     threshold: float = 0.5,
     progress: bool = True,
+    device: str = "cpu",
 ) -> list[dict]:
     """Predict every input image into ``out_dir`` and return the rows of predictions.json.
 
@@ -204,7 +208,7 @@ def predict_paths(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="busai-onnx-") as workdir:
-        models = load_models(seg, cls, backend=backend, workdir=workdir)
+        models = load_models(seg, cls, backend=backend, workdir=workdir, device=device)
         rows, used = [], set()
         for path in _track(paths, progress):
             row = empty_row(str(path))

@@ -99,11 +99,14 @@ def load_weights_into(module: nn.Module, path: Path) -> None:
         )
 
 
-def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT) -> LoadedModel:
-    """Rebuild the architecture from a run folder's config and load its best weights (eval mode)."""
+def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT, device: str = "cpu") -> LoadedModel:
+    """Rebuild the architecture from a run folder's config and load its best weights (eval mode) onto
+    ``device`` (``auto``: the GPU when one is visible; ``cuda`` without one is a ConfigError)."""
+    from busai.engine import resolve_device
     from busai.models.registry import build
 
     source = Path(source)
+    target = resolve_device(device)  # a bad --device fails before anything is read
     config = read_run_config(source)
     spec = config.get("model_spec")
     pre = config.get("preprocessing")
@@ -114,7 +117,7 @@ def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT) -> Load
         raise CheckpointError(f"{weights_path}: missing; the run has not finished an epoch yet (resume it with `busai train --resume {source}`)")
     built = build(spec["task"], spec["name"], encoder=spec.get("encoder"), weights="none", num_classes=spec.get("num_classes", 3), image_size=pre["image_size"])
     load_weights_into(built.module, weights_path)
-    built.module.eval()
+    built.module.eval().to(target)
     return LoadedModel(
         module=built.module, task=spec["task"], spec=spec, image_size=int(pre["image_size"]),
         mean=tuple(pre["mean"]), std=tuple(pre["std"]), config=config, source=str(source),

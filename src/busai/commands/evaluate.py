@@ -15,6 +15,7 @@ def register(sub) -> None:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--no-figures", dest="figures", action="store_false")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation, as `busai predict --tta`; stored as <split>_tta in metrics.json")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (default): the GPU when one is visible, else the CPU")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(handler=run)
 
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     splits = args.split if isinstance(args.split, list) else [args.split]
     results = {}
     for split in splits:
-        results[split] = evaluate_run(args.run_dir, args.data, args.splits, split, n_boot=args.n_boot, figures=args.figures, tta=args.tta, command=command_line(args))
+        results[split] = evaluate_run(args.run_dir, args.data, args.splits, split, n_boot=args.n_boot, figures=args.figures, tta=args.tta, command=command_line(args), device=args.device)
     if args.json:
         print(json.dumps(results[splits[0]] if len(splits) == 1 else results, default=str))
     else:

@@ -19,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--seg", default="release", metavar="MODEL", help="segmentation model: release (default), a run folder, an .onnx file, or none")
     p.add_argument("--cls", default="release", metavar="MODEL", help="classification model: release (default), a run folder, an .onnx file, or none")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="onnx runs the models in ONNX Runtime (no Grad-CAM)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (default): the GPU when one is visible, else the CPU")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default 10)")
     p.set_defaults(handler=run)
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     from busai.serve import NOTICE, create_app
 
-    app = create_app(args.seg, args.cls, backend=args.backend, max_upload_mb=args.max_upload_mb)
+    app = create_app(args.seg, args.cls, backend=args.backend, max_upload_mb=args.max_upload_mb, device=args.device)
     if args.host not in LOOPBACK:
         print(f"warning: --host {args.host} makes the page reachable from other computers; uploads are not authenticated", file=sys.stderr)
     print(f"busai: http://{args.host}:{args.port}/  ({NOTICE})", file=sys.stderr)

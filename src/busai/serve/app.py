@@ -43,13 +43,14 @@ def create_app(
     *,
     backend: str = "torch",
     max_upload_mb: float = 10.0,
+    device: str = "cpu",
 ) -> FastAPI:
     """The app with its models loaded now, so a missing model fails before the server starts."""
     from busai.runs import best_threads
 
     best_threads()
     workdir = tempfile.TemporaryDirectory(prefix="busai-serve-")
-    models = load_models(seg, cls, backend=backend, workdir=workdir.name)
+    models = load_models(seg, cls, backend=backend, workdir=workdir.name, device=device)
     max_bytes = int(max_upload_mb * 2**20)
     lock = threading.Lock()  # one prediction at a time: Grad-CAM hooks and CPU threads are shared
     page = (STATIC / "index.html").read_text()
