@@ -20,6 +20,7 @@ Writes ``results/int8.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import copy
 import dataclasses
 import json
@@ -123,9 +124,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="images per timed call (default 1, as `busai predict` runs)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch and ONNX Runtime threads (default: every core); 1 keeps a machine shared with other jobs from stalling multi-threaded kernels")
     parser.add_argument("--out", default="results/int8.json")
     args = parser.parse_args()
     best_threads()
+    if args.threads:
+        import busai.export
+
+        torch.set_num_threads(args.threads)
+        busai.export._cores = lambda: args.threads  # the ONNX Runtime sessions' intra-op threads
 
     with tempfile.TemporaryDirectory(prefix="busai-int8-bench-") as tmp:
         tasks = {task: benchmark_task(task, args, Path(tmp)) for task in args.tasks}
@@ -135,6 +143,7 @@ def main() -> None:
         "tasks": tasks, "batch_size": args.batch_size, "warmup": args.warmup, "iters": args.iters,
         "target": {"speedup_vs_default": TARGET_SPEEDUP, "max_dice_drop": TARGET_DICE_DROP},
         "target_met": None if seg is None else (seg["int8_speedup_vs_default"] >= TARGET_SPEEDUP and seg["int8_dice_mean_drop_vs_default"] <= TARGET_DICE_DROP),
+        "load_average_at_end": list(os.getloadavg()),
         "default_path": default_path_name(), **machine_info(), "versions": library_versions() | {"onnxruntime": _ort_version()},
     }
     out = Path(args.out)

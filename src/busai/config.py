@@ -59,6 +59,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     max_minutes: float | None = None  # wall-clock budget; training stops cleanly after the epoch that crosses it
+    sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch
     log: str = "none"  # per-epoch tracking: none, tensorboard or mlflow (busai.tracking)
 
     data: str | None = None

@@ -125,8 +125,9 @@ def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT, device:
 
 
 def best_threads() -> None:
-    """Use every core for intra-op work; torch's default can undercount in containers."""
+    """Use every core for intra-op work (shared among the processes torchrun starts on this machine);
+    torch's default can undercount in containers."""
     import os
 
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, n))
+    torch.set_num_threads(max(1, n // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))

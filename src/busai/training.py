@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import RandomSampler
 
+from busai import distributed
 from busai.config import TrainConfig
 from busai.engine import FitResult, fit, resolve_precision, runs_fused, seed_everything
 from busai.errors import CheckpointError, ConfigError, read_json
@@ -38,8 +39,9 @@ def _loaders(cfg: TrainConfig, image_size: int, mean, std):
         sampler = make_weighted_sampler(train_ds.labels, seed=cfg.seed)
     else:
         sampler = RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed))
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=len(train_ds) > cfg.batch_size)
-    val_loader = DataLoader(val_ds, batch_size=max(cfg.batch_size, 16), shuffle=False, num_workers=cfg.num_workers)
+    from busai.data.loading import train_val_loaders
+
+    train_loader, val_loader = train_val_loaders(train_ds, val_ds, sampler, cfg.batch_size, num_workers=cfg.num_workers, device=cfg.device)
     return train_loader, val_loader, splits
 
 
@@ -53,7 +55,8 @@ def train(
 ) -> FitResult:
     """Train ``cfg`` into a new ``run_dir``; a folder that already holds a run is refused, never overwritten."""
     run_dir = Path(run_dir)
-    if (run_dir / CONFIG).exists():
+    distributed.init_from_env(cfg.device)  # under torchrun rank 0 alone checks and writes the run folder
+    if (run_dir / CONFIG).exists() and distributed.is_main():
         raise CheckpointError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --out folder")
     return _train(cfg, run_dir, resume=False, quiet=quiet, on_epoch=on_epoch, command=command)
 
@@ -82,7 +85,9 @@ def resume(
     stored["train"] = cfg.to_dict()
     if command is not None:
         stored["resume_commands"] = [*stored.get("resume_commands", []), command]
-    write_json(run_dir / CONFIG, stored)
+    distributed.init_from_env(cfg.device)
+    if distributed.is_main():
+        write_json(run_dir / CONFIG, stored)
     return _train(cfg, run_dir, resume=True, quiet=quiet, on_epoch=None, command=None)
 
 
@@ -119,7 +124,7 @@ def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epo
     image_size = built.preprocessing.image_size
     train_loader, val_loader, splits = _loaders(cfg, image_size, built.preprocessing.mean, built.preprocessing.std)
 
-    if not resume:
+    if not resume and distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         precision = resolve_precision(cfg)
         resolved = {
