@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-
 MODELS = {
     "seg-lite0-unet": ("segmentation", "unet", "efficientnet-lite0"),
     "seg-resnet18-unet": ("segmentation", "unet", "resnet18"),
@@ -59,10 +58,10 @@ def measure(model_key: str, variant: str, args) -> dict:
         x = x.contiguous(memory_format=torch.channels_last)
     if task == "segmentation":
         y = (torch.rand(args.batch_size, 1, args.image_size, args.image_size, generator=g) > 0.8).float().cuda()
-        loss_of = lambda out: F.binary_cross_entropy_with_logits(out.float(), y)  # noqa: E731
+        loss_of = lambda out: F.binary_cross_entropy_with_logits(out.float(), y)
     else:
         y = torch.randint(0, 3, (args.batch_size,), generator=g).cuda()
-        loss_of = lambda out: F.cross_entropy(out.float(), y)  # noqa: E731
+        loss_of = lambda out: F.cross_entropy(out.float(), y)
     runner = model
     compile_seconds = None
     if variant.endswith("compile"):
@@ -135,7 +134,7 @@ def main() -> int:
         for variant in args.variants:
             try:
                 results[model_key][variant] = measure(model_key, variant, args)
-            except Exception as exc:  # one failing variant (e.g. compile without a compiler) must not lose the others
+            except Exception as exc:  # noqa: BLE001  one failing variant (e.g. compile without a compiler) must not lose the others
                 results[model_key][variant] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
             print(f"{model_key} {variant}: {results[model_key][variant]}", flush=True)
             torch.cuda.empty_cache()

@@ -20,10 +20,10 @@ Writes ``results/int8.json``.
 from __future__ import annotations
 
 import argparse
-import os
 import copy
 import dataclasses
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -40,7 +40,7 @@ from busai.release import resolve_model
 from busai.runs import best_threads, library_versions, machine_info
 
 sys.path.insert(0, str(Path(__file__).parent))
-from inference_speed import ms_per_image  # noqa: E402  the same interleaved timing
+from inference_speed import ms_per_image
 
 TARGET_SPEEDUP, TARGET_DICE_DROP = 2.0, 0.005
 

@@ -51,7 +51,7 @@ def test_two_gloo_processes_train_resume_and_match_one(synthetic_dir, tiny_runs,
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "busai", "train", *common,
          "--batch-size", "4", "--out", str(two)],
-        env=env, capture_output=True, text=True, timeout=900,
+        env=env, capture_output=True, text=True, timeout=900, check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((two / "fit.json").read_text())["processes"] == 2

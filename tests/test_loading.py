@@ -65,7 +65,7 @@ def test_loader_options_and_cache_warmed_before_workers(synthetic_dir):
     assert train.persistent_workers and val.persistent_workers and not train.pin_memory
     assert train.drop_last and val.batch_size == 16 and isinstance(train.sampler, EpochSeeded)
     first = [b["index"].tolist() for b in train]
-    assert sorted(sum(first, [])) == list(range(16))
+    assert sorted(i for batch in first for i in batch) == list(range(16))
     in_process = make_loader(train_ds, 4)
     assert not in_process.persistent_workers and [b["index"].tolist() for b in in_process] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
     with pytest.raises(ConfigError, match="num_workers=-1: must be 0 or more"):

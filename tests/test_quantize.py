@@ -10,7 +10,13 @@ from busai.data.splits import read_splits
 from busai.errors import CheckpointError, ConfigError
 from busai.export import load_onnx
 from busai.inference import predict_image
-from busai.quantize import INT8_TOLERANCE, calibration_records, calibration_source, kernel_profile, quantize_int8
+from busai.quantize import (
+    INT8_TOLERANCE,
+    calibration_records,
+    calibration_source,
+    kernel_profile,
+    quantize_int8,
+)
 from busai.release import resolve_model
 
 
@@ -37,7 +43,7 @@ def test_calibration_uses_training_images_only(seg_run):
 
 
 def test_int8_file_matches_fp32_and_runs_int8_kernels(seg_int8):
-    loaded, result, splits = seg_int8
+    loaded, result, _ = seg_int8
     assert result.ok and result.mean_abs_probability_diff <= INT8_TOLERANCE
     assert result.calibration_images == 8 and result.settings["format"] == "QDQ"
     int8 = resolve_model(result.path, "seg")  # an ordinary busai ONNX file: predict / serve take it as it is

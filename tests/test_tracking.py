@@ -4,12 +4,11 @@ import csv
 import sys
 
 import pytest
+from test_engine import config, loaders, toy_adapter, toy_model
 
 from busai.engine import HISTORY, fit
 from busai.errors import ConfigError
 from busai.tracking import open_tracker
-
-from test_engine import config, loaders, toy_adapter, toy_model
 
 LOGGED = ("train_loss", "val_loss", "val_accuracy", "lr")
 

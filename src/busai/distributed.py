@@ -11,6 +11,7 @@ per-rank, so a run resumes with any process count.
 
 from __future__ import annotations
 
+import math
 import os
 from datetime import timedelta
 
@@ -77,7 +78,7 @@ class ShardedSampler(Sampler):
         return iter(order[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
-        return -(-len(self.sampler) // self.num_replicas)
+        return math.ceil(len(self.sampler) / self.num_replicas)
 
     def update(self, indices, difficulty: torch.Tensor) -> None:
         if not hasattr(self.sampler, "update"):

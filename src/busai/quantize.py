@@ -133,7 +133,12 @@ def quantize_int8(
     The file is written to a temporary name and renamed, so an existing ``out`` survives a failure.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from busai.export import INPUT, METADATA_KEY, OnnxModule, export_onnx, load_onnx

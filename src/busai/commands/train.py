@@ -69,11 +69,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from busai import training
+    from busai import distributed, training
     from busai.commands import command_line
     from busai.errors import ConfigError
-
-    from busai import distributed
 
     if args.gpus is not None:
         return launch_torchrun(args)
