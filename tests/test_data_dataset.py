@@ -57,7 +57,8 @@ def bright_square(tmp_path):
 def test_mask_stays_on_the_bright_pixels_under_augmentation(bright_square, recipe):
     ds = BusDataset(bright_square, 64, (0, 0, 0), (1, 1, 1), augment=recipe, seed=0)
     positions, areas = set(), set()
-    for _ in range(40):
+    for epoch in range(40):
+        ds.set_epoch_seed(epoch)  # an item's augmentation is drawn per (seed, epoch, index)
         item = ds[0]
         bright = item["image"][0] > 0.3
         mask = item["mask"][0] > 0.5
@@ -195,15 +196,20 @@ def test_hard_example_sampler_scales_class_weights_and_restores_its_state():
     assert list(restored) == list(sampler)
 
 
-def test_each_loader_worker_gets_its_own_augmentation_stream(bright_square, monkeypatch):
-    """Forked workers copy one RNG; the dataset reseeds per worker so they do not replay the same flips."""
+def test_augmentation_is_drawn_per_seed_epoch_and_item_not_per_worker(bright_square, monkeypatch):
+    """Which worker draws an item, and after which others, changes nothing: loaders with any
+    number of workers give the same batches; another epoch or seed gives other augmentations."""
     from types import SimpleNamespace
 
-    def images_in_worker(seed: int) -> list[torch.Tensor]:
-        ds = BusDataset(bright_square, 64, MEAN, STD, augment="paper", seed=0)
-        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: SimpleNamespace(seed=seed))
-        return [ds[0]["image"] for _ in range(6)]
-
-    first, again, second = images_in_worker(100), images_in_worker(100), images_in_worker(101)
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
-    assert not all(torch.equal(a, b) for a, b in zip(first, second))
+    records = bright_square * 4
+    ds = BusDataset(records, 64, MEAN, STD, augment="paper", seed=0)
+    ds.set_epoch_seed(7)
+    in_order = [ds[i]["image"] for i in range(4)]
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: SimpleNamespace(seed=123, id=1))
+    reversed_in_a_worker = [ds[i]["image"] for i in reversed(range(4))][::-1]
+    assert all(torch.equal(a, b) for a, b in zip(in_order, reversed_in_a_worker))
+    assert all(torch.equal(a, ds[(i, 7)]["image"]) for i, a in enumerate(in_order))  # the epoch passed with the index
+    assert not all(torch.equal(in_order[0], ds[(0, epoch)]["image"]) for epoch in range(8, 14))
+    assert not all(torch.equal(in_order[0], in_order[i]) for i in range(1, 4))  # the same scan, other items: other draws
+    other_seed = BusDataset(records, 64, MEAN, STD, augment="paper", seed=1)
+    assert not all(torch.equal(in_order[0], other_seed[(0, epoch)]["image"]) for epoch in range(7, 13))

@@ -179,8 +179,8 @@ def load(source: str | Path = "release", *, task: str | None = None, device: str
     return Model(loaded, backend, device)
 
 
-def load_path(path: Path, given: str | None = None) -> tuple[LoadedModel, str]:
-    """A run folder, saved or release folder, or .onnx file -> (LoadedModel on the CPU, backend)."""
+def load_path(path: Path, given: str | None = None, *, device: str = "cpu") -> tuple[LoadedModel, str]:
+    """A run folder, saved or release folder, or .onnx file -> (LoadedModel on ``device``, backend)."""
     given = str(path) if given is None else given
     from busai.engine import BEST_CHECKPOINT
     from busai.export import load_onnx
@@ -188,15 +188,15 @@ def load_path(path: Path, given: str | None = None) -> tuple[LoadedModel, str]:
     from busai.runs import load_model, read_run_config
 
     if path.suffix.lower() == ".onnx" and not path.is_dir():
-        return load_onnx(path), "onnx"
+        return load_onnx(path, device), "onnx"
     if not path.is_dir():
         raise CheckpointError(f"{given}: not found; pass 'release', a run folder, a saved model folder or an exported .onnx file")
     if (path / ONNX_FILE).is_file() and not (path / CONFIG).exists():
-        return load_onnx(path / ONNX_FILE), "onnx"
+        return load_onnx(path / ONNX_FILE, device), "onnx"
     read_run_config(path)  # one clear error for a folder that holds no model
     if (path / WEIGHTS).is_file() and not (path / BEST_CHECKPOINT).is_file():
-        return load_model(path, checkpoint=WEIGHTS), "torch"
-    return load_model(path), "torch"
+        return load_model(path, checkpoint=WEIGHTS, device=device), "torch"
+    return load_model(path, device=device), "torch"
 
 
 def predict(models: Model | Iterable[Model], images, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5, precision: str = "auto"):

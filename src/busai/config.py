@@ -75,6 +75,8 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     max_minutes: float | None = None  # wall-clock budget; training stops cleanly after the epoch that crosses it
+    sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch
+    log: str = "none"  # per-epoch tracking: none, tensorboard or mlflow (busai.tracking)
 
     data: str | list[str] | None = None  # a path, or NAME=PATH strings for several datasets
     splits: str | None = None
@@ -109,6 +111,8 @@ class TrainConfig:
             raise ConfigError(f"device '{self.device}': unknown; choose auto, cpu or cuda")
         if self.model is None:
             self.model = DEFAULT_MODELS[task]
+        if self.log not in ("none", "tensorboard", "mlflow"):
+            raise ConfigError(f"log '{self.log}': unknown; choose tensorboard, mlflow or none")
         if self.loss is None:
             self.loss = "dice" if task == "segmentation" else "focal"
         if self.scheduler is None:

@@ -278,6 +278,7 @@ def _reseed_epoch(loader, seed: int) -> None:
 
 
 def _run_epoch(model, loader, adapter, optimizer, precision, scaler, progress, train: bool):
+    """One pass over ``loader``: (mean loss, scores). Under torchrun both are those of all ranks together."""
     model.train(train)
     total_loss, count = 0.0, 0
     outputs, targets = [], []
@@ -312,10 +313,17 @@ def _run_epoch(model, loader, adapter, optimizer, precision, scaler, progress, t
             total_loss += loss.item() * n
             count += n
             progress.advance_batch(f"loss {total_loss / count:.4f}")
-    mean_loss = total_loss / max(count, 1)
+    from busai import distributed as ddp
+
     if train:
-        return mean_loss, {}
-    return mean_loss, adapter.score(torch.cat(outputs), torch.cat(targets))
+        parts = ddp.gather_objects((total_loss, count))
+        return sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1), {}
+    mine = (total_loss, count, torch.cat(outputs) if outputs else None, torch.cat(targets) if targets else None)
+    parts = ddp.gather_objects(mine)  # every rank scored its shard of the validation split
+    mean_loss = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
+    outputs = torch.cat([p[2] for p in parts if p[2] is not None])
+    targets = torch.cat([p[3] for p in parts if p[3] is not None])
+    return mean_loss, adapter.score(outputs, targets)
 
 
 def fit(
@@ -336,9 +344,19 @@ def fit(
     ``on_epoch(epoch, row)`` is called after each epoch (Optuna reports and prunes through it; an
     exception it raises ends training after the checkpoints are written).
     """
+    from busai import distributed as ddp
+    from busai.tracking import Tracker, open_tracker
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    ddp.init_from_env(cfg.device)
+    main = ddp.is_main()  # under torchrun, rank 0 alone writes the run folder
     precision = resolve_precision(cfg)
+    precision.device = ddp.local_device(precision.device)
+    if cfg.sync_bn and ddp.world_size() > 1:
+        if precision.device.type != "cuda":
+            raise ConfigError("--sync-bn: SyncBatchNorm runs on CUDA GPUs only; drop --sync-bn for CPU processes")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(precision.device)
     if precision.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -369,7 +387,13 @@ def fit(
     else:
         seed_everything(cfg.seed)
 
-    progress = _Progress(quiet, cfg.epochs, start_epoch)
+    net = model
+    if ddp.world_size() > 1:
+        cuda = precision.device.type == "cuda"
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[precision.device.index] if cuda else None)
+    tracker = open_tracker(cfg.log, run_dir) if main else Tracker()
+    tracker.log_config(cfg.to_dict())
+    progress = _Progress(quiet or not main, cfg.epochs, start_epoch)
     started = time.monotonic()
     # A resumed run that had already early-stopped (under the patience in force now) trains no further.
     already_stopped = start_epoch - best_epoch >= cfg.patience
@@ -379,7 +403,9 @@ def fit(
         for epoch in range(start_epoch + 1, last_epoch + 1):
             epoch_start = time.monotonic()
             _reseed_epoch(train_loader, cfg.seed * 100_003 + epoch)
-            train_loss, _ = _run_epoch(model, train_loader, adapter, optimizer, precision, scaler, progress, train=True)
+            train_loss, _ = _run_epoch(net, train_loader, adapter, optimizer, precision, scaler, progress, train=True)
+            # The plain module: weights are the same on every rank, and DDP's forward would expect
+            # the same number of calls on each, which validation shards of unequal size do not make.
             val_loss, scores = _run_epoch(model, val_loader, adapter, None, precision, None, progress, train=False)
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(val_loss)
@@ -388,18 +414,20 @@ def fit(
             improved = val_loss < best_loss
             if improved:
                 best_loss, best_epoch = val_loss, epoch
-                save_weights(model, run_dir / BEST_CHECKPOINT, weights_metadata)
+                if main:
+                    save_weights(model, run_dir / BEST_CHECKPOINT, weights_metadata)
             row = {
                 "epoch": epoch, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
                 **{f"val_{k}": round(v, 6) for k, v in scores.items()},
                 "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.monotonic() - epoch_start, 2), "best": improved,
             }
             history.append(row)
-            _write_history(run_dir / HISTORY, history)
-            from busai.figures import training_curve  # progress.png: the curves so far, redrawn every epoch
+            if main:
+                _write_history(run_dir / HISTORY, history)
+                from busai.figures import training_curve  # progress.png: the curves so far, redrawn every epoch
 
-            training_curve(history, run_dir / "progress.png", title=run_dir.name)
-            seconds = elapsed_before + time.monotonic() - started
+                training_curve(history, run_dir / "progress.png", title=run_dir.name)
+            seconds = ddp.broadcast_object(elapsed_before + time.monotonic() - started)  # one time-budget decision for all ranks
             checkpoint = {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else {},
@@ -407,9 +435,11 @@ def fit(
                 "sampler": train_loader.sampler.state_dict() if hasattr(train_loader.sampler, "state_dict") else {},
                 "best_val_loss": best_loss, "best_epoch": best_epoch, "seconds": seconds,
             }
-            _atomic_write(last_path, lambda p: torch.save(checkpoint, p))
+            if main:
+                _atomic_write(last_path, lambda p: torch.save(checkpoint, p))
             score_text = " ".join(f"{k} {v:.3f}" for k, v in scores.items())
             progress.end_epoch(f"val_loss {val_loss:.4f} {score_text} best@{best_epoch}")
+            tracker.log_epoch(epoch, row)
             if on_epoch is not None:
                 on_epoch(epoch, row)
             if epoch - best_epoch >= cfg.patience:
@@ -420,8 +450,11 @@ def fit(
                 break
     finally:
         progress.close()
+        tracker.close()
     total_seconds = elapsed_before + time.monotonic() - started
     result = FitResult(best_epoch, best_loss, len(history), stop_reason, history, round(total_seconds, 1))
-    fit_json = json.dumps(result.to_dict(), indent=2, allow_nan=False)
-    _atomic_write(run_dir / "fit.json", lambda p: p.write_text(fit_json))
+    if main:
+        fit_json = json.dumps({**result.to_dict(), "processes": ddp.world_size()}, indent=2, allow_nan=False)
+        _atomic_write(run_dir / "fit.json", lambda p: p.write_text(fit_json))
+    ddp.barrier()
     return result

@@ -114,36 +114,37 @@ def evaluate_run(
     figures: bool = True,
     tta: bool = False,
     command: str | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Score a run's best checkpoint on ``split`` of one dataset; merged into ``RUN_DIR/metrics.json``.
 
     With ``tta`` (flip test-time augmentation, as ``busai predict --tta``) the result is stored
     under ``<split>_tta`` beside the plain one, and its figures are named the same way.
     """
-    results = evaluate_model(run_dir, data_dir, splits_file=splits_file, split_names=[split], n_boot=n_boot, seed=seed,
+    results = evaluate_model(run_dir, data_dir, splits_file=splits_file, split_names=[split], n_boot=n_boot, seed=seed, device=device,
                              figures=figures, tta=tta, command=command)
     (by_key,) = results.values()
     wanted = f"{split}_tta" if tta else split
     return by_key.get(wanted) or next(iter(by_key.values()))
 
 
-def resolve_models(model: str | Path) -> list[tuple[object, Path | None, Path | None]]:
+def resolve_models(model: str | Path, device: str = "cpu") -> list[tuple[object, Path | None, Path | None]]:
     """(loaded model, folder that records its training data or None, its run folder or None) for
     each model ``model`` names: a run folder, ``release`` (both tasks), a release folder or a .onnx file."""
     from busai.export import load_onnx
-    from busai.release import WEIGHTS, load_release, release_dir
+    from busai.release import WEIGHTS, release_dir, resolve_model
 
     text = str(model)
     if text == "release":
-        return [(load_release(task), release_dir(task), None) for task in ("segmentation", "classification")]
+        return [(resolve_model("release", task, device=device), release_dir(task), None) for task in ("segmentation", "classification")]
     path = Path(text).expanduser()
     if path.suffix.lower() == ".onnx":
-        return [(load_onnx(path), None, None)]
+        return [(load_onnx(path, device), None, None)]
     if not path.is_dir():
         raise CheckpointError(f"{model}: not found; pass a run folder, 'release', a release folder or an exported .onnx file")
     if (path / WEIGHTS).is_file() and not (path / "checkpoint_last.pt").exists() and not (path / "history.csv").exists():
-        return [(load_model(path, checkpoint=WEIGHTS), path, None)]
-    return [(load_model(path), path, path)]
+        return [(load_model(path, checkpoint=WEIGHTS, device=device), path, None)]
+    return [(load_model(path, device=device), path, path)]
 
 
 def evaluate_model(
@@ -159,6 +160,7 @@ def evaluate_model(
     figures: bool = True,
     tta: bool = False,
     command: str | None = None,
+    device: str = "cpu",
 ) -> dict[str, dict[str, dict]]:
     """Score ``model`` on ``data`` (see the module docstring); returns {task: {key: result}}.
 
@@ -179,7 +181,7 @@ def evaluate_model(
         if split not in SPLIT_NAMES:
             raise ConfigError(f"split '{split}': unknown; choose train, val or test")
     best_threads()
-    models = resolve_models(model)
+    models = resolve_models(model, device)
     if out is None and any(run is None for _, _, run in models):
         raise ConfigError(f"{model}: is not a run folder, so its scores need a place: pass --out DIR")
     for loaded, _, run_dir in models:  # a read-only destination or a damaged metrics.json fails before any scoring

@@ -51,7 +51,7 @@ class ExportResult:
 class OnnxModule(nn.Module):
     """An ONNX Runtime session behind a module's call: normalised (N, 3, H, W) batch -> logits (fp32, CPU)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, device: str = "cpu"):
         super().__init__()
         require("export")
         import onnxruntime as ort
@@ -60,7 +60,7 @@ class OnnxModule(nn.Module):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = _cores()
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), options, providers=onnx_providers(device))
         except Exception as exc:  # ORT raises its own, unexported exception types for every kind of bad file
             raise CheckpointError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]}); re-export with `busai export`") from None
         self.metadata = self.session.get_modelmeta().custom_metadata_map
@@ -71,16 +71,36 @@ class OnnxModule(nn.Module):
         return torch.from_numpy(self.session.run([OUTPUT], {INPUT: array})[0])
 
 
+def onnx_providers(device: str = "cpu") -> list[str]:
+    """ONNX Runtime execution providers for ``device``: CUDA first (CPU for the operators it lacks)
+    when the GPU is wanted and this onnxruntime build has the CUDA provider, else the CPU alone.
+
+    ``cuda`` asked for explicitly without that provider is an error; ``auto`` falls back to the CPU.
+    """
+    import onnxruntime as ort
+
+    from busai.engine import resolve_device
+
+    if resolve_device(device).type != "cuda":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise ConfigError("--device cuda: this onnxruntime has no CUDA provider; pip install onnxruntime-gpu, or use --device cpu")
+    return ["CPUExecutionProvider"]
+
+
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def load_onnx(path: str | Path) -> LoadedModel:
-    """An exported file as a :class:`LoadedModel` whose module runs in ONNX Runtime."""
+def load_onnx(path: str | Path, device: str = "cpu") -> LoadedModel:
+    """An exported file as a :class:`LoadedModel` whose module runs in ONNX Runtime (on the GPU: see :func:`onnx_providers`)."""
     path = Path(path)
+    onnx_providers(device)  # a bad --device fails before the file is read
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found; pass a .onnx file written by `busai export`")
-    module = OnnxModule(path)
+    module = OnnxModule(path, device)
     try:
         meta = json.loads(module.metadata[METADATA_KEY])
     except (KeyError, json.JSONDecodeError):
@@ -184,7 +204,8 @@ def export_onnx(loaded: LoadedModel, out: str | Path, *, opset: int = OPSET, dyn
     out = output_file(out)
     if out.exists() and not force and not is_export(out):
         raise ConfigError(f"--out {out}: exists and is not a file written by `busai export`; choose another name, or pass --force to replace it")
-    module = loaded.module.float().eval().to(memory_format=torch.contiguous_format)
+    # Exported and checked on the CPU, wherever the model was loaded.
+    module = loaded.module.float().eval().to("cpu", memory_format=torch.contiguous_format)
     size = loaded.image_size
 
     # Written to a temporary file beside ``out`` and renamed at the end: an interrupted export
@@ -224,7 +245,7 @@ def is_export(path: str | Path) -> bool:
     return any(prop.key == METADATA_KEY for prop in model.metadata_props)
 
 
-def to_onnx_backend(loaded: LoadedModel, workdir: str | Path) -> LoadedModel:
+def to_onnx_backend(loaded: LoadedModel, workdir: str | Path, device: str = "cpu") -> LoadedModel:
     """``loaded`` exported into ``workdir`` and reloaded to run in ONNX Runtime (``--backend onnx``)."""
     if isinstance(loaded.module, OnnxModule):
         return loaded
@@ -233,4 +254,4 @@ def to_onnx_backend(loaded: LoadedModel, workdir: str | Path) -> LoadedModel:
         raise CheckpointError(
             f"{loaded.source}: the ONNX graph differs from PyTorch by {result.max_abs_diff:.2g} (> {result.tolerance}); use --backend torch"
         )
-    return load_onnx(result.path)
+    return load_onnx(result.path, device)

@@ -47,7 +47,7 @@ def gradcam_heatmap(loaded: LoadedModel, image_rgb: np.ndarray, class_index: int
     if loaded.task != "classification" or isinstance(loaded.module, OnnxModule):
         raise ConfigError(f"{loaded.source}: Grad-CAM needs a PyTorch classifier (not an ONNX file or a segmenter)")
     module = loaded.module.float().eval()
-    x = preprocess(image_rgb, loaded.image_size, loaded.mean, loaded.std, loaded.grayscale)[None]
+    x = preprocess(image_rgb, loaded.image_size, loaded.mean, loaded.std, loaded.grayscale)[None].to(next(module.parameters()).device)
     targets = None if class_index is None else [ClassifierOutputTarget(class_index)]
     with torch.enable_grad(), GradCAM(model=module, target_layers=[gradcam_layer(module, loaded.spec["name"])]) as cam:
         grayscale = cam(input_tensor=x, targets=targets)[0]

@@ -43,10 +43,13 @@ class Models:
     cls: LoadedModel | None
 
 
-def load_models(seg: ModelSource = "release", cls: ModelSource = "release", *, backend: str = "torch", workdir: str | Path | None = None) -> Models:
+def load_models(
+    seg: ModelSource = "release", cls: ModelSource = "release", *, backend: str = "torch", workdir: str | Path | None = None, device: str = "cpu"
+) -> Models:
     """Resolve each source (``"release"``/None, run folder, .onnx file, a LoadedModel, or ``"none"`` to skip).
 
     ``backend="onnx"`` exports PyTorch models into ``workdir`` and runs them in ONNX Runtime.
+    ``device``: auto, cpu or cuda (see :func:`busai.release.resolve_model`).
     """
     from busai.export import to_onnx_backend
     from busai.release import resolve_model
@@ -58,9 +61,9 @@ def load_models(seg: ModelSource = "release", cls: ModelSource = "release", *, b
         if isinstance(source, str) and source.lower() == "none":
             loaded[task] = None
             continue
-        model = source if isinstance(source, LoadedModel) else resolve_model(source, task)
+        model = source if isinstance(source, LoadedModel) else resolve_model(source, task, device=device)
         if backend == "onnx":
-            model = to_onnx_backend(model, workdir or tempfile.mkdtemp(prefix="busai-onnx-"))
+            model = to_onnx_backend(model, workdir or tempfile.mkdtemp(prefix="busai-onnx-"), device)
         loaded[task] = model
     if loaded["segmentation"] is None and loaded["classification"] is None:
         raise ConfigError("--seg none --cls none: nothing to predict; keep at least one model")
@@ -293,6 +296,7 @@ def predict_paths(
     threshold: float = 0.5,
     progress: bool = True,
     resume: bool = False,
+    device: str = "cpu",
 ) -> list[dict]:
     """Predict every input image into ``out_dir`` and return the rows of predictions.json.
 
@@ -318,7 +322,7 @@ def predict_paths(
     done = {row["image"]: row for row in _check_earlier_batch(out_dir, options, resume)}
     atomic_write_text(out_dir / OPTIONS_FILE, json.dumps(options, indent=2) + "\n")
     with tempfile.TemporaryDirectory(prefix="busai-onnx-") as workdir, _RowLog(out_dir, paths, done) as rows:
-        models = load_models(seg, cls, backend=backend, workdir=workdir)
+        models = load_models(seg, cls, backend=backend, workdir=workdir, device=device)
         used = rows.used_stems()
         for path in _track(rows.todo(), progress):
             row = empty_row(str(path))

@@ -83,7 +83,7 @@ def make_release(run_dir: str | Path, task: str, root: str | Path | None = None)
     return out
 
 
-def load_release(task: str, root: str | Path | None = None) -> LoadedModel:
+def load_release(task: str, root: str | Path | None = None, *, device: str = "cpu") -> LoadedModel:
     """The packaged model for ``task``; a clear error when none has been released yet."""
     folder = release_dir(task, root)
     if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
@@ -91,21 +91,22 @@ def load_release(task: str, root: str | Path | None = None) -> LoadedModel:
             f"{folder}: no released {folder.name} model is packaged yet; train one with `busai train` "
             f"and pass its run folder instead (e.g. {TASK_FLAGS[folder.name]} RUN_DIR)"
         )
-    return load_model(folder, checkpoint=WEIGHTS)
+    return load_model(folder, checkpoint=WEIGHTS, device=device)
 
 
-def resolve_model(source: str | Path | None, task: str) -> LoadedModel:
-    """``None``/``"release"``, a run folder or an exported ``.onnx`` file -> a model for ``task`` (eval mode)."""
+def resolve_model(source: str | Path | None, task: str, *, device: str = "cpu") -> LoadedModel:
+    """``None``/``"release"``, a run folder or an exported ``.onnx`` file -> a model for ``task`` (eval
+    mode) on ``device`` (``auto``, ``cpu`` or ``cuda``; an ONNX file runs with ONNX Runtime's CUDA provider there)."""
     from busai.models.registry import resolve_task
 
     task = resolve_task(task)
     if source is None or str(source) == "release":
-        return load_release(task)
+        return load_release(task, device=device)
     path = Path(source).expanduser()
     if path.suffix.lower() == ".onnx" or path.is_dir():
         from busai.api import load_path
 
-        loaded = load_path(path)[0]  # also a folder from Model.save or `busai release`
+        loaded = load_path(path, device=device)[0]  # also a folder from Model.save or `busai release`
     else:
         raise CheckpointError(f"{source}: not found; pass a run folder, an exported .onnx file or 'release' to {TASK_FLAGS[task]}")
     if loaded.task != task:

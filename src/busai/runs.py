@@ -114,12 +114,15 @@ def load_weights_into(module: nn.Module, path: Path) -> None:
         )
 
 
-def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT) -> LoadedModel:
-    """Rebuild the architecture from a run folder's config and load its best weights (eval mode)."""
+def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT, device: str = "cpu") -> LoadedModel:
+    """Rebuild the architecture from a run folder's config and load its best weights (eval mode) onto
+    ``device`` (``auto``: the GPU when one is visible; ``cuda`` without one is a ConfigError)."""
     from busai.calibration import read_temperature
+    from busai.engine import resolve_device
     from busai.models.registry import build
 
     source = Path(source)
+    target = resolve_device(device)  # a bad --device fails before anything is read
     config = read_run_config(source)
     spec = config.get("model_spec")
     pre = config.get("preprocessing")
@@ -130,7 +133,7 @@ def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT) -> Load
         raise CheckpointError(f"{weights_path}: missing; the run has not finished an epoch yet (resume it with `busai train --resume {source}`)")
     built = build(spec["task"], spec["name"], encoder=spec.get("encoder"), weights="none", num_classes=spec.get("num_classes", 3), image_size=pre["image_size"])
     load_weights_into(built.module, weights_path)
-    built.module.eval()
+    built.module.eval().to(target)
     return LoadedModel(
         module=built.module, task=spec["task"], spec=spec, image_size=int(pre["image_size"]),
         mean=tuple(pre["mean"]), std=tuple(pre["std"]), config=config, source=str(source), grayscale=pre.get("color") == "gray",
@@ -142,12 +145,13 @@ ALL_CORES_ENV = "BUSAI_ALL_CORES"  # "1": raise torch's thread count to every co
 
 
 def best_threads() -> None:
-    """Use every core for intra-op work (torch's default can undercount in containers) when the
-    process asked for it with ``BUSAI_ALL_CORES=1``, as the ``busai`` command does; a library
-    call otherwise leaves the caller's thread count alone."""
+    """Use every core for intra-op work (torch's default can undercount in containers; shared among
+    the processes torchrun starts on this machine) when the process asked for it with
+    ``BUSAI_ALL_CORES=1``, as the ``busai`` command does; a library call otherwise leaves the
+    caller's thread count alone."""
     import os
 
     if os.environ.get(ALL_CORES_ENV) != "1":
         return
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, n))
+    torch.set_num_threads(max(1, n // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))

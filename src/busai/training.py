@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+from torch.utils.data import RandomSampler, WeightedRandomSampler
 
-from busai import guards
+from busai import distributed, guards
 from busai.config import TrainConfig
 from busai.engine import LAST_CHECKPOINT, FitResult, fit, load_checkpoint, resolve_precision, runs_fused, seed_everything
 from busai.errors import CheckpointError, ConfigError
@@ -56,8 +56,9 @@ def _loaders(cfg: TrainConfig, image_size: int, mean, std):
         sampler = WeightedRandomSampler(base, num_samples=len(train_ds), replacement=True, generator=generator)
     else:
         sampler = RandomSampler(train_ds, generator=generator)
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=len(train_ds) > cfg.batch_size)
-    val_loader = DataLoader(val_ds, batch_size=max(cfg.batch_size, 16), shuffle=False, num_workers=cfg.num_workers)
+    from busai.data.loading import train_val_loaders
+
+    train_loader, val_loader = train_val_loaders(train_ds, val_ds, sampler, cfg.batch_size, num_workers=cfg.num_workers, device=cfg.device)
     datasets = {
         s.name: {
             "path": str(s.path),
@@ -92,8 +93,10 @@ def train(
     """Train ``cfg`` into a new ``run_dir``; a folder that already holds a trained run is refused, never
     overwritten. A run stopped before its first epoch finished (nothing to resume) is started again in place."""
     run_dir = Path(run_dir)
-    guards.check_new_run_folder(run_dir)
-    output_dir(run_dir, create=False)
+    distributed.init_from_env(cfg.device)  # under torchrun rank 0 alone checks and writes the run folder
+    if distributed.is_main():
+        guards.check_new_run_folder(run_dir)
+        output_dir(run_dir, create=False)
     return _train(cfg, run_dir, resume=False, quiet=quiet, on_epoch=on_epoch, command=command)
 
 
@@ -117,6 +120,7 @@ def resume(
     budget = {key: value for key, value in (("epochs", epochs), ("max_minutes", max_minutes), ("patience", patience)) if value is not None}
     # Re-validated with the new budget: a bad value fails here, before the config is rewritten.
     cfg = TrainConfig.from_dict({**stored.get("train", {}), **budget}, source=str(run_dir / CONFIG))
+    distributed.init_from_env(cfg.device)
     output_dir(run_dir)
     commands = [*stored.get("resume_commands", []), *([command] if command is not None else [])]
     if not guards.has_trained(run_dir):
@@ -129,7 +133,8 @@ def resume(
         stored["train"] = cfg.to_dict()
         if command is not None:
             stored["resume_commands"] = commands
-        write_json(run_dir / CONFIG, stored)
+        if distributed.is_main():
+            write_json(run_dir / CONFIG, stored)
 
     return _train(cfg, run_dir, resume=True, quiet=quiet, on_epoch=None, command=None, on_ready=record)
 
@@ -200,7 +205,7 @@ def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epo
 
     if resume and on_ready is not None:
         on_ready()
-    if not resume:
+    if not resume and distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         guards.clear_unfinished_run(run_dir)
         precision = resolve_precision(cfg)

@@ -24,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (default 1000)")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the sample and confusion-matrix figures")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation, as `busai predict --tta`; stored as <key>_tta")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (default): the GPU when one is visible, else the CPU")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(handler=run)
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     results = evaluate_model(
         args.model, args.data, splits_file=args.splits, split_names=args.split, all_images=args.all_images, out=args.out,
-        n_boot=args.n_boot, figures=args.figures, tta=args.tta, command=command_line(args),
+        n_boot=args.n_boot, figures=args.figures, tta=args.tta, command=command_line(args), device=args.device,
     )
     if args.json:
         flat = {f"{task}:{key}" if len(results) > 1 else key: r for task, by_key in results.items() for key, r in by_key.items()}

@@ -18,6 +18,11 @@ def register(sub) -> None:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 17 to the newest torch writes)")
     p.add_argument("--fixed-size", action="store_true", help="fix height and width at the model's size (batch stays dynamic)")
     p.add_argument("--force", action="store_true", help="replace --out even if it is not an earlier busai export")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="int8: static INT8 quantization in ONNX Runtime (QDQ), calibrated on training images only; for CPU inference")
+    p.add_argument("--calib-data", metavar="DIR", help="--quantize: dataset folder to calibrate on (default: the one the run trained on)")
+    p.add_argument("--calib-splits", metavar="FILE", help="--quantize: split file whose train split is used (default: the run's own)")
+    p.add_argument("--calib-images", type=int, default=64, metavar="N", help="--quantize: training images to calibrate on (default 64)")
     p.add_argument("--json", action="store_true", help="print the export result as JSON")
     p.set_defaults(handler=run)
 
@@ -31,6 +36,12 @@ def run(args: argparse.Namespace) -> int:
         loaded = resolve_model("release", args.model)
     else:
         loaded = load_model(args.model)
+    if args.quantize:
+        return _quantize(loaded, args)
+    elif args.calib_data or args.calib_splits:
+        from busai.errors import ConfigError
+
+        raise ConfigError("--calib-data / --calib-splits only apply with --quantize int8")
     result = export_onnx(loaded, args.out, opset=args.opset or OPSET, dynamic_size=not args.fixed_size, force=args.force)
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -39,4 +50,22 @@ def run(args: argparse.Namespace) -> int:
         verdict = "ok" if result.ok else f"FAILED (tolerance {result.tolerance:g})"
         print(f"{result.path}: {result.task}, opset {result.opset}, dynamic axes: {axes}")
         print(f"parity vs PyTorch fp32: max |difference| = {result.max_abs_diff:.3g} {verdict}")
+    return 0 if result.ok else 1
+
+
+def _quantize(loaded, args: argparse.Namespace) -> int:
+    from busai.models.weights import file_sha256
+    from busai.quantize import calibration_records, calibration_source, quantize_int8
+
+    data_dir, splits_file = calibration_source(loaded, args.calib_data, args.calib_splits)
+    calibration, parity = calibration_records(data_dir, splits_file, count=args.calib_images)
+    provenance = {"calibration_split": "train", "calibration_splits_sha256": file_sha256(splits_file)}
+    result = quantize_int8(loaded, args.out, calibration, parity, dynamic_size=not args.fixed_size, provenance=provenance)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        verdict = "ok" if result.ok else f"FAILED (tolerance {result.tolerance:g})"
+        print(f"{result.path}: {result.task}, int8 (QDQ), calibrated on {result.calibration_images} training images of {splits_file}")
+        print(f"vs PyTorch fp32 on {result.parity_images} other training images: mean |probability difference| = "
+              f"{result.mean_abs_probability_diff:.3g} {verdict}")
     return 0 if result.ok else 1

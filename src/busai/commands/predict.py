@@ -21,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("--cls", default="release", metavar="MODEL", help="classification model: release (default), a run folder, an exported .onnx file, or none")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="onnx exports the models and runs them in ONNX Runtime")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (default): the GPU when one is visible, else the CPU")
     p.add_argument("--pixel-spacing", type=float, nargs="+", metavar="MM", help="pixel size in mm (one value, or row and column) for mm / mm2 measurements")
     p.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold for the mask (default 0.5)")
     p.add_argument("--resume", action="store_true", help="OUT holds an earlier (e.g. interrupted) batch: keep its rows and predict only "
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     spacing = args.pixel_spacing[0] if args.pixel_spacing and len(args.pixel_spacing) == 1 else args.pixel_spacing
     rows = predict_paths(
         args.inputs, args.out, seg=args.seg, cls=args.cls, backend=args.backend, tta=args.tta,
-        pixel_spacing=spacing, threshold=args.threshold, progress=not (args.quiet or args.json), resume=args.resume,
+        pixel_spacing=spacing, threshold=args.threshold, progress=not (args.quiet or args.json), resume=args.resume, device=args.device,
     )
     failed = [row for row in rows if row.get("error")]
     for row in failed:

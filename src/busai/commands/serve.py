@@ -21,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("--seg", default="release", metavar="MODEL", help="segmentation model: release (default), a run folder, an .onnx file, or none")
     p.add_argument("--cls", default="release", metavar="MODEL", help="classification model: release (default), a run folder, an .onnx file, or none")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="onnx runs the models in ONNX Runtime (no Grad-CAM)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (default): the GPU when one is visible, else the CPU")
     p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, help=f"largest accepted upload in MB (default {MAX_UPLOAD_MB:g})")
     p.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS,
                    help=f"largest accepted image, width x height in millions of pixels, read from its header before decoding (default {MAX_MEGAPIXELS:g})")
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     app = create_app(
         args.seg, args.cls, backend=args.backend, max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels,
-        max_queue=args.max_queue, allow_hosts=[args.host, *args.allow_host], openapi=args.openapi,
+        max_queue=args.max_queue, allow_hosts=[args.host, *args.allow_host], openapi=args.openapi, device=args.device,
     )
     if args.host not in LOOPBACK:
         print(f"warning: --host {args.host} makes the page reachable from other computers; uploads are not authenticated. "

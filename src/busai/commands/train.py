@@ -45,6 +45,13 @@ def register(sub) -> None:
     p.add_argument("--folds", dest="all_folds", type=int, default=None, metavar="K",
                    help="train every one of the split file's K cross-validation folds into OUT/fold-<i> and summarise them "
                    "(mean and sd of the validation scores) in OUT/folds.json; re-run to resume")
+    p.add_argument("--log", choices=["none", "tensorboard", "mlflow"], default=None,
+                   help="also log per-epoch losses, metrics and learning rate to TensorBoard (RUN_DIR/tensorboard) or MLflow "
+                   "(MLFLOW_TRACKING_URI, else RUN_DIR/mlflow.db); needs the busai[tensorboard] / busai[mlflow] extra")
+    p.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="train on N GPUs of this machine with DistributedDataParallel (launches torchrun); --batch-size is per GPU. "
+                   "For CPU processes or several machines, run `torchrun --nproc_per_node N -m busai train ...` yourself")
+    p.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=None, help="with --gpus / torchrun on GPUs: BatchNorm statistics over the global batch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the fit summary as JSON")
     p.set_defaults(handler=run)
@@ -54,7 +61,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
     if args.task:
         base["task"] = args.task
-    for key in [*_FLAGS, "betas", "weighted_sampler", "hard_examples", "lesion_paste", "augment", "color"]:
+    for key in [*_FLAGS, "betas", "weighted_sampler", "hard_examples", "lesion_paste", "augment", "color", "log", "sync_bn"]:
         value = getattr(args, key)
         if value is not None:
             base[key] = value
@@ -114,10 +121,13 @@ def _parse_weights(values: list[str]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from busai import training
+    from busai import distributed, training
     from busai.commands import command_line
     from busai.errors import ConfigError
 
+    if args.gpus is not None:
+        return launch_torchrun(args)
+    distributed.init_from_env(args.device or "auto")  # under torchrun: join the group before any rank looks at the run folder
     if args.resume:
         _refuse_options_on_resume(args)
         result = training.resume(
@@ -137,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         result = training.train(config_from_args(args), args.out, quiet=args.quiet, command=command_line(args))
         run_dir = args.out
+    if not distributed.is_main():
+        return 0  # rank 0 reports
     summary = {"run_dir": str(run_dir), **result.to_dict()}
     if args.json:
         print(json.dumps(summary))
@@ -144,3 +156,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"{run_dir}: best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f}), "
               f"{result.epochs_run} epochs, stopped by {result.stop_reason}, {result.seconds:.0f} s")
     return 0
+
+
+def launch_torchrun(args: argparse.Namespace) -> int:
+    """``busai train --gpus N ...`` as ``torchrun --standalone --nproc_per_node N -m busai train ...``."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from busai.errors import ConfigError
+
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if args.gpus < 1 or args.gpus > available:
+        raise ConfigError(f"--gpus {args.gpus}: {available} CUDA GPU(s) visible; pass 1 to {available}"
+                          if available else f"--gpus {args.gpus}: no CUDA GPU is visible; for CPU processes run `torchrun --nproc_per_node {args.gpus} -m busai train ...`")
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    forwarded, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--gpus":
+            skip = True
+        elif not item.startswith("--gpus="):
+            forwarded.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.gpus), "-m", "busai", *forwarded]
+    return subprocess.run(command, check=False).returncode

@@ -180,7 +180,6 @@ class BusDataset(Dataset):
         # seed None: drawn from torch's global RNG, so torch.manual_seed(...) makes augmentation reproducible.
         self._seed = int(torch.randint(2**31 - 1, ())) if seed is None else int(seed)
         self.augment = build_augmentations(augment, self._seed)
-        self._worker_seeded: int | None = None
         self.mean, self.std = tuple(mean), tuple(std)
         self.lesion_paste = float(lesion_paste)
         self.grayscale = bool(grayscale)
@@ -194,17 +193,22 @@ class BusDataset(Dataset):
     def labels(self) -> list[int]:
         return [r.label_index for r in self.records]
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        """Item ``index``; ``(index, epoch_seed)`` (what :class:`busai.data.loading.EpochSeeded` draws)
+        also names the epoch, which persistent DataLoader workers cannot learn from :meth:`set_epoch_seed`."""
+        index, epoch_seed = index if isinstance(index, tuple) else (index, self._epoch_seed)
         record = self.records[index]
         image, mask = self.cache.get(record, self.image_size)
         if self.lesion_paste > 0 and self._donors:
             # Seeded by (seed, epoch, item) alone, so workers and resumed runs paste the same lesions.
-            rng = np.random.default_rng([self._seed, self._epoch_seed, index])
+            rng = np.random.default_rng([self._seed, epoch_seed, index])
             if rng.random() < self.lesion_paste:
                 donor = self.records[self._donors[int(rng.integers(len(self._donors)))]]
                 image, mask = paste_lesion(image, mask, *self.cache.get(donor, self.image_size), rng, fade=float(rng.random()))
         if self.augment is not None:
-            self._reseed_in_worker()
+            # Seeded by (seed, epoch, item) too, not by a stream shared across items: which worker
+            # draws an item, and in which order, then changes nothing.
+            self.augment.set_random_seed(int(np.random.SeedSequence([self._seed, epoch_seed, index]).generate_state(1)[0]))
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         if self.grayscale:  # after augmentation, so colour jitter cannot tint the model's input
@@ -218,23 +222,8 @@ class BusDataset(Dataset):
 
     def set_epoch_seed(self, seed: int) -> None:
         """Called by the engine before each epoch so augmentation and lesion pastes depend on (seed,
-        epoch) only, which makes a resumed run draw the same ones as an uninterrupted run."""
+        epoch, item) only, which makes a resumed run draw the same ones as an uninterrupted run."""
         self._epoch_seed = int(seed)
-        if self.augment is not None:
-            self.augment.set_random_seed((self._seed + seed) % 2**32)
-            self._worker_seeded = None
-
-    def _reseed_in_worker(self) -> None:
-        """Give each DataLoader worker its own augmentation stream.
-
-        Forked workers inherit one copy of Compose's RNG and albumentations 2.0 does not reseed it,
-        so every worker would replay the same flips; torch's per-worker seed differs per worker and
-        epoch and follows the loader's generator.
-        """
-        info = torch.utils.data.get_worker_info()
-        if info is not None and self._worker_seeded != info.seed:
-            self.augment.set_random_seed((self._seed + info.seed) % 2**32)
-            self._worker_seeded = info.seed
 
 
 def class_balance_weights(labels: Sequence[int]) -> torch.Tensor:

@@ -56,6 +56,7 @@ def create_app(
     max_queue: int = MAX_QUEUE,
     allow_hosts: tuple[str, ...] | list[str] = (),
     openapi: bool = False,
+    device: str = "cpu",
 ) -> FastAPI:
     """The app with its models loaded now, so a missing model or a bad limit fails before the server starts.
 
@@ -71,7 +72,7 @@ def create_app(
     max_pixels = int(min(max_megapixels * 1e6, 2**62))
     workdir = tempfile.TemporaryDirectory(prefix="busai-serve-")
     try:
-        models = load_models(seg, cls, backend=backend, workdir=workdir.name)
+        models = load_models(seg, cls, backend=backend, workdir=workdir.name, device=device)
     except BaseException:
         workdir.cleanup()
         raise
