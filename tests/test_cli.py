@@ -33,3 +33,22 @@ def test_help_renders(path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: busai")
     assert "%" not in out.replace("95%", "")  # an unformatted placeholder would leak through
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+
+    from busai.cli import build_parser
+
+    missing = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "busai")
+    assert missing == []

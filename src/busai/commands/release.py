@@ -12,7 +12,7 @@ def register(sub) -> None:
         "(segmentation) or macro-F1 (classification) and write it, as fp16, into busai/release/<task>/.",
     )
     p.add_argument("run_dirs", nargs="+", help="evaluated run folders of one task")
-    p.add_argument("--task", required=True, choices=["seg", "cls"])
+    p.add_argument("--task", required=True, choices=["seg", "cls"], help="which packaged model the best run replaces: seg or cls")
     p.add_argument("--dest", help="release root (default: inside the installed package)")
     p.set_defaults(handler=run)
 
