@@ -107,7 +107,7 @@ def find_scan_region(image_rgb: np.ndarray) -> ScanRegion:
         if sizes[i] < thin * thin:
             break
         gap = _gap_between(boxes[i], box, thin * cell)
-        if gap is not None and scan_like[gap].mean() > 0.5:
+        if gap is not None and scan_like[gap].size and scan_like[gap].mean() > 0.5:
             box = [min(box[0], boxes[i][0]), min(box[1], boxes[i][1]), max(box[2], boxes[i][2]), max(box[3], boxes[i][3])]
     box = [box[0], box[1], min(box[2], width), min(box[3], height)]
     x0, y0, x1, y1 = _grow_over_dark_edges(tissue, scan_like, box)
