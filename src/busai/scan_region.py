@@ -110,7 +110,7 @@ def find_scan_region(image_rgb: np.ndarray) -> ScanRegion:
         if gap is not None and scan_like[gap].size and scan_like[gap].mean() > 0.5:
             box = [min(box[0], boxes[i][0]), min(box[1], boxes[i][1]), max(box[2], boxes[i][2]), max(box[3], boxes[i][3])]
     box = [box[0], box[1], min(box[2], width), min(box[3], height)]
-    x0, y0, x1, y1 = _grow_over_dark_edges(tissue, scan_like, box)
+    x0, y0, x1, y1 = _trim_background_edges(image_rgb, _grow_over_dark_edges(tissue, scan_like, box))
     if (x1 - x0) * (y1 - y0) >= WHOLE_IMAGE_SHARE * height * width:
         return whole_image(image_rgb.shape)
     return ScanRegion(x0, y0, x1, y1, True)
@@ -143,6 +143,28 @@ def _gap_between(part, box, margin: int):
         if right - left <= bx1 - bx0:
             return np.s_[max(y0, by0):min(y1, by1), left:right]
     return None
+
+
+def _trim_background_edges(image_rgb: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Move each side of ``box`` inwards past lines that are the screen's background colour
+    (the texture windows above blur the scan's edge a few pixels outwards)."""
+    rgb = np.asarray(image_rgb, dtype=np.int16)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    background = (np.abs(rgb - np.median(border, axis=0)) <= 2).all(axis=2)
+    x0, y0, x1, y1 = box
+
+    def flat(line: np.ndarray) -> bool:
+        return bool(line.mean() >= 0.9)
+
+    while y1 - y0 > 1 and flat(background[y1 - 1, x0:x1]):
+        y1 -= 1
+    while y1 - y0 > 1 and flat(background[y0, x0:x1]):
+        y0 += 1
+    while x1 - x0 > 1 and flat(background[y0:y1, x1 - 1]):
+        x1 -= 1
+    while x1 - x0 > 1 and flat(background[y0:y1, x0]):
+        x0 += 1
+    return x0, y0, x1, y1
 
 
 def _grow_over_dark_edges(tissue: np.ndarray, scan_like: np.ndarray, box: list[int]) -> tuple[int, int, int, int]:
