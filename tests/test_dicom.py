@@ -191,3 +191,25 @@ def test_dicom_seg_round_trip(tmp_path):
     cine = read_dataset(write_dicom(tmp_path / "cine.dcm", np.stack([ellipse_scan()] * 2)))
     with pytest.raises(DataError, match="a multi-frame \\(cine\\) file; a DICOM SEG is written for single-frame scans only"):
         write_dicom_seg(cine, mask, tmp_path / "cine_seg.dcm")
+
+
+def test_jpeg_compressed_dicom(tmp_path):
+    """JPEG baseline pixel data, as many scanners store it, decoded by an installed handler (pylibjpeg or Pillow)."""
+    import io
+
+    from PIL import Image
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    grey = speckle_scan(seed=2)
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, format="JPEG", quality=95)
+    path = write_dicom(tmp_path / "jpeg.dcm", grey)
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([buffer.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    decoded = next(read_frames(path)).image[..., 0].astype(int)
+    assert np.abs(decoded - grey).mean() < 3

@@ -42,14 +42,14 @@ def run(args: argparse.Namespace) -> int:
 
     spacing = args.pixel_spacing[0] if args.pixel_spacing and len(args.pixel_spacing) == 1 else args.pixel_spacing
     _, skipped = list_inputs(args.inputs)
-    for path, why in skipped:
-        print(f"warning: left out {path}: {why}", file=sys.stderr)
     rows = predict_paths(
         args.inputs, args.out, seg=args.seg, cls=args.cls, backend=args.backend, tta=args.tta,
         pixel_spacing=spacing, threshold=args.threshold, progress=not (args.quiet or args.json),
         frame=args.frame, scan_region=args.scan_region, gate=args.gate,
         save_probabilities=args.save_probabilities, dicom_seg=args.dicom_seg,
     )
+    for path, why in skipped:  # after the run: a bad option is still the only line printed
+        print(f"warning: left out {path}: {why}", file=sys.stderr)
     failed = [row for row in rows if row["error"]]
     for row in failed:
         print(f"warning: skipped {row['error']}", file=sys.stderr)

@@ -25,7 +25,10 @@ from busai.predict import COLUMNS, Models, ModelSource, draw_overlay, label_capt
 
 NOTICE = "Research software, not a medical device: not for diagnosis or treatment decisions."
 STATIC = Path(__file__).with_name("static")
-IMAGE_TYPES = {"image/png": ".png", "image/jpeg": ".jpg", "image/bmp": ".bmp", "image/x-ms-bmp": ".bmp", "image/tiff": ".tiff"}
+IMAGE_TYPES = {"image/png": ".png", "image/jpeg": ".jpg", "image/bmp": ".bmp", "image/x-ms-bmp": ".bmp", "image/tiff": ".tiff",
+               "application/dicom": ".dcm"}
+# Browsers send a .dcm file as application/octet-stream: accepted when its content is DICOM.
+OCTET_STREAM = "application/octet-stream"
 MAX_PIXELS = 40_000_000  # far above any ultrasound frame; bounds the memory one request can take
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -84,18 +87,20 @@ def create_app(
         file: UploadFile = File(..., description="one ultrasound image (PNG, JPEG, BMP or TIFF)"),
         gradcam: bool = Query(False, description="add the classifier's Grad-CAM heat-map"),
         tta: bool = Query(False, description="average with the horizontally flipped image"),
-        pixel_spacing: float | None = Query(None, gt=0, description="pixel size in mm, for mm / mm2 measurements"),
+        pixel_spacing: float | None = Query(None, gt=0, description="pixel size in mm, for mm / mm2 measurements (a DICOM file's own wins)"),
+        frame: int = Query(1, ge=1, description="the frame of a multi-frame DICOM file, from 1"),
     ) -> dict:
-        image = _read_upload(file, max_bytes)
+        image, shape = _read_upload(file, max_bytes, frame)
         with lock:
-            row, mask = predict_array(models, image, tta=tta, pixel_spacing=pixel_spacing)
+            row, mask = predict_array(models, image, tta=tta, pixel_spacing=pixel_spacing, geometry=shape)
             ends = row.pop("diameter_endpoints", None)
+            across = row.pop("perpendicular_endpoints", None)
             shown = mask if mask is not None else np.zeros(image.shape[:2], dtype=np.uint8)
             # The keys of a predictions.json row; mask and overlay are PNG data URLs instead of file names.
             result = {key: None for key in COLUMNS if key != "error"} | {"image": file.filename} | row
             result["notice"] = NOTICE
             result["mask"] = png_data_url(mask * 255) if mask is not None else None
-            result["overlay"] = png_data_url(draw_overlay(image, shown, ends, label_caption(row)))
+            result["overlay"] = png_data_url(draw_overlay(image, shown, ends, label_caption(row), across))
             result["gradcam"] = None
             if gradcam:
                 if not _gradcam_available(models):
@@ -108,14 +113,20 @@ def create_app(
     return app
 
 
-def _read_upload(file: UploadFile, max_bytes: int) -> np.ndarray:
-    """Check and decode an upload (inside a temporary folder, removed on return) as uint8 RGB."""
+def _read_upload(file: UploadFile, max_bytes: int, frame: int = 1):
+    """Check and decode an upload (inside a temporary folder, removed on return): (uint8 RGB, DICOM geometry or None)."""
     from busai.data.discover import read_image
 
     content_type = (file.content_type or "").split(";")[0].strip().lower()
-    if content_type not in IMAGE_TYPES:
-        raise HTTPException(415, f"{file.filename}: type '{content_type or 'unknown'}' is not accepted; upload a PNG, JPEG, BMP or TIFF image")
+    if content_type not in IMAGE_TYPES and content_type != OCTET_STREAM:
+        raise HTTPException(415, f"{file.filename}: type '{content_type or 'unknown'}' is not accepted; upload a PNG, JPEG, BMP or TIFF image or a DICOM file")
     data = file.file.read(max_bytes + 1)
+    if content_type == OCTET_STREAM or content_type == "application/dicom":
+        if data[128:132] != b"DICM":
+            raise HTTPException(415, f"{file.filename}: not a DICOM file (no DICM marker); upload a PNG, JPEG, BMP or TIFF image or a DICOM file")
+        if len(data) > max_bytes:
+            raise HTTPException(413, f"{file.filename}: {_too_large(max_bytes)}")
+        return _read_dicom_upload(file.filename, data, frame)
     if len(data) > max_bytes:
         raise HTTPException(413, f"{file.filename}: {_too_large(max_bytes)}")
     if not data:
@@ -131,9 +142,28 @@ def _read_upload(file: UploadFile, max_bytes: int) -> np.ndarray:
         if pixels > MAX_PIXELS:
             raise HTTPException(413, f"{file.filename}: {pixels / 1e6:.0f} megapixels is over the {MAX_PIXELS / 1e6:.0f} megapixel limit; upload a smaller image")
         try:
-            return read_image(path, mode="RGB")
+            return read_image(path, mode="RGB"), None
         except BusaiError:
             raise HTTPException(400, f"{file.filename}: cannot be decoded as an image; upload a PNG, JPEG, BMP or TIFF scan") from None
+
+
+def _read_dicom_upload(filename: str | None, data: bytes, frame: int):
+    """One frame of an uploaded DICOM file and its geometry; the file's pixel count is checked
+    from its header before any pixel is decoded."""
+    from busai.io.dicom import geometry, read_dataset, read_frames
+
+    with tempfile.TemporaryDirectory(prefix="busai-upload-") as tmp:
+        path = Path(tmp) / "upload.dcm"  # never the client's file name
+        path.write_bytes(data)
+        try:
+            ds = read_dataset(path)
+            pixels = int(getattr(ds, "Rows", 0) or 0) * int(getattr(ds, "Columns", 0) or 0)
+            if pixels > MAX_PIXELS:
+                raise HTTPException(413, f"{filename}: {pixels / 1e6:.0f} megapixels is over the {MAX_PIXELS / 1e6:.0f} megapixel limit; upload a smaller image")
+            image = next(read_frames(path, frame, ds=ds)).image
+        except BusaiError as exc:
+            raise HTTPException(400, f"{filename}: {str(exc).split(': ', 1)[-1]}") from None
+        return image, geometry(ds)
 
 
 def _too_large(max_bytes: int) -> str:
