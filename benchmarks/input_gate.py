@@ -32,7 +32,7 @@ def gate(image: np.ndarray) -> tuple[str, dict | None]:
     """What predict does: find the scan region, check the crop; and the crop's statistics."""
     crop = find_scan_region(image).crop(image)
     numbers = input_check.image_statistics(crop) if min(crop.shape[:2]) >= input_check.MIN_SIDE else None
-    return input_check.check_input(crop), numbers
+    return input_check.check_input(crop, numbers), numbers
 
 
 def scan_images(paths: list[Path], root: Path) -> dict:

@@ -70,14 +70,15 @@ def image_statistics(image_rgb: np.ndarray) -> dict:
     }
 
 
-def check_input(image_rgb: np.ndarray) -> str:
-    """``"ok"`` or one line saying why a uint8 (H, W, 3) image is not a B-mode ultrasound scan."""
+def check_input(image_rgb: np.ndarray, stats: dict | None = None) -> str:
+    """``"ok"`` or one line saying why a uint8 (H, W, 3) image is not a B-mode ultrasound scan
+    (``stats``: its :func:`image_statistics`, when already computed)."""
     height, width = image_rgb.shape[:2]
     if min(height, width) < MIN_SIDE:
         return f"tiny: {width}x{height} pixels; a scan is at least {MIN_SIDE} pixels a side"
     if max(height, width) / min(height, width) > MAX_ASPECT:
         return f"not a scan's shape: {width}x{height} pixels is a strip (over {MAX_ASPECT:g}:1)"
-    stats = image_statistics(image_rgb)
+    stats = stats or image_statistics(image_rgb)
     if stats["std"] < MIN_STD:
         return "blank: the image is one flat colour"
     if stats["colour_share"] > MAX_COLOUR_SHARE:
