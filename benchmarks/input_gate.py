@@ -35,16 +35,21 @@ def gate(image: np.ndarray) -> tuple[str, dict | None]:
     return input_check.check_input(crop, numbers), numbers
 
 
-def scan_images(paths: list[Path], root: Path) -> dict:
+def gate_file(path: Path) -> tuple[str, dict | None]:
+    return gate(read_image(path))
+
+
+def scan_images(paths: list[Path], root: Path, workers: int) -> dict:
+    from multiprocessing import Pool
+
     flagged, stats = [], []
-    for i, path in enumerate(paths):
-        result, numbers = gate(read_image(path))
+    with Pool(workers) as pool:
+        results = pool.map(gate_file, paths, chunksize=8)
+    for i, (path, (result, numbers)) in enumerate(zip(paths, results)):
         if numbers:
             stats.append(numbers)
         if result != input_check.OK:
             flagged.append({"image": path.relative_to(root).as_posix(), "reason": result})
-        if (i + 1) % 100 == 0:
-            print(f"{root.name}: {i + 1}/{len(paths)}", file=sys.stderr)
     keys = ("std", "colour_share", "tissue_share", "bright_share")
     ranges = {k: {q: round(float(np.quantile([s[k] for s in stats], p)), 4) for q, p in (("min", 0), ("p01", 0.01), ("median", 0.5), ("p99", 0.99), ("max", 1))}
               for k in keys}
@@ -57,6 +62,7 @@ def main() -> None:
     parser.add_argument("--busi", type=Path, required=True, help="BUSI folder (benign/, malignant/, normal/)")
     parser.add_argument("--bus-uclm", type=Path, required=True, help="BUS-UCLM folder (images/)")
     parser.add_argument("--out", type=Path, default=Path("results/input_gate.json"))
+    parser.add_argument("--workers", type=int, default=2, help="processes (the result does not depend on it)")
     args = parser.parse_args()
 
     busi = sorted(p for p in args.busi.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not MASK_RE.match(p.stem))
@@ -68,8 +74,8 @@ def main() -> None:
     write_json(args.out, {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "thresholds": THRESHOLDS,
-        "busi": scan_images(busi, args.busi),
-        "bus_uclm": scan_images(uclm, args.bus_uclm),
+        "busi": scan_images(busi, args.busi, args.workers),
+        "bus_uclm": scan_images(uclm, args.bus_uclm, args.workers),
         "drawn_non_ultrasound": {name: {"flagged": sum(r != input_check.OK for r in results), "of": len(results), "reasons": sorted(set(results))}
                                  for name, results in drawn.items()},
     })

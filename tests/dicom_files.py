@@ -1,12 +1,17 @@
-"""DICOM files built with pydicom for the tests: an ultrasound frame with its region sequence, a
-cine, an extensionless export, MONOCHROME1, YBR, 16-bit and compressed variants. The patient
-attributes are invented and must never reach busai's tables."""
+"""Helpers for the clinical-input tests. DICOM files built with pydicom: an ultrasound frame with
+its region sequence, a cine, an extensionless export, MONOCHROME1, YBR, 16-bit and compressed
+variants (the patient attributes are invented and must never reach busai's tables); a drawn
+lesion of known size and a stand-in segmenter whose answer is known."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from busai.predict import Models
+from busai.runs import LoadedModel
 
 PATIENT_NAME, PATIENT_ID = "Testpatient^Secret", "PID-31415"
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -86,3 +91,28 @@ def write_dicom(path, pixels: np.ndarray, *, photometric=None, regions=(), pixel
         ds.compress(compress)
     ds.save_as(path, enforce_file_format=True)
     return Path(path)
+
+
+class DarkIsLesion(torch.nn.Module):
+    """A 'segmenter' whose answer is known: lesion wherever the scan is dark (grey < 60)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # inference code reads the device from a parameter
+
+    def forward(self, x):
+        return (60 / 255 - x[:, :1]) * 500
+
+
+def dark_is_lesion(size=320) -> Models:
+    loaded = LoadedModel(DarkIsLesion().eval(), "segmentation", {"name": "stub"}, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), {}, "stub")
+    return Models(seg=loaded, cls=None)
+
+
+def ellipse_scan(height=240, width=320, centre=(120, 100), radii=(20, 50), seed=0) -> np.ndarray:
+    """Grey speckled tissue (never darker than 60) with a black ellipse of known size."""
+    rng = np.random.default_rng(seed)
+    image = np.clip(125 + rng.normal(0, 15, (height, width)), 70, 255)
+    yy, xx = np.mgrid[:height, :width]
+    image[((yy - centre[0]) / radii[0]) ** 2 + ((xx - centre[1]) / radii[1]) ** 2 <= 1] = 10
+    return image.astype(np.uint8)

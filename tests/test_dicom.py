@@ -6,41 +6,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from dicom_files import PATIENT_ID, PATIENT_NAME, region, speckle_scan, write_dicom
+from dicom_files import PATIENT_ID, PATIENT_NAME, dark_is_lesion, ellipse_scan, region, speckle_scan, write_dicom
 
 pytest.importorskip("pydicom")
 
 from busai.errors import DataError  # noqa: E402
 from busai.io.dicom import geometry, is_dicom, read_dataset, read_frames  # noqa: E402
 from busai.io.scans import list_inputs, read_scans  # noqa: E402
-from busai.predict import Models, predict_array, predict_paths  # noqa: E402
-from busai.runs import LoadedModel  # noqa: E402
-
-
-class DarkIsLesion(torch.nn.Module):
-    """A 'segmenter' whose answer is known: lesion wherever the scan is dark (grey < 60)."""
-
-    def __init__(self):
-        super().__init__()
-        self.unused = torch.nn.Parameter(torch.zeros(1))  # inference code reads the device from a parameter
-
-    def forward(self, x):
-        return (60 / 255 - x[:, :1]) * 500
-
-
-def dark_is_lesion(size=320) -> Models:
-    loaded = LoadedModel(DarkIsLesion().eval(), "segmentation", {"name": "stub"}, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), {}, "stub")
-    return Models(seg=loaded, cls=None)
-
-
-def ellipse_scan(height=240, width=320, centre=(120, 100), radii=(20, 50), seed=0) -> np.ndarray:
-    """Grey speckled tissue (never darker than 60) with a black ellipse of known size."""
-    rng = np.random.default_rng(seed)
-    image = np.clip(125 + rng.normal(0, 15, (height, width)), 70, 255)
-    yy, xx = np.mgrid[:height, :width]
-    image[((yy - centre[0]) / radii[0]) ** 2 + ((xx - centre[1]) / radii[1]) ** 2 <= 1] = 10
-    return image.astype(np.uint8)
+from busai.predict import predict_array, predict_paths  # noqa: E402
 
 
 def test_single_frame_with_ultrasound_regions(tmp_path):

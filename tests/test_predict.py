@@ -98,6 +98,7 @@ def test_pixel_spacing_tta_and_duplicate_names(tmp_path, seg, cls):
     assert [r["mask"] for r in rows] == ["scan_pred_mask.png", "scan-2_pred_mask.png"]
     for row in rows:
         assert row["input_check"].startswith("no speckle") and row["spacing_source"] == "--pixel-spacing"
+        assert row["scan_x"] is None  # no scan region inside a drawing: the whole image
         assert row["area_mm2"] == pytest.approx(row["area_px"] * 0.04, abs=1e-3)
         if row["area_px"]:
             assert row["longest_diameter_mm"] == pytest.approx(row["longest_diameter_px"] * 0.2, abs=0.01)

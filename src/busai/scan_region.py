@@ -13,7 +13,8 @@ finds "the ultrasound part" of a screen, so this is hand-written and kept simple
    still belong to the scan (not the screen's flat background), is the scan region.
 
 When the region is nearly the whole image (a bare scan, as BUSI's are) the image is used as it
-is, so bare scans get exactly the prediction they always got.
+is, so bare scans get exactly the prediction they always got; so is it when the region found is
+under 64 pixels a side (no scan is that small).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from scipy import ndimage
 TEXTURE_FLOOR = 0.6  # grey levels: mean |pixel - 3x3 mean| of speckle; flat screen backgrounds sit near 0
 MAX_SATURATION = 24  # max - min of the RGB channels: grey maps (even tinted ones) stay under it, colour overlays do not
 WHOLE_IMAGE_SHARE = 0.85  # a region covering at least this share of the image's area means: no frame to remove
+MIN_REGION_SIDE = 64  # px: a smaller "scan" inside an image is a mark or a drawing, not the scan
 GRID_CELLS = 240  # the coarse grid's cells along the shorter side
 
 
@@ -111,8 +113,8 @@ def find_scan_region(image_rgb: np.ndarray) -> ScanRegion:
             box = [min(box[0], boxes[i][0]), min(box[1], boxes[i][1]), max(box[2], boxes[i][2]), max(box[3], boxes[i][3])]
     box = [box[0], box[1], min(box[2], width), min(box[3], height)]
     x0, y0, x1, y1 = _trim_background_edges(image_rgb, _grow_over_dark_edges(tissue, scan_like, box))
-    if (x1 - x0) * (y1 - y0) >= WHOLE_IMAGE_SHARE * height * width:
-        return whole_image(image_rgb.shape)
+    if (x1 - x0) * (y1 - y0) >= WHOLE_IMAGE_SHARE * height * width or min(x1 - x0, y1 - y0) < MIN_REGION_SIDE:
+        return whole_image(image_rgb.shape)  # the scan fills the image, or what was found is too small to be one
     return ScanRegion(x0, y0, x1, y1, True)
 
 
