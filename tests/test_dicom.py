@@ -6,14 +6,22 @@ import json
 
 import numpy as np
 import pytest
-from dicom_files import PATIENT_ID, PATIENT_NAME, dark_is_lesion, ellipse_scan, region, speckle_scan, write_dicom
+from dicom_files import (
+    PATIENT_ID,
+    PATIENT_NAME,
+    dark_is_lesion,
+    ellipse_scan,
+    region,
+    speckle_scan,
+    write_dicom,
+)
 
 pytest.importorskip("pydicom")
 
-from busai.errors import DataError  # noqa: E402
-from busai.io.dicom import geometry, is_dicom, read_dataset, read_frames  # noqa: E402
-from busai.io.scans import list_inputs, read_scans  # noqa: E402
-from busai.predict import predict_array, predict_paths  # noqa: E402
+from busai.errors import DataError
+from busai.io.dicom import geometry, is_dicom, read_dataset, read_frames
+from busai.io.scans import list_inputs, read_scans
+from busai.predict import predict_array, predict_paths
 
 
 def test_single_frame_with_ultrasound_regions(tmp_path):
@@ -107,7 +115,7 @@ def test_millimetres_of_a_drawn_lesion_from_the_region_that_holds_it():
     # (0.2 mm rows, 0.1 mm columns); the left-hand one says 0.5 mm and must not be used.
     image = ellipse_scan(centre=(120, 220), radii=(20, 50))
     shape = DicomGeometry((UltrasoundRegion(0, 0, 159, 239, (0.5, 0.5)), UltrasoundRegion(160, 0, 319, 239, (0.2, 0.1))))
-    row, mask = predict_array(dark_is_lesion(), np.repeat(image[..., None], 3, axis=2), geometry=shape, gate=False, scan_region=False)
+    row, _ = predict_array(dark_is_lesion(), np.repeat(image[..., None], 3, axis=2), geometry=shape, gate=False, scan_region=False)
     assert row["spacing_source"] == "SequenceOfUltrasoundRegions[1]"
     assert (row["spacing_row_mm"], row["spacing_column_mm"]) == (0.2, 0.1)
     assert row["bbox_width"] == pytest.approx(101, abs=2) and row["bbox_height"] == pytest.approx(41, abs=2)
@@ -119,7 +127,7 @@ def test_millimetres_of_a_drawn_lesion_from_the_region_that_holds_it():
 
 
 def test_predict_dicom_folder_end_to_end_without_identity(tmp_path, monkeypatch):
-    import busai.predict as predict
+    from busai import predict
 
     monkeypatch.setattr(predict, "load_models", lambda *a, **k: dark_is_lesion())
     folder = tmp_path / "in"

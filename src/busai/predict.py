@@ -31,7 +31,7 @@ from busai.input_check import OK, check_array, check_input
 from busai.io.scans import list_inputs, read_scans
 from busai.measure import MEASUREMENT_KEYS, measure_lesion
 from busai.runs import LoadedModel
-from busai.scan_region import ScanRegion, find_scan_region, whole_image
+from busai.scan_region import find_scan_region, whole_image
 
 MASK_SUFFIX, OVERLAY_SUFFIX, PROBABILITY_SUFFIX, SEG_SUFFIX = "_pred_mask.png", "_overlay.png", "_probability.png", "_seg.dcm"
 PROBABILITY_KEYS = tuple(f"p_{c}" for c in CLASSES)

@@ -71,7 +71,7 @@ def tissue_map(image_rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(image_rgb, dtype=np.float32)
     grey = rgb.mean(axis=2)
     detail = np.abs(grey - ndimage.uniform_filter(grey, 3))
-    window = max(3, int(round(min(grey.shape) / 120)) | 1)
+    window = max(3, round(min(grey.shape) / 120) | 1)
     texture = ndimage.uniform_filter(detail, window)
     saturation = ndimage.uniform_filter(rgb.max(axis=2) - rgb.min(axis=2), window)
     return (texture > TEXTURE_FLOOR) & (saturation < MAX_SATURATION)
