@@ -74,3 +74,29 @@ def test_single_pixel_and_empty_mask():
 def test_bad_pixel_spacing(spacing):
     with pytest.raises(ConfigError, match="pixel-spacing"):
         measure_lesion(rectangle(), pixel_spacing=spacing)
+
+
+def test_perpendicular_diameter_orientation_and_depth_of_an_ellipse():
+    # An ellipse 121 px wide and 41 px tall (semi-axes 60.5 and 20.5), top at row 80, skin at row 30.
+    yy, xx = np.mgrid[:200, :300]
+    ellipse = ((xx - 150) / 60.5) ** 2 + ((yy - 100) / 20.5) ** 2 <= 1
+    m = measure_lesion(ellipse, pixel_spacing=0.1, skin_row=30)
+    assert m["longest_diameter_px"] == pytest.approx(121, abs=0.5)
+    assert m["perpendicular_diameter_px"] == pytest.approx(41, abs=1.5)
+    assert m["perpendicular_diameter_mm"] == pytest.approx(4.1, abs=0.15)
+    assert m["depth_width_ratio"] == pytest.approx(41 / 121, abs=0.01) and m["taller_than_wide"] is False
+    assert (m["depth_px"], m["depth_mm"]) == (50, 5.0)
+    # Its ends span the short axis through the lesion's middle.
+    (xa, ya), (xb, yb) = m["perpendicular_endpoints"]
+    assert abs(xa - xb) < 3 and abs(ya - yb) == pytest.approx(41, abs=1.5)
+
+
+def test_taller_than_wide_uses_millimetres():
+    # 50 rows x 10 columns: taller than wide in pixels; with 0.1 mm rows and 0.6 mm columns it is
+    # 5 mm tall and 6 mm wide, so not taller than wide.
+    mask = rectangle(height=80, width=40, top=10, left=5, h=50, w=10)
+    assert measure_lesion(mask)["taller_than_wide"] is True
+    m = measure_lesion(mask, pixel_spacing=(0.1, 0.6))
+    assert m["depth_width_ratio"] == pytest.approx(5 / 6, abs=1e-3) and m["taller_than_wide"] is False
+    # A rectangle's extent across its diagonal is twice its area over the diagonal.
+    assert measure_lesion(rectangle())["perpendicular_diameter_px"] == pytest.approx(2 * 300 / math.hypot(30, 10), abs=0.01)

@@ -59,12 +59,15 @@ def test_odd_images_and_a_bad_file(tmp_path, seg_run, cls_run):
 
     names = [r["image"].split("/")[-1] for r in rows]
     assert names == ["broken.png", "deep16.png", "gray.png", "palette.bmp", "rgb.jpg", "rgba.png", "tiny.png"]
-    broken = rows[0]
+    broken, tiny = rows[0], rows[-1]
     assert "broken.png" in broken["error"] and broken["label"] is None and broken["mask"] is None
-    for row in rows[1:]:
+    # The input gate: a 1 x 1 image is read, flagged and not answered.
+    assert tiny["input_check"] == "tiny: 1x1 pixels; a scan is at least 32 pixels a side"
+    assert tiny["error"] is None and tiny["label"] is None and tiny["mask"] is None and (tiny["width"], tiny["height"]) == (1, 1)
+    for row in rows[1:-1]:
         name = row["image"].split("/")[-1]
         stem = name.rsplit(".", 1)[0]
-        assert row["error"] is None
+        assert row["error"] is None and row["input_check"] == "ok"
         assert set(row) == set(COLUMNS)
         assert row["label"] in ("normal", "benign", "malignant")
         assert sum(row[f"p_{c}"] for c in ("normal", "benign", "malignant")) == pytest.approx(1, abs=1e-4)
@@ -91,9 +94,11 @@ def test_pixel_spacing_tta_and_duplicate_names(tmp_path, seg, cls):
     for folder in ("a", "b"):
         Image.fromarray(image).save(tmp_path / folder / "scan.png")
     rows = predict_paths([tmp_path / "a" / "scan.png", tmp_path / "b"], tmp_path / "out", seg=seg, cls=cls,
-                         tta=True, pixel_spacing=0.2, threshold=0.3, progress=False)
+                         tta=True, pixel_spacing=0.2, threshold=0.3, progress=False, gate=False)  # a drawing, not a scan
     assert [r["mask"] for r in rows] == ["scan_pred_mask.png", "scan-2_pred_mask.png"]
     for row in rows:
+        assert row["input_check"].startswith("no speckle") and row["spacing_source"] == "--pixel-spacing"
+        assert row["scan_x"] is None  # no scan region inside a drawing: the whole image
         assert row["area_mm2"] == pytest.approx(row["area_px"] * 0.04, abs=1e-3)
         if row["area_px"]:
             assert row["longest_diameter_mm"] == pytest.approx(row["longest_diameter_px"] * 0.2, abs=0.01)
@@ -142,6 +147,11 @@ def test_cli_batch_with_a_bad_file(tmp_path, seg_run, cls_run, cli):
     result = json.loads(out)
     assert result["images"] == 7 and result["failed"] == 1
     assert err.count("warning: skipped") == 1 and "broken.png" in err
+    # What it left out and what it would not answer, each said once (issue 21 item 5).
+    assert [item["file"].split("/")[-1] for item in result["left_out"]] == ["notes.txt"]
+    assert "notes.txt: not an image or DICOM file" in err and err.count("warning: left out") == 1
+    assert result["flagged"] == 1
+    assert "tiny.png does not look like a B-mode ultrasound scan (tiny: 1x1 pixels; a scan is at least 32 pixels a side); no answer given" in err
     code, out, err = cli("predict", tmp_path / "in" / "broken.png", "--out", tmp_path / "out2", "--seg", seg_run, "--cls", cls_run, "--quiet")
     assert code == 2 and "broken.png" in err
     assert json.loads((tmp_path / "out2" / "predictions.json").read_text())[0]["error"]

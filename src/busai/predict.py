@@ -5,6 +5,11 @@ input's own size) and ``OUT/NAME_overlay.png`` (lesion contour and longest diame
 and for the batch one ``OUT/predictions.json`` (a list, one object per input, in input order)
 with the same rows in ``OUT/predictions.csv``. Every row has every key of :data:`COLUMNS`; a file
 that cannot be read gets a row with ``error`` set and the batch goes on.
+
+Each scan passes the input gate (``input_check``: ``ok`` or why it is not a B-mode scan; a
+flagged scan gets no answer) and, inside a screenshot, is cropped to its scan region before the
+models see it; masks and measurements are in the input's own pixels. A DICOM file gives one row
+per frame (``frame``), with the pixel spacing it states (``spacing_source``).
 """
 
 from __future__ import annotations
@@ -21,15 +26,20 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from busai import CLASSES
-from busai.data.discover import IMAGE_SUFFIXES, MASK_RE, natural_key, read_image
 from busai.errors import BusaiError, ConfigError, DataError
 from busai.inference import predict_image, upsample_probability
+from busai.input_check import OK, check_array, check_input
+from busai.io.scans import list_inputs, read_scans
 from busai.measure import MEASUREMENT_KEYS, measure_lesion
 from busai.runs import LoadedModel
+from busai.scan_region import find_scan_region, whole_image
 
-MASK_SUFFIX, OVERLAY_SUFFIX = "_pred_mask.png", "_overlay.png"
+MASK_SUFFIX, OVERLAY_SUFFIX, PROBABILITY_SUFFIX, SEG_SUFFIX = "_pred_mask.png", "_overlay.png", "_probability.png", "_seg.dcm"
 PROBABILITY_KEYS = tuple(f"p_{c}" for c in CLASSES)
-COLUMNS = ("image", "label", *PROBABILITY_KEYS, *MEASUREMENT_KEYS, "review", "width", "height", "mask", "overlay", "error")
+SCAN_KEYS = ("scan_x", "scan_y", "scan_width", "scan_height")  # the scan region; None when the scan is the whole image
+SPACING_KEYS = ("spacing_row_mm", "spacing_column_mm", "spacing_source")
+COLUMNS = ("image", "frame", "input_check", "label", *PROBABILITY_KEYS, *MEASUREMENT_KEYS, "review", "width", "height",
+           *SCAN_KEYS, *SPACING_KEYS, "mask", "overlay", "probability", "dicom_seg", "error")
 BACKENDS = ("torch", "onnx")
 CONTOUR_RGB, DIAMETER_RGB = (255, 214, 0), (0, 200, 255)
 ModelSource = str | Path | LoadedModel | None
@@ -75,25 +85,77 @@ def empty_row(image: str) -> dict:
 
 
 def predict_array(
-    models: Models, image_rgb: np.ndarray, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5
+    models: Models, image_rgb: np.ndarray, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5,
+    scan_region: bool = True, gate: bool = True, geometry=None, keep_probability: bool = False,
 ) -> tuple[dict, np.ndarray | None]:
     """One uint8 (H, W, 3) scan -> (row values, {0, 1} mask at the scan's size or None).
 
-    The row has no file fields (image, mask, overlay, error) and carries ``diameter_endpoints`` for drawing.
+    ``scan_region`` crops a screenshot to the scan before the models (the mask comes back at the
+    image's size); ``gate`` withholds the answer (no label, no mask) when ``input_check`` is not
+    ``ok``. ``geometry`` (a DICOM file's :class:`~busai.io.dicom.DicomGeometry`) gives the pixel
+    spacing where the lesion lies; ``pixel_spacing`` (mm) is used where it gives none.
+    The row has no file fields (image, mask, overlay, error) and carries ``diameter_endpoints``
+    and ``perpendicular_endpoints`` for drawing, and ``probability_map`` with ``keep_probability``.
     """
-    height, width = image_rgb.shape[:2]
-    row: dict = {"width": width, "height": height}
+    image_rgb = np.asarray(image_rgb)
+    row: dict = {"width": None, "height": None}
+    if image_rgb.ndim >= 2:
+        row.update(width=int(image_rgb.shape[1]), height=int(image_rgb.shape[0]))
+    problem = check_array(image_rgb)
+    if problem != OK:  # not readable as 8-bit pixels: nothing sensible to predict, whatever ``gate`` says
+        return row | {"input_check": problem}, None
+    image_rgb = as_rgb_uint8(image_rgb)
+    region = find_scan_region(image_rgb) if scan_region else whole_image(image_rgb.shape)
+    scan = region.crop(image_rgb)
+    row["input_check"] = check_input(scan)
+    if region.cropped:
+        row.update(scan_x=region.x0, scan_y=region.y0, scan_width=region.width, scan_height=region.height)
+    if gate and row["input_check"] != OK:
+        return row, None
     if models.cls is not None:
-        probs = predict_image(models.cls, image_rgb, tta=tta).numpy()
+        probs = predict_image(models.cls, scan, tta=tta).numpy()
         row["label"] = CLASSES[int(probs.argmax())]
         row.update({key: round(float(p), 5) for key, p in zip(PROBABILITY_KEYS, probs)})
     mask = None
     if models.seg is not None:
-        prob = upsample_probability(predict_image(models.seg, image_rgb, tta=tta), (height, width))
+        prob = upsample_probability(predict_image(models.seg, scan, tta=tta), scan.shape[:2])
+        prob = region.paste(prob.astype(np.float32), image_rgb.shape[:2])
         mask = (prob > threshold).astype(np.uint8)
-        row.update(measure_lesion(mask, pixel_spacing))
+        spacing, source = lesion_spacing(mask, geometry, pixel_spacing)
+        if spacing is not None:
+            row.update(spacing_row_mm=round(spacing[0], 6), spacing_column_mm=round(spacing[1], 6), spacing_source=source)
+        row.update(measure_lesion(mask, spacing, skin_row=region.y0))
+        if keep_probability:
+            row["probability_map"] = prob
     row["review"] = review_note(row.get("label"), row.get("lesion_count"))
     return row, mask
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) 0-255 values (checked by check_array) -> uint8 (H, W, 3)."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    image = image[..., :3] if image.shape[2] >= 3 else np.repeat(image[..., :1], 3, axis=2)
+    return np.ascontiguousarray(image.round() if np.issubdtype(image.dtype, np.floating) else image).astype(np.uint8)
+
+
+def lesion_spacing(mask: np.ndarray, geometry, pixel_spacing) -> tuple[tuple[float, float] | None, str | None]:
+    """(row, column) mm per pixel for the lesion in ``mask`` and where it came from: the DICOM
+    region holding the lesion's centre (or the file's PixelSpacing), else ``pixel_spacing``."""
+    from busai.measure import largest_component, spacing_mm
+
+    if geometry is not None:
+        region, count = largest_component(mask)
+        centre = None
+        if count:
+            ys, xs = np.nonzero(region)
+            centre = (float(xs.mean()), float(ys.mean()))
+        spacing, source = geometry.spacing_at(centre)
+        if spacing is not None:
+            return spacing, source
+    spacing = spacing_mm(pixel_spacing)
+    return (spacing, "--pixel-spacing") if spacing is not None else (None, None)
 
 
 def review_note(label: str | None, lesion_count: int | None) -> str | None:
@@ -111,8 +173,9 @@ def review_note(label: str | None, lesion_count: int | None) -> str | None:
     return None
 
 
-def draw_overlay(image_rgb: np.ndarray, mask: np.ndarray, diameter_endpoints=None, caption: str | None = None) -> Image.Image:
-    """The scan with the lesion contour, its longest diameter and an optional caption (e.g. the class)."""
+def draw_overlay(image_rgb: np.ndarray, mask: np.ndarray, diameter_endpoints=None, caption: str | None = None,
+                 perpendicular_endpoints=None) -> Image.Image:
+    """The scan with the lesion contour, its longest (and perpendicular) diameter and an optional caption (e.g. the class)."""
     height, width = mask.shape
     thickness = max(1, round(max(height, width) / 300))
     overlay = image_rgb.copy()
@@ -123,6 +186,8 @@ def draw_overlay(image_rgb: np.ndarray, mask: np.ndarray, diameter_endpoints=Non
     draw = ImageDraw.Draw(picture)
     if diameter_endpoints:
         draw.line([tuple(p) for p in diameter_endpoints], fill=DIAMETER_RGB, width=thickness)
+    if perpendicular_endpoints:
+        draw.line([tuple(p) for p in perpendicular_endpoints], fill=DIAMETER_RGB, width=thickness)
     if caption:
         font = ImageFont.load_default(size=max(10, height // 22))
         box = draw.textbbox((4, 4), caption, font=font)
@@ -138,28 +203,8 @@ def label_caption(row: dict) -> str | None:
 
 
 def collect_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files as given; a folder contributes the images directly inside it, in natural order.
-
-    Masks (``*_mask.png``, ``*_mask_1.png``, our ``*_pred_mask.png``) and our overlays are skipped,
-    so a BUSI class folder or a previous output folder can be passed as it is.
-    """
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if not path.is_dir():
-            paths.append(path)  # a missing or unreadable file becomes an error row, not a crash
-            continue
-        found = [
-            p for p in path.iterdir()
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-            and not MASK_RE.match(p.stem) and not p.name.endswith(OVERLAY_SUFFIX)
-        ]
-        if not found:
-            raise DataError(f"{path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); pass image files or another folder")
-        paths.extend(sorted(found, key=lambda p: natural_key(p.name)))
-    if not paths:
-        raise ConfigError("no input images given; pass image files or folders")
-    return paths
+    """The files :func:`busai.io.scans.list_inputs` finds (images and DICOM), without the skipped list."""
+    return list_inputs(inputs)[0]
 
 
 def _output_stem(path: Path, used: set[str]) -> str:
@@ -212,8 +257,11 @@ class _RowLog(list):
         self.file = None
 
     def todo(self) -> list[Path]:
-        """The inputs without a row, or whose row is an error (retried: the file may have been fixed)."""
-        return [p for p in self.paths if (self.done.get(printable(str(p))) or {}).get("error", True)]
+        """The inputs without a row, or with a row that is an error (retried: the file may have been fixed)."""
+        by_image: dict[str, list[dict]] = {}
+        for row in self.done.values():
+            by_image.setdefault(row["image"], []).append(row)
+        return [p for p in self.paths if not by_image.get(printable(str(p))) or any(r.get("error") for r in by_image[printable(str(p))])]
 
     def used_stems(self) -> set[str]:
         """Output names the kept rows already use, so a new row never takes one."""
@@ -230,12 +278,18 @@ class _RowLog(list):
         self.file.flush()
 
     def ordered(self) -> list[dict]:
-        """Rows only the earlier batch has, then one row per input in input order."""
-        new = {row["image"]: row for row in self}
+        """Rows only the earlier batch has, then each input's rows (one per frame of a cine) in input order."""
+        def by_image(rows) -> dict[str, list[dict]]:
+            grouped: dict[str, list[dict]] = {}
+            for row in rows:
+                grouped.setdefault(row["image"], []).append(row)
+            return grouped
+
+        new, old = by_image(self), by_image(self.done.values())
         inputs = [printable(str(p)) for p in self.paths]
         given = set(inputs)
-        earlier_only = [row for key, row in self.done.items() if key not in given]
-        return earlier_only + [new.get(key) or self.done[key] for key in inputs if key in new or key in self.done]
+        earlier_only = [row for key, rows in old.items() if key not in given for row in rows]
+        return earlier_only + [row for key in inputs for row in (new.get(key) or old.get(key) or [])]
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.file.close()
@@ -245,13 +299,19 @@ class _RowLog(list):
             (self.out_dir / ROW_LOG).unlink(missing_ok=True)
 
 
+def row_key(row: dict) -> str:
+    """A row's identity: its image, and the frame for the second and later frames of a cine."""
+    frame = row.get("frame")
+    return row["image"] if frame in (None, 1) else f"{row['image']}#frame{frame}"
+
+
 def finished_rows(out_dir: Path) -> list[dict]:
     """Rows an earlier batch in ``out_dir`` left: the tables, then the row log of a batch that was stopped."""
     rows: dict[str, dict] = {}
     tables = out_dir / "predictions.json"
     if tables.exists():
         try:
-            rows = {row["image"]: row for row in json.loads(tables.read_text(encoding="utf-8"))}
+            rows = {row_key(row): row for row in json.loads(tables.read_text(encoding="utf-8"))}
         except (ValueError, TypeError, KeyError):
             raise DataError(f"{tables}: not a predictions table written by busai; choose a new --out folder") from None
     log = out_dir / ROW_LOG
@@ -259,7 +319,7 @@ def finished_rows(out_dir: Path) -> list[dict]:
         for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 row = json.loads(line)
-                rows[row["image"]] = row
+                rows[row_key(row)] = row
             except (ValueError, TypeError, KeyError):
                 continue  # the line being written when the process was killed
     return list(rows.values())
@@ -297,11 +357,20 @@ def predict_paths(
     progress: bool = True,
     resume: bool = False,
     device: str = "cpu",
+    frame: int | None = None,
+    scan_region: bool = True,
+    gate: bool = True,
+    save_probabilities: bool = False,
+    dicom_seg: bool = False,
 ) -> list[dict]:
     """Predict every input image into ``out_dir`` and return the rows of predictions.json.
 
     A file that cannot be decoded gets ``{"image": ..., "error": ...}`` (other keys None) and the
-    batch continues. ``pixel_spacing`` (mm per pixel) adds the mm measurements.
+    batch continues. ``pixel_spacing`` (mm per pixel) adds the mm measurements where a DICOM file
+    states none. A DICOM cine gives a row per frame, or only ``frame`` (1-based).
+    ``save_probabilities`` writes ``NAME_probability.png`` (16-bit, lesion probability x 65535);
+    ``dicom_seg`` writes ``NAME_seg.dcm`` (a DICOM Segmentation) for each single-frame DICOM input.
+    Files a folder holds that are not scans are left out: :func:`busai.io.scans.list_inputs` lists them.
 
     Each finished row is written at once to ``predictions.jsonl``; the tables are written at the end,
     and also when the batch is interrupted. An ``out_dir`` holding an earlier batch is refused
@@ -314,38 +383,71 @@ def predict_paths(
     spacing_mm(pixel_spacing)  # a bad value fails before any model is loaded
     if not 0 < threshold < 1:
         raise ConfigError(f"--threshold {threshold}: must be between 0 and 1")
+    if frame is not None and frame < 1:
+        raise ConfigError(f"--frame {frame}: frames are numbered from 1")
+    if dicom_seg:
+        from busai.io.dicom_seg import require_highdicom
+
+        require_highdicom()
     paths = collect_inputs(inputs)
     best_threads()
     out_dir = output_dir(out_dir)
     options = json.loads(json.dumps({"seg": str(seg), "cls": str(cls), "backend": backend, "tta": tta,
-                                     "pixel_spacing": pixel_spacing, "threshold": threshold}, default=str))
-    done = {row["image"]: row for row in _check_earlier_batch(out_dir, options, resume)}
+                                     "pixel_spacing": pixel_spacing, "threshold": threshold, "frame": frame,
+                                     "scan_region": scan_region, "gate": gate}, default=str))
+    done = {row_key(row): row for row in _check_earlier_batch(out_dir, options, resume)}
     atomic_write_text(out_dir / OPTIONS_FILE, json.dumps(options, indent=2) + "\n")
     with tempfile.TemporaryDirectory(prefix="busai-onnx-") as workdir, _RowLog(out_dir, paths, done) as rows:
         models = load_models(seg, cls, backend=backend, workdir=workdir, device=device)
         used = rows.used_stems()
         for path in _track(rows.todo(), progress):
-            row = empty_row(str(path))
-            try:
-                image = read_image(path, mode="RGB")
-            except BusaiError as exc:
-                row["error"] = str(exc)
+            scans = read_scans(path, frame)
+            while True:
+                row = empty_row(str(path))
+                try:
+                    scan = next(scans, None)
+                except BusaiError as exc:
+                    row["error"] = str(exc)
+                    rows.append(row)
+                    break
+                except Image.DecompressionBombError as exc:  # Pillow's guard against absurd pixel counts
+                    row["error"] = f"{path}: {exc}"
+                    rows.append(row)
+                    break
+                if scan is None:
+                    break
+                row["frame"] = scan.frame
+                values, mask = predict_array(models, scan.image, tta=tta, pixel_spacing=pixel_spacing, threshold=threshold,
+                                             scan_region=scan_region, gate=gate, geometry=scan.geometry,
+                                             keep_probability=save_probabilities)
+                ends = values.pop("diameter_endpoints", None)
+                across = values.pop("perpendicular_endpoints", None)
+                probability = values.pop("probability_map", None)
+                row.update(values)
+                if mask is not None:
+                    name = path if scan.frames == 1 else path.with_name(f"{path.stem}_frame{scan.frame}")
+                    stem = _output_stem(name, used)
+                    row["mask"], row["overlay"] = stem + MASK_SUFFIX, stem + OVERLAY_SUFFIX
+                    Image.fromarray(mask * 255).save(out_dir / row["mask"])
+                    draw_overlay(scan.image, mask, ends, label_caption(row), across).save(out_dir / row["overlay"])
+                    if probability is not None:
+                        row["probability"] = stem + PROBABILITY_SUFFIX
+                        save_probability_png(probability, out_dir / row["probability"])
+                    if dicom_seg and scan.dataset is not None and scan.frames == 1:
+                        from busai.io.dicom_seg import write_dicom_seg
+
+                        try:
+                            write_dicom_seg(scan.dataset, mask, out_dir / (stem + SEG_SUFFIX))
+                            row["dicom_seg"] = stem + SEG_SUFFIX
+                        except BusaiError as exc:  # the prediction stands; only its SEG copy failed
+                            row["error"] = str(exc)
                 rows.append(row)
-                continue
-            except Image.DecompressionBombError as exc:  # Pillow's guard against absurd pixel counts
-                row["error"] = f"{path}: {exc}"
-                rows.append(row)
-                continue
-            values, mask = predict_array(models, image, tta=tta, pixel_spacing=pixel_spacing, threshold=threshold)
-            ends = values.pop("diameter_endpoints", None)
-            row.update(values)
-            if mask is not None:
-                stem = _output_stem(path, used)
-                row["mask"], row["overlay"] = stem + MASK_SUFFIX, stem + OVERLAY_SUFFIX
-                Image.fromarray(mask * 255).save(out_dir / row["mask"])
-                draw_overlay(image, mask, ends, label_caption(row)).save(out_dir / row["overlay"])
-            rows.append(row)
     return rows.ordered()
+
+
+def save_probability_png(probability: np.ndarray, path: Path) -> None:
+    """A lesion probability map as a 16-bit grey PNG: value / 65535 is the probability."""
+    Image.fromarray((np.clip(probability, 0, 1) * 65535).round().astype(np.uint16)).save(path)
 
 
 def _track(paths: list[Path], progress: bool):

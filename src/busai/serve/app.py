@@ -131,27 +131,29 @@ def create_app(
         tta: bool = Query(False, description="average with the horizontally flipped image"),
         pixel_spacing: float | None = Query(
             None, ge=PIXEL_SPACING_MM[0], le=PIXEL_SPACING_MM[1], allow_inf_nan=False,
-            description="pixel size in mm, for mm / mm2 measurements",
+            description="pixel size in mm, for mm / mm2 measurements (a DICOM file's own wins)",
         ),
+        frame: int = Query(1, ge=1, description="the frame of a multi-frame DICOM file, from 1"),
     ) -> dict:
         upload = receive_upload(file, max_bytes=max_bytes, max_pixels=max_pixels)
         if gradcam and not _gradcam_available(models):
             raise HTTPException(400, "gradcam=1: needs a PyTorch classifier; start the server with --cls RUN_DIR and --backend torch")
-        return worker.submit(analyse, upload, gradcam=gradcam, tta=tta, pixel_spacing=pixel_spacing).result()
+        return worker.submit(analyse, upload, gradcam=gradcam, tta=tta, pixel_spacing=pixel_spacing, frame=frame).result()
 
-    def analyse(upload: Upload, *, gradcam: bool, tta: bool, pixel_spacing: float | None) -> dict:
-        image = decode_upload(upload)
+    def analyse(upload: Upload, *, gradcam: bool, tta: bool, pixel_spacing: float | None, frame: int = 1) -> dict:
+        image, shape = decode_upload(upload, frame)
         try:
-            row, mask = predict_array(models, image, tta=tta, pixel_spacing=pixel_spacing)
+            row, mask = predict_array(models, image, tta=tta, pixel_spacing=pixel_spacing, geometry=shape)
         except ConfigError as exc:  # an option the query checks missed (pixel_spacing): the caller's to fix
             raise HTTPException(422, str(exc)) from None
         ends = row.pop("diameter_endpoints", None)
+        across = row.pop("perpendicular_endpoints", None)
         shown = mask if mask is not None else np.zeros(image.shape[:2], dtype=np.uint8)
         # The keys of a predictions.json row; mask and overlay are PNG data URLs instead of file names.
         result = {key: None for key in COLUMNS if key != "error"} | {"image": upload.name} | row
         result["notice"] = NOTICE
         result["mask"] = png_data_url(mask * 255) if mask is not None else None
-        result["overlay"] = png_data_url(draw_overlay(image, shown, ends, label_caption(row)))
+        result["overlay"] = png_data_url(draw_overlay(image, shown, ends, label_caption(row), across))
         result["gradcam"] = None
         if gradcam:
             from busai.gradcam import gradcam_heatmap

@@ -1,0 +1,90 @@
+"""The input gate: say when an image is not a B-mode ultrasound scan, instead of answering anyway.
+
+The models answer whatever they are given: a bar chart gets a class and "lesions", a 1 x 1
+image a confident label. :func:`check_input` looks at the pixels before any model runs and
+returns ``"ok"`` or one line saying what is wrong (``tiny: ...``, ``blank: ...``, ...). The
+checks are simple image statistics of a B-mode scan (grey, speckled, mostly dark); the
+thresholds sit outside the range every BUSI and BUS-UCLM image falls in
+(``benchmarks/input_gate.py`` measures the false alarms on both, ``results/input_gate.json``),
+and the tests build the non-ultrasound images each check must catch.
+
+No library offers a "not ultrasound" test; a learned detector would need non-ultrasound
+training data the project does not have, so the gate is hand-written and deliberately coarse:
+it catches inputs that are plainly wrong, not subtle ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+OK = "ok"
+MIN_SIDE = 32  # px: below this a scan has no resolvable anatomy (models resize to 256)
+MAX_ASPECT = 6.0  # longer side / shorter side: scanner images are between about 1:2 and 2:1
+MIN_STD = 3.0  # grey levels: a blank or single-colour image
+MAX_COLOUR_SHARE = 0.35  # share of strongly coloured pixels: Doppler colour covers far less
+MIN_TISSUE_SHARE = 0.20  # share of speckle-textured grey pixels (scan_region.tissue_map)
+MAX_BRIGHT_SHARE = 0.50  # share of near-white pixels: scans are mostly dark, documents and charts white
+COLOURED = 60  # max - min of the RGB channels above which a pixel counts as coloured
+BRIGHT = 215  # grey level above which a pixel counts as near-white
+
+
+def check_array(image: np.ndarray) -> str:
+    """``"ok"`` for an array that can be read as an 8-bit scan; otherwise why not.
+
+    Catches what the pixel values say before any conversion: floats (the API gets them from
+    other tools) must be in 0-255, not 0-1, and values above 255 are not 8-bit.
+    """
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        return f"shape: {image.shape} is not an image (H, W) or (H, W, 3)"
+    if image.dtype == bool or not np.issubdtype(image.dtype, np.number):
+        return f"dtype: {image.dtype} pixels; pass uint8 values 0-255"
+    if image.size and np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all():
+            return "float out of range: NaN or infinite pixels"
+        lo, hi = float(image.min()), float(image.max())
+        if lo < 0 or hi > 255:
+            return f"float out of range: values {lo:.3g} to {hi:.3g}; pass 0-255"
+        if hi <= 1.0 and hi > 0:
+            return "float out of range: values within 0-1; multiply by 255 (uint8 0-255 expected)"
+    elif image.size and (image.min() < 0 or image.max() > 255):
+        return f"integer out of range: values {int(image.min())} to {int(image.max())}; pass 8-bit values 0-255"
+    return OK
+
+
+def image_statistics(image_rgb: np.ndarray) -> dict:
+    """The numbers the gate compares with its thresholds, for a uint8 (H, W, 3) image."""
+    from busai.scan_region import tissue_map
+
+    rgb = np.asarray(image_rgb)
+    grey = rgb.mean(axis=2)
+    saturation = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)
+    return {
+        "height": int(rgb.shape[0]),
+        "width": int(rgb.shape[1]),
+        "std": float(grey.std()),
+        "colour_share": float((saturation > COLOURED).mean()),
+        "tissue_share": float(tissue_map(rgb).mean()) if min(rgb.shape[:2]) >= 3 else 0.0,
+        "bright_share": float((ndimage.uniform_filter(grey, 3) > BRIGHT).mean()),
+    }
+
+
+def check_input(image_rgb: np.ndarray, stats: dict | None = None) -> str:
+    """``"ok"`` or one line saying why a uint8 (H, W, 3) image is not a B-mode ultrasound scan
+    (``stats``: its :func:`image_statistics`, when already computed)."""
+    height, width = image_rgb.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        return f"tiny: {width}x{height} pixels; a scan is at least {MIN_SIDE} pixels a side"
+    if max(height, width) / min(height, width) > MAX_ASPECT:
+        return f"not a scan's shape: {width}x{height} pixels is a strip (over {MAX_ASPECT:g}:1)"
+    stats = stats or image_statistics(image_rgb)
+    if stats["std"] < MIN_STD:
+        return "blank: the image is one flat colour"
+    if stats["colour_share"] > MAX_COLOUR_SHARE:
+        return f"colour image: {stats['colour_share']:.0%} of pixels are coloured; B-mode scans are grey (a photo, chart or colour map?)"
+    if stats["bright_share"] > MAX_BRIGHT_SHARE:
+        return f"mostly white: {stats['bright_share']:.0%} of pixels; B-mode scans are mostly dark (a document or chart?)"
+    if stats["tissue_share"] < MIN_TISSUE_SHARE:
+        return f"no speckle: {stats['tissue_share']:.0%} of pixels have ultrasound texture (a drawing, chart or screenshot?)"
+    return OK

@@ -1,0 +1,1 @@
+"""Readers for scan formats beyond plain images (DICOM)."""

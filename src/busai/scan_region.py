@@ -1,0 +1,194 @@
+"""Find the B-mode image inside a screenshot or a DICOM frame, so the models see the scan only.
+
+A scanner's screen holds the scan with text, rulers, grey and colour bars and tool bars around
+it; the models were trained on bare scans, and the clutter changes their answers. No library
+finds "the ultrasound part" of a screen, so this is hand-written and kept simple:
+
+1. tissue = grey (low colour saturation) pixels with speckle: the local mean of
+   ``|image - its 3x3 mean|`` is above a small floor. Flat backgrounds and smooth ramps (a
+   grey bar) have none; colour bars and coloured calipers fail the grey test.
+2. On a coarse grid, an opening removes what is thin (text lines, ruler ticks, caliper marks).
+3. The largest connected part's bounding box, joined by parts a dark band (a shadow, a black
+   lesion) cut off from it, and grown back over the dark rows and columns at its edges that
+   still belong to the scan (not the screen's flat background), is the scan region.
+
+When the region is nearly the whole image (a bare scan, as BUSI's are) the image is used as it
+is, so bare scans get exactly the prediction they always got; so is it when the region found is
+under 64 pixels a side (no scan is that small).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+TEXTURE_FLOOR = 0.6  # grey levels: mean |pixel - 3x3 mean| of speckle; flat screen backgrounds sit near 0
+MAX_SATURATION = 24  # max - min of the RGB channels: grey maps (even tinted ones) stay under it, colour overlays do not
+WHOLE_IMAGE_SHARE = 0.85  # a region covering at least this share of the image's area means: no frame to remove
+MIN_REGION_SIDE = 64  # px: a smaller "scan" inside an image is a mark or a drawing, not the scan
+GRID_CELLS = 240  # the coarse grid's cells along the shorter side
+
+
+@dataclass(frozen=True)
+class ScanRegion:
+    """The scan's box in the image's pixels: x0, y0 inclusive, x1, y1 exclusive."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    cropped: bool  # False: the box is the whole image (bare scan, or nothing scan-like found)
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        return image[self.y0:self.y1, self.x0:self.x1]
+
+    def paste(self, crop_values: np.ndarray, shape: tuple[int, int], fill=0) -> np.ndarray:
+        """A crop-sized array (mask or probability) placed back at the original image's size."""
+        full = np.full(tuple(shape) + crop_values.shape[2:], fill, dtype=crop_values.dtype)
+        full[self.y0:self.y1, self.x0:self.x1] = crop_values
+        return full
+
+    def to_dict(self) -> dict:
+        return {"x": self.x0, "y": self.y0, "width": self.width, "height": self.height, "cropped": self.cropped}
+
+
+def whole_image(shape: tuple[int, ...]) -> ScanRegion:
+    return ScanRegion(0, 0, int(shape[1]), int(shape[0]), False)
+
+
+def tissue_map(image_rgb: np.ndarray) -> np.ndarray:
+    """bool (H, W): grey pixels with speckle-like texture (step 1 of the module's recipe)."""
+    rgb = np.asarray(image_rgb, dtype=np.float32)
+    grey = rgb.mean(axis=2)
+    detail = np.abs(grey - ndimage.uniform_filter(grey, 3))
+    window = max(3, round(min(grey.shape) / 120) | 1)
+    texture = ndimage.uniform_filter(detail, window)
+    saturation = ndimage.uniform_filter(rgb.max(axis=2) - rgb.min(axis=2), window)
+    return (texture > TEXTURE_FLOOR) & (saturation < MAX_SATURATION)
+
+
+def find_scan_region(image_rgb: np.ndarray) -> ScanRegion:
+    """The box of the B-mode scan inside ``image_rgb`` (uint8 H, W, 3); the whole image when the
+    scan fills it or nothing scan-like is found."""
+    image_rgb = np.asarray(image_rgb)
+    if image_rgb.ndim == 2:
+        image_rgb = np.repeat(image_rgb[..., None], 3, axis=2)
+    height, width = image_rgb.shape[:2]
+    if min(height, width) < 64:
+        return whole_image(image_rgb.shape)
+    tissue = tissue_map(image_rgb)
+
+    # Coarse grid: a cell is tissue when most of its pixels are.
+    cell = max(1, min(height, width) // GRID_CELLS)
+    rows, cols = height // cell, width // cell
+    grid = tissue[: rows * cell, : cols * cell].reshape(rows, cell, cols, cell).mean(axis=(1, 3)) > 0.5
+    thin = max(3, min(rows, cols) // 20)  # wider than a text line or a ruler, narrower than any scan
+    grid = ndimage.binary_opening(grid, structure=np.ones((thin, thin), bool))
+    labels, count = ndimage.label(grid)
+    if count == 0:
+        return whole_image(image_rgb.shape)
+    boxes = [(c[1].start * cell, c[0].start * cell, c[1].stop * cell, c[0].stop * cell) for c in ndimage.find_objects(labels)]
+    sizes = np.bincount(labels.ravel())[1:]
+    order = [int(i) for i in np.argsort(-sizes)]
+    box = list(boxes[order[0]])
+    scan_like = _scan_like(image_rgb)
+    # Parts of the scan cut off from the largest part by a dark band (a shadow, a black lesion)
+    # lie within its columns (or rows), and the band between is scan, not flat screen background;
+    # text bars and side panels fail one of the two.
+    for i in order[1:]:
+        if sizes[i] < thin * thin:
+            break
+        gap = _gap_between(boxes[i], box, thin * cell)
+        if gap is not None and scan_like[gap].size and scan_like[gap].mean() > 0.5:
+            box = [min(box[0], boxes[i][0]), min(box[1], boxes[i][1]), max(box[2], boxes[i][2]), max(box[3], boxes[i][3])]
+    box = [box[0], box[1], min(box[2], width), min(box[3], height)]
+    x0, y0, x1, y1 = _trim_background_edges(image_rgb, _grow_over_dark_edges(tissue, scan_like, box))
+    if (x1 - x0) * (y1 - y0) >= WHOLE_IMAGE_SHARE * height * width or min(x1 - x0, y1 - y0) < MIN_REGION_SIDE:
+        return whole_image(image_rgb.shape)  # the scan fills the image, or what was found is too small to be one
+    return ScanRegion(x0, y0, x1, y1, True)
+
+
+def _scan_like(image_rgb: np.ndarray) -> np.ndarray:
+    """bool (H, W): pixels unlike the screen's flat background (the median colour of the image's
+    border), or with any fine detail. A scan's deep rows can be nearly black, but rarely the exact
+    flat colour of the screen around it."""
+    rgb = np.asarray(image_rgb, dtype=np.int16)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    unlike = (np.abs(rgb - np.median(border, axis=0)) > 2).any(axis=2)
+    grey = rgb.mean(axis=2, dtype=np.float32)
+    detail = np.abs(grey - ndimage.uniform_filter(grey, 3)) > 0.5
+    return ndimage.uniform_filter((unlike | detail).astype(np.float32), 5) > 0.5
+
+
+def _gap_between(part, box, margin: int):
+    """The slices of the band between ``part`` and ``box`` when ``part`` lies within the box's
+    columns (or rows), give or take ``margin`` pixels, and no further from it than the box is long;
+    None otherwise. A part that overlaps the box has an empty band that counts as scan."""
+    x0, y0, x1, y1 = part
+    bx0, by0, bx1, by1 = box
+    if x0 >= bx0 - margin and x1 <= bx1 + margin:
+        top, bottom = (y1, by0) if y1 <= by0 else (by1, y0) if y0 >= by1 else (by0, by0 + 1)
+        if bottom - top <= by1 - by0:
+            return np.s_[top:bottom, max(x0, bx0):min(x1, bx1)]
+    if y0 >= by0 - margin and y1 <= by1 + margin:
+        left, right = (x1, bx0) if x1 <= bx0 else (bx1, x0) if x0 >= bx1 else (bx0, bx0 + 1)
+        if right - left <= bx1 - bx0:
+            return np.s_[max(y0, by0):min(y1, by1), left:right]
+    return None
+
+
+def _trim_background_edges(image_rgb: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Move each side of ``box`` inwards past lines that are the screen's background colour
+    (the texture windows above blur the scan's edge a few pixels outwards)."""
+    rgb = np.asarray(image_rgb, dtype=np.int16)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    background = (np.abs(rgb - np.median(border, axis=0)) <= 2).all(axis=2)
+    x0, y0, x1, y1 = box
+
+    def flat(line: np.ndarray) -> bool:
+        return bool(line.mean() >= 0.9)
+
+    while y1 - y0 > 1 and flat(background[y1 - 1, x0:x1]):
+        y1 -= 1
+    while y1 - y0 > 1 and flat(background[y0, x0:x1]):
+        y0 += 1
+    while x1 - x0 > 1 and flat(background[y0:y1, x1 - 1]):
+        x1 -= 1
+    while x1 - x0 > 1 and flat(background[y0:y1, x0]):
+        x0 += 1
+    return x0, y0, x1, y1
+
+
+def _grow_over_dark_edges(tissue: np.ndarray, scan_like: np.ndarray, box: list[int]) -> tuple[int, int, int, int]:
+    """Move each side of ``box`` outwards, by at most a quarter of the box, while the next line of
+    pixels still looks like scan: some of it tissue, or most of it scan-like (see _scan_like)."""
+    x0, y0, x1, y1 = box
+    height, width = tissue.shape
+    max_y, max_x = (y1 - y0) // 4, (x1 - x0) // 4
+
+    def is_scan(line_tissue: np.ndarray, line_like: np.ndarray) -> bool:
+        return bool(line_tissue.mean() > 0.3 or line_like.mean() > 0.6)
+
+    stop = min(height, y1 + max_y)
+    while y1 < stop and is_scan(tissue[y1, x0:x1], scan_like[y1, x0:x1]):
+        y1 += 1
+    stop = max(0, y0 - max_y)
+    while y0 > stop and is_scan(tissue[y0 - 1, x0:x1], scan_like[y0 - 1, x0:x1]):
+        y0 -= 1
+    stop = min(width, x1 + max_x)
+    while x1 < stop and is_scan(tissue[y0:y1, x1], scan_like[y0:y1, x1]):
+        x1 += 1
+    stop = max(0, x0 - max_x)
+    while x0 > stop and is_scan(tissue[y0:y1, x0 - 1], scan_like[y0:y1, x0 - 1]):
+        x0 -= 1
+    return x0, y0, x1, y1

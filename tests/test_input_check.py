@@ -1,0 +1,75 @@
+"""The input gate: drawn non-ultrasound images and bad arrays are flagged with their reason; scans pass;
+predict withholds the answer for a flagged image and says why."""
+
+import numpy as np
+import pytest
+
+from busai.data import not_ultrasound
+from busai.data.discover import discover_records, read_image
+from busai.input_check import OK, check_array, check_input
+from busai.predict import Models, predict_array
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("bar_chart", "mostly white"),
+    ("grey_chart", "no speckle"),
+    ("photo", "colour image"),
+    ("document", "mostly white"),
+    ("blank_black", "blank: the image is one flat colour"),
+    ("blank_grey", "blank: the image is one flat colour"),
+    ("tiny_1x1", "tiny: 1x1 pixels; a scan is at least 32 pixels a side"),
+    ("strip_3x500", "tiny: 500x3 pixels"),
+])
+def test_non_ultrasound_images_are_flagged(kind, reason):
+    for seed in range(2):
+        assert check_input(not_ultrasound.all_kinds(seed)[kind]).startswith(reason)
+
+
+def test_a_long_strip_is_not_a_scan_shape():
+    strip = np.random.default_rng(0).integers(0, 255, (40, 500, 3), dtype=np.uint8)
+    assert check_input(strip) == "not a scan's shape: 500x40 pixels is a strip (over 6:1)"
+
+
+def test_synthetic_scans_pass(synthetic_dir):
+    for record in discover_records(synthetic_dir):
+        assert check_input(read_image(record.image)) == OK, record.image
+
+
+@pytest.mark.busi
+def test_real_scans_pass():
+    """A few BUSI images of each class (the full count is benchmarks/input_gate.py's)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "Dataset_BUSI_with_GT"
+    if not root.is_dir():
+        root = Path("/work/shared/data/Dataset_BUSI_with_GT")
+    if not root.is_dir():
+        pytest.skip("BUSI not present")
+    for label in ("benign", "malignant", "normal"):
+        for n in (1, 2, 3):
+            assert check_input(read_image(root / label / f"{label} ({n}).png")) == OK
+
+
+@pytest.mark.parametrize("array, reason", [
+    (np.random.default_rng(0).random((64, 64, 3)), "float out of range: values within 0-1; multiply by 255"),
+    (np.full((64, 64), 300.0), "float out of range: values 300 to 300; pass 0-255"),
+    (np.full((64, 64), np.nan), "float out of range: NaN or infinite pixels"),
+    (np.full((64, 64), 4000, dtype=np.uint16), "integer out of range: values 4000 to 4000; pass 8-bit values 0-255"),
+    (np.zeros((64, 64, 2), dtype=np.uint8), "shape: (64, 64, 2) is not an image"),
+    (np.array([["a"]]), "dtype: <U1 pixels"),
+])
+def test_bad_arrays(array, reason):
+    assert check_array(array).startswith(reason)
+
+
+def test_predict_array_withholds_the_answer_for_a_flagged_image(seg_run, cls_run):
+    from busai.release import resolve_model
+
+    models = Models(resolve_model(seg_run, "seg"), resolve_model(cls_run, "cls"))
+    row, mask = predict_array(models, not_ultrasound.bar_chart())
+    assert row["input_check"].startswith("mostly white") and mask is None and row.get("label") is None
+    row, mask = predict_array(models, np.random.default_rng(0).random((64, 64, 3)))  # float in [0, 1]
+    assert row["input_check"].startswith("float out of range") and mask is None
+    # --no-input-check answers anyway and still says what the gate saw.
+    row, mask = predict_array(models, not_ultrasound.bar_chart(), gate=False)
+    assert row["input_check"].startswith("mostly white") and row["label"] is not None and mask is not None

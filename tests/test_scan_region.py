@@ -1,0 +1,60 @@
+"""The scan region: found inside synthetic scanner screens, the whole image for a bare scan, and
+predict's masks mapped back to the screen's pixels."""
+
+import numpy as np
+import pytest
+
+from busai.data.discover import discover_records, read_image
+from busai.data.scanner_frame import frame_scan
+from busai.scan_region import ScanRegion, find_scan_region
+
+
+def phantom(synthetic_dir, index=0, scale=4) -> np.ndarray:
+    """A synthetic scan enlarged to a realistic size (the 64 x 80 phantoms are smaller than any scan)."""
+    image = read_image(discover_records(synthetic_dir)[index].image)
+    return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_finds_the_scan_inside_a_scanner_screen(synthetic_dir, seed):
+    scan = phantom(synthetic_dir, seed)
+    screen, box = frame_scan(scan, seed=seed)
+    found = find_scan_region(screen)
+    assert found.cropped and (found.x0, found.y0, found.x1, found.y1) == box
+    assert np.array_equal(found.crop(screen)[40:-40, 40:-40], screen[box[1] + 40:box[3] - 40, box[0] + 40:box[2] - 40])
+
+
+def test_a_bare_scan_is_used_whole(synthetic_dir):
+    scan = phantom(synthetic_dir, 1)
+    assert find_scan_region(scan) == ScanRegion(0, 0, scan.shape[1], scan.shape[0], False)
+    small = read_image(discover_records(synthetic_dir)[0].image)  # under 64 px: never cropped
+    assert not find_scan_region(small).cropped
+
+
+def test_paste_puts_crop_values_back_at_the_original_place():
+    region = ScanRegion(10, 20, 40, 35, True)
+    crop = np.ones((15, 30), dtype=np.uint8)
+    full = region.paste(crop, (50, 60))
+    assert full.shape == (50, 60) and full.sum() == 15 * 30 and full[20:35, 10:40].all()
+
+
+def test_predict_maps_the_mask_back_and_measures_depth_from_the_scan_top():
+    from dicom_files import dark_is_lesion, ellipse_scan
+
+    from busai.predict import predict_array
+
+    # A lesion of known place (top at row 100 of the scan) inside a scanner screen.
+    scan = np.repeat(ellipse_scan(centre=(120, 160), radii=(20, 50))[..., None], 3, axis=2)
+    screen, (x0, y0, x1, y1) = frame_scan(scan, seed=3)
+    row, mask = predict_array(dark_is_lesion(), screen)
+    assert row["input_check"] == "ok"
+    assert (row["scan_x"], row["scan_y"], row["scan_width"], row["scan_height"]) == (x0, y0, x1 - x0, y1 - y0)
+    assert mask.shape == screen.shape[:2]
+    outside = mask.copy()
+    outside[y0:y1, x0:x1] = 0
+    assert not outside.any()  # nothing outlined on the screen's clutter
+    assert row["bbox_y"] == pytest.approx(y0 + 100, abs=1) and row["bbox_x"] == pytest.approx(x0 + 110, abs=1)
+    assert row["depth_px"] == row["bbox_y"] - y0
+    # The same as predicting the scan's own pixels (calipers included) alone.
+    bare, bare_mask = predict_array(dark_is_lesion(), screen[y0:y1, x0:x1], scan_region=False)
+    assert np.array_equal(mask[y0:y1, x0:x1], bare_mask) and bare["depth_px"] == row["depth_px"]
