@@ -49,8 +49,11 @@ def test_own_training_images_are_refused(cli, seg_run, synthetic_dir, tiny_runs,
     (tmp_path / "swapped.json").write_text(json.dumps(swapped))
     cli.fails("evaluate", seg_run, "--data", synthetic_dir, "--splits", tmp_path / "swapped.json", "--split", "test",
               expect="test images of")
-    # Its own split's test images are fine.
-    code, _, err = cli("evaluate", seg_run, "--data", synthetic_dir, "--splits", tiny_runs / "splits.json", "--split", "test", "--n-boot", "10", "--no-figures")
+    # Its own split's test images are fine (scored in a copy: the shared run folder stays as it is).
+    import shutil
+
+    run = shutil.copytree(seg_run, tmp_path / "seg")
+    code, _, err = cli("evaluate", run, "--data", synthetic_dir, "--splits", tiny_runs / "splits.json", "--split", "test", "--n-boot", "10", "--no-figures")
     assert code == 0, err
 
 
