@@ -63,7 +63,9 @@ def test_core_predicts_with_no_extra_installed(tmp_path):
         sys.meta_path.insert(0, Block())
         from busai.predict import load_models, predict_array
         models = load_models("release", "release")
-        row, mask = predict_array(models, np.full((90, 120, 3), 60, np.uint8))
+        from busai.data.synthetic import make_phantom
+        scan, _ = make_phantom(np.random.default_rng(0), (90, 120), "benign")  # a flat image would be flagged by the input gate
+        row, mask = predict_array(models, np.repeat(scan[..., None], 3, axis=2))
         assert mask.shape == (90, 120) and row["label"] in ("normal", "benign", "malignant")
         assert not [m for m in sys.modules if m.split(".")[0] in {blocked!r}]
         print("ok")

@@ -378,7 +378,7 @@ def test_serve_command_passes_hosts_limits_and_flags(cli, monkeypatch):
                        "--max-queue", "3", "--max-megapixels", "12.5", "--openapi")
     assert code == 0, err
     assert seen["kwargs"] == {"backend": "torch", "max_upload_mb": 10.0, "max_megapixels": 12.5, "max_queue": 3,
-                              "allow_hosts": ["::1", "scanner.lan"], "openapi": True}
+                              "allow_hosts": ["::1", "scanner.lan"], "openapi": True, "device": "auto"}
     assert seen["app"] == "app" and seen["run"] == {"host": "::1", "port": 8123, "log_level": "warning"}
     assert "http://[::1]:8123/" in err
 

@@ -16,7 +16,7 @@ pytest.importorskip("pydicom")
 
 @pytest.fixture(scope="module")
 def client(seg_run, cls_run):
-    return TestClient(create_app(seg_run, cls_run, max_upload_mb=1))
+    return TestClient(create_app(seg_run, cls_run, max_upload_mb=1), base_url="http://127.0.0.1")  # testserver is no allowed Host
 
 
 def scan(height=96, width=128, seed=0) -> np.ndarray:

@@ -33,10 +33,14 @@ class Prediction:
     segmenter's float map it was thresholded from; ``measurements`` holds the keys of
     :data:`busai.measure.MEASUREMENT_KEYS` (mm keys None without ``pixel_spacing``) plus
     ``diameter_endpoints``; ``review`` says why a person should look when the two models disagree.
+    ``input_check`` is ``ok`` or why the image is not taken for a B-mode scan (then no model
+    answered); ``extra`` holds the other columns of a predictions row (scan region, spacing source).
     """
 
     width: int
     height: int
+    input_check: str | None = None
+    extra: dict | None = None
     label: str | None = None
     probabilities: dict[str, float] | None = None
     mask: np.ndarray | None = None
@@ -48,12 +52,12 @@ class Prediction:
         """The values ``busai predict`` writes to predictions.csv for this scan (no file columns)."""
         from busai.predict import PROBABILITY_KEYS
 
-        row: dict = {"width": self.width, "height": self.height}
+        row: dict = {"width": self.width, "height": self.height, "input_check": self.input_check, **(self.extra or {})}
         if self.probabilities is not None:
             row["label"] = self.label
             row.update({key: round(self.probabilities[c], 5) for key, c in zip(PROBABILITY_KEYS, CLASSES)})
         if self.measurements is not None:
-            row.update({k: v for k, v in self.measurements.items() if k != "diameter_endpoints"})
+            row.update({k: v for k, v in self.measurements.items() if k not in ("diameter_endpoints", "perpendicular_endpoints")})
         row["review"] = self.review
         return row
 
@@ -231,23 +235,27 @@ def _by_task(models) -> dict[str, Model]:
 
 
 def _predict_one(by_task: dict[str, Model], image: np.ndarray, tta: bool, pixel_spacing, threshold: float, precision: str) -> Prediction:
-    # The same steps as busai.predict.predict_array, kept here unrounded and with the probability map.
-    from busai.inference import predict_image, upsample_probability
-    from busai.measure import measure_lesion
-    from busai.predict import review_note
+    # busai.predict.predict_array's steps (input gate, scan-region crop, spacing, measurements), with the probability map kept.
+    from busai.measure import MEASUREMENT_KEYS
+    from busai.predict import PROBABILITY_KEYS, Models, predict_array
 
+    models = Models(by_task["segmentation"].loaded if "segmentation" in by_task else None,
+                    by_task["classification"].loaded if "classification" in by_task else None)
+    row, mask = predict_array(models, image, tta=tta, pixel_spacing=pixel_spacing, threshold=threshold, keep_probability=True, precision=precision)
     height, width = image.shape[:2]
-    result = Prediction(width=width, height=height)
-    if "classification" in by_task:
-        probs = predict_image(by_task["classification"].loaded, image, tta=tta, precision=precision).numpy()
-        result.label = CLASSES[int(probs.argmax())]
-        result.probabilities = {c: float(p) for c, p in zip(CLASSES, probs)}
-    if "segmentation" in by_task:
-        prob = upsample_probability(predict_image(by_task["segmentation"].loaded, image, tta=tta, precision=precision), (height, width))
-        result.lesion_probability = prob
-        result.mask = (prob > threshold).astype(np.uint8)
-        result.measurements = measure_lesion(result.mask, pixel_spacing)
-    result.review = review_note(result.label, result.measurements["lesion_count"] if result.measurements else None)
+    result = Prediction(width=width, height=height, input_check=row.pop("input_check", None))
+    if "label" in row:
+        result.label = row.pop("label")
+        result.probabilities = {c: float(row.pop(key)) for key, c in zip(PROBABILITY_KEYS, CLASSES)}
+    if mask is not None:
+        result.mask = mask
+        result.lesion_probability = row.pop("probability_map", None)
+        keys = (*MEASUREMENT_KEYS, "diameter_endpoints", "perpendicular_endpoints")
+        result.measurements = {k: row.pop(k) for k in keys if k in row}
+    result.review = row.pop("review", None)
+    row.pop("width", None)
+    row.pop("height", None)
+    result.extra = row
     return result
 
 

@@ -86,7 +86,7 @@ def empty_row(image: str) -> dict:
 
 def predict_array(
     models: Models, image_rgb: np.ndarray, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5,
-    scan_region: bool = True, gate: bool = True, geometry=None, keep_probability: bool = False,
+    scan_region: bool = True, gate: bool = True, geometry=None, keep_probability: bool = False, precision: str = "auto",
 ) -> tuple[dict, np.ndarray | None]:
     """One uint8 (H, W, 3) scan -> (row values, {0, 1} mask at the scan's size or None).
 
@@ -113,12 +113,12 @@ def predict_array(
     if gate and row["input_check"] != OK:
         return row, None
     if models.cls is not None:
-        probs = predict_image(models.cls, scan, tta=tta).numpy()
+        probs = predict_image(models.cls, scan, tta=tta, precision=precision).numpy()
         row["label"] = CLASSES[int(probs.argmax())]
         row.update({key: round(float(p), 5) for key, p in zip(PROBABILITY_KEYS, probs)})
     mask = None
     if models.seg is not None:
-        prob = upsample_probability(predict_image(models.seg, scan, tta=tta), scan.shape[:2])
+        prob = upsample_probability(predict_image(models.seg, scan, tta=tta, precision=precision), scan.shape[:2])
         prob = region.paste(prob.astype(np.float32), image_rgb.shape[:2])
         mask = (prob > threshold).astype(np.uint8)
         spacing, source = lesion_spacing(mask, geometry, pixel_spacing)

@@ -57,12 +57,12 @@ def register(sub) -> None:
                       help="draw training images by how wrong the model last was on each (missed lesions, misclassified scans come round more often)")
 
     optim = p.add_argument_group("optimiser and loss")
-    optim.add_argument("--optimizer", choices=OPTIMIZERS, help="default adam")
+    optim.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZERS)} (default adam)")
     optim.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
     optim.add_argument("--weight-decay", dest="weight_decay", type=float, help="default 0")
     optim.add_argument("--betas", type=float, nargs=2, default=None, metavar=("BETA1", "BETA2"), help="Adam / AdamW betas (default torch's 0.9 0.999)")
     optim.add_argument("--batch-size", dest="batch_size", type=int, help="images per step (default 8; per process with --gpus)")
-    optim.add_argument("--loss", choices=[*SEGMENTATION_LOSSES, "focal", "ce"], help="default dice (seg) or focal (cls)")
+    optim.add_argument("--loss", help=f"seg: one of {', '.join(SEGMENTATION_LOSSES)} (default dice); cls: focal (default) or ce")
     optim.add_argument("--focal-alpha", dest="focal_alpha", type=float, nargs="+", default=None, help="one value, or one per class (normal benign malignant); default 0.25")
     optim.add_argument("--focal-gamma", dest="focal_gamma", type=float, help="default 2.0")
 
