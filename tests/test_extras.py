@@ -29,6 +29,12 @@ def test_unknown_extra_is_a_programming_error():
 
 
 def test_cli_without_the_serve_extra_prints_one_line(cli, monkeypatch):
+    import busai
+    import busai.serve
+
+    # Re-importing below rebinds the package attribute busai.serve; put the real one back afterwards,
+    # or later tests that patch busai.serve.app.* would find the half-imported module.
+    monkeypatch.setattr(busai, "serve", busai.serve)
     hide(monkeypatch, "fastapi", "uvicorn")
     for name in [m for m in sys.modules if m == "busai.serve" or m.startswith("busai.serve.")]:
         monkeypatch.delitem(sys.modules, name)
