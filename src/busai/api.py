@@ -269,7 +269,9 @@ def to_rgb(image) -> np.ndarray:
         except Image.DecompressionBombError as exc:  # Pillow's guard against absurd pixel counts
             raise DataError(f"{image}: {exc}") from None
     if isinstance(image, Image.Image):
-        return _pil_to_rgb(image)
+        from busai.data.discover import pil_to_array
+
+        return pil_to_array(image)
     if not isinstance(image, np.ndarray):
         raise DataError(f"image of type {type(image).__name__}: pass a file path, a PIL image or a numpy array (H x W or H x W x 3)")
     array = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
@@ -282,20 +284,6 @@ def to_rgb(image) -> np.ndarray:
     elif array.dtype != np.uint8:
         raise DataError(f"image array of dtype {array.dtype}: pass uint8 (0-255) or float in [0, 1], e.g. x.astype(np.float32) / x.max()")
     return np.ascontiguousarray(np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array)
-
-
-def _pil_to_rgb(image: Image.Image) -> np.ndarray:
-    # As busai.data.discover.read_image does for files (it takes only paths): 16-bit and float
-    # images scaled by their own range, transparency composited on black background.
-    if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        image = Image.fromarray(arr.round().astype(np.uint8), mode="L")
-    elif image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-    return np.asarray(image.convert("RGB"))
 
 
 def _resolve_device(device: str, backend: str, source: str):

@@ -205,13 +205,13 @@ def _selections(specs, splits_file, split_names, all_images) -> list[tuple[str, 
     dataset, plus pooled entries."""
     out = []
     if all_images:
-        from busai.data.audit import audit_dataset
+        from busai.data.audit import audit_dataset, unusable_images
         from busai.data.sources import read_records
 
         for spec in specs:
             records = read_records([spec])
             report = audit_dataset(spec)
-            skipped = _unusable(report, records)
+            skipped = unusable_images(report.problems, records)
             if skipped:
                 print(f"note: {len(skipped)} images of {spec.path} cannot be scored and are left out (listed under 'skipped'): "
                       f"{next(iter(skipped.values()))}", file=sys.stderr)
@@ -233,16 +233,6 @@ def _selections(specs, splits_file, split_names, all_images) -> list[tuple[str, 
         if len(names) > 1:
             out.append((split, records, groups, split, {}))
     return out
-
-
-def _unusable(report, records) -> dict[str, str]:
-    """Images an audit finds unscorable (unreadable, or a mask of another size: never resized
-    silently onto a scan), by key, with the audit's message."""
-    import os
-
-    by_mask = {(f"{r.dataset}:" if r.dataset else "") + Path(os.path.relpath(m, r.root)).as_posix(): r.key for r in records for m in r.masks}
-    kinds = {"unreadable_image", "unreadable_mask", "mask_size_mismatch"}
-    return {by_mask.get(p.path, p.path): p.message for p in report.problems if p.kind in kinds}
 
 
 def _groups_without_split(report, records) -> list[str]:

@@ -23,10 +23,6 @@ TRAINING_DATA = "training_data.json"
 FORBIDDEN = {"test": ("train", "val"), "all": ("train", "val"), "val": ("train",), "train": ()}
 
 
-def _relative(key: str, named: bool) -> str:
-    return key.split(":", 1)[1] if named and ":" in key else key
-
-
 def training_data(model_dir: str | Path) -> list[dict] | None:
     """``[{"name", "fingerprint", "train": [...], "val": [...]}]`` for a run or release folder; None
     when the folder does not record it (a model from elsewhere: the user's responsibility)."""
@@ -55,7 +51,7 @@ def describe_split(splits: dict, fold: int | None = None, used: dict | None = No
         if used is not None and name not in used:
             continue
         prefix = f"{name}:"
-        train, val = ([_relative(k, True) for k in source[part] if k.startswith(prefix)] for part in ("train", "val"))
+        train, val = ([k.removeprefix(prefix) for k in source[part] if k.startswith(prefix)] for part in ("train", "val"))
         out.append({"name": name, "fingerprint": entry.get("fingerprint"), "train": train, "val": val})
     return out
 

@@ -159,19 +159,23 @@ def resolve_weights(cfg: TrainConfig) -> Path | None:
     raise CheckpointError(f"--weights {value}: {folder} holds no {WEIGHTS} or {BEST_CHECKPOINT}; pass a release or finished run folder, or a weights file")
 
 
-def check_weights_split(cfg: TrainConfig, val_records, test_records, fingerprints: dict[str, str]) -> None:
+def check_weights_split(cfg: TrainConfig) -> None:
     """Refuse weights whose model trained on images that are this run's validation or test images.
 
     Compared by dataset fingerprint and image path (see :mod:`busai.provenance`): fine-tuning the
     release on a split file whose BUSI part is BUSI's canonical split is fine; on a split that puts
     the release's training images into validation or test it is refused. Weights with no record
-    of their training data beside them are the user's responsibility.
+    of their training data beside them are the user's responsibility. Points ``cfg.weights`` at
+    the weights file when it names a model folder (see :func:`resolve_weights`).
     """
-    from busai.provenance import check_unseen
-
     folder = resolve_weights(cfg)
-    if folder is not None:
-        check_unseen(folder, {"val": val_records, "test": test_records}, fingerprints, what=f"--weights {folder}: validating or testing on")
+    if folder is None or not cfg.data or not cfg.splits:
+        return  # imagenet / none / a bare file: nothing to compare, so no data is read here
+    from busai.data.splits import load_split_records
+    from busai.provenance import check_unseen, dataset_fingerprints
+
+    roles = {"val": load_split_records(cfg.data, cfg.splits, "val", fold=cfg.fold), "test": load_split_records(cfg.data, cfg.splits, "test")}
+    check_unseen(folder, roles, dataset_fingerprints(cfg.data), what=f"--weights {folder}: validating or testing on")
 
 
 def _with_fingerprints(datasets: dict, splits: dict) -> dict:
@@ -189,12 +193,7 @@ def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epo
     guards.validate_config(cfg)
     requested_weights = cfg.weights
     if not resume:
-        from busai.data.splits import load_split_records
-        from busai.provenance import dataset_fingerprints
-
-        test_records = load_split_records(cfg.data, cfg.splits, "test") if cfg.data and cfg.splits else []
-        val_records = load_split_records(cfg.data, cfg.splits, "val", fold=cfg.fold) if cfg.data and cfg.splits else []
-        check_weights_split(cfg, val_records, test_records, dataset_fingerprints(cfg.data) if cfg.data else {})
+        check_weights_split(cfg)
     seed_everything(cfg.seed)  # before build: random initial weights (and heads) depend on the seed only
     # On resume the checkpoint supplies every weight: no ImageNet lookup, no warning.
     built = build(cfg.task, cfg.model, encoder=cfg.encoder, weights="none" if resume else cfg.weights, image_size=cfg.image_size)

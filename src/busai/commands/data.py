@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 from pathlib import Path
 
@@ -146,11 +145,8 @@ def _print_some(console: Console, lines: list[str], title: str) -> None:
         console.print(f"  ... {len(lines) - _SHOWN} more (use --json for all)", highlight=False)
 
 
-_UNUSABLE = {"unreadable_image", "unreadable_mask", "mask_size_mismatch"}
-
-
 def run_split(args: argparse.Namespace) -> int:
-    from busai.data.audit import audit_dataset, duplicate_groups_across
+    from busai.data.audit import audit_dataset, duplicate_groups_across, unusable_images
     from busai.data.sources import parse_data_specs, read_records
     from busai.data.splits import _class_counts, make_splits, write_splits
     from busai.errors import ConfigError, DataError
@@ -166,11 +162,7 @@ def run_split(args: argparse.Namespace) -> int:
     reports = [audit_dataset(spec, args.near_threshold, progress=True) for spec in specs]
     for spec, report in zip(specs, reports):
         Console().print(f"{spec}: layout {report.format}", highlight=False)
-    unusable = {}
-    for report in reports:
-        for problem in report.problems:
-            if problem.kind in _UNUSABLE:
-                unusable.setdefault(_image_key(problem.path, records), problem.message)
+    unusable = unusable_images([p for report in reports for p in report.problems], records)
     if unusable and not args.exclude_problems:
         first = next(iter(unusable.values()))
         where = " ".join(f"busai data audit {s.path}" for s in specs)
@@ -204,18 +196,6 @@ def run_split(args: argparse.Namespace) -> int:
     if problems:
         Console().print(f"note: the audit found {problems} problems; see `busai data audit` on each dataset", highlight=False)
     return 0
-
-
-def _image_key(problem_key: str, records) -> str:
-    """A problem names an image or one of its masks; map a mask's path to its image's key."""
-    keys = {r.key for r in records}
-    if problem_key in keys:
-        return problem_key
-    for r in records:
-        prefix = f"{r.dataset}:" if r.dataset else ""
-        if any(problem_key == prefix + Path(os.path.relpath(m, r.root)).as_posix() for m in r.masks):
-            return r.key
-    return problem_key
 
 
 def _command_line(args: argparse.Namespace) -> str:

@@ -181,7 +181,7 @@ def _check_masks(record: Record, image_shape: tuple[int, int] | None, problems: 
     foreground = False  # same rule as read_mask: a pixel is lesion when its value is > 127
     all_read = True
     for path in record.masks:
-        rel = (f"{record.dataset}:" if record.dataset else "") + Path(os.path.relpath(path, record.root)).as_posix()
+        rel = _mask_key(record, path)
         try:
             mask = mask_values(path)
         except DataError as exc:
@@ -228,6 +228,26 @@ def duplicate_groups_across(reports: list[AuditReport]) -> list[list[str]]:
         raise ConfigError("audits made with different --near-threshold values cannot be combined")
     decoded = [d for r in reports for d in r.decoded]
     return _sorted_groups(_linked_groups(decoded, thresholds.pop())) if reports else []
+
+
+UNUSABLE = {"unreadable_image", "unreadable_mask", "mask_size_mismatch"}
+"""Problem kinds that make an image unusable for training or scoring (a mask is never resized onto a scan)."""
+
+
+def _mask_key(record: Record, path: Path) -> str:
+    """How a problem names one of a record's mask files: its path in the record's key style."""
+    return (f"{record.dataset}:" if record.dataset else "") + Path(os.path.relpath(path, record.root)).as_posix()
+
+
+def unusable_images(problems: list[Problem], records: list[Record]) -> dict[str, str]:
+    """The images ``problems`` make unusable (see ``UNUSABLE``), by image key, each with the first
+    problem's message; a problem about a mask file counts against that mask's image."""
+    image_of = {_mask_key(r, m): r.key for r in records for m in r.masks}
+    found: dict[str, str] = {}
+    for problem in problems:
+        if problem.kind in UNUSABLE:
+            found.setdefault(image_of.get(problem.path, problem.path), problem.message)
+    return found
 
 
 def _exact_groups(decoded: list[_Decoded]) -> list[list[str]]:

@@ -180,23 +180,27 @@ def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
-                arr = np.asarray(img, dtype=np.float64)
-                lo, hi = float(arr.min()), float(arr.max())
-                arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-                img = Image.fromarray(arr.round().astype(np.uint8), mode="L")
-            elif img.mode in {"RGBA", "LA", "PA"} or (img.mode == "P" and "transparency" in img.info):
-                # Composite on black: ultrasound background is black, so transparent areas stay background.
-                rgba = img.convert("RGBA")
-                canvas = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-                img = Image.alpha_composite(canvas, rgba)
-            return np.asarray(img.convert(mode))
+            return pil_to_array(img, mode)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found; check the path") from None
     except Image.DecompressionBombError as exc:  # Pillow's guard against absurd pixel counts
         raise DataError(f"{path}: not decoded, {str(exc).split(', could')[0]}; replace or remove the file") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}); replace or remove the file") from None
+
+
+def pil_to_array(img: Image.Image, mode: str = "RGB") -> np.ndarray:
+    """A decoded PIL image of any mode as uint8 ``mode`` (see :func:`read_image`)."""
+    if img.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(arr.round().astype(np.uint8), mode="L")
+    elif img.mode in {"RGBA", "LA", "PA"} or (img.mode == "P" and "transparency" in img.info):
+        # Composite on black: ultrasound background is black, so transparent areas stay background.
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return np.asarray(img.convert(mode))
 
 
 def mask_values(path: str | Path) -> np.ndarray:
