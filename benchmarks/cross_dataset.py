@@ -45,7 +45,7 @@ def _model_dirs(seg: str, cls: str) -> dict[str, str] | None:
 
 
 def score_row(name: str, models: dict[str, str], evaluations, data: dict[str, str], out: Path, n_boot: int) -> dict:
-    from busai.evaluate import evaluate_model
+    from busai.evaluation import evaluate_model
 
     row = {"row": name, "models": models, "scores": {}}
     if evaluations == "val":

@@ -59,7 +59,7 @@ class Fp32Only(torch.nn.Module):
 
 def validation_scores(loaded, records) -> dict:
     """Validation quality of one path: mean Dice and IoU (segmentation) or accuracy and macro-F1."""
-    from busai.evaluate import evaluate_classification, evaluate_segmentation
+    from busai.evaluation import evaluate_classification, evaluate_segmentation
 
     evaluate = evaluate_segmentation if loaded.task == "segmentation" else evaluate_classification
     report, _ = evaluate(loaded, records, n_boot=200, seed=0)

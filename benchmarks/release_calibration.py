@@ -20,7 +20,7 @@ import numpy as np
 
 from busai import CLASSES
 from busai.data.splits import load_split_records, read_splits
-from busai.evaluate import predict_records
+from busai.evaluation import predict_records
 from busai.figures import reliability_diagram
 from busai.release import release_dir, resolve_model
 from busai.runs import write_json

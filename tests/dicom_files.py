@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from busai.predict import Models
+from busai.api import Model
 from busai.runs import LoadedModel
 
 PATIENT_NAME, PATIENT_ID = "Testpatient^Secret", "PID-31415"
@@ -104,9 +104,9 @@ class DarkIsLesion(torch.nn.Module):
         return (60 / 255 - x[:, :1]) * 500
 
 
-def dark_is_lesion(size=320) -> Models:
+def dark_is_lesion(size=320) -> list[Model]:
     loaded = LoadedModel(DarkIsLesion().eval(), "segmentation", {"name": "stub"}, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), {}, "stub")
-    return Models(seg=loaded, cls=None)
+    return [Model(loaded)]
 
 
 def ellipse_scan(height=240, width=320, centre=(120, 100), radii=(20, 50), seed=0) -> np.ndarray:

@@ -55,15 +55,31 @@ def test_public_names_are_the_library_functions():
         busai.nothing  # noqa: B018
 
 
-def test_predict_and_evaluate_are_callable_though_modules_share_their_names(scan, seg_run):
-    import busai.predict as predict_module  # the import rebinds busai.predict to the module
+def test_no_submodule_shadows_a_public_name():
+    # Importing busai.NAME binds the package attribute NAME to the module, so a module named like a
+    # public function (busai/predict.py once) would replace busai.predict once anything imported it.
+    import pkgutil
 
-    assert busai.predict is predict_module and predict_module.load_models  # the module's functions stay reachable
+    assert not {m.name for m in pkgutil.iter_modules(busai.__path__)} & set(busai.__all__)
+
+
+def test_predict_and_evaluate_are_the_api_functions_after_every_import(scan, seg_run, synthetic_dir, tiny_runs, tmp_path):
+    from busai import api
+    from busai.commands import evaluate as evaluate_command, predict as predict_command  # noqa: F401
+    from busai.evaluation import evaluate_model
+    from busai.prediction import predict_paths  # noqa: F401
+
+    assert (busai.predict, busai.evaluate) == (api.predict, api.evaluate)
     seg = busai.load(seg_run)
     assert busai.predict(seg, scan).mask is not None
     with pytest.raises(ConfigError) as exc:
-        busai.evaluate(seg_run, [])  # busai.evaluate.evaluate_model
+        busai.evaluate(seg, [])
     assert message(exc) == "pass the data to score with --data PATH (or --data NAME=PATH, repeatable)"
+    # A Model is scored from its source: the same numbers as busai evaluate on the run folder.
+    options = dict(splits_file=tiny_runs / "splits.json", split_names=["val"], n_boot=10, figures=False)
+    by_model = busai.evaluate(seg, synthetic_dir, out=tmp_path / "a", **options)
+    by_path = evaluate_model(seg_run, synthetic_dir, out=tmp_path / "b", device="cpu", **options)
+    assert by_model["segmentation"]["val"]["dice"] == by_path["segmentation"]["val"]["dice"]
 
 
 def test_trainconfig_has_per_task_defaults():
@@ -83,12 +99,12 @@ def assert_same(a: Prediction, b: Prediction) -> None:
 
 
 def test_run_folders_predict_like_busai_predict_and_save_round_trip(seg_run, cls_run, scan, tmp_path):
-    from busai.predict import Models, predict_array
+    from busai.prediction import predict_array
 
     seg, cls = busai.load(seg_run, task="seg"), busai.load(cls_run, device="cpu")
     assert (seg.task, seg.backend, cls.task, str(cls.device)) == ("segmentation", "torch", "classification", "cpu")
     both = busai.predict([seg, cls], scan, pixel_spacing=0.1)
-    row, mask = predict_array(Models(seg.loaded, cls.loaded), np.asarray(Image.open(scan).convert("RGB")), pixel_spacing=0.1)
+    row, mask = predict_array([seg, cls], np.asarray(Image.open(scan).convert("RGB")), pixel_spacing=0.1)
     row.pop("diameter_endpoints"), row.pop("perpendicular_endpoints", None)
     assert both.to_row() == row and np.array_equal(both.mask, mask)
     assert set(both.probabilities) == set(busai.api.CLASSES) and abs(sum(both.probabilities.values()) - 1) < 1e-5
@@ -274,6 +290,23 @@ def test_library_calls_leave_torch_threads_alone_unless_asked(monkeypatch, seg_r
         import os
 
         assert torch.get_num_threads() == max(1, len(os.sched_getaffinity(0)))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_release_models_predicting_an_array_change_no_global_state(monkeypatch, synthetic_dir):
+    from busai.runs import ALL_CORES_ENV
+
+    monkeypatch.delenv(ALL_CORES_ENV, raising=False)
+    array = np.asarray(Image.open(synthetic_dir / "benign" / "benign (1).png").convert("RGB"))
+    before = torch.get_num_threads()
+    chosen = 1 if before > 1 else 2  # a count busai would not pick itself, so a reset is seen
+    try:
+        torch.set_num_threads(chosen)
+        seg, cls = busai.load("release", task="seg"), busai.load("release", task="cls")
+        result = busai.predict([seg, cls], array)
+        assert result.input_check == "ok" and result.mask is not None and result.label is not None  # both networks ran
+        assert torch.get_num_threads() == chosen
     finally:
         torch.set_num_threads(before)
 

@@ -7,7 +7,7 @@ import pytest
 from busai.data import not_ultrasound
 from busai.data.discover import discover_records, read_image
 from busai.input_check import OK, check_array, check_input
-from busai.predict import Models, predict_array
+from busai.prediction import predict_array
 
 
 @pytest.mark.parametrize("kind, reason", [
@@ -63,9 +63,9 @@ def test_bad_arrays(array, reason):
 
 
 def test_predict_array_withholds_the_answer_for_a_flagged_image(seg_run, cls_run):
-    from busai.release import resolve_model
+    import busai
 
-    models = Models(resolve_model(seg_run, "seg"), resolve_model(cls_run, "cls"))
+    models = [busai.load(seg_run, device="cpu"), busai.load(cls_run, device="cpu")]
     row, mask = predict_array(models, not_ultrasound.bar_chart())
     assert row["input_check"].startswith("mostly white") and mask is None and row.get("label") is None
     row, mask = predict_array(models, np.random.default_rng(0).random((64, 64, 3)))  # float in [0, 1]

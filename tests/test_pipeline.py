@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from busai.data.splits import duplicate_groups, read_splits
-from busai.evaluate import evaluate_run
+from busai.evaluation import evaluate_run
 from busai.report import classification_table, collect_run, segmentation_table
 
 

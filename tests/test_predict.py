@@ -11,7 +11,7 @@ from PIL import Image
 from busai.data.discover import discover_records, read_image
 from busai.errors import CheckpointError, ConfigError, DataError
 from busai.inference import predict_image, preprocess
-from busai.predict import COLUMNS, predict_paths, review_note
+from busai.prediction import COLUMNS, predict_paths, review_note
 from busai.release import resolve_model
 
 
@@ -177,7 +177,7 @@ def test_review_note_when_the_models_disagree_on_a_lesion(label, lesions, expect
 
 def test_cli_summary_names_the_scans_to_review(capsys):
     from busai.commands.predict import _print_summary
-    from busai.predict import empty_row
+    from busai.prediction import empty_row
 
     rows = [empty_row("in/a.png") | {"label": "benign", "p_benign": 0.9, "lesion_count": 0, "review": review_note("benign", 0)},
             empty_row("in/b.png") | {"label": "benign", "p_benign": 0.8, "lesion_count": 1, "area_px": 40}]

@@ -13,7 +13,7 @@ from busai.release import MAX_RELEASE_MB, load_release, make_release, resolve_mo
 
 
 def test_make_and_load_release(seg_run, synthetic_dir, tiny_runs, tmp_path):
-    from busai.evaluate import evaluate_run
+    from busai.evaluation import evaluate_run
 
     evaluate_run(seg_run, synthetic_dir, tiny_runs / "splits.json", "val", n_boot=10, figures=False)
     folder = make_release(seg_run, "seg", root=tmp_path)

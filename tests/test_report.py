@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from busai.evaluate import evaluate_run
+from busai.evaluation import evaluate_run
 from busai.report import fmt_value
 
 SECTIONS = [

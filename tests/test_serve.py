@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from busai.errors import CheckpointError, ConfigError
-from busai.predict import review_note
+from busai.prediction import review_note
 from busai.serve import NOTICE, create_app
 
 
@@ -213,7 +213,7 @@ def test_uploads_held_at_once_are_bounded(seg_run, monkeypatch):
     """With --max-queue 2, a third upload while two are held gets 503 with Retry-After; the others finish."""
     import threading
 
-    from busai import predict as predict_module
+    from busai import prediction as predict_module
 
     release, entered = threading.Event(), threading.Semaphore(0)
     real = predict_module.predict_array
@@ -310,7 +310,7 @@ def test_openapi_only_with_the_flag(seg_run, client):
     ],
 )
 def test_serve_refuses_bad_limits_before_loading_models(cli, monkeypatch, option, value, expect):
-    monkeypatch.setattr("busai.predict.load_models", lambda *a, **k: pytest.fail("loaded models despite a bad limit"))
+    monkeypatch.setattr("busai.prediction.load_models", lambda *a, **k: pytest.fail("loaded models despite a bad limit"))
     cli.fails("serve", option, value, expect=expect)
 
 

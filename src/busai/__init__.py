@@ -14,6 +14,8 @@ SPLIT_NAMES = ("train", "val", "test")
 
 __all__ = ["load", "Model", "TrainConfig", "train", "resume", "evaluate", "predict", "list_models"]
 
+# Where each public name lives. No submodule may share one of these names: importing busai.NAME
+# would bind the package attribute NAME to that module (hence busai.prediction, busai.evaluation).
 _HOMES = {
     "load": ("busai.api", "load"),
     "Model": ("busai.api", "Model"),
@@ -21,10 +23,8 @@ _HOMES = {
     "train": ("busai.training", "train"),
     "resume": ("busai.training", "resume"),
     "list_models": ("busai.models.registry", "list_models"),
-    # busai/predict.py and busai/evaluate.py share these names, and importing a submodule rebinds
-    # the package attribute to it; so the modules themselves are made callable (_make_callable).
-    "predict": ("busai.predict", None),
-    "evaluate": ("busai.evaluate", None),
+    "predict": ("busai.api", "predict"),
+    "evaluate": ("busai.api", "evaluate"),
 }
 
 
@@ -35,24 +35,9 @@ def __getattr__(name: str):
 
     module_name, attribute = _HOMES[name]
     module = importlib.import_module(module_name)
-    return module if attribute is None else getattr(module, attribute)
+    return getattr(module, attribute)
 
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-def _make_callable(module_name: str, target: str) -> None:
-    """Make the module ``module_name`` callable as the function ``target`` ("module:function"),
-    so ``busai.predict(...)`` / ``busai.evaluate(...)`` work whichever import ran first."""
-    import importlib
-    import sys
-    import types
-
-    home, function = target.split(":")
-
-    class CallableModule(types.ModuleType):
-        def __call__(self, *args, **kwargs):
-            return getattr(importlib.import_module(home), function)(*args, **kwargs)
-
-    sys.modules[module_name].__class__ = CallableModule

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from busai import CLASSES
@@ -50,7 +51,7 @@ class Prediction:
 
     def to_row(self) -> dict:
         """The values ``busai predict`` writes to predictions.csv for this scan (no file columns)."""
-        from busai.predict import PROBABILITY_KEYS
+        from busai.prediction import PROBABILITY_KEYS
 
         row: dict = {"width": self.width, "height": self.height, "input_check": self.input_check, **(self.extra or {})}
         if self.probabilities is not None:
@@ -66,23 +67,26 @@ class Model:
     """One trained model, ready to predict: use :func:`load` rather than building one by hand.
 
     Attributes: ``task`` ("segmentation" or "classification"), ``backend`` ("torch" or "onnx"),
+    ``supports_gradients`` (autograd runs through the network: Grad-CAM, export; False for ONNX),
     ``device``, ``source`` (where it was loaded from), ``spec`` (architecture), ``preprocessing``
     (image_size, mean, std, color), ``temperature`` (classifier calibration, 1 = none),
     ``config`` (the training run's resolved config: weight source, versions, split hash ...).
+    The CLI (``busai predict``, ``busai serve``) runs this same object.
     """
 
-    def __init__(self, loaded: LoadedModel, backend: str, device: str = "auto"):
-        self.loaded = loaded  # what busai.predict / busai.export / busai.evaluate take today
-        self.backend = backend
-        self.device = _resolve_device(device, backend, loaded.source)
-        if backend == "torch":
-            loaded.module.to(self.device)
+    def __init__(self, loaded: LoadedModel):
+        # The network with its preprocessing, whatever runs it: busai.runs.LoadedModel for PyTorch,
+        # busai.export.OnnxLoadedModel for ONNX Runtime; both answer the same backend interface.
+        self.loaded = loaded
 
     task = property(lambda self: self.loaded.task)
     source = property(lambda self: self.loaded.source)
     spec = property(lambda self: self.loaded.spec)
     config = property(lambda self: self.loaded.config)
     temperature = property(lambda self: self.loaded.temperature)
+    backend = property(lambda self: self.loaded.backend)
+    supports_gradients = property(lambda self: self.loaded.supports_gradients)
+    device = property(lambda self: self.loaded.device)
 
     @property
     def preprocessing(self) -> dict:
@@ -98,6 +102,33 @@ class Model:
         from busai.runs import model_label
 
         return f"Model({self.task}, {model_label(self.spec)}, backend={self.backend}, device={self.device}, source={self.source!r})"
+
+    def preprocess(self, image) -> torch.Tensor:
+        """One scan (path, PIL image or array, as :meth:`predict` takes) -> the normalised (3, S, S) tensor the network takes."""
+        from busai.inference import preprocess
+
+        m = self.loaded
+        return preprocess(to_rgb(image), m.image_size, m.mean, m.std, m.grayscale)
+
+    def logits(self, batch: torch.Tensor, *, precision: str = "auto") -> torch.Tensor:
+        """Normalised (N, 3, S, S) batch -> the network's raw output: (N, 1, S, S) lesion or (N, classes) class logits."""
+        return self.loaded.logits(batch, precision)
+
+    def probabilities(self, batch: torch.Tensor, *, tta: bool = False, precision: str = "auto", calibrated: bool = True) -> torch.Tensor:
+        """Normalised (N, 3, S, S) batch -> (N, S, S) lesion or (N, classes) class probabilities on the CPU
+        (calibrated by ``temperature`` unless ``calibrated=False``; ``tta``: averaged with the mirrored batch)."""
+        from busai.inference import predict_tensor
+
+        return predict_tensor(self.loaded, batch, precision, tta=tta, calibrated=calibrated)
+
+    def gradcam(self, image, class_index: int | None = None) -> np.ndarray:
+        """The scan blended with the Grad-CAM map of ``class_index`` (default: the predicted class), uint8 H x W x 3.
+
+        Needs a classifier that ``supports_gradients`` (PyTorch, not ONNX) and the ``pytorch-grad-cam`` package.
+        """
+        from busai.gradcam import gradcam_heatmap
+
+        return gradcam_heatmap(self.loaded, to_rgb(image), class_index)
 
     def predict(self, image, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5, precision: str = "auto"):
         """One scan (path, PIL image or array) -> :class:`Prediction`; a list of scans -> a list.
@@ -154,7 +185,7 @@ class Model:
         """Export to an ONNX file checked against PyTorch (the ``export`` extra); see :func:`busai.export.export_onnx`."""
         from busai.export import export_onnx
 
-        if self.backend == "onnx":
+        if not self.supports_gradients:
             raise CheckpointError(f"{self.source}: is already an ONNX file; export from a run folder or a release")
         return export_onnx(self.loaded, path, **options)
 
@@ -175,12 +206,40 @@ def load(source: str | Path = "release", *, task: str | None = None, device: str
             raise ConfigError('load("release"): say which packaged model, task="seg" or task="cls"')
         from busai.release import load_release
 
-        loaded, backend = load_release(wanted), "torch"
+        loaded = load_release(wanted)
     else:
-        loaded, backend = load_path(Path(source).expanduser(), str(source))
+        loaded, _ = load_path(Path(source).expanduser(), str(source))
     if wanted is not None and loaded.task != wanted:
         raise ConfigError(f"{source}: is a {loaded.task} model, not {wanted}; pass a {wanted} model or leave task out")
-    return Model(loaded, backend, device)
+    loaded.module.to(_resolve_device(device, loaded.backend, loaded.source))  # an ONNX model stays on the CPU (checked there)
+    return Model(loaded)
+
+
+def model_for(source, task: str, *, device: str = "cpu", backend: str = "torch", workdir: str | Path | None = None) -> Model:
+    """The :class:`Model` a ``--seg`` / ``--cls`` option names (``busai predict``, ``busai serve``); errors name the option.
+
+    ``source`` is what :func:`load` takes (``"release"`` or None for the packaged model of ``task``),
+    or a model already loaded. ``device`` is auto, cpu or cuda (an ONNX file runs with ONNX Runtime's
+    CUDA provider there: :func:`busai.export.onnx_providers`). ``backend="onnx"`` exports a PyTorch
+    model into ``workdir`` (a new temporary folder when None) and runs that file in ONNX Runtime.
+    """
+    import tempfile
+
+    from busai.models.registry import resolve_task
+    from busai.release import TASK_FLAGS, resolve_model
+
+    task = resolve_task(task)
+    if isinstance(source, (Model, LoadedModel)):
+        loaded = source.loaded if isinstance(source, Model) else source
+        if loaded.task != task:
+            raise ConfigError(f"{TASK_FLAGS[task]}: got a {loaded.task} model; pass a {task} model")
+    else:
+        loaded = resolve_model(source, task, device=device)
+    if backend == "onnx":
+        from busai.export import to_onnx_backend
+
+        loaded = to_onnx_backend(loaded, workdir or tempfile.mkdtemp(prefix="busai-onnx-"), device)
+    return Model(loaded)
 
 
 def load_path(path: Path, given: str | None = None, *, device: str = "cpu") -> tuple[LoadedModel, str]:
@@ -211,7 +270,7 @@ def predict(models: Model | Iterable[Model], images, *, tta: bool = False, pixel
     """
     from busai.measure import spacing_mm
 
-    by_task = _by_task(models)
+    by_task = models_by_task(models)
     spacing_mm(pixel_spacing)  # a bad value fails before any image is read
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold={threshold}: must be between 0 and 1 (exclusive)")
@@ -220,7 +279,8 @@ def predict(models: Model | Iterable[Model], images, *, tta: bool = False, pixel
     return _predict_one(by_task, to_rgb(images), tta, pixel_spacing, threshold, precision)
 
 
-def _by_task(models) -> dict[str, Model]:
+def models_by_task(models: Model | Iterable[Model]) -> dict[str, Model]:
+    """{task: model} for a model or a list of them; at most one per task, at least one in all."""
     models = [models] if isinstance(models, Model) else list(models)
     by_task: dict[str, Model] = {}
     for model in models:
@@ -235,13 +295,12 @@ def _by_task(models) -> dict[str, Model]:
 
 
 def _predict_one(by_task: dict[str, Model], image: np.ndarray, tta: bool, pixel_spacing, threshold: float, precision: str) -> Prediction:
-    # busai.predict.predict_array's steps (input gate, scan-region crop, spacing, measurements), with the probability map kept.
+    # busai.prediction.predict_array's steps (input gate, scan-region crop, spacing, measurements), with the probability map kept.
     from busai.measure import MEASUREMENT_KEYS
-    from busai.predict import PROBABILITY_KEYS, Models, predict_array
+    from busai.prediction import PROBABILITY_KEYS, predict_array
 
-    models = Models(by_task["segmentation"].loaded if "segmentation" in by_task else None,
-                    by_task["classification"].loaded if "classification" in by_task else None)
-    row, mask = predict_array(models, image, tta=tta, pixel_spacing=pixel_spacing, threshold=threshold, keep_probability=True, precision=precision)
+    row, mask = predict_array(list(by_task.values()), image, tta=tta, pixel_spacing=pixel_spacing, threshold=threshold,
+                              keep_probability=True, precision=precision)
     height, width = image.shape[:2]
     result = Prediction(width=width, height=height, input_check=row.pop("input_check", None))
     if "label" in row:
@@ -257,6 +316,18 @@ def _predict_one(by_task: dict[str, Model], image: np.ndarray, tta: bool, pixel_
     row.pop("height", None)
     result.extra = row
     return result
+
+
+def evaluate(model: Model | str | Path, data, **options) -> dict[str, dict[str, dict]]:
+    """Score ``model`` (a :class:`Model`, or what ``busai evaluate`` takes: a run folder, ``"release"``,
+    a release or saved folder, an .onnx file) on ``data``; the options and the result are those of
+    :func:`busai.evaluation.evaluate_model`. A :class:`Model` is scored from its source, on its device."""
+    from busai.evaluation import evaluate_model
+
+    if isinstance(model, Model):
+        options.setdefault("device", model.device.type)
+        model = model.source
+    return evaluate_model(model, data, **options)
 
 
 def to_rgb(image) -> np.ndarray:

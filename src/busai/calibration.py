@@ -108,7 +108,7 @@ def fit_calibration(run_dir: str | Path, data, splits_file: str | Path, *, force
     """Fit the temperature of a classification run on its validation split and write
     ``RUN_DIR/calibration.json`` (atomically); refuses a split file other than the run's own."""
     from busai.data.splits import load_split_records
-    from busai.evaluate import predict_records
+    from busai.evaluation import predict_records
     from busai.models.weights import file_sha256
     from busai.runs import load_model, write_json
 

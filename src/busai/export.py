@@ -14,6 +14,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -71,6 +72,24 @@ class OnnxModule(nn.Module):
         return torch.from_numpy(self.session.run([OUTPUT], {INPUT: array})[0])
 
 
+@dataclass
+class OnnxLoadedModel(LoadedModel):
+    """An exported file loaded for prediction: the backend interface of :class:`~busai.runs.LoadedModel`
+    answered by ONNX Runtime (fp32 whatever the precision asked; no autograd, so no Grad-CAM or re-export)."""
+
+    module: OnnxModule
+
+    backend: ClassVar[str] = "onnx"
+    supports_gradients: ClassVar[bool] = False
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda" if self.module.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu")
+
+    def logits(self, batch: torch.Tensor, precision: str = "auto") -> torch.Tensor:
+        return self.module(batch)
+
+
 def onnx_providers(device: str = "cpu") -> list[str]:
     """ONNX Runtime execution providers for ``device``: CUDA first (CPU for the operators it lacks)
     when the GPU is wanted and this onnxruntime build has the CUDA provider, else the CPU alone.
@@ -94,8 +113,8 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def load_onnx(path: str | Path, device: str = "cpu") -> LoadedModel:
-    """An exported file as a :class:`LoadedModel` whose module runs in ONNX Runtime (on the GPU: see :func:`onnx_providers`)."""
+def load_onnx(path: str | Path, device: str = "cpu") -> OnnxLoadedModel:
+    """An exported file as a model whose network runs in ONNX Runtime (on the GPU: see :func:`onnx_providers`)."""
     path = Path(path)
     onnx_providers(device)  # a bad --device fails before the file is read
     if not path.is_file():
@@ -109,7 +128,7 @@ def load_onnx(path: str | Path, device: str = "cpu") -> LoadedModel:
     temperature = meta.get("temperature", 1.0)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
         raise CheckpointError(f"{path}: metadata temperature {temperature!r} is not a positive number; re-export the model with `busai export`")
-    return LoadedModel(
+    return OnnxLoadedModel(
         module=module, task=spec["task"], spec=spec, image_size=image_size, mean=mean, std=std,
         config=meta.get("config", {}) if isinstance(meta.get("config"), dict) else {}, source=str(path),
         grayscale=meta["preprocessing"].get("color") == "gray", temperature=float(temperature),
@@ -196,7 +215,7 @@ def export_onnx(loaded: LoadedModel, out: str | Path, *, opset: int = OPSET, dyn
     of the segmentation stride too); if that fails or disagrees, it is exported again with a fixed size.
     """
     require("export")
-    if isinstance(loaded.module, OnnxModule):
+    if loaded.backend != "torch":
         raise CheckpointError(f"{loaded.source}: is already an ONNX file; export from a run folder or the release model")
     highest = _highest_opset()
     if not 17 <= opset <= highest:
@@ -247,7 +266,7 @@ def is_export(path: str | Path) -> bool:
 
 def to_onnx_backend(loaded: LoadedModel, workdir: str | Path, device: str = "cpu") -> LoadedModel:
     """``loaded`` exported into ``workdir`` and reloaded to run in ONNX Runtime (``--backend onnx``)."""
-    if isinstance(loaded.module, OnnxModule):
+    if loaded.backend == "onnx":
         return loaded
     result = export_onnx(loaded, Path(workdir) / f"{loaded.task}.onnx", dynamic_size=False)
     if not result.ok:

@@ -41,10 +41,9 @@ def gradcam_heatmap(loaded: LoadedModel, image_rgb: np.ndarray, class_index: int
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from busai.export import OnnxModule
     from busai.inference import preprocess
 
-    if loaded.task != "classification" or isinstance(loaded.module, OnnxModule):
+    if loaded.task != "classification" or not loaded.supports_gradients:
         raise ConfigError(f"{loaded.source}: Grad-CAM needs a PyTorch classifier (not an ONNX file or a segmenter)")
     module = loaded.module.float().eval()
     x = preprocess(image_rgb, loaded.image_size, loaded.mean, loaded.std, loaded.grayscale)[None].to(next(module.parameters()).device)

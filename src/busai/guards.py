@@ -77,7 +77,7 @@ def check_file_names(records) -> None:
     Python keeps such bytes as lone surrogates; JSON writers escape them into text other tools
     reject, and hashing the name fails. Renaming is the fix (often a Latin-1 name from an old zip).
     """
-    from busai.predict import printable
+    from busai.prediction import printable
 
     for record in records:
         name = str(record.image)

@@ -50,13 +50,13 @@ def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "a
 
 
 def _probabilities(loaded: LoadedModel, batch: torch.Tensor, precision: str, temperature: float = 1.0) -> torch.Tensor:
-    from busai.export import OnnxModule
+    logits = loaded.logits(batch, precision)  # the backend's own forward: PyTorch here, ONNX Runtime for an exported file
+    return probabilities(loaded.task, logits.float() / temperature).cpu()
 
-    model = loaded.module
-    if isinstance(model, OnnxModule):
-        with torch.inference_mode():
-            logits = model(batch)
-        return probabilities(loaded.task, logits.float() / temperature).cpu()
+
+def torch_logits(model: torch.nn.Module, batch: torch.Tensor, precision: str = "auto") -> torch.Tensor:
+    """A PyTorch network's forward for prediction: on the network's device, channels_last and bf16
+    autocast unless ``precision="fp32"`` (see :func:`fast_context`), in inference mode."""
     device = next(model.parameters()).device
     x = batch.to(device)
     if precision != "fp32":
@@ -65,8 +65,7 @@ def _probabilities(loaded: LoadedModel, batch: torch.Tensor, precision: str, tem
     # become inference tensors that autograd (Grad-CAM) can no longer use.
     context = fast_context(model, precision)
     with torch.inference_mode(), context:
-        logits = model(x)
-    return probabilities(loaded.task, logits.float() / temperature).cpu()
+        return model(x)
 
 
 def predict_image(loaded: LoadedModel, image_rgb: np.ndarray, *, tta: bool = False, precision: str = "auto") -> torch.Tensor:

@@ -141,9 +141,9 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from busai.export import INPUT, METADATA_KEY, OnnxModule, export_onnx, load_onnx
+    from busai.export import INPUT, METADATA_KEY, export_onnx, load_onnx
 
-    if isinstance(loaded.module, OnnxModule):
+    if loaded.backend != "torch":
         raise CheckpointError(f"{loaded.source}: is already an ONNX file; quantize from a run folder or the release model")
     if not calibration:
         raise ConfigError("no calibration images; pass --calib-data DIR --calib-splits FILE with a non-empty train split")

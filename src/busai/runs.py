@@ -14,7 +14,7 @@ import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError
@@ -87,6 +87,12 @@ def read_metrics(run_dir: str | Path) -> dict:
 
 @dataclass
 class LoadedModel:
+    """A trained network with its preprocessing, task and provenance: what :class:`busai.api.Model` wraps.
+
+    The backend interface (``backend``, ``supports_gradients``, ``device``, :meth:`logits`) is what
+    callers ask; :class:`busai.export.OnnxLoadedModel` answers it for a network run by ONNX Runtime.
+    """
+
     module: nn.Module
     task: str
     spec: dict
@@ -97,6 +103,19 @@ class LoadedModel:
     source: str
     grayscale: bool = False  # preprocessing "color": "gray" (see TrainConfig.color)
     temperature: float = 1.0  # classification logits are divided by it (busai.calibration); 1 = uncalibrated
+
+    backend: ClassVar[str] = "torch"
+    supports_gradients: ClassVar[bool] = True  # autograd runs through the network (Grad-CAM, export)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def logits(self, batch: torch.Tensor, precision: str = "auto") -> torch.Tensor:
+        """Normalised (N, 3, S, S) batch -> the network's raw output, in inference mode (see busai.inference.torch_logits)."""
+        from busai.inference import torch_logits
+
+        return torch_logits(self.module, batch, precision)
 
 
 def load_weights_into(module: nn.Module, path: Path) -> None:

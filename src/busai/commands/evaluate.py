@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from busai.commands import command_line
-    from busai.evaluate import evaluate_model
+    from busai.evaluation import evaluate_model
     from busai.report import print_metrics
 
     results = evaluate_model(

@@ -41,7 +41,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from busai.io.scans import list_inputs
-    from busai.predict import predict_paths
+    from busai.prediction import predict_paths
 
     spacing = args.pixel_spacing[0] if args.pixel_spacing and len(args.pixel_spacing) == 1 else args.pixel_spacing
     _, skipped = list_inputs(args.inputs)

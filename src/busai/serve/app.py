@@ -26,7 +26,8 @@ from PIL import Image
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from busai.errors import ConfigError
-from busai.predict import COLUMNS, Models, ModelSource, draw_overlay, label_caption, load_models, predict_array
+from busai.api import Model, models_by_task
+from busai.prediction import COLUMNS, ModelSource, draw_overlay, label_caption, load_models, predict_array
 from busai.serve.guard import SecurityHeaders, UploadGate, content_security_policy, host_patterns
 from busai.serve.limits import MAX_MEGAPIXELS, MAX_QUEUE, MAX_UPLOAD_MB, MULTIPART_OVERHEAD, PIXEL_SPACING_MM
 from busai.serve.upload import Upload, decode_upload, receive_upload, too_large
@@ -72,13 +73,15 @@ def create_app(
     max_pixels = int(min(max_megapixels * 1e6, 2**62))
     workdir = tempfile.TemporaryDirectory(prefix="busai-serve-")
     try:
-        models = load_models(seg, cls, backend=backend, workdir=workdir.name, device=device)
+        models = load_models(seg, cls, backend=backend, workdir=workdir.name, device=device)  # busai.Model objects
     except BaseException:
         workdir.cleanup()
         raise
     # Every decode and prediction runs on this one thread: one at a time (Grad-CAM hooks and CPU threads
     # are shared), and all their large allocations come from one malloc arena, which is reused, rather
     # than one arena per request thread, each keeping its own decoded image's worth of memory.
+    by_task = models_by_task(models)
+    segmenter, classifier = by_task.get("segmentation"), by_task.get("classification")
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="busai-predict")
     page = (STATIC / "index.html").read_text()
 
@@ -117,9 +120,9 @@ def create_app(
     def info() -> dict:
         return {
             "notice": NOTICE,
-            "segmentation": _describe(models.seg),
-            "classification": _describe(models.cls),
-            "gradcam": _gradcam_available(models),
+            "segmentation": _describe(segmenter),
+            "classification": _describe(classifier),
+            "gradcam": _gradcam_available(classifier),
             "max_upload_mb": max_upload_mb,
             "max_megapixels": max_megapixels,
         }
@@ -136,7 +139,7 @@ def create_app(
         frame: int = Query(1, ge=1, description="the frame of a multi-frame DICOM file, from 1"),
     ) -> dict:
         upload = receive_upload(file, max_bytes=max_bytes, max_pixels=max_pixels)
-        if gradcam and not _gradcam_available(models):
+        if gradcam and not _gradcam_available(classifier):
             raise HTTPException(400, "gradcam=1: needs a PyTorch classifier; start the server with --cls RUN_DIR and --backend torch")
         return worker.submit(analyse, upload, gradcam=gradcam, tta=tta, pixel_spacing=pixel_spacing, frame=frame).result()
 
@@ -156,9 +159,7 @@ def create_app(
         result["overlay"] = png_data_url(draw_overlay(image, shown, ends, label_caption(row), across))
         result["gradcam"] = None
         if gradcam:
-            from busai.gradcam import gradcam_heatmap
-
-            result["gradcam"] = png_data_url(gradcam_heatmap(models.cls, image))
+            result["gradcam"] = png_data_url(classifier.gradcam(image))
         return result
 
     return app
@@ -180,13 +181,11 @@ def _validation_message(exc: RequestValidationError) -> str:
     return f"{field}: {error['msg']}" + (f"; {hint}" if hint else "")
 
 
-def _describe(loaded) -> dict | None:
-    if loaded is None:
+def _describe(model: Model | None) -> dict | None:
+    if model is None:
         return None
-    return {"model": loaded.spec, "image_size": loaded.image_size, "source": Path(loaded.source).name}
+    return {"model": model.spec, "image_size": model.preprocessing["image_size"], "source": Path(model.source).name}
 
 
-def _gradcam_available(models: Models) -> bool:
-    from busai.export import OnnxModule
-
-    return models.cls is not None and not isinstance(models.cls.module, OnnxModule)
+def _gradcam_available(classifier: Model | None) -> bool:
+    return classifier is not None and classifier.supports_gradients

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
 
@@ -26,12 +26,12 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from busai import CLASSES
+from busai.api import Model, models_by_task
 from busai.errors import BusaiError, ConfigError, DataError
 from busai.inference import predict_image, upsample_probability
 from busai.input_check import OK, check_array, check_input
 from busai.io.scans import list_inputs, read_scans
 from busai.measure import MEASUREMENT_KEYS, measure_lesion
-from busai.runs import LoadedModel
 from busai.scan_region import find_scan_region, whole_image
 
 MASK_SUFFIX, OVERLAY_SUFFIX, PROBABILITY_SUFFIX, SEG_SUFFIX = "_pred_mask.png", "_overlay.png", "_probability.png", "_seg.dcm"
@@ -42,42 +42,28 @@ COLUMNS = ("image", "frame", "input_check", "label", *PROBABILITY_KEYS, *MEASURE
            *SCAN_KEYS, *SPACING_KEYS, "mask", "overlay", "probability", "dicom_seg", "error")
 BACKENDS = ("torch", "onnx")
 CONTOUR_RGB, DIAMETER_RGB = (255, 214, 0), (0, 200, 255)
-ModelSource = str | Path | LoadedModel | None
-
-
-@dataclass
-class Models:
-    """The segmenter and classifier a prediction uses; either may be absent (``--seg none``)."""
-
-    seg: LoadedModel | None
-    cls: LoadedModel | None
+ModelSource = str | Path | Model | None
 
 
 def load_models(
     seg: ModelSource = "release", cls: ModelSource = "release", *, backend: str = "torch", workdir: str | Path | None = None, device: str = "cpu"
-) -> Models:
-    """Resolve each source (``"release"``/None, run folder, .onnx file, a LoadedModel, or ``"none"`` to skip).
+) -> list[Model]:
+    """The segmenter and / or classifier to predict with, as :class:`busai.Model` objects (what :func:`predict_array` takes).
 
-    ``backend="onnx"`` exports PyTorch models into ``workdir`` and runs them in ONNX Runtime.
-    ``device``: auto, cpu or cuda (see :func:`busai.release.resolve_model`).
+    Each source is ``"release"``/None, a run folder, a saved or release folder, an .onnx file, a
+    loaded :class:`busai.Model`, or ``"none"`` to skip that task. ``backend="onnx"`` exports PyTorch
+    models into ``workdir`` and runs them in ONNX Runtime. ``device``: auto, cpu or cuda (see :func:`busai.api.model_for`).
     """
-    from busai.export import to_onnx_backend
-    from busai.release import resolve_model
+    from busai.api import model_for
 
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend}: unknown; choose torch or onnx")
-    loaded = {}
-    for task, source in (("segmentation", seg), ("classification", cls)):
-        if isinstance(source, str) and source.lower() == "none":
-            loaded[task] = None
-            continue
-        model = source if isinstance(source, LoadedModel) else resolve_model(source, task, device=device)
-        if backend == "onnx":
-            model = to_onnx_backend(model, workdir or tempfile.mkdtemp(prefix="busai-onnx-"), device)
-        loaded[task] = model
-    if loaded["segmentation"] is None and loaded["classification"] is None:
+    models = [model_for(source, task, device=device, backend=backend, workdir=workdir)
+              for task, source in (("segmentation", seg), ("classification", cls))
+              if not (isinstance(source, str) and source.lower() == "none")]
+    if not models:
         raise ConfigError("--seg none --cls none: nothing to predict; keep at least one model")
-    return Models(loaded["segmentation"], loaded["classification"])
+    return models
 
 
 def empty_row(image: str) -> dict:
@@ -85,10 +71,11 @@ def empty_row(image: str) -> dict:
 
 
 def predict_array(
-    models: Models, image_rgb: np.ndarray, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5,
+    models: Model | Iterable[Model], image_rgb: np.ndarray, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5,
     scan_region: bool = True, gate: bool = True, geometry=None, keep_probability: bool = False, precision: str = "auto",
 ) -> tuple[dict, np.ndarray | None]:
-    """One uint8 (H, W, 3) scan -> (row values, {0, 1} mask at the scan's size or None).
+    """One uint8 (H, W, 3) scan -> (row values, {0, 1} mask at the scan's size or None), by at most
+    one segmenter and one classifier (:func:`load_models`).
 
     ``scan_region`` crops a screenshot to the scan before the models (the mask comes back at the
     image's size); ``gate`` withholds the answer (no label, no mask) when ``input_check`` is not
@@ -97,6 +84,8 @@ def predict_array(
     The row has no file fields (image, mask, overlay, error) and carries ``diameter_endpoints``
     and ``perpendicular_endpoints`` for drawing, and ``probability_map`` with ``keep_probability``.
     """
+    by_task = models_by_task(models)
+    seg, cls = by_task.get("segmentation"), by_task.get("classification")
     image_rgb = np.asarray(image_rgb)
     row: dict = {"width": None, "height": None}
     if image_rgb.ndim >= 2:
@@ -112,13 +101,13 @@ def predict_array(
         row.update(scan_x=region.x0, scan_y=region.y0, scan_width=region.width, scan_height=region.height)
     if gate and row["input_check"] != OK:
         return row, None
-    if models.cls is not None:
-        probs = predict_image(models.cls, scan, tta=tta, precision=precision).numpy()
+    if cls is not None:
+        probs = predict_image(cls.loaded, scan, tta=tta, precision=precision).numpy()
         row["label"] = CLASSES[int(probs.argmax())]
         row.update({key: round(float(p), 5) for key, p in zip(PROBABILITY_KEYS, probs)})
     mask = None
-    if models.seg is not None:
-        prob = upsample_probability(predict_image(models.seg, scan, tta=tta, precision=precision), scan.shape[:2])
+    if seg is not None:
+        prob = upsample_probability(predict_image(seg.loaded, scan, tta=tta, precision=precision), scan.shape[:2])
         prob = region.paste(prob.astype(np.float32), image_rgb.shape[:2])
         mask = (prob > threshold).astype(np.uint8)
         spacing, source = lesion_spacing(mask, geometry, pixel_spacing)
@@ -457,8 +446,3 @@ def _track(paths: list[Path], progress: bool):
     from rich.progress import track
 
     return track(paths, description=f"Predicting {len(paths)} images", console=Console(stderr=True), transient=True)
-
-
-from busai import _make_callable  # noqa: E402
-
-_make_callable(__name__, "busai.api:predict")  # busai.predict(models, images): see busai.api.predict

@@ -288,8 +288,3 @@ def _score_selections(loaded, selections, dest: Path, *, n_boot: int, seed: int,
         write_json(metrics_path, merged)
         results[key] = result
     return results
-
-
-from busai import _make_callable  # noqa: E402
-
-_make_callable(__name__, "busai.evaluate:evaluate_model")  # busai.evaluate(model, data, ...)
