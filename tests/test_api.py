@@ -142,12 +142,37 @@ def test_onnx_file_predicts_like_torch_and_saves(seg_run, cls_run, scan, tmp_pat
             assert np.abs(torch_pred.lesion_probability - onnx_pred.lesion_probability).max() < ONNX_TOLERANCE
         else:
             assert max(abs(torch_pred.probabilities[c] - onnx_pred.probabilities[c]) for c in busai.api.CLASSES) < ONNX_TOLERANCE
+        # The same backend interface, answered by PyTorch and by ONNX Runtime.
+        assert (model.supports_gradients, onnx.supports_gradients) == (True, False)
+        batch = torch.stack([model.preprocess(scan), onnx.preprocess(np.asarray(Image.open(scan).convert("RGB")))])
+        assert torch.equal(batch[0], batch[1])
+        logits = model.logits(batch, precision="fp32")
+        assert (logits - onnx.logits(batch)).abs().max() < ONNX_TOLERANCE
+        expected_shape = (2, 64, 64) if model.task == "segmentation" else (2, 3)
+        probs = model.probabilities(batch, precision="fp32")
+        assert probs.shape == expected_shape and (probs - onnx.probabilities(batch)).abs().max() < ONNX_TOLERANCE
         saved = onnx.save(tmp_path / f"{model.task}-onnx")
         assert [p.name for p in saved.iterdir()] == ["model.onnx"]
         assert_same(busai.load(saved).predict(scan), onnx_pred)
         with pytest.raises(ConfigError) as exc:
             busai.load(result.path, device="cuda")
         assert message(exc) == f"{result.path}: ONNX models run on the CPU here; pass device='cpu' (or load the run folder to use cuda)"
+
+
+def test_gradcam_follows_supports_gradients(seg_run, cls_run, scan, tmp_path):
+    pytest.importorskip("pytorch_grad_cam")
+    cls = busai.load(cls_run)
+    heat = cls.gradcam(scan)
+    assert heat.shape == (*np.asarray(Image.open(scan)).shape[:2], 3) and heat.dtype == np.uint8
+    seg = busai.load(seg_run)
+    with pytest.raises(ConfigError) as exc:
+        seg.gradcam(scan)
+    assert message(exc) == f"{seg_run}: Grad-CAM needs a PyTorch classifier (not an ONNX file or a segmenter)"
+    pytest.importorskip("onnxruntime")
+    onnx = busai.load(cls.export(tmp_path / "cls.onnx").path)
+    with pytest.raises(ConfigError) as exc:
+        onnx.gradcam(scan)
+    assert message(exc) == f"{tmp_path / 'cls.onnx'}: Grad-CAM needs a PyTorch classifier (not an ONNX file or a segmenter)"
 
 
 def test_busai_predict_command_reads_saved_folders(seg_run, cls_run, scan, tmp_path, cli):
@@ -299,8 +324,10 @@ def test_release_models_predicting_an_array_change_no_global_state(monkeypatch, 
 
     monkeypatch.delenv(ALL_CORES_ENV, raising=False)
     array = np.asarray(Image.open(synthetic_dir / "benign" / "benign (1).png").convert("RGB"))
+    import os
+
     before = torch.get_num_threads()
-    chosen = 1 if before > 1 else 2  # a count busai would not pick itself, so a reset is seen
+    chosen = len(os.sched_getaffinity(0)) + 1  # neither torch's default nor busai's all-cores count, so a reset is seen
     try:
         torch.set_num_threads(chosen)
         seg, cls = busai.load("release", task="seg"), busai.load("release", task="cls")

@@ -3,8 +3,9 @@
 A :class:`Model` is a network (PyTorch or an ONNX Runtime session) with its preprocessing,
 task, calibration and provenance, on one device. It wraps the loaders that already exist
 (:func:`busai.runs.load_model`, :func:`busai.release.load_release`, :func:`busai.export.load_onnx`)
-and the one preprocessing and forward path (:mod:`busai.inference`), so a prediction here equals
-the row ``busai predict`` writes for the same scan.
+and the one preprocessing and forward path (:mod:`busai.inference`). ``busai predict`` and
+``busai serve`` hold the same type (:func:`model_for` loads what their ``--seg`` / ``--cls`` name),
+so a prediction here equals the row ``busai predict`` writes for the same scan.
 """
 
 from __future__ import annotations
