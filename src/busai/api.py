@@ -186,7 +186,7 @@ class Model:
         """Export to an ONNX file checked against PyTorch (the ``export`` extra); see :func:`busai.export.export_onnx`."""
         from busai.export import export_onnx
 
-        if not self.supports_gradients:
+        if self.backend != "torch":
             raise CheckpointError(f"{self.source}: is already an ONNX file; export from a run folder or a release")
         return export_onnx(self.loaded, path, **options)
 
