@@ -61,6 +61,24 @@ def test_cli_export_prints_parity(seg_run, tmp_path, cli):
     assert json.loads(stdout)["ok"] is True
 
 
+def test_cli_exports_a_saved_model_folder_and_names_a_missing_one(seg_run, tmp_path, cli):
+    import busai
+
+    model = busai.load(seg_run, device="cpu")
+    saved = model.save(tmp_path / "saved")  # model.safetensors, no run checkpoint: loaded through busai.load
+    code, _, err = cli("export", saved, "--out", tmp_path / "saved.onnx", "--fixed-size")
+    assert code == 0, err
+    onnx = busai.load(tmp_path / "saved.onnx")
+    batch = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert (onnx.logits(batch) - model.logits(batch, precision="fp32")).abs().max() < 1e-3
+    missing = tmp_path / "nowhere"
+    cli.fails("export", missing, "--out", tmp_path / "x.onnx",
+              expect=f"{missing}: not found; pass a run folder (or a saved model folder), or seg / cls for the release model")
+    cli.fails("export", tmp_path / "saved.onnx", "--out", tmp_path / "x.onnx",
+              expect=f"{tmp_path / 'saved.onnx'}: is already an ONNX file; export from a run folder or a release")
+    assert not (tmp_path / "x.onnx").exists()
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_bad_onnx_files(tmp_path, seg_run):
     garbage = tmp_path / "garbage.onnx"

@@ -12,7 +12,7 @@ def register(sub) -> None:
         description="Export a run folder's best weights, or the packaged release model (seg / cls), to ONNX. "
         "The file carries its preprocessing, so `busai predict --seg FILE.onnx` runs it in ONNX Runtime.",
     )
-    p.add_argument("model", metavar="MODEL", help="run folder, or seg / cls for the release model")
+    p.add_argument("model", metavar="MODEL", help="run folder or saved model folder, or seg / cls for the release model")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write, e.g. model.onnx")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 17 to the newest torch writes)")
@@ -28,21 +28,25 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from busai.export import OPSET, export_onnx
-    from busai.release import resolve_model
-    from busai.runs import load_model
+    from pathlib import Path
+
+    from busai.api import load, model_for
+    from busai.errors import CheckpointError
+    from busai.export import OPSET
 
     if args.model in ("seg", "cls"):
-        loaded = resolve_model("release", args.model)
+        model = model_for("release", args.model)
+    elif Path(args.model).expanduser().is_dir() or Path(args.model).suffix.lower() == ".onnx":
+        model = load(args.model, device="cpu")  # a run folder, a folder from Model.save / busai release (an .onnx file is refused below)
     else:
-        loaded = load_model(args.model)
+        raise CheckpointError(f"{args.model}: not found; pass a run folder (or a saved model folder), or seg / cls for the release model")
     if args.quantize:
-        return _quantize(loaded, args)
+        return _quantize(model.loaded, args)
     elif args.calib_data or args.calib_splits:
         from busai.errors import ConfigError
 
         raise ConfigError("--calib-data / --calib-splits only apply with --quantize int8")
-    result = export_onnx(loaded, args.out, opset=args.opset or OPSET, dynamic_size=not args.fixed_size, force=args.force)
+    result = model.export(args.out, opset=args.opset or OPSET, dynamic_size=not args.fixed_size, force=args.force)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
