@@ -17,7 +17,7 @@ from busai.errors import ConfigError, read_json
 TASK_ALIASES = {"seg": "segmentation", "segmentation": "segmentation", "cls": "classification", "classification": "classification"}
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "adagrad")
 PRECISIONS = ("auto", "bf16", "fp32")
-AUGMENTATIONS = ("paper", "strong", "none")
+AUGMENTATIONS = ("paper", "strong", "scanner", "none")
 DEVICES = ("auto", "cpu", "cuda")
 COLORS = ("rgb", "gray")
 DEFAULT_MODELS = {"segmentation": "unet", "classification": "resnet18"}  # what `busai train seg|cls` trains unasked
@@ -59,7 +59,7 @@ class TrainConfig:
     scheduler: str | None = None  # None: "plateau" for classification (paper), "none" for segmentation
     plateau_patience: int = 25
     plateau_factor: float = 0.1
-    augment: str = "paper"  # paper, strong or none (see busai.data.dataset.build_augmentations)
+    augment: str = "paper"  # paper, strong, scanner or none (see busai.data.dataset.build_augmentations)
     # Segmentation: chance of pasting another training scan's lesion, faded toward the host's grey (busai.data.dataset.paste_lesion).
     lesion_paste: float = 0.0
     # gray: the model sees every scan as grey (luma copied to three channels), in training and

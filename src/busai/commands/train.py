@@ -74,7 +74,8 @@ def register(sub) -> None:
     schedule.add_argument("--max-minutes", dest="max_minutes", type=float, help="wall-clock budget; stops cleanly after the epoch that crosses it (default none)")
 
     augment = p.add_argument_group("augmentation")
-    augment.add_argument("--augment", choices=AUGMENTATIONS, default=None, help="paper (flips, rotations, colour jitter; default), strong (adds scale, shift, gamma, speckle noise, blur) or none")
+    augment.add_argument("--augment", choices=AUGMENTATIONS, default=None, help="paper (flips, rotations, colour jitter; default), strong (adds scale, shift, gamma, speckle noise, blur), "
+                         "scanner (strong plus framing, tints, gain, JPEG, burnt-in text, calipers, Doppler boxes) or none")
     augment.add_argument("--lesion-paste", dest="lesion_paste", type=float, default=None, metavar="P",
                          help="segmentation: with probability P, paste another training scan's lesion in at a random echogenicity, down to isoechoic (default 0)")
 
