@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not args.force:
         print(f"error: {out} exists; choose another --out or pass --force", file=sys.stderr)
         return 1
+    for given in (args.image, args.mask):
+        if given and not Path(given).is_file():
+            print(f"error: {given}: no such file; give a scan (--image) and its mask (--mask)", file=sys.stderr)
+            return 1
     image, mask = load_scan(args.image, args.mask, args.size, args.seed)
     augment = build_augmentations(args.augment, seed=args.seed)
     tiles = [outlined(image, mask)]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import albumentations as A
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from busai.cli import build_parser, main
 from busai.commands.train import config_from_args
@@ -122,3 +126,19 @@ def test_the_command_line_offers_scanner(capsys):
     assert exit_.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "--augment {paper,strong,scanner,none}" in out and "scanner (strong plus framing" in out
+
+
+def test_preview_script_draws_a_grid_and_keeps_an_existing_file(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("augment_preview", Path(__file__).parents[1] / "benchmarks" / "augment_preview.py")
+    preview = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(preview)
+    out = tmp_path / "grid.png"
+    assert preview.main(["--out", str(out), "--size", "32", "--rows", "2", "--cols", "3"]) == 0
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (64, 96, 3)
+    assert (grid[:32, :32] == 255 * np.array([1, 0, 0])).all(axis=2).any()  # the first tile outlines the phantom's lesion in red
+    out.write_bytes(b"mine")
+    assert preview.main(["--out", str(out), "--size", "32"]) == 1
+    assert out.read_bytes() == b"mine" and f"error: {out} exists" in capsys.readouterr().err
+    assert preview.main(["--out", str(tmp_path / "b.png"), "--image", str(tmp_path / "nope.png")]) == 1
+    assert "nope.png: no such file" in capsys.readouterr().err
