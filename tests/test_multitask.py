@@ -118,3 +118,20 @@ def test_python_api_save_and_reload_keep_outputs(mt_run, tmp_path):
             assert np.array_equal(first.mask, again.mask)
         else:
             assert first.probabilities == pytest.approx(again.probabilities, abs=1e-6)
+
+
+def test_predict_and_calibrate_take_a_multitask_run(cli, mt_run, synthetic_dir, tiny_runs, tmp_path):
+    import shutil
+
+    run = shutil.copytree(mt_run, tmp_path / "mt")
+    image = next(synthetic_dir.glob("benign/*).png"))
+    code, out, err = cli("predict", image, "--seg", run, "--cls", run, "--out", tmp_path / "preds", "--json")
+    assert code == 0, err
+    row = json.loads((tmp_path / "preds" / "predictions.json").read_text())[0]
+    assert row["label"] in ("normal", "benign", "malignant") and "area_px" in row
+    code, out, err = cli("calibrate", run, "--data", synthetic_dir, "--splits", tiny_runs / "splits.json", "--json")
+    assert code == 0, err
+    from busai.runs import load_model
+
+    assert load_model(run, task="cls").temperature == pytest.approx(json.loads((run / "calibration.json").read_text())["temperature"])
+    assert load_model(run, task="seg").temperature == 1.0
