@@ -1,6 +1,8 @@
 """Synthetic scanner screenshots: a scan pasted into a 1280 x 960 screen with the clutter a
 scanner draws around it (patient text, a tool bar, a depth ruler, a grey and a colour bar,
 calipers with their read-out). Used by the scan-region tests and ``benchmarks/framing.py``.
+The ruler, calipers and fonts are :mod:`busai.data.overlays`' drawing functions, which the
+``scanner`` training augmentation also burns into scans.
 
 Everything is drawn from ``numpy.random.default_rng(seed)``: the same seed gives the same frame.
 The patient text is invented (``DOE^JANE``); no real identity is ever drawn.
