@@ -71,6 +71,25 @@ def test_dicom_dataset_scores_as_its_pngs(cli, seg_run, cls_run, png_dataset, tm
             assert Path(scores["dcm"]["figure"]).stat().st_size > 0
 
 
+@pytest.mark.parametrize("layout", ["busi", "class-folders"])
+def test_class_folder_layouts_read_dicom(png_dataset, tmp_path, layout):
+    from busai.data.sources import detect_format
+
+    busi = png_dataset.parent / "busi"
+    png = write_layout(busi, tmp_path / "png", layout) if layout != "busi" else busi
+    dicom = Path(shutil.copytree(png, tmp_path / "dcm"))
+    for i, path in enumerate(sorted(p for p in dicom.rglob("*.png") if "_mask" not in p.name)):
+        write_dicom(path.with_suffix("" if i % 2 else ".dcm"), read_image(path, "L"), pixel_spacing=(0.3, 0.3))
+        path.unlink()
+    assert detect_format(dicom) == layout
+    before, after = read_records([png]), read_records([dicom])
+    assert [r.label for r in after] == [r.label for r in before] and len(after) == 9
+    assert {r.pixel_spacing_mm for r in after} == {0.3}
+    for a, b in zip(before, after):
+        assert b.image.name in {a.image.stem, a.image.stem + ".dcm"} and [m.name for m in b.masks] == [m.name for m in a.masks]
+        np.testing.assert_array_equal(read_image(b.image, "RGB"), read_image(a.image, "RGB"))
+
+
 def test_manifest_frames_and_spacing(tmp_path, capsys):
     frames = np.stack([speckle_scan(64, 80, seed=s) for s in range(3)])
     write_dicom(tmp_path / "cine.dcm", frames, regions=[region(0, 0, 79, 63, 0.02, 0.02)])
