@@ -177,14 +177,15 @@ def load(source: str | Path = "release", *, task: str | None = None, device: str
 
         loaded, backend = load_release(wanted), "torch"
     else:
-        loaded, backend = load_path(Path(source).expanduser(), str(source))
+        loaded, backend = load_path(Path(source).expanduser(), str(source), task=wanted)
     if wanted is not None and loaded.task != wanted:
         raise ConfigError(f"{source}: is a {loaded.task} model, not {wanted}; pass a {wanted} model or leave task out")
     return Model(loaded, backend, device)
 
 
-def load_path(path: Path, given: str | None = None, *, device: str = "cpu") -> tuple[LoadedModel, str]:
-    """A run folder, saved or release folder, or .onnx file -> (LoadedModel on ``device``, backend)."""
+def load_path(path: Path, given: str | None = None, *, device: str = "cpu", task: str | None = None) -> tuple[LoadedModel, str]:
+    """A run folder, saved or release folder, or .onnx file -> (LoadedModel on ``device``, backend);
+    ``task`` picks what a multitask network answers."""
     given = str(path) if given is None else given
     from busai.engine import BEST_CHECKPOINT
     from busai.export import load_onnx
@@ -199,8 +200,8 @@ def load_path(path: Path, given: str | None = None, *, device: str = "cpu") -> t
         return load_onnx(path / ONNX_FILE, device), "onnx"
     read_run_config(path)  # one clear error for a folder that holds no model
     if (path / WEIGHTS).is_file() and not (path / BEST_CHECKPOINT).is_file():
-        return load_model(path, checkpoint=WEIGHTS, device=device), "torch"
-    return load_model(path, device=device), "torch"
+        return load_model(path, checkpoint=WEIGHTS, device=device, task=task), "torch"
+    return load_model(path, device=device, task=task), "torch"
 
 
 def predict(models: Model | Iterable[Model], images, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5, precision: str = "auto"):

@@ -127,9 +127,12 @@ def fit_calibration(run_dir: str | Path, data, splits_file: str | Path, *, force
     from busai.runs import load_model, write_json
 
     run_dir = Path(run_dir)
-    loaded = load_model(run_dir)
-    if loaded.task != "classification":
-        raise ConfigError(f"{run_dir}: is a {loaded.task} run; temperature scaling calibrates a classifier's class probabilities")
+    from busai.runs import model_tasks, read_run_config
+
+    spec = read_run_config(run_dir).get("model_spec") or {"task": "unknown"}
+    if "classification" not in model_tasks(spec):
+        raise ConfigError(f"{run_dir}: is a {spec['task']} run; temperature scaling calibrates a classifier's class probabilities")
+    loaded = load_model(run_dir, task="classification")
     if loaded.config.get("splits_sha256") not in (None, file_sha256(splits_file)):
         raise ConfigError(f"{splits_file}: is not the split file {run_dir} was trained with; fit on that run's own validation images")
     path = run_dir / CALIBRATION

@@ -14,6 +14,7 @@ def register(sub) -> None:
     )
     p.add_argument("model", metavar="MODEL", help="run folder, or seg / cls for the release model")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
+    p.add_argument("--task", choices=["seg", "cls"], default=None, help="a multitask run: which of its outputs to export (seg masks or cls classes)")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write, e.g. model.onnx")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 17 to the newest torch writes)")
     p.add_argument("--fixed-size", action="store_true", help="fix height and width at the model's size (batch stays dynamic)")
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model in ("seg", "cls"):
         loaded = resolve_model("release", args.model)
     else:
-        loaded = load_model(args.model)
+        loaded = load_model(args.model, task=args.task)
     if args.quantize:
         return _quantize(loaded, args)
     elif args.calib_data or args.calib_splits:
