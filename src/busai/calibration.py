@@ -101,10 +101,10 @@ def reliability_figure(bins_by_name: dict[str, list[dict]], path: Path, title: s
         if filled:
             line, = ax.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], marker="o", label=name)
             for b in filled:
-                ax.annotate(str(b["count"]), (b["confidence"], b["accuracy"]), textcoords="offset points", xytext=(4, -9),
+                ax.annotate(str(b["count"]), (b["confidence"], b["accuracy"]), textcoords="offset points", xytext=(4, 3),
                             fontsize=6, color=line.get_color())
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
+    ax.set_xlim(0, 1.03)
+    ax.set_ylim(-0.03, 1.06)
     ax.set_xlabel("confidence (top class)")
     ax.set_ylabel(f"accuracy ({N_BINS} bins; images per bin beside each point)", fontsize=8)
     ax.set_title(title, fontsize=9)
