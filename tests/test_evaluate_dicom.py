@@ -106,6 +106,8 @@ def test_manifest_frames_and_spacing(tmp_path, capsys):
     np.testing.assert_array_equal(read_image(cine.image, "L", frame=cine.frame), frames[1])
     assert cine2.frame == 1 and cine2.pixel_spacing_mm is None
     assert "note: cine2.dcm: a cine of 3 frames; its first frame is used (name another in a frame column" in capsys.readouterr().err
+    read_records([manifest])  # training reads the records once per split: the note is said once
+    assert "note:" not in capsys.readouterr().err
     assert (flat.frame, flat.pixel_spacing_mm) == (None, 0.2)  # PixelSpacing
     assert flat2.pixel_spacing_mm == 0.05  # the table's value wins over the file's
     assert wide.pixel_spacing_mm is None  # one number cannot hold 0.1 x 0.2 mm pixels

@@ -146,16 +146,26 @@ def read_records(specs, *, require_labels: bool = True) -> list[Record]:
             raise DataError(pairing[0].message + more)
         if not scan.records:
             raise DataError(f"{spec.path}: no images found; see docs/datasets.md for the layouts busai reads")
-        first_frames = [p for p in scan.problems if p.kind == "first_frame"]
-        if first_frames:
-            more = f" (and {len(first_frames) - 1} more cines)" if len(first_frames) > 1 else ""
-            print(f"note: {first_frames[0].message}{more}", file=sys.stderr)
+        _note_first_frames(scan)
         if require_labels:
             unlabelled = [r for r in scan.records if r.label is None]
             if unlabelled:
                 raise DataError(f"{unlabelled[0].image}: has no label ({len(unlabelled)} such images); label them to train or score on them")
         records.extend(scan.records)
     return records
+
+
+_NOTED: set[str] = set()  # first-frame notes already printed: train reads the records once per split, one note is enough
+
+
+def _note_first_frames(scan: Scan) -> None:
+    """Say once per dataset that cines are read at their first frame (see busai.data.dicom_records)."""
+    first_frames = [p for p in scan.problems if p.kind == "first_frame"]
+    key = f"{scan.root}: {first_frames[0].message if first_frames else ''}"
+    if first_frames and key not in _NOTED:
+        _NOTED.add(key)
+        more = f" (and {len(first_frames) - 1} more cines)" if len(first_frames) > 1 else ""
+        print(f"note: {first_frames[0].message}{more}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- the readers
