@@ -277,6 +277,29 @@ def _reseed_epoch(loader, seed: int) -> None:
         loader.dataset.set_epoch_seed(seed)
 
 
+def forward_loss(model, x: torch.Tensor, batch: dict, adapter: TaskAdapter, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, loss) of one batch: the forward pass under the precision's autocast, output (a tensor,
+    or a multitask network's tuple) and loss in fp32."""
+    with precision.autocast():
+        out = _as_float(model(x))
+    loss = adapter.loss(out, batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()}; lower the learning rate or use --precision fp32")
+    return out, loss
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
+    """Backward and update, through the GradScaler when one is used (fp16)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def _run_epoch(model, loader, adapter, optimizer, precision, scaler, progress, train: bool):
     """One pass over ``loader``: (mean loss, scores). Under torchrun both are those of all ranks together."""
     model.train(train)
@@ -290,20 +313,9 @@ def _run_epoch(model, loader, adapter, optimizer, precision, scaler, progress, t
         for batch in loader:
             x = precision.to_input(batch["image"])
             batch = {k: (v.to(precision.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            with precision.autocast():
-                out = _as_float(model(x))
-            loss = adapter.loss(out, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()}; lower the learning rate or use --precision fp32")
+            out, loss = forward_loss(model, x, batch, adapter, precision)
             if train:
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
+                optimizer_step(loss, optimizer, scaler)
                 if reweigh:
                     sampler.update(batch["index"], adapter.difficulty(_detached(out), batch))
             else:

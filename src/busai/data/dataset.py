@@ -64,7 +64,7 @@ class ImageCache:
         key = (str(record.image), int(size))
         item = self._items.get(key)
         if item is None:
-            image = read_image(record.image, mode="RGB")
+            image = read_image(record.image, mode="RGB", frame=record.frame)
             mask = read_mask(record, size=image.shape[:2])
             item = resize_pair(image, mask, int(size))
             for array in item:
