@@ -30,6 +30,8 @@ BOTH_TESTS = [("busi", "test"), ("uclm", "test")]
 ROWS = [
     ("release (BUSI train)", "BUSI", "release", "release", [("busi", "test"), ("uclm", "all")]),
     ("BUS-UCLM train", "BUS-UCLM", "runs/xd/seg-uclm-gray", "runs/xd/cls-uclm-gray", [("uclm", "test"), ("busi", "all")]),
+    # The scanner-shift recipe on BUSI alone: scored on the scanner it never saw only.
+    ("BUSI train, grey + scanner aug", "BUSI", "runs/xd/seg-busi-scanner", "runs/xd/cls-busi-scanner", [("uclm", "all")]),
     ("both, grey, strong aug", "BUSI + BUS-UCLM", "runs/xd/seg-both-gray", "runs/xd/cls-both-gray", BOTH_TESTS),
     ("both, multitask network", "BUSI + BUS-UCLM", "runs/xd/mt-both-gray", "runs/xd/mt-both-gray", None),
     ("both, classifier with scanner aug", "BUSI + BUS-UCLM", "runs/xd/seg-both-gray", "runs/xd/cls-both-scanner", None),
