@@ -33,7 +33,7 @@ declare -A ARGS=(
   [cls-busi-scanner]="cls --data busi=$BUSI --model efficientnet_lite0 --weights release --color gray --augment scanner --image-size 256 --batch-size 16 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --scheduler cosine --epochs 8"
   [cls-uclm-gray]="cls --data uclm=$UCLM --model efficientnet_lite0 --weights runs/xd/seg-uclm-gray/checkpoint_best.safetensors --color gray --augment strong --image-size 256 --batch-size 16 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --scheduler cosine --epochs 8"
 )
-declare -A MINUTES=([seg-both-gray]=55 [cls-both-gray]=28 [seg-uclm-gray]=22 [cls-uclm-gray]=14 [mt-both-gray]=65 [cls-both-scanner]=30 [seg-busi-scanner]=25 [cls-busi-scanner]=15)
+declare -A MINUTES=([seg-both-gray]=55 [cls-both-gray]=28 [seg-uclm-gray]=22 [cls-uclm-gray]=14 [mt-both-gray]=65 [cls-both-scanner]=30 [seg-busi-scanner]=18 [cls-busi-scanner]=12)
 ORDER=(seg-both-gray cls-both-gray seg-uclm-gray cls-uclm-gray mt-both-gray cls-both-scanner seg-busi-scanner cls-busi-scanner)
 
 names=("$@")
