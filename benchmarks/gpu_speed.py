@@ -10,8 +10,9 @@ variant, on one seeded random batch:
 - ``bf16_channels_last_compile``: the same under ``torch.compile`` (its compile time is reported
   apart and left out of the rate).
 
-Training: forward, loss, backward and an Adam step (fused); inference: forward under
-``inference_mode``. Each rate is images over the wall time of ``--steps`` steps after
+Training: the engine's own step (``busai.engine.forward_loss`` and ``optimizer_step``, which
+``busai train`` runs): forward under autocast, the task's default loss (Dice, or focal for the
+classifier), backward and a fused Adam step; inference: forward under ``inference_mode``. Each rate is images over the wall time of ``--steps`` steps after
 ``--warmup`` steps, with ``torch.cuda.synchronize`` around the window. Writes
 ``results/gpu_speed.json`` with the device name; without CUDA it prints one line and writes nothing.
 
@@ -29,7 +30,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 MODELS = {
     "seg-lite0-unet": ("segmentation", "unet", "efficientnet-lite0"),
@@ -39,68 +39,60 @@ MODELS = {
 VARIANTS = ("fp32", "bf16", "bf16_channels_last", "bf16_channels_last_compile")
 
 
-def half_dtype() -> torch.dtype:
+def half_dtype(device: torch.device) -> torch.dtype:
+    if device.type != "cuda":
+        return torch.bfloat16
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def measure(model_key: str, variant: str, args) -> dict:
+def measure(model_key: str, variant: str, args, device: str = "cuda") -> dict:
+    """Rates of one model and variant; ``device`` is "cuda" but for the CPU smoke test."""
+    from busai.config import TrainConfig
+    from busai.engine import Precision, build_optimizer, forward_loss, optimizer_step
     from busai.models.registry import build
+    from busai.tasks import adapter_for
+
     task, name, encoder = MODELS[model_key]
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
-    model = build(task, name, encoder=encoder, weights="none", image_size=args.image_size).module.cuda()
-    channels_last = "channels_last" in variant
-    autocast = None if variant == "fp32" else half_dtype()
-    if channels_last:
+    cfg = TrainConfig(task=task)  # the engine's defaults: Adam, Dice (segmentation) or focal loss (classification)
+    model = build(task, name, encoder=encoder, weights="none", image_size=args.image_size).module.to(device)
+    precision = Precision(device, None if variant == "fp32" else half_dtype(device), "channels_last" in variant, fused_optimizer=True)
+    if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g).cuda()
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = precision.to_input(torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g))
     if task == "segmentation":
-        y = (torch.rand(args.batch_size, 1, args.image_size, args.image_size, generator=g) > 0.8).float().cuda()
-        criterion = F.binary_cross_entropy_with_logits
+        batch = {"mask": (torch.rand(args.batch_size, 1, args.image_size, args.image_size, generator=g) > 0.8).float().to(device)}
     else:
-        y = torch.randint(0, 3, (args.batch_size,), generator=g).cuda()
-        criterion = F.cross_entropy
-
-    def loss_of(out):
-        return criterion(out.float(), y)
+        batch = {"label": torch.randint(0, 3, (args.batch_size,), generator=g).to(device)}
+    adapter = adapter_for(cfg)
 
     runner = model
     compile_seconds = None
     if variant.endswith("compile"):
         runner = torch.compile(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
-    scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
+    optimizer = build_optimizer(cfg, model.parameters(), fused=True)
+    scaler = torch.amp.GradScaler("cuda") if precision.autocast_dtype == torch.float16 else None  # as busai.engine.fit makes it
 
-    def context():
-        return torch.autocast("cuda", dtype=autocast) if autocast is not None else torch.autocast("cuda", enabled=False)
-
-    def train_step():
-        with context():
-            loss = loss_of(runner(x))
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+    def train_step():  # the engine's own training step (busai.engine._run_epoch calls the same two functions)
+        _, loss = forward_loss(runner, x, batch, adapter, precision)
+        optimizer_step(loss, optimizer, scaler)
 
     def infer_step():
-        with torch.inference_mode(), context():
+        with torch.inference_mode(), precision.autocast():
             runner(x)
 
     def rate(step, training: bool) -> float:
         model.train(training)
         for _ in range(args.warmup):
             step()
-        torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         for _ in range(args.steps):
             step()
-        torch.cuda.synchronize()
+        sync()
         return round(args.batch_size * args.steps / (time.perf_counter() - start), 1)
 
     if variant.endswith("compile"):
@@ -109,12 +101,12 @@ def measure(model_key: str, variant: str, args) -> dict:
         train_step()
         model.train(False)
         infer_step()
-        torch.cuda.synchronize()
+        sync()
         compile_seconds = round(time.perf_counter() - start, 1)
     result = {"train_images_per_s": rate(train_step, True), "inference_images_per_s": rate(infer_step, False)}
     if compile_seconds is not None:
         result["compile_seconds"] = compile_seconds
-    result["autocast"] = str(autocast).removeprefix("torch.") if autocast else "none"
+    result["autocast"] = str(precision.autocast_dtype).removeprefix("torch.") if precision.autocast_dtype else "none"
     return result
 
 

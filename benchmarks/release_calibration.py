@@ -1,8 +1,8 @@
 """How well the released classifier's probabilities match its accuracy, on validation and test.
 
 Runs the packaged classifier over the split's images and writes, per split, the expected
-calibration error (10 equal-width bins of the predicted class's probability), the Brier score and
-a reliability diagram. Writes ``results/release_calibration.json`` and
+calibration error (busai.calibration's equal-width bins of the predicted class's probability, the
+bins ``busai evaluate`` and ``busai calibrate`` use), the Brier score and a reliability diagram. Writes ``results/release_calibration.json`` and
 ``results/classification/figures/release_calibration_<split>.png``; docs/model-card.md cites it.
 
     python benchmarks/release_calibration.py --data ../shared/data/Dataset_BUSI_with_GT --splits splits/busi.json
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from busai import CLASSES
+from busai.calibration import N_BINS, expected_calibration_error, reliability_bins, reliability_figure
 from busai.data.splits import load_split_records, read_splits
 from busai.evaluation import predict_records
-from busai.figures import reliability_diagram
 from busai.release import release_dir, resolve_model
 from busai.runs import write_json
 
@@ -29,12 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def calibration(labels: np.ndarray, probs: np.ndarray, path: Path, title: str) -> dict:
-    predicted = probs.argmax(axis=1)
-    correct = (predicted == labels).astype(float)
-    figure, ece = reliability_diagram(probs.max(axis=1), correct, path, title)
+    correct = (probs.argmax(axis=1) == labels).astype(float)
+    ece = expected_calibration_error(probs, labels)
+    figure = reliability_figure({f"ECE {ece:.3f}": reliability_bins(probs, labels)}, path, title)
     brier = float(np.mean(np.sum((probs - np.eye(len(CLASSES))[labels]) ** 2, axis=1)))
     return {"images": int(len(labels)), "accuracy": round(float(correct.mean()), 4), "mean_confidence": round(float(probs.max(axis=1).mean()), 4),
-            "ece_10_bins": round(ece, 4), "brier": round(brier, 4), "figure": str(Path(figure).relative_to(ROOT)) if Path(figure).is_relative_to(ROOT) else figure}
+            f"ece_{N_BINS}_bins": round(ece, 4), "brier": round(brier, 4),
+            "figure": str(Path(figure).relative_to(ROOT)) if Path(figure).is_relative_to(ROOT) else figure}
 
 
 def main(argv: list[str] | None = None) -> int:

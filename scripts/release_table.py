@@ -18,17 +18,32 @@ from busai import SPLIT_NAMES, paper
 RELEASE = Path(__file__).resolve().parents[1] / "src" / "busai" / "release"
 
 
+DATASETS = {"busi": "BUSI", "uclm": "BUS-UCLM"}
+
+
 def _ci(value, low, high) -> str:
+    if low is None or high is None:
+        return f"{value:.2f}"
     return f"{value:.2f} ({low:.2f}–{high:.2f})"
 
 
 def _seg(split: dict) -> dict[str, str]:
-    return {name: _ci(split[key]["mean"], *split[key]["mean_ci"]) for name, key in (("Dice", "dice"), ("IoU", "iou"))}
+    cells = {name: _ci(split[key]["mean"], *split[key]["mean_ci"]) for name, key in (("Dice", "dice"), ("IoU", "iou"))}
+    if split.get("lesion_dice", {}).get("value") is not None:
+        m = split["lesion_dice"]
+        cells["Dice, lesion scans"] = _ci(m["value"], m.get("ci_low"), m.get("ci_high"))
+    return cells
 
 
 def _cls(split: dict) -> dict[str, str]:
-    return {name: _ci(split[key]["value"], split[key]["ci_low"], split[key]["ci_high"])
-            for name, key in (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("macro AUC", "macro_auc"))}
+    cells = {name: _ci(split[key]["value"], split[key]["ci_low"], split[key]["ci_high"])
+             for name, key in (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("macro AUC", "macro_auc"))}
+    if split.get("malignant_vs_benign_auc", {}).get("value") is not None:
+        m = split["malignant_vs_benign_auc"]
+        cells["malignant-vs-benign AUC"] = _ci(m["value"], m.get("ci_low"), m.get("ci_high"))
+    if split.get("ece") is not None:
+        cells["ECE"] = f"{split['ece']:.3f}"
+    return cells
 
 
 def paper_best(task: str, split: str = "test") -> dict[str, float]:
@@ -44,18 +59,34 @@ def load(task: str) -> dict:
     return json.loads((RELEASE / task / "scores.json").read_text())
 
 
+def per_dataset(scores: dict, split: str) -> list[tuple[str, dict]]:
+    """(dataset label, metrics) for ``split``: one entry per named dataset (``NAME/split`` keys),
+    else the single dataset the model was scored on."""
+    named = [(key.split("/")[0], m) for key, m in scores["splits"].items() if key.endswith(f"/{split}")]
+    if named:
+        return [(DATASETS.get(name, name), m) for name, m in named]
+    return [(scores.get("dataset", "BUSI"), scores["splits"][split])]
+
+
 def short_table() -> str:
     lines = ["| Task | Dataset | Model (run) | Test images | Test score, mean (95% CI) | Paper's best on its test split |", "|---|---|---|---|---|---|"]
     for task, cells in (("segmentation", _seg), ("classification", _cls)):
         s = load(task)
         model = s["model"]
         label = f"{model['encoder']} {model['name']}" if model.get("encoder") else model["name"]
-        test = s["splits"]["test"]
-        ours = cells(test)
+        if model.get("task") == "multitask":
+            label += " (multitask)"
         best = paper_best(task)
-        shown = [k for k in ours if k in best]
-        lines.append(f"| {task} | {s.get('dataset', 'BUSI')} | {label} (`{s['run']}`) | {test['images']} | "
-                     + ", ".join(f"{k} {ours[k]}" for k in shown) + " | " + ", ".join(f"{k} {best[k]:.2f}" for k in shown) + " |")
+        for dataset, test in per_dataset(s, "test"):
+            ours = cells(test)
+            shown = [k for k in ours if k in ("Dice", "IoU", "Dice, lesion scans", "accuracy", "macro-F1", "malignant-vs-benign AUC", "ECE")]
+            if task == "segmentation":
+                d = test["detection"]
+                ours["lesions missed"] = f"{d['missed_lesions']} of {d['lesion_images']}"
+                shown.append("lesions missed")
+            paper_cell = ", ".join(f"{k} {best[k]:.2f}" for k in best) if dataset == "BUSI" else "–"
+            lines.append(f"| {task} | {dataset} | {label} (`{s['run']}`) | {test['images']} | "
+                         + ", ".join(f"{k} {ours[k]}" for k in shown) + f" | {paper_cell} |")
     return "\n".join(lines)
 
 
@@ -63,16 +94,18 @@ def full_table() -> str:
     out = []
     for task, cells in (("segmentation", _seg), ("classification", _cls)):
         s = load(task)
-        names = list(cells(s["splits"]["test"])) + (["Lesions missed", "Normals outlined"] if task == "segmentation" else [])
-        lines = [f"| {task} on {s.get('dataset', 'BUSI')} | Images | " + " | ".join(names) + " | CI over |", "|---|---|" + "---|" * len(names) + "---|"]
-        for split in SPLIT_NAMES:
-            m = s["splits"][split]
+        rows = [(f"{dataset} {split}", m) for split in SPLIT_NAMES if split in s["splits"] or any(k.endswith(f"/{split}") for k in s["splits"])
+                for dataset, m in per_dataset(s, split)]
+        names = list(cells(rows[-1][1])) + (["Lesions missed", "Normals outlined"] if task == "segmentation" else [])
+        lines = [f"| {task} | Images | " + " | ".join(names) + " | CI over |", "|---|---|" + "---|" * len(names) + "---|"]
+        for where, m in rows:
             ci = m.get("ci", "?").removeprefix("95% percentile bootstrap over ")
-            values = list(cells(m).values())
+            values = cells(m)
+            values = [values.get(n, "–") for n in names if n not in ("Lesions missed", "Normals outlined")]
             if task == "segmentation":
                 d = m["detection"]
                 values += [f"{d['missed_lesions']} of {d['lesion_images']}", f"{d['false_alarms']} of {d['lesion_free_images']}"]
-            lines.append(f"| {split} | {m['images']} | " + " | ".join(values) + f" | {ci} |")
+            lines.append(f"| {where} | {m['images']} | " + " | ".join(values) + f" | {ci} |")
         out.append("\n".join(lines))
     return "\n\n".join(out)
 

@@ -22,10 +22,19 @@ declare -A ARGS=(
   # ImageNet weights (the release has seen BUSI), then the classifier from that segmenter's encoder,
   # as the release classifier was made.
   [seg-uclm-gray]="seg --data uclm=$UCLM --model unet --encoder efficientnet-lite0 --color gray --augment strong --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --loss dice --scheduler cosine --epochs 10"
+  # One multitask network instead of the two above, at less training compute than both together:
+  # the release segmenter's encoder and decoder plus a new class head on its encoder, same recipe.
+  [mt-both-gray]="mt $BOTH --model unet --encoder efficientnet-lite0 --weights release --color gray --augment strong --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss dice --focal-alpha 0.5 --focal-gamma 3 --class-loss-weight 1 --scheduler cosine --epochs 10"
+  # The joint classifier again with the scanner-shift augmentations (tint, framing, burnt-in overlays).
+  [cls-both-scanner]="cls $BOTH --model efficientnet_lite0 --weights release --color gray --augment scanner --image-size 256 --batch-size 16 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --scheduler cosine --epochs 8"
+  # The scanner-shift recipe on BUSI alone, continued from the release (which trained on BUSI only):
+  # does grey input plus the scanner augmentations carry a BUSI model to BUS-UCLM, never trained on?
+  [seg-busi-scanner]="seg --data busi=$BUSI --model unet --encoder efficientnet-lite0 --weights release --color gray --augment scanner --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss dice --scheduler cosine --epochs 10"
+  [cls-busi-scanner]="cls --data busi=$BUSI --model efficientnet_lite0 --weights release --color gray --augment scanner --image-size 256 --batch-size 16 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --scheduler cosine --epochs 8"
   [cls-uclm-gray]="cls --data uclm=$UCLM --model efficientnet_lite0 --weights runs/xd/seg-uclm-gray/checkpoint_best.safetensors --color gray --augment strong --image-size 256 --batch-size 16 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --scheduler cosine --epochs 8"
 )
-declare -A MINUTES=([seg-both-gray]=55 [cls-both-gray]=28 [seg-uclm-gray]=22 [cls-uclm-gray]=14)
-ORDER=(seg-both-gray cls-both-gray seg-uclm-gray cls-uclm-gray)
+declare -A MINUTES=([seg-both-gray]=55 [cls-both-gray]=28 [seg-uclm-gray]=22 [cls-uclm-gray]=14 [mt-both-gray]=65 [cls-both-scanner]=30 [seg-busi-scanner]=18 [cls-busi-scanner]=12)
+ORDER=(seg-both-gray cls-both-gray seg-uclm-gray cls-uclm-gray mt-both-gray cls-both-scanner seg-busi-scanner cls-busi-scanner)
 
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")

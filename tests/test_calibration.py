@@ -21,6 +21,37 @@ def test_ece_by_hand():
     assert sum(b["count"] for b in bins) == 4 and bins[-1]["high"] == 1.0
 
 
+def test_shared_bins_by_hand_and_the_one_diagram(tmp_path):
+    """Predictions sharing a bin, one on a bin's lower edge and one at confidence 1, through the one
+    binning (10 bins) that evaluate, calibrate, the study report and the release benchmark share."""
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    from busai.calibration import N_BINS, reliability_figure
+
+    probs = np.array([[0.91, 0.09, 0.0], [0.05, 0.95, 0.0], [1.0, 0.0, 0.0], [0.62, 0.38, 0.0], [0.35, 0.33, 0.32], [0.5, 0.3, 0.2]])
+    y = np.array([0, 0, 0, 0, 1, 0])
+    # Bin [0.9, 1]: 0.91 right, 0.95 wrong, 1.0 right -> |0.95333 - 2/3| x 3 = 0.86; bin [0.6, 0.7): 0.62 right -> 0.38;
+    # bin [0.3, 0.4): 0.35 wrong -> 0.35; bin [0.5, 0.6): 0.5 right -> 0.5. ECE = 2.09 / 6.
+    assert N_BINS == 10
+    assert expected_calibration_error(probs, y) == pytest.approx(2.09 / 6)
+    bins = reliability_bins(probs, y)
+    assert [b["count"] for b in bins] == [0, 0, 0, 1, 0, 1, 1, 0, 0, 3]
+    assert bins[9]["confidence"] == pytest.approx(2.86 / 3) and bins[9]["accuracy"] == pytest.approx(2 / 3)
+    path = Path(reliability_figure({"val": bins, "empty": reliability_bins(probs[:0], y[:0])}, tmp_path / "sub" / "r.png", title="t"))
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) > 100
+    assert not list(path.parent.glob("*.tmp.png"))
+    # The release benchmark reports the same ECE and draws the same figure.
+    spec = importlib.util.spec_from_file_location("release_calibration", Path(__file__).parents[1] / "benchmarks" / "release_calibration.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = bench.calibration(y, probs, tmp_path / "bench.png", "t")
+    assert row["ece_10_bins"] == round(2.09 / 6, 4) and Path(row["figure"]).is_file()
+
+
 def test_temperature_scaling_recovers_a_known_temperature():
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0, 1.5, size=(20000, 3))

@@ -20,10 +20,10 @@ def test_task_defaults_follow_the_paper():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"task": "detect"}, "task 'detect': unknown; use seg or cls"),
+        ({"task": "detect"}, "task 'detect': unknown; use seg, cls or mt (multitask)"),
         ({"optimizer": "lion"}, "optimizer 'lion': unknown; choose one of adam, adamw, rmsprop, sgd, adagrad"),
         ({"precision": "fp8"}, "precision 'fp8': unknown; choose auto, bf16 or fp32"),
-        ({"augment": "heavy"}, "augment 'heavy': unknown; choose one of paper, strong, none"),
+        ({"augment": "heavy"}, "augment 'heavy': unknown; choose one of paper, strong, scanner, none"),
         ({"lr": 0}, "lr=0: must be positive"),
         ({"weight_decay": -1}, "weight_decay=-1: must be zero or positive"),
     ],

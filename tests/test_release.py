@@ -34,7 +34,7 @@ def test_make_and_load_release(seg_run, synthetic_dir, tiny_runs, tmp_path):
 
 
 def test_release_errors(seg_run, tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match="is a segmentation run"):
+    with pytest.raises(ConfigError, match="is a segmentation model, not a classification one; pass a classification model"):
         make_release(seg_run, "cls", root=tmp_path)
     monkeypatch.setattr("busai.release.RELEASE_DIR", tmp_path / "empty")
     with pytest.raises(CheckpointError, match=r"no released classification model.*--cls RUN_DIR"):
@@ -55,7 +55,7 @@ def test_release_picks_by_validation_never_test(tmp_path):
     from busai.release import pick_by_validation
 
     a, b = _fake_val(tmp_path / "a", 0.80), _fake_val(tmp_path / "b", 0.70)  # b has the better *test* score
-    best, scores = pick_by_validation([a, b])
+    best, scores = pick_by_validation([a, b], "segmentation")
     assert best == a and scores == {str(a): 0.80, str(b): 0.70}
 
 
@@ -64,7 +64,7 @@ def test_release_refuses_runs_from_different_split_files(tmp_path):
 
     a, b = _fake_val(tmp_path / "a", 0.80), _fake_val(tmp_path / "b", 0.90, splits_sha256="leaky")
     with pytest.raises(ConfigError, match=r"b: trained on another split file than .*a \(splits_sha256 leaky vs s1\)"):
-        pick_by_validation([a, b])
+        pick_by_validation([a, b], "segmentation")
 
 
 def test_release_needs_validation_metrics(cli, tmp_path):

@@ -58,3 +58,18 @@ def test_predict_maps_the_mask_back_and_measures_depth_from_the_scan_top():
     # The same as predicting the scan's own pixels (calipers included) alone.
     bare, bare_mask = predict_array(dark_is_lesion(), screen[y0:y1, x0:x1], scan_region=False)
     assert np.array_equal(mask[y0:y1, x0:x1], bare_mask) and bare["depth_px"] == row["depth_px"]
+
+
+def test_a_smooth_scan_with_speckle_in_one_band_is_used_whole(monkeypatch):
+    # BUS-UCLM holds heavily smoothed scans whose speckle shows only near the skin line: the band
+    # is tissue, the rest is image content, not a screen's flat frame, so nothing is cropped.
+    rng = np.random.default_rng(0)
+    rows = np.linspace(40, 140, 300, dtype=np.float32)[:, None] + np.linspace(0, 30, 400, dtype=np.float32)[None, :]
+    image = rows.copy()
+    image[:100] += rng.normal(0, 25, (100, 400))
+    image = np.repeat(np.clip(image, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    assert find_scan_region(image) == ScanRegion(0, 0, 400, 300, False)
+    import busai.scan_region as sr
+
+    monkeypatch.setattr(sr, "MAX_CONTENT_OUTSIDE", 1.1)  # without the frame check, the band alone was cropped
+    assert find_scan_region(image).cropped

@@ -209,7 +209,7 @@ def load(source: str | Path = "release", *, task: str | None = None, device: str
 
         loaded = load_release(wanted)
     else:
-        loaded, _ = load_path(Path(source).expanduser(), str(source))
+        loaded, _ = load_path(Path(source).expanduser(), str(source), task=wanted)
     if wanted is not None and loaded.task != wanted:
         raise ConfigError(f"{source}: is a {loaded.task} model, not {wanted}; pass a {wanted} model or leave task out")
     loaded.module.to(_resolve_device(device, loaded.backend, loaded.source))  # an ONNX model stays on the CPU (checked there)
@@ -243,8 +243,9 @@ def model_for(source, task: str, *, device: str = "cpu", backend: str = "torch",
     return Model(loaded)
 
 
-def load_path(path: Path, given: str | None = None, *, device: str = "cpu") -> tuple[LoadedModel, str]:
-    """A run folder, saved or release folder, or .onnx file -> (LoadedModel on ``device``, backend)."""
+def load_path(path: Path, given: str | None = None, *, device: str = "cpu", task: str | None = None) -> tuple[LoadedModel, str]:
+    """A run folder, saved or release folder, or .onnx file -> (LoadedModel on ``device``, backend);
+    ``task`` picks what a multitask network answers."""
     given = str(path) if given is None else given
     from busai.engine import BEST_CHECKPOINT
     from busai.export import load_onnx
@@ -259,8 +260,8 @@ def load_path(path: Path, given: str | None = None, *, device: str = "cpu") -> t
         return load_onnx(path / ONNX_FILE, device), "onnx"
     read_run_config(path)  # one clear error for a folder that holds no model
     if (path / WEIGHTS).is_file() and not (path / BEST_CHECKPOINT).is_file():
-        return load_model(path, checkpoint=WEIGHTS, device=device), "torch"
-    return load_model(path, device=device), "torch"
+        return load_model(path, checkpoint=WEIGHTS, device=device, task=task), "torch"
+    return load_model(path, device=device, task=task), "torch"
 
 
 def predict(models: Model | Iterable[Model], images, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5, precision: str = "auto"):

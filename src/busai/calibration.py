@@ -7,6 +7,10 @@ accuracy) is unchanged, only how confident the probabilities are. T is stored be
 
 Written here rather than taken from a library: scikit-learn's CalibratedClassifierCV wraps its own
 estimators, and temperature scaling is a one-parameter fit that scipy solves directly.
+
+The reliability bins, the ECE and the reliability diagram here are the only ones in busai
+(``evaluate``, ``calibrate``, the study report and ``benchmarks/release_calibration.py`` all use
+them), so every ECE busai prints is on the same :data:`N_BINS` bins.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from scipy.special import log_softmax, softmax
 from busai.errors import CheckpointError, ConfigError, read_json
 
 CALIBRATION = "calibration.json"
-N_BINS = 15
+N_BINS = 10  # equal-width bins of the top-class probability; few enough that a 79-image split fills them
 
 
 def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS) -> list[dict]:
@@ -82,25 +86,35 @@ def read_temperature(model_dir: str | Path) -> float:
 
 
 def reliability_figure(bins_by_name: dict[str, list[dict]], path: Path, title: str) -> str:
-    """A reliability diagram (accuracy against confidence per bin, one line per entry) as a PNG."""
+    """A reliability diagram as a PNG (written atomically): per entry of ``bins_by_name`` (name ->
+    :func:`reliability_bins`), accuracy against mean confidence of each non-empty bin, with the
+    bin's image count beside its point."""
+    import os
+
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.2, 4.2))
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
     for name, bins in bins_by_name.items():
-        points = [(b["confidence"], b["accuracy"]) for b in bins if b["count"]]
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", label=name)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+        filled = [b for b in bins if b["count"]]
+        if filled:
+            line, = ax.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], marker="o", label=name)
+            for b in filled:
+                ax.annotate(str(b["count"]), (b["confidence"], b["accuracy"]), textcoords="offset points", xytext=(4, 3),
+                            fontsize=6, color=line.get_color())
+    ax.set_xlim(0, 1.03)
+    ax.set_ylim(-0.03, 1.06)
     ax.set_xlabel("confidence (top class)")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(f"accuracy ({N_BINS} bins; images per bin beside each point)", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
     return str(path)
 
 
@@ -113,9 +127,12 @@ def fit_calibration(run_dir: str | Path, data, splits_file: str | Path, *, force
     from busai.runs import load_model, write_json
 
     run_dir = Path(run_dir)
-    loaded = load_model(run_dir)
-    if loaded.task != "classification":
-        raise ConfigError(f"{run_dir}: is a {loaded.task} run; temperature scaling calibrates a classifier's class probabilities")
+    from busai.runs import model_tasks, read_run_config
+
+    spec = read_run_config(run_dir).get("model_spec") or {"task": "unknown"}
+    if "classification" not in model_tasks(spec):
+        raise ConfigError(f"{run_dir}: is a {spec['task']} run; temperature scaling calibrates a classifier's class probabilities")
+    loaded = load_model(run_dir, task="classification")
     if loaded.config.get("splits_sha256") not in (None, file_sha256(splits_file)):
         raise ConfigError(f"{splits_file}: is not the split file {run_dir} was trained with; fit on that run's own validation images")
     path = run_dir / CALIBRATION

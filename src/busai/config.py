@@ -14,13 +14,17 @@ from typing import Any
 
 from busai.errors import ConfigError, read_json
 
-TASK_ALIASES = {"seg": "segmentation", "segmentation": "segmentation", "cls": "classification", "classification": "classification"}
+TASK_ALIASES = {
+    "seg": "segmentation", "segmentation": "segmentation",
+    "cls": "classification", "classification": "classification",
+    "mt": "multitask", "multitask": "multitask", "multi-task": "multitask",
+}
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "adagrad")
 PRECISIONS = ("auto", "bf16", "fp32")
-AUGMENTATIONS = ("paper", "strong", "none")
+AUGMENTATIONS = ("paper", "strong", "scanner", "none")
 DEVICES = ("auto", "cpu", "cuda")
 COLORS = ("rgb", "gray")
-DEFAULT_MODELS = {"segmentation": "unet", "classification": "resnet18"}  # what `busai train seg|cls` trains unasked
+DEFAULT_MODELS = {"segmentation": "unet", "classification": "resnet18", "multitask": "unet"}  # what `busai train seg|cls` trains unasked
 
 
 @dataclass
@@ -33,10 +37,11 @@ class TrainConfig:
     options, and docs/python-api.md groups them.
     """
 
-    task: str = "segmentation"  # "seg"/"segmentation" or "cls"/"classification"
+    task: str = "segmentation"  # "seg"/"segmentation", "cls"/"classification" or "mt"/"multitask"
     # Segmentation: model = decoder (unet, unetplusplus, deeplabv3) on `encoder`.
     # Classification: model = classifier name; encoder unused. `busai models` lists both.
-    model: str | None = None  # None: "unet" for segmentation, "resnet18" for classification
+    # Multitask: a segmentation model whose encoder also feeds a classification head (one network, both outputs).
+    model: str | None = None  # None: "unet" for segmentation and multitask, "resnet18" for classification
     encoder: str | None = "resnet18"
     weights: str = "imagenet"
     image_size: int | None = None  # None: the model's own default (224, 299 for InceptionV3, 256 for segmentation)
@@ -50,16 +55,18 @@ class TrainConfig:
     epochs: int = 100
     patience: int = 25  # early stopping on validation loss (paper: 25)
 
-    loss: str | None = None  # None: "dice" for segmentation, "focal" for classification
+    loss: str | None = None  # None: "dice" for segmentation (and multitask's masks), "focal" for classification
     focal_alpha: float | list[float] = 0.25
     focal_gamma: float = 2.0
-    weighted_sampler: bool = True  # classification only (paper: class-frequency WeightedRandomSampler)
+    # Multitask: the loss is the mask loss plus this weight times the focal loss of the class head.
+    class_loss_weight: float = 1.0
+    weighted_sampler: bool = True  # classification and multitask (paper: class-frequency WeightedRandomSampler)
     # Draw training images by how wrong the model last was on each (busai.data.dataset.HardExampleSampler).
     hard_examples: bool = False
     scheduler: str | None = None  # None: "plateau" for classification (paper), "none" for segmentation
     plateau_patience: int = 25
     plateau_factor: float = 0.1
-    augment: str = "paper"  # paper, strong or none (see busai.data.dataset.build_augmentations)
+    augment: str = "paper"  # paper, strong, scanner or none (see busai.data.dataset.build_augmentations)
     # Segmentation: chance of pasting another training scan's lesion, faded toward the host's grey (busai.data.dataset.paste_lesion).
     lesion_paste: float = 0.0
     # gray: the model sees every scan as grey (luma copied to three channels), in training and
@@ -86,7 +93,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         task = TASK_ALIASES.get(str(self.task).lower())
         if task is None:
-            raise ConfigError(f"task '{self.task}': unknown; use seg or cls")
+            raise ConfigError(f"task '{self.task}': unknown; use seg, cls or mt (multitask)")
         self.task = task
         self.optimizer = str(self.optimizer).lower()
         if self.optimizer not in OPTIMIZERS:
@@ -99,7 +106,7 @@ class TrainConfig:
             raise ConfigError(f"augment '{self.augment}': unknown; choose one of {', '.join(AUGMENTATIONS)}")
         if not 0.0 <= self.lesion_paste <= 1.0:
             raise ConfigError(f"lesion_paste={self.lesion_paste}: must be a probability between 0 and 1")
-        if self.lesion_paste and task == "classification":
+        if self.lesion_paste and task != "segmentation":
             raise ConfigError("lesion_paste: segmentation only (a pasted lesion would make a normal scan's class label wrong); drop --lesion-paste")
         if self.color not in COLORS:
             raise ConfigError(f"color '{self.color}': unknown; choose rgb or gray")
@@ -114,12 +121,12 @@ class TrainConfig:
         if self.log not in ("none", "tensorboard", "mlflow"):
             raise ConfigError(f"log '{self.log}': unknown; choose tensorboard, mlflow or none")
         if self.loss is None:
-            self.loss = "dice" if task == "segmentation" else "focal"
+            self.loss = "focal" if task == "classification" else "dice"
         if self.scheduler is None:
             self.scheduler = "plateau" if task == "classification" else "none"
         if task == "classification":
             self.encoder = None
-        for name in ("lr", "batch_size", "epochs", "patience", "focal_gamma", "weight_decay", "momentum", "plateau_patience", "plateau_factor"):
+        for name in ("lr", "batch_size", "epochs", "patience", "focal_gamma", "class_loss_weight", "weight_decay", "momentum", "plateau_patience", "plateau_factor"):
             value = getattr(self, name)
             # isinstance first: a string from a hand-written JSON file would fail the comparison with a traceback.
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -127,6 +134,8 @@ class TrainConfig:
         for name in ("lr", "batch_size", "epochs", "patience"):  # patience 0 would stop before the first epoch
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be positive")
+        if self.class_loss_weight < 0:
+            raise ConfigError(f"class_loss_weight={self.class_loss_weight}: must be zero or positive")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay={self.weight_decay}: must be zero or positive")
         if self.max_minutes is not None and not (isinstance(self.max_minutes, (int, float)) and 0 < self.max_minutes < math.inf):

@@ -48,7 +48,7 @@ class TaskAdapter:
     """
 
     loss: Callable[[torch.Tensor, dict], torch.Tensor]
-    target_key: str
+    target_key: str | tuple[str, ...]
     score: Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
     difficulty: Callable[[torch.Tensor, dict], torch.Tensor] | None = None
 
@@ -277,6 +277,29 @@ def _reseed_epoch(loader, seed: int) -> None:
         loader.dataset.set_epoch_seed(seed)
 
 
+def forward_loss(model, x: torch.Tensor, batch: dict, adapter: TaskAdapter, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, loss) of one batch: the forward pass under the precision's autocast, output (a tensor,
+    or a multitask network's tuple) and loss in fp32."""
+    with precision.autocast():
+        out = _as_float(model(x))
+    loss = adapter.loss(out, batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()}; lower the learning rate or use --precision fp32")
+    return out, loss
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
+    """Backward and update, through the GradScaler when one is used (fp16)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def _run_epoch(model, loader, adapter, optimizer, precision, scaler, progress, train: bool):
     """One pass over ``loader``: (mean loss, scores). Under torchrun both are those of all ranks together."""
     model.train(train)
@@ -290,25 +313,15 @@ def _run_epoch(model, loader, adapter, optimizer, precision, scaler, progress, t
         for batch in loader:
             x = precision.to_input(batch["image"])
             batch = {k: (v.to(precision.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            with precision.autocast():
-                out = model(x)
-            loss = adapter.loss(out.float(), batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()}; lower the learning rate or use --precision fp32")
+            out, loss = forward_loss(model, x, batch, adapter, precision)
             if train:
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
+                optimizer_step(loss, optimizer, scaler)
                 if reweigh:
-                    sampler.update(batch["index"], adapter.difficulty(out.detach().float(), batch))
+                    sampler.update(batch["index"], adapter.difficulty(_detached(out), batch))
             else:
-                outputs.append(out.float().cpu())
-                targets.append(batch[adapter.target_key].cpu())
+                outputs.append(_detached(out, cpu=True))
+                keys = adapter.target_key
+                targets.append(tuple(batch[k].cpu() for k in keys) if isinstance(keys, tuple) else batch[keys].cpu())
             n = x.shape[0]
             total_loss += loss.item() * n
             count += n
@@ -318,12 +331,27 @@ def _run_epoch(model, loader, adapter, optimizer, precision, scaler, progress, t
     if train:
         parts = ddp.gather_objects((total_loss, count))
         return sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1), {}
-    mine = (total_loss, count, torch.cat(outputs) if outputs else None, torch.cat(targets) if targets else None)
+    mine = (total_loss, count, _cat(outputs) if outputs else None, _cat(targets) if targets else None)
     parts = ddp.gather_objects(mine)  # every rank scored its shard of the validation split
     mean_loss = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
-    outputs = torch.cat([p[2] for p in parts if p[2] is not None])
-    targets = torch.cat([p[3] for p in parts if p[3] is not None])
+    outputs = _cat([p[2] for p in parts if p[2] is not None])
+    targets = _cat([p[3] for p in parts if p[3] is not None])
     return mean_loss, adapter.score(outputs, targets)
+
+
+# A model's output is one tensor, or a tuple of them for a multitask network (masks, class logits).
+def _as_float(out):
+    return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+
+def _detached(out, cpu: bool = False):
+    if isinstance(out, tuple):
+        return tuple(_detached(o, cpu) for o in out)
+    return out.detach().cpu() if cpu else out.detach()
+
+
+def _cat(parts: list):
+    return tuple(torch.cat(p) for p in zip(*parts)) if isinstance(parts[0], tuple) else torch.cat(parts)
 
 
 def fit(

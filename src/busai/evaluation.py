@@ -22,11 +22,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from busai import CLASSES, SPLIT_NAMES
-from busai.engine import default_path_name
+from busai.engine import BEST_CHECKPOINT, default_path_name
 from busai.errors import CheckpointError, ConfigError
 from busai.inference import predict_tensor, upsample_probability
 from busai.outputs import output_dir
-from busai.runs import LoadedModel, load_model, model_label, read_metrics, write_json
+from busai.runs import LoadedModel, load_model, model_label, read_metrics, scores_dir, write_json
 
 
 def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16, calibrated: bool = True):
@@ -142,9 +142,12 @@ def resolve_models(model: str | Path, device: str = "cpu") -> list[tuple[object,
         return [(load_onnx(path, device), None, None)]
     if not path.is_dir():
         raise CheckpointError(f"{model}: not found; pass a run folder, 'release', a release folder or an exported .onnx file")
-    if (path / WEIGHTS).is_file() and not (path / "checkpoint_last.pt").exists() and not (path / "history.csv").exists():
-        return [(load_model(path, checkpoint=WEIGHTS, device=device), path, None)]
-    return [(load_model(path, device=device), path, path)]
+    from busai.runs import model_tasks, read_run_config
+
+    released = (path / WEIGHTS).is_file() and not (path / "checkpoint_last.pt").exists() and not (path / "history.csv").exists()
+    checkpoint, run = (WEIGHTS, None) if released else (BEST_CHECKPOINT, path)
+    tasks = model_tasks(read_run_config(path).get("model_spec") or {"task": None})  # a multitask network is scored on both tasks
+    return [(load_model(path, checkpoint=checkpoint, device=device, task=task), path, run) for task in tasks]
 
 
 def evaluate_model(
@@ -185,7 +188,7 @@ def evaluate_model(
     if out is None and any(run is None for _, _, run in models):
         raise ConfigError(f"{model}: is not a run folder, so its scores need a place: pass --out DIR")
     for loaded, _, run_dir in models:  # a read-only destination or a damaged metrics.json fails before any scoring
-        dest = Path(out) / loaded.task if out is not None else Path(run_dir)
+        dest = Path(out) / loaded.task if out is not None else scores_dir(run_dir, loaded.spec, loaded.task)
         output_dir(dest, option="--out" if out is not None else "run folder")
         read_metrics(dest)
     selections = _selections(specs, splits_file, split_names, all_images)
@@ -195,7 +198,7 @@ def evaluate_model(
         if provenance_dir is not None:
             for role, records, *_ in selections:
                 check_unseen(provenance_dir, {role: records}, fingerprints, what="scoring")
-        dest = Path(out) / loaded.task if out is not None else Path(run_dir)
+        dest = Path(out) / loaded.task if out is not None else scores_dir(run_dir, loaded.spec, loaded.task)
         results[loaded.task] = _score_selections(loaded, selections, dest, n_boot=n_boot, seed=seed, figures=figures, tta=tta, command=command)
     return results
 

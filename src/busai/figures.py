@@ -1,5 +1,6 @@
 """Figures like the paper's: sample segmentations (Figs 3-5), confusion matrices (6-10),
-model comparison (11) and sample classifications (12). All return the written path as a string."""
+model comparison (11) and sample classifications (12). All return the written path as a string.
+The reliability diagram lives with the bins it draws: :func:`busai.calibration.reliability_figure`."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def segmentation_samples(samples, path: Path, title: str, n: int = 4) -> str:
     chosen = [lesion[i] for i in _pick(len(lesion), n)]
     fig, axes = _subplots(len(chosen), 3, figsize=(9, 3 * len(chosen)), squeeze=False)
     for row, (record, prob, mask, counts) in zip(axes, chosen):
-        image = read_image(record.image, mode="L")
+        image = read_image(record.image, mode="L", frame=record.frame)
         row[0].imshow(image, cmap="gray")
         row[0].set_title(record.key, fontsize=8)
         row[1].imshow(mask, cmap="gray")
@@ -81,7 +82,7 @@ def classification_samples(rows, path: Path, title: str, n: int = 8) -> str:
         ax.axis("off")
     for ax, (record, prob) in zip(axes.flat, chosen):
         predicted = CLASSES[int(np.argmax(prob))]
-        ax.imshow(read_image(record.image, mode="L"), cmap="gray")
+        ax.imshow(read_image(record.image, mode="L", frame=record.frame), cmap="gray")
         ax.set_title(f"true {record.label}\npred {predicted} ({float(np.max(prob)):.2f})", fontsize=8,
                      color="green" if predicted == record.label else "red")
     fig.suptitle(title)
@@ -144,38 +145,3 @@ def training_curve(history: list[dict], path: Path, title: str = "") -> str:
     fig.savefig(tmp, dpi=90)
     tmp.replace(path)
     return str(path)
-
-
-def reliability_diagram(confidence: np.ndarray, correct: np.ndarray, path: Path, title: str, bins: int = 10) -> tuple[str, float]:
-    """Accuracy against confidence of the predicted class in equal-width bins; returns (path, ECE).
-
-    ECE is the bin-size-weighted mean |accuracy - confidence| (Guo et al., 2017).
-    """
-    from matplotlib.figure import Figure
-
-    edges = np.linspace(0, 1, bins + 1)
-    index = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    centres, accuracy, counts = [], [], []
-    ece = 0.0
-    for b in range(bins):
-        chosen = index == b
-        if chosen.any():
-            centres.append((edges[b] + edges[b + 1]) / 2)
-            accuracy.append(float(correct[chosen].mean()))
-            counts.append(int(chosen.sum()))
-            ece += chosen.mean() * abs(correct[chosen].mean() - confidence[chosen].mean())
-    fig = Figure(figsize=(4, 4))
-    ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.bar(centres, accuracy, width=1 / bins, edgecolor="black", alpha=0.7)
-    for x, y, n in zip(centres, accuracy, counts):
-        ax.text(x, y + 0.02, str(n), ha="center", fontsize=7)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.08)
-    ax.set_xlabel("confidence of the predicted class")
-    ax.set_ylabel("accuracy (images per bin above the bar)")
-    ax.set_title(f"{title}\nECE {ece:.3f}", fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    return str(path), float(ece)

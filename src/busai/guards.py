@@ -38,7 +38,7 @@ def check_class_coverage(cfg: TrainConfig, train_dataset, splits_file: str | Non
     Trained without a class, the model still outputs a probability for it, near zero and
     meaningless, and nothing in its scores says so.
     """
-    if cfg.task != "classification":
+    if cfg.task == "segmentation":
         return
     present = {int(label) for label in train_dataset.labels}
     missing = [name for i, name in enumerate(CLASSES) if i not in present]

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from busai.errors import CheckpointError, ConfigError
 from busai.models.weights import file_sha256
-from busai.runs import CONFIG, LoadedModel, load_model, read_run_config, write_json
+from busai.runs import CONFIG, LoadedModel, load_model, read_run_config, scores_dir, write_json
 
 RELEASE_DIR = Path(__file__).with_name("release")
 WEIGHTS = "model.safetensors"
@@ -38,10 +38,8 @@ def make_release(run_dir: str | Path, task: str, root: str | Path | None = None)
     from busai.report import compact_classification, compact_segmentation
 
     run_dir = Path(run_dir)
-    loaded = load_model(run_dir)
     out = release_dir(task, root)
-    if loaded.task != out.name:
-        raise ConfigError(f"{run_dir}: is a {loaded.task} run, not {out.name}; pass a {out.name} run folder")
+    loaded = load_model(run_dir, task=out.name)  # refuses a run of the other task
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in loaded.module.state_dict().items()}
     overflow = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if overflow:
@@ -66,7 +64,7 @@ def make_release(run_dir: str | Path, task: str, root: str | Path | None = None)
     # What the model saw, so scoring or fine-tuning the release can refuse images it trained on.
     write_json(out / TRAINING_DATA, {"source": f"{run_dir.name}/splits.json", "datasets": training_data(run_dir)})
 
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = scores_dir(run_dir, loaded.spec, loaded.task) / "metrics.json"
     compact = compact_segmentation if loaded.task == "segmentation" else compact_classification
     try:
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
@@ -91,7 +89,7 @@ def load_release(task: str, root: str | Path | None = None, *, device: str = "cp
             f"{folder}: no released {folder.name} model is packaged yet; train one with `busai train` "
             f"and pass its run folder instead (e.g. {TASK_FLAGS[folder.name]} RUN_DIR)"
         )
-    return load_model(folder, checkpoint=WEIGHTS, device=device)
+    return load_model(folder, checkpoint=WEIGHTS, device=device, task=folder.name)
 
 
 def resolve_model(source: str | Path | None, task: str, *, device: str = "cpu") -> LoadedModel:
@@ -106,7 +104,7 @@ def resolve_model(source: str | Path | None, task: str, *, device: str = "cpu") 
     if path.suffix.lower() == ".onnx" or path.is_dir():
         from busai.api import load_path
 
-        loaded = load_path(path, device=device)[0]  # also a folder from Model.save or `busai release`
+        loaded = load_path(path, device=device, task=task)[0]  # also a folder from Model.save or `busai release`
     else:
         raise CheckpointError(f"{source}: not found; pass a run folder, an exported .onnx file or 'release' to {TASK_FLAGS[task]}")
     if loaded.task != task:
@@ -114,11 +112,12 @@ def resolve_model(source: str | Path | None, task: str, *, device: str = "cpu") 
     return loaded
 
 
-def validation_score(run_dir: str | Path) -> float:
-    """The release criterion: validation Dice (mean over images) or validation macro-F1. Never test."""
+def validation_score(run_dir: str | Path, task: str) -> float:
+    """The release criterion for ``task``: validation Dice (mean over images) or validation macro-F1. Never test."""
     if not Path(run_dir).is_dir():
         raise CheckpointError(f"{run_dir}: not a run folder; pass folders written by `busai train` and scored by `busai evaluate`")
-    path = Path(run_dir) / "metrics.json"
+    spec = read_run_config(run_dir).get("model_spec") if (Path(run_dir) / CONFIG).is_file() else None
+    path = scores_dir(run_dir, spec or {"task": task}, task) / "metrics.json"
     try:
         val = json.loads(path.read_text())["val"]
     except (FileNotFoundError, KeyError, json.JSONDecodeError):
@@ -127,9 +126,9 @@ def validation_score(run_dir: str | Path) -> float:
     return float(entry["value"])
 
 
-def pick_by_validation(run_dirs: list[str | Path]) -> tuple[Path, dict[str, float]]:
-    """The run with the best validation score among ``run_dirs``, and every run's score."""
-    scores = {str(r): validation_score(r) for r in run_dirs}
+def pick_by_validation(run_dirs: list[str | Path], task: str) -> tuple[Path, dict[str, float]]:
+    """The run with the best validation score for ``task`` among ``run_dirs``, and every run's score."""
+    scores = {str(r): validation_score(r, task) for r in run_dirs}
     _check_one_split(run_dirs)
     best = max(scores, key=scores.get)
     return Path(best), scores

@@ -23,7 +23,7 @@ SEG_METRICS = ("pixel_accuracy", "dice", "iou", "auc")
 def compact_segmentation(metrics: dict) -> dict:
     """{metric: {"mean": value, "pooled": value, "mean_ci": [lo, hi]}} from an evaluate result, plus
     its CI method (``ci``) and lesion ``detection`` counts where the evaluation recorded them."""
-    out = {k: metrics[k] for k in ("ci", "detection") if k in metrics}
+    out = {k: metrics[k] for k in ("ci", "detection", "lesion_dice", "datasets") if k in metrics}
     for name in SEG_METRICS:
         m = metrics.get(name, {})
         mean, pooled = m.get("mean") or {}, m.get("pooled") or {}
@@ -33,7 +33,8 @@ def compact_segmentation(metrics: dict) -> dict:
 
 
 def compact_classification(metrics: dict) -> dict:
-    keep = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "macro_auc", "per_class", "confusion_matrix", "ci")
+    keep = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "macro_auc", "malignant_vs_benign_auc", "ece", "temperature",
+            "per_class", "confusion_matrix", "ci", "datasets")
     return {k: metrics[k] for k in keep if k in metrics}
 
 

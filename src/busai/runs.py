@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from busai.engine import BEST_CHECKPOINT
-from busai.errors import CheckpointError, read_json
+from busai.errors import CheckpointError, ConfigError, read_json
 
 CONFIG = "config.json"
 
@@ -133,12 +133,26 @@ def load_weights_into(module: nn.Module, path: Path) -> None:
         )
 
 
-def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT, device: str = "cpu") -> LoadedModel:
+def model_tasks(spec: dict) -> tuple[str, ...]:
+    """The tasks a stored model answers: its own, or both for a multitask network."""
+    return ("segmentation", "classification") if spec.get("task") == "multitask" else (spec["task"],)
+
+
+def scores_dir(run_dir: str | Path, spec: dict, task: str) -> Path:
+    """Where ``busai evaluate`` keeps a run's metrics.json for ``task``: the run folder, or a
+    folder per task inside it for a multitask run (its two tasks score the same splits)."""
+    return Path(run_dir) / task if len(model_tasks(spec)) > 1 else Path(run_dir)
+
+
+def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT, device: str = "cpu", task: str | None = None) -> LoadedModel:
     """Rebuild the architecture from a run folder's config and load its best weights (eval mode) onto
-    ``device`` (``auto``: the GPU when one is visible; ``cuda`` without one is a ConfigError)."""
+    ``device`` (``auto``: the GPU when one is visible; ``cuda`` without one is a ConfigError).
+
+    ``task`` picks what a multitask network answers (``segmentation`` or ``classification``; it
+    must be given for one); for any other model it may be left out or must match."""
     from busai.calibration import read_temperature
     from busai.engine import resolve_device
-    from busai.models.registry import build
+    from busai.models.registry import build, resolve_task
 
     source = Path(source)
     target = resolve_device(device)  # a bad --device fails before anything is read
@@ -150,13 +164,21 @@ def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT, device:
     weights_path = source / checkpoint
     if not weights_path.exists():
         raise CheckpointError(f"{weights_path}: missing; the run has not finished an epoch yet (resume it with `busai train --resume {source}`)")
+    answers = model_tasks(spec)
+    if task is None and len(answers) > 1:
+        raise ConfigError(f"{source}: is a multitask model; say which task to load it for (segmentation or classification)")
+    task = resolve_task(task) if task is not None else answers[0]
+    if task not in answers:
+        raise ConfigError(f"{source}: is a {spec['task']} model, not a {task} one; pass a {task} model")
     built = build(spec["task"], spec["name"], encoder=spec.get("encoder"), weights="none", num_classes=spec.get("num_classes", 3), image_size=pre["image_size"])
     load_weights_into(built.module, weights_path)
+    if len(answers) > 1:
+        built.module.task = task  # one output, so callers see a plain segmenter or classifier
     built.module.eval().to(target)
     return LoadedModel(
-        module=built.module, task=spec["task"], spec=spec, image_size=int(pre["image_size"]),
+        module=built.module, task=task, spec=spec, image_size=int(pre["image_size"]),
         mean=tuple(pre["mean"]), std=tuple(pre["std"]), config=config, source=str(source), grayscale=pre.get("color") == "gray",
-        temperature=read_temperature(source) if spec["task"] == "classification" else 1.0,
+        temperature=read_temperature(source) if task == "classification" else 1.0,
     )
 
 

@@ -14,7 +14,8 @@ finds "the ultrasound part" of a screen, so this is hand-written and kept simple
 
 When the region is nearly the whole image (a bare scan, as BUSI's are) the image is used as it
 is, so bare scans get exactly the prediction they always got; so is it when the region found is
-under 64 pixels a side (no scan is that small).
+under 64 pixels a side (no scan is that small), or when most of what lies outside it is image
+content rather than a screen's flat background (a smooth scan whose speckle shows in one band).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ MAX_SATURATION = 24  # max - min of the RGB channels: grey maps (even tinted one
 WHOLE_IMAGE_SHARE = 0.85  # a region covering at least this share of the image's area means: no frame to remove
 MIN_REGION_SIDE = 64  # px: a smaller "scan" inside an image is a mark or a drawing, not the scan
 GRID_CELLS = 240  # the coarse grid's cells along the shorter side
+MAX_CONTENT_OUTSIDE = 0.5  # share of scan-like pixels outside a found region above which it is not a frame
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,12 @@ def find_scan_region(image_rgb: np.ndarray) -> ScanRegion:
     x0, y0, x1, y1 = _trim_background_edges(image_rgb, _grow_over_dark_edges(tissue, scan_like, box))
     if (x1 - x0) * (y1 - y0) >= WHOLE_IMAGE_SHARE * height * width or min(x1 - x0, y1 - y0) < MIN_REGION_SIDE:
         return whole_image(image_rgb.shape)  # the scan fills the image, or what was found is too small to be one
+    outside = np.ones((height, width), bool)
+    outside[y0:y1, x0:x1] = False
+    if scan_like[outside].mean() > MAX_CONTENT_OUTSIDE:
+        # A screen's frame is mostly flat background; image content all around the box means the
+        # scan fills the image and only part of it had speckle (a smoothed or low-gain scan).
+        return whole_image(image_rgb.shape)
     return ScanRegion(x0, y0, x1, y1, True)
 
 

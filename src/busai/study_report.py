@@ -274,16 +274,18 @@ def confusion_section(entries: list[Entry], figures: Path) -> list:
 
 
 def calibration_section(entries: list[Entry], figures: Path) -> list:
-    from busai.figures import reliability_diagram
+    from busai.calibration import N_BINS, expected_calibration_error, reliability_bins, reliability_figure
 
     blocks: list = []
-    rows = ["| Run | Split | Images | ECE (10 bins) |", "|---|---|---|---|"]
+    rows = [f"| Run | Split | Images | ECE ({N_BINS} bins) |", "|---|---|---|---|"]
     for e in entries:
         for split, predictions in e.predictions.items():
             probs = np.array([[p[f"p_{c}"] for c in CLASSES] for p in predictions])
-            correct = np.array([p["label"] == p["predicted"] for p in predictions], dtype=float)
+            labels = np.array([CLASSES.index(p["label"]) for p in predictions])
             name = e.result["name"]
-            path, ece = reliability_diagram(probs.max(axis=1), correct, figures / f"{name}_calibration_{split}.png", title=f"{name}: {split}")
+            ece = expected_calibration_error(probs, labels)
+            path = reliability_figure({f"{split} (ECE {ece:.3f})": reliability_bins(probs, labels)}, figures / f"{name}_calibration_{split}.png",
+                                      title=f"{name}: {split}")
             rows.append(f"| {name} | {split} | {len(predictions)} | {ece:.3f} |")
             blocks.append(("fig", Path(path), f"{name}, {split}: accuracy against confidence"))
         for key, path in e.figures.items():

@@ -40,18 +40,19 @@ def segmentation_adapter(cfg: TrainConfig) -> TaskAdapter:
     return TaskAdapter(loss=loss, target_key="mask", score=score, difficulty=difficulty)
 
 
-def classification_adapter(cfg: TrainConfig) -> TaskAdapter:
+def classification_adapter(cfg: TrainConfig, loss_name: str | None = None) -> TaskAdapter:
     from sklearn.metrics import f1_score
 
     from busai import CLASSES
     from busai.losses import FocalLoss
 
-    if cfg.loss == "focal":
+    loss_name = loss_name or cfg.loss
+    if loss_name == "focal":
         criterion = FocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
-    elif cfg.loss == "ce":
+    elif loss_name == "ce":
         criterion = torch.nn.CrossEntropyLoss()
     else:
-        raise ConfigError(f"loss '{cfg.loss}': not a classification loss; use focal or ce")
+        raise ConfigError(f"loss '{loss_name}': not a classification loss; use focal or ce")
 
     def loss(out: torch.Tensor, batch: dict) -> torch.Tensor:
         return criterion(out, batch["label"])
@@ -70,8 +71,28 @@ def classification_adapter(cfg: TrainConfig) -> TaskAdapter:
     return TaskAdapter(loss=loss, target_key="label", score=score, difficulty=difficulty)
 
 
+def multitask_adapter(cfg: TrainConfig) -> TaskAdapter:
+    """One network, two outputs: the mask loss (``cfg.loss``) plus ``cfg.class_loss_weight`` times
+    the focal loss of the class head; validation logs both tasks' scores."""
+    masks = segmentation_adapter(cfg)
+    labels = classification_adapter(cfg, loss_name="focal")
+    weight = cfg.class_loss_weight
+
+    def loss(out: tuple[torch.Tensor, torch.Tensor], batch: dict) -> torch.Tensor:
+        return masks.loss(out[0], batch) + weight * labels.loss(out[1], batch)
+
+    def score(out: tuple[torch.Tensor, torch.Tensor], targets: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        return masks.score(out[0], targets[0]) | labels.score(out[1], targets[1])
+
+    def difficulty(out: tuple[torch.Tensor, torch.Tensor], batch: dict) -> torch.Tensor:
+        return (masks.difficulty(out[0], batch) + labels.difficulty(out[1], batch)) / 2
+
+    return TaskAdapter(loss=loss, target_key=("mask", "label"), score=score, difficulty=difficulty)
+
+
 def adapter_for(cfg: TrainConfig) -> TaskAdapter:
-    return segmentation_adapter(cfg) if cfg.task == "segmentation" else classification_adapter(cfg)
+    adapters = {"segmentation": segmentation_adapter, "classification": classification_adapter, "multitask": multitask_adapter}
+    return adapters[cfg.task](cfg)
 
 
 def probabilities(task: str, logits: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ def _loaders(cfg: TrainConfig, image_size: int, mean, std):
     val_records = load_split_records(specs, splits, "val", fold=cfg.fold)
     if not train_records or not val_records:
         raise ConfigError(f"{cfg.splits}: the train or val split is empty; re-run `busai data split` with more images")
-    if cfg.task == "segmentation":
+    if cfg.task != "classification":
         maskless = [r for r in train_records + val_records if not r.segmentable]
         if maskless:
             raise ConfigError(f"{maskless[0].image}: a {maskless[0].label} image without a mask ({len(maskless)} such); "
@@ -45,7 +45,7 @@ def _loaders(cfg: TrainConfig, image_size: int, mean, std):
     gray = cfg.color == "gray"
     train_ds = BusDataset(train_records, image_size, mean, std, augment=cfg.augment, cache=cache, seed=cfg.seed, lesion_paste=cfg.lesion_paste, grayscale=gray)
     val_ds = BusDataset(val_records, image_size, mean, std, cache=cache, seed=cfg.seed, grayscale=gray)
-    class_balanced = cfg.task == "classification" and cfg.weighted_sampler
+    class_balanced = cfg.task != "segmentation" and cfg.weighted_sampler
     base = class_balance_weights(train_ds.labels) if class_balanced else None
     if cfg.dataset_weights:
         base = _dataset_weighted(train_records, cfg.dataset_weights, base)
@@ -149,7 +149,9 @@ def resolve_weights(cfg: TrainConfig) -> Path | None:
     value = str(cfg.weights)
     if value.lower() in ("imagenet", "none"):
         return None
-    folder = release_dir(cfg.task) if value == "release" else Path(value).expanduser()
+    # A multitask network starts from the released segmenter (its class head is new).
+    release_task = "segmentation" if cfg.task == "multitask" else cfg.task
+    folder = release_dir(release_task) if value == "release" else Path(value).expanduser()
     if not folder.is_dir():
         return Path(value).expanduser().parent if (Path(value).expanduser().parent / CONFIG).is_file() else None
     for name in (WEIGHTS, BEST_CHECKPOINT):

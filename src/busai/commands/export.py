@@ -14,6 +14,7 @@ def register(sub) -> None:
     )
     p.add_argument("model", metavar="MODEL", help="run folder or saved model folder, or seg / cls for the release model")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
+    p.add_argument("--task", choices=["seg", "cls"], default=None, help="a multitask run: which of its outputs to export (seg masks or cls classes)")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write, e.g. model.onnx")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 17 to the newest torch writes)")
     p.add_argument("--fixed-size", action="store_true", help="fix height and width at the model's size (batch stays dynamic)")
@@ -37,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if args.model in ("seg", "cls"):
         model = model_for("release", args.model)
     elif Path(args.model).expanduser().is_dir() or Path(args.model).suffix.lower() == ".onnx":
-        model = load(args.model, device="cpu")  # a run folder, a folder from Model.save / busai release (an .onnx file is refused below)
+        # A run folder, a folder from Model.save / busai release (an .onnx file is refused below); --task: a multitask run's output.
+        model = load(args.model, task=args.task, device="cpu")
     else:
         raise CheckpointError(f"{args.model}: not found; pass a run folder (or a saved model folder), or seg / cls for the release model")
     if args.quantize:

@@ -20,7 +20,9 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from busai.release import make_release, pick_by_validation
 
-    best, scores = pick_by_validation(args.run_dirs)
+    from busai.models.registry import resolve_task
+
+    best, scores = pick_by_validation(args.run_dirs, resolve_task(args.task))
     for run_dir, score in sorted(scores.items(), key=lambda kv: -kv[1]):
         print(f"{score:.4f}  {run_dir}{'  <- released' if run_dir == str(best) else ''}")
     print(make_release(best, args.task, root=args.dest))

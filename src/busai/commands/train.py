@@ -11,7 +11,7 @@ from busai.config import AUGMENTATIONS, TrainConfig
 _FLAGS = {
     "model": str, "encoder": str, "weights": str, "image_size": int, "optimizer": str, "lr": float,
     "weight_decay": float, "batch_size": int, "epochs": int, "patience": int, "loss": str,
-    "focal_gamma": float, "scheduler": str, "plateau_patience": int, "precision": str, "device": str,
+    "focal_gamma": float, "class_loss_weight": float, "scheduler": str, "plateau_patience": int, "precision": str, "device": str,
     "seed": int, "max_minutes": float, "splits": str, "fold": int, "num_workers": int,
 }
 
@@ -22,19 +22,20 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "train", help="train a model into a run folder (or --resume one)",
-        description="Train a segmentation (seg) or classification (cls) model. Defaults follow the paper; "
+        description="Train a segmentation (seg) or classification (cls) model, or one multitask (mt) network that does both "
+        "(a segmentation model whose encoder also feeds a class head). Defaults follow the paper; "
         "--config takes a JSON or YAML config (e.g. the best one from `busai tune`) that flags override. "
         "Options left out keep the config's value, else the default shown.",
     )
-    p.add_argument("task", nargs="?", choices=["seg", "cls"], help="seg or cls (omit with --resume or --config)")
+    p.add_argument("task", nargs="?", choices=["seg", "cls", "mt"], help="seg, cls or mt (omit with --resume or --config)")
     p.add_argument("--out", help="new run folder to write")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint (only --epochs, --max-minutes, --patience may change)")
     p.add_argument("--config", help="JSON or YAML config file; flags given here override it")
 
     model = p.add_argument_group("model")
-    model.add_argument("--model", help="seg: decoder unet, unetplusplus or deeplabv3 (default unet); cls: classifier name (default resnet18). "
+    model.add_argument("--model", help="seg, mt: decoder unet, unetplusplus or deeplabv3 (default unet); cls: classifier name (default resnet18). "
                        "`busai models` lists them")
-    model.add_argument("--encoder", help="seg only: encoder, e.g. resnet18 (default), efficientnet-lite0, mobilenet_v2, vgg16")
+    model.add_argument("--encoder", help="seg, mt: encoder, e.g. resnet18 (default), efficientnet-lite0, mobilenet_v2, vgg16")
     model.add_argument("--weights", help="imagenet (default; loaded from local files, else random with a warning), none, release, "
                        "a release or run folder, or a weights file")
     model.add_argument("--image-size", dest="image_size", type=int, metavar="PX", help="input size (default: the model's, 256 seg, 224 cls, 299 InceptionV3)")
@@ -52,7 +53,7 @@ def register(sub) -> None:
                       "(mean and sd of the validation scores) in OUT/folds.json; re-run to resume")
     data.add_argument("--dataset-weight", dest="dataset_weights", action="append", default=None, metavar="NAME=W",
                       help="relative share of training draws for a dataset (default: images drawn uniformly across datasets)")
-    data.add_argument("--no-sampler", dest="weighted_sampler", action="store_false", default=None, help="classification: no class-frequency sampler (default: on, as the paper)")
+    data.add_argument("--no-sampler", dest="weighted_sampler", action="store_false", default=None, help="cls, mt: no class-frequency sampler (default: on, as the paper)")
     data.add_argument("--hard-examples", dest="hard_examples", action="store_true", default=None,
                       help="draw training images by how wrong the model last was on each (missed lesions, misclassified scans come round more often)")
 
@@ -62,9 +63,11 @@ def register(sub) -> None:
     optim.add_argument("--weight-decay", dest="weight_decay", type=float, help="default 0")
     optim.add_argument("--betas", type=float, nargs=2, default=None, metavar=("BETA1", "BETA2"), help="Adam / AdamW betas (default torch's 0.9 0.999)")
     optim.add_argument("--batch-size", dest="batch_size", type=int, help="images per step (default 8; per process with --gpus)")
-    optim.add_argument("--loss", help=f"seg: one of {', '.join(SEGMENTATION_LOSSES)} (default dice); cls: focal (default) or ce")
+    optim.add_argument("--loss", help=f"seg, mt (its masks): one of {', '.join(SEGMENTATION_LOSSES)} (default dice); cls: focal (default) or ce")
     optim.add_argument("--focal-alpha", dest="focal_alpha", type=float, nargs="+", default=None, help="one value, or one per class (normal benign malignant); default 0.25")
     optim.add_argument("--focal-gamma", dest="focal_gamma", type=float, help="default 2.0")
+    optim.add_argument("--class-loss-weight", dest="class_loss_weight", type=float, metavar="W",
+                       help="mt: loss = mask loss + W x focal loss of the class head (default 1.0)")
 
     schedule = p.add_argument_group("schedule and stopping")
     schedule.add_argument("--epochs", type=int, help="most epochs (default 100)")
@@ -74,7 +77,8 @@ def register(sub) -> None:
     schedule.add_argument("--max-minutes", dest="max_minutes", type=float, help="wall-clock budget; stops cleanly after the epoch that crosses it (default none)")
 
     augment = p.add_argument_group("augmentation")
-    augment.add_argument("--augment", choices=AUGMENTATIONS, default=None, help="paper (flips, rotations, colour jitter; default), strong (adds scale, shift, gamma, speckle noise, blur) or none")
+    augment.add_argument("--augment", choices=AUGMENTATIONS, default=None, help="paper (flips, rotations, colour jitter; default), strong (adds scale, shift, gamma, speckle noise, blur), "
+                         "scanner (strong plus framing, tints, gain, JPEG, burnt-in text, calipers, Doppler boxes) or none")
     augment.add_argument("--lesion-paste", dest="lesion_paste", type=float, default=None, metavar="P",
                          help="segmentation: with probability P, paste another training scan's lesion in at a random echogenicity, down to isoechoic (default 0)")
 
@@ -112,7 +116,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if "task" not in base:
         from busai.errors import ConfigError
 
-        raise ConfigError("say which task to train: `busai train seg ...` or `busai train cls ...`")
+        raise ConfigError("say which task to train: `busai train seg ...`, `busai train cls ...` or `busai train mt ...`")
     if base["task"] in ("cls", "classification") and "model" not in base:
         base["model"] = "resnet18"
     if base["task"] in ("cls", "classification") and args.encoder is not None:

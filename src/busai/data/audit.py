@@ -163,7 +163,7 @@ def _iterate(records: list[Record], progress: bool):
 def _check_record(record: Record, problems: list[Problem], *, masks_expected: bool = True) -> _Decoded | None:
     """Decode one image and its masks, append what is wrong to ``problems``; None if unreadable."""
     try:
-        gray = read_image(record.image, mode="L")
+        gray = read_image(record.image, mode="L", frame=record.frame)
     except DataError as exc:
         problems.append(Problem(record.key, "unreadable_image", str(exc)))
         gray = None

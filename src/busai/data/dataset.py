@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from busai.data.discover import Record, read_image, read_mask
+from busai.data.overlays import BurntInOverlays
 from busai.config import AUGMENTATIONS
 from busai.errors import ConfigError
 
@@ -63,7 +64,7 @@ class ImageCache:
         key = (str(record.image), int(size))
         item = self._items.get(key)
         if item is None:
-            image = read_image(record.image, mode="RGB")
+            image = read_image(record.image, mode="RGB", frame=record.frame)
             mask = read_mask(record, size=image.shape[:2])
             item = resize_pair(image, mask, int(size))
             for array in item:
@@ -97,6 +98,10 @@ def build_augmentations(name: str, seed: int | None = None) -> A.Compose | None:
     recipe leaves out: lesion size and position (probe depth and placement: scale 0.8-1.25 and
     shift, with the rotation, in one affine warp), gain curves (gamma) and speckle or focus
     (multiplicative noise or blur).
+
+    ``scanner``: everything ``strong`` does plus what differs between scanners and hospitals (see
+    :func:`scanner_shift`): framing, grey and colour maps, gain and contrast, JPEG re-encoding and
+    burnt-in annotations.
     """
     if name == "none":
         return None
@@ -105,11 +110,44 @@ def build_augmentations(name: str, seed: int | None = None) -> A.Compose | None:
     if name == "paper":
         rotate = A.Rotate(limit=15, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.5)
         return A.Compose([*flips, rotate, jitter], seed=seed)
-    if name == "strong":
+    if name in ("strong", "scanner"):
         warp = A.Affine(scale=(0.8, 1.25), translate_percent=(-0.1, 0.1), rotate=(-15, 15), border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.75)
         texture = A.OneOf([A.MultiplicativeNoise(multiplier=(0.85, 1.15), elementwise=True), A.GaussianBlur(blur_limit=(3, 5))], p=0.3)
-        return A.Compose([*flips, warp, jitter, A.RandomGamma(gamma_limit=(70, 150), p=0.3), texture], seed=seed)
+        strong = [*flips, warp, jitter, A.RandomGamma(gamma_limit=(70, 150), p=0.3), texture]
+        if name == "strong":
+            return A.Compose(strong, seed=seed)
+        framing, photometric, display = scanner_shift()
+        # Geometry first; then the scanner's grey map and gain; annotations on the displayed image;
+        # JPEG last, as a scan is compressed after the scanner has drawn on it.
+        return A.Compose([*strong[:2], *framing, *strong[2:], *photometric, *display], seed=seed)
     raise ConfigError(f"augment '{name}': unknown; choose one of {', '.join(AUGMENTATIONS)}")
+
+
+def scanner_shift() -> tuple[list, list, list]:
+    """The ``scanner`` recipe's additions to ``strong`` as (framing, photometric, display) transform
+    lists. Each family fires on under half of the images, so most still look like the scans they are.
+
+    - framing (p 0.4, one of): crop or pad each side independently, up to a fifth, and resize back,
+      so the lesion fills more or less of the image and the aspect ratio changes; or black bars on
+      two opposite sides (letterbox, pillarbox). Masks follow with nearest-neighbour resizing.
+    - photometric: a tinted grey map (each channel its own gain or tone curve, as BUS-UCLM's
+      blue-grey map) p 0.4; a different luma mapping (one tone curve for all
+      channels, which still counts after ``--color gray``) p 0.3; gain and contrast p 0.3.
+    - display: burnt-in text, calipers, a Doppler box, a depth ruler
+      (:class:`busai.data.overlays.BurntInOverlays`, image only) p 0.4; JPEG quality 30-90 p 0.4.
+    """
+    pad = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": 0, "keep_size": True}
+    framing = A.OneOf([
+        A.CropAndPad(percent=(-0.2, 0.2), sample_independently=True, **pad),
+        A.CropAndPad(percent=((0.05, 0.25), (0.0, 0.0), (0.05, 0.25), (0.0, 0.0)), sample_independently=True, **pad),  # letterbox
+        A.CropAndPad(percent=((0.0, 0.0), (0.05, 0.25), (0.0, 0.0), (0.05, 0.25)), sample_independently=True, **pad),  # pillarbox
+    ], p=0.4)
+    # Tints as small as real ones: BUS-UCLM's grey map is about 6% short on red and 8% over on blue.
+    tint = A.OneOf([A.MultiplicativeNoise(multiplier=(0.92, 1.08), per_channel=True, elementwise=False),
+                    A.RandomToneCurve(scale=0.05, per_channel=True)], p=0.4)
+    photometric = [tint, A.RandomToneCurve(scale=0.1, per_channel=False, p=0.3), A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.25, p=0.3)]
+    display = [BurntInOverlays(p=0.4), A.ImageCompression(quality_range=(30, 90), p=0.4)]
+    return [framing], photometric, display
 
 
 def paste_lesion(

@@ -2,8 +2,11 @@
 
 A :class:`Record` is one scan: its image, zero or more masks (their union is the lesion), its
 label (or None when unlabelled), the dataset it came from, its group (patient or case, where the
-source knows it) and its pixel spacing in mm (where known). The other layouts' readers live in
-:mod:`busai.data.sources`.
+source knows it), its pixel spacing in mm (where known) and, for a DICOM cine, the frame it is.
+The other layouts' readers live in :mod:`busai.data.sources`.
+
+Images are plain image files (``IMAGE_SUFFIXES``) or DICOM files (``.dcm``, or any file with the
+DICM marker; see :func:`is_image_file`); masks are plain images.
 
 BUSI layout: ``ROOT/<class>/NAME.png`` with ``NAME_mask.png`` and optional ``NAME_mask_1.png``,
 ``NAME_mask_2.png``... Class folders are matched case-insensitively.
@@ -25,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from busai import CLASSES
 from busai.errors import DataError
+from busai.io.dicom import is_dicom
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<index>\d+))?$", re.IGNORECASE)
@@ -35,7 +39,8 @@ _IGNORED = {"thumbs.db", "desktop.ini"}
 @dataclass(frozen=True)
 class Record:
     """One scan: image, lesion masks (union; none for a normal scan or classification-only data),
-    label (None when unlabelled), dataset name, group (patient / case id) and pixel spacing in mm."""
+    label (None when unlabelled), dataset name, group (patient / case id), pixel spacing in mm and
+    the 1-based frame of a DICOM cine (None for a plain image or a single-frame DICOM file)."""
 
     root: Path
     image: Path
@@ -44,6 +49,7 @@ class Record:
     dataset: str = ""
     group: str | None = None
     pixel_spacing_mm: float | None = None
+    frame: int | None = None
 
     @property
     def relpath(self) -> str:
@@ -125,10 +131,10 @@ def scan_dataset(root: str | Path) -> Scan:
             if path.is_dir() or path.name.startswith(".") or path.name.lower() in _IGNORED:
                 continue
             rel = path.relative_to(root).as_posix()
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
+            if not is_image_file(path):
                 scan.problems.append(Problem(rel, "not_an_image", f"{rel}: not an image file; move it out of the dataset folder"))
                 continue
-            stem_key = path.with_suffix("").relative_to(folder).as_posix()
+            stem_key = path.parent.relative_to(folder).joinpath(file_stem(path)).as_posix()
             match = MASK_RE.match(stem_key)
             if match:
                 masks.setdefault(match["stem"], []).append((int(match["index"] or 0), path))
@@ -142,7 +148,7 @@ def scan_dataset(root: str | Path) -> Scan:
                     Problem(rel, "missing_mask", f"{rel}: no mask found; add {Path(stem).name}_mask.png beside it (all-zero for a normal image)")
                 )
                 continue
-            scan.records.append(Record(root=root, image=image, masks=tuple(found), label=label))
+            scan.records.append(dicom_record(Record(root=root, image=image, masks=tuple(found), label=label), scan))
         for stem, orphans in masks.items():
             for _, path in sorted(orphans):
                 rel = path.relative_to(root).as_posix()
@@ -151,6 +157,32 @@ def scan_dataset(root: str | Path) -> Scan:
                 )
     scan.records.sort(key=lambda r: (CLASSES.index(r.label), natural_key(r.key)))
     return scan
+
+
+def is_image_file(path: Path) -> bool:
+    """A file busai reads as a scan: a plain image by its suffix, or a DICOM file (``.dcm``, or
+    the DICM marker that extensionless scanner exports such as ``IM000001`` carry)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom(path)
+
+
+def file_stem(path: Path) -> str:
+    """The name an image is matched by (to its masks and table rows): without a known image or
+    DICOM suffix, else whole, so an extensionless DICOM file named by its UID (``1.2.840.1``)
+    keeps every part of its name."""
+    from busai.io.dicom import DICOM_SUFFIXES
+
+    return path.stem if path.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES else path.name
+
+
+def dicom_record(record: Record, scan: Scan, frame: int | None = None, where: str | None = None) -> Record:
+    """``record`` with what its DICOM image states (a plain image passes unchanged): the pixel
+    spacing when the record has none, and the frame of a cine, its first when ``frame`` is None,
+    with a ``first_frame`` note in ``scan.problems``. See :mod:`busai.data.dicom_records`."""
+    if record.image.suffix.lower() in IMAGE_SUFFIXES:
+        return record
+    from busai.data.dicom_records import with_dicom_fields
+
+    return with_dicom_fields(record, scan, frame, where)
 
 
 def natural_key(text: str) -> list:
@@ -170,13 +202,17 @@ def discover_records(root: str | Path) -> list[Record]:
     return scan.records
 
 
-def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
+def read_image(path: str | Path, mode: str = "RGB", frame: int | None = None) -> np.ndarray:
     """Decode an image of any mode (L, RGB, RGBA, P, 16-bit I;16 ...) as uint8 ``mode``.
 
     16-bit images are scaled to 8 bits by their own range, which is what a display would show;
-    Pillow's plain convert would clip them to white.
+    Pillow's plain convert would clip them to white. A DICOM file is read through
+    :mod:`busai.io.dicom` (as ``busai predict`` reads it): its only frame, or 1-based ``frame``
+    of a cine, which must then be given.
     """
     path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES and is_dicom(path):
+        return _read_dicom_image(path, mode, frame)
     try:
         with Image.open(path) as img:
             img.load()
@@ -187,6 +223,17 @@ def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
         raise DataError(f"{path}: not decoded, {str(exc).split(', could')[0]}; replace or remove the file") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}); replace or remove the file") from None
+
+
+def _read_dicom_image(path: Path, mode: str, frame: int | None) -> np.ndarray:
+    from busai.io.dicom import frame_count, read_dataset, read_frames
+
+    ds = read_dataset(path)
+    if frame is None and frame_count(ds) > 1:
+        raise DataError(f"{path}: a DICOM cine of {frame_count(ds)} frames; say which frame to read "
+                        "(a frame column in the dataset's table, or busai predict --frame N)")
+    rgb = next(read_frames(path, frame, ds=ds)).image
+    return rgb if mode == "RGB" else np.asarray(Image.fromarray(rgb).convert(mode))
 
 
 def pil_to_array(img: Image.Image, mode: str = "RGB") -> np.ndarray:
@@ -226,7 +273,7 @@ def read_mask(record: Record, size: tuple[int, int] | None = None) -> np.ndarray
     """
     if not record.masks:
         if size is None:
-            size = read_image(record.image, mode="L").shape
+            size = read_image(record.image, mode="L", frame=record.frame).shape
         return np.zeros(tuple(size), dtype=np.uint8)
     union: np.ndarray | None = None
     for path in record.masks:

@@ -1,6 +1,8 @@
 """Synthetic scanner screenshots: a scan pasted into a 1280 x 960 screen with the clutter a
 scanner draws around it (patient text, a tool bar, a depth ruler, a grey and a colour bar,
 calipers with their read-out). Used by the scan-region tests and ``benchmarks/framing.py``.
+The ruler, calipers and fonts are :mod:`busai.data.overlays`' drawing functions, which the
+``scanner`` training augmentation also burns into scans.
 
 Everything is drawn from ``numpy.random.default_rng(seed)``: the same seed gives the same frame.
 The patient text is invented (``DOE^JANE``); no real identity is ever drawn.
@@ -9,7 +11,9 @@ The patient text is invented (``DOE^JANE``); no real identity is ever drawn.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from busai.data.overlays import SETTINGS, draw_calipers, draw_depth_ruler, font
 
 SCREEN = (960, 1280)  # (height, width), a common scanner video output
 
@@ -24,18 +28,17 @@ def frame_scan(scan_rgb: np.ndarray, seed: int = 0, screen: tuple[int, int] = SC
     height, width = screen
     picture = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(0, 18, 3)))
     draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default(size=16)
-    big = ImageFont.load_default(size=22)
+    small, big = font(16), font(22)
 
     # The tool bar and patient line across the top, a settings column on the left.
     bar = int(rng.integers(50, 80))
     draw.rectangle((0, 0, width, bar), fill=(38, 44, 60))
     draw.text((12, 8), "DOE^JANE   ID 0000000   F 54Y", fill=(235, 235, 235), font=big)
-    draw.text((12, 8 + 26), "2026-01-01 10:00:00   Breast L   L12-5 38mm", fill=(200, 200, 200), font=font)
-    draw.text((width - 360, 12), "MI 1.1   TIs 0.3   12 MHz", fill=(230, 230, 120), font=font)
+    draw.text((12, 8 + 26), "2026-01-01 10:00:00   Breast L   L12-5 38mm", fill=(200, 200, 200), font=small)
+    draw.text((width - 360, 12), "MI 1.1   TIs 0.3   12 MHz", fill=(230, 230, 120), font=small)
     left = int(rng.integers(170, 230))
-    for i, line in enumerate(("2D", "Gn 54", "DR 60", "FA 3", "Frq 12 MHz", "D 4.0 cm", "P Med", "AO 100%", "SRI 2")):
-        draw.text((14, bar + 30 + 26 * i), line, fill=(220, 220, 220), font=font)
+    for i, line in enumerate(SETTINGS):
+        draw.text((14, bar + 30 + 26 * i), line, fill=(220, 220, 220), font=small)
 
     # Free area: right of the settings column, below the bar, left of the colour bars.
     free_x0, free_y0, free_x1, free_y1 = left, bar + 20, width - 120, height - 60
@@ -51,11 +54,7 @@ def frame_scan(scan_rgb: np.ndarray, seed: int = 0, screen: tuple[int, int] = SC
 
     # Depth ruler: ticks every centimetre-ish down the scan's right edge, with numbers.
     ruler_x = min(x1 + 6, width - 118)
-    step = max(20, scan.height // 8)
-    for i, y in enumerate(range(y0, y1, step)):
-        draw.line((ruler_x, y, ruler_x + (10 if i % 2 == 0 else 5), y), fill=(240, 240, 240), width=2)
-        if i % 2 == 0:
-            draw.text((ruler_x + 13, y - 8), str(i // 2), fill=(240, 240, 240), font=font)
+    draw_depth_ruler(draw, ruler_x, y0, y1, max(20, scan.height // 8), (240, 240, 240), small)
 
     # A grey bar and a colour bar at the right edge of the screen.
     ramp = np.linspace(255, 0, 256)
@@ -67,11 +66,7 @@ def frame_scan(scan_rgb: np.ndarray, seed: int = 0, screen: tuple[int, int] = SC
     # Calipers on the scan (yellow '+' and a dotted line) and their read-out under it.
     cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
     span = max(8, scan.width // 6)
-    for px in (cx - span, cx + span):
-        draw.line((px - 6, cy, px + 6, cy), fill=(255, 230, 0), width=2)
-        draw.line((px, cy - 6, px, cy + 6), fill=(255, 230, 0), width=2)
-    for px in range(cx - span + 10, cx + span - 6, 8):
-        draw.point((px, cy), fill=(255, 230, 0))
-    draw.text((x0 + 8, min(y1 + 10, height - 24)), f"1 + Dist {rng.uniform(0.5, 2.5):.2f} cm", fill=(255, 230, 0), font=font)
-    draw.text((width - 200, height - 30), "Frz  ||  Cine 120/120", fill=(200, 200, 200), font=font)
+    draw_calipers(draw, (cx - span, cy), (cx + span, cy), (255, 230, 0))
+    draw.text((x0 + 8, min(y1 + 10, height - 24)), f"1 + Dist {rng.uniform(0.5, 2.5):.2f} cm", fill=(255, 230, 0), font=small)
+    draw.text((width - 200, height - 30), "Frz  ||  Cine 120/120", fill=(200, 200, 200), font=small)
     return np.asarray(picture), (x0, y0, x1, y1)

@@ -8,7 +8,11 @@ Layouts (``FORMATS``), detected from what a path holds (``detect_format``) or fo
   ``images/``, colour-coded masks in ``masks/``; the patient is the file-name prefix;
 - ``images-masks``: ``images/`` + ``masks/`` with matching stems, and one labels CSV beside them;
 - ``manifest``: a CSV file with ``image,mask,label`` and optional ``group``, ``pixel_spacing_mm``,
-  ``dataset`` columns; paths relative to the CSV's folder; several masks joined by ``;``.
+  ``dataset``, ``frame`` columns; paths relative to the CSV's folder; several masks joined by ``;``.
+
+Images may be DICOM files in every layout (masks stay plain images): a cine's frame comes from the
+table's ``frame`` column (manifest, labels table) or is its first, and the file's pixel spacing
+fills in where the table gives none (:mod:`busai.data.dicom_records`).
 
 Images are matched to CSV rows and masks by file stem, so a PNG original and a JPEG copy of the
 same dataset read the same way. A reader never raises on a bad *file*: unpaired or unreadable files
@@ -25,12 +29,15 @@ from __future__ import annotations
 import csv
 import math
 import re
+import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from busai import CLASSES
-from busai.data.discover import IMAGE_SUFFIXES, MASK_RE, Problem, Record, Scan, natural_key, scan_dataset
+from busai.data.discover import (IMAGE_SUFFIXES, MASK_RE, Problem, Record, Scan, dicom_record, file_stem, is_image_file, natural_key,
+                                 scan_dataset)
+from busai.io.dicom import is_dicom
 from busai.errors import ConfigError, DataError
 
 FORMATS = ("busi", "class-folders", "bus-uclm", "images-masks", "manifest")
@@ -139,6 +146,7 @@ def read_records(specs, *, require_labels: bool = True) -> list[Record]:
             raise DataError(pairing[0].message + more)
         if not scan.records:
             raise DataError(f"{spec.path}: no images found; see docs/datasets.md for the layouts busai reads")
+        _note_first_frames(scan)
         if require_labels:
             unlabelled = [r for r in scan.records if r.label is None]
             if unlabelled:
@@ -147,9 +155,22 @@ def read_records(specs, *, require_labels: bool = True) -> list[Record]:
     return records
 
 
+_NOTED: set[str] = set()  # first-frame notes already printed: train reads the records once per split, one note is enough
+
+
+def _note_first_frames(scan: Scan) -> None:
+    """Say once per dataset that cines are read at their first frame (see busai.data.dicom_records)."""
+    first_frames = [p for p in scan.problems if p.kind == "first_frame"]
+    key = f"{scan.root}: {first_frames[0].message if first_frames else ''}"
+    if first_frames and key not in _NOTED:
+        _NOTED.add(key)
+        more = f" (and {len(first_frames) - 1} more cines)" if len(first_frames) > 1 else ""
+        print(f"note: {first_frames[0].message}{more}", file=sys.stderr)
+
+
 # --------------------------------------------------------------------------- the readers
 def _named(record: Record, name: str) -> Record:
-    return Record(record.root, record.image, record.masks, record.label, name, record.group, record.pixel_spacing_mm)
+    return replace(record, dataset=name)
 
 
 def _read_busi(root: Path) -> Scan:
@@ -169,11 +190,11 @@ def _read_class_folders(root: Path) -> Scan:
         for path in sorted(child.rglob("*")):
             if _skip(path):
                 continue
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
+            if not is_image_file(path):
                 rel = path.relative_to(root).as_posix()
                 scan.problems.append(Problem(rel, "not_an_image", f"{rel}: not an image file; move it out of the dataset folder"))
                 continue
-            scan.records.append(Record(root, path, (), label))
+            scan.records.append(dicom_record(Record(root, path, (), label), scan))
     scan.records.sort(key=lambda r: (CLASSES.index(r.label), natural_key(r.key)))
     return scan
 
@@ -199,7 +220,7 @@ def _read_bus_uclm(root: Path) -> Scan:
             scan.problems.append(Problem(rel, "missing_mask", f"{rel}: no mask masks/{stem}.png; add it (all black for a normal scan)"))
             continue
         # The patient is the four-letter file-name prefix (ALWI_000 -> ALWI): its frames stay together.
-        scan.records.append(Record(root, image, (mask,), label, group=stem.split("_", 1)[0]))
+        scan.records.append(dicom_record(Record(root, image, (mask,), label, group=stem.split("_", 1)[0]), scan))
     _orphans(scan, root, images, "image_without_row", f"has no row in {info.name}; add a row or remove the file")
     _orphans(scan, root, masks, "mask_without_image", "has no image; add the image or remove the mask")
     return scan
@@ -224,7 +245,7 @@ def _read_images_masks(root: Path) -> Scan:
     scan = Scan(root=root)
     seen: dict[str, int] = {}
     for line, row in rows:
-        stem = Path(row["image"]).stem
+        stem = file_stem(Path(row["image"]))
         if stem in seen:
             raise DataError(f"{table} row {line}: image '{stem}' is listed again (first at row {seen[stem]}); keep one row per image")
         seen[stem] = line
@@ -234,7 +255,8 @@ def _read_images_masks(root: Path) -> Scan:
             scan.problems.append(Problem(f"images/{stem}", "missing_file", f"{table} row {line}: no image with stem '{stem}' in {root / 'images'}; add it or remove the row"))
             continue
         masks = tuple(sorted(masks_by_stem.pop(stem, []), key=lambda p: natural_key(p.name)))
-        scan.records.append(Record(root, image, masks, label, group=_group(row, table, line), pixel_spacing_mm=_spacing(row, table, line)))
+        record = Record(root, image, masks, label, group=_group(row, table, line), pixel_spacing_mm=_spacing(row, table, line))
+        scan.records.append(_with_frame(record, scan, row, table, line))
     _orphans(scan, root, images, "image_without_row", f"has no row in {table.name}; add a row or remove the file")
     _orphans(scan, root, {s: p for s, ps in masks_by_stem.items() for p in ps}, "mask_without_image", "has no image; add the image or remove the mask")
     return scan
@@ -244,7 +266,7 @@ def _read_manifest(path: Path) -> Scan:
     """A CSV manifest: one row per image; mask paths joined by ';'; an empty mask cell means no mask."""
     path = path.expanduser().resolve()
     root = path.parent
-    rows = _read_table(path, required=("image", "label"), optional=("mask", "group", "pixel_spacing_mm", "dataset"))
+    rows = _read_table(path, required=("image", "label"), optional=("mask", "group", "pixel_spacing_mm", "dataset", "frame"))
     scan = Scan(root=root)
     seen: dict[str, int] = {}
     for line, row in rows:
@@ -263,9 +285,10 @@ def _read_manifest(path: Path) -> Scan:
         missing = [p for p in (image, *masks) if not p.is_file()]
         if missing:
             raise DataError(f"{path} row {line}: {missing[0]} not found; fix the path (relative to {root}) or remove the row")
-        if image.suffix.lower() not in IMAGE_SUFFIXES:
-            raise DataError(f"{path} row {line}: {row['image']} is not an image file ({', '.join(sorted(IMAGE_SUFFIXES))}); fix the row")
-        scan.records.append(Record(root, image, masks, label, group=_group(row, path, line), pixel_spacing_mm=_spacing(row, path, line)))
+        if not is_image_file(image):
+            raise DataError(f"{path} row {line}: {row['image']} is not an image file ({', '.join(sorted(IMAGE_SUFFIXES))} or DICOM); fix the row")
+        record = Record(root, image, masks, label, group=_group(row, path, line), pixel_spacing_mm=_spacing(row, path, line))
+        scan.records.append(_with_frame(record, scan, row, path, line))
     return scan
 
 
@@ -337,6 +360,19 @@ def _spacing(row: dict, path: Path, line: int) -> float | None:
     return value
 
 
+def _with_frame(record: Record, scan: Scan, row: dict, path: Path, line: int) -> Record:
+    """A table's record with its ``frame`` cell (a DICOM cine's 1-based frame) and what its DICOM
+    image states (see :mod:`busai.data.dicom_records`)."""
+    cell = row.get("frame", "")
+    if not cell:
+        return dicom_record(record, scan)
+    if not (cell.isdigit() and int(cell) >= 1):
+        raise DataError(f"{path} row {line}: frame '{cell}' is not a frame number (1 for the first); fix or empty the cell")
+    if record.image.suffix.lower() in IMAGE_SUFFIXES or not is_dicom(record.image):
+        raise DataError(f"{path} row {line}: frame {cell} given, but {record.relpath} is not a DICOM file; empty the cell")
+    return dicom_record(record, scan, int(cell), where=f"{path} row {line}")
+
+
 def _folder(root: Path) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -357,11 +393,12 @@ def _by_stem(folder: Path) -> dict[str, Path]:
         raise DataError(f"{folder}: folder not found; the layout needs it")
     found: dict[str, Path] = {}
     for path in _files(folder):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        if not is_image_file(path):
             continue
-        if path.stem in found:
-            raise DataError(f"{path}: two files share the stem '{path.stem}' ({found[path.stem].name}); keep one")
-        found[path.stem] = path
+        stem = file_stem(path)
+        if stem in found:
+            raise DataError(f"{path}: two files share the stem '{stem}' ({found[stem].name}); keep one")
+        found[stem] = path
     return found
 
 

@@ -97,17 +97,19 @@ def is_dicom(path: str | Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def read_dataset(path: str | Path):
-    """The pydicom Dataset, with one-line errors for a file that is not DICOM or holds no image."""
+def read_dataset(path: str | Path, *, header_only: bool = False):
+    """The pydicom Dataset, with one-line errors for a file that is not DICOM or holds no image.
+    ``header_only`` stops before the pixel data: what a dataset reader needs (frames, geometry)
+    without reading a whole cine."""
     pydicom = _pydicom()
     path = Path(path)
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, stop_before_pixels=header_only)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found; check the path") from None
     except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: not a readable DICOM file ({exc.__class__.__name__}); replace or remove the file") from None
-    if "PixelData" not in ds:
+    if "PixelData" not in ds and not (header_only and "Rows" in ds):
         kind = getattr(ds, "Modality", None) or "non-image"
         raise DataError(f"{path}: a DICOM {kind} object with no image in it; pass the scan's image file")
     return ds

@@ -19,10 +19,10 @@ import timm
 import torchvision.models as tvm
 from torch import nn
 
+from busai.config import TASK_ALIASES
 from busai.errors import CheckpointError, ConfigError
 from busai.models import weights as W
 
-TASK_ALIASES = {"seg": "segmentation", "segmentation": "segmentation", "cls": "classification", "classification": "classification"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE_MEAN = LITE_STD = (0.5, 0.5, 0.5)  # TF Lite models expect inputs scaled to [-1, 1]
@@ -204,23 +204,30 @@ def build(
     """Build a model by name with ``weights`` = ``"imagenet"`` | ``"none"`` | path to a state dict.
 
     ``task``: ``segmentation``/``seg`` (``name`` = decoder, ``encoder`` defaults to ``resnet18``;
-    one output channel, ``num_classes`` is not used) or ``classification``/``cls``.
+    one output channel, ``num_classes`` is not used), ``classification``/``cls``, or
+    ``multitask``/``mt`` (a segmentation model whose encoder also feeds a ``num_classes`` head; see
+    :class:`MultiTaskHeads`).
     Names are case-insensitive and ``-``/``_`` are interchangeable. Unknown names raise
     :class:`ConfigError`; a weights file that does not fit raises :class:`CheckpointError`.
     """
-    task = resolve_task(task)
+    task = resolve_task(task, multitask=True)
     policy = _weights_policy(weights)
     if task == "segmentation":
         return _build_segmentation(name, encoder, policy, image_size)
+    if task == "multitask":
+        return _build_segmentation(name, encoder, policy, image_size, num_classes=num_classes)
     if encoder is not None:
         raise ConfigError(f"encoder '{encoder}': only segmentation models take an encoder; leave it unset for classifiers")
     return _build_classifier(name, policy, num_classes, image_size)
 
 
-def resolve_task(task: str) -> str:
+def resolve_task(task: str, *, multitask: bool = False) -> str:
+    """The canonical task name. A model answers one task (segmentation or classification); only
+    training and :func:`build` also know multitask, a network that answers both."""
     resolved = TASK_ALIASES.get(str(task).lower())
-    if resolved is None:
-        raise ConfigError(f"unknown task '{task}'; choose one of: segmentation (seg), classification (cls)")
+    if resolved is None or (resolved == "multitask" and not multitask):
+        extra = ", multitask (mt)" if multitask else ""
+        raise ConfigError(f"unknown task '{task}'; choose one of: segmentation (seg), classification (cls){extra}")
     return resolved
 
 
@@ -245,7 +252,36 @@ def _weights_policy(weights: str | None) -> str | Path:
     return path
 
 
-def _build_segmentation(decoder: str, encoder: str | None, policy: str | Path, image_size: int | None) -> BuiltModel:
+class MultiTaskHeads:
+    """Mixed into an smp decoder class built with a classification head (smp's ``aux_params``): one
+    encoder pass feeds the mask decoder and the class head.
+
+    ``task`` picks the output: None (training) gives ``(mask logits, class logits)``;
+    ``"segmentation"`` the mask logits alone; ``"classification"`` the class logits alone, without
+    running the decoder. So a multitask network loaded for one task is an ordinary segmenter or
+    classifier to every caller (predict, evaluate, export, serve). A mixin rather than a wrapper
+    module keeps the state-dict keys smp's own, so segmentation checkpoints load into it.
+    """
+
+    task: str | None = None
+
+    def forward(self, x):
+        if self.task == "classification":
+            return self.classification_head(self.encoder(x)[-1])
+        masks, labels = super().forward(x)
+        return masks if self.task == "segmentation" else (masks, labels)
+
+
+@functools.cache
+def _multitask_class(decoder_class: type) -> type:
+    return type(f"MultiTask{decoder_class.__name__}", (MultiTaskHeads, decoder_class), {})
+
+
+CLASS_HEAD = "classification_head."
+
+
+def _build_segmentation(decoder: str, encoder: str | None, policy: str | Path, image_size: int | None, num_classes: int | None = None) -> BuiltModel:
+    """A segmentation model; with ``num_classes``, the multitask one (see :class:`MultiTaskHeads`)."""
     decoder = _lookup(DECODERS, decoder, "segmentation model")
     encoder = _lookup(ENCODERS, encoder or "resnet18", "encoder")
     if (decoder, encoder) in UNSUPPORTED:
@@ -254,18 +290,23 @@ def _build_segmentation(decoder: str, encoder: str | None, policy: str | Path, i
         )
     size = _segmentation_size(image_size)
     spec = ENCODERS[encoder]
-    model = DECODERS[decoder](encoder_name=spec.smp_name, encoder_weights=None, in_channels=3, classes=1)
+    if num_classes is None:
+        model = DECODERS[decoder](encoder_name=spec.smp_name, encoder_weights=None, in_channels=3, classes=1)
+    else:
+        head = {"classes": num_classes, "pooling": "avg", "dropout": 0.2}
+        model = _multitask_class(DECODERS[decoder])(encoder_name=spec.smp_name, encoder_weights=None, in_channels=3, classes=1, aux_params=head)
     if policy == "imagenet":
         source = W.load_imagenet(_encoder_module(model, spec), spec.imagenet, f"encoder {encoder}", spec.head_prefixes)
     elif policy == "none":
         source = "random (weights=none)"
     else:
         source = _load_segmentation_file(model, spec, policy)
+    task_spec = {"task": "segmentation", "num_classes": 1} if num_classes is None else {"task": "multitask", "num_classes": num_classes}
     return BuiltModel(
         module=model,
         weight_source=source,
         preprocessing=Preprocessing(size, spec.mean, spec.std),
-        spec={"task": "segmentation", "name": decoder, "encoder": encoder, "num_classes": 1},
+        spec={"task": task_spec["task"], "name": decoder, "encoder": encoder, "num_classes": task_spec["num_classes"]},
     )
 
 
@@ -289,6 +330,11 @@ def _load_segmentation_file(model: nn.Module, spec: SegmentationEncoder, path: P
     state_dict = W.read_state_dict(path)
     digest = W.file_sha256(path)[:12]
     if any(key.startswith(("decoder.", "segmentation_head.")) for key in state_dict):
+        wants_head = getattr(model, "classification_head", None) is not None
+        if wants_head and not any(key.startswith(CLASS_HEAD) for key in state_dict):
+            # A segmentation model's weights start a multitask one: every layer but the new class head.
+            W.load_checked(model, state_dict, path, (CLASS_HEAD,))
+            return f"file: {path} (segmentation model; new class head; sha256 {digest})"
         W.load_checked(model, state_dict, path)
         return f"file: {path} (sha256 {digest})"
     if spec.timm_universal:
