@@ -245,12 +245,12 @@ def model_for(source, task: str, *, device: str = "cpu", backend: str = "torch",
 
 def load_path(path: Path, given: str | None = None, *, device: str = "cpu", task: str | None = None) -> tuple[LoadedModel, str]:
     """A run folder, saved or release folder, or .onnx file -> (LoadedModel on ``device``, backend);
-    ``task`` picks what a multitask network answers."""
+    ``task`` picks what a multitask network answers (other models ignore it)."""
     given = str(path) if given is None else given
     from busai.engine import BEST_CHECKPOINT
     from busai.export import load_onnx
     from busai.release import WEIGHTS
-    from busai.runs import load_model, read_run_config
+    from busai.runs import load_model, model_tasks, read_run_config
 
     if path.suffix.lower() == ".onnx" and not path.is_dir():
         return load_onnx(path, device), "onnx"
@@ -258,7 +258,9 @@ def load_path(path: Path, given: str | None = None, *, device: str = "cpu", task
         raise CheckpointError(f"{given}: not found; pass 'release', a run folder, a saved model folder or an exported .onnx file")
     if (path / ONNX_FILE).is_file() and not (path / CONFIG).exists():
         return load_onnx(path / ONNX_FILE, device), "onnx"
-    read_run_config(path)  # one clear error for a folder that holds no model
+    spec = read_run_config(path).get("model_spec") or {}  # one clear error for a folder that holds no model
+    if "task" not in spec or len(model_tasks(spec)) == 1:
+        task = None  # a single-task model answers its own task; each caller checks it against the one it wants, in its own words
     if (path / WEIGHTS).is_file() and not (path / BEST_CHECKPOINT).is_file():
         return load_model(path, checkpoint=WEIGHTS, device=device, task=task), "torch"
     return load_model(path, device=device, task=task), "torch"
