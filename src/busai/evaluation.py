@@ -252,8 +252,14 @@ def _groups_without_split(report, records) -> list[str]:
     return [group_of.get(r.key, r.key) for r in records]
 
 
-def _score_selections(loaded, selections, dest: Path, *, n_boot: int, seed: int, figures: bool, tta: bool, command: str | None) -> dict[str, dict]:
-    torch.manual_seed(seed)
+def _score_selections(loaded, selections, dest: Path, **options) -> dict[str, dict]:
+    # Seeded for repeatable scores, without leaving the caller's global random state changed.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options["seed"])
+        return _score_seeded(loaded, selections, dest, **options)
+
+
+def _score_seeded(loaded, selections, dest: Path, *, n_boot: int, seed: int, figures: bool, tta: bool, command: str | None) -> dict[str, dict]:
     evaluate = evaluate_segmentation if loaded.task == "segmentation" else evaluate_classification
     results = {}
     for role, records, groups, key, skipped in selections:
