@@ -27,12 +27,14 @@ SPLITS = "splits/busi-uclm.json"
 # name, trained on, segmenter, classifier, what each is scored on in the test table ((dataset,
 # "test" | "all"); None: a candidate of the validation table only, never scored on test).
 BOTH_TESTS = [("busi", "test"), ("uclm", "test")]
+# The release before issue 19 (BUSI only) is read from runs/release-v1, extracted from git with
+#   mkdir -p runs/release-v1 && git archive 69288d7 src/busai/release | tar -x -C runs/release-v1 --strip-components=3
 ROWS = [
-    ("release (BUSI train)", "BUSI", "release", "release", [("busi", "test"), ("uclm", "all")]),
+    ("previous release (BUSI train)", "BUSI", "runs/release-v1/segmentation", "runs/release-v1/classification", [("busi", "test"), ("uclm", "all")]),
     ("BUS-UCLM train", "BUS-UCLM", "runs/xd/seg-uclm-gray", "runs/xd/cls-uclm-gray", [("uclm", "test"), ("busi", "all")]),
     # The scanner-shift recipe on BUSI alone: scored on the scanner it never saw only.
     ("BUSI train, grey + scanner aug", "BUSI", "runs/xd/seg-busi-scanner", "runs/xd/cls-busi-scanner", [("uclm", "all")]),
-    ("both, grey, strong aug", "BUSI + BUS-UCLM", "runs/xd/seg-both-gray", "runs/xd/cls-both-gray", BOTH_TESTS),
+    ("release: both, grey, strong aug", "BUSI + BUS-UCLM", "release", "release", BOTH_TESTS),
     ("both, multitask network", "BUSI + BUS-UCLM", "runs/xd/mt-both-gray", "runs/xd/mt-both-gray", None),
     ("both, classifier with scanner aug", "BUSI + BUS-UCLM", "runs/xd/seg-both-gray", "runs/xd/cls-both-scanner", None),
 ]
@@ -44,7 +46,7 @@ def _model_dirs(seg: str, cls: str) -> dict[str, str] | None:
     models = {"segmentation": seg, "classification": cls}
     for task, source in models.items():
         folder = release_dir(task) if source == "release" else ROOT / source
-        if not (folder / ("model.safetensors" if source == "release" else "checkpoint_best.safetensors")).is_file():
+        if not any((folder / name).is_file() for name in ("model.safetensors", "checkpoint_best.safetensors")):
             return None
         models[task] = str(folder)
     return models

@@ -139,7 +139,7 @@ def test_lesion_paste_gives_normal_scans_a_lesion_per_epoch_seed(synthetic_dir):
 def test_cache_decodes_each_file_once(synthetic_dir, monkeypatch):
     calls = Counter()
     real_image, real_mask = dataset_module.read_image, dataset_module.read_mask
-    monkeypatch.setattr(dataset_module, "read_image", lambda path, mode="RGB": calls.update(["image"]) or real_image(path, mode))
+    monkeypatch.setattr(dataset_module, "read_image", lambda path, mode="RGB", **kw: calls.update(["image"]) or real_image(path, mode, **kw))
     monkeypatch.setattr(dataset_module, "read_mask", lambda record, size=None: calls.update(["mask"]) or real_mask(record, size))
     records = discover_records(synthetic_dir)
     cache = ImageCache()
