@@ -83,14 +83,29 @@ def _slug(name: str) -> str:
 def _compact(result: dict) -> dict:
     if result["task"] == "segmentation":
         d = result["detection"]
-        return {"images": result["images"], "dice": result["dice"]["mean"], "iou": result["iou"]["mean"], "lesion_dice": result["lesion_dice"],
-                "missed_lesions": d["missed_lesions"], "lesion_images": d["lesion_images"], "false_alarms": d["false_alarms"],
-                "lesion_free_images": d["lesion_free_images"], "skipped": len(result.get("skipped") or {})}
+        return {
+            "images": result["images"],
+            "dice": result["dice"]["mean"],
+            "iou": result["iou"]["mean"],
+            "lesion_dice": result["lesion_dice"],
+            "missed_lesions": d["missed_lesions"],
+            "lesion_images": d["lesion_images"],
+            "false_alarms": d["false_alarms"],
+            "lesion_free_images": d["lesion_free_images"],
+            "skipped": len(result.get("skipped") or {}),
+        }
     cm = result["confusion_matrix"]
     lesion_called_normal = cm[1][0] + cm[2][0]
-    return {"images": result["images"], "accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
-            "malignant_vs_benign_auc": result["malignant_vs_benign_auc"], "normal_recall": result["per_class"]["normal"]["recall"],
-            "lesion_called_normal": lesion_called_normal, "lesion_images": sum(cm[1]) + sum(cm[2]), "skipped": len(result.get("skipped") or {})}
+    return {
+        "images": result["images"],
+        "accuracy": result["accuracy"],
+        "macro_f1": result["macro_f1"],
+        "malignant_vs_benign_auc": result["malignant_vs_benign_auc"],
+        "normal_recall": result["per_class"]["normal"]["recall"],
+        "lesion_called_normal": lesion_called_normal,
+        "lesion_images": sum(cm[1]) + sum(cm[2]),
+        "skipped": len(result.get("skipped") or {}),
+    }
 
 
 def _ci(m: dict | None) -> str:
@@ -102,8 +117,10 @@ def _ci(m: dict | None) -> str:
 
 
 def render(rows: list[dict], command: str) -> str:
-    head = ("| Models (trained on) | Scored on | Dice, all images | Dice, lesion images | IoU | Lesions missed | Normals flagged | "
-            "Accuracy | Macro-F1 | Malignant-vs-benign AUC | Normal recall | Lesion scans called normal |")
+    head = (
+        "| Models (trained on) | Scored on | Dice, all images | Dice, lesion images | IoU | Lesions missed | Normals flagged | "
+        "Accuracy | Macro-F1 | Malignant-vs-benign AUC | Normal recall | Lesion scans called normal |"
+    )
     lines = [head, "|" + "---|" * 12]
     for row in rows:
         if "scores" not in row:
@@ -119,8 +136,10 @@ def render(rows: list[dict], command: str) -> str:
                 f"{_ci(c['accuracy'])} | {_ci(c['macro_f1'])} | {_ci(c['malignant_vs_benign_auc'])} | {c['normal_recall']:.2f} | "
                 f"{c['lesion_called_normal']} of {c['lesion_images']} |"
             )
-    return (f"Command: `{command}`\n\nMean over images with 95% CIs over duplicate / patient groups; BUS-UCLM's 13 scans whose masks are "
-            "larger than their images are left out of the 'all images' rows.\n\n" + "\n".join(lines) + "\n")
+    return (
+        f"Command: `{command}`\n\nMean over images with 95% CIs over duplicate / patient groups; BUS-UCLM's 13 scans whose masks are "
+        "larger than their images are left out of the 'all images' rows.\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=str(ROOT / "runs" / "cross_dataset"), help="where per-row metrics and figures go")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--split", choices=["test", "val"], default="test", help="val: the selection table, both datasets' validation images")
-    parser.add_argument("--rows", nargs="+", default=None, metavar="ROW",
-                        help="score only these rows (by name); the others keep their scores from the existing output file")
+    parser.add_argument(
+        "--rows", nargs="+", default=None, metavar="ROW", help="score only these rows (by name); the others keep their scores from the existing output file"
+    )
     args = parser.parse_args(argv)
     if args.split == "val" and args.out == parser.get_default("out"):
         args.out = str(ROOT / "results" / "cross_dataset_val.json")

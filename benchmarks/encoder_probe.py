@@ -50,8 +50,11 @@ def probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np
 
     model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000, class_weight="balanced"))
     predicted = model.fit(train_x, train_y).predict(val_x)
-    return {"C": c, "val_accuracy": round(float(accuracy_score(val_y, predicted)), 4),
-            "val_macro_f1": round(float(f1_score(val_y, predicted, average="macro")), 4)}
+    return {
+        "C": c,
+        "val_accuracy": round(float(accuracy_score(val_y, predicted)), 4),
+        "val_macro_f1": round(float(f1_score(val_y, predicted, average="macro")), 4),
+    }
 
 
 def main() -> None:

@@ -33,16 +33,32 @@ def run_one(args, precision: str) -> dict:
     elif (run_dir / "config.json").exists():  # interrupted: continued
         resume(run_dir, quiet=True)
     else:
-        cfg = TrainConfig(task="segmentation", model=args.model, encoder=args.encoder, image_size=args.image_size,
-                          batch_size=args.batch_size, optimizer="adamw", lr=args.lr, weight_decay=1e-4, epochs=args.epochs,
-                          patience=args.epochs, precision=precision, seed=args.seed, data=args.data, splits=args.splits)
+        cfg = TrainConfig(
+            task="segmentation",
+            model=args.model,
+            encoder=args.encoder,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            optimizer="adamw",
+            lr=args.lr,
+            weight_decay=1e-4,
+            epochs=args.epochs,
+            patience=args.epochs,
+            precision=precision,
+            seed=args.seed,
+            data=args.data,
+            splits=args.splits,
+        )
         train(cfg, run_dir, quiet=True, command=f"{Path(sys.argv[0]).name} (precision {precision})")
     rows = list(csv.DictReader((run_dir / HISTORY).open()))
     best_epoch = json.loads((run_dir / "fit.json").read_text())["best_epoch"]  # the checkpoint the engine kept
     best = next(r for r in rows if int(r["epoch"]) == best_epoch)
     return {
-        "run_dir": str(run_dir), "epochs": len(rows), "best_epoch": best_epoch,
-        "best_val_loss": float(best["val_loss"]), "val_dice_at_best": float(best["val_dice"]),
+        "run_dir": str(run_dir),
+        "epochs": len(rows),
+        "best_epoch": best_epoch,
+        "best_val_loss": float(best["val_loss"]),
+        "val_dice_at_best": float(best["val_dice"]),
         "max_val_dice": max(float(r["val_dice"]) for r in rows),
         "median_seconds_per_epoch": round(statistics.median(float(r["seconds"]) for r in rows), 1),
     }
@@ -68,11 +84,13 @@ def main() -> None:
     summary = {
         "command": "python " + shlex.join(sys.argv),
         "config": {k: v for k, v in vars(args).items() if k not in ("runs", "out")},
-        "fp32": fp32, "bf16_channels_last": fast,
+        "fp32": fp32,
+        "bf16_channels_last": fast,
         "val_dice_difference": round(fast["val_dice_at_best"] - fp32["val_dice_at_best"], 4),
         "within_0.01": abs(fast["val_dice_at_best"] - fp32["val_dice_at_best"]) <= 0.01,
         "epoch_time_ratio": round(fp32["median_seconds_per_epoch"] / fast["median_seconds_per_epoch"], 2),
-        **machine_info(), "versions": library_versions(),
+        **machine_info(),
+        "versions": library_versions(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(Path(args.out), summary)

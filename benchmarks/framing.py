@@ -54,8 +54,12 @@ def inside(mask: np.ndarray, box, shape) -> np.ndarray:
 
 
 def summary(agree: list[bool], dices: list[float]) -> dict:
-    return {"class_agreement": round(float(np.mean(agree)), 4), "mean_dice_vs_bare": round(float(np.mean(dices)), 4),
-            "median_dice_vs_bare": round(float(np.median(dices)), 4), "min_dice_vs_bare": round(float(np.min(dices)), 4)}
+    return {
+        "class_agreement": round(float(np.mean(agree)), 4),
+        "mean_dice_vs_bare": round(float(np.mean(dices)), 4),
+        "median_dice_vs_bare": round(float(np.median(dices)), 4),
+        "min_dice_vs_bare": round(float(np.min(dices)), 4),
+    }
 
 
 def main() -> None:
@@ -80,27 +84,35 @@ def main() -> None:
         cropped, cropped_mask = predict_array(models, screen, scan_region=True, gate=False)
         ious.append(box_iou(find_scan_region(screen), box))
         entry = {"image": key, "bare": bare["label"], "region_iou": round(ious[-1], 4)}
-        for name, row, mask in (("whole_screen", whole, inside(whole_mask, box, image.shape[:2])),
-                                ("scan_region", cropped, inside(cropped_mask, box, image.shape[:2])),
-                                ("bare_with_crop", bare_auto, bare_auto_mask)):
+        for name, row, mask in (
+            ("whole_screen", whole, inside(whole_mask, box, image.shape[:2])),
+            ("scan_region", cropped, inside(cropped_mask, box, image.shape[:2])),
+            ("bare_with_crop", bare_auto, bare_auto_mask),
+        ):
             stats[name][0].append(row["label"] == bare["label"])
             stats[name][1].append(dice(mask, bare_mask))
             entry[name] = {"label": row["label"], "dice_vs_bare": round(stats[name][1][-1], 4)}
         per_image.append(entry)
-        print(f"{i + 1}/{len(keys)} {key}: bare {bare['label']}, screen {whole['label']}, cropped {cropped['label']} "
-              f"(Dice {entry['scan_region']['dice_vs_bare']:.3f})", file=sys.stderr)
+        print(
+            f"{i + 1}/{len(keys)} {key}: bare {bare['label']}, screen {whole['label']}, cropped {cropped['label']} "
+            f"(Dice {entry['scan_region']['dice_vs_bare']:.3f})",
+            file=sys.stderr,
+        )
 
-    write_json(args.out, {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "images": len(keys),
-        "models": "release (busai/release)",
-        "targets": {"class_agreement": 0.95, "mean_dice_vs_bare": 0.9},
-        "framed_whole_screen": summary(*stats["whole_screen"]),
-        "framed_scan_region": summary(*stats["scan_region"]),
-        "bare_with_scan_region_vs_bare": summary(*stats["bare_with_crop"]),
-        "region_iou_with_pasted_area": {"mean": round(float(np.mean(ious)), 4), "min": round(float(np.min(ious)), 4)},
-        "per_image": per_image,
-    })
+    write_json(
+        args.out,
+        {
+            "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+            "images": len(keys),
+            "models": "release (busai/release)",
+            "targets": {"class_agreement": 0.95, "mean_dice_vs_bare": 0.9},
+            "framed_whole_screen": summary(*stats["whole_screen"]),
+            "framed_scan_region": summary(*stats["scan_region"]),
+            "bare_with_scan_region_vs_bare": summary(*stats["bare_with_crop"]),
+            "region_iou_with_pasted_area": {"mean": round(float(np.mean(ious)), 4), "min": round(float(np.min(ious)), 4)},
+            "per_image": per_image,
+        },
+    )
     print(f"wrote {args.out}")
 
 

@@ -138,10 +138,16 @@ def main() -> int:
 
     summary = {
         "command": "python benchmarks/gpu_speed.py " + shlex.join(sys.argv[1:]),
-        "device": torch.cuda.get_device_name(0), "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
-        "bf16_supported": torch.cuda.is_bf16_supported(), "cuda": torch.version.cuda,
-        "image_size": args.image_size, "batch_size": args.batch_size, "warmup": args.warmup, "steps": args.steps,
-        "results": results, "versions": library_versions(),
+        "device": torch.cuda.get_device_name(0),
+        "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
+        "bf16_supported": torch.cuda.is_bf16_supported(),
+        "cuda": torch.version.cuda,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "results": results,
+        "versions": library_versions(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

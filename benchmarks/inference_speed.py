@@ -99,11 +99,21 @@ def main() -> None:
     fastest = max(speedups, key=speedups.get)
     summary = {
         "command": "python benchmarks/inference_speed.py " + shlex.join(sys.argv[1:]),
-        "model": loaded.spec, "source": loaded.source, "image_size": size, "batch_size": args.batch_size,
-        "warmup": args.warmup, "iters": args.iters, "results": results, "speedup_vs_fp32_eager": speedups,
-        "fastest": fastest, "target_speedup": TARGET_SPEEDUP, "target_met": speedups[fastest] >= TARGET_SPEEDUP,
+        "model": loaded.spec,
+        "source": loaded.source,
+        "image_size": size,
+        "batch_size": args.batch_size,
+        "warmup": args.warmup,
+        "iters": args.iters,
+        "results": results,
+        "speedup_vs_fp32_eager": speedups,
+        "fastest": fastest,
+        "target_speedup": TARGET_SPEEDUP,
+        "target_met": speedups[fastest] >= TARGET_SPEEDUP,
         "onnx_parity_max_abs_logit_diff": export.max_abs_diff,
-        "default_path": default_path_name(), **machine_info(), "versions": library_versions(),
+        "default_path": default_path_name(),
+        **machine_info(),
+        "versions": library_versions(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")

@@ -24,8 +24,10 @@ from busai.data.not_ultrasound import all_kinds
 from busai.runs import write_json
 from busai.scan_region import find_scan_region
 
-THRESHOLDS = {name: getattr(input_check, name) for name in
-              ("MIN_SIDE", "MAX_ASPECT", "MIN_STD", "MAX_COLOUR_SHARE", "MIN_TISSUE_SHARE", "MAX_BRIGHT_SHARE", "COLOURED", "BRIGHT")}
+THRESHOLDS = {
+    name: getattr(input_check, name)
+    for name in ("MIN_SIDE", "MAX_ASPECT", "MIN_STD", "MAX_COLOUR_SHARE", "MIN_TISSUE_SHARE", "MAX_BRIGHT_SHARE", "COLOURED", "BRIGHT")
+}
 
 
 def gate(image: np.ndarray) -> tuple[str, dict | None]:
@@ -51,10 +53,17 @@ def scan_images(paths: list[Path], root: Path, workers: int) -> dict:
         if result != input_check.OK:
             flagged.append({"image": path.relative_to(root).as_posix(), "reason": result})
     keys = ("std", "colour_share", "tissue_share", "bright_share")
-    ranges = {k: {q: round(float(np.quantile([s[k] for s in stats], p)), 4) for q, p in (("min", 0), ("p01", 0.01), ("median", 0.5), ("p99", 0.99), ("max", 1))}
-              for k in keys}
-    return {"images": len(paths), "flagged": len(flagged), "false_alarm_rate": round(len(flagged) / len(paths), 4),
-            "flagged_images": flagged, "statistics": ranges}
+    ranges = {
+        k: {q: round(float(np.quantile([s[k] for s in stats], p)), 4) for q, p in (("min", 0), ("p01", 0.01), ("median", 0.5), ("p99", 0.99), ("max", 1))}
+        for k in keys
+    }
+    return {
+        "images": len(paths),
+        "flagged": len(flagged),
+        "false_alarm_rate": round(len(flagged) / len(paths), 4),
+        "flagged_images": flagged,
+        "statistics": ranges,
+    }
 
 
 def main() -> None:
@@ -71,14 +80,19 @@ def main() -> None:
     for seed in range(3):
         for name, image in all_kinds(seed).items():
             drawn.setdefault(name, []).append(gate(image)[0])
-    write_json(args.out, {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "thresholds": THRESHOLDS,
-        "busi": scan_images(busi, args.busi, args.workers),
-        "bus_uclm": scan_images(uclm, args.bus_uclm, args.workers),
-        "drawn_non_ultrasound": {name: {"flagged": sum(r != input_check.OK for r in results), "of": len(results), "reasons": sorted(set(results))}
-                                 for name, results in drawn.items()},
-    })
+    write_json(
+        args.out,
+        {
+            "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+            "thresholds": THRESHOLDS,
+            "busi": scan_images(busi, args.busi, args.workers),
+            "bus_uclm": scan_images(uclm, args.bus_uclm, args.workers),
+            "drawn_non_ultrasound": {
+                name: {"flagged": sum(r != input_check.OK for r in results), "of": len(results), "reasons": sorted(set(results))}
+                for name, results in drawn.items()
+            },
+        },
+    )
     print(f"wrote {args.out}")
 
 

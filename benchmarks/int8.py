@@ -90,7 +90,9 @@ def benchmark_task(task: str, args, tmp: Path) -> dict:
         "int8": lambda b: predict_tensor(int8_model, b),
     }
     timings = ms_per_image(paths, x, args.warmup, args.iters)
-    speed = {name: {"ms_per_image_median": round(statistics.median(t), 2), "images_per_s": round(1000 / statistics.median(t), 2)} for name, t in timings.items()}
+    speed = {
+        name: {"ms_per_image_median": round(statistics.median(t), 2), "images_per_s": round(1000 / statistics.median(t), 2)} for name, t in timings.items()
+    }
     for name, row in speed.items():
         print(f"{task} {name}: {row['ms_per_image_median']} ms/image", flush=True)
 
@@ -102,7 +104,10 @@ def benchmark_task(task: str, args, tmp: Path) -> dict:
     }
     key = "dice_mean" if task == "segmentation" else "accuracy"
     result = {
-        "model": loaded.spec, "image_size": size, "speed": speed, "validation": quality,
+        "model": loaded.spec,
+        "image_size": size,
+        "speed": speed,
+        "validation": quality,
         "int8_speedup_vs_default": round(speed["default"]["ms_per_image_median"] / speed["int8"]["ms_per_image_median"], 2),
         "int8_speedup_vs_onnxruntime_fp32": round(speed["onnxruntime_fp32"]["ms_per_image_median"] / speed["int8"]["ms_per_image_median"], 2),
         f"int8_{key}_drop_vs_default": round(quality["default"][key] - quality["int8"][key], 5),
@@ -124,8 +129,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="images per timed call (default 1, as `busai predict` runs)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch and ONNX Runtime threads (default: every core); 1 keeps a machine shared with other jobs from stalling multi-threaded kernels")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch and ONNX Runtime threads (default: every core); 1 keeps a machine shared with other jobs from stalling multi-threaded kernels",
+    )
     parser.add_argument("--out", default="results/int8.json")
     args = parser.parse_args()
     best_threads()
@@ -140,11 +149,16 @@ def main() -> None:
     seg = tasks.get("segmentation")
     summary = {
         "command": "python benchmarks/int8.py " + shlex.join(sys.argv[1:]),
-        "tasks": tasks, "batch_size": args.batch_size, "warmup": args.warmup, "iters": args.iters,
+        "tasks": tasks,
+        "batch_size": args.batch_size,
+        "warmup": args.warmup,
+        "iters": args.iters,
         "target": {"speedup_vs_default": TARGET_SPEEDUP, "max_dice_drop": TARGET_DICE_DROP},
         "target_met": None if seg is None else (seg["int8_speedup_vs_default"] >= TARGET_SPEEDUP and seg["int8_dice_mean_drop_vs_default"] <= TARGET_DICE_DROP),
         "load_average_at_end": list(os.getloadavg()),
-        "default_path": default_path_name(), **machine_info(), "versions": library_versions() | {"onnxruntime": _ort_version()},
+        "default_path": default_path_name(),
+        **machine_info(),
+        "versions": library_versions() | {"onnxruntime": _ort_version()},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,13 +43,20 @@ def split_rows(seg, cls, records, groups: list[str]) -> list[dict]:
             continue
         p = verdicts[record.key]
         verdict = CLASSES[int(p.argmax())]
-        rows.append({
-            "image": record.key, "label": record.label, "group": group, "dice": scored["dice"],
-            "lesion_area": round(float(mask.mean()), 4), "max_probability": scored["max_probability"],
-            "classifier": verdict, "p_normal": round(float(p[CLASSES.index("normal")]), 4),
-            # review_note asks only whether anything is outlined, not how many components.
-            "review": review_note(verdict, int(scored["predicted_px"] > 0)),
-        })
+        rows.append(
+            {
+                "image": record.key,
+                "label": record.label,
+                "group": group,
+                "dice": scored["dice"],
+                "lesion_area": round(float(mask.mean()), 4),
+                "max_probability": scored["max_probability"],
+                "classifier": verdict,
+                "p_normal": round(float(p[CLASSES.index("normal")]), 4),
+                # review_note asks only whether anything is outlined, not how many components.
+                "review": review_note(verdict, int(scored["predicted_px"] > 0)),
+            }
+        )
     return rows
 
 
@@ -111,17 +118,24 @@ def main(argv: list[str] | None = None) -> int:
     splits = read_splits(args.splits)
     result: dict = {
         "command": "python benchmarks/missed_lesions.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "segmentation_model": args.seg, "classification_model": args.cls,
+        "segmentation_model": args.seg,
+        "classification_model": args.cls,
         "missed": "a lesion image whose predicted mask (threshold 0.5, at the image's own resolution) has no pixel on the lesion",
     }
     for split in args.split:
         records = load_split_records(args.data, splits, split)
         summary = summarise(split_rows(seg, cls, records, duplicate_groups(splits, [r.key for r in records])))
-        summary["figure"] = draw(summary["missed_images"], {r.key: r for r in records}, Path(args.figures) / f"missed_lesions_{split}.png",
-                                 f"{split}: lesions the segmenter misses (annotated outline in green)")
+        summary["figure"] = draw(
+            summary["missed_images"],
+            {r.key: r for r in records},
+            Path(args.figures) / f"missed_lesions_{split}.png",
+            f"{split}: lesions the segmenter misses (annotated outline in green)",
+        )
         result[split] = summary
-        print(f"{split}: {summary['missed']} of {summary['lesion_images']} lesions missed; the classifier calls "
-              f"{summary['missed_called_normal']} of them normal ({summary['all_lesions_called_normal']} of all lesion scans)")
+        print(
+            f"{split}: {summary['missed']} of {summary['lesion_images']} lesions missed; the classifier calls "
+            f"{summary['missed_called_normal']} of them normal ({summary['all_lesions_called_normal']} of all lesion scans)"
+        )
     write_json(Path(args.out), result)
     return 0
 

@@ -34,8 +34,13 @@ def calibration(labels: np.ndarray, probs: np.ndarray) -> dict:
     correct = (probs.argmax(axis=1) == labels).astype(float)
     ece = expected_calibration_error(probs, labels)
     brier = float(np.mean(np.sum((probs - np.eye(len(CLASSES))[labels]) ** 2, axis=1)))
-    return {"images": int(len(labels)), "accuracy": round(float(correct.mean()), 4), "mean_confidence": round(float(probs.max(axis=1).mean()), 4),
-            f"ece_{N_BINS}_bins": round(ece, 4), "brier": round(brier, 4)}
+    return {
+        "images": int(len(labels)),
+        "accuracy": round(float(correct.mean()), 4),
+        "mean_confidence": round(float(probs.max(axis=1).mean()), 4),
+        f"ece_{N_BINS}_bins": round(ece, 4),
+        "brier": round(brier, 4),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,9 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model = resolve_model("release", "classification")
     splits = read_splits(args.splits)
-    result = {"command": "python benchmarks/release_calibration.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "model": "release", "run": json.loads((release_dir("classification") / "scores.json").read_text())["run"],
-              "temperature": model.temperature}
+    result = {
+        "command": "python benchmarks/release_calibration.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "model": "release",
+        "run": json.loads((release_dir("classification") / "scores.json").read_text())["run"],
+        "temperature": model.temperature,
+    }
     for split in args.split:
         records = load_split_records(args.data, splits, split)
         raw = np.stack([p.numpy() for _, p in predict_records(model, records, calibrated=False)])

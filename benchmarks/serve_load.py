@@ -80,8 +80,18 @@ def free_port() -> int:
 
 
 def run_load(
-    *, seg: str, cls: str, width: int, height: int, concurrency: int, rounds: int, max_queue: int,
-    sequential_uploads: int = 3, max_upload_mb: float = 10.0, startup_timeout: float = 300, request_timeout: float = 900,
+    *,
+    seg: str,
+    cls: str,
+    width: int,
+    height: int,
+    concurrency: int,
+    rounds: int,
+    max_queue: int,
+    sequential_uploads: int = 3,
+    max_upload_mb: float = 10.0,
+    startup_timeout: float = 300,
+    request_timeout: float = 900,
 ) -> dict:
     """Run the four steps above and return the measurements (see the module docstring)."""
     data = phantom_png(width, height)
@@ -89,8 +99,24 @@ def run_load(
     base = f"http://127.0.0.1:{port}"
     scratch = tempfile.mkdtemp(prefix="serve-load-")
     env = {**os.environ, "TMPDIR": scratch, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "busai", "serve", "--host", "127.0.0.1", "--port", str(port), "--seg", seg, "--cls", cls,
-               "--max-queue", str(max_queue), "--max-upload-mb", str(max_upload_mb)]
+    command = [
+        sys.executable,
+        "-m",
+        "busai",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--seg",
+        seg,
+        "--cls",
+        cls,
+        "--max-queue",
+        str(max_queue),
+        "--max-upload-mb",
+        str(max_upload_mb),
+    ]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     result: dict = {}
     try:
@@ -163,8 +189,7 @@ def run_load(
             "server": {"seg": seg, "cls": cls, "max_queue": max_queue, "max_upload_mb": max_upload_mb},
             "requests": {"one_at_a_time": sequential_uploads, "concurrent": concurrency * rounds, "concurrency": concurrency, "rounds": rounds, "final": 1},
             "idle_rss_mb": idle["VmRSS"],
-            "one_at_a_time": {"uploads": sequential_uploads, "worst_status": single_status, "seconds_max": round(single_s, 2),
-                              "peak_rss_mb": single["VmHWM"]},
+            "one_at_a_time": {"uploads": sequential_uploads, "worst_status": single_status, "seconds_max": round(single_s, 2), "peak_rss_mb": single["VmHWM"]},
             "under_load": {
                 "status_counts": {str(s): statuses.count(s) for s in sorted(set(statuses))},
                 "seconds_200_max": round(max((t for s, t in zip(statuses, seconds) if s == 200), default=0), 2),
@@ -172,16 +197,21 @@ def run_load(
                 "rss_after_each_round_mb": after_round,
                 "peak_rss_mb": peak,
             },
-            "info_probes": {"count": len(probes), "all_200": all(s == 200 for s, _ in probes),
-                            "seconds_max": round(max((t for _, t in probes), default=0), 3)},
+            "info_probes": {"count": len(probes), "all_200": all(s == 200 for s, _ in probes), "seconds_max": round(max((t for _, t in probes), default=0), 3)},
             "final_upload_status": final_status,
             "sigterm": {"exit_code": server.returncode, "temporary_folders_left": leftover},
             "bound_mb": bound,
             "bound_rule": f"one-at-a-time peak + {max_queue} held x 2 x {max_upload_mb:g} MB + {HELD_OVERHEAD_MB} MB",
         }
         result["passed"] = bool(
-            peak <= bound and ok_statuses and set(statuses) <= {200, 503} and single_status == 200
-            and result["info_probes"]["all_200"] and probes and final_status == 200 and not leftover
+            peak <= bound
+            and ok_statuses
+            and set(statuses) <= {200, 503}
+            and single_status == 200
+            and result["info_probes"]["all_200"]
+            and probes
+            and final_status == 200
+            and not leftover
         )
         return result
     finally:
@@ -217,11 +247,11 @@ def main() -> None:
     parser.add_argument("--max-queue", type=int, default=8)
     parser.add_argument("--out", default=str(ROOT / "results" / "serve_load.json"))
     args = parser.parse_args()
-    result = run_load(seg=args.seg, cls=args.cls, width=args.width, height=args.height, concurrency=args.concurrency,
-                      rounds=args.rounds, max_queue=args.max_queue)
+    result = run_load(
+        seg=args.seg, cls=args.cls, width=args.width, height=args.height, concurrency=args.concurrency, rounds=args.rounds, max_queue=args.max_queue
+    )
     command = shlex.join(["python", "benchmarks/serve_load.py", *sys.argv[1:]])
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.machine())
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.machine())
     result = {"command": command, "cpu": cpu, "cpu_count": os.cpu_count()} | result
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,8 @@ def subset_summary(dice: dict[str, float], keys: list[str], splits: dict, n_boot
     values = [dice[k] for k in keys]
     groups = duplicate_groups(splits, keys)
     return {
-        "images": len(keys), "groups": len(set(groups)),
+        "images": len(keys),
+        "groups": len(set(groups)),
         "mean_dice": mean_with_ci(values, groups, n_boot=n_boot),
         "dice_zero": sum(v == 0.0 for v in values),
     }
@@ -51,8 +52,14 @@ def score_run(run_dir: Path, splits_file: Path, n_boot: int, by_leak: bool) -> d
     splits = read_splits(splits_file)
     leaked = {split: set(keys) for split, keys in leaked_keys(splits).items()}
     config = read_run_config(run_dir)
-    out: dict = {"run": str(run_dir), "splits": str(splits_file), "duplicates": splits.get("duplicates"), "command_trained": config["command"], "train": config["train"],
-                 "fit": json.loads((run_dir / "fit.json").read_text())}
+    out: dict = {
+        "run": str(run_dir),
+        "splits": str(splits_file),
+        "duplicates": splits.get("duplicates"),
+        "command_trained": config["command"],
+        "train": config["train"],
+        "fit": json.loads((run_dir / "fit.json").read_text()),
+    }
     for split in HELD_OUT:
         dice = per_image_dice(run_dir, split)
         keys = splits[split]
@@ -85,7 +92,9 @@ def main() -> None:
         for split in HELD_OUT:
             for subset, s in result[name][split].items():
                 d = {k: "-" if v is None else f"{v:.3f}" for k, v in s["mean_dice"].items()}
-                print(f"{name:8s} {split:5s} {subset:11s} n={s['images']:3d} ({s['groups']:2d} groups)  Dice {d['value']} ({d['ci_low']}-{d['ci_high']})  Dice 0: {s['dice_zero']}")
+                print(
+                    f"{name:8s} {split:5s} {subset:11s} n={s['images']:3d} ({s['groups']:2d} groups)  Dice {d['value']} ({d['ci_low']}-{d['ci_high']})  Dice 0: {s['dice_zero']}"
+                )
     print(f"wrote {args.out}")
 
 

@@ -39,14 +39,18 @@ def leakage_table(results_dir: str | Path) -> str:
         return ""
     r = json.loads(path.read_text())
     split_name = {"group": "duplicate groups kept in one split", "ignore": "image by image (duplicates ignored)"}
-    lines = ["| Run | Epochs (best) | Split file | Split made | Held out | Images | All: mean Dice | Duplicate in train: Dice (images) | No duplicate in train: Dice (images) | Dice 0 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| Run | Epochs (best) | Split file | Split made | Held out | Images | All: mean Dice | Duplicate in train: Dice (images) | No duplicate in train: Dice (images) | Dice 0 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for run in (r["control"], r["leaky"]):
         fit = run["fit"]
         for split in ("val", "test"):
             row = run[split]
-            lines.append(f"| {Path(run['run']).name} | {fit['epochs_run']} ({fit['best_epoch']}) | `{run['splits']}` | {split_name.get(run['duplicates'], run['duplicates'])} | {split} | {row['all']['images']} | "
-                         f"{fmt_ci(row['all']['mean_dice'])} | {_subset_cell(row, 'leaked')} | {_subset_cell(row, 'not_leaked')} | {row['all']['dice_zero']} |")
+            lines.append(
+                f"| {Path(run['run']).name} | {fit['epochs_run']} ({fit['best_epoch']}) | `{run['splits']}` | {split_name.get(run['duplicates'], run['duplicates'])} | {split} | {row['all']['images']} | "
+                f"{fmt_ci(row['all']['mean_dice'])} | {_subset_cell(row, 'leaked')} | {_subset_cell(row, 'not_leaked')} | {row['all']['dice_zero']} |"
+            )
     return "\n".join(lines + ["", f"Command: `{r['command']}`"])
 
 
@@ -64,16 +68,20 @@ def missed_table(results_dir: str | Path) -> str:
     if not path.exists():
         return ""
     r = json.loads(path.read_text())
-    lines = ["| Split | Lesion images | Missed (benign / malignant) | Missed, each duplicate group once | Median lesion area: missed / found | Classifier says normal: missed scans | Classifier says normal: all lesion scans | Missed but flagged for review |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| Split | Lesion images | Missed (benign / malignant) | Missed, each duplicate group once | Median lesion area: missed / found | Classifier says normal: missed scans | Classifier says normal: all lesion scans | Missed but flagged for review |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for split in SPLIT_NAMES:
         if split not in r:
             continue
         row = r[split]
         area = row["median_lesion_area"]
-        lines.append(f"| {split} | {row['lesion_images']} | {row['missed']} ({row['missed_by_class']['benign']} / {row['missed_by_class']['malignant']}) | "
-                     f"{row['missed_groups']} | {fmt_value(area['missed'], 3)} / {fmt_value(area['found'], 3)} | {row['missed_called_normal']} of {row['missed']} | "
-                     f"{row['all_lesions_called_normal']} of {row['lesion_images']} | {row['missed_flagged']} of {row['missed']} |")
+        lines.append(
+            f"| {split} | {row['lesion_images']} | {row['missed']} ({row['missed_by_class']['benign']} / {row['missed_by_class']['malignant']}) | "
+            f"{row['missed_groups']} | {fmt_value(area['missed'], 3)} / {fmt_value(area['found'], 3)} | {row['missed_called_normal']} of {row['missed']} | "
+            f"{row['all_lesions_called_normal']} of {row['lesion_images']} | {row['missed_flagged']} of {row['missed']} |"
+        )
     return "\n".join(lines + ["", f"Models: segmentation `{r['segmentation_model']}`, classification `{r['classification_model']}`. Command: `{r['command']}`"])
 
 
@@ -90,31 +98,40 @@ def speed_table(results_dir: str | Path) -> str:
     on a CPU that computes bf16 natively (see ``engine.cpu_has_native_bf16``).
     """
     root = Path(results_dir)
-    lines = ["| Benchmark | Model | Size × batch | CPU | fp32 eager | busai default | Default path | Default, unfused optimizer | Forced bf16 | ONNX Runtime | Speed-up (default) | Command |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| Benchmark | Model | Size × batch | CPU | fp32 eager | busai default | Default path | Default, unfused optimizer | Forced bf16 | ONNX Runtime | Speed-up (default) | Command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for path in sorted(root.glob("train_speed*.json")):
         r = json.loads(path.read_text())
         ips = r["images_per_second"]
         bf16, unfused = (f"{ips[k]:.2f} img/s" if k in ips else "–" for k in ("bf16_channels_last", "default_unfused"))
-        lines.append(f"| training | {r['model']} | {r['image_size']} × {r['batch_size']} | {_cpu_cell(r)} | {ips['fp32_eager']:.2f} img/s | "
-                     f"{ips['default']:.2f} img/s | {r.get('default_path', '?')} | {unfused} | {bf16} | – | {r['speedup']:.2f}× | `{r['command']}` |")
+        lines.append(
+            f"| training | {r['model']} | {r['image_size']} × {r['batch_size']} | {_cpu_cell(r)} | {ips['fp32_eager']:.2f} img/s | "
+            f"{ips['default']:.2f} img/s | {r.get('default_path', '?')} | {unfused} | {bf16} | – | {r['speedup']:.2f}× | `{r['command']}` |"
+        )
     path = root / "inference_speed.json"
     if path.exists():
         r = json.loads(path.read_text())
         ms = {k: v["ms_per_image_median"] for k, v in r["results"].items()}
         model = f"{r['model'].get('encoder')}:{r['model']['name']}"
-        lines.append(f"| inference | {model} | {r['image_size']} × {r['batch_size']} | {_cpu_cell(r)} | {ms['fp32_eager']:.1f} ms/img | "
-                     f"{ms['default']:.1f} ms/img | {r.get('default_path', '?')} | – | – | {ms.get('onnxruntime', float('nan')):.1f} ms/img | "
-                     f"{r['speedup_vs_fp32_eager']['default']:.2f}× | `{r['command']}` |")
+        lines.append(
+            f"| inference | {model} | {r['image_size']} × {r['batch_size']} | {_cpu_cell(r)} | {ms['fp32_eager']:.1f} ms/img | "
+            f"{ms['default']:.1f} ms/img | {r.get('default_path', '?')} | – | – | {ms.get('onnxruntime', float('nan')):.1f} ms/img | "
+            f"{r['speedup_vs_fp32_eager']['default']:.2f}× | `{r['command']}` |"
+        )
     path = root / "fast_path_quality.json"
     if path.exists():  # does the fast path train as well? (benchmarks/fast_path_quality.py)
         r = json.loads(path.read_text())
         c, slow, fast = r["config"], r["fp32"], r["bf16_channels_last"]
-        lines += ["", "| Same training, two paths | Model | Size × batch | Epochs | fp32 eager: val Dice at best epoch | bf16 autocast + channels_last: val Dice at best epoch | Difference | Epoch-time ratio | Command |",
-                  "|---|---|---|---|---|---|---|---|---|",
-                  f"| seed {c['seed']} | {c['encoder']}:{c['model']} | {c['image_size']} × {c['batch_size']} | {c['epochs']} | "
-                  f"{slow['val_dice_at_best']:.3f} (epoch {slow['best_epoch']}) | {fast['val_dice_at_best']:.3f} (epoch {fast['best_epoch']}) | "
-                  f"{r['val_dice_difference']:+.3f} | {r['epoch_time_ratio']:.2f}× | `{r['command']}` |"]
+        lines += [
+            "",
+            "| Same training, two paths | Model | Size × batch | Epochs | fp32 eager: val Dice at best epoch | bf16 autocast + channels_last: val Dice at best epoch | Difference | Epoch-time ratio | Command |",
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| seed {c['seed']} | {c['encoder']}:{c['model']} | {c['image_size']} × {c['batch_size']} | {c['epochs']} | "
+            f"{slow['val_dice_at_best']:.3f} (epoch {slow['best_epoch']}) | {fast['val_dice_at_best']:.3f} (epoch {fast['best_epoch']}) | "
+            f"{r['val_dice_difference']:+.3f} | {r['epoch_time_ratio']:.2f}× | `{r['command']}` |",
+        ]
     path = root / "train_profile.json"
     if path.exists():  # where a training step's time goes, by kind of operator (benchmarks/train_profile.py)
         lines += ["", profile_table(json.loads(path.read_text()))]
@@ -170,7 +187,9 @@ def render(results: Path, *, chart: bool = True) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=ROOT / "results", help="folder holding segmentation/, classification/, tuning/ and the benchmarks' JSON")
+    parser.add_argument(
+        "--results", type=Path, default=ROOT / "results", help="folder holding segmentation/, classification/, tuning/ and the benchmarks' JSON"
+    )
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "results.md", help="Markdown file with the table markers (default docs/results.md)")
     parser.add_argument("--print", action="store_true", help="print the tables instead of rewriting --doc")
     args = parser.parse_args(argv)

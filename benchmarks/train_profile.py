@@ -86,9 +86,15 @@ def main() -> None:
         models[spec] = paths
     summary = {
         "command": "python benchmarks/train_profile.py " + shlex.join(sys.argv[1:]),
-        "image_size": args.image_size, "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
         "unit": "ms of self CPU time per training step (profiled; the profiler adds overhead, so compare shares, not absolute speed)",
-        "default_path": default_path_name(training=True), "models": models, **machine_info(), "versions": library_versions(),
+        "default_path": default_path_name(training=True),
+        "models": models,
+        **machine_info(),
+        "versions": library_versions(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")

@@ -87,8 +87,11 @@ def main() -> None:
     best_threads()
     x, y = random_batch(args.batch_size, args.image_size)
     # default_unfused: the default path with torch's default optimizer loop, to show what each part adds.
-    paths = [("fp32_eager", "fp32", args.warmup, args.steps, None), ("default_unfused", "auto", args.warmup, args.steps, False),
-             ("default", "auto", args.warmup, args.steps, None)]
+    paths = [
+        ("fp32_eager", "fp32", args.warmup, args.steps, None),
+        ("default_unfused", "auto", args.warmup, args.steps, False),
+        ("default", "auto", args.warmup, args.steps, None),
+    ]
     if not cpu_has_native_bf16() and args.bf16_steps > 0:
         paths.append(("bf16_channels_last", "bf16", 1, args.bf16_steps, None))
     results = {}
@@ -98,10 +101,16 @@ def main() -> None:
         print(f"{name}: {results[name]} images/s", flush=True)
     summary = {
         "command": "python benchmarks/train_speed.py " + shlex.join(sys.argv[1:]),
-        "model": f"{args.encoder}:{args.model}", "image_size": args.image_size, "batch_size": args.batch_size,
-        "steps": args.steps, "warmup": args.warmup, "images_per_second": results,
-        "speedup": round(results["default"] / results["fp32_eager"], 2), "default_path": default_path_name(training=True),
-        **machine_info(), "versions": library_versions(),
+        "model": f"{args.encoder}:{args.model}",
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "images_per_second": results,
+        "speedup": round(results["default"] / results["fp32_eager"], 2),
+        "default_path": default_path_name(training=True),
+        **machine_info(),
+        "versions": library_versions(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")

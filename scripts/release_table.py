@@ -36,8 +36,10 @@ def _seg(split: dict) -> dict[str, str]:
 
 
 def _cls(split: dict) -> dict[str, str]:
-    cells = {name: _ci(split[key]["value"], split[key]["ci_low"], split[key]["ci_high"])
-             for name, key in (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("macro AUC", "macro_auc"))}
+    cells = {
+        name: _ci(split[key]["value"], split[key]["ci_low"], split[key]["ci_high"])
+        for name, key in (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("macro AUC", "macro_auc"))
+    }
     if split.get("malignant_vs_benign_auc", {}).get("value") is not None:
         m = split["malignant_vs_benign_auc"]
         cells["malignant-vs-benign AUC"] = _ci(m["value"], m.get("ci_low"), m.get("ci_high"))
@@ -85,8 +87,9 @@ def short_table() -> str:
                 ours["lesions missed"] = f"{d['missed_lesions']} of {d['lesion_images']}"
                 shown.append("lesions missed")
             paper_cell = ", ".join(f"{k} {best[k]:.2f}" for k in best) if dataset == "BUSI" else "–"
-            lines.append(f"| {task} | {dataset} | {label} (`{s['run']}`) | {test['images']} | "
-                         + ", ".join(f"{k} {ours[k]}" for k in shown) + f" | {paper_cell} |")
+            lines.append(
+                f"| {task} | {dataset} | {label} (`{s['run']}`) | {test['images']} | " + ", ".join(f"{k} {ours[k]}" for k in shown) + f" | {paper_cell} |"
+            )
     return "\n".join(lines)
 
 
@@ -94,8 +97,12 @@ def full_table() -> str:
     out = []
     for task, cells in (("segmentation", _seg), ("classification", _cls)):
         s = load(task)
-        rows = [(f"{dataset} {split}", m) for split in SPLIT_NAMES if split in s["splits"] or any(k.endswith(f"/{split}") for k in s["splits"])
-                for dataset, m in per_dataset(s, split)]
+        rows = [
+            (f"{dataset} {split}", m)
+            for split in SPLIT_NAMES
+            if split in s["splits"] or any(k.endswith(f"/{split}") for k in s["splits"])
+            for dataset, m in per_dataset(s, split)
+        ]
         names = list(cells(rows[-1][1])) + (["Lesions missed", "Normals outlined"] if task == "segmentation" else [])
         lines = [f"| {task} | Images | " + " | ".join(names) + " | CI over |", "|---|---|" + "---|" * len(names) + "---|"]
         for where, m in rows:

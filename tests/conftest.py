@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 
 from busai.data.synthetic import write_synthetic_dataset  # noqa: E402
 
+
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     """24 phantoms (11 benign, one with a second mask; 7 malignant; 6 normal) at 64x80.
@@ -68,8 +69,9 @@ def _train_tiny(synthetic_dir: Path, out: Path, task: str, model: str, encoder: 
     splits = out.parent / "splits.json"
     if not splits.exists():
         write_splits(splits, make_splits(discover_records(synthetic_dir), [], val=0.25, test=0.1, seed=0))
-    cfg = TrainConfig(task=task, model=model, encoder=encoder, weights="none", image_size=64, epochs=1,
-                      batch_size=8, data=str(synthetic_dir), splits=str(splits))
+    cfg = TrainConfig(
+        task=task, model=model, encoder=encoder, weights="none", image_size=64, epochs=1, batch_size=8, data=str(synthetic_dir), splits=str(splits)
+    )
     train(cfg, out, quiet=True)
     return out
 

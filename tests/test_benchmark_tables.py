@@ -21,13 +21,27 @@ tables = load_script("tables")
 
 
 def test_speed_table_and_doc_markers(tmp_path):
-    (tmp_path / "train_speed.json").write_text(json.dumps({
-        "command": "python benchmarks/train_speed.py", "model": "resnet18:unet", "image_size": 256, "batch_size": 8,
-        "images_per_second": {"fp32_eager": 2.0, "default": 5.0, "default_unfused": 4.0, "bf16_channels_last": 0.5}, "speedup": 2.5,
-        "default_path": "channels_last + fp32", "cpu": "AMD EPYC", "cpu_native_bf16": False, "threads": 2}))
+    (tmp_path / "train_speed.json").write_text(
+        json.dumps(
+            {
+                "command": "python benchmarks/train_speed.py",
+                "model": "resnet18:unet",
+                "image_size": 256,
+                "batch_size": 8,
+                "images_per_second": {"fp32_eager": 2.0, "default": 5.0, "default_unfused": 4.0, "bf16_channels_last": 0.5},
+                "speedup": 2.5,
+                "default_path": "channels_last + fp32",
+                "cpu": "AMD EPYC",
+                "cpu_native_bf16": False,
+                "threads": 2,
+            }
+        )
+    )
     table = tables.speed_table(tmp_path)
-    assert ("| training | resnet18:unet | 256 × 8 | AMD EPYC, 2 threads (no native bf16) | 2.00 img/s | 5.00 img/s | channels_last + fp32 | "
-            "4.00 img/s | 0.50 img/s | – | 2.50× | `python benchmarks/train_speed.py` |") in table
+    assert (
+        "| training | resnet18:unet | 256 × 8 | AMD EPYC, 2 threads (no native bf16) | 2.00 img/s | 5.00 img/s | channels_last + fp32 | "
+        "4.00 img/s | 0.50 img/s | – | 2.50× | `python benchmarks/train_speed.py` |"
+    ) in table
     doc = tmp_path / "results.md"
     doc.write_text("intro\n<!-- speed-table:start -->\nold\n<!-- speed-table:end -->\nrest\n")
     tables.replace_between_markers(doc, "speed-table", table)
@@ -37,30 +51,48 @@ def test_speed_table_and_doc_markers(tmp_path):
         tables.replace_between_markers(doc, "cls-table", "x")
 
 
-
 def test_fast_path_quality_row(tmp_path):
-    (tmp_path / "fast_path_quality.json").write_text(json.dumps({
-        "command": "python benchmarks/fast_path_quality.py", "val_dice_difference": -0.0042, "epoch_time_ratio": 2.31,
-        "config": {"seed": 0, "encoder": "efficientnet-lite0", "model": "unet", "image_size": 160, "batch_size": 8, "epochs": 12},
-        "fp32": {"val_dice_at_best": 0.7012, "best_epoch": 11}, "bf16_channels_last": {"val_dice_at_best": 0.697, "best_epoch": 12}}))
+    (tmp_path / "fast_path_quality.json").write_text(
+        json.dumps(
+            {
+                "command": "python benchmarks/fast_path_quality.py",
+                "val_dice_difference": -0.0042,
+                "epoch_time_ratio": 2.31,
+                "config": {"seed": 0, "encoder": "efficientnet-lite0", "model": "unet", "image_size": 160, "batch_size": 8, "epochs": 12},
+                "fp32": {"val_dice_at_best": 0.7012, "best_epoch": 11},
+                "bf16_channels_last": {"val_dice_at_best": 0.697, "best_epoch": 12},
+            }
+        )
+    )
     table = tables.speed_table(tmp_path)
-    assert ("| seed 0 | efficientnet-lite0:unet | 160 × 8 | 12 | 0.701 (epoch 11) | 0.697 (epoch 12) | -0.004 | 2.31× | "
-            "`python benchmarks/fast_path_quality.py` |") in table
-
+    assert (
+        "| seed 0 | efficientnet-lite0:unet | 160 × 8 | 12 | 0.701 (epoch 11) | 0.697 (epoch 12) | -0.004 | 2.31× | `python benchmarks/fast_path_quality.py` |"
+    ) in table
 
 
 def test_profile_table_shares_and_speedups(tmp_path):
-    (tmp_path / "train_profile.json").write_text(json.dumps({
-        "command": "python benchmarks/train_profile.py", "cpu": "Xeon", "threads": 2, "unit": "ms",
-        "models": {"efficientnet-lite0:unet": {"fp32_eager": {"convolution": 600.0, "batch norm": 400.0},
-                                               "default": {"convolution": 150.0, "batch norm": 350.0}}}}))
+    (tmp_path / "train_profile.json").write_text(
+        json.dumps(
+            {
+                "command": "python benchmarks/train_profile.py",
+                "cpu": "Xeon",
+                "threads": 2,
+                "unit": "ms",
+                "models": {
+                    "efficientnet-lite0:unet": {
+                        "fp32_eager": {"convolution": 600.0, "batch norm": 400.0},
+                        "default": {"convolution": 150.0, "batch norm": 350.0},
+                    }
+                },
+            }
+        )
+    )
     table = tables.speed_table(tmp_path)
     # Shares of each path's own total (1000 and 500 ms); speed-up fp32 / default.
     assert "| efficientnet-lite0:unet | convolution | 600 (60%) | 150 (30%) | 4.00× |" in table
     assert "|  | batch norm | 400 (40%) | 350 (70%) | 1.14× |" in table
     assert "|  | all | 1000 (100%) | 500 (100%) | – |" in table
     assert "Command: `python benchmarks/train_profile.py` (Xeon, 2 threads; ms)" in table
-
 
 
 def test_leakage_table(tmp_path):
@@ -70,20 +102,36 @@ def test_leakage_table(tmp_path):
         return {"images": n, "groups": n, "mean_dice": {"value": value, "ci_low": value - 0.1, "ci_high": value + 0.1}, "dice_zero": 1}
 
     fit = {"epochs_run": 35, "best_epoch": 18}
-    (tmp_path / "split_leakage.json").write_text(json.dumps({
-        "command": "python benchmarks/split_leakage.py",
-        "control": {"run": "runs/busi/a", "splits": "splits/busi.json", "duplicates": "group", "fit": fit,
-                    "val": {"all": subset(0.74, 79)}, "test": {"all": subset(0.73, 79)}},
-        "leaky": {"run": "runs/busi/b", "splits": "splits/busi-leaky.json", "duplicates": "ignore", "fit": fit,
-                  "val": {"all": subset(0.75, 79), "leaked": subset(0.8, 34), "not_leaked": subset(0.7, 45)},
-                  "test": {"all": subset(0.82, 79), "leaked": subset(0.84, 28), "not_leaked": subset(0.81, 51)}},
-    }))
+    (tmp_path / "split_leakage.json").write_text(
+        json.dumps(
+            {
+                "command": "python benchmarks/split_leakage.py",
+                "control": {
+                    "run": "runs/busi/a",
+                    "splits": "splits/busi.json",
+                    "duplicates": "group",
+                    "fit": fit,
+                    "val": {"all": subset(0.74, 79)},
+                    "test": {"all": subset(0.73, 79)},
+                },
+                "leaky": {
+                    "run": "runs/busi/b",
+                    "splits": "splits/busi-leaky.json",
+                    "duplicates": "ignore",
+                    "fit": fit,
+                    "val": {"all": subset(0.75, 79), "leaked": subset(0.8, 34), "not_leaked": subset(0.7, 45)},
+                    "test": {"all": subset(0.82, 79), "leaked": subset(0.84, 28), "not_leaked": subset(0.81, 51)},
+                },
+            }
+        )
+    )
     table = tables.leakage_table(tmp_path)
     assert "| a | 35 (18) | `splits/busi.json` | duplicate groups kept in one split | test | 79 | 0.73 (0.63–0.83) | – | – | 1 |" in table
-    assert ("| b | 35 (18) | `splits/busi-leaky.json` | image by image (duplicates ignored) | val | 79 | 0.75 (0.65–0.85) | "
-            "0.80 (0.70–0.90) (34) | 0.70 (0.60–0.80) (45) | 1 |") in table
+    assert (
+        "| b | 35 (18) | `splits/busi-leaky.json` | image by image (duplicates ignored) | val | 79 | 0.75 (0.65–0.85) | "
+        "0.80 (0.70–0.90) (34) | 0.70 (0.60–0.80) (45) | 1 |"
+    ) in table
     assert table.endswith("Command: `python benchmarks/split_leakage.py`")
-
 
 
 def test_missed_lesions_summary_and_table(tmp_path):
@@ -94,8 +142,10 @@ def test_missed_lesions_summary_and_table(tmp_path):
         return {"image": image, "label": label, "group": group, "dice": dice, "lesion_area": area, "classifier": verdict, "review": review}
 
     rows = [
-        row("b1", "benign", "group 1", 0.0, 0.2, "normal"), row("b2", "benign", "group 1", 0.0, 0.1, "normal"),
-        row("m1", "malignant", "m1", 0.0, 0.05, "malignant", review="classified malignant but no lesion outlined"), row("b3", "benign", "b3", 0.9, 0.04, "benign"),
+        row("b1", "benign", "group 1", 0.0, 0.2, "normal"),
+        row("b2", "benign", "group 1", 0.0, 0.1, "normal"),
+        row("m1", "malignant", "m1", 0.0, 0.05, "malignant", review="classified malignant but no lesion outlined"),
+        row("b3", "benign", "b3", 0.9, 0.04, "benign"),
         row("m2", "malignant", "m2", 0.5, 0.02, "normal"),
     ]
     summary = bench.summarise(rows)
@@ -103,25 +153,53 @@ def test_missed_lesions_summary_and_table(tmp_path):
     assert (summary["missed_called_normal"], summary["all_lesions_called_normal"]) == (2, 3)
     assert summary["median_lesion_area"] == {"missed": 0.1, "found": 0.03}
     assert [r["image"] for r in summary["missed_images"]] == ["b1", "b2", "m1"]
-    (tmp_path / "missed_lesions.json").write_text(json.dumps({
-        "command": "python benchmarks/missed_lesions.py", "segmentation_model": "release", "classification_model": "release", "val": summary,
-    }))
+    (tmp_path / "missed_lesions.json").write_text(
+        json.dumps(
+            {
+                "command": "python benchmarks/missed_lesions.py",
+                "segmentation_model": "release",
+                "classification_model": "release",
+                "val": summary,
+            }
+        )
+    )
     table = tables.missed_table(tmp_path)
     assert "| val | 5 | 3 (2 / 1) | 2 | 0.100 / 0.030 | 2 of 3 | 3 of 5 | 1 of 3 |" in table
     assert "| train |" not in table and table.endswith("Command: `python benchmarks/missed_lesions.py`")
     # A miss outlined elsewhere on a scan the classifier puts in a lesion class gets no review note: not counted.
     outlined_elsewhere = bench.summarise([*rows[:2], {**rows[2], "review": None}, *rows[3:]])
-    (tmp_path / "missed_lesions.json").write_text(json.dumps({
-        "command": "python benchmarks/missed_lesions.py", "segmentation_model": "release", "classification_model": "release", "val": outlined_elsewhere,
-    }))
+    (tmp_path / "missed_lesions.json").write_text(
+        json.dumps(
+            {
+                "command": "python benchmarks/missed_lesions.py",
+                "segmentation_model": "release",
+                "classification_model": "release",
+                "val": outlined_elsewhere,
+            }
+        )
+    )
     assert "| 2 of 3 | 3 of 5 | 0 of 3 |" in tables.missed_table(tmp_path)
 
 
 def test_missed_lesions_benchmark_runs_both_models(seg_run, cls_run, synthetic_dir, tmp_path):
     bench = load_script("missed_lesions")
     out = tmp_path / "missed.json"
-    args = ["--data", str(synthetic_dir), "--splits", str(seg_run / "splits.json"), "--seg", str(seg_run), "--cls", str(cls_run),
-            "--split", "val", "--out", str(out), "--figures", str(tmp_path / "figures")]
+    args = [
+        "--data",
+        str(synthetic_dir),
+        "--splits",
+        str(seg_run / "splits.json"),
+        "--seg",
+        str(seg_run),
+        "--cls",
+        str(cls_run),
+        "--split",
+        "val",
+        "--out",
+        str(out),
+        "--figures",
+        str(tmp_path / "figures"),
+    ]
     assert bench.main(args) == 0
     result = json.loads(out.read_text())
     splits = read_splits(seg_run / "splits.json")

@@ -59,15 +59,36 @@ def test_class_folders_are_classification_only(layouts, tmp_path, cli):
     assert report.problems == [] and report.format == "class-folders"
     splits = tmp_path / "s.json"
     assert cli("data", "split", layouts["class-folders"], "--out", splits, "--val", "0.25")[0] == 0  # a classifier needs no masks
-    cli.fails("train", "seg", "--data", layouts["class-folders"], "--splits", splits, "--out", tmp_path / "run", "--weights", "none",
-              "--image-size", "32", "--epochs", "1", expect="image without a mask (")
+    cli.fails(
+        "train",
+        "seg",
+        "--data",
+        layouts["class-folders"],
+        "--splits",
+        splits,
+        "--out",
+        tmp_path / "run",
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        expect="image without a mask (",
+    )
 
 
 def test_audit_reports_patients_and_colour_masks(layouts):
     report = audit_dataset(layouts["bus-uclm"])
     assert report.format == "bus-uclm"
     assert report.counts == {"normal": 6, "benign": 11, "malignant": 7} and report.problems == []
-    assert report.group_summary() == {"groups": 8, "images_min": 3, "images_median": 3, "images_max": 3, "groups_with_lesion": 6}  # the 6 normals come first: 2 patients
+    assert report.group_summary() == {
+        "groups": 8,
+        "images_min": 3,
+        "images_median": 3,
+        "images_max": 3,
+        "groups_with_lesion": 6,
+    }  # the 6 normals come first: 2 patients
 
 
 def test_patients_never_span_two_splits(layouts):

@@ -41,8 +41,22 @@ def test_predict_and_evaluate_take_device(seg_run, cls_run, synthetic_dir, tiny_
     code, _, err = cli("predict", synthetic_dir / "benign", "--seg", seg_run, "--cls", cls_run, "--out", tmp_path / "out", "--device", "auto", "--quiet")
     assert code == 0, err
     assert (tmp_path / "out" / "predictions.json").is_file()
-    code, _, err = cli("evaluate", seg_run, "--data", synthetic_dir, "--splits", tiny_runs / "splits.json", "--split", "val",
-                       "--device", "cpu", "--n-boot", "10", "--no-figures", "--json")
+    code, _, err = cli(
+        "evaluate",
+        seg_run,
+        "--data",
+        synthetic_dir,
+        "--splits",
+        tiny_runs / "splits.json",
+        "--split",
+        "val",
+        "--device",
+        "cpu",
+        "--n-boot",
+        "10",
+        "--no-figures",
+        "--json",
+    )
     assert code == 0, err
 
 

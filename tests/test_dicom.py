@@ -28,9 +28,15 @@ def test_single_frame_with_ultrasound_regions(tmp_path):
     image = speckle_scan()
     # Two calibrated regions (0.1 mm and 0.2 mm pixels) and a Doppler-like one in seconds, which
     # calibrates no distance.
-    path = write_dicom(tmp_path / "us.dcm", image, regions=[
-        region(0, 0, 159, 239, 0.01, 0.01), region(160, 0, 319, 239, 0.02, 0.02), region(0, 200, 319, 239, 0.5, 0.5, units=4),
-    ])
+    path = write_dicom(
+        tmp_path / "us.dcm",
+        image,
+        regions=[
+            region(0, 0, 159, 239, 0.01, 0.01),
+            region(160, 0, 319, 239, 0.02, 0.02),
+            region(0, 200, 319, 239, 0.5, 0.5, units=4),
+        ],
+    )
     frames = list(read_frames(path))
     assert len(frames) == 1 and frames[0].number == 1 and frames[0].frames == 1
     assert frames[0].image.dtype == np.uint8 and frames[0].image.shape == (240, 320, 3)

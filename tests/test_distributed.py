@@ -33,7 +33,15 @@ def history(run_dir):
 def test_cli_gpus_without_cuda(cli, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("checks the error a machine without a GPU gives")
-    cli.fails("train", "seg", "--gpus", "2", "--out", tmp_path / "run", expect="--gpus 2: no CUDA GPU is visible; for CPU processes run `torchrun --nproc_per_node 2 -m busai train ...`")
+    cli.fails(
+        "train",
+        "seg",
+        "--gpus",
+        "2",
+        "--out",
+        tmp_path / "run",
+        expect="--gpus 2: no CUDA GPU is visible; for CPU processes run `torchrun --nproc_per_node 2 -m busai train ...`",
+    )
 
 
 def test_two_gloo_processes_train_resume_and_match_one(synthetic_dir, tiny_runs, tmp_path):
@@ -44,14 +52,54 @@ def test_two_gloo_processes_train_resume_and_match_one(synthetic_dir, tiny_runs,
     splits = tiny_runs / "splits.json"
     if not splits.exists():
         write_splits(splits, make_splits(discover_records(synthetic_dir), [], val=0.25, test=0.1, seed=0))
-    common = ["seg", "--model", "unet", "--encoder", "efficientnet-lite0", "--weights", "none", "--image-size", "32", "--epochs", "2",
-              "--precision", "fp32", "--device", "cpu", "--augment", "none", "--data", str(synthetic_dir), "--splits", str(splits), "--quiet"]
+    common = [
+        "seg",
+        "--model",
+        "unet",
+        "--encoder",
+        "efficientnet-lite0",
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--augment",
+        "none",
+        "--data",
+        str(synthetic_dir),
+        "--splits",
+        str(splits),
+        "--quiet",
+    ]
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     two = tmp_path / "two"
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "busai", "train", *common,
-         "--batch-size", "4", "--out", str(two)],
-        env=env, capture_output=True, text=True, timeout=900, check=False,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "busai",
+            "train",
+            *common,
+            "--batch-size",
+            "4",
+            "--out",
+            str(two),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((two / "fit.json").read_text())["processes"] == 2

@@ -190,12 +190,15 @@ def test_unknown_scheduler_is_a_clear_error(tmp_path):
         fit(toy_model(), toy_adapter(), train, val, config(scheduler="step"), tmp_path, quiet=True)
 
 
-@pytest.mark.parametrize(("precision", "native", "dtype", "channels_last"), [
-    ("auto", True, torch.bfloat16, True),
-    ("auto", False, None, True),  # emulated bf16 is several times slower than fp32: not the default
-    ("bf16", False, torch.bfloat16, True),
-    ("fp32", True, None, False),
-])
+@pytest.mark.parametrize(
+    ("precision", "native", "dtype", "channels_last"),
+    [
+        ("auto", True, torch.bfloat16, True),
+        ("auto", False, None, True),  # emulated bf16 is several times slower than fp32: not the default
+        ("bf16", False, torch.bfloat16, True),
+        ("fp32", True, None, False),
+    ],
+)
 def test_default_path_uses_bf16_only_where_the_cpu_has_it(monkeypatch, precision, native, dtype, channels_last):
     from busai import engine
 

@@ -41,14 +41,14 @@ def test_the_release_scores_both_tasks(cli, unseen_uclm, tmp_path):
 
 def test_own_training_images_are_refused(cli, seg_run, synthetic_dir, tiny_runs, tmp_path):
     # --all on the dataset the run trained on: its train images would be scored as external data.
-    cli.fails("evaluate", seg_run, "--data", synthetic_dir, "--all", "--out", tmp_path / "x",
-              expect="were in this model's training data; scoring them would leak")
+    cli.fails(
+        "evaluate", seg_run, "--data", synthetic_dir, "--all", "--out", tmp_path / "x", expect="were in this model's training data; scoring them would leak"
+    )
     # A split file whose test list is the run's own train images (issue 21, item 1).
     splits = json.loads((tiny_runs / "splits.json").read_text())
     swapped = {**splits, "test": splits["train"], "train": splits["test"]}
     (tmp_path / "swapped.json").write_text(json.dumps(swapped))
-    cli.fails("evaluate", seg_run, "--data", synthetic_dir, "--splits", tmp_path / "swapped.json", "--split", "test",
-              expect="test images of")
+    cli.fails("evaluate", seg_run, "--data", synthetic_dir, "--splits", tmp_path / "swapped.json", "--split", "test", expect="test images of")
     # Its own split's test images are fine (scored in a copy: the shared run folder stays as it is).
     import shutil
 
@@ -75,9 +75,33 @@ def test_training_on_two_datasets(cli, synthetic_dir, unseen_uclm, tmp_path):
     code, _, err = cli("data", "split", "--data", f"a={synthetic_dir}", "--data", f"b={unseen_uclm}", "--out", split, "--val", "0.25", "--test", "0.25")
     assert code == 0, err
     run = tmp_path / "run"
-    code, _, err = cli("train", "seg", "--data", f"a={synthetic_dir}", "--data", f"b={unseen_uclm}", "--splits", split, "--dataset-weight", "b=3",
-                       "--model", "unet", "--encoder", "efficientnet-lite0", "--weights", "none", "--image-size", "32", "--epochs", "1",
-                       "--color", "gray", "--out", run, "--quiet")
+    code, _, err = cli(
+        "train",
+        "seg",
+        "--data",
+        f"a={synthetic_dir}",
+        "--data",
+        f"b={unseen_uclm}",
+        "--splits",
+        split,
+        "--dataset-weight",
+        "b=3",
+        "--model",
+        "unet",
+        "--encoder",
+        "efficientnet-lite0",
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--color",
+        "gray",
+        "--out",
+        run,
+        "--quiet",
+    )
     assert code == 0, err
     config = json.loads((run / "config.json").read_text())
     splits = json.loads(split.read_text())
@@ -86,14 +110,43 @@ def test_training_on_two_datasets(cli, synthetic_dir, unseen_uclm, tmp_path):
         assert config["datasets"][name]["fingerprint"] == splits["datasets"][name]["fingerprint"]
     assert config["train"]["dataset_weights"] == {"b": 3.0} and config["preprocessing"]["color"] == "gray"
     # Scored per dataset and pooled.
-    code, out, err = cli("evaluate", run, "--data", f"a={synthetic_dir}", "--data", f"b={unseen_uclm}", "--splits", split, "--split", "val",
-                         "--n-boot", "10", "--json", "--no-figures")
+    code, out, err = cli(
+        "evaluate",
+        run,
+        "--data",
+        f"a={synthetic_dir}",
+        "--data",
+        f"b={unseen_uclm}",
+        "--splits",
+        split,
+        "--split",
+        "val",
+        "--n-boot",
+        "10",
+        "--json",
+        "--no-figures",
+    )
     assert code == 0, err
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == {"a/val", "b/val", "val"}
     assert metrics["val"]["images"] == metrics["a/val"]["images"] + metrics["b/val"]["images"]
-    cli.fails("train", "seg", "--data", f"a={synthetic_dir}", "--data", f"b={unseen_uclm}", "--splits", split, "--dataset-weight", "c=1",
-              "--weights", "none", "--out", tmp_path / "r2", expect="no --data named 'c'")
+    cli.fails(
+        "train",
+        "seg",
+        "--data",
+        f"a={synthetic_dir}",
+        "--data",
+        f"b={unseen_uclm}",
+        "--splits",
+        split,
+        "--dataset-weight",
+        "c=1",
+        "--weights",
+        "none",
+        "--out",
+        tmp_path / "r2",
+        expect="no --data named 'c'",
+    )
 
 
 def test_dataset_weights_set_each_datasets_share():
@@ -113,8 +166,25 @@ def test_fold_training_and_its_summary(cli, synthetic_dir, tmp_path):
 
     split = tmp_path / "folds.json"
     assert cli("data", "split", synthetic_dir, "--out", split, "--val", "0.2", "--test", "0.2", "--folds", "2")[0] == 0
-    args = ["train", "cls", "--model", "efficientnet_lite0", "--weights", "none", "--image-size", "32", "--epochs", "1",
-            "--data", synthetic_dir, "--splits", split, "--out", tmp_path / "cv", "--quiet"]
+    args = [
+        "train",
+        "cls",
+        "--model",
+        "efficientnet_lite0",
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--data",
+        synthetic_dir,
+        "--splits",
+        split,
+        "--out",
+        tmp_path / "cv",
+        "--quiet",
+    ]
     cli.fails(*args, "--folds", "3", expect="has 2 folds")
     code, out, err = cli(*args, "--folds", "2", "--json")
     assert code == 0, err

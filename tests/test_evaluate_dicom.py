@@ -97,8 +97,9 @@ def test_manifest_frames_and_spacing(tmp_path, capsys):
     write_dicom(tmp_path / "flat.dcm", frames[0], pixel_spacing=(0.2, 0.2))
     write_dicom(tmp_path / "wide.dcm", frames[0], regions=[region(0, 0, 79, 63, 0.01, 0.02)])  # pixels not square
     manifest = tmp_path / "m.csv"
-    manifest.write_text("image,mask,label,pixel_spacing_mm,frame\n"
-                        "cine.dcm,,normal,,2\ncine2.dcm,,normal,,\nflat.dcm,,normal,,\nflat2.dcm,,normal,0.05,\nwide.dcm,,normal,,\n")
+    manifest.write_text(
+        "image,mask,label,pixel_spacing_mm,frame\ncine.dcm,,normal,,2\ncine2.dcm,,normal,,\nflat.dcm,,normal,,\nflat2.dcm,,normal,0.05,\nwide.dcm,,normal,,\n"
+    )
     shutil.copy(tmp_path / "flat.dcm", tmp_path / "flat2.dcm")
     cine, cine2, flat, flat2, wide = read_records([manifest])
     # The table's frame; the region's 0.02 cm; the first frame of a cine the table names no frame for.
@@ -113,12 +114,15 @@ def test_manifest_frames_and_spacing(tmp_path, capsys):
     assert wide.pixel_spacing_mm is None  # one number cannot hold 0.1 x 0.2 mm pixels
 
 
-@pytest.mark.parametrize("row, message", [
-    ("cine.dcm,normal,5", "m.csv row 2: frame 5 is out of range; cine.dcm holds 3 frame(s), numbered from 1"),
-    ("cine.dcm,normal,x", "m.csv row 2: frame 'x' is not a frame number (1 for the first); fix or empty the cell"),
-    ("scan.png,normal,1", "m.csv row 2: frame 1 given, but scan.png is not a DICOM file; empty the cell"),
-    ("notes.txt,normal,", "m.csv row 2: notes.txt is not an image file (.bmp, .jpeg, .jpg, .png, .tif, .tiff or DICOM); fix the row"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("cine.dcm,normal,5", "m.csv row 2: frame 5 is out of range; cine.dcm holds 3 frame(s), numbered from 1"),
+        ("cine.dcm,normal,x", "m.csv row 2: frame 'x' is not a frame number (1 for the first); fix or empty the cell"),
+        ("scan.png,normal,1", "m.csv row 2: frame 1 given, but scan.png is not a DICOM file; empty the cell"),
+        ("notes.txt,normal,", "m.csv row 2: notes.txt is not an image file (.bmp, .jpeg, .jpg, .png, .tif, .tiff or DICOM); fix the row"),
+    ],
+)
 def test_bad_frame_cells_are_one_line(cli, tmp_path, row, message):
     write_dicom(tmp_path / "cine.dcm", np.stack([speckle_scan(32, 40, seed=s) for s in range(3)]))
     Image.fromarray(speckle_scan(32, 40)).save(tmp_path / "scan.png")
@@ -144,8 +148,20 @@ def test_an_unreadable_dicom_image_is_one_line_naming_it(cli, seg_run, png_datas
         data = bytearray(path.read_bytes())
         data[128:132] = b"XXXX"
         path.write_bytes(bytes(data))
-    err = cli.fails("evaluate", seg_run, "--data", dicom, "--splits", splits, "--split", "val", "--out", tmp_path / "out", "--no-figures",
-                    expect=".dcm: not a readable DICOM file (InvalidDicomError); replace or remove the file")
+    err = cli.fails(
+        "evaluate",
+        seg_run,
+        "--data",
+        dicom,
+        "--splits",
+        splits,
+        "--split",
+        "val",
+        "--out",
+        tmp_path / "out",
+        "--no-figures",
+        expect=".dcm: not a readable DICOM file (InvalidDicomError); replace or remove the file",
+    )
     assert str(dicom / "images") in err
     # The audit lists every such file, and a split refuses them by name unless told to leave them out.
     cli.fails("data", "split", dicom, "--out", tmp_path / "again.json", expect=".dcm: not a readable DICOM file")

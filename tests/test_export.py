@@ -72,10 +72,20 @@ def test_cli_exports_a_saved_model_folder_and_names_a_missing_one(seg_run, tmp_p
     batch = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     assert (onnx.logits(batch) - model.logits(batch, precision="fp32")).abs().max() < 1e-3
     missing = tmp_path / "nowhere"
-    cli.fails("export", missing, "--out", tmp_path / "x.onnx",
-              expect=f"{missing}: not found; pass a run folder (or a saved model folder), or seg / cls for the release model")
-    cli.fails("export", tmp_path / "saved.onnx", "--out", tmp_path / "x.onnx",
-              expect=f"{tmp_path / 'saved.onnx'}: is already an ONNX file; export from a run folder or a release")
+    cli.fails(
+        "export",
+        missing,
+        "--out",
+        tmp_path / "x.onnx",
+        expect=f"{missing}: not found; pass a run folder (or a saved model folder), or seg / cls for the release model",
+    )
+    cli.fails(
+        "export",
+        tmp_path / "saved.onnx",
+        "--out",
+        tmp_path / "x.onnx",
+        expect=f"{tmp_path / 'saved.onnx'}: is already an ONNX file; export from a run folder or a release",
+    )
     assert not (tmp_path / "x.onnx").exists()
 
 

@@ -18,8 +18,7 @@ def test_require_names_the_extra_and_the_missing_packages(monkeypatch):
     hide(monkeypatch, "optuna")
     with pytest.raises(extras.MissingExtraError) as info:
         extras.require("tune")
-    assert str(info.value) == ("hyper-parameter search (`busai tune`) needs the 'tune' extra (optuna not installed); "
-                               "run: pip install 'busai[tune]'")
+    assert str(info.value) == ("hyper-parameter search (`busai tune`) needs the 'tune' extra (optuna not installed); run: pip install 'busai[tune]'")
     extras.require("serve")  # installed here: no error
 
 

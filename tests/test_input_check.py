@@ -10,16 +10,19 @@ from busai.input_check import OK, check_array, check_input
 from busai.prediction import predict_array
 
 
-@pytest.mark.parametrize("kind, reason", [
-    ("bar_chart", "mostly white"),
-    ("grey_chart", "no speckle"),
-    ("photo", "colour image"),
-    ("document", "mostly white"),
-    ("blank_black", "blank: the image is one flat colour"),
-    ("blank_grey", "blank: the image is one flat colour"),
-    ("tiny_1x1", "tiny: 1x1 pixels; a scan is at least 32 pixels a side"),
-    ("strip_3x500", "tiny: 500x3 pixels"),
-])
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("bar_chart", "mostly white"),
+        ("grey_chart", "no speckle"),
+        ("photo", "colour image"),
+        ("document", "mostly white"),
+        ("blank_black", "blank: the image is one flat colour"),
+        ("blank_grey", "blank: the image is one flat colour"),
+        ("tiny_1x1", "tiny: 1x1 pixels; a scan is at least 32 pixels a side"),
+        ("strip_3x500", "tiny: 500x3 pixels"),
+    ],
+)
 def test_non_ultrasound_images_are_flagged(kind, reason):
     for seed in range(2):
         assert check_input(not_ultrasound.all_kinds(seed)[kind]).startswith(reason)
@@ -50,14 +53,17 @@ def test_real_scans_pass():
             assert check_input(read_image(root / label / f"{label} ({n}).png")) == OK
 
 
-@pytest.mark.parametrize("array, reason", [
-    (np.random.default_rng(0).random((64, 64, 3)), "float out of range: values within 0-1; multiply by 255"),
-    (np.full((64, 64), 300.0), "float out of range: values 300 to 300; pass 0-255"),
-    (np.full((64, 64), np.nan), "float out of range: NaN or infinite pixels"),
-    (np.full((64, 64), 4000, dtype=np.uint16), "integer out of range: values 4000 to 4000; pass 8-bit values 0-255"),
-    (np.zeros((64, 64, 2), dtype=np.uint8), "shape: (64, 64, 2) is not an image"),
-    (np.array([["a"]]), "dtype: <U1 pixels"),
-])
+@pytest.mark.parametrize(
+    "array, reason",
+    [
+        (np.random.default_rng(0).random((64, 64, 3)), "float out of range: values within 0-1; multiply by 255"),
+        (np.full((64, 64), 300.0), "float out of range: values 300 to 300; pass 0-255"),
+        (np.full((64, 64), np.nan), "float out of range: NaN or infinite pixels"),
+        (np.full((64, 64), 4000, dtype=np.uint16), "integer out of range: values 4000 to 4000; pass 8-bit values 0-255"),
+        (np.zeros((64, 64, 2), dtype=np.uint8), "shape: (64, 64, 2) is not an image"),
+        (np.array([["a"]]), "dtype: <U1 pixels"),
+    ],
+)
 def test_bad_arrays(array, reason):
     assert check_array(array).startswith(reason)
 

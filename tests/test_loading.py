@@ -30,9 +30,22 @@ def test_two_epochs_give_the_same_losses_with_0_or_2_workers(synthetic_dir, tiny
         write_splits(splits, make_splits(discover_records(synthetic_dir), [], val=0.25, test=0.1, seed=0))
     runs = {}
     for workers in (0, 2):
-        cfg = TrainConfig(task="seg", model="unet", encoder="efficientnet-lite0", weights="none", image_size=32, epochs=2, batch_size=4,
-                          precision="fp32", device="cpu", augment="strong", lesion_paste=0.5, num_workers=workers,
-                          data=str(synthetic_dir), splits=str(splits))
+        cfg = TrainConfig(
+            task="seg",
+            model="unet",
+            encoder="efficientnet-lite0",
+            weights="none",
+            image_size=32,
+            epochs=2,
+            batch_size=4,
+            precision="fp32",
+            device="cpu",
+            augment="strong",
+            lesion_paste=0.5,
+            num_workers=workers,
+            data=str(synthetic_dir),
+            splits=str(splits),
+        )
         train(cfg, tmp_path / f"workers{workers}", quiet=True)
         runs[workers] = losses(tmp_path / f"workers{workers}")
     assert len(runs[0]) == 2

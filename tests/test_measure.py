@@ -11,7 +11,7 @@ from busai.measure import MEASUREMENT_KEYS, measure_lesion
 
 def rectangle(height=60, width=80, top=10, left=5, h=10, w=30):
     mask = np.zeros((height, width), dtype=np.uint8)
-    mask[top:top + h, left:left + w] = 1
+    mask[top : top + h, left : left + w] = 1
     return mask
 
 
@@ -38,9 +38,9 @@ def test_millimetres_isotropic_and_anisotropic():
 
 def test_disc_diameter_and_area():
     yy, xx = np.mgrid[:121, :121]
-    disc = (yy - 60) ** 2 + (xx - 60) ** 2 <= 40 ** 2
+    disc = (yy - 60) ** 2 + (xx - 60) ** 2 <= 40**2
     m = measure_lesion(disc)
-    assert m["area_px"] == pytest.approx(math.pi * 40 ** 2, rel=0.01)
+    assert m["area_px"] == pytest.approx(math.pi * 40**2, rel=0.01)
     assert 81 <= m["longest_diameter_px"] <= 82  # 81 pixels across, a little more corner to corner
     assert (m["bbox_width"], m["bbox_height"]) == (81, 81)
 

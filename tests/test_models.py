@@ -364,9 +364,14 @@ def test_lite0_classifier_from_fp16_segmentation_checkpoint(tmp_path, offline_ca
 def test_segmentation_checkpoint_for_another_backbone_is_refused(tmp_path):
     path = tmp_path / "resnet_seg.safetensors"
     save_file(build("seg", "unet", encoder="resnet18", weights="none").module.state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"is a segmentation checkpoint; only the resnet18, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 classifiers can start"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"is a segmentation checkpoint; only the resnet18, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 classifiers can start",
+    ):
         build("cls", "googlenet", weights=str(path))
-    with pytest.raises(CheckpointError, match=r"missing conv_stem.weight.*the efficientnet_lite0 classifier needs a segmentation model on the efficientnet-lite0 encoder"):
+    with pytest.raises(
+        CheckpointError, match=r"missing conv_stem.weight.*the efficientnet_lite0 classifier needs a segmentation model on the efficientnet-lite0 encoder"
+    ):
         build("cls", "efficientnet_lite0", weights=str(path))
 
 

@@ -70,8 +70,17 @@ def mt_run(synthetic_dir, tiny_runs, seg_run):
 
     out = tiny_runs / "mt"
     if not (out / "fit.json").exists():
-        cfg = TrainConfig(task="mt", model="unet", encoder="efficientnet-lite0", weights="none", image_size=64, epochs=1,
-                          batch_size=8, data=str(synthetic_dir), splits=str(tiny_runs / "splits.json"))
+        cfg = TrainConfig(
+            task="mt",
+            model="unet",
+            encoder="efficientnet-lite0",
+            weights="none",
+            image_size=64,
+            epochs=1,
+            batch_size=8,
+            data=str(synthetic_dir),
+            splits=str(tiny_runs / "splits.json"),
+        )
         train(cfg, out, quiet=True)
     return out
 

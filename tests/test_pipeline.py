@@ -53,8 +53,9 @@ def test_classification_evaluation_counts_every_image(cls_run, synthetic_dir, tm
 
 
 def test_cli_refuses_to_overwrite_a_run(cli, seg_run, synthetic_dir):
-    cli.fails("train", "seg", "--data", synthetic_dir, "--splits", splits_of(seg_run), "--out", seg_run,
-              expect="already holds a run; pass --resume to continue it")
+    cli.fails(
+        "train", "seg", "--data", synthetic_dir, "--splits", splits_of(seg_run), "--out", seg_run, expect="already holds a run; pass --resume to continue it"
+    )
 
 
 def test_cli_resume_extends_a_finished_run(cli, seg_run, tmp_path):
@@ -84,7 +85,9 @@ def test_results_name_the_resume_commands(cli, seg_run, synthetic_dir, tmp_path)
 
 def test_cli_evaluate_json_and_report(cli, cls_run, synthetic_dir, tmp_path):
     run = shutil.copytree(cls_run, tmp_path / "cls")
-    code, out, err = cli("evaluate", run, "--data", synthetic_dir, "--splits", splits_of(cls_run), "--split", "test", "--n-boot", "20", "--json", "--no-figures")
+    code, out, err = cli(
+        "evaluate", run, "--data", synthetic_dir, "--splits", splits_of(cls_run), "--split", "test", "--n-boot", "20", "--json", "--no-figures"
+    )
     assert code == 0, err
     result = json.loads(out)
     assert {"accuracy", "macro_f1", "macro_auc", "per_class", "confusion_matrix", "command"} <= set(result)
@@ -96,8 +99,15 @@ def test_cli_evaluate_json_and_report(cli, cls_run, synthetic_dir, tmp_path):
 
 
 def test_evaluate_missing_run_folder(cli, synthetic_dir, tmp_path):
-    cli.fails("evaluate", tmp_path / "nope", "--data", synthetic_dir, "--splits", tmp_path / "s.json",
-              expect="nope: not found; pass a run folder, 'release', a release folder or an exported .onnx file")
+    cli.fails(
+        "evaluate",
+        tmp_path / "nope",
+        "--data",
+        synthetic_dir,
+        "--splits",
+        tmp_path / "s.json",
+        expect="nope: not found; pass a run folder, 'release', a release folder or an exported .onnx file",
+    )
 
 
 def test_mismatched_checkpoint_is_named(cls_run, seg_run, tmp_path):
@@ -135,8 +145,18 @@ def test_same_seed_same_run(synthetic_dir, seg_run, tmp_path):
     from busai.config import TrainConfig
     from busai.training import train
 
-    cfg = dict(task="seg", model="unet", encoder="efficientnet-lite0", weights="none", image_size=64, epochs=1,
-               batch_size=8, data=str(synthetic_dir), splits=str(splits_of(seg_run)), seed=3)
+    cfg = dict(
+        task="seg",
+        model="unet",
+        encoder="efficientnet-lite0",
+        weights="none",
+        image_size=64,
+        epochs=1,
+        batch_size=8,
+        data=str(synthetic_dir),
+        splits=str(splits_of(seg_run)),
+        seed=3,
+    )
     a = train(TrainConfig(**cfg), tmp_path / "a", quiet=True)
     b = train(TrainConfig(**cfg), tmp_path / "b", quiet=True)
     assert a.history[0]["val_loss"] == b.history[0]["val_loss"]
@@ -152,8 +172,14 @@ def test_comparison_chart_rows(cls_run, synthetic_dir, tmp_path):
     evaluate_run(run, synthetic_dir, splits_of(cls_run), "test", n_boot=10, figures=False)
     summary = collect_run(run)
     rows = comparison_rows([summary])
-    assert rows == [{"model": "efficientnet_lite0", "split": "test", "accuracy": summary["metrics"]["test"]["accuracy"]["value"],
-                     "macro_f1": summary["metrics"]["test"]["macro_f1"]["value"]}]
+    assert rows == [
+        {
+            "model": "efficientnet_lite0",
+            "split": "test",
+            "accuracy": summary["metrics"]["test"]["accuracy"]["value"],
+            "macro_f1": summary["metrics"]["test"]["macro_f1"]["value"],
+        }
+    ]
     assert model_comparison(rows, tmp_path / "fig.png") == str(tmp_path / "fig.png") and (tmp_path / "fig.png").stat().st_size > 0
 
 
@@ -208,8 +234,16 @@ def test_classifier_from_segmentation_run_of_the_same_split(seg_run, synthetic_d
     from busai.training import train
 
     weights = seg_run / "checkpoint_best.safetensors"
-    cfg = TrainConfig(task="cls", model="efficientnet_lite0", weights=str(weights), image_size=64, epochs=1,
-                      batch_size=8, data=str(synthetic_dir), splits=str(seg_run.parent / "splits.json"))
+    cfg = TrainConfig(
+        task="cls",
+        model="efficientnet_lite0",
+        weights=str(weights),
+        image_size=64,
+        epochs=1,
+        batch_size=8,
+        data=str(synthetic_dir),
+        splits=str(seg_run.parent / "splits.json"),
+    )
     train(cfg, tmp_path / "cls", quiet=True)
     config = json.loads((tmp_path / "cls" / "config.json").read_text())
     assert config["weight_source"].startswith(f"segmentation encoder: {weights} (sha256 ")
@@ -222,8 +256,24 @@ def test_weights_trained_on_another_split_are_refused(cli, seg_run, synthetic_di
     other = tmp_path / "other_split.json"
     write_splits(other, make_splits(discover_records(synthetic_dir), [], val=0.25, test=0.1, seed=1))
     weights = seg_run / "checkpoint_best.safetensors"
-    code, _, err = cli("train", "cls", "--model", "efficientnet_lite0", "--weights", str(weights), "--image-size", "64",
-                       "--epochs", "1", "--data", str(synthetic_dir), "--splits", str(other), "--out", str(tmp_path / "run"))
+    code, _, err = cli(
+        "train",
+        "cls",
+        "--model",
+        "efficientnet_lite0",
+        "--weights",
+        str(weights),
+        "--image-size",
+        "64",
+        "--epochs",
+        "1",
+        "--data",
+        str(synthetic_dir),
+        "--splits",
+        str(other),
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert code != 0
     line = err.strip().splitlines()[-1]
     assert line.startswith(f"error: {seg_run}: ") and " val images of " in line and "were in this model's training data" in line, line
@@ -232,8 +282,27 @@ def test_weights_trained_on_another_split_are_refused(cli, seg_run, synthetic_di
 
 
 def test_weights_from_the_same_split_are_allowed(cli, seg_run, synthetic_dir, tiny_runs, tmp_path):
-    code, _, err = cli("train", "seg", "--model", "unet", "--encoder", "efficientnet-lite0", "--weights", str(seg_run), "--image-size", "64",
-                       "--epochs", "1", "--data", str(synthetic_dir), "--splits", str(tiny_runs / "splits.json"), "--out", str(tmp_path / "run"), "--quiet")
+    code, _, err = cli(
+        "train",
+        "seg",
+        "--model",
+        "unet",
+        "--encoder",
+        "efficientnet-lite0",
+        "--weights",
+        str(seg_run),
+        "--image-size",
+        "64",
+        "--epochs",
+        "1",
+        "--data",
+        str(synthetic_dir),
+        "--splits",
+        str(tiny_runs / "splits.json"),
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    )
     assert code == 0, err
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["train"]["weights"] == str(seg_run) and config["weight_source"].startswith(f"file: {seg_run / 'checkpoint_best.safetensors'}")
@@ -246,7 +315,11 @@ def test_runs_of_one_model_are_told_apart_by_run_name():
         split = {"accuracy": {"value": 0.5}, "macro_f1": {"value": 0.4}, "macro_auc": {"value": 0.6}}
         return {"name": name, "model": {"name": "efficientnet_lite0"}, "weight_source": source, "fit": {}, "metrics": {"val": split}}
 
-    results = [result("cls-b", "imagenet (x)"), result("cls-a", "segmentation encoder: s.safetensors"), {**result("r18", "random"), "model": {"name": "resnet18"}}]
+    results = [
+        result("cls-b", "imagenet (x)"),
+        result("cls-a", "segmentation encoder: s.safetensors"),
+        {**result("r18", "random"), "model": {"name": "resnet18"}},
+    ]
     table = classification_table(results)
     assert "| efficientnet_lite0 (cls-a) | BUSI seg. encoder |" in table and "| efficientnet_lite0 (cls-b) | ImageNet |" in table
     assert "| resnet18 | random init |" in table

@@ -93,8 +93,17 @@ def test_pixel_spacing_tta_and_duplicate_names(tmp_path, seg, cls):
     image[30:50, 20:70] = 255
     for folder in ("a", "b"):
         Image.fromarray(image).save(tmp_path / folder / "scan.png")
-    rows = predict_paths([tmp_path / "a" / "scan.png", tmp_path / "b"], tmp_path / "out", seg=seg, cls=cls,
-                         tta=True, pixel_spacing=0.2, threshold=0.3, progress=False, gate=False)  # a drawing, not a scan
+    rows = predict_paths(
+        [tmp_path / "a" / "scan.png", tmp_path / "b"],
+        tmp_path / "out",
+        seg=seg,
+        cls=cls,
+        tta=True,
+        pixel_spacing=0.2,
+        threshold=0.3,
+        progress=False,
+        gate=False,
+    )  # a drawing, not a scan
     assert [r["mask"] for r in rows] == ["scan_pred_mask.png", "scan-2_pred_mask.png"]
     for row in rows:
         assert row["input_check"].startswith("no speckle") and row["spacing_source"] == "--pixel-spacing"
@@ -166,8 +175,10 @@ def test_cli_batch_with_a_bad_file(tmp_path, seg_run, cls_run, cli):
         ("benign", 0, "classified benign but no lesion outlined"),
         ("malignant", 0, "classified malignant but no lesion outlined"),
         ("normal", 2, "lesion outlined on a scan classified normal"),
-        ("malignant", 1, None), ("normal", 0, None),
-        (None, 0, None), ("benign", None, None),  # one model only: nothing to compare
+        ("malignant", 1, None),
+        ("normal", 0, None),
+        (None, 0, None),
+        ("benign", None, None),  # one model only: nothing to compare
     ],
 )
 def test_review_note_when_the_models_disagree_on_a_lesion(label, lesions, expect):
@@ -179,8 +190,10 @@ def test_cli_summary_names_the_scans_to_review(capsys):
     from busai.commands.predict import _print_summary
     from busai.prediction import empty_row
 
-    rows = [empty_row("in/a.png") | {"label": "benign", "p_benign": 0.9, "lesion_count": 0, "review": review_note("benign", 0)},
-            empty_row("in/b.png") | {"label": "benign", "p_benign": 0.8, "lesion_count": 1, "area_px": 40}]
+    rows = [
+        empty_row("in/a.png") | {"label": "benign", "p_benign": 0.9, "lesion_count": 0, "review": review_note("benign", 0)},
+        empty_row("in/b.png") | {"label": "benign", "p_benign": 0.8, "lesion_count": 1, "area_px": 40},
+    ]
     _print_summary(rows, "out")
     out = capsys.readouterr().out
     assert "disagree on whether 1 scan(s) show a lesion: a.png" in " ".join(out.split())

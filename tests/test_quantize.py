@@ -74,8 +74,21 @@ def test_cli_quantize(seg_run, cls_run, synthetic_dir, tiny_runs, tmp_path, cli)
     assert code == 0, err
     assert "int8 (QDQ), calibrated on 4 training images" in stdout and "ok" in stdout
     assert load_onnx(out).task == "segmentation"
-    code, stdout, err = cli("export", cls_run, "--quantize", "int8", "--calib-images", "4", "--calib-data", synthetic_dir,
-                            "--calib-splits", tiny_runs / "splits.json", "--out", tmp_path / "cls.onnx", "--json")
+    code, stdout, err = cli(
+        "export",
+        cls_run,
+        "--quantize",
+        "int8",
+        "--calib-images",
+        "4",
+        "--calib-data",
+        synthetic_dir,
+        "--calib-splits",
+        tiny_runs / "splits.json",
+        "--out",
+        tmp_path / "cls.onnx",
+        "--json",
+    )
     result = json.loads(stdout)
     assert result["task"] == "classification" and result["calibration_images"] == 4
     # A one-epoch random-init classifier moves further under int8 than a trained one; the exit code says so.
@@ -85,10 +98,17 @@ def test_cli_quantize(seg_run, cls_run, synthetic_dir, tiny_runs, tmp_path, cli)
 
 
 def test_cli_quantize_errors(seg_run, tmp_path, cli):
-    cli.fails("export", seg_run, "--calib-data", tmp_path, "--out", tmp_path / "a.onnx",
-              expect="--calib-data / --calib-splits only apply with --quantize int8")
-    cli.fails("export", seg_run, "--quantize", "int8", "--calib-images", "0", "--out", tmp_path / "a.onnx",
-              expect="--calib-images 0: must be at least 1")
-    cli.fails("export", seg_run, "--quantize", "int8", "--calib-data", tmp_path / "nowhere", "--out", tmp_path / "a.onnx",
-              expect="is not here; pass --calib-data DIR --calib-splits FILE")
+    cli.fails("export", seg_run, "--calib-data", tmp_path, "--out", tmp_path / "a.onnx", expect="--calib-data / --calib-splits only apply with --quantize int8")
+    cli.fails("export", seg_run, "--quantize", "int8", "--calib-images", "0", "--out", tmp_path / "a.onnx", expect="--calib-images 0: must be at least 1")
+    cli.fails(
+        "export",
+        seg_run,
+        "--quantize",
+        "int8",
+        "--calib-data",
+        tmp_path / "nowhere",
+        "--out",
+        tmp_path / "a.onnx",
+        expect="is not here; pass --calib-data DIR --calib-splits FILE",
+    )
     assert not (tmp_path / "a.onnx").exists()

@@ -46,8 +46,11 @@ def test_release_errors(seg_run, tmp_path, monkeypatch):
 def _fake_val(run, dice, splits_sha256="s1"):
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"splits_sha256": splits_sha256}))
-    (run / "metrics.json").write_text(json.dumps({"val": {"task": "segmentation", "dice": {"mean": {"value": dice}}},
-                                                  "test": {"task": "segmentation", "dice": {"mean": {"value": 1 - dice}}}}))
+    (run / "metrics.json").write_text(
+        json.dumps(
+            {"val": {"task": "segmentation", "dice": {"mean": {"value": dice}}}, "test": {"task": "segmentation", "dice": {"mean": {"value": 1 - dice}}}}
+        )
+    )
     return run
 
 

@@ -23,14 +23,29 @@ READ_ONLY = Path("/sys/busai-reliability-test")  # sysfs: nobody, root included,
 
 @pytest.fixture(scope="module")
 def splits_file(synthetic_dir, tmp_path_factory) -> Path:
-    return write_splits(tmp_path_factory.mktemp("rel") / "splits.json",
-                        make_splits(discover_records(synthetic_dir), [], val=0.25, test=0.1, seed=0))
+    return write_splits(tmp_path_factory.mktemp("rel") / "splits.json", make_splits(discover_records(synthetic_dir), [], val=0.25, test=0.1, seed=0))
 
 
 def tiny(task: str, data, splits) -> list[str]:
     model = ["--model", "unet", "--encoder", "efficientnet-lite0"] if task == "seg" else ["--model", "efficientnet_lite0"]
-    return ["train", task, *model, "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
-            "--data", str(data), "--splits", str(splits), "--quiet"]
+    return [
+        "train",
+        task,
+        *model,
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--data",
+        str(data),
+        "--splits",
+        str(splits),
+        "--quiet",
+    ]
 
 
 def copy_run(run: Path, tmp_path: Path) -> Path:
@@ -48,11 +63,18 @@ def test_classifier_refuses_a_train_split_without_every_class(busi_copy, tmp_pat
 
 # ------------------------------------------------------------------- 3: ignored options refused
 def test_encoder_on_a_classifier_and_options_on_resume_are_errors(synthetic_dir, splits_file, cls_run, tmp_path, cli):
-    cli.fails(*tiny("cls", synthetic_dir, splits_file), "--encoder", "resnet50", "--out", tmp_path / "r",
-              expect="--encoder resnet50: classifiers have no separate encoder")
+    cli.fails(
+        *tiny("cls", synthetic_dir, splits_file),
+        "--encoder",
+        "resnet50",
+        "--out",
+        tmp_path / "r",
+        expect="--encoder resnet50: classifiers have no separate encoder",
+    )
     before = (cls_run / "config.json").read_bytes()
-    err = cli.fails("train", "--resume", cls_run, "--lr", "0.5", "--model", "resnet18", "--epochs", "3",
-                    expect="--model, --lr: cannot change a run being resumed")
+    err = cli.fails(
+        "train", "--resume", cls_run, "--lr", "0.5", "--model", "resnet18", "--epochs", "3", expect="--model, --lr: cannot change a run being resumed"
+    )
     assert "--epochs" not in err.split(":")[0]
     cli.fails("train", "seg", "--resume", cls_run, expect="task seg: cannot change a run being resumed")
     assert (cls_run / "config.json").read_bytes() == before
@@ -243,8 +265,10 @@ def test_read_only_run_folder(command, synthetic_dir, splits_file, cls_run, tmp_
         return real(*args, dir=dir, **kwargs)
 
     monkeypatch.setattr(busai.outputs.tempfile, "mkstemp", read_only_run)
-    args = {"evaluate": ["evaluate", run, "--data", synthetic_dir, "--splits", splits_file, "--no-figures", "--n-boot", "10"],
-            "resume": ["train", "--resume", run, "--epochs", "2"]}[command]
+    args = {
+        "evaluate": ["evaluate", run, "--data", synthetic_dir, "--splits", splits_file, "--no-figures", "--n-boot", "10"],
+        "resume": ["train", "--resume", run, "--epochs", "2"],
+    }[command]
     cli.fails(*args, expect="cannot write there (Read-only file system); choose a writable location")
 
 
@@ -252,16 +276,23 @@ def test_read_only_run_folder(command, synthetic_dir, splits_file, cls_run, tmp_
 def test_damaged_metrics_checkpoint_and_split_entries(synthetic_dir, splits_file, cls_run, tmp_path, cli):
     run = copy_run(cls_run, tmp_path)
     (run / "metrics.json").write_text('{"test": ')
-    cli.fails("evaluate", run, "--data", synthetic_dir, "--splits", splits_file, "--no-figures",
-              expect="metrics.json: not valid JSON (Expecting value at line 1); repair it, or move it away")
+    cli.fails(
+        "evaluate",
+        run,
+        "--data",
+        synthetic_dir,
+        "--splits",
+        splits_file,
+        "--no-figures",
+        expect="metrics.json: not valid JSON (Expecting value at line 1); repair it, or move it away",
+    )
     assert (run / "metrics.json").read_text() == '{"test": '
     torch.save({"model": Path("x")}, run / "checkpoint_last.pt")  # a pickled object, not tensors
     cli.fails("train", "--resume", run, expect="checkpoint_last.pt: refused, it holds objects other than tensors")
     splits = json.loads(splits_file.read_text())
     splits["test"][0] = {"image": splits["test"][0]}
     (tmp_path / "bad.json").write_text(json.dumps(splits))
-    cli.fails("evaluate", cls_run, "--data", synthetic_dir, "--splits", tmp_path / "bad.json",
-              expect="the 'test' list holds {\"image\": \"")
+    cli.fails("evaluate", cls_run, "--data", synthetic_dir, "--splits", tmp_path / "bad.json", expect='the \'test\' list holds {"image": "')
 
 
 def _edited_export(path: Path, out: Path, *, meta=None, input_name=None) -> Path:
@@ -284,6 +315,7 @@ def test_export_opset_and_damaged_onnx_metadata(seg_run, synthetic_dir, tmp_path
     cli.fails("export", seg_run, "--out", tmp_path / "x.onnx", "--opset", "99", expect="--opset 99: busai exports need opset 17 to")
     good = tmp_path / "good.onnx"
     assert cli("export", seg_run, "--out", good, "--fixed-size")[0] == 0
+
     def drop_pre(meta):
         return {k: v for k, v in meta.items() if k != "preprocessing"}
 

@@ -10,9 +10,17 @@ from busai.evaluation import evaluate_run
 from busai.report import fmt_value
 
 SECTIONS = [
-    "# busai report", "## Dataset audit", "## Data splits (paper's Tables 1 and 2)", "## Tuned hyper-parameters (paper's Tables 3 and 5)",
-    "## Runs: weight source and training cost", "## Segmentation (paper's Table 4)", "## Classification (paper's Table 6)",
-    "## Model comparison", "## Confusion matrices (paper's Figures 6-10)", "## Calibration", "## Training curves",
+    "# busai report",
+    "## Dataset audit",
+    "## Data splits (paper's Tables 1 and 2)",
+    "## Tuned hyper-parameters (paper's Tables 3 and 5)",
+    "## Runs: weight source and training cost",
+    "## Segmentation (paper's Table 4)",
+    "## Classification (paper's Table 6)",
+    "## Model comparison",
+    "## Confusion matrices (paper's Figures 6-10)",
+    "## Calibration",
+    "## Training curves",
     "## Sample predictions (paper's Figures 3-5 and 12)",
 ]
 
@@ -50,8 +58,10 @@ def test_report_has_every_section_and_the_runs_numbers(cli, evaluated, synthetic
         m = seg[split]
         dice, iou = ci(m["dice"]["mean"]), ci(m["iou"]["mean"])
         d = m["detection"]
-        row = (f"| {split}† | {fmt_value(m['pixel_accuracy']['pooled']['value'], 3)} | {dice} | {iou} | {fmt_value(m['auc']['pooled']['value'])} | "
-               f"{d['missed_lesions']} of {d['lesion_images']} | {d['false_alarms']} of {d['lesion_free_images']} |")
+        row = (
+            f"| {split}† | {fmt_value(m['pixel_accuracy']['pooled']['value'], 3)} | {dice} | {iou} | {fmt_value(m['auc']['pooled']['value'])} | "
+            f"{d['missed_lesions']} of {d['lesion_images']} | {d['false_alarms']} of {d['lesion_free_images']} |"
+        )
         assert row.replace("†", "") in md.replace("†", ""), row
     cls = json.loads((runs["cls"] / "metrics.json").read_text())
     for split in ("val", "test"):

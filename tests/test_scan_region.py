@@ -21,7 +21,7 @@ def test_finds_the_scan_inside_a_scanner_screen(synthetic_dir, seed):
     screen, box = frame_scan(scan, seed=seed)
     found = find_scan_region(screen)
     assert found.cropped and (found.x0, found.y0, found.x1, found.y1) == box
-    assert np.array_equal(found.crop(screen)[40:-40, 40:-40], screen[box[1] + 40:box[3] - 40, box[0] + 40:box[2] - 40])
+    assert np.array_equal(found.crop(screen)[40:-40, 40:-40], screen[box[1] + 40 : box[3] - 40, box[0] + 40 : box[2] - 40])
 
 
 def test_a_bare_scan_is_used_whole(synthetic_dir):

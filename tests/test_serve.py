@@ -76,7 +76,12 @@ def test_predict_returns_probabilities_measurements_overlay_and_gradcam(client):
         (("scan.png", b"\x89PNG garbage", "image/png"), "", 400, "cannot be decoded"),
         (("scan.png", b"", "image/png"), "", 400, "empty"),
         (("big.png", os.urandom(200_000), "image/png"), "", 413, "limit"),
-        (("scan.png", png_bytes(), "image/png"), "?pixel_spacing=-1", 422, "pixel_spacing: Input should be greater than or equal to 0.001; give the pixel size in mm, from 0.001 to 10"),
+        (
+            ("scan.png", png_bytes(), "image/png"),
+            "?pixel_spacing=-1",
+            422,
+            "pixel_spacing: Input should be greater than or equal to 0.001; give the pixel size in mm, from 0.001 to 10",
+        ),
         (("scan.png", png_bytes(), "image/png"), "?pixel_spacing=0", 422, "pixel_spacing: Input should be greater than or equal to 0.001"),
         (("scan.png", png_bytes(), "image/png"), "?pixel_spacing=1e308", 422, "pixel_spacing: Input should be less than or equal to 10; give"),
         (("scan.png", png_bytes(), "image/png"), "?pixel_spacing=inf", 422, "pixel_spacing: Input should be a finite number; give"),
@@ -182,9 +187,20 @@ def asgi_post(app, chunks, headers=()):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/api/predict", "raw_path": b"/api/predict", "root_path": "", "query_string": b"",
-             "headers": [(b"host", b"127.0.0.1:8000"), *headers], "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/predict",
+        "raw_path": b"/api/predict",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1:8000"), *headers],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
     asyncio.run(app(scope, receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -194,7 +210,7 @@ def asgi_post(app, chunks, headers=()):
 def test_chunked_upload_is_cut_off_while_streaming(client):
     """A body with no Content-Length gets its 413 once it passes the limit, not after it is all read."""
     boundary = b"xyz"
-    head = b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.png\"\r\nContent-Type: image/png\r\n\r\n"
+    head = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
     chunks = [head] + [b"\0" * 65536] * 2000  # 125 MB offered; the limit is 0.05 MB plus 64 KB of framing
     status, body, pulled = asgi_post(client.app, chunks, [(b"content-type", b"multipart/form-data; boundary=" + boundary)])
     assert status == 413
@@ -203,8 +219,7 @@ def test_chunked_upload_is_cut_off_while_streaming(client):
 
 
 def test_declared_length_over_the_limit_is_refused_before_reading(client):
-    status, body, pulled = asgi_post(client.app, [b"x" * 10], [(b"content-length", b"999999999"),
-                                                                  (b"content-type", b"multipart/form-data; boundary=xyz")])
+    status, body, pulled = asgi_post(client.app, [b"x" * 10], [(b"content-length", b"999999999"), (b"content-type", b"multipart/form-data; boundary=xyz")])
     assert (status, pulled) == (413, 0)
     assert json.loads(body)["detail"] == "upload is over the 0.05 MB limit; upload a smaller image"
 
@@ -324,8 +339,13 @@ def test_stopping_removes_the_temporary_folder(seg_run, tmp_path, stop):
 
     port = free_port()
     env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "busai", "serve", "--seg", str(seg_run), "--cls", "none", "--backend", "onnx",
-                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "busai", "serve", "--seg", str(seg_run), "--cls", "none", "--backend", "onnx", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until_up(f"http://127.0.0.1:{port}/api/info", server)
         (folder,) = tmp_path.glob("busai-serve-*")
@@ -374,11 +394,19 @@ def test_serve_command_passes_hosts_limits_and_flags(cli, monkeypatch):
     seen = {}
     monkeypatch.setattr("busai.serve.create_app", lambda *args, **kwargs: seen.update(args=args, kwargs=kwargs) or "app")
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(app=app, run=kwargs))
-    code, _, err = cli("serve", "--host", "::1", "--port", "8123", "--seg", "none", "--allow-host", "scanner.lan",
-                       "--max-queue", "3", "--max-megapixels", "12.5", "--openapi")
+    code, _, err = cli(
+        "serve", "--host", "::1", "--port", "8123", "--seg", "none", "--allow-host", "scanner.lan", "--max-queue", "3", "--max-megapixels", "12.5", "--openapi"
+    )
     assert code == 0, err
-    assert seen["kwargs"] == {"backend": "torch", "max_upload_mb": 10.0, "max_megapixels": 12.5, "max_queue": 3,
-                              "allow_hosts": ["::1", "scanner.lan"], "openapi": True, "device": "auto"}
+    assert seen["kwargs"] == {
+        "backend": "torch",
+        "max_upload_mb": 10.0,
+        "max_megapixels": 12.5,
+        "max_queue": 3,
+        "allow_hosts": ["::1", "scanner.lan"],
+        "openapi": True,
+        "device": "auto",
+    }
     assert seen["app"] == "app" and seen["run"] == {"host": "::1", "port": 8123, "log_level": "warning"}
     assert "http://[::1]:8123/" in err
 

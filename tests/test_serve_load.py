@@ -20,8 +20,9 @@ def load_benchmark():
 
 def test_concurrent_large_uploads_stay_under_the_memory_bound(seg_run):
     bench = load_benchmark()
-    result = bench.run_load(seg=str(seg_run), cls="none", width=1600, height=1500, concurrency=6, rounds=1,
-                            max_queue=2, sequential_uploads=2, max_upload_mb=1.0)
+    result = bench.run_load(
+        seg=str(seg_run), cls="none", width=1600, height=1500, concurrency=6, rounds=1, max_queue=2, sequential_uploads=2, max_upload_mb=1.0
+    )
     counts = result["under_load"]["status_counts"]
     assert set(counts) <= {"200", "503"} and counts.get("200", 0) >= 1 and sum(counts.values()) == 6
     assert result["one_at_a_time"]["worst_status"] == 200 and result["final_upload_status"] == 200

@@ -60,8 +60,20 @@ def fake_train(cfg, run_dir, *, quiet=False, on_epoch=None, command=None):
     for epoch in range(1, cfg.epochs + 1):
         loss = 0.2 + distance + 1.0 / epoch
         time.sleep(float(os.environ.get("FAKE_EPOCH_SECONDS", "0")))
-        on_epoch(epoch, {"epoch": epoch, "train_loss": loss, "val_loss": loss, "val_dice": 1 - loss / 4,
-                         "val_macro_f1": 1 - loss / 4, "val_accuracy": 1 - loss / 5, "lr": cfg.lr, "seconds": 0.0, "best": True})
+        on_epoch(
+            epoch,
+            {
+                "epoch": epoch,
+                "train_loss": loss,
+                "val_loss": loss,
+                "val_dice": 1 - loss / 4,
+                "val_macro_f1": 1 - loss / 4,
+                "val_accuracy": 1 - loss / 5,
+                "lr": cfg.lr,
+                "seconds": 0.0,
+                "best": True,
+            },
+        )
 
 
 @pytest.fixture(scope="module")
@@ -132,13 +144,40 @@ def test_classification_samples_stay_in_the_papers_ranges():
 
 def test_papers_best_settings_are_points_of_the_spaces():
     # Table 3 (ResNet18 U-Net) and Table 5 (InceptionV3) rows, replayed through FixedTrial.
-    seg = suggest_config(optuna.trial.FixedTrial({"model": "unet", "encoder": "resnet18", "lr": 8.1e-5, "weight_decay": 7.9e-5,
-                                                  "batch_size": 8, "optimizer": "adam", "image_size": 288, "epochs": 100}),
-                         SEGMENTATION_SPACE, TrainConfig(task="seg"))
+    seg = suggest_config(
+        optuna.trial.FixedTrial(
+            {
+                "model": "unet",
+                "encoder": "resnet18",
+                "lr": 8.1e-5,
+                "weight_decay": 7.9e-5,
+                "batch_size": 8,
+                "optimizer": "adam",
+                "image_size": 288,
+                "epochs": 100,
+            }
+        ),
+        SEGMENTATION_SPACE,
+        TrainConfig(task="seg"),
+    )
     assert (seg.encoder, seg.model, seg.lr, seg.batch_size, seg.image_size) == ("resnet18", "unet", 8.1e-5, 8, 288)
-    cls = suggest_config(optuna.trial.FixedTrial({"model": "inception_v3", "lr": 1.63e-5, "batch_size": 16, "weight_decay": 9e-5,
-                                                  "focal_alpha": 0.33, "focal_gamma": 4.41, "optimizer": "adam", "beta1": 0.84, "beta2": 0.98}),
-                         CLASSIFICATION_SPACE, TrainConfig(task="cls"))
+    cls = suggest_config(
+        optuna.trial.FixedTrial(
+            {
+                "model": "inception_v3",
+                "lr": 1.63e-5,
+                "batch_size": 16,
+                "weight_decay": 9e-5,
+                "focal_alpha": 0.33,
+                "focal_gamma": 4.41,
+                "optimizer": "adam",
+                "beta1": 0.84,
+                "beta2": 0.98,
+            }
+        ),
+        CLASSIFICATION_SPACE,
+        TrainConfig(task="cls"),
+    )
     assert (cls.model, cls.focal_alpha, cls.focal_gamma, cls.betas) == ("inception_v3", 0.33, 4.41, (0.84, 0.98))
 
 
@@ -153,20 +192,24 @@ def test_narrowing_ranges_choices_and_fixed_values(tmp_path):
     assert (space["epochs"]["low"], space["epochs"]["high"]) == (20, 30)
     assert space["optimizer"]["choices"] == ["adam", "adamw"] and space["weight_decay"]["value"] == 1e-4
     # Suggestions honour the narrowed space.
-    cfg = suggest_config(optuna.trial.FixedTrial({"lr": 2e-4, "encoder": "resnet18", "epochs": 25, "optimizer": "adam",
-                                                  "image_size": 256}), space, TrainConfig(task="seg"))
+    cfg = suggest_config(
+        optuna.trial.FixedTrial({"lr": 2e-4, "encoder": "resnet18", "epochs": 25, "optimizer": "adam", "image_size": 256}), space, TrainConfig(task="seg")
+    )
     assert (cfg.model, cfg.batch_size, cfg.weight_decay) == ("unet", 8, 1e-4)
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("lr=1e-6:1e-3", "outside the space"),
-    ("lr=1e-3:1e-4", "above high"),
-    ("lr=fast", "not a number"),
-    ("epochs=10.5:20", "not an integer"),
-    ("encoder=resnet50", "not in the space"),
-    ("colour=red", "unknown parameter"),
-    ("lr", "expected KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("lr=1e-6:1e-3", "outside the space"),
+        ("lr=1e-3:1e-4", "above high"),
+        ("lr=fast", "not a number"),
+        ("epochs=10.5:20", "not an integer"),
+        ("encoder=resnet50", "not in the space"),
+        ("colour=red", "unknown parameter"),
+        ("lr", "expected KEY=VALUE"),
+    ],
+)
 def test_narrowing_rejects_bad_input(flag, message):
     with pytest.raises(ConfigError, match=message):
         narrow_space(default_space("seg"), parse_space_flags([flag]))
@@ -245,8 +288,9 @@ def test_paper_settings_run_first_for_comparison(tmp_path, dataset, fake):
 
 def test_timeout_and_trial_budget(tmp_path, dataset, fake, monkeypatch):
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.2")
-    summary = run_study("seg", *dataset, out_dir=tmp_path / "t", trials=50, timeout_minutes=0.01, trial_minutes=3,
-                        space=build_space("seg", max_epochs=2)).summary
+    summary = run_study(
+        "seg", *dataset, out_dir=tmp_path / "t", trials=50, timeout_minutes=0.01, trial_minutes=3, space=build_space("seg", max_epochs=2)
+    ).summary
     assert 1 <= summary["trials"]["total"] < 5  # 0.6 s of budget, 0.4 s per trial
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 't' / 'study.db'}")
     assert study.trials[0].user_attrs["config"]["max_minutes"] == 3
@@ -279,9 +323,35 @@ def test_two_workers_share_one_sqlite_study(tmp_path, dataset):
     (tmp_path / "barrier").mkdir()
     env = {**os.environ, "FAKE_EPOCH_SECONDS": "0.1", "FAKE_BARRIER": str(tmp_path / "barrier")}
     workers = [
-        subprocess.Popen([sys.executable, str(script), "tune", "seg", "--data", data, "--splits", splits, "--out", str(tmp_path / f"w{i}"),
-                          "--trials", "6", "--max-epochs", "2", "--storage", storage, "--study", "shared", "--seed", str(i), "--quiet"],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                "tune",
+                "seg",
+                "--data",
+                data,
+                "--splits",
+                splits,
+                "--out",
+                str(tmp_path / f"w{i}"),
+                "--trials",
+                "6",
+                "--max-epochs",
+                "2",
+                "--storage",
+                storage,
+                "--study",
+                "shared",
+                "--seed",
+                str(i),
+                "--quiet",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     for worker in workers:
@@ -328,8 +398,19 @@ def postgres_url():
 
     try:
         pg(str(bindir / "initdb"), "-D", str(pgdata), "-A", "trust", "-U", "busai", "-E", "UTF8", "--no-sync")
-        pg(str(bindir / "pg_ctl"), "-D", str(pgdata), "-l", str(root / "log.txt"), "-w", "-t", "60", "start",
-           "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off")
+        pg(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(pgdata),
+            "-l",
+            str(root / "log.txt"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+        )
     except subprocess.CalledProcessError as exc:
         shutil.rmtree(root, ignore_errors=True)
         pytest.fail(f"could not start PostgreSQL: {exc.stderr}")
@@ -359,8 +440,30 @@ def test_study_on_postgresql_runs_and_resumes(tmp_path, dataset, fake, postgres_
 def test_real_study_resumes_and_retrains(tmp_path, dataset, capsys):
     data, splits = dataset
     out = tmp_path / "study"
-    args = ["tune", "seg", "--data", data, "--splits", splits, "--out", str(out), "--max-epochs", "1", "--image-size", "64",
-            "--weights", "none", "--space", "encoder=resnet18", "--space", "model=unet", "--space", "batch_size=8", "--device", "cpu"]
+    args = [
+        "tune",
+        "seg",
+        "--data",
+        data,
+        "--splits",
+        splits,
+        "--out",
+        str(out),
+        "--max-epochs",
+        "1",
+        "--image-size",
+        "64",
+        "--weights",
+        "none",
+        "--space",
+        "encoder=resnet18",
+        "--space",
+        "model=unet",
+        "--space",
+        "batch_size=8",
+        "--device",
+        "cpu",
+    ]
     assert main([*args, "--trials", "1", "--quiet"]) == 0
     assert main([*args, "--trials", "2", "--json"]) == 0  # resumes: one more trial
     summary = json.loads(capsys.readouterr().out)
@@ -397,8 +500,9 @@ def test_tuning_table_renders_into_the_results_page_and_the_report(tmp_path, dat
     import importlib.util
 
     results = tmp_path / "results"
-    run_study("cls", *dataset, out_dir=results / "tuning" / "c", trials=1,
-              space=build_space("cls", space_flags=["optimizer=adam", "model=resnet18"], max_epochs=1))
+    run_study(
+        "cls", *dataset, out_dir=results / "tuning" / "c", trials=1, space=build_space("cls", space_flags=["optimizer=adam", "model=resnet18"], max_epochs=1)
+    )
     doc = tmp_path / "results.md"
     doc.write_text("".join(f"<!-- {m}:start -->\nold\n<!-- {m}:end -->\n" for m in ("seg-table", "cls-table", "speed-table", "tune-table")))
     spec = importlib.util.spec_from_file_location("tables", Path(__file__).parents[1] / "benchmarks" / "tables.py")

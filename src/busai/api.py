@@ -303,8 +303,9 @@ def _predict_one(by_task: dict[str, Model], image: np.ndarray, tta: bool, pixel_
     from busai.measure import MEASUREMENT_KEYS
     from busai.prediction import PROBABILITY_KEYS, predict_array
 
-    row, mask = predict_array(list(by_task.values()), image, tta=tta, pixel_spacing=pixel_spacing, threshold=threshold,
-                              keep_probability=True, precision=precision)
+    row, mask = predict_array(
+        list(by_task.values()), image, tta=tta, pixel_spacing=pixel_spacing, threshold=threshold, keep_probability=True, precision=precision
+    )
     height, width = image.shape[:2]
     result = Prediction(width=width, height=height, input_check=row.pop("input_check", None))
     if "label" in row:

@@ -40,10 +40,15 @@ def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS
     for b in range(n_bins):
         mine = index == b
         n = int(mine.sum())
-        bins.append({
-            "low": b / n_bins, "high": (b + 1) / n_bins, "count": n,
-            "confidence": float(confidence[mine].mean()) if n else None, "accuracy": float(correct[mine].mean()) if n else None,
-        })
+        bins.append(
+            {
+                "low": b / n_bins,
+                "high": (b + 1) / n_bins,
+                "count": n,
+                "confidence": float(confidence[mine].mean()) if n else None,
+                "accuracy": float(correct[mine].mean()) if n else None,
+            }
+        )
     return bins
 
 
@@ -99,10 +104,9 @@ def reliability_figure(bins_by_name: dict[str, list[dict]], path: Path, title: s
     for name, bins in bins_by_name.items():
         filled = [b for b in bins if b["count"]]
         if filled:
-            line, = ax.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], marker="o", label=name)
+            (line,) = ax.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], marker="o", label=name)
             for b in filled:
-                ax.annotate(str(b["count"]), (b["confidence"], b["accuracy"]), textcoords="offset points", xytext=(4, 3),
-                            fontsize=6, color=line.get_color())
+                ax.annotate(str(b["count"]), (b["confidence"], b["accuracy"]), textcoords="offset points", xytext=(4, 3), fontsize=6, color=line.get_color())
     ax.set_xlim(0, 1.03)
     ax.set_ylim(-0.03, 1.06)
     ax.set_xlabel("confidence (top class)")
@@ -146,8 +150,12 @@ def fit_calibration(run_dir: str | Path, data, splits_file: str | Path, *, force
     log_probs = np.log(np.clip(probs, 1e-12, 1.0))
     temperature = fit_temperature(log_probs, y_true)
     result = {
-        "temperature": temperature, "fitted_on": "val", "images": len(records), "splits_sha256": file_sha256(splits_file),
-        "ece_before": expected_calibration_error(probs, y_true), "ece_after": expected_calibration_error(apply_temperature(log_probs, temperature), y_true),
+        "temperature": temperature,
+        "fitted_on": "val",
+        "images": len(records),
+        "splits_sha256": file_sha256(splits_file),
+        "ece_before": expected_calibration_error(probs, y_true),
+        "ece_after": expected_calibration_error(apply_temperature(log_probs, temperature), y_true),
         "n_bins": N_BINS,
     }
     write_json(path, result)

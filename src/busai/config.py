@@ -15,9 +15,13 @@ from typing import Any
 from busai.errors import ConfigError, read_json
 
 TASK_ALIASES = {
-    "seg": "segmentation", "segmentation": "segmentation",
-    "cls": "classification", "classification": "classification",
-    "mt": "multitask", "multitask": "multitask", "multi-task": "multitask",
+    "seg": "segmentation",
+    "segmentation": "segmentation",
+    "cls": "classification",
+    "classification": "classification",
+    "mt": "multitask",
+    "multitask": "multitask",
+    "multi-task": "multitask",
 }
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "adagrad")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -126,7 +130,18 @@ class TrainConfig:
             self.scheduler = "plateau" if task == "classification" else "none"
         if task == "classification":
             self.encoder = None
-        for name in ("lr", "batch_size", "epochs", "patience", "focal_gamma", "class_loss_weight", "weight_decay", "momentum", "plateau_patience", "plateau_factor"):
+        for name in (
+            "lr",
+            "batch_size",
+            "epochs",
+            "patience",
+            "focal_gamma",
+            "class_loss_weight",
+            "weight_decay",
+            "momentum",
+            "plateau_patience",
+            "plateau_factor",
+        ):
             value = getattr(self, name)
             # isinstance first: a string from a hand-written JSON file would fail the comparison with a traceback.
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -189,8 +189,9 @@ def load_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"{path}: no checkpoint to resume from; start a new run without --resume") from None
     except pickle.UnpicklingError as exc:
         # weights_only refuses any object that is not a tensor or plain container: loading it could run code.
-        raise CheckpointError(f"{path}: refused, it holds objects other than tensors ({str(exc).splitlines()[0][:120]}); "
-                              f"busai never writes such checkpoints: {fix}") from None
+        raise CheckpointError(
+            f"{path}: refused, it holds objects other than tensors ({str(exc).splitlines()[0][:120]}); busai never writes such checkpoints: {fix}"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: cannot be read, the file is truncated or damaged ({type(exc).__name__}); {fix}") from None
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
@@ -244,8 +245,13 @@ class _Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            transient=False,
         )
         self.bar.start()
         self.epochs = self.bar.add_task("epochs", total=total_epochs, completed=done, info="")
@@ -445,9 +451,13 @@ def fit(
                 if main:
                     save_weights(model, run_dir / BEST_CHECKPOINT, weights_metadata)
             row = {
-                "epoch": epoch, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
+                "epoch": epoch,
+                "train_loss": round(train_loss, 6),
+                "val_loss": round(val_loss, 6),
                 **{f"val_{k}": round(v, 6) for k, v in scores.items()},
-                "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.monotonic() - epoch_start, 2), "best": improved,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(time.monotonic() - epoch_start, 2),
+                "best": improved,
             }
             history.append(row)
             if main:
@@ -457,11 +467,16 @@ def fit(
                 training_curve(history, run_dir / "progress.png", title=run_dir.name)
             seconds = ddp.broadcast_object(elapsed_before + time.monotonic() - started)  # one time-budget decision for all ranks
             checkpoint = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch,
+                "torch_rng": torch.get_rng_state(),
+                "history": history,
+                "epoch": epoch,
                 "sampler": train_loader.sampler.state_dict() if hasattr(train_loader.sampler, "state_dict") else {},
-                "best_val_loss": best_loss, "best_epoch": best_epoch, "seconds": seconds,
+                "best_val_loss": best_loss,
+                "best_epoch": best_epoch,
+                "seconds": seconds,
             }
             if main:
                 _atomic_write(last_path, lambda p: torch.save(checkpoint, p))

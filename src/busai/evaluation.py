@@ -53,8 +53,13 @@ def score_segmentation_image(record, prob: torch.Tensor) -> tuple[np.ndarray, np
     counts = segmentation_counts(full, mask)
     overlap = image_overlap(counts)
     row = {
-        "image": record.key, "label": record.label, "dice": round(overlap["dice"], 5), "iou": round(overlap["iou"], 5),
-        "lesion_px": counts["tp"] + counts["fn"], "predicted_px": counts["tp"] + counts["fp"], "max_probability": round(float(full.max()), 5),
+        "image": record.key,
+        "label": record.label,
+        "dice": round(overlap["dice"], 5),
+        "iou": round(overlap["iou"], 5),
+        "lesion_px": counts["tp"] + counts["fn"],
+        "predicted_px": counts["tp"] + counts["fp"],
+        "max_probability": round(float(full.max()), 5),
     }
     return full, mask, counts, row
 
@@ -121,8 +126,9 @@ def evaluate_run(
     With ``tta`` (flip test-time augmentation, as ``busai predict --tta``) the result is stored
     under ``<split>_tta`` beside the plain one, and its figures are named the same way.
     """
-    results = evaluate_model(run_dir, data_dir, splits_file=splits_file, split_names=[split], n_boot=n_boot, seed=seed, device=device,
-                             figures=figures, tta=tta, command=command)
+    results = evaluate_model(
+        run_dir, data_dir, splits_file=splits_file, split_names=[split], n_boot=n_boot, seed=seed, device=device, figures=figures, tta=tta, command=command
+    )
     (by_key,) = results.values()
     wanted = f"{split}_tta" if tta else split
     return by_key.get(wanted) or next(iter(by_key.values()))
@@ -216,8 +222,10 @@ def _selections(specs, splits_file, split_names, all_images) -> list[tuple[str, 
             report = audit_dataset(spec)
             skipped = unusable_images(report.problems, records)
             if skipped:
-                print(f"note: {len(skipped)} images of {spec.path} cannot be scored and are left out (listed under 'skipped'): "
-                      f"{next(iter(skipped.values()))}", file=sys.stderr)
+                print(
+                    f"note: {len(skipped)} images of {spec.path} cannot be scored and are left out (listed under 'skipped'): {next(iter(skipped.values()))}",
+                    file=sys.stderr,
+                )
             kept = [r for r in records if r.key not in skipped]
             out.append(("all", kept, _groups_without_split(report, kept), f"{spec.name}/all" if spec.name else "all", skipped))
         return out
@@ -266,15 +274,27 @@ def _score_seeded(loaded, selections, dest: Path, *, n_boot: int, seed: int, fig
         if loaded.task == "segmentation":
             maskless = [r for r in records if not r.segmentable]
             if maskless:
-                raise ConfigError(f"{maskless[0].image}: a {maskless[0].label} image without a mask ({len(maskless)} such); "
-                                  "segmentation cannot be scored on it: score a classifier, or add the masks")
+                raise ConfigError(
+                    f"{maskless[0].image}: a {maskless[0].label} image without a mask ({len(maskless)} such); "
+                    "segmentation cannot be scored on it: score a classifier, or add the masks"
+                )
         result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta, groups=groups)
         key = f"{key}_tta" if tta else key
         datasets = sorted({r.dataset for r in records})
         result = {
-            "split": role, "datasets": datasets, "skipped": skipped, "tta": tta, "command": command, "images": len(records), "task": loaded.task,
-            "model": loaded.spec, "model_source": loaded.source, "weight_source": loaded.config.get("weight_source"), "n_boot": n_boot,
-            "inference_path": default_path_name(next(loaded.module.parameters()).device), **result,
+            "split": role,
+            "datasets": datasets,
+            "skipped": skipped,
+            "tta": tta,
+            "command": command,
+            "images": len(records),
+            "task": loaded.task,
+            "model": loaded.spec,
+            "model_source": loaded.source,
+            "weight_source": loaded.config.get("weight_source"),
+            "n_boot": n_boot,
+            "inference_path": default_path_name(next(loaded.module.parameters()).device),
+            **result,
         }
         dest.mkdir(parents=True, exist_ok=True)
         if figures:
@@ -289,8 +309,9 @@ def _score_seeded(loaded, selections, dest: Path, *, n_boot: int, seed: int, fig
                 result["sample_figure"] = fig.classification_samples(samples, dest / f"samples_{name}.png", title=title)
                 from busai.calibration import reliability_figure
 
-                result["reliability_figure"] = reliability_figure({f"{key} (ECE {result['ece']:.3f})": result["reliability"]},
-                                                                  dest / f"reliability_{name}.png", title=title)
+                result["reliability_figure"] = reliability_figure(
+                    {f"{key} (ECE {result['ece']:.3f})": result["reliability"]}, dest / f"reliability_{name}.png", title=title
+                )
         metrics_path = dest / "metrics.json"
         merged = read_metrics(dest)
         merged[key] = result

@@ -129,9 +129,16 @@ def load_onnx(path: str | Path, device: str = "cpu") -> OnnxLoadedModel:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
         raise CheckpointError(f"{path}: metadata temperature {temperature!r} is not a positive number; re-export the model with `busai export`")
     return OnnxLoadedModel(
-        module=module, task=spec["task"], spec=spec, image_size=image_size, mean=mean, std=std,
-        config=meta.get("config", {}) if isinstance(meta.get("config"), dict) else {}, source=str(path),
-        grayscale=meta["preprocessing"].get("color") == "gray", temperature=float(temperature),
+        module=module,
+        task=spec["task"],
+        spec=spec,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        config=meta.get("config", {}) if isinstance(meta.get("config"), dict) else {},
+        source=str(path),
+        grayscale=meta["preprocessing"].get("color") == "gray",
+        temperature=float(temperature),
     )
 
 
@@ -156,12 +163,13 @@ def _checked_metadata(meta, module: OnnxModule, path: Path):
         raise CheckpointError(f"{path}: metadata mean / std must be three finite numbers each (std positive); {fix}")
     inputs = module.session.get_inputs()
     if [i.name for i in inputs] != [INPUT] or [o.name for o in module.session.get_outputs()] != [OUTPUT]:
-        raise CheckpointError(f"{path}: the graph takes {[i.name for i in inputs]} and returns "
-                              f"{[o.name for o in module.session.get_outputs()]}, not ['{INPUT}'] -> ['{OUTPUT}']; {fix}")
+        raise CheckpointError(
+            f"{path}: the graph takes {[i.name for i in inputs]} and returns "
+            f"{[o.name for o in module.session.get_outputs()]}, not ['{INPUT}'] -> ['{OUTPUT}']; {fix}"
+        )
     shape = inputs[0].shape  # fixed axes are ints, dynamic ones names
     if len(shape) != 4 or shape[1] not in (3, "channels") or any(isinstance(n, int) and n != image_size for n in shape[2:]):
-        raise CheckpointError(f"{path}: the graph's input shape {shape} does not take (N, 3, {image_size}, {image_size}) "
-                              f"images as its metadata says; {fix}")
+        raise CheckpointError(f"{path}: the graph's input shape {shape} does not take (N, 3, {image_size}, {image_size}) images as its metadata says; {fix}")
     return spec, image_size, mean, std
 
 
@@ -175,8 +183,14 @@ def _export_graph(module: nn.Module, task: str, size: int, path: Path, opset: in
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            module, (example,), str(path), input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
-            dynamic_axes={INPUT: image_axes, OUTPUT: output_axes}, dynamo=False,
+            module,
+            (example,),
+            str(path),
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            opset_version=opset,
+            dynamic_axes={INPUT: image_axes, OUTPUT: output_axes},
+            dynamo=False,
         )
 
 
@@ -187,8 +201,7 @@ def _write_metadata(path: Path, loaded: LoadedModel, dynamic_size: bool) -> None
     model = onnx.load(str(path))
     meta = {
         "spec": loaded.spec,
-        "preprocessing": {"image_size": loaded.image_size, "mean": list(loaded.mean), "std": list(loaded.std),
-                          "color": "gray" if loaded.grayscale else "rgb"},
+        "preprocessing": {"image_size": loaded.image_size, "mean": list(loaded.mean), "std": list(loaded.std), "color": "gray" if loaded.grayscale else "rgb"},
         "dynamic_size": dynamic_size,
         "temperature": loaded.temperature,
         "source": loaded.source,
@@ -270,7 +283,5 @@ def to_onnx_backend(loaded: LoadedModel, workdir: str | Path, device: str = "cpu
         return loaded
     result = export_onnx(loaded, Path(workdir) / f"{loaded.task}.onnx", dynamic_size=False)
     if not result.ok:
-        raise CheckpointError(
-            f"{loaded.source}: the ONNX graph differs from PyTorch by {result.max_abs_diff:.2g} (> {result.tolerance}); use --backend torch"
-        )
+        raise CheckpointError(f"{loaded.source}: the ONNX graph differs from PyTorch by {result.max_abs_diff:.2g} (> {result.tolerance}); use --backend torch")
     return load_onnx(result.path, device)

@@ -83,8 +83,7 @@ def classification_samples(rows, path: Path, title: str, n: int = 8) -> str:
     for ax, (record, prob) in zip(axes.flat, chosen):
         predicted = CLASSES[int(np.argmax(prob))]
         ax.imshow(read_image(record.image, mode="L", frame=record.frame), cmap="gray")
-        ax.set_title(f"true {record.label}\npred {predicted} ({float(np.max(prob)):.2f})", fontsize=8,
-                     color="green" if predicted == record.label else "red")
+        ax.set_title(f"true {record.label}\npred {predicted} ({float(np.max(prob)):.2f})", fontsize=8, color="green" if predicted == record.label else "red")
     fig.suptitle(title)
     return _save(fig, path)
 

@@ -12,6 +12,7 @@ from busai.engine import autocast_dtype
 from busai.runs import LoadedModel
 from busai.tasks import probabilities
 
+
 def preprocess(image_rgb: np.ndarray, size: int, mean, std, grayscale: bool = False) -> torch.Tensor:
     """uint8 (H, W, 3) -> normalised float (3, size, size) through the training dataset's own functions."""
     from busai.data.dataset import normalise, resize_image, to_gray_rgb

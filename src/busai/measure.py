@@ -29,9 +29,21 @@ from busai.errors import ConfigError
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 # Key order is the column order of predictions.csv.
 MEASUREMENT_KEYS = (
-    "lesion_count", "area_px", "area_mm2", "longest_diameter_px", "longest_diameter_mm",
-    "perpendicular_diameter_px", "perpendicular_diameter_mm", "depth_width_ratio", "taller_than_wide",
-    "depth_px", "depth_mm", "bbox_x", "bbox_y", "bbox_width", "bbox_height",
+    "lesion_count",
+    "area_px",
+    "area_mm2",
+    "longest_diameter_px",
+    "longest_diameter_mm",
+    "perpendicular_diameter_px",
+    "perpendicular_diameter_mm",
+    "depth_width_ratio",
+    "taller_than_wide",
+    "depth_px",
+    "depth_mm",
+    "bbox_x",
+    "bbox_y",
+    "bbox_width",
+    "bbox_height",
 )
 
 # Far wider than any scan (roughly 0.03 to 0.5 mm), yet narrow enough that the hull and area
@@ -50,8 +62,10 @@ def spacing_mm(pixel_spacing: float | tuple[float, float] | list[float] | None) 
         raise ConfigError(f"--pixel-spacing {pixel_spacing}: give one positive number (mm per pixel) or two (row, column)")
     low, high = PIXEL_SPACING_RANGE
     if not all(low <= v <= high for v in values):
-        raise ConfigError(f"--pixel-spacing {pixel_spacing}: must be between {low:g} and {high:g} mm per pixel "
-                          "(ultrasound pixels are a few hundredths to tenths of a mm); give the scan's spacing in mm")
+        raise ConfigError(
+            f"--pixel-spacing {pixel_spacing}: must be between {low:g} and {high:g} mm per pixel "
+            "(ultrasound pixels are a few hundredths to tenths of a mm); give the scan's spacing in mm"
+        )
     return values[0], values[1]
 
 
@@ -132,8 +146,10 @@ def measure_lesion(mask: np.ndarray, pixel_spacing: float | tuple[float, float] 
         taller_than_wide=bool(ratio > 1),
         depth_px=max(0, top - int(skin_row)),
         perpendicular_endpoints=across_ends,
-        bbox_x=int(cols.min()), bbox_y=int(rows.min()),
-        bbox_width=int(cols.max() - cols.min() + 1), bbox_height=int(rows.max() - rows.min() + 1),
+        bbox_x=int(cols.min()),
+        bbox_y=int(rows.min()),
+        bbox_width=int(cols.max() - cols.min() + 1),
+        bbox_height=int(rows.max() - rows.min() + 1),
         diameter_endpoints=ends,
     )
     if spacing is not None:

@@ -24,10 +24,34 @@ SEGMENTATION_SCORES = {
 # Table 5: tuned classification settings.
 CLASSIFICATION_SETTINGS = {
     "resnet18": {"optimizer": "rmsprop", "lr": 4.91e-5, "weight_decay": 2.7e-4, "focal_alpha": 0.57, "focal_gamma": 4.03, "batch_size": 32},
-    "inception_v3": {"optimizer": "adam", "lr": 1.63e-5, "weight_decay": 9e-5, "focal_alpha": 0.33, "focal_gamma": 4.41, "batch_size": 16, "betas": (0.84, 0.98)},
+    "inception_v3": {
+        "optimizer": "adam",
+        "lr": 1.63e-5,
+        "weight_decay": 9e-5,
+        "focal_alpha": 0.33,
+        "focal_gamma": 4.41,
+        "batch_size": 16,
+        "betas": (0.84, 0.98),
+    },
     "densenet121": {"optimizer": "rmsprop", "lr": 2.46e-5, "weight_decay": 6e-4, "focal_alpha": 0.65, "focal_gamma": 3.55, "batch_size": 32},
-    "mobilenet_v3_large": {"optimizer": "adamw", "lr": 1.12e-4, "weight_decay": 6.26e-3, "focal_alpha": 0.44, "focal_gamma": 4.86, "batch_size": 8, "betas": (0.81, 0.96)},
-    "googlenet": {"optimizer": "adam", "lr": 8.705e-4, "weight_decay": 1.5e-4, "focal_alpha": 0.73, "focal_gamma": 4.24, "batch_size": 32, "betas": (0.91, 0.93)},
+    "mobilenet_v3_large": {
+        "optimizer": "adamw",
+        "lr": 1.12e-4,
+        "weight_decay": 6.26e-3,
+        "focal_alpha": 0.44,
+        "focal_gamma": 4.86,
+        "batch_size": 8,
+        "betas": (0.81, 0.96),
+    },
+    "googlenet": {
+        "optimizer": "adam",
+        "lr": 8.705e-4,
+        "weight_decay": 1.5e-4,
+        "focal_alpha": 0.73,
+        "focal_gamma": 4.24,
+        "batch_size": 32,
+        "betas": (0.91, 0.93),
+    },
 }
 
 # Table 6: per split (headline F1, headline accuracy, macro-average F1 row).

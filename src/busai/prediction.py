@@ -38,8 +38,24 @@ MASK_SUFFIX, OVERLAY_SUFFIX, PROBABILITY_SUFFIX, SEG_SUFFIX = "_pred_mask.png", 
 PROBABILITY_KEYS = tuple(f"p_{c}" for c in CLASSES)
 SCAN_KEYS = ("scan_x", "scan_y", "scan_width", "scan_height")  # the scan region; None when the scan is the whole image
 SPACING_KEYS = ("spacing_row_mm", "spacing_column_mm", "spacing_source")
-COLUMNS = ("image", "frame", "input_check", "label", *PROBABILITY_KEYS, *MEASUREMENT_KEYS, "review", "width", "height",
-           *SCAN_KEYS, *SPACING_KEYS, "mask", "overlay", "probability", "dicom_seg", "error")
+COLUMNS = (
+    "image",
+    "frame",
+    "input_check",
+    "label",
+    *PROBABILITY_KEYS,
+    *MEASUREMENT_KEYS,
+    "review",
+    "width",
+    "height",
+    *SCAN_KEYS,
+    *SPACING_KEYS,
+    "mask",
+    "overlay",
+    "probability",
+    "dicom_seg",
+    "error",
+)
 BACKENDS = ("torch", "onnx")
 CONTOUR_RGB, DIAMETER_RGB = (255, 214, 0), (0, 200, 255)
 ModelSource = str | Path | Model | None
@@ -58,9 +74,11 @@ def load_models(
 
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend}: unknown; choose torch or onnx")
-    models = [model_for(source, task, device=device, backend=backend, workdir=workdir)
-              for task, source in (("segmentation", seg), ("classification", cls))
-              if not (isinstance(source, str) and source.lower() == "none")]
+    models = [
+        model_for(source, task, device=device, backend=backend, workdir=workdir)
+        for task, source in (("segmentation", seg), ("classification", cls))
+        if not (isinstance(source, str) and source.lower() == "none")
+    ]
     if not models:
         raise ConfigError("--seg none --cls none: nothing to predict; keep at least one model")
     return models
@@ -71,8 +89,17 @@ def empty_row(image: str) -> dict:
 
 
 def predict_array(
-    models: Model | Iterable[Model], image_rgb: np.ndarray, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5,
-    scan_region: bool = True, gate: bool = True, geometry=None, keep_probability: bool = False, precision: str = "auto",
+    models: Model | Iterable[Model],
+    image_rgb: np.ndarray,
+    *,
+    tta: bool = False,
+    pixel_spacing=None,
+    threshold: float = 0.5,
+    scan_region: bool = True,
+    gate: bool = True,
+    geometry=None,
+    keep_probability: bool = False,
+    precision: str = "auto",
 ) -> tuple[dict, np.ndarray | None]:
     """One uint8 (H, W, 3) scan -> (row values, {0, 1} mask at the scan's size or None), by at most
     one segmenter and one classifier (:func:`load_models`).
@@ -162,8 +189,7 @@ def review_note(label: str | None, lesion_count: int | None) -> str | None:
     return None
 
 
-def draw_overlay(image_rgb: np.ndarray, mask: np.ndarray, diameter_endpoints=None, caption: str | None = None,
-                 perpendicular_endpoints=None) -> Image.Image:
+def draw_overlay(image_rgb: np.ndarray, mask: np.ndarray, diameter_endpoints=None, caption: str | None = None, perpendicular_endpoints=None) -> Image.Image:
     """The scan with the lesion contour, its longest (and perpendicular) diameter and an optional caption (e.g. the class)."""
     height, width = mask.shape
     thickness = max(1, round(max(height, width) / 300))
@@ -268,6 +294,7 @@ class _RowLog(list):
 
     def ordered(self) -> list[dict]:
         """Rows only the earlier batch has, then each input's rows (one per frame of a cine) in input order."""
+
         def by_image(rows) -> dict[str, list[dict]]:
             grouped: dict[str, list[dict]] = {}
             for row in rows:
@@ -320,16 +347,20 @@ def _check_earlier_batch(out_dir: Path, options: dict, resume: bool) -> list[dic
     if not earlier:
         return []
     if not resume:
-        raise ConfigError(f"{out_dir}: already holds {earlier[0]} from an earlier batch; pass --resume to predict only "
-                          "the images it lacks, or choose a new --out folder")
+        raise ConfigError(
+            f"{out_dir}: already holds {earlier[0]} from an earlier batch; pass --resume to predict only the images it lacks, or choose a new --out folder"
+        )
     from busai.errors import read_json
 
-    stored = read_json(out_dir / OPTIONS_FILE, missing="missing, so the earlier rows' settings are unknown; choose a new --out folder",
-                       fix="choose a new --out folder")
+    stored = read_json(
+        out_dir / OPTIONS_FILE, missing="missing, so the earlier rows' settings are unknown; choose a new --out folder", fix="choose a new --out folder"
+    )
     changed = sorted(key for key in options if stored.get(key) != options[key])
     if changed:
-        raise ConfigError(f"--resume: {out_dir} was predicted with other {', '.join(changed)} ({', '.join(f'{k}={stored.get(k)!r}' for k in changed)}); "
-                          "use the same options, or choose a new --out folder")
+        raise ConfigError(
+            f"--resume: {out_dir} was predicted with other {', '.join(changed)} ({', '.join(f'{k}={stored.get(k)!r}' for k in changed)}); "
+            "use the same options, or choose a new --out folder"
+        )
     return finished_rows(out_dir)
 
 
@@ -381,9 +412,22 @@ def predict_paths(
     paths = collect_inputs(inputs)
     best_threads()
     out_dir = output_dir(out_dir)
-    options = json.loads(json.dumps({"seg": str(seg), "cls": str(cls), "backend": backend, "tta": tta,
-                                     "pixel_spacing": pixel_spacing, "threshold": threshold, "frame": frame,
-                                     "scan_region": scan_region, "gate": gate}, default=str))
+    options = json.loads(
+        json.dumps(
+            {
+                "seg": str(seg),
+                "cls": str(cls),
+                "backend": backend,
+                "tta": tta,
+                "pixel_spacing": pixel_spacing,
+                "threshold": threshold,
+                "frame": frame,
+                "scan_region": scan_region,
+                "gate": gate,
+            },
+            default=str,
+        )
+    )
     done = {row_key(row): row for row in _check_earlier_batch(out_dir, options, resume)}
     atomic_write_text(out_dir / OPTIONS_FILE, json.dumps(options, indent=2) + "\n")
     with tempfile.TemporaryDirectory(prefix="busai-onnx-") as workdir, _RowLog(out_dir, paths, done) as rows:
@@ -406,9 +450,17 @@ def predict_paths(
                 if scan is None:
                     break
                 row["frame"] = scan.frame
-                values, mask = predict_array(models, scan.image, tta=tta, pixel_spacing=pixel_spacing, threshold=threshold,
-                                             scan_region=scan_region, gate=gate, geometry=scan.geometry,
-                                             keep_probability=save_probabilities)
+                values, mask = predict_array(
+                    models,
+                    scan.image,
+                    tta=tta,
+                    pixel_spacing=pixel_spacing,
+                    threshold=threshold,
+                    scan_region=scan_region,
+                    gate=gate,
+                    geometry=scan.geometry,
+                    keep_probability=save_probabilities,
+                )
                 ends = values.pop("diameter_endpoints", None)
                 across = values.pop("perpendicular_endpoints", None)
                 probability = values.pop("probability_map", None)

@@ -151,8 +151,13 @@ def quantize_int8(
     out.parent.mkdir(parents=True, exist_ok=True)
     vnni = cpu_has_vnni()
     settings = {
-        "format": "QDQ", "activations": "uint8", "weights": "int8", "per_channel": per_channel,
-        "reduce_range": not vnni, "calibration_method": "MinMax", "cpu_vnni": vnni,
+        "format": "QDQ",
+        "activations": "uint8",
+        "weights": "int8",
+        "per_channel": per_channel,
+        "reduce_range": not vnni,
+        "calibration_method": "MinMax",
+        "cpu_vnni": vnni,
     }
     with tempfile.TemporaryDirectory(prefix="busai-int8-") as tmp:
         fp32 = export_onnx(loaded, Path(tmp) / "fp32.onnx", dynamic_size=dynamic_size)
@@ -163,8 +168,14 @@ def quantize_int8(
         quant_pre_process(str(fp32.path), str(prepared), skip_symbolic_shape=True)
         staged = out.with_name(out.name + ".tmp")
         quantize_static(
-            str(prepared), str(staged), _Reader(loaded, calibration, INPUT), quant_format=QuantFormat.QDQ,
-            per_channel=per_channel, reduce_range=not vnni, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            str(prepared),
+            str(staged),
+            _Reader(loaded, calibration, INPUT),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            reduce_range=not vnni,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
         )
         model = onnx.load(str(staged))

@@ -70,14 +70,17 @@ def make_release(run_dir: str | Path, task: str, root: str | Path | None = None)
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{metrics_path}: not valid JSON ({exc.msg}); re-run `busai evaluate` on {run_dir}") from None
-    write_json(out / SCORES, {
-        "run": run_dir.name,
-        "model": loaded.spec,
-        "image_size": loaded.image_size,
-        "weights_sha256": file_sha256(out / WEIGHTS),
-        "weights_mb": round(size_mb, 2),
-        "splits": {split: {"images": m.get("images"), **compact(m)} for split, m in metrics.items() if isinstance(m, dict)},
-    })
+    write_json(
+        out / SCORES,
+        {
+            "run": run_dir.name,
+            "model": loaded.spec,
+            "image_size": loaded.image_size,
+            "weights_sha256": file_sha256(out / WEIGHTS),
+            "weights_mb": round(size_mb, 2),
+            "splits": {split: {"images": m.get("images"), **compact(m)} for split, m in metrics.items() if isinstance(m, dict)},
+        },
+    )
     return out
 
 
@@ -145,5 +148,7 @@ def _check_one_split(run_dirs: list[str | Path]) -> None:
         if first is None:
             first = (run_dir, sha)
         elif sha != first[1]:
-            raise ConfigError(f"{run_dir}: trained on another split file than {first[0]} (splits_sha256 {sha[:12]} vs {first[1][:12]}); "
-                              "their validation scores are on different images, so pass runs made with one split file")
+            raise ConfigError(
+                f"{run_dir}: trained on another split file than {first[0]} (splits_sha256 {sha[:12]} vs {first[1][:12]}); "
+                "their validation scores are on different images, so pass runs made with one split file"
+            )

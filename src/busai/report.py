@@ -27,14 +27,30 @@ def compact_segmentation(metrics: dict) -> dict:
     for name in SEG_METRICS:
         m = metrics.get(name, {})
         mean, pooled = m.get("mean") or {}, m.get("pooled") or {}
-        out[name] = {"mean": mean.get("value"), "mean_ci": [mean.get("ci_low"), mean.get("ci_high")],
-                     "pooled": pooled.get("value"), "pooled_ci": [pooled.get("ci_low"), pooled.get("ci_high")]}
+        out[name] = {
+            "mean": mean.get("value"),
+            "mean_ci": [mean.get("ci_low"), mean.get("ci_high")],
+            "pooled": pooled.get("value"),
+            "pooled_ci": [pooled.get("ci_low"), pooled.get("ci_high")],
+        }
     return out
 
 
 def compact_classification(metrics: dict) -> dict:
-    keep = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "macro_auc", "malignant_vs_benign_auc", "ece", "temperature",
-            "per_class", "confusion_matrix", "ci", "datasets")
+    keep = (
+        "accuracy",
+        "macro_f1",
+        "macro_precision",
+        "macro_recall",
+        "macro_auc",
+        "malignant_vs_benign_auc",
+        "ece",
+        "temperature",
+        "per_class",
+        "confusion_matrix",
+        "ci",
+        "datasets",
+    )
     return {k: metrics[k] for k in keep if k in metrics}
 
 
@@ -225,8 +241,10 @@ def print_metrics(result: dict, key: str | None = None) -> None:
     from rich.table import Table
 
     split = (key or result["split"]) + (" + flip TTA" if result.get("tta") and not (key or "").endswith("_tta") else "")
-    table = Table(title=f"{result['task']} · {split} · {result['images']} images · weights: {_short_source(result.get('weight_source'))}",
-                  caption=f"CI: {result.get('ci')}")
+    table = Table(
+        title=f"{result['task']} · {split} · {result['images']} images · weights: {_short_source(result.get('weight_source'))}",
+        caption=f"CI: {result.get('ci')}",
+    )
     table.add_column("metric")
     table.add_column("value (95% CI)")
     if result["task"] == "segmentation":

@@ -68,8 +68,12 @@ def read_run_config(run_dir: str | Path) -> dict:
     path = run_dir / CONFIG
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: run folder not found; pass a folder written by `busai train`")
-    return read_json(path, error=CheckpointError, missing=f"missing; {run_dir} is not a busai run folder (train one with `busai train`)",
-                     fix="the run folder is damaged, retrain it")
+    return read_json(
+        path,
+        error=CheckpointError,
+        missing=f"missing; {run_dir} is not a busai run folder (train one with `busai train`)",
+        fix="the run folder is damaged, retrain it",
+    )
 
 
 def read_metrics(run_dir: str | Path) -> dict:
@@ -77,11 +81,16 @@ def read_metrics(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "metrics.json"
     if not path.exists():
         return {}
-    metrics = read_json(path, error=CheckpointError, missing="missing",
-                        fix=f"repair it, or move it away to let `busai evaluate` write a new one (it holds every earlier score of {run_dir})")
+    metrics = read_json(
+        path,
+        error=CheckpointError,
+        missing="missing",
+        fix=f"repair it, or move it away to let `busai evaluate` write a new one (it holds every earlier score of {run_dir})",
+    )
     if not isinstance(metrics, dict):
-        raise CheckpointError(f"{path}: holds a JSON {type(metrics).__name__}, not the object `busai evaluate` writes; "
-                              "move it away to let `busai evaluate` write a new one")
+        raise CheckpointError(
+            f"{path}: holds a JSON {type(metrics).__name__}, not the object `busai evaluate` writes; move it away to let `busai evaluate` write a new one"
+        )
     return metrics
 
 
@@ -176,8 +185,15 @@ def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT, device:
         built.module.task = task  # one output, so callers see a plain segmenter or classifier
     built.module.eval().to(target)
     return LoadedModel(
-        module=built.module, task=task, spec=spec, image_size=int(pre["image_size"]),
-        mean=tuple(pre["mean"]), std=tuple(pre["std"]), config=config, source=str(source), grayscale=pre.get("color") == "gray",
+        module=built.module,
+        task=task,
+        spec=spec,
+        image_size=int(pre["image_size"]),
+        mean=tuple(pre["mean"]),
+        std=tuple(pre["std"]),
+        config=config,
+        source=str(source),
+        grayscale=pre.get("color") == "gray",
         temperature=read_temperature(source) if task == "classification" else 1.0,
     )
 

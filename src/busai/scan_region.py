@@ -52,12 +52,12 @@ class ScanRegion:
         return self.y1 - self.y0
 
     def crop(self, image: np.ndarray) -> np.ndarray:
-        return image[self.y0:self.y1, self.x0:self.x1]
+        return image[self.y0 : self.y1, self.x0 : self.x1]
 
     def paste(self, crop_values: np.ndarray, shape: tuple[int, int], fill=0) -> np.ndarray:
         """A crop-sized array (mask or probability) placed back at the original image's size."""
         full = np.full(tuple(shape) + crop_values.shape[2:], fill, dtype=crop_values.dtype)
-        full[self.y0:self.y1, self.x0:self.x1] = crop_values
+        full[self.y0 : self.y1, self.x0 : self.x1] = crop_values
         return full
 
     def to_dict(self) -> dict:
@@ -147,11 +147,11 @@ def _gap_between(part, box, margin: int):
     if x0 >= bx0 - margin and x1 <= bx1 + margin:
         top, bottom = (y1, by0) if y1 <= by0 else (by1, y0) if y0 >= by1 else (by0, by0 + 1)
         if bottom - top <= by1 - by0:
-            return np.s_[top:bottom, max(x0, bx0):min(x1, bx1)]
+            return np.s_[top:bottom, max(x0, bx0) : min(x1, bx1)]
     if y0 >= by0 - margin and y1 <= by1 + margin:
         left, right = (x1, bx0) if x1 <= bx0 else (bx1, x0) if x0 >= bx1 else (bx0, bx0 + 1)
         if right - left <= bx1 - bx0:
-            return np.s_[max(y0, by0):min(y1, by1), left:right]
+            return np.s_[max(y0, by0) : min(y1, by1), left:right]
     return None
 
 

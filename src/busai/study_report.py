@@ -72,9 +72,19 @@ def _run_entry(run_dir: Path) -> Entry:
     else:  # trained, not evaluated: training cost and curve only
         config = read_run_config(run_dir)
         fit = json.loads((run_dir / "fit.json").read_text()) if (run_dir / "fit.json").exists() else {}
-        result = {"name": run_dir.name, "task": config["model_spec"]["task"], "model": config["model_spec"], "weight_source": config.get("weight_source"),
-                  "train_config": config["train"], "fit": fit, "machine": config.get("machine"), "device": config.get("device"),
-                  "commands": {"train": config.get("command")}, "metrics": {}, "history": read_history(run_dir)}
+        result = {
+            "name": run_dir.name,
+            "task": config["model_spec"]["task"],
+            "model": config["model_spec"],
+            "weight_source": config.get("weight_source"),
+            "train_config": config["train"],
+            "fit": fit,
+            "machine": config.get("machine"),
+            "device": config.get("device"),
+            "commands": {"train": config.get("command")},
+            "metrics": {},
+            "history": read_history(run_dir),
+        }
         metrics = {}
     figures = {p.stem: p for p in sorted(run_dir.glob("*.png")) if p.stem != "progress"}
     predictions = {split: m["predictions"] for split, m in metrics.items() if m.get("predictions")}
@@ -123,7 +133,9 @@ def gather(paths: list[str | Path]) -> Inputs:
                         inputs.entries.append(_result_entry(file, data))
             inputs.studies += sorted(p.parent for p in (path / "tuning").glob("*/summary.json"))
         if len(inputs.entries) + len(inputs.studies) + len(inputs.split_files) == found:
-            raise DataError(f"{path}: holds no run folder, result file, tuning study or split file; pass what `busai train`, `busai collect` or `busai tune` wrote")
+            raise DataError(
+                f"{path}: holds no run folder, result file, tuning study or split file; pass what `busai train`, `busai collect` or `busai tune` wrote"
+            )
     return inputs
 
 
@@ -133,11 +145,17 @@ def audit_section(audit: dict | None) -> list:
     if audit is None:
         return blocks + [("p", "No audit given: pass `--audit DATA_DIR` (or the JSON of `busai data audit DATA_DIR --json`).")]
     groups = audit.get("duplicate_groups", [])
-    rows = ["| Item | Value |", "|---|---|", f"| Folder | `{audit.get('root', '?')}` |", f"| Images | {audit['images']} |",
-            *[f"| {c} | {audit['counts'].get(c, 0)} |" for c in CLASSES], f"| Mask files | {audit.get('masks', '?')} |",
-            f"| Duplicate groups (exact or near, phash distance <= {audit.get('near_threshold', '?')}) | {len(groups)} ({sum(len(g) for g in groups)} images) |",
-            f"| Exact duplicate groups | {len(audit.get('exact_duplicate_groups', []))} |",
-            f"| Label conflicts (one image in two classes) | {len(audit.get('conflicts', []))} |"]
+    rows = [
+        "| Item | Value |",
+        "|---|---|",
+        f"| Folder | `{audit.get('root', '?')}` |",
+        f"| Images | {audit['images']} |",
+        *[f"| {c} | {audit['counts'].get(c, 0)} |" for c in CLASSES],
+        f"| Mask files | {audit.get('masks', '?')} |",
+        f"| Duplicate groups (exact or near, phash distance <= {audit.get('near_threshold', '?')}) | {len(groups)} ({sum(len(g) for g in groups)} images) |",
+        f"| Exact duplicate groups | {len(audit.get('exact_duplicate_groups', []))} |",
+        f"| Label conflicts (one image in two classes) | {len(audit.get('conflicts', []))} |",
+    ]
     rows += [f"| Problem: {kind} | {n} |" for kind, n in audit.get("problem_counts", {}).items()]
     return blocks + [("table", "\n".join(rows))]
 
@@ -189,7 +207,9 @@ def tuning_section(studies: list[Path]) -> list:
     cls = ["| Model | Optimizer | Learning rate | Weight decay | FL(α) | FL(γ) | Batch size | β1, β2 |", "|---|---|---|---|---|---|---|---|"]
     for name, s in paper.CLASSIFICATION_SETTINGS.items():
         betas = ", ".join(f"{b:g}" for b in s["betas"]) if s.get("betas") else "–"
-        cls.append(f"| {name} | {s['optimizer']} | {s['lr']:g} | {s['weight_decay']:g} | {s['focal_alpha']:g} | {s['focal_gamma']:g} | {s['batch_size']} | {betas} |")
+        cls.append(
+            f"| {name} | {s['optimizer']} | {s['lr']:g} | {s['weight_decay']:g} | {s['focal_alpha']:g} | {s['focal_gamma']:g} | {s['batch_size']} | {betas} |"
+        )
     blocks += [("h3", "The paper's tuned settings"), ("table", "\n".join(seg)), ("table", "\n".join(cls)), ("h3", "Our studies")]
     if not studies:
         return blocks + [("p", "No tuning study among the inputs (`busai tune` writes one; pass its folder or a results folder holding `tuning/`).")]
@@ -220,8 +240,10 @@ def runs_section(entries: list[Entry]) -> list:
     results = [e.result for e in entries]
     for r, label in zip(results, _row_labels(results)):
         command = (r.get("commands") or {}).get("train") or "–"
-        rows.append(f"| {r['name']} | {r['task']} | {label} | {_short_source(r.get('weight_source'))} | {_epochs_cell(r)} | "
-                    f"{r.get('fit', {}).get('best_epoch', '–')} | {_minutes(r)} | {_machine(r)} | `{command}` |")
+        rows.append(
+            f"| {r['name']} | {r['task']} | {label} | {_short_source(r.get('weight_source'))} | {_epochs_cell(r)} | "
+            f"{r.get('fit', {}).get('best_epoch', '–')} | {_minutes(r)} | {_machine(r)} | `{command}` |"
+        )
     return [("h2", "Runs: weight source and training cost"), ("table", "\n".join(rows))]
 
 
@@ -240,20 +262,36 @@ def score_sections(entries: list[Entry], figures: Path) -> list:
 
     seg = [e.result for e in entries if e.result["task"] == "segmentation" and e.result["metrics"]]
     cls = [e.result for e in entries if e.result["task"] == "classification" and e.result["metrics"]]
-    note = ("Mean over images with a bootstrap 95% CI (†: the CI resamples duplicate groups); the paper's numbers "
-            "are beside ours for orientation: its split was image by image.")
+    note = (
+        "Mean over images with a bootstrap 95% CI (†: the CI resamples duplicate groups); the paper's numbers "
+        "are beside ours for orientation: its split was image by image."
+    )
     blocks: list = []
     if seg:
-        blocks += [("h2", "Segmentation (paper's Table 4)"), ("p", note + " Pixel accuracy and AUC are pooled over pixels."), ("table", segmentation_table(seg))]
+        blocks += [
+            ("h2", "Segmentation (paper's Table 4)"),
+            ("p", note + " Pixel accuracy and AUC are pooled over pixels."),
+            ("table", segmentation_table(seg)),
+        ]
     if cls:
         blocks += [("h2", "Classification (paper's Table 6)"), ("p", note), ("table", classification_table(cls))]
     charts = []
     if seg:
-        charts.append(("fig", Path(model_comparison(_segmentation_rows(seg), figures / "comparison_segmentation.png", metrics=("dice", "iou"))),
-                       "Segmentation: mean Dice and IoU per model and split"))
+        charts.append(
+            (
+                "fig",
+                Path(model_comparison(_segmentation_rows(seg), figures / "comparison_segmentation.png", metrics=("dice", "iou"))),
+                "Segmentation: mean Dice and IoU per model and split",
+            )
+        )
     if cls:
-        charts.append(("fig", Path(model_comparison(comparison_rows(cls), figures / "comparison_classification.png")),
-                       "Classification: accuracy and macro-F1 per model and split (the paper's Figure 11)"))
+        charts.append(
+            (
+                "fig",
+                Path(model_comparison(comparison_rows(cls), figures / "comparison_classification.png")),
+                "Classification: accuracy and macro-F1 per model and split (the paper's Figure 11)",
+            )
+        )
     if charts:
         blocks += [("h2", "Model comparison"), *charts]
     return blocks
@@ -284,8 +322,9 @@ def calibration_section(entries: list[Entry], figures: Path) -> list:
             labels = np.array([CLASSES.index(p["label"]) for p in predictions])
             name = e.result["name"]
             ece = expected_calibration_error(probs, labels)
-            path = reliability_figure({f"{split} (ECE {ece:.3f})": reliability_bins(probs, labels)}, figures / f"{name}_calibration_{split}.png",
-                                      title=f"{name}: {split}")
+            path = reliability_figure(
+                {f"{split} (ECE {ece:.3f})": reliability_bins(probs, labels)}, figures / f"{name}_calibration_{split}.png", title=f"{name}: {split}"
+            )
             rows.append(f"| {name} | {split} | {len(predictions)} | {ece:.3f} |")
             blocks.append(("fig", Path(path), f"{name}, {split}: accuracy against confidence"))
         for key, path in e.figures.items():
@@ -293,7 +332,9 @@ def calibration_section(entries: list[Entry], figures: Path) -> list:
                 blocks.append(("fig", path, f"{e.result['name']}: {key}"))
     head: list = [("h2", "Calibration")]
     if not blocks:
-        return head + [("p", "No per-image probabilities in these inputs: run folders evaluated with `busai evaluate` keep them, collected result files do not.")]
+        return head + [
+            ("p", "No per-image probabilities in these inputs: run folders evaluated with `busai evaluate` keep them, collected result files do not.")
+        ]
     return head + ([("table", "\n".join(rows))] if len(rows) > 2 else []) + blocks
 
 
@@ -310,8 +351,14 @@ def curve_section(entries: list[Entry], figures: Path) -> list:
         else:
             missing.append(e.result["name"])
     if missing:
-        blocks.append(("p", "No per-epoch history in the inputs for: " + ", ".join(f"`{n}`" for n in missing) +
-                       " (result files collected before busai kept it; the run folder's `history.csv` has it)."))
+        blocks.append(
+            (
+                "p",
+                "No per-epoch history in the inputs for: "
+                + ", ".join(f"`{n}`" for n in missing)
+                + " (result files collected before busai kept it; the run folder's `history.csv` has it).",
+            )
+        )
     return [("h2", "Training curves"), *blocks] if blocks else []
 
 
@@ -358,10 +405,12 @@ def _data_url(path: Path) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-         "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
-         "th{background:#f3f3f3}code{background:#f5f5f5;padding:0 3px;font-size:12px}figure{margin:1em 0}img{max-width:100%}"
-         ".notice{background:#fff4d6;border:1px solid #e0c060;padding:.6em 1em}")
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
+    "th{background:#f3f3f3}code{background:#f5f5f5;padding:0 3px;font-size:12px}figure{margin:1em 0}img{max-width:100%}"
+    ".notice{background:#fff4d6;border:1px solid #e0c060;padding:.6em 1em}"
+)
 
 
 def render_markdown(blocks: list, out: Path) -> str:
@@ -388,8 +437,10 @@ def render_html(blocks: list, title: str) -> str:
             body.append(_table_html(rest[0]))
         elif kind == "fig":
             body.append(f'<figure><img src="{_data_url(rest[0])}" alt="{html.escape(rest[1])}"><figcaption>{_inline_html(rest[1])}</figcaption></figure>')
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 def _write(path: Path, text: str) -> None:
@@ -417,8 +468,14 @@ def _split_files(inputs: Inputs, extra: list[str | Path]) -> list[Path]:
 
 
 def write_report(
-    paths: list[str | Path], out: str | Path, *, audit: str | Path | None = None, splits: list[str | Path] = (),
-    title: str = "busai report", command: str | None = None, sample_splits: tuple[str, ...] = ("test",),
+    paths: list[str | Path],
+    out: str | Path,
+    *,
+    audit: str | Path | None = None,
+    splits: list[str | Path] = (),
+    title: str = "busai report",
+    command: str | None = None,
+    sample_splits: tuple[str, ...] = ("test",),
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``figures/`` into ``out``; returns their paths."""
     out = Path(out)

@@ -88,8 +88,11 @@ class MlflowTracker(Tracker):
         self.resumed = self.run_id is not None
         if not self.resumed:
             experiment = self.client.get_experiment_by_name(EXPERIMENT)
-            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-                EXPERIMENT, artifact_location=(run_dir / "mlflow-artifacts").resolve().as_uri())
+            experiment_id = (
+                experiment.experiment_id
+                if experiment
+                else self.client.create_experiment(EXPERIMENT, artifact_location=(run_dir / "mlflow-artifacts").resolve().as_uri())
+            )
             self.run_id = self.client.create_run(experiment_id, run_name=run_dir.resolve().name, tags={"busai.run_dir": str(run_dir.resolve())}).info.run_id
             tmp = state_path.with_name(STATE + ".tmp")
             tmp.write_text(json.dumps({**state, "mlflow_run_id": self.run_id, "mlflow_tracking_uri": mlflow_uri(run_dir)}) + "\n")

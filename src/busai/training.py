@@ -35,8 +35,10 @@ def _loaders(cfg: TrainConfig, image_size: int, mean, std):
     if cfg.task != "classification":
         maskless = [r for r in train_records + val_records if not r.segmentable]
         if maskless:
-            raise ConfigError(f"{maskless[0].image}: a {maskless[0].label} image without a mask ({len(maskless)} such); "
-                              "segmentation needs lesion masks: train `cls` on this data, or add the masks")
+            raise ConfigError(
+                f"{maskless[0].image}: a {maskless[0].label} image without a mask ({len(maskless)} such); "
+                "segmentation needs lesion masks: train `cls` on this data, or add the masks"
+            )
     names = [s.name for s in specs]
     unknown = sorted(set(cfg.dataset_weights or {}) - set(names))
     if unknown:
@@ -125,8 +127,7 @@ def resume(
     commands = [*stored.get("resume_commands", []), *([command] if command is not None else [])]
     if not guards.has_trained(run_dir):
         # Stopped before its first epoch finished: nothing to resume, so it starts again in place.
-        return _train(cfg, run_dir, resume=False, quiet=quiet, on_epoch=None, command=stored.get("command"),
-                      extra_config={"resume_commands": commands})
+        return _train(cfg, run_dir, resume=False, quiet=quiet, on_epoch=None, command=stored.get("command"), extra_config={"resume_commands": commands})
     load_checkpoint(run_dir / LAST_CHECKPOINT)  # a damaged checkpoint fails here, before the config changes
 
     def record() -> None:  # called once data and model are ready: a resume that fails earlier leaves no trace
@@ -186,8 +187,17 @@ def _with_fingerprints(datasets: dict, splits: dict) -> dict:
     return datasets
 
 
-def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epoch, command: str | None,
-           on_ready: Callable[[], None] | None = None, extra_config: dict | None = None) -> FitResult:
+def _train(
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    resume: bool,
+    quiet: bool,
+    on_epoch,
+    command: str | None,
+    on_ready: Callable[[], None] | None = None,
+    extra_config: dict | None = None,
+) -> FitResult:
     from busai.models.registry import build
     from busai.runs import best_threads
 
@@ -233,8 +243,16 @@ def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, quiet: bool, on_epo
         write_json(run_dir / "splits.json", splits)
     metadata = {"busai": json.dumps({"model_spec": built.spec, "image_size": image_size})}
     return fit(
-        built.module, adapter_for(cfg), train_loader, val_loader, cfg, run_dir,
-        resume=resume, quiet=quiet, weights_metadata=metadata, on_epoch=on_epoch,
+        built.module,
+        adapter_for(cfg),
+        train_loader,
+        val_loader,
+        cfg,
+        run_dir,
+        resume=resume,
+        quiet=quiet,
+        weights_metadata=metadata,
+        on_epoch=on_epoch,
     )
 
 
@@ -258,7 +276,9 @@ def train_folds(cfg: TrainConfig, out_dir: str | Path, folds: int, *, quiet: boo
         raise ConfigError("--folds needs --splits FILE made with `busai data split ... --folds K`")
     have = len(read_splits(cfg.splits).get("folds") or [])
     if have != folds:
-        raise ConfigError(f"--folds {folds}: {cfg.splits} has {have} folds; re-make it with `busai data split ... --folds {folds} --force` or pass --folds {have}")
+        raise ConfigError(
+            f"--folds {folds}: {cfg.splits} has {have} folds; re-make it with `busai data split ... --folds {folds} --force` or pass --folds {have}"
+        )
     if cfg.fold is not None:
         raise ConfigError("--folds trains every fold; drop --fold")
     out_dir = output_dir(out_dir)
@@ -274,11 +294,12 @@ def train_folds(cfg: TrainConfig, out_dir: str | Path, folds: int, *, quiet: boo
         with open(run_dir / "history.csv", newline="") as handle:
             history = list(csv.DictReader(handle))
         best = min(history, key=lambda row: float(row["val_loss"]))
-        rows.append({"fold": i, "run": run_dir.name, "best_epoch": int(best["epoch"]),
-                     **{k: float(v) for k, v in best.items() if k.startswith("val_")}})
+        rows.append({"fold": i, "run": run_dir.name, "best_epoch": int(best["epoch"]), **{k: float(v) for k, v in best.items() if k.startswith("val_")}})
     keys = [k for k in rows[0] if k.startswith("val_")]
     summary = {
-        "command": command, "splits": cfg.splits, "folds": rows,
+        "command": command,
+        "splits": cfg.splits,
+        "folds": rows,
         "mean": {k: statistics.fmean(r[k] for r in rows) for k in keys},
         "sd": {k: statistics.stdev(r[k] for r in rows) if len(rows) > 1 else 0.0 for k in keys},
     }

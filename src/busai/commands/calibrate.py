@@ -8,7 +8,8 @@ import json
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "calibrate", help="fit temperature scaling on validation images; predict, serve and evaluate then use it",
+        "calibrate",
+        help="fit temperature scaling on validation images; predict, serve and evaluate then use it",
         description="Fit one temperature T for a classifier run on the validation split only (never test), write "
         "RUN_DIR/calibration.json, and print the expected calibration error (ECE) before and after.",
     )
@@ -27,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.run_dir}: temperature {result['temperature']:.3f} fitted on {result['images']} validation images; "
-              f"validation ECE {result['ece_before']:.3f} -> {result['ece_after']:.3f}")
+        print(
+            f"{args.run_dir}: temperature {result['temperature']:.3f} fitted on {result['images']} validation images; "
+            f"validation ECE {result['ece_before']:.3f} -> {result['ece_after']:.3f}"
+        )
     return 0

@@ -25,8 +25,12 @@ def register(subparsers) -> None:
     synth.add_argument("--n", type=int, default=30, help="number of images, split ~45/30/25 benign/malignant/normal (default 30)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes identical files (default 0)")
     synth.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(128, 160), help="image height and width (default 128 160)")
-    synth.add_argument("--layout", default="busi", choices=["busi", "class-folders", "bus-uclm", "images-masks", "manifest"],
-                       help="folder layout to write (default busi); every layout `busai data audit` reads, to see or test one")
+    synth.add_argument(
+        "--layout",
+        default="busi",
+        choices=["busi", "class-folders", "bus-uclm", "images-masks", "manifest"],
+        help="folder layout to write (default busi); every layout `busai data audit` reads, to see or test one",
+    )
     synth.set_defaults(handler=run_synth)
 
     from busai.data.audit import DEFAULT_NEAR_THRESHOLD
@@ -44,20 +48,32 @@ def register(subparsers) -> None:
 
     split = sub.add_parser("split", help="write stratified train/val/test splits that keep duplicates and patients together")
     split.add_argument("data_dir", metavar="DATA", nargs="?", default=None, help="one dataset folder or CSV manifest (or use --data)")
-    split.add_argument("--data", dest="data", action="append", default=None, metavar="NAME=PATH",
-                       help="a dataset, repeatable: several datasets share one split file, each split on its own (keys carry NAME:)")
-    split.add_argument("--format", dest="formats", action="append", default=None, metavar="[NAME=]LAYOUT",
-                       help=f"force a dataset's layout instead of detecting it: {layouts}")
-    split.add_argument("--exclude-problems", action="store_true",
-                       help="leave out images the audit finds unusable (unreadable, mask of another size) and list them under "
-                       "'excluded' with the reason, instead of stopping at the first")
+    split.add_argument(
+        "--data",
+        dest="data",
+        action="append",
+        default=None,
+        metavar="NAME=PATH",
+        help="a dataset, repeatable: several datasets share one split file, each split on its own (keys carry NAME:)",
+    )
+    split.add_argument(
+        "--format", dest="formats", action="append", default=None, metavar="[NAME=]LAYOUT", help=f"force a dataset's layout instead of detecting it: {layouts}"
+    )
+    split.add_argument(
+        "--exclude-problems",
+        action="store_true",
+        help="leave out images the audit finds unusable (unreadable, mask of another size) and list them under "
+        "'excluded' with the reason, instead of stopping at the first",
+    )
     split.add_argument("--out", required=True, metavar="FILE", help="split file to write (JSON)")
     split.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     split.add_argument("--val", type=float, default=0.1, help="validation fraction (default 0.1)")
     split.add_argument("--test", type=float, default=0.1, help="test fraction (default 0.1)")
     split.add_argument("--folds", type=int, default=None, metavar="K", help="also write K cross-validation folds over train+val")
     split.add_argument(
-        "--duplicates", choices=DUPLICATE_POLICIES, default="group",
+        "--duplicates",
+        choices=DUPLICATE_POLICIES,
+        default="group",
         help="group: keep each duplicate group inside one split (default); exclude: leave grouped images out; "
         "ignore: split image by image as the paper did, a leaky control (leaked images are listed)",
     )
@@ -166,12 +182,21 @@ def run_split(args: argparse.Namespace) -> int:
     if unusable and not args.exclude_problems:
         first = next(iter(unusable.values()))
         where = " ".join(f"busai data audit {s.path}" for s in specs)
-        raise DataError(f"{first} (and {len(unusable) - 1} more; `{where}` lists them; or pass --exclude-problems to leave them out)"
-                        if len(unusable) > 1 else first + " (or pass --exclude-problems to leave it out)")
+        raise DataError(
+            f"{first} (and {len(unusable) - 1} more; `{where}` lists them; or pass --exclude-problems to leave them out)"
+            if len(unusable) > 1
+            else first + " (or pass --exclude-problems to leave it out)"
+        )
     usable = [r for r in records if r.key not in unusable]
     groups = duplicate_groups_across(reports)
     splits = make_splits(
-        usable, groups, val=args.val, test=args.test, seed=args.seed, folds=args.folds, duplicates=args.duplicates,
+        usable,
+        groups,
+        val=args.val,
+        test=args.test,
+        seed=args.seed,
+        folds=args.folds,
+        duplicates=args.duplicates,
         formats={spec.name: report.format for spec, report in zip(specs, reports)},
     )
     # Fingerprints describe each dataset folder as it is, excluded images included.
@@ -220,8 +245,7 @@ def _duplicates_line(splits: dict) -> str:
     if splits["duplicates"] == "exclude":
         return f"{len(splits['excluded'])} duplicate-group images excluded"
     leaked = splits["leaked"]
-    return (f"duplicates ignored (a leaky control): {len(leaked['val'])} val and {len(leaked['test'])} test images "
-            "have a duplicate in train")
+    return f"duplicates ignored (a leaky control): {len(leaked['val'])} val and {len(leaked['test'])} test images have a duplicate in train"
 
 
 def _print_split_counts(splits: dict, path) -> None:

@@ -8,7 +8,8 @@ import json
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "export", help="export a model to ONNX (dynamic batch and size) with a parity check",
+        "export",
+        help="export a model to ONNX (dynamic batch and size) with a parity check",
         description="Export a run folder's best weights, or the packaged release model (seg / cls), to ONNX. "
         "The file carries its preprocessing, so `busai predict --seg FILE.onnx` runs it in ONNX Runtime.",
     )
@@ -19,8 +20,12 @@ def register(sub) -> None:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 17 to the newest torch writes)")
     p.add_argument("--fixed-size", action="store_true", help="fix height and width at the model's size (batch stays dynamic)")
     p.add_argument("--force", action="store_true", help="replace --out even if it is not an earlier busai export")
-    p.add_argument("--quantize", choices=["int8"], default=None,
-                   help="int8: static INT8 quantization in ONNX Runtime (QDQ), calibrated on training images only; for CPU inference")
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="int8: static INT8 quantization in ONNX Runtime (QDQ), calibrated on training images only; for CPU inference",
+    )
     p.add_argument("--calib-data", metavar="DIR", help="--quantize: dataset folder to calibrate on (default: the one the run trained on)")
     p.add_argument("--calib-splits", metavar="FILE", help="--quantize: split file whose train split is used (default: the run's own)")
     p.add_argument("--calib-images", type=int, default=64, metavar="N", help="--quantize: training images to calibrate on (default 64)")
@@ -72,6 +77,7 @@ def _quantize(loaded, args: argparse.Namespace) -> int:
     else:
         verdict = "ok" if result.ok else f"FAILED (tolerance {result.tolerance:g})"
         print(f"{result.path}: {result.task}, int8 (QDQ), calibrated on {result.calibration_images} training images of {splits_file}")
-        print(f"vs PyTorch fp32 on {result.parity_images} other training images: mean |probability difference| = "
-              f"{result.mean_abs_probability_diff:.3g} {verdict}")
+        print(
+            f"vs PyTorch fp32 on {result.parity_images} other training images: mean |probability difference| = {result.mean_abs_probability_diff:.3g} {verdict}"
+        )
     return 0 if result.ok else 1

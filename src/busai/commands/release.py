@@ -7,7 +7,8 @@ import argparse
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "release", help="ship the run with the best validation score as the package's built-in model",
+        "release",
+        help="ship the run with the best validation score as the package's built-in model",
         description="Among the given evaluated run folders, pick the one with the best validation Dice "
         "(segmentation) or macro-F1 (classification) and write it, as fp16, into busai/release/<task>/.",
     )

@@ -12,7 +12,8 @@ def register(sub) -> None:
     from busai.serve.limits import MAX_MEGAPIXELS, MAX_QUEUE, MAX_UPLOAD_MB
 
     p = sub.add_parser(
-        "serve", help="web page: drop a scan, see the lesion, class probabilities and measurements",
+        "serve",
+        help="web page: drop a scan, see the lesion, class probabilities and measurements",
         description="Start the web page and its API (POST /api/predict). Binds to 127.0.0.1 unless --host says otherwise. "
         "Research software, not a medical device. Limits and security headers: docs/serve.md.",
     )
@@ -23,13 +24,26 @@ def register(sub) -> None:
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="onnx runs the models in ONNX Runtime (no Grad-CAM)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (default): the GPU when one is visible, else the CPU")
     p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, help=f"largest accepted upload in MB (default {MAX_UPLOAD_MB:g})")
-    p.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS,
-                   help=f"largest accepted image, width x height in millions of pixels, read from its header before decoding (default {MAX_MEGAPIXELS:g})")
-    p.add_argument("--max-queue", type=int, default=MAX_QUEUE,
-                   help=f"uploads held at once, one running and the rest waiting; more are answered 503 with Retry-After (default {MAX_QUEUE})")
-    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                   help="also answer requests whose Host header is NAME (repeatable; '*' answers any). "
-                   "127.0.0.1, localhost, [::1] and --host are always allowed; others are refused against DNS rebinding")
+    p.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=MAX_MEGAPIXELS,
+        help=f"largest accepted image, width x height in millions of pixels, read from its header before decoding (default {MAX_MEGAPIXELS:g})",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=MAX_QUEUE,
+        help=f"uploads held at once, one running and the rest waiting; more are answered 503 with Retry-After (default {MAX_QUEUE})",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host header is NAME (repeatable; '*' answers any). "
+        "127.0.0.1, localhost, [::1] and --host are always allowed; others are refused against DNS rebinding",
+    )
     p.add_argument("--openapi", action="store_true", help="publish the API schema at /openapi.json (off by default)")
     p.set_defaults(handler=run)
 
@@ -40,12 +54,22 @@ def run(args: argparse.Namespace) -> int:
     from busai.serve import NOTICE, create_app
 
     app = create_app(
-        args.seg, args.cls, backend=args.backend, max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels,
-        max_queue=args.max_queue, allow_hosts=[args.host, *args.allow_host], openapi=args.openapi, device=args.device,
+        args.seg,
+        args.cls,
+        backend=args.backend,
+        max_upload_mb=args.max_upload_mb,
+        max_megapixels=args.max_megapixels,
+        max_queue=args.max_queue,
+        allow_hosts=[args.host, *args.allow_host],
+        openapi=args.openapi,
+        device=args.device,
     )
     if args.host not in LOOPBACK:
-        print(f"warning: --host {args.host} makes the page reachable from other computers; uploads are not authenticated. "
-              "Requests are answered only for the Host names 127.0.0.1, localhost, --host and each --allow-host NAME", file=sys.stderr)
+        print(
+            f"warning: --host {args.host} makes the page reachable from other computers; uploads are not authenticated. "
+            "Requests are answered only for the Host names 127.0.0.1, localhost, --host and each --allow-host NAME",
+            file=sys.stderr,
+        )
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"busai: http://{shown}:{args.port}/  ({NOTICE})", file=sys.stderr)
     try:

@@ -12,34 +12,60 @@ TRIAL_PATIENCE = 10
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "tune", help="search hyper-parameters with Optuna (one trial = one training run)",
+        "tune",
+        help="search hyper-parameters with Optuna (one trial = one training run)",
         description="Run or resume an Optuna study over the paper's search space; `busai tune table` prints the best "
         "hyper-parameters of finished studies like the paper's Tables 3 and 5.",
     )
     tsub = p.add_subparsers(dest="tune_command", metavar="TASK")
     tsub.required = True
     for task in ("seg", "cls"):
-        s = tsub.add_parser(task, help=f"{'segmentation' if task == 'seg' else 'classification'} study",
-                            description="Re-running the same command resumes the study; trials in any state count towards --trials, "
-                            "except those whose worker was killed mid-trial (marked FAIL and run again).")
-        s.add_argument("--data", required=True, action="append", metavar="[NAME=]PATH",
-                       help="dataset folder or CSV manifest; repeat as NAME=PATH to tune on several datasets of one split file")
-        s.add_argument("--dataset-weight", dest="dataset_weights", action="append", default=None, metavar="NAME=W",
-                       help="relative share of training draws for a dataset (as for `busai train`)")
+        s = tsub.add_parser(
+            task,
+            help=f"{'segmentation' if task == 'seg' else 'classification'} study",
+            description="Re-running the same command resumes the study; trials in any state count towards --trials, "
+            "except those whose worker was killed mid-trial (marked FAIL and run again).",
+        )
+        s.add_argument(
+            "--data",
+            required=True,
+            action="append",
+            metavar="[NAME=]PATH",
+            help="dataset folder or CSV manifest; repeat as NAME=PATH to tune on several datasets of one split file",
+        )
+        s.add_argument(
+            "--dataset-weight",
+            dest="dataset_weights",
+            action="append",
+            default=None,
+            metavar="NAME=W",
+            help="relative share of training draws for a dataset (as for `busai train`)",
+        )
         s.add_argument("--splits", required=True, help="splits JSON from `busai data split`")
         s.add_argument("--out", required=True, help="study folder: study.db, summary, best config, plots, trial runs")
         s.add_argument("--trials", type=int, required=True, help="total trials the study should hold")
         s.add_argument("--timeout", type=float, metavar="MIN", help="stop starting new trials after MIN minutes")
-        s.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. postgresql+psycopg2://user:pw@host/db "
-                       "(default: sqlite:///OUT/study.db)")
+        s.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. postgresql+psycopg2://user:pw@host/db (default: sqlite:///OUT/study.db)")
         s.add_argument("--study", help="study name (default: the --out folder's name)")
-        s.add_argument("--space", action="append", default=[], metavar="KEY=VALUE",
-                       help="narrow the space: lr=1e-4:1e-3, encoder=resnet18,efficientnet-lite0, model=unet (one value fixes it)")
+        s.add_argument(
+            "--space",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="narrow the space: lr=1e-4:1e-3, encoder=resnet18,efficientnet-lite0, model=unet (one value fixes it)",
+        )
         s.add_argument("--space-file", help="JSON object of the same overrides, applied before --space")
-        s.add_argument("--pruner", choices=PRUNERS, default="median",
-                       help="median / hyperband: prune against other trials; patience: only the paper's early stop after 10 flat epochs")
-        s.add_argument("--enqueue-paper", action="store_true",
-                       help="make the paper's tuned settings for the (fixed) model the first trial, to compare under the same budget")
+        s.add_argument(
+            "--pruner",
+            choices=PRUNERS,
+            default="median",
+            help="median / hyperband: prune against other trials; patience: only the paper's early stop after 10 flat epochs",
+        )
+        s.add_argument(
+            "--enqueue-paper",
+            action="store_true",
+            help="make the paper's tuned settings for the (fixed) model the first trial, to compare under the same budget",
+        )
         s.add_argument("--image-size", type=int, help="CPU budget: fix the image size (overrides the paper's 256/288/320)")
         s.add_argument("--max-epochs", type=int, help="CPU budget: cap the epochs of every trial")
         s.add_argument("--trial-minutes", type=float, help="CPU budget: wall-clock cap per trial")
@@ -80,17 +106,33 @@ def run(args: argparse.Namespace) -> int:
         for line in describe_space(space):
             print("  " + line)
     summary = run_study(
-        args.task, args.data, args.splits, out_dir=args.out, trials=args.trials, timeout_minutes=args.timeout,
-        storage=args.storage, study_name=args.study, space=space, base=base, trial_minutes=args.trial_minutes, trial_patience=args.trial_patience,
-        pruner=args.pruner, enqueue_paper=args.enqueue_paper, seed=args.seed, command=command_line(args), on_trial=_print_trial if chatty else None,
+        args.task,
+        args.data,
+        args.splits,
+        out_dir=args.out,
+        trials=args.trials,
+        timeout_minutes=args.timeout,
+        storage=args.storage,
+        study_name=args.study,
+        space=space,
+        base=base,
+        trial_minutes=args.trial_minutes,
+        trial_patience=args.trial_patience,
+        pruner=args.pruner,
+        enqueue_paper=args.enqueue_paper,
+        seed=args.seed,
+        command=command_line(args),
+        on_trial=_print_trial if chatty else None,
     ).to_dict()
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:
         best = summary["best"]
         counts = ", ".join(f"{v} {k.lower()}" for k, v in summary["trials"].items() if k != "total")
-        print(f"{args.out}: {summary['trials']['total']} trials ({counts}); "
-              + (f"best #{best['number']} {best['value']:.4f} {best['params']}" if best else "no complete trial"))
+        print(
+            f"{args.out}: {summary['trials']['total']} trials ({counts}); "
+            + (f"best #{best['number']} {best['value']:.4f} {best['params']}" if best else "no complete trial")
+        )
         paper = summary["paper_trial"]
         if paper and paper["state"] == "COMPLETE":
             print(f"paper's settings ({paper['row']}): trial #{paper['number']} {paper['value']:.4f}; tuned beats them: {paper['tuned_beats_paper']}")

@@ -69,8 +69,13 @@ class AuditReport:
         if not sizes:
             return {"groups": 0}
         with_lesion = sum(1 for c in self.groups.values() if c.get("benign", 0) + c.get("malignant", 0) > 0)
-        return {"groups": len(sizes), "images_min": sizes[0], "images_median": sizes[len(sizes) // 2], "images_max": sizes[-1],
-                "groups_with_lesion": with_lesion}
+        return {
+            "groups": len(sizes),
+            "images_min": sizes[0],
+            "images_median": sizes[len(sizes) // 2],
+            "images_max": sizes[-1],
+            "groups_with_lesion": with_lesion,
+        }
 
     def problem_counts(self) -> dict[str, int]:
         return dict(sorted(Counter(p.kind for p in self.problems).items()))
@@ -170,7 +175,11 @@ def _check_record(record: Record, problems: list[Problem], *, masks_expected: bo
     if record.masks:
         _check_masks(record, None if gray is None else gray.shape, problems)
     elif masks_expected and record.label in ("benign", "malignant"):
-        problems.append(Problem(record.key, "missing_mask", f"{record.key}: {record.label} image has no mask; add one (segmentation needs it) or use it for classification only"))
+        problems.append(
+            Problem(
+                record.key, "missing_mask", f"{record.key}: {record.label} image has no mask; add one (segmentation needs it) or use it for classification only"
+            )
+        )
     if gray is None:
         return None
     digest = hashlib.sha256(f"{gray.shape}".encode() + gray.tobytes()).hexdigest()
@@ -200,9 +209,7 @@ def _check_masks(record: Record, image_shape: tuple[int, int] | None, problems: 
         values = np.unique(mask)
         if len(values) > 2 or (len(values) == 2 and values[0] != 0):
             shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
-            problems.append(
-                Problem(rel, "mask_not_binary", f"{rel}: mask is not binary ({len(values)} values: {shown}); re-save it with only 0 and 255")
-            )
+            problems.append(Problem(rel, "mask_not_binary", f"{rel}: mask is not binary ({len(values)} values: {shown}); re-save it with only 0 and 255"))
         elif len(values) == 2 and 1 < values[1] <= 127:
             problems.append(
                 Problem(rel, "mask_faint", f"{rel}: mask foreground value is {values[1]} (2..127), so it reads as empty; re-save it with 0 and 255")

@@ -137,14 +137,18 @@ def scanner_shift() -> tuple[list, list, list]:
       (:class:`busai.data.overlays.BurntInOverlays`, image only) p 0.4; JPEG quality 30-90 p 0.4.
     """
     pad = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": 0, "keep_size": True}
-    framing = A.OneOf([
-        A.CropAndPad(percent=(-0.2, 0.2), sample_independently=True, **pad),
-        A.CropAndPad(percent=((0.05, 0.25), (0.0, 0.0), (0.05, 0.25), (0.0, 0.0)), sample_independently=True, **pad),  # letterbox
-        A.CropAndPad(percent=((0.0, 0.0), (0.05, 0.25), (0.0, 0.0), (0.05, 0.25)), sample_independently=True, **pad),  # pillarbox
-    ], p=0.4)
+    framing = A.OneOf(
+        [
+            A.CropAndPad(percent=(-0.2, 0.2), sample_independently=True, **pad),
+            A.CropAndPad(percent=((0.05, 0.25), (0.0, 0.0), (0.05, 0.25), (0.0, 0.0)), sample_independently=True, **pad),  # letterbox
+            A.CropAndPad(percent=((0.0, 0.0), (0.05, 0.25), (0.0, 0.0), (0.05, 0.25)), sample_independently=True, **pad),  # pillarbox
+        ],
+        p=0.4,
+    )
     # Tints as small as real ones: BUS-UCLM's grey map is about 6% short on red and 8% over on blue.
-    tint = A.OneOf([A.MultiplicativeNoise(multiplier=(0.92, 1.08), per_channel=True, elementwise=False),
-                    A.RandomToneCurve(scale=0.05, per_channel=True)], p=0.4)
+    tint = A.OneOf(
+        [A.MultiplicativeNoise(multiplier=(0.92, 1.08), per_channel=True, elementwise=False), A.RandomToneCurve(scale=0.05, per_channel=True)], p=0.4
+    )
     photometric = [tint, A.RandomToneCurve(scale=0.1, per_channel=False, p=0.3), A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.25, p=0.3)]
     display = [BurntInOverlays(p=0.4), A.ImageCompression(quality_range=(30, 90), p=0.4)]
     return [framing], photometric, display

@@ -42,8 +42,13 @@ def with_dicom_fields(record: Record, scan: Scan, frame: int | None = None, wher
         raise DataError(f"{where or record.image}: frame {frame} is out of range; {record.relpath} holds {frames} frame(s), numbered from 1")
     if frame is None and frames > 1:
         frame = 1
-        scan.problems.append(Problem(record.relpath, NOTE, f"{record.relpath}: a cine of {frames} frames; its first frame is used "
-                                                          "(name another in a frame column of a manifest or labels table)"))
+        scan.problems.append(
+            Problem(
+                record.relpath,
+                NOTE,
+                f"{record.relpath}: a cine of {frames} frames; its first frame is used (name another in a frame column of a manifest or labels table)",
+            )
+        )
     spacing = record.pixel_spacing_mm if record.pixel_spacing_mm is not None else square_spacing(geometry(ds))
     return replace(record, frame=frame, pixel_spacing_mm=spacing)
 

@@ -109,8 +109,7 @@ def _class_folders(root: Path) -> dict[str, Path]:
         label = child.name.lower()
         if label not in CLASSES:
             raise DataError(
-                f"{child}: unknown class folder '{child.name}'; class folders must be "
-                f"{', '.join(CLASSES)} (case-insensitive): rename or move it out of {root}"
+                f"{child}: unknown class folder '{child.name}'; class folders must be {', '.join(CLASSES)} (case-insensitive): rename or move it out of {root}"
             )
         if label in folders:
             raise DataError(f"{child}: class '{label}' appears twice ({folders[label].name} and {child.name}); merge them")
@@ -152,9 +151,7 @@ def scan_dataset(root: str | Path) -> Scan:
         for stem, orphans in masks.items():
             for _, path in sorted(orphans):
                 rel = path.relative_to(root).as_posix()
-                scan.problems.append(
-                    Problem(rel, "mask_without_image", f"{rel}: mask has no image {Path(stem).name}.png; add the image or remove the mask")
-                )
+                scan.problems.append(Problem(rel, "mask_without_image", f"{rel}: mask has no image {Path(stem).name}.png; add the image or remove the mask"))
     scan.records.sort(key=lambda r: (CLASSES.index(r.label), natural_key(r.key)))
     return scan
 
@@ -230,8 +227,9 @@ def _read_dicom_image(path: Path, mode: str, frame: int | None) -> np.ndarray:
 
     ds = read_dataset(path)
     if frame is None and frame_count(ds) > 1:
-        raise DataError(f"{path}: a DICOM cine of {frame_count(ds)} frames; say which frame to read "
-                        "(a frame column in the dataset's table, or busai predict --frame N)")
+        raise DataError(
+            f"{path}: a DICOM cine of {frame_count(ds)} frames; say which frame to read (a frame column in the dataset's table, or busai predict --frame N)"
+        )
     rgb = next(read_frames(path, frame, ds=ds)).image
     return rgb if mode == "RGB" else np.asarray(Image.fromarray(rgb).convert(mode))
 
@@ -279,10 +277,7 @@ def read_mask(record: Record, size: tuple[int, int] | None = None) -> np.ndarray
     for path in record.masks:
         mask = mask_foreground(mask_values(path))
         if size is not None and mask.shape != tuple(size):
-            raise DataError(
-                f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {size[1]}x{size[0]}; "
-                "re-export the mask at the image's size"
-            )
+            raise DataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {size[1]}x{size[0]}; re-export the mask at the image's size")
         union = mask if union is None else (union | mask if union.shape == mask.shape else _mismatch(path, union, mask))
     return union.astype(np.uint8)
 

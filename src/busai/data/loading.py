@@ -65,8 +65,14 @@ def make_loader(
     if sampler is not None:
         sampler = EpochSeeded(sampler, dataset)
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers, drop_last=drop_last,
-        pin_memory=torch.device(device).type == "cuda", persistent_workers=num_workers > 0,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=torch.device(device).type == "cuda",
+        persistent_workers=num_workers > 0,
     )
 
 

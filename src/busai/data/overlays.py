@@ -39,8 +39,18 @@ def draw_mark(draw: ImageDraw.ImageDraw, x: float, y: float, colour, arm: int = 
         draw.line((x - arm, y + arm, x + arm, y - arm), fill=colour, width=width)
 
 
-def draw_calipers(draw: ImageDraw.ImageDraw, a: tuple[int, int], b: tuple[int, int], colour, *, arm: int = 6, width: int = 2,
-                  shape: str = "+", gap: tuple[int, int] = (10, 6), step: int = 8) -> None:
+def draw_calipers(
+    draw: ImageDraw.ImageDraw,
+    a: tuple[int, int],
+    b: tuple[int, int],
+    colour,
+    *,
+    arm: int = 6,
+    width: int = 2,
+    shape: str = "+",
+    gap: tuple[int, int] = (10, 6),
+    step: int = 8,
+) -> None:
     """A measurement: marks at ``a`` and ``b`` and a dotted line between them, one dot every ``step``
     pixels from ``gap[0]`` past ``a`` to ``gap[1]`` before ``b``."""
     for x, y in (a, b):
@@ -53,8 +63,9 @@ def draw_calipers(draw: ImageDraw.ImageDraw, a: tuple[int, int], b: tuple[int, i
         draw.point([tuple(p) for p in dots.tolist()], fill=colour)
 
 
-def draw_depth_ruler(draw: ImageDraw.ImageDraw, x: int, y0: int, y1: int, step: int, colour, text_font, *,
-                     tick: int = 10, width: int = 2, side: int = 1) -> None:
+def draw_depth_ruler(
+    draw: ImageDraw.ImageDraw, x: int, y0: int, y1: int, step: int, colour, text_font, *, tick: int = 10, width: int = 2, side: int = 1
+) -> None:
     """Depth ticks down x from y0 to y1 every ``step`` pixels, long and numbered (0, 1, 2 ...) every
     other one; ``side`` +1 draws the ticks and numbers to the right of x, -1 to the left."""
     half = getattr(text_font, "size", 10) // 2
@@ -108,12 +119,24 @@ def burn_overlays(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             b = np.clip(a + length * np.array([np.cos(angle), np.sin(angle)]), 0, (width - 1, height - 1))
             colour = _colour(rng)
             arm = max(2, int(round(unit * rng.uniform(3, 6))))
-            draw_calipers(draw, tuple(np.rint(a).astype(int).tolist()), tuple(np.rint(b).astype(int).tolist()), colour, arm=arm,
-                          width=max(1, int(round(unit))), shape="+" if rng.random() < 0.5 else "x",
-                          gap=(arm + 2, arm + 2), step=max(3, int(round(unit * rng.uniform(4, 8)))))
+            draw_calipers(
+                draw,
+                tuple(np.rint(a).astype(int).tolist()),
+                tuple(np.rint(b).astype(int).tolist()),
+                colour,
+                arm=arm,
+                width=max(1, int(round(unit))),
+                shape="+" if rng.random() < 0.5 else "x",
+                gap=(arm + 2, arm + 2),
+                step=max(3, int(round(unit * rng.uniform(4, 8)))),
+            )
             if rng.random() < 0.5:
-                draw.text((int(0.05 * width), int((0.86 - 0.07 * k) * height)), f"{k + 1} {'+x'[k % 2]} Dist {rng.uniform(0.3, 3.0):.2f} cm",
-                          fill=colour, font=text_font)
+                draw.text(
+                    (int(0.05 * width), int((0.86 - 0.07 * k) * height)),
+                    f"{k + 1} {'+x'[k % 2]} Dist {rng.uniform(0.3, 3.0):.2f} cm",
+                    fill=colour,
+                    font=text_font,
+                )
     if kinds[2]:
         w, h = rng.uniform(0.25, 0.6) * width, rng.uniform(0.2, 0.5) * height
         x0, y0 = rng.uniform(0, width - w), rng.uniform(0, height - h)
@@ -121,8 +144,18 @@ def burn_overlays(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if kinds[3]:
         left = rng.random() < 0.5
         x = int((rng.uniform(0.01, 0.04) if left else rng.uniform(0.96, 0.99)) * width)
-        draw_depth_ruler(draw, x, int(rng.uniform(0, 0.1) * height), height, max(4, int(height / rng.uniform(6, 12))), _colour(rng),
-                         text_font, tick=max(3, int(round(6 * unit))), width=max(1, int(round(unit))), side=1 if left else -1)
+        draw_depth_ruler(
+            draw,
+            x,
+            int(rng.uniform(0, 0.1) * height),
+            height,
+            max(4, int(height / rng.uniform(6, 12))),
+            _colour(rng),
+            text_font,
+            tick=max(3, int(round(6 * unit))),
+            width=max(1, int(round(unit))),
+            side=1 if left else -1,
+        )
     return np.array(picture)
 
 

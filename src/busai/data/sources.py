@@ -35,8 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from busai import CLASSES
-from busai.data.discover import (IMAGE_SUFFIXES, MASK_RE, Problem, Record, Scan, dicom_record, file_stem, is_image_file, natural_key,
-                                 scan_dataset)
+from busai.data.discover import IMAGE_SUFFIXES, MASK_RE, Problem, Record, Scan, dicom_record, file_stem, is_image_file, natural_key, scan_dataset
 from busai.io.dicom import is_dicom
 from busai.errors import ConfigError, DataError
 
@@ -124,8 +123,13 @@ def scan_source(spec: DataSpec | str | Path) -> tuple[Scan, str]:
     if not isinstance(spec, DataSpec):
         spec = parse_data_specs([spec])[0]
     fmt = spec.format or detect_format(spec.path)
-    reader = {"busi": _read_busi, "class-folders": _read_class_folders, "bus-uclm": _read_bus_uclm,
-              "images-masks": _read_images_masks, "manifest": _read_manifest}[fmt]
+    reader = {
+        "busi": _read_busi,
+        "class-folders": _read_class_folders,
+        "bus-uclm": _read_bus_uclm,
+        "images-masks": _read_images_masks,
+        "manifest": _read_manifest,
+    }[fmt]
     scan = reader(spec.path)
     if spec.name:
         scan.records = [_named(r, spec.name) for r in scan.records]
@@ -212,7 +216,9 @@ def _read_bus_uclm(root: Path) -> Scan:
         label = _label(row["label"], info, line)
         image = images.pop(stem, None)
         if image is None:
-            scan.problems.append(Problem(f"images/{stem}", "missing_file", f"{info} row {line}: no image with stem '{stem}' in {root / 'images'}; add it or remove the row"))
+            scan.problems.append(
+                Problem(f"images/{stem}", "missing_file", f"{info} row {line}: no image with stem '{stem}' in {root / 'images'}; add it or remove the row")
+            )
             continue
         mask = masks.pop(stem, None)
         if mask is None:
@@ -252,7 +258,9 @@ def _read_images_masks(root: Path) -> Scan:
         label = _label(row["label"], table, line)
         image = images.pop(stem, None)
         if image is None:
-            scan.problems.append(Problem(f"images/{stem}", "missing_file", f"{table} row {line}: no image with stem '{stem}' in {root / 'images'}; add it or remove the row"))
+            scan.problems.append(
+                Problem(f"images/{stem}", "missing_file", f"{table} row {line}: no image with stem '{stem}' in {root / 'images'}; add it or remove the row")
+            )
             continue
         masks = tuple(sorted(masks_by_stem.pop(stem, []), key=lambda p: natural_key(p.name)))
         record = Record(root, image, masks, label, group=_group(row, table, line), pixel_spacing_mm=_spacing(row, table, line))

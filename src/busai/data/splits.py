@@ -283,10 +283,7 @@ def _allocate(
 
         def want(split: str) -> float:
             # Fraction of this split's per-class quota still open, weighted by the unit's classes.
-            return sum(
-                n * ((quota[split][c] - filled[split][c]) / quota[split][c] if quota[split][c] > 0 else -1e9)
-                for c, n in composition.items()
-            )
+            return sum(n * ((quota[split][c] - filled[split][c]) / quota[split][c] if quota[split][c] > 0 else -1e9) for c, n in composition.items())
 
         best = max(fractions, key=want)  # ties: first in train, val, test order
         assigned[best].append(unit)
@@ -416,7 +413,9 @@ def load_split_records(data, splits: dict | str | Path, split: str, fold: int | 
         unknown = [n for n in given if n not in known]
         if unknown:
             named = ", ".join(f"{n}=DIR" for n in known)
-            raise DataError(f"--data {unknown[0] or specs[0].path}: the split file's datasets are {', '.join(known)}; pass --data {named.replace(', ', ' --data ')}")
+            raise DataError(
+                f"--data {unknown[0] or specs[0].path}: the split file's datasets are {', '.join(known)}; pass --data {named.replace(', ', ' --data ')}"
+            )
     keys = [k for k in _split_keys(splits, split, fold) if known == [""] or k.split(":", 1)[0] in given]
     records = read_records(specs)
     for spec in specs:
@@ -424,8 +423,7 @@ def load_split_records(data, splits: dict | str | Path, split: str, fold: int | 
         mine = [r for r in records if r.dataset == spec.name]
         if expected and expected != dataset_fingerprint(mine):
             warnings.warn(
-                f"{spec.path}: the images differ from those the splits were made from (fingerprint mismatch); "
-                "results may not be comparable with other runs",
+                f"{spec.path}: the images differ from those the splits were made from (fingerprint mismatch); results may not be comparable with other runs",
                 stacklevel=2,
             )
     by_key = {r.key: r for r in records}

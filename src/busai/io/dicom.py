@@ -190,12 +190,14 @@ def read_frames(path: str | Path, frame: int | None = None, ds=None):
     total = frame_count(ds)
     if frame is not None and not 1 <= frame <= total:
         raise DataError(f"{path}: --frame {frame} is out of range; the file holds {total} frame(s), numbered from 1")
-    for number in ([frame] if frame is not None else range(1, total + 1)):
+    for number in [frame] if frame is not None else range(1, total + 1):
         try:
             pixels = pixel_array(ds, index=number - 1) if total > 1 else pixel_array(ds)
         except (RuntimeError, NotImplementedError, ValueError) as exc:
             syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
             name = getattr(syntax, "name", syntax) or "unknown transfer syntax"
-            raise DataError(f"{path}: cannot decode its pixel data ({name}: {str(exc).splitlines()[0][:120]}); "
-                            f"install the decoders with {INSTALL}, or export the scan uncompressed") from None
+            raise DataError(
+                f"{path}: cannot decode its pixel data ({name}: {str(exc).splitlines()[0][:120]}); "
+                f"install the decoders with {INSTALL}, or export the scan uncompressed"
+            ) from None
         yield DicomFrame(to_uint8_rgb(pixels, ds), number, total)

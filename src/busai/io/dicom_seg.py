@@ -38,8 +38,9 @@ def write_dicom_seg(source, mask: np.ndarray, path: str | Path) -> Path:
     from busai import __version__
 
     if int(getattr(source, "NumberOfFrames", 1) or 1) > 1:
-        raise DataError(f"{getattr(source, 'filename', 'DICOM input')}: a multi-frame (cine) file; a DICOM SEG is written "
-                        "for single-frame scans only, use the PNG masks")
+        raise DataError(
+            f"{getattr(source, 'filename', 'DICOM input')}: a multi-frame (cine) file; a DICOM SEG is written for single-frame scans only, use the PNG masks"
+        )
     pixels = np.asarray(mask)[None].astype(bool)
     description = hd.seg.SegmentDescription(
         segment_number=1,
@@ -47,9 +48,7 @@ def write_dicom_seg(source, mask: np.ndarray, path: str | Path) -> Path:
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Lesion,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name="busai", version=__version__, family=codes.cid7162.ArtificialIntelligence
-        ),
+        algorithm_identification=hd.AlgorithmIdentificationSequence(name="busai", version=__version__, family=codes.cid7162.ArtificialIntelligence),
     )
     try:
         seg = hd.seg.Segmentation(
@@ -68,8 +67,9 @@ def write_dicom_seg(source, mask: np.ndarray, path: str | Path) -> Path:
             omit_empty_frames=False,
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise DataError(f"{getattr(source, 'filename', 'DICOM input')}: cannot build a DICOM SEG for it "
-                        f"({str(exc).splitlines()[0][:160]}); use the PNG mask instead") from None
+        raise DataError(
+            f"{getattr(source, 'filename', 'DICOM input')}: cannot build a DICOM SEG for it ({str(exc).splitlines()[0][:160]}); use the PNG mask instead"
+        ) from None
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     seg.save_as(tmp)

@@ -56,8 +56,11 @@ def list_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[Path, 
             elif is_dicom(p):
                 found.append(p)
             else:
-                why = "GIF is not a scan format busai reads (convert it to PNG)" if p.suffix.lower() == ".gif" else \
-                    f"not an image or DICOM file (reads {', '.join(sorted(IMAGE_SUFFIXES))} and DICOM)"
+                why = (
+                    "GIF is not a scan format busai reads (convert it to PNG)"
+                    if p.suffix.lower() == ".gif"
+                    else f"not an image or DICOM file (reads {', '.join(sorted(IMAGE_SUFFIXES))} and DICOM)"
+                )
                 skipped.append((p, why))
         if not found:
             raise DataError(f"{path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))} and DICOM files); pass image files or another folder")

@@ -128,8 +128,7 @@ ENCODERS: dict[str, SegmentationEncoder] = {
 
 # (decoder, encoder) pairs that cannot be built, with the reason shown to the user.
 UNSUPPORTED = {
-    ("deeplabv3", "vgg16"): "DeepLabV3 needs a dilated encoder and smp's VGG16 has none (max-pool downsampling); "
-    "the paper's VGG16:DeepLabV3 also failed",
+    ("deeplabv3", "vgg16"): "DeepLabV3 needs a dilated encoder and smp's VGG16 has none (max-pool downsampling); the paper's VGG16:DeepLabV3 also failed",
 }
 
 
@@ -285,9 +284,7 @@ def _build_segmentation(decoder: str, encoder: str | None, policy: str | Path, i
     decoder = _lookup(DECODERS, decoder, "segmentation model")
     encoder = _lookup(ENCODERS, encoder or "resnet18", "encoder")
     if (decoder, encoder) in UNSUPPORTED:
-        raise ConfigError(
-            f"{encoder} with {decoder}: not supported ({UNSUPPORTED[(decoder, encoder)]}); pick another encoder or decoder; see `busai models`"
-        )
+        raise ConfigError(f"{encoder} with {decoder}: not supported ({UNSUPPORTED[(decoder, encoder)]}); pick another encoder or decoder; see `busai models`")
     size = _segmentation_size(image_size)
     spec = ENCODERS[encoder]
     if num_classes is None:
@@ -401,7 +398,7 @@ def _load_segmentation_backbone(model: nn.Module, name: str, spec: Classifier, s
         usable = ", ".join(n for n, c in CLASSIFIERS.items() if c.segmentation_encoder)
         raise CheckpointError(f"{path}: is a segmentation checkpoint; only the {usable} classifiers can start from a segmentation encoder")
     encoder = ENCODERS[spec.segmentation_encoder]
-    encoder_state = {key[len("encoder."):]: tensor.float() for key, tensor in state_dict.items() if key.startswith("encoder.")}
+    encoder_state = {key[len("encoder.") :]: tensor.float() for key, tensor in state_dict.items() if key.startswith("encoder.")}
     if encoder.timm_universal:
         encoder_state = W.strip_prefix(encoder_state, "model.")
     lacking = tuple(prefix for prefix in encoder.head_prefixes if prefix not in spec.head_prefixes)

@@ -296,11 +296,7 @@ def state_dict_mismatch(module: nn.Module, state_dict: Mapping[str, torch.Tensor
     given = {k: v for k, v in state_dict.items() if not _is_ignored(k, ignore_prefixes)}
     problems = [f"missing {k}" for k in expected if k not in given and not k.endswith("num_batches_tracked")]
     problems += [f"unexpected {k}" for k in given if k not in expected]
-    problems += [
-        f"shape of {k} {tuple(given[k].shape)} != {tuple(expected[k].shape)}"
-        for k in expected
-        if k in given and given[k].shape != expected[k].shape
-    ]
+    problems += [f"shape of {k} {tuple(given[k].shape)} != {tuple(expected[k].shape)}" for k in expected if k in given and given[k].shape != expected[k].shape]
     return problems
 
 

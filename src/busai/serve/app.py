@@ -93,12 +93,10 @@ def create_app(
         # ends the process before atexit would remove the folder (it holds the ONNX files of --backend onnx).
         workdir.cleanup()
 
-    app = FastAPI(title="busai", description=NOTICE, docs_url=None, redoc_url=None,
-                  openapi_url="/openapi.json" if openapi else None, lifespan=lifespan)
+    app = FastAPI(title="busai", description=NOTICE, docs_url=None, redoc_url=None, openapi_url="/openapi.json" if openapi else None, lifespan=lifespan)
     app.state.workdir = workdir
     # Added last = outermost: the headers go on every answer, the Host check precedes any work.
-    app.add_middleware(UploadGate, path="/api/predict", max_body=max_bytes + MULTIPART_OVERHEAD,
-                       max_held=max_queue, too_large=too_large(max_bytes))
+    app.add_middleware(UploadGate, path="/api/predict", max_body=max_bytes + MULTIPART_OVERHEAD, max_held=max_queue, too_large=too_large(max_bytes))
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
     app.add_middleware(SecurityHeaders, csp=content_security_policy(page))
 
@@ -133,7 +131,10 @@ def create_app(
         gradcam: bool = Query(False, description="add the classifier's Grad-CAM heat-map"),
         tta: bool = Query(False, description="average with the horizontally flipped image"),
         pixel_spacing: float | None = Query(
-            None, ge=PIXEL_SPACING_MM[0], le=PIXEL_SPACING_MM[1], allow_inf_nan=False,
+            None,
+            ge=PIXEL_SPACING_MM[0],
+            le=PIXEL_SPACING_MM[1],
+            allow_inf_nan=False,
             description="pixel size in mm, for mm / mm2 measurements (a DICOM file's own wins)",
         ),
         frame: int = Query(1, ge=1, description="the frame of a multi-frame DICOM file, from 1"),

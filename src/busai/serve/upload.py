@@ -19,8 +19,7 @@ from PIL import Image
 
 from busai.errors import BusaiError
 
-IMAGE_TYPES = {"image/png": ".png", "image/jpeg": ".jpg", "image/bmp": ".bmp", "image/x-ms-bmp": ".bmp", "image/tiff": ".tiff",
-               "application/dicom": ".dcm"}
+IMAGE_TYPES = {"image/png": ".png", "image/jpeg": ".jpg", "image/bmp": ".bmp", "image/x-ms-bmp": ".bmp", "image/tiff": ".tiff", "application/dicom": ".dcm"}
 # Browsers send a .dcm file as application/octet-stream: accepted when its content is DICOM.
 OCTET_STREAM = "application/octet-stream"
 ACCEPTED = "a PNG, JPEG, BMP or TIFF image or a DICOM file"

@@ -25,8 +25,9 @@ def trial_seconds(trial: optuna.trial.FrozenTrial) -> float | None:
     return None
 
 
-def write_outputs(study: optuna.Study, out_dir: str | Path, *, task: str, storage_url: str, command: str | None = None,
-                  stopped_by_failures: bool = False) -> dict:
+def write_outputs(
+    study: optuna.Study, out_dir: str | Path, *, task: str, storage_url: str, command: str | None = None, stopped_by_failures: bool = False
+) -> dict:
     """summary.json, best_config.json, trials.csv and the plots from the study's current state."""
     from busai.runs import write_json
 
@@ -43,15 +44,23 @@ def write_outputs(study: optuna.Study, out_dir: str | Path, *, task: str, storag
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         trial = study.best_trial
-        best = {"number": trial.number, "value": trial.value, "params": trial.params,
-                "metrics": trial.user_attrs.get("metrics", {}),
-                "run_dir": trial.user_attrs.get("run_dir")}
+        best = {
+            "number": trial.number,
+            "value": trial.value,
+            "params": trial.params,
+            "metrics": trial.user_attrs.get("metrics", {}),
+            "run_dir": trial.user_attrs.get("run_dir"),
+        }
         config = dict(trial.user_attrs["config"])
         config["max_minutes"] = None  # the per-trial time cap is a tuning budget, not part of the configuration
         write_json(out_dir / "best_config.json", config)
     summary = {
-        "study": study.study_name, "task": task, "direction": DIRECTIONS[task], "objective": OBJECTIVES[task],
-        "storage": redact(storage_url), "command": command,
+        "study": study.study_name,
+        "task": task,
+        "direction": DIRECTIONS[task],
+        "objective": OBJECTIVES[task],
+        "storage": redact(storage_url),
+        "command": command,
         "trials": {"total": len(trials), **counts},
         "seconds_per_trial": {"complete": mean_seconds(TrialState.COMPLETE), "pruned": mean_seconds(TrialState.PRUNED)},
         "best": best,
@@ -81,9 +90,16 @@ def _paper_trial(trials: list, best: dict | None, direction) -> dict | None:
     beaten = None
     if trial.state == TrialState.COMPLETE and best is not None:
         beaten = best["number"] != trial.number and (
-            best["value"] < trial.value if direction == optuna.study.StudyDirection.MINIMIZE else best["value"] > trial.value)
-    return {"number": trial.number, "row": trial.user_attrs["paper_settings"], "state": trial.state.name, "value": trial.value,
-            "params": trial.params, "tuned_beats_paper": beaten}
+            best["value"] < trial.value if direction == optuna.study.StudyDirection.MINIMIZE else best["value"] > trial.value
+        )
+    return {
+        "number": trial.number,
+        "row": trial.user_attrs["paper_settings"],
+        "state": trial.state.name,
+        "value": trial.value,
+        "params": trial.params,
+        "tuned_beats_paper": beaten,
+    }
 
 
 def _write_trials_csv(trials: list, path: Path) -> None:
@@ -96,12 +112,18 @@ def _write_trials_csv(trials: list, path: Path) -> None:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for t in trials:
-            writer.writerow({
-                "number": t.number, "state": t.state.name, "value": t.value, "seconds": trial_seconds(t),
-                "datetime_start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
-                **{f"params_{k}": t.params.get(k) for k in params}, **t.user_attrs.get("metrics", {}),
-                "fail_reason": _fail_reason(t),
-            })
+            writer.writerow(
+                {
+                    "number": t.number,
+                    "state": t.state.name,
+                    "value": t.value,
+                    "seconds": trial_seconds(t),
+                    "datetime_start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
+                    **{f"params_{k}": t.params.get(k) for k in params},
+                    **t.user_attrs.get("metrics", {}),
+                    "fail_reason": _fail_reason(t),
+                }
+            )
     tmp.replace(path)
 
 
@@ -138,10 +160,27 @@ def write_plots(study: optuna.Study, out_dir: Path) -> dict[str, str]:
     return written
 
 
-_SEG_COLUMNS = [("Encoder", "encoder"), ("Decoder", "model"), ("Learning rate", "lr"), ("Weight decay", "weight_decay"),
-                ("Batch size", "batch_size"), ("Optimizer", "optimizer"), ("Image size", "image_size"), ("Epochs", "epochs")]
-_CLS_COLUMNS = [("Model", "model"), ("Optimizer", "optimizer"), ("Learning rate", "lr"), ("Weight decay", "weight_decay"),
-                ("FL(α)", "focal_alpha"), ("FL(γ)", "focal_gamma"), ("Batch size", "batch_size"), ("β1", "beta1"), ("β2", "beta2")]
+_SEG_COLUMNS = [
+    ("Encoder", "encoder"),
+    ("Decoder", "model"),
+    ("Learning rate", "lr"),
+    ("Weight decay", "weight_decay"),
+    ("Batch size", "batch_size"),
+    ("Optimizer", "optimizer"),
+    ("Image size", "image_size"),
+    ("Epochs", "epochs"),
+]
+_CLS_COLUMNS = [
+    ("Model", "model"),
+    ("Optimizer", "optimizer"),
+    ("Learning rate", "lr"),
+    ("Weight decay", "weight_decay"),
+    ("FL(α)", "focal_alpha"),
+    ("FL(γ)", "focal_gamma"),
+    ("Batch size", "batch_size"),
+    ("β1", "beta1"),
+    ("β2", "beta2"),
+]
 
 
 def best_params_table(study_dirs: list[str | Path]) -> str:

@@ -46,6 +46,7 @@ CLASSIFICATION_SPACE: dict[str, dict] = {
 }
 SPACES = {"segmentation": SEGMENTATION_SPACE, "classification": CLASSIFICATION_SPACE}
 
+
 # The paper's tuned settings (Table 3 per decoder, Table 5 per model, from busai.paper) in this
 # space's keys. `--enqueue-paper` runs the row as a study's first trial, so "did tuning beat the
 # paper's settings?" is answered under the same budget. Table 3's U-Net++ weight decay (1.09011)
@@ -175,7 +176,11 @@ def apply_budget(space: dict[str, dict], *, image_size: int | None = None, max_e
         if image_size < 32:
             raise ConfigError(f"--image-size {image_size}: too small; use 32 or more")
         was = space.get("image_size")
-        space["image_size"] = {"type": "fixed", "value": int(image_size), "note": f"--image-size (CPU budget; the space had {_describe(was) if was else 'the model default'})"}
+        space["image_size"] = {
+            "type": "fixed",
+            "value": int(image_size),
+            "note": f"--image-size (CPU budget; the space had {_describe(was) if was else 'the model default'})",
+        }
     if max_epochs is not None:
         if max_epochs < 1:
             raise ConfigError(f"--max-epochs {max_epochs}: must be 1 or more")
@@ -185,7 +190,9 @@ def apply_budget(space: dict[str, dict], *, image_size: int | None = None, max_e
             space["epochs"] = {"type": "fixed", "value": min(spec["value"], max_epochs), "note": note}
         elif spec["high"] > max_epochs:
             low = min(spec["low"], max_epochs)
-            space["epochs"] = {"type": "fixed", "value": max_epochs, "note": note} if low == max_epochs else {**spec, "low": low, "high": max_epochs, "note": note}
+            space["epochs"] = (
+                {"type": "fixed", "value": max_epochs, "note": note} if low == max_epochs else {**spec, "low": low, "high": max_epochs, "note": note}
+            )
     return space
 
 
@@ -198,8 +205,9 @@ def _describe(spec: dict) -> str:
     return f"{kind} {spec['low']:g}..{spec['high']:g}"
 
 
-def build_space(task: str, *, space_file: str | Path | None = None, space_flags: list[str] = (),
-                image_size: int | None = None, max_epochs: int | None = None) -> dict[str, dict]:
+def build_space(
+    task: str, *, space_file: str | Path | None = None, space_flags: list[str] = (), image_size: int | None = None, max_epochs: int | None = None
+) -> dict[str, dict]:
     """The task's paper space, narrowed by a file then by ``--space`` flags, then the CPU-budget overrides."""
     space = default_space(task)
     if space_file:

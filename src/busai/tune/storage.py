@@ -33,8 +33,10 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         except Exception as exc:  # bad URL, missing driver
             error = exc
             break
-    raise ConfigError(f"--storage {redact(url)}: cannot open ({type(error).__name__}: {str(error).splitlines()[0]}); "
-                      "check the URL, that the server runs and that its driver (e.g. psycopg2-binary) is installed")
+    raise ConfigError(
+        f"--storage {redact(url)}: cannot open ({type(error).__name__}: {str(error).splitlines()[0]}); "
+        "check the URL, that the server runs and that its driver (e.g. psycopg2-binary) is installed"
+    )
 
 
 def redact(url: str) -> str:

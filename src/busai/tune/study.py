@@ -136,8 +136,11 @@ def run_study(
     storage_url = storage or default_storage(out_dir)
     study_name = study_name or out_dir.resolve().name
     study = optuna.create_study(
-        storage=open_storage(storage_url), study_name=study_name, direction=DIRECTIONS[task],
-        pruner=make_pruner(pruner, space), load_if_exists=True,
+        storage=open_storage(storage_url),
+        study_name=study_name,
+        direction=DIRECTIONS[task],
+        pruner=make_pruner(pruner, space),
+        load_if_exists=True,
     )
     _check_same_study(study, task, space, storage_url)
     fail_dead_trials(study)
@@ -150,8 +153,10 @@ def run_study(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.sampler = optuna.samplers.TPESampler(seed=None if seed is None else seed + existing, constant_liar=True)
-    write_json(out_dir / "space.json", {"task": task, "space": space, "pruner": pruner, "trial_patience": trial_patience,
-                                        "trial_minutes": trial_minutes, "base": base.to_dict()})
+    write_json(
+        out_dir / "space.json",
+        {"task": task, "space": space, "pruner": pruner, "trial_patience": trial_patience, "trial_minutes": trial_minutes, "base": base.to_dict()},
+    )
 
     if paper and existing == 0:
         params, row = paper
@@ -164,8 +169,11 @@ def run_study(
     try:
         if counted < trials:
             study.optimize(
-                _objective(task, space, base, out_dir, command), n_trials=trials - counted,
-                timeout=timeout_minutes * 60 if timeout_minutes else None, catch=(Exception,), callbacks=callbacks,
+                _objective(task, space, base, out_dir, command),
+                n_trials=trials - counted,
+                timeout=timeout_minutes * 60 if timeout_minutes else None,
+                catch=(Exception,),
+                callbacks=callbacks,
             )
     finally:  # an interrupted study still leaves its summary and plots
         summary = write_outputs(study, out_dir, task=task, storage_url=storage_url, command=command, stopped_by_failures=stopper.stopped)
@@ -325,7 +333,13 @@ def _trial_record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
     except ValueError:
         best_number = best_value = None
     return {
-        "number": trial.number, "state": trial.state.name, "value": trial.value, "params": trial.params,
-        "seconds": trial_seconds(trial), "epochs_run": trial.user_attrs.get("metrics", {}).get("epochs_run"),
-        "fail_reason": trial.user_attrs.get("fail_reason"), "best_number": best_number, "best_value": best_value,
+        "number": trial.number,
+        "state": trial.state.name,
+        "value": trial.value,
+        "params": trial.params,
+        "seconds": trial_seconds(trial),
+        "epochs_run": trial.user_attrs.get("metrics", {}).get("epochs_run"),
+        "fail_reason": trial.user_attrs.get("fail_reason"),
+        "best_number": best_number,
+        "best_value": best_value,
     }
