@@ -92,3 +92,9 @@ def seg_run(synthetic_dir, tiny_runs) -> Path:
 def cls_run(synthetic_dir, tiny_runs) -> Path:
     """A trained EfficientNet-Lite0 classifier run folder (64 px)."""
     return _train_tiny(synthetic_dir, tiny_runs / "cls", "cls", "efficientnet_lite0", None)
+
+
+@pytest.fixture(scope="session")
+def mt_run(synthetic_dir, tiny_runs) -> Path:
+    """A trained multitask EfficientNet-Lite0 U-Net run folder (masks and classes, 64 px)."""
+    return _train_tiny(synthetic_dir, tiny_runs / "mt", "mt", "unet", "efficientnet-lite0")

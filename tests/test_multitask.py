@@ -64,27 +64,6 @@ def test_segmentation_weights_start_a_multitask_network(seg_run):
     assert any(k.startswith("classification_head.") for k in mine)
 
 
-@pytest.fixture(scope="module")
-def mt_run(synthetic_dir, tiny_runs, seg_run):
-    from busai.training import train
-
-    out = tiny_runs / "mt"
-    if not (out / "fit.json").exists():
-        cfg = TrainConfig(
-            task="mt",
-            model="unet",
-            encoder="efficientnet-lite0",
-            weights="none",
-            image_size=64,
-            epochs=1,
-            batch_size=8,
-            data=str(synthetic_dir),
-            splits=str(tiny_runs / "splits.json"),
-        )
-        train(cfg, out, quiet=True)
-    return out
-
-
 def test_trained_run_logs_both_scores_and_loads_per_task(mt_run):
     from busai.runs import load_model
 
