@@ -121,17 +121,21 @@ def test_mismatched_checkpoint_is_named(cls_run, seg_run, tmp_path):
 
 
 def test_segmentation_table_prints_paper_numbers_beside_ours(seg_run, synthetic_dir, tmp_path):
+    from study.paper import reference
+
     run = shutil.copytree(seg_run, tmp_path / "seg")
     evaluate_run(run, synthetic_dir, splits_of(seg_run), "test", n_boot=20, figures=False)
     summary = collect_run(run)
     summary["model"] = {**summary["model"], "encoder": "resnet18", "name": "unetplusplus"}
-    table = segmentation_table([summary])
+    assert "0.97 / 0.83 / 0.71 / 0.91" not in segmentation_table([summary]) and "Paper" not in segmentation_table([summary])
+    paper = reference()
+    table = segmentation_table([summary], paper)
     assert "resnet18:unetplusplus" in table
     assert "0.97 / 0.83 / 0.71 / 0.91" in table  # the paper's Table 4 test row for ResNet18:U-Net++
     d = summary["metrics"]["test"]["detection"]
     assert f"| {d['missed_lesions']} of {d['lesion_images']} | {d['false_alarms']} of {d['lesion_free_images']} |" in table
     del summary["metrics"]["test"]["detection"]  # results evaluated before detection was recorded
-    assert "| – | – | 0.97 / 0.83 / 0.71 / 0.91 |" in segmentation_table([summary])
+    assert "| – | – | 0.97 / 0.83 / 0.71 / 0.91 |" in segmentation_table([summary], paper)
     summary["metrics"]["test"]["ci"] = "95% percentile bootstrap over 60 duplicate groups of images"
     assert "| test† |" in segmentation_table([summary])
     summary["metrics"]["test"]["ci"] = "95% percentile bootstrap over images"
