@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 
+from busai.cli import user_messages
 from busai.commands.report import DESCRIPTION, add_arguments, report
 from busai.errors import BusaiError
 from study.paper import reference
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures to files only, as `busai` sets for its commands
     args.recorded_command = "python -m study.report " + shlex.join(argv)
     try:
-        return report(args, reference=reference())
+        with user_messages():
+            return report(args, reference=reference())
     except BusaiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

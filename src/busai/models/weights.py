@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import logging
 import re
-import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 from busai.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_DIR_ENV = "BUSAI_WEIGHTS_DIR"
 LOCAL_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -326,12 +328,13 @@ def load_imagenet(module: nn.Module, source: ImagenetSource, what: str, ignore_p
 
 
 def warn_imagenet_missing(what: str, source: ImagenetSource, looked_for: list[str]) -> None:
-    """Bold red line on stderr plus ``RuntimeWarning``: training continues from random weights."""
+    """A warning on the ``busai`` logger (the CLI shows it as one bold red line) plus ``RuntimeWarning``:
+    training continues from random weights."""
     message = (
         f"ImageNet weights for {what} not found; continuing with RANDOM weights. "
         f"Looked for: {'; '.join(looked_for)}. To provide them: {_how_to_provide(source)}"
     )
-    _print_red(message)
+    log.warning(message)
     warnings.warn(message, RuntimeWarning, stacklevel=5)  # points at the caller of build()
 
 
@@ -344,10 +347,3 @@ def _how_to_provide(source: ImagenetSource) -> str:
         f"copy {url.rsplit('/', 1)[-1]} ({url}) into {torchvision_checkpoint_dir()}/ "
         f"(that is $TORCH_HOME/hub/checkpoints), or set {WEIGHTS_DIR_ENV} to a folder holding it or {own_files}."
     )
-
-
-def _print_red(message: str) -> None:
-    from rich.console import Console
-
-    # One unwrapped line (greppable in logs) on stderr, so a command's --json stdout stays clean.
-    Console(file=sys.stderr, soft_wrap=True).print(f"WARNING: {message}", style="bold red", markup=False, highlight=False)
