@@ -126,9 +126,12 @@ def test_study_report_prints_the_papers_numbers_beside_ours(evaluated, tmp_path,
 def test_study_collect_names_a_run_not_evaluated(seg_run, tmp_path, capsys):
     from study.collect import main
 
-    assert main([str(seg_run), "--out", str(tmp_path / "results")]) == 2
+    run = shutil.copytree(seg_run, tmp_path / "seg")
+    (run / "metrics.json").unlink(missing_ok=True)
+    assert main([str(run), "--out", str(tmp_path / "results")]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {seg_run / 'metrics.json'}: missing; run `busai evaluate {seg_run} --split train val test` first\n"
+    assert err == f"error: {run / 'metrics.json'}: missing; run `busai evaluate {run} --split train val test` first\n"
+    assert not (tmp_path / "results" / "seg.json").exists()
 
 
 def test_report_from_collected_results(cli, evaluated, tmp_path):
