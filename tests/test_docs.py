@@ -62,6 +62,7 @@ def python_quick_start() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_readme_python_quick_start_runs_on_a_synthetic_scan(synthetic_dir, tmp_path):
     code = python_quick_start()
     assert len(code.strip().splitlines()) <= 15
