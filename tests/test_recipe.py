@@ -101,3 +101,44 @@ def test_ema_and_lesion_dice_selection_train_save_and_resume(synthetic_dir, tmp_
     # Resume continues the average (a second epoch) rather than restarting it.
     resume(run, epochs=2, quiet=True)
     assert len(load_checkpoint(run / "checkpoint_last.pt")["history"]) == 2
+
+
+def test_component_features_of_a_constructed_map():
+    from busai.presence import component_features
+
+    prob = np.zeros((10, 10), np.float32)
+    prob[0:4, 0:5] = 0.8  # the largest component: 20 of 100 pixels
+    prob[2, 2] = 0.95
+    prob[8, 8] = 0.99  # a one-pixel speck with the map's peak
+    features = component_features(prob)
+    assert features == {"max_prob": pytest.approx(0.99), "largest_area": 0.2, "largest_peak": pytest.approx(0.95), "components": 2}
+    assert component_features(np.full((4, 4), 0.3))["largest_area"] == 0.0
+
+
+def test_presence_rule_empties_weak_outlines_and_keeps_sure_ones():
+    from busai.presence import PresenceRule
+
+    rule = PresenceRule(min_peak=0.9, min_area=0.05)
+    sure = np.zeros((10, 10), np.float32)
+    sure[0:4, 0:5] = 0.95
+    weak = np.zeros((10, 10), np.float32)
+    weak[0:4, 0:5] = 0.7  # large but unsure: a false outline
+    speck = np.zeros((10, 10), np.float32)
+    speck[5, 5] = 0.99  # sure but 1% of the image
+    assert rule.apply(sure).sum() == 20
+    assert rule.apply(weak).sum() == 0
+    assert rule.apply(speck).sum() == 0
+
+
+def test_presence_rule_fit_separates_normals_from_lesions():
+    from busai.presence import PresenceRule
+
+    # Lesion scans found with peaks >= 0.9; normals outlined with peaks <= 0.7.
+    lesions = [{"largest_peak": p, "largest_area": 0.1, "dice": 0.8, "lesion": True, "tp": 10} for p in (0.9, 0.95, 0.99)]
+    normals = [{"largest_peak": p, "largest_area": 0.1, "dice": 0.0, "lesion": False, "tp": 0} for p in (0.55, 0.6, 0.7)]
+    rule = PresenceRule.fit(lesions + normals)
+    assert 0.7 < rule.min_peak <= 0.9
+    assert all(rule.keeps(r) for r in lesions) and not any(rule.keeps(r) for r in normals)
+    assert PresenceRule.from_dict(rule.to_dict()) == rule
+    with pytest.raises(ConfigError, match="must lie between 0 and 1"):
+        PresenceRule.from_dict({"min_peak": 2, "min_area": 0})
