@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from busai.commands import add_data_options
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -22,6 +24,7 @@ def register(sub) -> None:
         metavar="[NAME=]PATH",
         help="dataset folder or CSV manifest; repeat as NAME=PATH for several (each scored on its own, and pooled)",
     )
+    add_data_options(p)
     p.add_argument("--splits", default=None, metavar="FILE", help="split JSON (from `busai data split`)")
     p.add_argument("--split", default=["test"], choices=["train", "val", "test"], nargs="+", help="one or more splits of --splits (default: test)")
     p.add_argument("--all", dest="all_images", action="store_true", help="score every image of the data instead of a split")
@@ -40,13 +43,13 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from busai.commands import command_line
+    from busai.commands import command_line, data_specs
     from busai.evaluation import evaluate_model
     from busai.report import print_metrics
 
     results = evaluate_model(
         args.model,
-        args.data,
+        data_specs(args),
         splits_file=args.splits,
         split_names=args.split,
         all_images=args.all_images,
