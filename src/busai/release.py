@@ -33,6 +33,21 @@ def release_dir(task: str, root: str | Path | None = None) -> Path:
     return Path(root if root is not None else RELEASE_DIR) / resolve_task(task)
 
 
+def portable_weight_source(source: str | None) -> str | None:
+    """A weight source without the absolute path of the machine that wrote it (what a release ships
+    and what tables show): ``file: /home/me/runs/x/best.safetensors (sha256 ...)`` becomes
+    ``file: x/best.safetensors (sha256 ...)``, the packaged release's own file
+    ``file: release/<task>/model.safetensors (...)``; the checksum says which file it was."""
+    if not source or not source.startswith("file: "):
+        return source
+    text, sep, rest = source.removeprefix("file: ").partition(" (")
+    path = Path(text)
+    if not path.is_absolute():
+        return source
+    short = f"{path.parent.parent.name}/{path.parent.name}/{path.name}" if path.parent.parent.name == "release" else f"{path.parent.name}/{path.name}"
+    return f"file: {short}{sep}{rest}"
+
+
 def make_release(run_dir: str | Path, task: str, root: str | Path | None = None) -> Path:
     """Write the run's best weights (as fp16), config and scores as the release model for ``task``."""
     from busai.report import compact_classification, compact_segmentation
@@ -52,7 +67,9 @@ def make_release(run_dir: str | Path, task: str, root: str | Path | None = None)
         tmp.unlink()
         raise CheckpointError(f"{run_dir}: fp16 weights are {size_mb:.1f} MB, over the {MAX_RELEASE_MB} MB package limit; release a smaller model")
     tmp.replace(out / WEIGHTS)
-    shutil.copyfile(run_dir / CONFIG, out / CONFIG)
+    config = read_run_config(run_dir)
+    config["weight_source"] = portable_weight_source(config.get("weight_source"))
+    write_json(out / CONFIG, config)
     from busai.calibration import CALIBRATION
 
     if (run_dir / CALIBRATION).is_file():

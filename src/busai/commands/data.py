@@ -243,7 +243,10 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def _duplicates_line(splits: dict) -> str:
     if splits["duplicates"] == "group":
-        return f"{len(splits['groups'])} duplicate groups kept within one split"
+        # The groups are duplicate images merged with each patient's scans where the layout names patients.
+        patients = any((entry or {}).get("patients") for entry in (splits.get("datasets") or {}).values())
+        what = "groups of duplicate images and of one patient's scans" if patients else "duplicate groups"
+        return f"{len(splits['groups'])} {what} kept within one split"
     if splits["duplicates"] == "exclude":
         return f"{len(splits['excluded'])} duplicate-group images excluded"
     leaked = splits["leaked"]

@@ -39,6 +39,7 @@ def register(sub) -> None:
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation, as `busai predict --tta`; stored as <key>_tta")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (default): the GPU when one is visible, else the CPU")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (there is none either when stderr is not a terminal)")
     p.set_defaults(handler=run)
 
 
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         command=command_line(args),
         device=args.device,
+        progress=not args.quiet,
     )
     if args.json:
         flat = {f"{task}:{key}" if len(results) > 1 else key: r for task, by_key in results.items() for key, r in by_key.items()}
