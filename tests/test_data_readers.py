@@ -37,7 +37,10 @@ MAPPING = "image=ID,mask=Segmentation,label=Pathology,group=Patient,pixel_spacin
 
 def test_column_mapping_reads_a_table_with_its_own_header(manifest, own_columns, tmp_path, cli):
     expected = read_records([manifest])
-    with pytest.raises(DataError, match=r"cases.csv: column 'image' is missing \(header: id,segmentation,pathology,patient,spacing\).*--columns image=ID"):
+    with pytest.raises(
+        DataError,
+        match=r"cases.csv: column 'image' is missing \(header: id,segmentation,pathology,patient,spacing\).*or map yours, e.g. columns=image=ID,label=Pathology",
+    ):
         read_records([own_columns])
     got = read_records(parse_data_specs([own_columns], columns=[MAPPING]))
     assert [(r.relpath, r.label, r.group, r.pixel_spacing_mm, len(r.masks)) for r in got] == [
@@ -97,7 +100,9 @@ def test_mask_pattern_pairs_masks_named_another_way(synthetic_dir, prefixed_mask
     scan, _ = scan_source(prefixed_masks)
     orphan = next(p for p in scan.problems if p.kind == "mask_without_image")
     # Without a pattern, the problem says how masks are matched and how to match others.
-    assert "has no image in images/" in orphan.message and "NAME_mask.png" in orphan.message and "--mask-pattern 'mask_{stem}.png'" in orphan.message
+    assert (
+        "has no image in images/" in orphan.message and "NAME_mask.png" in orphan.message and "mask_pattern='mask_{stem}.png'" in orphan.message
+    )  # from Python the parameter; the CLI says --mask-pattern
     assert all(not r.masks for r in scan.records)
     specs = parse_data_specs([prefixed_masks], mask_patterns=["mask_{stem}.png"])
     records = read_records(specs)
@@ -121,12 +126,13 @@ def test_mask_pattern_in_the_busi_layout_and_its_missing_mask_message(busi_copy,
     cli.fails("data", "split", busi_copy, "--mask-pattern", "{stem}_seg.png", "--out", busi_copy / "s.json", expect="no mask found; add benign (2)_seg.png")
 
 
-def test_default_missing_mask_message_says_how_masks_are_matched(busi_copy):
+def test_default_missing_mask_message_says_how_masks_are_matched(busi_copy, cli):
     (busi_copy / "malignant" / "malignant (2)_mask.png").unlink()
     problem = next(p for p in scan_source(busi_copy)[0].problems if p.kind == "missing_mask")
     assert problem.message.endswith(
-        "masks are matched by name: NAME_mask.png (or NAME_mask_1.png ...) for image NAME; for other names give a mask pattern, e.g. --mask-pattern 'mask_{stem}.png'"
+        "masks are matched by name: NAME_mask.png (or NAME_mask_1.png ...) for image NAME; for other names give a mask pattern, e.g. mask_pattern='mask_{stem}.png'"
     )
+    cli.fails("data", "split", busi_copy, "--out", busi_copy / "s.json", expect="give a mask pattern, e.g. --mask-pattern 'mask_{stem}.png'")
 
 
 @pytest.mark.parametrize("pattern", ["mask.png", "{stem}.png", "{stem}_{n}.png", "sub/{stem}_m.png"])
@@ -192,3 +198,20 @@ def test_every_data_command_takes_the_reading_options():
     ):
         args = parser.parse_args([*command, "--columns", "image=ID", "--mask-pattern", "m_{stem}", "--format", "manifest"])
         assert isinstance(args, argparse.Namespace) and args.columns == ["image=ID"] and args.mask_patterns == ["m_{stem}"] and args.formats == ["manifest"]
+
+
+def test_split_calls_patient_groups_what_they_are(manifest, synthetic_dir, tmp_path, cli):
+    code, out, _ = cli("data", "split", "--data", f"m={manifest}", "--out", tmp_path / "p.json", "--val", "0.25", "--test", "0.25")
+    assert code == 0 and "8 groups of duplicate images and of one patient's scans kept within one split" in out  # 24 scans, 3 per patient
+    code, out, _ = cli("data", "split", synthetic_dir, "--out", tmp_path / "d.json", "--val", "0.25", "--test", "0.25")
+    assert code == 0 and "duplicate groups kept within one split" in out  # BUSI names no patients
+
+
+def test_python_errors_name_the_parameter_and_the_cli_the_flag(seg_run, synthetic_dir, cli):
+    from busai.evaluation import evaluate_model
+
+    with pytest.raises(ConfigError, match=r"say which images to score: splits_file=FILE with split_names=NAME, or all_images=True"):
+        evaluate_model(seg_run, synthetic_dir)
+    with pytest.raises(ConfigError, match="its scores need a place: pass out=DIR"):
+        evaluate_model("release", synthetic_dir, all_images=True)
+    cli.fails("evaluate", seg_run, "--data", synthetic_dir, expect="say which images to score: --splits FILE with --split NAME, or --all for")

@@ -117,7 +117,13 @@ def test_progress_png_is_written_by_training(seg_run):
 def test_bad_inputs_are_one_line_errors(cli, tmp_path):
     cli.fails("report", tmp_path / "nope", "--out", tmp_path / "r", expect="nope: not found; pass run folders")
     (tmp_path / "empty").mkdir()
-    cli.fails("report", tmp_path / "empty", "--out", tmp_path / "r", expect="empty: holds no run folder, release, evaluate --out folder, result file, tuning study or split file")
+    cli.fails(
+        "report",
+        tmp_path / "empty",
+        "--out",
+        tmp_path / "r",
+        expect="empty: holds no run folder, release, evaluate --out folder, result file, tuning study or split file",
+    )
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     cli.fails("report", bad, "--out", tmp_path / "r", expect="bad.json: holds no run folder")
@@ -199,7 +205,10 @@ def test_weight_sources_lose_the_machines_path():
     from busai.report import _short_source
 
     assert portable_weight_source("file: /home/me/runs/seg-a/best.safetensors (sha256 0123)") == "file: seg-a/best.safetensors (sha256 0123)"
-    assert portable_weight_source("file: /opt/x/busai/release/segmentation/model.safetensors (sha256 ab)") == "file: release/segmentation/model.safetensors (sha256 ab)"
+    assert (
+        portable_weight_source("file: /opt/x/busai/release/segmentation/model.safetensors (sha256 ab)")
+        == "file: release/segmentation/model.safetensors (sha256 ab)"
+    )
     assert portable_weight_source("imagenet (torchvision)") == "imagenet (torchvision)"
     assert _short_source("file: /home/me/weights/mine.pt (sha256 1)") == "file: mine.pt"
     assert _short_source("file: release/segmentation/model.safetensors (sha256 ab)") == "release weights"

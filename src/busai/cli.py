@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from busai.errors import BusaiError
+from busai.errors import BusaiError, cli_context
 
 # Order is the order shown in `busai --help`.
 COMMAND_MODULES = ("data", "models", "train", "evaluate", "calibrate", "report", "collect", "tune", "predict", "export", "serve", "release")
@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     _process_settings()
     try:
-        result = args.handler(args)
+        with cli_context():
+            result = args.handler(args)
     except BusaiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

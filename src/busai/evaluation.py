@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from busai import CLASSES, SPLIT_NAMES
 from busai.engine import BEST_CHECKPOINT, default_path_name
-from busai.errors import CheckpointError, ConfigError
+from busai.errors import CheckpointError, ConfigError, option
 from busai.inference import predict_tensor, upsample_probability
 from busai.outputs import output_dir
 from busai.runs import LoadedModel, load_model, model_label, read_metrics, scores_dir, write_json
@@ -209,16 +209,19 @@ def evaluate_model(
 
     specs = parse_data_specs(data)
     if not specs:
-        raise ConfigError("pass the data to score with --data PATH (or --data NAME=PATH, repeatable)")
+        raise ConfigError(f"pass the data to score with {option('data', 'PATH')} (or {option('data', 'NAME=PATH')}, repeatable)")
     if all_images == (splits_file is not None):
-        raise ConfigError("say which images to score: --splits FILE with --split NAME, or --all for every image of the data")
+        raise ConfigError(
+            f"say which images to score: {option('splits_file', 'FILE', '--splits')} with {option('split_names', 'NAME', '--split')}, "
+            f"or {option('all_images', flag='--all')} for every image of the data"
+        )
     for split in split_names:
         if split not in SPLIT_NAMES:
             raise ConfigError(f"split '{split}': unknown; choose train, val or test")
     best_threads()
     models = resolve_models(model, device)
     if out is None and any(run is None for _, _, run in models):
-        raise ConfigError(f"{model}: is not a run folder, so its scores need a place: pass --out DIR")
+        raise ConfigError(f"{model}: is not a run folder, so its scores need a place: pass {option('out', 'DIR')}")
     for loaded, _, run_dir in models:  # a read-only destination or a damaged metrics.json fails before any scoring
         dest = Path(out) / loaded.task if out is not None else scores_dir(run_dir, loaded.spec, loaded.task)
         output_dir(dest, option="--out" if out is not None else "run folder")

@@ -101,6 +101,35 @@ def make_release(run_dir: str | Path, task: str, root: str | Path | None = None)
     return out
 
 
+def rescore_release(evaluation: str | Path, root: str | Path | None = None) -> list[Path]:
+    """Replace the scores in each packaged model's ``scores.json`` by those of the packaged model
+    itself, read from what ``busai evaluate release --out EVALUATION`` wrote: the shipped fp16
+    weights with their stored temperature are what users get, so the README, the model card and
+    ``busai evaluate release`` all show those numbers (the run's own scores, which make_release
+    copies, are of its fp32 weights and may be of an earlier calibration)."""
+    from busai.report import compact_classification, compact_segmentation
+
+    written = []
+    for task in ("segmentation", "classification"):
+        metrics_path = Path(evaluation) / task / "metrics.json"
+        if not metrics_path.is_file():
+            continue
+        metrics = json.loads(metrics_path.read_text())
+        folder = release_dir(task, root)
+        scores = json.loads((folder / SCORES).read_text())
+        sources = {str(m.get("model_source")) for m in metrics.values() if isinstance(m, dict)}
+        if any(Path(source).resolve() != folder.resolve() for source in sources):
+            raise CheckpointError(f"{metrics_path}: not scores of the packaged model (model {', '.join(map(str, sources))}); run `busai evaluate release ... --out DIR`")
+        compact = compact_segmentation if task == "segmentation" else compact_classification
+        scores["splits"] = {key: {"images": m.get("images"), **compact(m)} for key, m in metrics.items() if isinstance(m, dict)}
+        scores["scored_by"] = sorted({m.get("command") for m in metrics.values() if isinstance(m, dict) and m.get("command")})
+        write_json(folder / SCORES, scores)
+        written.append(folder / SCORES)
+    if not written:
+        raise CheckpointError(f"{evaluation}: holds no segmentation/ or classification/ metrics.json; pass the --out folder of `busai evaluate release`")
+    return written
+
+
 def load_release(task: str, root: str | Path | None = None, *, device: str = "cpu") -> LoadedModel:
     """The packaged model for ``task``; a clear error when none has been released yet."""
     folder = release_dir(task, root)

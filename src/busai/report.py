@@ -179,7 +179,9 @@ def _run_rows(result: dict, name: str, theirs: dict, cells) -> list[str]:
         metrics = result["metrics"][split]
         paper_cell = " / ".join(f"{v:.2f}" for v in theirs[split]) if split in theirs else "–"
         shown = head if i == 0 else ("", "", "")
-        mark = GROUP_CI_MARK if re.search(r"over \d+ (duplicate )?groups", metrics.get("ci") or "") else ""  # results written before "groups" said "duplicate groups"
+        mark = (
+            GROUP_CI_MARK if re.search(r"over \d+ (duplicate )?groups", metrics.get("ci") or "") else ""
+        )  # results written before "groups" said "duplicate groups"
         rows.append(f"| {' | '.join(shown)} | {split}{mark} | {cells(metrics)} | {paper_cell} |")
     return rows
 

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from busai import CLASSES
-from busai.errors import ConfigError, DataError
+from busai.errors import ConfigError, DataError, option
 from busai.io.dicom import is_dicom
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -121,7 +121,8 @@ class MaskNames:
     def rule(self) -> str:
         """How masks are matched, for problem messages."""
         if self.pattern is None:
-            return "masks are matched by name: NAME_mask.png (or NAME_mask_1.png ...) for image NAME; for other names give a mask pattern, e.g. --mask-pattern 'mask_{stem}.png'"
+            example = option("mask_pattern", "'mask_{stem}.png'")
+            return f"masks are matched by name: NAME_mask.png (or NAME_mask_1.png ...) for image NAME; for other names give a mask pattern, e.g. {example}"
         return f"masks are matched by the mask pattern '{self.pattern}' ({{stem}}: the image's name without suffix)"
 
 

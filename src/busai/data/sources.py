@@ -58,7 +58,7 @@ from busai.data.discover import (
     scan_dataset,
 )
 from busai.io.dicom import is_dicom
-from busai.errors import ConfigError, DataError
+from busai.errors import ConfigError, DataError, option
 
 # The columns busai reads from a table; --columns maps them to a table's own names.
 COLUMNS = ("image", "mask", "label", "group", "pixel_spacing_mm", "frame", "dataset")
@@ -131,7 +131,7 @@ def parse_data_specs(values, formats: list[str] | None = None, columns: list[str
     repeated = [n for n, k in Counter(names).items() if k > 1]
     if repeated:
         raise ConfigError(f"--data: dataset name '{repeated[0]}' given twice; give each dataset its own name")
-    for option, given, split, field_name in (
+    for flag, given, split, field_name in (
         ("--format", formats, _split_format, "format"),
         ("--columns", columns, _split_columns, "columns"),
         ("--mask-pattern", mask_patterns, _split_mask_pattern, "mask_pattern"),
@@ -139,10 +139,10 @@ def parse_data_specs(values, formats: list[str] | None = None, columns: list[str
         for value in given or []:
             name, setting = split(str(value))
             if name is None and len(specs) > 1:
-                raise ConfigError(f"{option} {value}: several datasets given; say which one, e.g. {option} {specs[0].name}={value}")
+                raise ConfigError(f"{flag} {value}: several datasets given; say which one, e.g. {flag} {specs[0].name}={value}")
             targets = [i for i, s in enumerate(specs) if name is None or s.name == name]
             if not targets:
-                raise ConfigError(f"{option} {value}: no --data named '{name}'")
+                raise ConfigError(f"{flag} {value}: no --data named '{name}'")
             for i in targets:
                 specs[i] = replace(specs[i], **{field_name: setting})
     return specs
@@ -269,9 +269,9 @@ def scan_source(spec: DataSpec | str | Path) -> tuple[Scan, str]:
     fmt = spec.format or detect_format(spec.path, spec)
     entry = LAYOUTS[fmt]
     if spec.columns and not entry.tables:
-        raise ConfigError(f"{spec.path}: column names given, but the {fmt} layout reads no table; drop the column mapping (--columns)")
+        raise ConfigError(f"{spec.path}: column names given, but the {fmt} layout reads no table; drop the column mapping ({option('columns', 'MAP')})")
     if spec.mask_pattern is not None and not entry.mask_names:
-        raise ConfigError(f"{spec.path}: a mask pattern given, but the {fmt} layout does not pair masks by file name; drop it (--mask-pattern)")
+        raise ConfigError(f"{spec.path}: a mask pattern given, but the {fmt} layout does not pair masks by file name; drop {option('mask_pattern', 'PATTERN')}")
     scan = entry.read(spec)
     if spec.name:
         scan.records = [_named(r, spec.name) for r in scan.records]
@@ -553,12 +553,12 @@ def _read_table(
         if theirs.lower() == ours:
             continue
         if theirs.lower() not in header:
-            raise DataError(f"{path}: column '{theirs}' (mapped to {ours}) is missing (header: {shown}); fix the column mapping (--columns)")
+            raise DataError(f"{path}: column '{theirs}' (mapped to {ours}) is missing (header: {shown}); fix the column mapping")
         header = ["" if h == ours else h for h in header]  # the mapped column replaces a column of busai's name
         header[header.index(theirs.lower())] = ours
     absent = [c for c in required if c not in header]
     if absent:
-        how = " or map yours with --columns, e.g. --columns image=ID,label=Pathology" if not columns else ""
+        how = f" or map yours, e.g. {option('columns', 'image=ID,label=Pathology')}" if not columns else ""
         raise DataError(f"{path}: column '{absent[0]}' is missing (header: {shown}); the table needs {','.join(required)}{how}")
     repeated = [h for h, n in Counter(header).items() if n > 1 and h]
     if repeated:
