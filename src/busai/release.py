@@ -119,7 +119,9 @@ def rescore_release(evaluation: str | Path, root: str | Path | None = None) -> l
         scores = json.loads((folder / SCORES).read_text())
         sources = {str(m.get("model_source")) for m in metrics.values() if isinstance(m, dict)}
         if any(Path(source).resolve() != folder.resolve() for source in sources):
-            raise CheckpointError(f"{metrics_path}: not scores of the packaged model (model {', '.join(map(str, sources))}); run `busai evaluate release ... --out DIR`")
+            raise CheckpointError(
+                f"{metrics_path}: not scores of the packaged model (model {', '.join(map(str, sources))}); run `busai evaluate release ... --out DIR`"
+            )
         compact = compact_segmentation if task == "segmentation" else compact_classification
         scores["splits"] = {key: {"images": m.get("images"), **compact(m)} for key, m in metrics.items() if isinstance(m, dict)}
         scores["scored_by"] = sorted({m.get("command") for m in metrics.values() if isinstance(m, dict) and m.get("command")})
