@@ -196,7 +196,7 @@ def test_report_on_the_release_shows_its_scores_without_machine_paths(cli, tmp_p
     text = (tmp_path / "r" / "report.md").read_text()
     scores = json.loads((RELEASE_DIR / "classification" / "scores.json").read_text())["splits"]
     assert f"| busi/test | {scores['busi/test']['images']} | {ci(scores['busi/test']['accuracy'])} |" in text
-    assert re.search(rf"\| test \| {re.escape(ci(scores['test']['accuracy']))} \|", text)  # the pooled test split in the paper-shaped table
+    assert re.search(rf"\| test†? \| {re.escape(ci(scores['test']['accuracy']))} \|", text)  # the pooled test split in the paper-shaped table
     assert "release weights" in text and "/work/" not in text and str(RELEASE_DIR) not in text
 
 
@@ -215,3 +215,18 @@ def test_weight_sources_lose_the_machines_path():
     for task in ("segmentation", "classification"):  # what the package ships
         source = json.loads((RELEASE_DIR / task / "config.json").read_text())["weight_source"]
         assert source == portable_weight_source(source) and not source.removeprefix("file: ").startswith("/")
+
+
+def test_evaluate_progress_bar_shows_on_a_terminal_only(monkeypatch, capsys):
+    from busai.cli import build_parser
+    from busai.evaluation import _progress_bar
+
+    for env, description, shown in (("1", "Scoring test (3 images)", True), (None, "Scoring test (3 images)", False), ("1", None, False)):
+        if env:
+            monkeypatch.setenv("FORCE_COLOR", env)  # rich treats stderr as a terminal
+        else:
+            monkeypatch.delenv("FORCE_COLOR", raising=False)
+        with _progress_bar(description, 3) as advance:
+            advance(3)
+        assert ("Scoring test" in capsys.readouterr().err) == shown
+    assert build_parser().parse_args(["evaluate", "M", "--data", "D", "--quiet"]).quiet
