@@ -124,12 +124,15 @@ def _read(path: Path) -> dict | None:
         return None
 
 
+EVALUATED_TASKS = ("segmentation", "classification")  # the folders `busai evaluate --out DIR` writes into
+
+
 def _evaluation_entries(folder: Path) -> list[Entry]:
     """What ``busai evaluate MODEL --out DIR`` wrote: ``DIR/<task>/metrics.json`` with its figures
     (or one such task folder), one entry per task, its keys the scored sets (``NAME/all`` ...)."""
     from busai.report import compact_classification, compact_segmentation
 
-    task_dirs = [folder] if (folder / "metrics.json").is_file() else sorted(p.parent for p in folder.glob("*/metrics.json"))
+    task_dirs = [folder] if (folder / "metrics.json").is_file() else _task_dirs(folder)
     entries = []
     for task_dir in task_dirs:
         metrics = _read(task_dir / "metrics.json")
@@ -154,8 +157,15 @@ def _evaluation_entries(folder: Path) -> list[Entry]:
     return entries
 
 
+def _task_dirs(folder: Path) -> list[Path]:
+    """An evaluate --out folder's task folders (a run folder beside them has its config.json, and is no evaluation)."""
+    return [folder / t for t in EVALUATED_TASKS if (folder / t / "metrics.json").is_file() and not (folder / t / "config.json").exists()]
+
+
 def _is_evaluation(path: Path) -> bool:
-    return path.is_dir() and not (path / "config.json").exists() and ((path / "metrics.json").is_file() or any(path.glob("*/metrics.json")))
+    if not path.is_dir() or (path / "config.json").exists():
+        return False
+    return (path.name in EVALUATED_TASKS and (path / "metrics.json").is_file()) or bool(_task_dirs(path))
 
 
 def gather(paths: list[str | Path]) -> Inputs:
