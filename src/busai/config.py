@@ -96,7 +96,9 @@ class TrainConfig:
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch
     log: str = "none"  # per-epoch tracking: none, tensorboard or mlflow (busai.tracking)
 
-    data: str | list[str] | None = None  # a path, or NAME=PATH strings for several datasets
+    # A path, or NAME=PATH strings for several datasets; a dataset with reading options (layout,
+    # column mapping, mask pattern) is a mapping (busai.data.sources.DataSpec.to_config).
+    data: str | dict | list[str | dict] | None = None
     splits: str | None = None
     fold: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -14,6 +14,7 @@ paper's Table 4 does not say which it used — the README discusses the comparis
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from busai import CLASSES, SPLIT_NAMES
 from busai.engine import BEST_CHECKPOINT, default_path_name
-from busai.errors import CheckpointError, ConfigError
+from busai.errors import CheckpointError, ConfigError, option
 from busai.inference import predict_tensor, upsample_probability
 from busai.outputs import output_dir
 from busai.runs import LoadedModel, load_model, model_label, read_metrics, scores_dir, write_json
@@ -31,18 +32,37 @@ from busai.runs import LoadedModel, load_model, model_label, read_metrics, score
 log = logging.getLogger(__name__)
 
 
-def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16, calibrated: bool = True):
-    """Yield (record, probability) for every record, in order, through the training dataset's preprocessing."""
+def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16, calibrated: bool = True, progress: str | None = None):
+    """Yield (record, probability) for every record, in order, through the training dataset's preprocessing.
+
+    ``progress``: a description to show a progress bar under (on stderr, only when it is a terminal)."""
     from busai.data.dataset import BusDataset, ImageCache
 
     dataset = BusDataset(records, loaded.image_size, loaded.mean, loaded.std, cache=ImageCache(), grayscale=loaded.grayscale)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     i = 0
-    for batch in loader:
-        probs = predict_tensor(loaded, batch["image"], tta=tta, calibrated=calibrated)
-        for p in probs:
-            yield records[i], p
-            i += 1
+    with _progress_bar(progress, len(records)) as advance:
+        for batch in loader:
+            probs = predict_tensor(loaded, batch["image"], tta=tta, calibrated=calibrated)
+            for p in probs:
+                yield records[i], p
+                i += 1
+            advance(len(probs))
+
+
+@contextlib.contextmanager
+def _progress_bar(description: str | None, total: int):
+    """A rich progress bar on stderr, yielding its advance(n); a no-op without a description or a terminal."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    if description is None or not console.is_terminal:
+        yield lambda n: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def score_segmentation_image(record, prob: torch.Tensor) -> tuple[np.ndarray, np.ndarray, dict, dict]:
@@ -66,11 +86,13 @@ def score_segmentation_image(record, prob: torch.Tensor) -> tuple[np.ndarray, np
     return full, mask, counts, row
 
 
-def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None) -> tuple[dict, list]:
+def evaluate_segmentation(
+    loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None, progress: str | None = None
+) -> tuple[dict, list]:
     from busai.metrics import summarise_segmentation
 
     per_image, samples, scores = [], [], []
-    for record, prob in predict_records(loaded, records, tta=tta):
+    for record, prob in predict_records(loaded, records, tta=tta, progress=progress):
         full, mask, counts, row = score_segmentation_image(record, prob)
         per_image.append(counts)
         samples.append((record, full, mask, counts))
@@ -81,11 +103,13 @@ def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: in
     return summary, samples
 
 
-def evaluate_classification(loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None) -> tuple[dict, list]:
+def evaluate_classification(
+    loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None, progress: str | None = None
+) -> tuple[dict, list]:
     from busai.calibration import expected_calibration_error, reliability_bins
     from busai.metrics import classification_report_dict, malignant_vs_benign_auc
 
-    rows = [(record, prob.numpy()) for record, prob in predict_records(loaded, records, tta=tta)]
+    rows = [(record, prob.numpy()) for record, prob in predict_records(loaded, records, tta=tta, progress=progress)]
     y_true = np.array([r.label_index for r, _ in rows])
     probs = np.stack([p for _, p in rows])
     report = classification_report_dict(y_true, probs, class_names=CLASSES, n_boot=n_boot, seed=seed, groups=groups)
@@ -172,8 +196,10 @@ def evaluate_model(
     tta: bool = False,
     command: str | None = None,
     device: str = "cpu",
+    progress: bool = False,
 ) -> dict[str, dict[str, dict]]:
     """Score ``model`` on ``data`` (see the module docstring); returns {task: {key: result}}.
+    ``progress`` shows a bar per scored set on stderr when it is a terminal.
 
     Results go into ``RUN_DIR/metrics.json`` for a run folder (unless ``out`` is given), else into
     ``OUT/<task>/metrics.json``; keys are ``split`` for one unnamed dataset, ``NAME/split`` per
@@ -185,16 +211,19 @@ def evaluate_model(
 
     specs = parse_data_specs(data)
     if not specs:
-        raise ConfigError("pass the data to score with --data PATH (or --data NAME=PATH, repeatable)")
+        raise ConfigError(f"pass the data to score with {option('data', 'PATH')} (or {option('data', 'NAME=PATH')}, repeatable)")
     if all_images == (splits_file is not None):
-        raise ConfigError("say which images to score: --splits FILE with --split NAME, or --all for every image of the data")
+        raise ConfigError(
+            f"say which images to score: {option('splits_file', 'FILE', '--splits')} with {option('split_names', 'NAME', '--split')}, "
+            f"or {option('all_images', flag='--all')} for every image of the data"
+        )
     for split in split_names:
         if split not in SPLIT_NAMES:
             raise ConfigError(f"split '{split}': unknown; choose train, val or test")
     best_threads()
     models = resolve_models(model, device)
     if out is None and any(run is None for _, _, run in models):
-        raise ConfigError(f"{model}: is not a run folder, so its scores need a place: pass --out DIR")
+        raise ConfigError(f"{model}: is not a run folder, so its scores need a place: pass {option('out', 'DIR')}")
     for loaded, _, run_dir in models:  # a read-only destination or a damaged metrics.json fails before any scoring
         dest = Path(out) / loaded.task if out is not None else scores_dir(run_dir, loaded.spec, loaded.task)
         output_dir(dest, option="--out" if out is not None else "run folder")
@@ -207,7 +236,9 @@ def evaluate_model(
             for role, records, *_ in selections:
                 check_unseen(provenance_dir, {role: records}, fingerprints, what="scoring")
         dest = Path(out) / loaded.task if out is not None else scores_dir(run_dir, loaded.spec, loaded.task)
-        results[loaded.task] = _score_selections(loaded, selections, dest, n_boot=n_boot, seed=seed, figures=figures, tta=tta, command=command)
+        results[loaded.task] = _score_selections(
+            loaded, selections, dest, n_boot=n_boot, seed=seed, figures=figures, tta=tta, command=command, progress=progress
+        )
     return results
 
 
@@ -268,7 +299,9 @@ def _score_selections(loaded, selections, dest: Path, **options) -> dict[str, di
         return _score_seeded(loaded, selections, dest, **options)
 
 
-def _score_seeded(loaded, selections, dest: Path, *, n_boot: int, seed: int, figures: bool, tta: bool, command: str | None) -> dict[str, dict]:
+def _score_seeded(
+    loaded, selections, dest: Path, *, n_boot: int, seed: int, figures: bool, tta: bool, command: str | None, progress: bool = False
+) -> dict[str, dict]:
     evaluate = evaluate_segmentation if loaded.task == "segmentation" else evaluate_classification
     results = {}
     for role, records, groups, key, skipped in selections:
@@ -279,7 +312,8 @@ def _score_seeded(loaded, selections, dest: Path, *, n_boot: int, seed: int, fig
                     f"{maskless[0].image}: a {maskless[0].label} image without a mask ({len(maskless)} such); "
                     "segmentation cannot be scored on it: score a classifier, or add the masks"
                 )
-        result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta, groups=groups)
+        shown = f"Scoring {loaded.task} on {key} ({len(records)} images)" if progress else None
+        result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta, groups=groups, progress=shown)
         key = f"{key}_tta" if tta else key
         datasets = sorted({r.dataset for r in records})
         result = {

@@ -33,6 +33,21 @@ def release_dir(task: str, root: str | Path | None = None) -> Path:
     return Path(root if root is not None else RELEASE_DIR) / resolve_task(task)
 
 
+def portable_weight_source(source: str | None) -> str | None:
+    """A weight source without the absolute path of the machine that wrote it (what a release ships
+    and what tables show): ``file: /home/me/runs/x/best.safetensors (sha256 ...)`` becomes
+    ``file: x/best.safetensors (sha256 ...)``, the packaged release's own file
+    ``file: release/<task>/model.safetensors (...)``; the checksum says which file it was."""
+    if not source or not source.startswith("file: "):
+        return source
+    text, sep, rest = source.removeprefix("file: ").partition(" (")
+    path = Path(text)
+    if not path.is_absolute():
+        return source
+    short = f"{path.parent.parent.name}/{path.parent.name}/{path.name}" if path.parent.parent.name == "release" else f"{path.parent.name}/{path.name}"
+    return f"file: {short}{sep}{rest}"
+
+
 def make_release(run_dir: str | Path, task: str, root: str | Path | None = None) -> Path:
     """Write the run's best weights (as fp16), config and scores as the release model for ``task``."""
     from busai.report import compact_classification, compact_segmentation
@@ -52,7 +67,9 @@ def make_release(run_dir: str | Path, task: str, root: str | Path | None = None)
         tmp.unlink()
         raise CheckpointError(f"{run_dir}: fp16 weights are {size_mb:.1f} MB, over the {MAX_RELEASE_MB} MB package limit; release a smaller model")
     tmp.replace(out / WEIGHTS)
-    shutil.copyfile(run_dir / CONFIG, out / CONFIG)
+    config = read_run_config(run_dir)
+    config["weight_source"] = portable_weight_source(config.get("weight_source"))
+    write_json(out / CONFIG, config)
     from busai.calibration import CALIBRATION
 
     if (run_dir / CALIBRATION).is_file():
@@ -82,6 +99,37 @@ def make_release(run_dir: str | Path, task: str, root: str | Path | None = None)
         },
     )
     return out
+
+
+def rescore_release(evaluation: str | Path, root: str | Path | None = None) -> list[Path]:
+    """Replace the scores in each packaged model's ``scores.json`` by those of the packaged model
+    itself, read from what ``busai evaluate release --out EVALUATION`` wrote: the shipped fp16
+    weights with their stored temperature are what users get, so the README, the model card and
+    ``busai evaluate release`` all show those numbers (the run's own scores, which make_release
+    copies, are of its fp32 weights and may be of an earlier calibration)."""
+    from busai.report import compact_classification, compact_segmentation
+
+    written = []
+    for task in ("segmentation", "classification"):
+        metrics_path = Path(evaluation) / task / "metrics.json"
+        if not metrics_path.is_file():
+            continue
+        metrics = json.loads(metrics_path.read_text())
+        folder = release_dir(task, root)
+        scores = json.loads((folder / SCORES).read_text())
+        sources = {str(m.get("model_source")) for m in metrics.values() if isinstance(m, dict)}
+        if any(Path(source).resolve() != folder.resolve() for source in sources):
+            raise CheckpointError(
+                f"{metrics_path}: not scores of the packaged model (model {', '.join(map(str, sources))}); run `busai evaluate release ... --out DIR`"
+            )
+        compact = compact_segmentation if task == "segmentation" else compact_classification
+        scores["splits"] = {key: {"images": m.get("images"), **compact(m)} for key, m in metrics.items() if isinstance(m, dict)}
+        scores["scored_by"] = sorted({m.get("command") for m in metrics.values() if isinstance(m, dict) and m.get("command")})
+        write_json(folder / SCORES, scores)
+        written.append(folder / SCORES)
+    if not written:
+        raise CheckpointError(f"{evaluation}: holds no segmentation/ or classification/ metrics.json; pass the --out folder of `busai evaluate release`")
+    return written
 
 
 def load_release(task: str, root: str | Path | None = None, *, device: str = "cpu") -> LoadedModel:

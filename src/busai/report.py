@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,7 +148,10 @@ def _short_source(source: str | None) -> str:
     if source.startswith("file: "):
         # A run's checkpoint is named by its run, the folder's name (training continued from it).
         path = Path(source.removeprefix("file: ").split(" (")[0])
-        return f"{path.parent.name} weights" if path.name == BEST_CHECKPOINT else f"file: {path}"
+        if path.parent.parent.name == "release":
+            return "release weights"
+        # The file's name, never its absolute path: that names the machine the run was made on.
+        return f"{path.parent.name} weights" if path.name == BEST_CHECKPOINT else f"file: {path.name}"
     return "ImageNet" if source.startswith("imagenet") else "random init" if source.startswith("random") else source
 
 
@@ -167,7 +171,7 @@ def _row_labels(results: list[dict]) -> list[str]:
     return [f"{label} ({r['name']})" if labels.count(label) > 1 else label for label, r in zip(labels, results)]
 
 
-GROUP_CI_MARK = "†"  # the split's CIs resample duplicate groups (docs/results.md explains)
+GROUP_CI_MARK = "†"  # the split's CIs resample groups: duplicates and, where known, patients (docs/results.md explains)
 
 
 def _run_rows(result: dict, name: str, theirs: dict | None, cells) -> list[str]:
@@ -179,7 +183,9 @@ def _run_rows(result: dict, name: str, theirs: dict | None, cells) -> list[str]:
     for i, split in enumerate(present):
         metrics = result["metrics"][split]
         shown = head if i == 0 else ("", "", "")
-        mark = GROUP_CI_MARK if "duplicate groups" in (metrics.get("ci") or "") else ""
+        mark = (
+            GROUP_CI_MARK if re.search(r"over \d+ (duplicate )?groups", metrics.get("ci") or "") else ""
+        )  # results written before "groups" said "duplicate groups"
         row = f"| {' | '.join(shown)} | {split}{mark} | {cells(metrics)} |"
         if theirs is not None:
             row += " " + (" / ".join(f"{v:.2f}" for v in theirs[split]) if split in theirs else "–") + " |"

@@ -12,7 +12,7 @@ from torch.utils.data import RandomSampler, WeightedRandomSampler
 from busai import distributed, guards
 from busai.config import TrainConfig
 from busai.engine import LAST_CHECKPOINT, FitResult, fit, load_checkpoint, resolve_precision, runs_fused, seed_everything
-from busai.errors import CheckpointError, ConfigError
+from busai.errors import CheckpointError, ConfigError, option
 from busai.models.weights import file_sha256
 from busai.outputs import output_dir
 from busai.runs import CONFIG, library_versions, machine_info, read_run_config, write_json
@@ -25,7 +25,7 @@ def _loaders(cfg: TrainConfig, image_size: int, mean, std):
     from busai.data.splits import load_split_records, read_splits
 
     if not cfg.data or not cfg.splits:
-        raise ConfigError("training needs --data DIR and --splits FILE (make one with `busai data split DIR --out FILE`)")
+        raise ConfigError(f"training needs {option('data', 'DIR')} and {option('splits', 'FILE')} (make one with `busai data split DIR --out FILE`)")
     specs = parse_data_specs(cfg.data)
     splits = read_splits(cfg.splits)
     train_records = load_split_records(specs, splits, "train", fold=cfg.fold)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -45,6 +46,7 @@ def register(sub) -> None:
         "127.0.0.1, localhost, [::1] and --host are always allowed; others are refused against DNS rebinding",
     )
     p.add_argument("--openapi", action="store_true", help="publish the API schema at /openapi.json (off by default)")
+    p.add_argument("--quiet", action="store_true", help="no progress display while the models load (none either when stderr is not a terminal)")
     p.set_defaults(handler=run)
 
 
@@ -53,17 +55,24 @@ def run(args: argparse.Namespace) -> int:
 
     from busai.serve import NOTICE, create_app
 
-    app = create_app(
-        args.seg,
-        args.cls,
-        backend=args.backend,
-        max_upload_mb=args.max_upload_mb,
-        max_megapixels=args.max_megapixels,
-        max_queue=args.max_queue,
-        allow_hosts=[args.host, *args.allow_host],
-        openapi=args.openapi,
-        device=args.device,
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    loading = (
+        contextlib.nullcontext() if args.quiet or not console.is_terminal else console.status(f"busai: loading models (seg: {args.seg}, cls: {args.cls}) ...")
     )
+    with loading:
+        app = create_app(
+            args.seg,
+            args.cls,
+            backend=args.backend,
+            max_upload_mb=args.max_upload_mb,
+            max_megapixels=args.max_megapixels,
+            max_queue=args.max_queue,
+            allow_hosts=[args.host, *args.allow_host],
+            openapi=args.openapi,
+            device=args.device,
+        )
     if args.host not in LOOPBACK:
         print(
             f"warning: --host {args.host} makes the page reachable from other computers; uploads are not authenticated. "

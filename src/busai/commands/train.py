@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from busai.commands import add_data_options, data_specs
 from busai.config import AUGMENTATIONS, TrainConfig
 
 # CLI flag -> config key; every flag defaults to None so only what the user typed overrides --config.
@@ -82,6 +83,7 @@ def register(sub) -> None:
         metavar="[NAME=]PATH",
         help="dataset folder or CSV manifest; repeat as NAME=PATH to train on several datasets of one split file",
     )
+    add_data_options(data)
     data.add_argument("--splits", metavar="FILE", help="split file from `busai data split` (required)")
     data.add_argument("--fold", type=int, metavar="I", help="train on cross-validation fold I of the split file (default: its train / val lists)")
     data.add_argument(
@@ -199,8 +201,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         value = getattr(args, key)
         if value is not None:
             base[key] = value
-    if args.data is not None:
-        base["data"] = args.data[0] if len(args.data) == 1 else list(args.data)
+    if args.data is not None or args.formats or args.columns or args.mask_patterns:
+        # Reading options travel with each dataset into config.json (DataSpec.to_config), so --resume reads the data alike.
+        specs = [s.to_config() for s in data_specs(args, args.data if args.data is not None else base.get("data"))]
+        base["data"] = specs[0] if len(specs) == 1 else specs
     if args.dataset_weights is not None:
         base["dataset_weights"] = _parse_weights(args.dataset_weights)
     alpha = args.focal_alpha
@@ -228,7 +232,14 @@ def _refuse_options_on_resume(args: argparse.Namespace) -> None:
 
     given = [key for key, value in vars(args).items() if key not in _RESUME_OPTIONS and key in _USER_OPTIONS and value is not None]
     if given:
-        spelled = {"task": f"task {args.task}", "weighted_sampler": "--no-sampler", "dataset_weights": "--dataset-weight", "all_folds": "--folds"}
+        spelled = {
+            "task": f"task {args.task}",
+            "weighted_sampler": "--no-sampler",
+            "dataset_weights": "--dataset-weight",
+            "all_folds": "--folds",
+            "formats": "--format",
+            "mask_patterns": "--mask-pattern",
+        }
         names = ", ".join(spelled.get(key, "--" + key.replace("_", "-")) for key in given)
         raise ConfigError(
             f"{names}: cannot change a run being resumed (only --epochs, --max-minutes and --patience can); "
@@ -248,6 +259,9 @@ _USER_OPTIONS = {
     "lesion_paste",
     "augment",
     "data",
+    "formats",
+    "columns",
+    "mask_patterns",
     "dataset_weights",
     "color",
     "all_folds",

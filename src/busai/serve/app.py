@@ -127,7 +127,7 @@ def create_app(
 
     @app.post("/api/predict", max_body_size=max_bytes + MULTIPART_OVERHEAD)
     def predict(
-        file: UploadFile = File(..., description="one ultrasound image (PNG, JPEG, BMP or TIFF)"),
+        file: UploadFile = File(..., description="one ultrasound image (PNG, JPEG, BMP or TIFF) or DICOM file"),
         gradcam: bool = Query(False, description="add the classifier's Grad-CAM heat-map"),
         tta: bool = Query(False, description="average with the horizontally flipped image"),
         pixel_spacing: float | None = Query(

@@ -128,7 +128,10 @@ def run_study(
     base = copy.deepcopy(base) if base is not None else TrainConfig(task=task)
     if base.task != task:
         raise ConfigError(f"--config: is a {base.task} config but the study is {task}; pass a matching config")
-    base.data = str(data) if isinstance(data, (str, Path)) else (str(data[0]) if len(data) == 1 else [str(d) for d in data])
+    from busai.data.sources import parse_data_specs
+
+    stored = [spec.to_config() for spec in parse_data_specs(data)]  # reading options travel into each trial's config
+    base.data = stored[0] if len(stored) == 1 else stored
     base.splits = str(splits)
     base.patience, base.max_minutes = trial_patience, trial_minutes
 
