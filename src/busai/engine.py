@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from busai.config import TrainConfig
+from busai.device import autocast_dtype, cpu_has_native_bf16, default_path_name, resolve_device  # noqa: F401  (engine.* names kept for callers)
 from busai.errors import CheckpointError, ConfigError
 
 BEST_CHECKPOINT = "checkpoint_best.safetensors"
@@ -71,44 +72,6 @@ class Precision:
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda': no CUDA GPU is visible; use --device cpu or auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX).
-
-    Elsewhere (AVX2-only CPUs, many AMD EPYC among them) oneDNN emulates bf16 and a training step
-    is several times slower in bf16 than in fp32, while on a CPU with AMX it is faster (measured in
-    docs/results.md, "Speed"). torch exposes the check only as private helpers, so a torch without
-    them counts as "no" (fp32 is never the slow choice).
-    """
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype ``precision`` ("auto", "bf16" or "fp32") resolves to on ``device``; None: fp32."""
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "bf16" or cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
-
-
-def default_path_name(device: torch.device = torch.device("cpu"), *, training: bool = False) -> str:
-    """What ``precision="auto"`` runs on ``device``, in words (benchmarks and tables print it)."""
-    dtype = autocast_dtype(device, "auto")
-    name = "channels_last + fp32" if dtype is None else f"channels_last + {str(dtype).removeprefix('torch.')} autocast"
-    return name + " + fused optimizer" if training else name
 
 
 def resolve_precision(cfg: TrainConfig) -> Precision:

@@ -19,6 +19,18 @@ from busai.tune.space import BETAS, DIRECTIONS, OBJECTIVES
 from busai.tune.storage import redact
 
 
+KILLED_REASON = "its worker stopped mid-trial (killed, interrupted or crashed); not counted towards --trials"
+
+
+def was_killed(trial: optuna.trial.FrozenTrial) -> bool:
+    """A FAIL trial the objective did not fail: its worker died or was interrupted while running it.
+
+    Every exception inside the objective records ``fail_reason``; only a trial whose process
+    vanished (or met Ctrl-C) reaches FAIL without one.
+    """
+    return trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs
+
+
 def trial_seconds(trial: optuna.trial.FrozenTrial) -> float | None:
     if trial.datetime_start and trial.datetime_complete:
         return (trial.datetime_complete - trial.datetime_start).total_seconds()
@@ -77,8 +89,6 @@ def write_outputs(
 
 
 def _fail_reason(trial: optuna.trial.FrozenTrial) -> str | None:
-    from busai.tune.study import KILLED_REASON, was_killed
-
     return KILLED_REASON if was_killed(trial) else trial.user_attrs.get("fail_reason")
 
 
