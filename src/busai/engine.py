@@ -16,7 +16,6 @@ import contextlib
 import csv
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -31,10 +30,8 @@ from torch import nn
 from busai.config import TrainConfig
 from busai.device import autocast_dtype, cpu_has_native_bf16, default_path_name, resolve_device  # noqa: F401  (engine.* names kept for callers)
 from busai.errors import CheckpointError, ConfigError
-
-BEST_CHECKPOINT = "checkpoint_best.safetensors"
-LAST_CHECKPOINT = "checkpoint_last.pt"
-HISTORY = "history.csv"
+from busai.outputs import atomic_write
+from busai.runs import BEST_CHECKPOINT, CONFIG, FIT, HISTORY, LAST_CHECKPOINT, PROGRESS  # noqa: F401  (engine.* names kept for callers)
 
 
 @dataclass
@@ -130,13 +127,6 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
     raise ConfigError(f"scheduler '{cfg.scheduler}': unknown; use plateau, cosine or none")
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary file then rename, so an interrupt never leaves a half-written checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 CHECKPOINT_KEYS = ("model", "optimizer", "torch_rng", "history", "epoch", "best_val_loss", "best_epoch")
 
 
@@ -145,7 +135,7 @@ def load_checkpoint(path: Path) -> dict:
     import pickle
     import zipfile
 
-    fix = f"continue from a backup copy of the run folder, or start again with `busai train --config {path.parent / 'config.json'} --out NEW_RUN`"
+    fix = f"continue from a backup copy of the run folder, or start again with `busai train --config {path.parent / CONFIG} --out NEW_RUN`"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -165,7 +155,7 @@ def load_checkpoint(path: Path) -> dict:
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(path, lambda p: save_file(state, str(p), metadata=metadata))
+    atomic_write(path, lambda p: save_file(state, str(p), metadata=metadata))
 
 
 def _write_history(path: Path, rows: list[dict]) -> None:
@@ -181,7 +171,7 @@ def _write_history(path: Path, rows: list[dict]) -> None:
             writer.writeheader()
             writer.writerows(rows)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 @dataclass
@@ -427,7 +417,7 @@ def fit(
                 _write_history(run_dir / HISTORY, history)
                 from busai.figures import training_curve  # progress.png: the curves so far, redrawn every epoch
 
-                training_curve(history, run_dir / "progress.png", title=run_dir.name)
+                training_curve(history, run_dir / PROGRESS, title=run_dir.name)
             seconds = ddp.broadcast_object(elapsed_before + time.monotonic() - started)  # one time-budget decision for all ranks
             checkpoint = {
                 "model": model.state_dict(),
@@ -442,7 +432,7 @@ def fit(
                 "seconds": seconds,
             }
             if main:
-                _atomic_write(last_path, lambda p: torch.save(checkpoint, p))
+                atomic_write(last_path, lambda p: torch.save(checkpoint, p))
             score_text = " ".join(f"{k} {v:.3f}" for k, v in scores.items())
             progress.end_epoch(f"val_loss {val_loss:.4f} {score_text} best@{best_epoch}")
             tracker.log_epoch(epoch, row)
@@ -461,6 +451,6 @@ def fit(
     result = FitResult(best_epoch, best_loss, len(history), stop_reason, history, round(total_seconds, 1))
     if main:
         fit_json = json.dumps({**result.to_dict(), "processes": ddp.world_size()}, indent=2, allow_nan=False)
-        _atomic_write(run_dir / "fit.json", lambda p: p.write_text(fit_json))
+        atomic_write(run_dir / FIT, lambda p: p.write_text(fit_json))
     ddp.barrier()
     return result

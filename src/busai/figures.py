@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from busai import CLASSES, SPLIT_NAMES
+from busai.outputs import atomic_path
 
 
 def _subplots(nrows: int = 1, ncols: int = 1, *, figsize, **kwargs):
@@ -140,7 +141,6 @@ def training_curve(history: list[dict], path: Path, title: str = "") -> str:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     return str(path)

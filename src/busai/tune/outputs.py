@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import statistics
 import warnings
 from pathlib import Path
@@ -15,6 +14,8 @@ import optuna
 from optuna.trial import TrialState
 
 from busai.errors import ConfigError
+from busai.outputs import atomic_path, atomic_write
+from busai.runs import write_json
 from busai.tune.space import BETAS, DIRECTIONS, OBJECTIVES
 from busai.tune.storage import redact
 
@@ -41,7 +42,6 @@ def write_outputs(
     study: optuna.Study, out_dir: str | Path, *, task: str, storage_url: str, command: str | None = None, stopped_by_failures: bool = False
 ) -> dict:
     """summary.json, best_config.json, trials.csv and the plots from the study's current state."""
-    from busai.runs import write_json
 
     out_dir = Path(out_dir)
     trials = study.get_trials(deepcopy=False)
@@ -117,7 +117,10 @@ def _write_trials_csv(trials: list, path: Path) -> None:
     params = sorted({k for t in trials for k in t.params})
     metrics = list(dict.fromkeys(k for t in trials for k in t.user_attrs.get("metrics", {})))
     fields = ["number", "state", "value", "seconds", "datetime_start", *[f"params_{k}" for k in params], *metrics, "fail_reason"]
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    atomic_write(path, lambda tmp: _trials_csv(tmp, trials, fields, params))
+
+
+def _trials_csv(tmp: Path, trials: list, fields: list[str], params: list[str]) -> None:
     with tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
@@ -134,7 +137,6 @@ def _write_trials_csv(trials: list, path: Path) -> None:
                     "fail_reason": _fail_reason(t),
                 }
             )
-    tmp.replace(path)
 
 
 def write_plots(study: optuna.Study, out_dir: Path) -> dict[str, str]:
@@ -160,10 +162,9 @@ def write_plots(study: optuna.Study, out_dir: Path) -> dict[str, str]:
                 ax = plot(study)
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.set_size_inches(9, 5)
-            tmp = out_dir / f"{name}.{os.getpid()}.tmp.png"
-            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+            with atomic_path(out_dir / name) as tmp:
+                fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
             plt.close(fig)
-            tmp.replace(out_dir / name)
             written[name] = "written"
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             written[name] = f"skipped: {exc}"

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from busai.config import TrainConfig
 from busai.errors import ConfigError
 from busai.outputs import output_dir
+from busai.runs import LAST_CHECKPOINT, write_json
 from busai.tune.outputs import KILLED_REASON, trial_seconds, was_killed, write_outputs  # noqa: F401  (KILLED_REASON: part of study's interface)
 from busai.tune.space import DIRECTIONS, default_space, paper_trial_params, suggest_config, task_name, validate_space
 from busai.tune.storage import default_storage, open_storage, redact
@@ -113,7 +114,6 @@ def run_study(
     marks them FAIL; the study runs others in their place). Workers sharing a storage should get
     different ``seed`` values.
     """
-    from busai.runs import write_json
 
     task = task_name(task)
     out_dir = Path(out_dir)
@@ -303,7 +303,7 @@ def _trial_objective(task: str, space: dict, base: TrainConfig, out_dir: Path, c
         finally:
             if rows:
                 _record_best_epoch(trial, rows)
-            (run_dir / "checkpoint_last.pt").unlink(missing_ok=True)  # trials are re-run, never resumed
+            (run_dir / LAST_CHECKPOINT).unlink(missing_ok=True)  # trials are re-run, never resumed
         return objective_value(task, rows)
 
     return objective
