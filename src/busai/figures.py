@@ -23,7 +23,8 @@ def _subplots(nrows: int = 1, ncols: int = 1, *, figsize, **kwargs):
 def _save(fig, path: Path) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     return str(path)
 
 

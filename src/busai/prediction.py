@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from busai import CLASSES
 from busai.backends import LoadedModel
+from busai.config import BACKENDS
 from busai.errors import BusaiError, ConfigError, DataError
 from busai.export import load_backend
 from busai.inference import predict_image, upsample_probability
@@ -57,7 +58,6 @@ COLUMNS = (
     "dicom_seg",
     "error",
 )
-BACKENDS = ("torch", "onnx")
 CONTOUR_RGB, DIAMETER_RGB = (255, 214, 0), (0, 200, 255)
 ModelSource = str | Path | LoadedModel | None  # or a busai.Model (it holds its network as .loaded)
 

@@ -28,6 +28,7 @@ from busai.runs import (  # noqa: F401  (FOLDS_SUMMARY: training.* name kept for
     library_versions,
     machine_info,
     read_run_config,
+    RunFolder,
     release_dir,
     write_json,
 )
@@ -164,14 +165,13 @@ def resolve_weights(cfg: TrainConfig) -> Path | None:
         return None
     # A multitask network starts from the released segmenter (its class head is new).
     release_task = "segmentation" if cfg.task == "multitask" else cfg.task
-    folder = release_dir(release_task) if value == "release" else Path(value).expanduser()
-    if not folder.is_dir():
+    folder = RunFolder(release_dir(release_task) if value == "release" else value)
+    if not folder.path.is_dir():
         return Path(value).expanduser().parent if (Path(value).expanduser().parent / CONFIG).is_file() else None
-    for name in (WEIGHTS, BEST_CHECKPOINT):
-        if (folder / name).is_file():
-            cfg.weights = str(folder / name)
-            return folder
-    raise CheckpointError(f"--weights {value}: {folder} holds no {WEIGHTS} or {BEST_CHECKPOINT}; pass a release or finished run folder, or a weights file")
+    if folder.kind != "onnx" and folder.weights.is_file():  # a release's model.safetensors, a run's best checkpoint
+        cfg.weights = str(folder.weights)
+        return folder.path
+    raise CheckpointError(f"--weights {value}: {folder.path} holds no {WEIGHTS} or {BEST_CHECKPOINT}; pass a release or finished run folder, or a weights file")
 
 
 def check_weights_split(cfg: TrainConfig) -> None:

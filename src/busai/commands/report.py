@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from busai import SPLIT_NAMES
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -29,7 +31,7 @@ def register(sub) -> None:
         "--sample-splits",
         nargs="+",
         default=["test"],
-        choices=["train", "val", "test"],
+        choices=SPLIT_NAMES,
         metavar="SPLIT",
         help="splits whose sample-prediction figures are shown: train, val, test (default test)",
     )
