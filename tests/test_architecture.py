@@ -145,9 +145,9 @@ def test_no_import_cycle():
     assert not cycles, f"import cycles (counting imports inside functions):\n{message}"
 
 
-# Moving a finished file into place is busai.outputs.atomic_path's job alone; api.py swaps whole
-# folders (Model.save), which no file helper can; the study modules leave the package.
-_RENAME_EXEMPT = {"outputs.py", "api.py", "study_report.py"}
+# Moving a finished file or folder into place is busai.outputs' job alone (atomic_path, atomic_folder);
+# the study modules leave the package.
+_RENAME_EXEMPT = {"outputs.py", "study_report.py"}
 
 
 def _renames(tree: ast.AST) -> list[int]:

@@ -12,7 +12,6 @@ This module sits at the top of the library: nothing below it imports it.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from busai import CLASSES
 from busai.backends import LoadedModel
 from busai.device import model_device
 from busai.errors import CheckpointError, ConfigError
+from busai.outputs import atomic_folder
 from busai.prediction import PROBABILITY_KEYS, models_by_task, predict_array  # noqa: F401  (api.models_by_task kept for callers)
 from busai.preprocessing import to_rgb  # noqa: F401  (api.to_rgb kept for callers: the one array-to-RGB rule)
 from busai.runs import CALIBRATION, CONFIG, ONNX_FILE, TRAINING_DATA, WEIGHTS, resolve_model, write_json
@@ -149,17 +149,11 @@ class Model:
         folder = Path(folder).expanduser()
         if folder.exists() and not overwrite:
             raise CheckpointError(f"{folder}: already exists; choose a new folder or pass overwrite=True")
-        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
+        with atomic_folder(folder) as tmp:
             if self.backend == "onnx":
                 shutil.copyfile(self.source, tmp / ONNX_FILE)
             else:
                 self._write_torch(tmp)
-            _replace_folder(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
     def _write_torch(self, out: Path) -> None:
@@ -286,17 +280,3 @@ def evaluate(model: Model | str | Path, data, **options) -> dict[str, dict[str, 
         options.setdefault("device", model.device.type)
         model = model.source
     return evaluate_model(model, data, **options)
-
-
-def _replace_folder(tmp: Path, folder: Path) -> None:
-    """Move the finished ``tmp`` into place; an old folder is kept until the new one is there.
-
-    A folder, not a file, so :func:`busai.outputs.atomic_write` does not apply: no rename swaps two
-    non-empty folders in one step, so the old one is moved aside first and removed last."""
-    if not folder.exists():
-        tmp.replace(folder)
-        return
-    old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
-    folder.replace(old)
-    tmp.replace(folder)
-    shutil.rmtree(old, ignore_errors=True)
