@@ -270,7 +270,8 @@ def _score_seeded(loaded, selections, dest: Path, *, n_boot: int, seed: int, fig
             "model_source": loaded.source,
             "weight_source": loaded.config.get("weight_source"),
             "n_boot": n_boot,
-            "inference_path": default_path_name(next(loaded.module.parameters()).device),
+            # an ONNX network has no torch parameters: ask the backend interface, never the module
+            "inference_path": "onnxruntime fp32" if loaded.backend == "onnx" else default_path_name(loaded.device),
             **result,
         }
         dest.mkdir(parents=True, exist_ok=True)
