@@ -133,7 +133,7 @@ def test_gradcam_needs_a_torch_classifier(seg_run):
 
 
 def test_missing_release_fails_before_serving(tmp_path, monkeypatch):
-    monkeypatch.setattr("busai.release.RELEASE_DIR", tmp_path)
+    monkeypatch.setattr("busai.runs.RELEASE_DIR", tmp_path)
     with pytest.raises(CheckpointError, match="no released segmentation model"):
         create_app()
 

@@ -29,6 +29,11 @@ AUGMENTATIONS = ("paper", "strong", "scanner", "framing", "none")
 SELECTIONS = ("loss", "lesion_dice")
 DEVICES = ("auto", "cpu", "cuda")
 COLORS = ("rgb", "gray")
+SCHEDULERS = ("none", "plateau", "cosine")
+TRACKERS = ("none", "tensorboard", "mlflow")
+BACKENDS = ("torch", "onnx")  # what runs a loaded model for predict / serve
+TRAIN_TASKS = ("seg", "cls", "mt")  # the short forms `busai train` takes
+MODEL_TASKS = ("seg", "cls")  # the short forms of the tasks a single-task model answers
 DEFAULT_MODELS = {"segmentation": "unet", "classification": "resnet18", "multitask": "unet"}  # what `busai train seg|cls` trains unasked
 
 
@@ -137,7 +142,7 @@ class TrainConfig:
             raise ConfigError(f"device '{self.device}': unknown; choose auto, cpu or cuda")
         if self.model is None:
             self.model = DEFAULT_MODELS[task]
-        if self.log not in ("none", "tensorboard", "mlflow"):
+        if self.log not in TRACKERS:
             raise ConfigError(f"log '{self.log}': unknown; choose tensorboard, mlflow or none")
         if self.loss is None:
             self.loss = "focal" if task == "classification" else "dice"

@@ -14,55 +14,21 @@ paper's Table 4 does not say which it used — the README discusses the comparis
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from busai import CLASSES, SPLIT_NAMES
-from busai.engine import BEST_CHECKPOINT, default_path_name
-from busai.errors import CheckpointError, ConfigError, option
-from busai.inference import predict_tensor, upsample_probability
+from busai.calibration import expected_calibration_error, reliability_bins, reliability_figure
+from busai.device import default_path_name
+from busai.errors import ConfigError, option
+from busai.inference import predict_records, upsample_probability  # noqa: F401  (evaluation.predict_records kept for callers)
 from busai.outputs import output_dir
-from busai.runs import LoadedModel, load_model, model_label, read_metrics, scores_dir, write_json
+from busai.runs import METRICS, TASKS, LoadedModel, model_folder, model_label, read_metrics, scores_dir, write_json
 
 log = logging.getLogger(__name__)
-
-
-def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16, calibrated: bool = True, progress: str | None = None):
-    """Yield (record, probability) for every record, in order, through the training dataset's preprocessing.
-
-    ``progress``: a description to show a progress bar under (on stderr, only when it is a terminal)."""
-    from busai.data.dataset import BusDataset, ImageCache
-
-    dataset = BusDataset(records, loaded.image_size, loaded.mean, loaded.std, cache=ImageCache(), grayscale=loaded.grayscale)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    i = 0
-    with _progress_bar(progress, len(records)) as advance:
-        for batch in loader:
-            probs = predict_tensor(loaded, batch["image"], tta=tta, calibrated=calibrated)
-            for p in probs:
-                yield records[i], p
-                i += 1
-            advance(len(probs))
-
-
-@contextlib.contextmanager
-def _progress_bar(description: str | None, total: int):
-    """A rich progress bar on stderr, yielding its advance(n); a no-op without a description or a terminal."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    if description is None or not console.is_terminal:
-        yield lambda n: None
-        return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 def score_segmentation_image(record, prob: torch.Tensor) -> tuple[np.ndarray, np.ndarray, dict, dict]:
@@ -106,7 +72,6 @@ def evaluate_segmentation(
 def evaluate_classification(
     loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None, progress: str | None = None
 ) -> tuple[dict, list]:
-    from busai.calibration import expected_calibration_error, reliability_bins
     from busai.metrics import classification_report_dict, malignant_vs_benign_auc
 
     rows = [(record, prob.numpy()) for record, prob in predict_records(loaded, records, tta=tta, progress=progress)]
@@ -162,24 +127,16 @@ def evaluate_run(
 
 def resolve_models(model: str | Path, device: str = "cpu") -> list[tuple[object, Path | None, Path | None]]:
     """(loaded model, folder that records its training data or None, its run folder or None) for
-    each model ``model`` names: a run folder, ``release`` (both tasks), a release folder or a .onnx file."""
-    from busai.export import load_onnx
-    from busai.release import WEIGHTS, release_dir, resolve_model
-
-    text = str(model)
-    if text == "release":
-        return [(resolve_model("release", task, device=device), release_dir(task), None) for task in ("segmentation", "classification")]
-    path = Path(text).expanduser()
-    if path.suffix.lower() == ".onnx":
-        return [(load_onnx(path, device), None, None)]
-    if not path.is_dir():
-        raise CheckpointError(f"{model}: not found; pass a run folder, 'release', a release folder or an exported .onnx file")
-    from busai.runs import model_tasks, read_run_config
-
-    released = (path / WEIGHTS).is_file() and not (path / "checkpoint_last.pt").exists() and not (path / "history.csv").exists()
-    checkpoint, run = (WEIGHTS, None) if released else (BEST_CHECKPOINT, path)
-    tasks = model_tasks(read_run_config(path).get("model_spec") or {"task": None})  # a multitask network is scored on both tasks
-    return [(load_model(path, checkpoint=checkpoint, device=device, task=task), path, run) for task in tasks]
+    each model ``model`` names: a run folder (both tasks of a multitask run), ``release`` (both
+    packaged models), a release or saved folder, or an ONNX file or folder (:class:`busai.runs.RunFolder`)."""
+    if str(model) == "release":
+        folders = [model_folder("release", task) for task in TASKS]
+        return [(folder.load(task=task, device=device), folder.path, None) for folder, task in zip(folders, TASKS)]
+    folder = model_folder(model, not_found="not found; pass a run folder, 'release', a release folder or an exported .onnx file")
+    if folder.kind == "onnx":
+        return [(folder.load(device=device), None, None)]
+    run = folder.path if folder.kind == "run" else None
+    return [(folder.load(task=task, device=device), folder.path, run) for task in folder.tasks()]  # a multitask network is scored on both tasks
 
 
 def evaluate_model(
@@ -207,7 +164,7 @@ def evaluate_model(
     """
     from busai.data.sources import parse_data_specs
     from busai.provenance import check_unseen, dataset_fingerprints
-    from busai.runs import best_threads
+    from busai.device import best_threads
 
     specs = parse_data_specs(data)
     if not specs:
@@ -328,7 +285,8 @@ def _score_seeded(
             "model_source": loaded.source,
             "weight_source": loaded.config.get("weight_source"),
             "n_boot": n_boot,
-            "inference_path": default_path_name(next(loaded.module.parameters()).device),
+            # an ONNX network has no torch parameters: ask the backend interface, never the module
+            "inference_path": "onnxruntime fp32" if loaded.backend == "onnx" else default_path_name(loaded.device),
             **result,
         }
         dest.mkdir(parents=True, exist_ok=True)
@@ -342,12 +300,10 @@ def _score_seeded(
             else:
                 result["figure"] = fig.confusion_matrix(np.array(result["confusion_matrix"]), dest / f"confusion_{name}.png", title=title)
                 result["sample_figure"] = fig.classification_samples(samples, dest / f"samples_{name}.png", title=title)
-                from busai.calibration import reliability_figure
-
                 result["reliability_figure"] = reliability_figure(
                     {f"{key} (ECE {result['ece']:.3f})": result["reliability"]}, dest / f"reliability_{name}.png", title=title
                 )
-        metrics_path = dest / "metrics.json"
+        metrics_path = dest / METRICS
         merged = read_metrics(dest)
         merged[key] = result
         write_json(metrics_path, merged)

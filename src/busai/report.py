@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from busai import CLASSES, SPLIT_NAMES
-from busai.engine import BEST_CHECKPOINT
 from busai.errors import CheckpointError
-from busai.runs import model_label, read_run_config
+from busai.runs import BEST_CHECKPOINT, FIT, HISTORY, METRICS, model_label, read_run_config
 
 SEG_METRICS = ("pixel_accuracy", "dice", "iou", "auc")
 
@@ -78,11 +77,11 @@ def compact_classification(metrics: dict) -> dict:
 def collect_run(run_dir: str | Path, name: str | None = None) -> dict:
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run_dir / METRICS
     if not metrics_path.exists():
         raise CheckpointError(f"{metrics_path}: missing; run `busai evaluate {run_dir} --split train val test` first")
     metrics = json.loads(metrics_path.read_text())
-    fit = json.loads((run_dir / "fit.json").read_text()) if (run_dir / "fit.json").exists() else {}
+    fit = json.loads((run_dir / FIT).read_text()) if (run_dir / FIT).exists() else {}
     history = read_history(run_dir)
     task = config["model_spec"]["task"]
     compact = compact_segmentation if task == "segmentation" else compact_classification
@@ -112,7 +111,7 @@ def collect_run(run_dir: str | Path, name: str | None = None) -> dict:
 
 def read_history(run_dir: str | Path) -> list[dict]:
     """``history.csv`` of a run folder as rows of numbers (empty when absent)."""
-    path = Path(run_dir) / "history.csv"
+    path = Path(run_dir) / HISTORY
     if not path.exists():
         return []
     with path.open(newline="") as fh:

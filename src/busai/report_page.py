@@ -43,7 +43,7 @@ from busai.report import (
     segmentation_table,
 )
 from busai.release import portable_weight_source
-from busai.runs import read_run_config
+from busai.runs import CONFIG, FIT, METRICS, read_run_config
 
 NOTICE = "Research software, not a medical device: nothing here is validated for clinical use."
 # Embedded figures are re-encoded no wider than this, so a report of dozens of runs stays small.
@@ -72,9 +72,9 @@ def _is_result(data: dict) -> bool:
 
 
 def _run_entry(run_dir: Path) -> Entry:
-    if (run_dir / "metrics.json").exists():
+    if (run_dir / METRICS).exists():
         result = collect_run(run_dir)
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics = json.loads((run_dir / METRICS).read_text())
     elif (run_dir / "scores.json").is_file() and (run_dir / "model.safetensors").is_file():  # a release folder: its scores.json holds the compact scores
         config = read_run_config(run_dir)
         scores = _read(run_dir / "scores.json") or {}
@@ -94,7 +94,7 @@ def _run_entry(run_dir: Path) -> Entry:
         metrics = {}
     else:  # trained, not evaluated: training cost and curve only
         config = read_run_config(run_dir)
-        fit = json.loads((run_dir / "fit.json").read_text()) if (run_dir / "fit.json").exists() else {}
+        fit = json.loads((run_dir / FIT).read_text()) if (run_dir / FIT).exists() else {}
         result = {
             "name": run_dir.name,
             "task": config["model_spec"]["task"],
@@ -190,7 +190,7 @@ def gather(paths: list[str | Path]) -> Inputs:
                 inputs.entries.append(_result_entry(path, data))
             elif isinstance(data, dict) and str(data.get("format", "")).startswith("busai-splits"):
                 inputs.split_files.append(path)
-        elif (path / "config.json").exists():
+        elif (path / CONFIG).exists():
             inputs.entries.append(_run_entry(path))
         elif _is_evaluation(path):
             inputs.entries += _evaluation_entries(path)
@@ -198,7 +198,7 @@ def gather(paths: list[str | Path]) -> Inputs:
             inputs.studies.append(path)
         else:  # a results folder or a folder of run folders
             for child in sorted(p for p in path.iterdir() if p.is_dir()):
-                if (child / "config.json").exists():
+                if (child / CONFIG).exists():
                     inputs.entries.append(_run_entry(child))
             for task in ("segmentation", "classification"):
                 for file in sorted((path / task).glob("*.json")):

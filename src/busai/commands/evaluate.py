@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from busai import SPLIT_NAMES
 from busai.commands import add_data_options
+from busai.config import DEVICES
 
 
 def register(sub) -> None:
@@ -26,7 +28,7 @@ def register(sub) -> None:
     )
     add_data_options(p)
     p.add_argument("--splits", default=None, metavar="FILE", help="split JSON (from `busai data split`)")
-    p.add_argument("--split", default=["test"], choices=["train", "val", "test"], nargs="+", help="one or more splits of --splits (default: test)")
+    p.add_argument("--split", default=["test"], choices=SPLIT_NAMES, nargs="+", help="one or more splits of --splits (default: test)")
     p.add_argument("--all", dest="all_images", action="store_true", help="score every image of the data instead of a split")
     p.add_argument(
         "--out",
@@ -37,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (default 1000)")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the sample and confusion-matrix figures")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation, as `busai predict --tta`; stored as <key>_tta")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (default): the GPU when one is visible, else the CPU")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default): the GPU when one is visible, else the CPU")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar (there is none either when stderr is not a terminal)")
     p.set_defaults(handler=run)

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from busai.commands import add_data_options, data_specs
-from busai.config import AUGMENTATIONS, TrainConfig
+from busai.config import AUGMENTATIONS, COLORS, DEVICES, SCHEDULERS, TRACKERS, TRAIN_TASKS, TrainConfig
 
 # CLI flag -> config key; every flag defaults to None so only what the user typed overrides --config.
 _FLAGS = {
@@ -49,7 +49,7 @@ def register(sub) -> None:
         "--config takes a JSON or YAML config (e.g. the best one from `busai tune`) that flags override. "
         "Options left out keep the config's value, else the default shown.",
     )
-    p.add_argument("task", nargs="?", choices=["seg", "cls", "mt"], help="seg, cls or mt (omit with --resume or --config)")
+    p.add_argument("task", nargs="?", choices=TRAIN_TASKS, help="seg, cls or mt (omit with --resume or --config)")
     p.add_argument("--out", help="new run folder to write")
     p.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint (only --epochs, --max-minutes, --patience may change)"
@@ -67,7 +67,7 @@ def register(sub) -> None:
     model.add_argument("--image-size", dest="image_size", type=int, metavar="PX", help="input size (default: the model's, 256 seg, 224 cls, 299 InceptionV3)")
     model.add_argument(
         "--color",
-        choices=["rgb", "gray"],
+        choices=COLORS,
         default=None,
         help="gray: the model sees every scan as grey (a tinted grey map or overlays do not shift it); default rgb",
     )
@@ -132,7 +132,7 @@ def register(sub) -> None:
     schedule = p.add_argument_group("schedule and stopping")
     schedule.add_argument("--epochs", type=int, help="most epochs (default 100)")
     schedule.add_argument("--patience", type=int, help="stop after this many epochs without a lower validation loss (default 25, the paper's)")
-    schedule.add_argument("--scheduler", choices=["none", "plateau", "cosine"], help="learning-rate schedule: default plateau (cls, the paper's) or none (seg)")
+    schedule.add_argument("--scheduler", choices=SCHEDULERS, help="learning-rate schedule: default plateau (cls, the paper's) or none (seg)")
     schedule.add_argument(
         "--plateau-patience", dest="plateau_patience", type=int, help="plateau: epochs without improvement before the rate drops tenfold (default 25)"
     )
@@ -170,7 +170,7 @@ def register(sub) -> None:
     runtime.add_argument(
         "--precision", choices=PRECISIONS, help="auto (default): bf16 autocast where the hardware computes it natively, with channels_last; bf16; fp32"
     )
-    runtime.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: the GPU when one is visible")
+    runtime.add_argument("--device", choices=DEVICES, help="default auto: the GPU when one is visible")
     runtime.add_argument(
         "--gpus",
         type=int,
@@ -183,7 +183,7 @@ def register(sub) -> None:
     runtime.add_argument("--seed", type=int, help="random seed for weights, sampling and augmentation (default 0)")
     runtime.add_argument(
         "--log",
-        choices=["none", "tensorboard", "mlflow"],
+        choices=TRACKERS,
         default=None,
         help="also log per-epoch losses, metrics and learning rate to TensorBoard (RUN_DIR/tensorboard) or MLflow "
         "(MLFLOW_TRACKING_URI, else RUN_DIR/mlflow.db); needs the busai[tensorboard] / busai[mlflow] extra",

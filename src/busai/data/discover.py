@@ -1,6 +1,6 @@
-"""The record every dataset reader yields, the BUSI-layout reader, and safe image / mask decoding.
+"""The BUSI-layout reader, and safe image / mask decoding.
 
-A :class:`Record` is one scan: its image, zero or more masks (their union is the lesion), its
+A :class:`Record` (defined in :mod:`busai.data.records`, importable from here) is one scan: its image, zero or more masks (their union is the lesion), its
 label (or None when unlabelled), the dataset it came from, its group (patient or case, where the
 source knows it), its pixel spacing in mm (where known) and, for a DICOM cine, the frame it is.
 The other layouts' readers live in :mod:`busai.data.sources`.
@@ -18,15 +18,14 @@ entry point used for training: it raises one :class:`DataError` naming the first
 
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from busai import CLASSES
+from busai.data.records import Problem, Record, Scan  # noqa: F401  (re-exported: readers import them from here)
 from busai.errors import ConfigError, DataError, option
 from busai.io.dicom import is_dicom
 
@@ -34,43 +33,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<index>\d+))?$", re.IGNORECASE)
 # Files every OS sprinkles into folders; never data, never a problem.
 _IGNORED = {"thumbs.db", "desktop.ini"}
-
-
-@dataclass(frozen=True)
-class Record:
-    """One scan: image, lesion masks (union; none for a normal scan or classification-only data),
-    label (None when unlabelled), dataset name, group (patient / case id), pixel spacing in mm and
-    the 1-based frame of a DICOM cine (None for a plain image or a single-frame DICOM file)."""
-
-    root: Path
-    image: Path
-    masks: tuple[Path, ...]
-    label: str | None
-    dataset: str = ""
-    group: str | None = None
-    pixel_spacing_mm: float | None = None
-    frame: int | None = None
-
-    @property
-    def relpath(self) -> str:
-        """Image path relative to the dataset root, POSIX style (``../`` where a manifest points outside)."""
-        return Path(os.path.relpath(self.image, self.root)).as_posix()
-
-    @property
-    def key(self) -> str:
-        """The identity used in split files: the relative path, prefixed ``DATASET:`` for a named dataset."""
-        return f"{self.dataset}:{self.relpath}" if self.dataset else self.relpath
-
-    @property
-    def label_index(self) -> int:
-        if self.label is None:
-            raise DataError(f"{self.image}: has no label; label it (normal, benign or malignant) or leave it out of training and scoring")
-        return CLASSES.index(self.label)
-
-    @property
-    def segmentable(self) -> bool:
-        """Usable for segmentation: it has a mask, or it is a normal scan (its lesion is empty)."""
-        return bool(self.masks) or self.label == "normal"
 
 
 class MaskNames:
@@ -124,25 +86,6 @@ class MaskNames:
             example = option("mask_pattern", "'mask_{stem}.png'")
             return f"masks are matched by name: NAME_mask.png (or NAME_mask_1.png ...) for image NAME; for other names give a mask pattern, e.g. {example}"
         return f"masks are matched by the mask pattern '{self.pattern}' ({{stem}}: the image's name without suffix)"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A file-level problem found while scanning or auditing."""
-
-    path: str  # relative to the dataset root
-    kind: str  # short machine-readable tag, e.g. "missing_mask"
-    message: str  # one line for a person: what is wrong and what to do
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "kind": self.kind, "message": self.message}
-
-
-@dataclass
-class Scan:
-    root: Path
-    records: list[Record] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
 
 
 def _check_root(root: Path) -> Path:
