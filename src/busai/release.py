@@ -115,7 +115,7 @@ def rescore_release(evaluation: str | Path, root: str | Path | None = None) -> l
 
     written = []
     for task in ("segmentation", "classification"):
-        metrics_path = Path(evaluation) / task / "metrics.json"
+        metrics_path = Path(evaluation) / task / METRICS
         if not metrics_path.is_file():
             continue
         metrics = json.loads(metrics_path.read_text())

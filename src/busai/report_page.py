@@ -43,7 +43,7 @@ from busai.report import (
     segmentation_table,
 )
 from busai.release import portable_weight_source
-from busai.runs import CONFIG, FIT, METRICS, read_run_config
+from busai.runs import CONFIG, FIT, METRICS, SCORES, WEIGHTS, read_run_config
 
 NOTICE = "Research software, not a medical device: nothing here is validated for clinical use."
 # Embedded figures are re-encoded no wider than this, so a report of dozens of runs stays small.
@@ -75,9 +75,9 @@ def _run_entry(run_dir: Path) -> Entry:
     if (run_dir / METRICS).exists():
         result = collect_run(run_dir)
         metrics = json.loads((run_dir / METRICS).read_text())
-    elif (run_dir / "scores.json").is_file() and (run_dir / "model.safetensors").is_file():  # a release folder: its scores.json holds the compact scores
+    elif (run_dir / SCORES).is_file() and (run_dir / WEIGHTS).is_file():  # a release folder: its scores.json holds the compact scores
         config = read_run_config(run_dir)
-        scores = _read(run_dir / "scores.json") or {}
+        scores = _read(run_dir / SCORES) or {}
         result = {
             "name": f"release {run_dir.name}" if run_dir.parent.name == "release" else run_dir.name,
             "kind": "release",
@@ -135,13 +135,13 @@ def _evaluation_entries(folder: Path) -> list[Entry]:
     (or one such task folder), one entry per task, its keys the scored sets (``NAME/all`` ...)."""
     from busai.report import compact_classification, compact_segmentation
 
-    task_dirs = [folder] if (folder / "metrics.json").is_file() else _task_dirs(folder)
+    task_dirs = [folder] if (folder / METRICS).is_file() else _task_dirs(folder)
     entries = []
     for task_dir in task_dirs:
-        metrics = _read(task_dir / "metrics.json")
+        metrics = _read(task_dir / METRICS)
         results = {k: m for k, m in (metrics or {}).items() if isinstance(m, dict) and "task" in m}
         if not results:
-            raise DataError(f"{task_dir / 'metrics.json'}: holds no evaluate results; re-run `busai evaluate MODEL --data DATA --all --out {folder}`")
+            raise DataError(f"{task_dir / METRICS}: holds no evaluate results; re-run `busai evaluate MODEL --data DATA --all --out {folder}`")
         first = next(iter(results.values()))
         compact = compact_segmentation if first["task"] == "segmentation" else compact_classification
         result = {
@@ -162,13 +162,13 @@ def _evaluation_entries(folder: Path) -> list[Entry]:
 
 def _task_dirs(folder: Path) -> list[Path]:
     """An evaluate --out folder's task folders (a run folder beside them has its config.json, and is no evaluation)."""
-    return [folder / t for t in EVALUATED_TASKS if (folder / t / "metrics.json").is_file() and not (folder / t / "config.json").exists()]
+    return [folder / t for t in EVALUATED_TASKS if (folder / t / METRICS).is_file() and not (folder / t / CONFIG).exists()]
 
 
 def _is_evaluation(path: Path) -> bool:
-    if not path.is_dir() or (path / "config.json").exists():
+    if not path.is_dir() or (path / CONFIG).exists():
         return False
-    return (path.name in EVALUATED_TASKS and (path / "metrics.json").is_file()) or bool(_task_dirs(path))
+    return (path.name in EVALUATED_TASKS and (path / METRICS).is_file()) or bool(_task_dirs(path))
 
 
 def gather(paths: list[str | Path]) -> Inputs:
