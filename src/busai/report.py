@@ -207,7 +207,10 @@ def classification_table(results: list[dict]) -> str:
     ]
 
     def cells(m: dict) -> str:
-        recalls = " / ".join(fmt_value(m["per_class"][c]["recall"]) for c in CLASSES) if "per_class" in m else "–"
+        classes = m.get("classes") or CLASSES
+        recalls = " / ".join(fmt_value(m["per_class"][c]["recall"]) for c in classes) if "per_class" in m else "–"
+        if tuple(classes) != CLASSES and "per_class" in m:  # another label set: name the classes the recalls are of
+            recalls += f" ({' / '.join(classes)})"
         return f"{fmt_ci(m.get('accuracy'))} | {fmt_ci(m.get('macro_f1'))} | {fmt_ci(m.get('macro_auc'))} | {recalls}"
 
     ordered = sorted(results, key=lambda r: (r["model"]["name"], r["name"]))
@@ -261,7 +264,10 @@ def print_metrics(result: dict, key: str | None = None) -> None:
             value = result.get(name)
             if value is not None:
                 table.add_row(name, fmt_ci(value) if isinstance(value, dict) else f"{value:.3f}")
-        for c in CLASSES:
+        for c in result.get("classes") or CLASSES:
             pc = result["per_class"][c]
-            table.add_row(f"{c} P/R/F1", f"{fmt_value(pc['precision'])} / {fmt_value(pc['recall'])} / {fmt_value(pc['f1'])}")
+            scores = f"{fmt_value(pc['precision'])} / {fmt_value(pc['recall'])} / {fmt_value(pc['f1'])}"
+            table.add_row(f"{c} P/R/F1", scores if pc["support"] else f"{scores} (no {c} images; predicted for {pc.get('predicted', '?')})")
+        if result.get("note"):
+            table.add_row("note", result["note"])
     Console().print(table)
