@@ -138,3 +138,15 @@ def cls_two_class_run(two_class, tmp_path_factory) -> Path:
     cfg = TrainConfig(task="cls", model="efficientnet_lite0", weights="none", image_size=64, epochs=1, batch_size=8, data=str(manifest), splits=str(splits))
     train(cfg, out, quiet=True)
     return out
+
+
+def test_fine_tune_three_class_model_on_two_class_data_gets_a_new_head(cls_run, two_class, tmp_path, cli):
+    # A release or run folder with normal / benign / malignant, fine-tuned on benign / malignant data:
+    # the backbone comes from the folder, the class head starts new (before: a shape mismatch).
+    manifest, splits = two_class
+    run = tmp_path / "ft"
+    code, _, err = cli("train", "cls", "--weights", cls_run, "--data", manifest, "--splits", splits, "--epochs", "1", "--quiet", "--out", run)
+    assert code == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_spec"]["classes"] == ["benign", "malignant"] and config["preprocessing"]["image_size"] == 64
+    assert "backbone only; new 2-class head" in config["weight_source"]

@@ -256,6 +256,8 @@ def check_weights_folder(cfg: TrainConfig) -> None:
     folder_values = folder_options(folder, cfg.task) if folder is not None else None
     if folder_values is not None:
         _refuse_conflicts({key: getattr(cfg, key) for key in folder_values}, folder_values, folder, cfg.weights)
+        if cfg.image_size is None:  # "the model's default" is the folder's size here
+            cfg.image_size = folder_values["image_size"]
 
 
 def check_weights_split(cfg: TrainConfig) -> None:
