@@ -41,9 +41,7 @@ def check_class_coverage(cfg: TrainConfig, train_dataset, splits_file: str | Non
     if cfg.task == "segmentation":
         return
     if len(classes) < 2:
-        raise ConfigError(
-            f"{splits_file}: the training images are all {''.join(classes) or 'unlabelled'}; a classifier needs images of at least 2 classes"
-        )
+        raise ConfigError(f"{splits_file}: the training images are all {''.join(classes) or 'unlabelled'}; a classifier needs images of at least 2 classes")
     present = {int(label) for label in train_dataset.labels}
     missing = [name for i, name in enumerate(classes) if i not in present]
     if missing:

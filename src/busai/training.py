@@ -63,7 +63,16 @@ def _loaders(cfg: TrainConfig, image_size: int, mean, std, records):
     cache = ImageCache()
     gray = cfg.color == "gray"
     train_ds = BusDataset(
-        train_records, image_size, mean, std, augment=cfg.augment, cache=cache, seed=cfg.seed, lesion_paste=cfg.lesion_paste, grayscale=gray, label_index=label_index
+        train_records,
+        image_size,
+        mean,
+        std,
+        augment=cfg.augment,
+        cache=cache,
+        seed=cfg.seed,
+        lesion_paste=cfg.lesion_paste,
+        grayscale=gray,
+        label_index=label_index,
     )
     val_ds = BusDataset(val_records, image_size, mean, std, cache=cache, seed=cfg.seed, grayscale=gray, label_index=label_index)
     class_balanced = cfg.task != "segmentation" and cfg.weighted_sampler

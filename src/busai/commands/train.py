@@ -127,7 +127,12 @@ def register(sub) -> None:
     optim.add_argument("--batch-size", dest="batch_size", type=int, help="images per step (default 8; per process with --gpus)")
     optim.add_argument("--loss", help=f"seg, mt (its masks): one of {', '.join(SEGMENTATION_LOSSES)} (default dice); cls: focal (default) or ce")
     optim.add_argument(
-        "--focal-alpha", dest="focal_alpha", type=float, nargs="+", default=None, help="one value, or one per class in the model's class order (normal benign malignant unless --classes says otherwise); default 0.25"
+        "--focal-alpha",
+        dest="focal_alpha",
+        type=float,
+        nargs="+",
+        default=None,
+        help="one value, or one per class in the model's class order (normal benign malignant unless --classes says otherwise); default 0.25",
     )
     optim.add_argument("--focal-gamma", dest="focal_gamma", type=float, help="default 2.0")
     optim.add_argument(
