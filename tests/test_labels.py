@@ -150,3 +150,16 @@ def test_fine_tune_three_class_model_on_two_class_data_gets_a_new_head(cls_run, 
     config = json.loads((run / "config.json").read_text())
     assert config["model_spec"]["classes"] == ["benign", "malignant"] and config["preprocessing"]["image_size"] == 64
     assert "backbone only; new 2-class head" in config["weight_source"]
+
+
+def test_exported_two_class_model_keeps_its_class_names(cls_two_class_run, synthetic_dir, tmp_path, cli):
+    pytest.importorskip("onnxruntime")
+    import busai
+
+    path = tmp_path / "cls.onnx"
+    code, _, err = cli("export", cls_two_class_run, "--out", path)
+    assert code == 0, err
+    model = busai.load(path)
+    assert model.backend == "onnx" and model.classes == ("benign", "malignant")
+    prediction = busai.predict(model, synthetic_dir / "malignant" / "malignant (1).png")
+    assert set(prediction.probabilities) == {"benign", "malignant"}

@@ -15,8 +15,8 @@ from busai.engine import LAST_CHECKPOINT, FitResult, fit, load_checkpoint, resol
 from busai.errors import CheckpointError, ConfigError
 from busai.models.weights import file_sha256
 from busai.outputs import output_dir
-from busai.runs import CONFIG, library_versions, machine_info, read_run_config, write_json
 from busai.labels import class_names
+from busai.runs import CONFIG, library_versions, machine_info, read_run_config, write_json
 from busai.tasks import adapter_for
 
 
