@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from busai import CLASSES
 from busai.backends import LoadedModel
 from busai.device import model_device
 from busai.errors import CheckpointError, ConfigError
@@ -58,7 +57,7 @@ class Prediction:
         row: dict = {"width": self.width, "height": self.height, "input_check": self.input_check, **(self.extra or {})}
         if self.probabilities is not None:
             row["label"] = self.label
-            row.update({key: round(self.probabilities[c], 5) for key, c in zip(PROBABILITY_KEYS, CLASSES)})
+            row.update({key: None for key in PROBABILITY_KEYS} | {f"p_{c}": round(p, 5) for c, p in self.probabilities.items()})
         if self.measurements is not None:
             row.update({k: v for k, v in self.measurements.items() if k not in ("diameter_endpoints", "perpendicular_endpoints")})
         row["review"] = self.review
@@ -89,6 +88,13 @@ class Model:
     backend = property(lambda self: self.loaded.backend)
     supports_gradients = property(lambda self: self.loaded.supports_gradients)
     device = property(lambda self: self.loaded.device)
+
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        """A classifier's class names in output order (see :mod:`busai.labels`); None for a segmenter."""
+        from busai.labels import class_names
+
+        return class_names(self.spec) if self.task == "classification" else None
 
     @property
     def preprocessing(self) -> dict:
@@ -257,7 +263,9 @@ def _predict_one(by_task: dict[str, Model], image: np.ndarray, tta: bool, pixel_
     result = Prediction(width=width, height=height, input_check=row.pop("input_check", None))
     if "label" in row:
         result.label = row.pop("label")
-        result.probabilities = {c: float(row.pop(key)) for key, c in zip(PROBABILITY_KEYS, CLASSES)}
+        result.probabilities = {c: float(row.pop(f"p_{c}")) for c in by_task["classification"].classes}
+        for key in PROBABILITY_KEYS:  # the standard columns a model with other classes leaves empty
+            row.pop(key, None)
     if mask is not None:
         result.mask = mask
         result.lesion_probability = row.pop("probability_map", None)

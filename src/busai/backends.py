@@ -171,4 +171,10 @@ def _checked_metadata(meta, module: OnnxModule, path: Path) -> tuple[dict, Prepr
     shape = inputs[0].shape  # fixed axes are ints, dynamic ones names
     if len(shape) != 4 or shape[1] not in (3, "channels") or any(isinstance(n, int) and n != image_size for n in shape[2:]):
         raise CheckpointError(f"{path}: the graph's input shape {shape} does not take (N, 3, {image_size}, {image_size}) images as its metadata says; {fix}")
+    if task == "classification":
+        from busai.labels import class_names
+
+        outputs, classes = module.session.get_outputs()[0].shape, class_names(spec)
+        if len(outputs) == 2 and isinstance(outputs[1], int) and outputs[1] != len(classes):
+            raise CheckpointError(f"{path}: the graph has {outputs[1]} class outputs but its metadata names {len(classes)} classes; {fix}")
     return spec, Preprocessing.from_dict(raw)

@@ -119,6 +119,7 @@ def fit_calibration(run_dir: str | Path, data, splits_file: str | Path, *, force
     """Fit the temperature of a classification run on its validation split and write
     ``RUN_DIR/calibration.json`` (atomically); refuses a split file other than the run's own."""
     from busai.data.splits import load_split_records
+    from busai.labels import class_names, scoring_map
     from busai.models.weights import file_sha256
 
     run_dir = Path(run_dir)
@@ -132,9 +133,11 @@ def fit_calibration(run_dir: str | Path, data, splits_file: str | Path, *, force
     path = run_dir / CALIBRATION
     if path.exists() and not force:
         raise ConfigError(f"{path}: exists; pass --force to refit and replace it")
+    index = scoring_map(loaded.config, class_names(loaded.spec))
     records = load_split_records(data, splits_file, "val", fold=loaded.config.get("train", {}).get("fold"))
+    records = [r for r in records if r.label in index]  # as in training: images of another class were left out
     rows = list(predict_records(loaded, records, calibrated=False))
-    y_true = np.array([r.label_index for r, _ in rows])
+    y_true = np.array([index[r.label] for r, _ in rows])
     probs = np.stack([p.numpy() for _, p in rows]).astype(np.float64)
     # log p differs from the logits by a per-image constant, which softmax(x / T) ignores.
     log_probs = np.log(np.clip(probs, 1e-12, 1.0))

@@ -101,6 +101,10 @@ class TrainConfig:
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch
     log: str = "none"  # per-epoch tracking: none, tensorboard or mlflow (busai.tracking)
 
+    # Classification and multitask: the classes to learn, None (the labels the data has), a list
+    # (a subset, in output order) or a mapping of data label to class (busai.labels).
+    classes: list[str] | dict[str, str] | None = None
+
     # A path, or NAME=PATH strings for several datasets; a dataset with reading options (layout,
     # column mapping, mask pattern) is a mapping (busai.data.sources.DataSpec.to_config).
     data: str | dict | list[str | dict] | None = None
@@ -150,6 +154,11 @@ class TrainConfig:
             self.scheduler = "plateau" if task == "classification" else "none"
         if task == "classification":
             self.encoder = None
+        from busai.labels import parse_classes
+
+        self.classes = parse_classes(self.classes)
+        if self.classes is not None and task == "segmentation":
+            raise ConfigError("classes: a segmentation model has no classes; drop --classes (or train cls / mt)")
         for name in (
             "lr",
             "batch_size",

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from busai import CLASSES, SPLIT_NAMES
+from busai import SPLIT_NAMES
 from busai.calibration import expected_calibration_error, reliability_bins, reliability_figure
 from busai.device import default_path_name
 from busai.errors import ConfigError, option
 from busai.inference import predict_records, upsample_probability  # noqa: F401  (evaluation.predict_records kept for callers)
+from busai.labels import class_names, scoring_map
 from busai.outputs import output_dir
 from busai.runs import METRICS, TASKS, LoadedModel, model_folder, model_label, read_metrics, scores_dir, write_json
 
@@ -74,17 +75,25 @@ def evaluate_classification(
 ) -> tuple[dict, list]:
     from busai.metrics import classification_report_dict, malignant_vs_benign_auc
 
+    classes = class_names(loaded.spec)
+    index = scoring_map(loaded.config, classes)
     rows = [(record, prob.numpy()) for record, prob in predict_records(loaded, records, tta=tta, progress=progress)]
-    y_true = np.array([r.label_index for r, _ in rows])
+    y_true = np.array([index[r.label] for r, _ in rows])
     probs = np.stack([p for _, p in rows])
-    report = classification_report_dict(y_true, probs, class_names=CLASSES, n_boot=n_boot, seed=seed, groups=groups)
-    report["malignant_vs_benign_auc"] = malignant_vs_benign_auc(y_true, probs, n_boot=n_boot, seed=seed, groups=groups)
+    report = classification_report_dict(y_true, probs, class_names=classes, n_boot=n_boot, seed=seed, groups=groups)
+    report["malignant_vs_benign_auc"] = malignant_vs_benign_auc(y_true, probs, n_boot=n_boot, seed=seed, groups=groups, class_names=classes)
     report["temperature"] = loaded.temperature
     report["ece"] = expected_calibration_error(probs, y_true)
     report["reliability"] = reliability_bins(probs, y_true)
     report["predictions"] = [
-        {"image": r.key, "label": r.label, "predicted": CLASSES[int(p.argmax())], **{f"p_{c}": round(float(p[i]), 5) for i, c in enumerate(CLASSES)}}
-        for r, p in rows
+        {
+            "image": r.key,
+            "label": classes[t],
+            **({"data_label": r.label} if r.label != classes[t] else {}),
+            "predicted": classes[int(p.argmax())],
+            **{f"p_{c}": round(float(p[i]), 5) for i, c in enumerate(classes)},
+        }
+        for (r, p), t in zip(rows, y_true)
     ]
     return report, rows
 
@@ -269,6 +278,8 @@ def _score_seeded(
                     f"{maskless[0].image}: a {maskless[0].label} image without a mask ({len(maskless)} such); "
                     "segmentation cannot be scored on it: score a classifier, or add the masks"
                 )
+        else:
+            records, groups, skipped = _known_labels(loaded, records, groups, skipped, key)
         shown = f"Scoring {loaded.task} on {key} ({len(records)} images)" if progress else None
         result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta, groups=groups, progress=shown)
         key = f"{key}_tta" if tta else key
@@ -298,8 +309,9 @@ def _score_seeded(
             if loaded.task == "segmentation":
                 result["figure"] = fig.segmentation_samples(samples, dest / f"samples_{name}.png", title=title)
             else:
-                result["figure"] = fig.confusion_matrix(np.array(result["confusion_matrix"]), dest / f"confusion_{name}.png", title=title)
-                result["sample_figure"] = fig.classification_samples(samples, dest / f"samples_{name}.png", title=title)
+                classes = result["classes"]
+                result["figure"] = fig.confusion_matrix(np.array(result["confusion_matrix"]), dest / f"confusion_{name}.png", title=title, classes=classes)
+                result["sample_figure"] = fig.classification_samples(samples, dest / f"samples_{name}.png", title=title, classes=classes)
                 result["reliability_figure"] = reliability_figure(
                     {f"{key} (ECE {result['ece']:.3f})": result["reliability"]}, dest / f"reliability_{name}.png", title=title
                 )
@@ -309,3 +321,21 @@ def _score_seeded(
         write_json(metrics_path, merged)
         results[key] = result
     return results
+
+
+def _known_labels(loaded, records, groups, skipped: dict, key: str):
+    """The records a classifier can be scored on: those whose label is one of its classes (or
+    maps to one through its training mapping); the others are listed under ``skipped`` and noted
+    on stderr, since a class the model cannot predict has no score."""
+    index = scoring_map(loaded.config, class_names(loaded.spec))
+    unknown = [r for r in records if r.label not in index]
+    if not unknown:
+        return records, groups, skipped
+    labels = sorted({str(r.label) for r in unknown})
+    reason = f"label not among the model's classes ({', '.join(class_names(loaded.spec))})"
+    log.info("%s: %d images labelled %s are left out (listed under 'skipped'): %s", key, len(unknown), ", ".join(labels), reason)
+    kept = [i for i, r in enumerate(records) if r.label in index]
+    if not kept:
+        raise ConfigError(f"{key}: no image is labelled with a class of the model ({', '.join(class_names(loaded.spec))}); score it on data with those labels")
+    skipped = {**skipped, **{r.key: f"{reason}: {r.label}" for r in unknown}}
+    return [records[i] for i in kept], [groups[i] for i in kept], skipped

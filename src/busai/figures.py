@@ -60,20 +60,20 @@ def segmentation_samples(samples, path: Path, title: str, n: int = 4) -> str:
     return _save(fig, path)
 
 
-def confusion_matrix(matrix: np.ndarray, path: Path, title: str) -> str:
+def confusion_matrix(matrix: np.ndarray, path: Path, title: str, classes=CLASSES) -> str:
     fig, ax = _subplots(figsize=(4.2, 3.8))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), value in np.ndenumerate(matrix):
         ax.text(j, i, int(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
-    ax.set_xticks(range(len(CLASSES)), CLASSES)
-    ax.set_yticks(range(len(CLASSES)), CLASSES)
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
 
-def classification_samples(rows, path: Path, title: str, n: int = 8) -> str:
+def classification_samples(rows, path: Path, title: str, n: int = 8, classes=CLASSES) -> str:
     """A grid of scans titled with true and predicted class (green when right, red when wrong)."""
     from busai.data.discover import read_image
 
@@ -83,7 +83,7 @@ def classification_samples(rows, path: Path, title: str, n: int = 8) -> str:
     for ax in axes.flat:
         ax.axis("off")
     for ax, (record, prob) in zip(axes.flat, chosen):
-        predicted = CLASSES[int(np.argmax(prob))]
+        predicted = classes[int(np.argmax(prob))]
         ax.imshow(read_image(record.image, mode="L", frame=record.frame), cmap="gray")
         ax.set_title(f"true {record.label}\npred {predicted} ({float(np.max(prob)):.2f})", fontsize=8, color="green" if predicted == record.label else "red")
     fig.suptitle(title)

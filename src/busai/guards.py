@@ -33,20 +33,22 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"{cfg.optimizer} optimizer: {exc}; fix the option") from None
 
 
-def check_class_coverage(cfg: TrainConfig, train_dataset, splits_file: str | None) -> None:
-    """A classifier learns the classes its training split shows: refuse one that misses any.
+def check_class_coverage(cfg: TrainConfig, train_dataset, splits_file: str | None, classes=CLASSES) -> None:
+    """A classifier learns the classes its training split shows: refuse one that misses any of ``classes``.
 
     Trained without a class, the model still outputs a probability for it, near zero and
     meaningless, and nothing in its scores says so.
     """
     if cfg.task == "segmentation":
         return
+    if len(classes) < 2:
+        raise ConfigError(f"{splits_file}: the training images are all {''.join(classes) or 'unlabelled'}; a classifier needs images of at least 2 classes")
     present = {int(label) for label in train_dataset.labels}
-    missing = [name for i, name in enumerate(CLASSES) if i not in present]
+    missing = [name for i, name in enumerate(classes) if i not in present]
     if missing:
         raise ConfigError(
             f"{splits_file}: the train split has no {' and no '.join(missing)} images, but the classifier predicts "
-            f"{', '.join(CLASSES)}; add images of every class to the dataset (one folder per class) and re-run `busai data split`"
+            f"{', '.join(classes)}; add images of every class and re-run `busai data split`, or leave the class out with --classes"
         )
 
 

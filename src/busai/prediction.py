@@ -27,6 +27,7 @@ from scipy import ndimage
 from busai import CLASSES
 from busai.backends import LoadedModel
 from busai.config import BACKENDS
+from busai.labels import class_names
 from busai.errors import BusaiError, ConfigError, DataError
 from busai.export import load_backend
 from busai.inference import predict_image, upsample_probability
@@ -37,7 +38,7 @@ from busai.preprocessing import rgb_array
 from busai.scan_region import find_scan_region, whole_image
 
 MASK_SUFFIX, OVERLAY_SUFFIX, PROBABILITY_SUFFIX, SEG_SUFFIX = "_pred_mask.png", "_overlay.png", "_probability.png", "_seg.dcm"
-PROBABILITY_KEYS = tuple(f"p_{c}" for c in CLASSES)
+PROBABILITY_KEYS = tuple(f"p_{c}" for c in CLASSES)  # always columns; a model with other classes adds its own (columns_for)
 SCAN_KEYS = ("scan_x", "scan_y", "scan_width", "scan_height")  # the scan region; None when the scan is the whole image
 SPACING_KEYS = ("spacing_row_mm", "spacing_column_mm", "spacing_source")
 COLUMNS = (
@@ -152,8 +153,9 @@ def predict_array(
         return row, None
     if cls is not None:
         probs = predict_image(cls, scan, tta=tta, precision=precision).numpy()
-        row["label"] = CLASSES[int(probs.argmax())]
-        row.update({key: round(float(p), 5) for key, p in zip(PROBABILITY_KEYS, probs)})
+        classes = class_names(cls.spec)
+        row["label"] = classes[int(probs.argmax())]
+        row.update({f"p_{c}": round(float(p), 5) for c, p in zip(classes, probs)})
     mask = None
     if seg is not None:
         prob = upsample_probability(predict_image(seg, scan, tta=tta, precision=precision), scan.shape[:2])
@@ -251,6 +253,14 @@ ROW_LOG = "predictions.jsonl"  # one finished row per line while a batch runs; r
 OPTIONS_FILE = "predict_options.json"  # what produced the rows, so --resume never mixes two settings
 
 
+def columns_for(rows: list[dict]) -> list[str]:
+    """:data:`COLUMNS`, plus a ``p_<class>`` column after the standard three for each class of a
+    classifier with its own label set (see :mod:`busai.labels`)."""
+    extra = [key for key in dict.fromkeys(k for row in rows for k in row) if key.startswith("p_") and key not in COLUMNS]
+    at = COLUMNS.index(PROBABILITY_KEYS[-1]) + 1
+    return [*COLUMNS[:at], *extra, *COLUMNS[at:]]
+
+
 def write_tables(rows: list[dict], out_dir: Path) -> None:
     """predictions.json and predictions.csv, each written whole to a temporary file and renamed."""
     from busai.outputs import atomic_write, atomic_write_text
@@ -259,7 +269,7 @@ def write_tables(rows: list[dict], out_dir: Path) -> None:
 
     def write_csv(tmp: Path) -> None:
         with tmp.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(fh, fieldnames=columns_for(rows), extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 

@@ -221,7 +221,10 @@ def classification_table(results: list[dict], reference: Reference | None = None
     lines = _header(columns, reference, reference.classification_columns if reference else "")
 
     def cells(m: dict) -> str:
-        recalls = " / ".join(fmt_value(m["per_class"][c]["recall"]) for c in CLASSES) if "per_class" in m else "–"
+        classes = m.get("classes") or CLASSES
+        recalls = " / ".join(fmt_value(m["per_class"][c]["recall"]) for c in classes) if "per_class" in m else "–"
+        if tuple(classes) != CLASSES and "per_class" in m:  # another label set: name the classes the recalls are of
+            recalls += f" ({' / '.join(classes)})"
         return f"{fmt_ci(m.get('accuracy'))} | {fmt_ci(m.get('macro_f1'))} | {fmt_ci(m.get('macro_auc'))} | {recalls}"
 
     ordered = sorted(results, key=lambda r: (r["model"]["name"], r["name"]))

@@ -436,7 +436,8 @@ def confusion_section(entries: list[Entry], figures: Path, reference: Reference 
         for split in SPLIT_NAMES:
             matrix = r["metrics"].get(split, {}).get("confusion_matrix") if r["task"] == "classification" else None
             if matrix:
-                path = confusion_matrix(np.array(matrix), figures / f"{r['name']}_confusion_{split}.png", title=f"{r['name']}: {split}")
+                classes = r["metrics"][split].get("classes") or CLASSES
+                path = confusion_matrix(np.array(matrix), figures / f"{r['name']}_confusion_{split}.png", title=f"{r['name']}: {split}", classes=classes)
                 blocks.append(("fig", Path(path), f"{r['name']}, {split}: rows true class, columns predicted"))
     return [_heading("Confusion matrices", "confusion", reference), *blocks] if blocks else []
 
@@ -448,8 +449,9 @@ def calibration_section(entries: list[Entry], figures: Path) -> list:
     rows = [f"| Run | Split | Images | ECE ({N_BINS} bins) |", "|---|---|---|---|"]
     for e in entries:
         for split, predictions in e.predictions.items():
-            probs = np.array([[p[f"p_{c}"] for c in CLASSES] for p in predictions])
-            labels = np.array([CLASSES.index(p["label"]) for p in predictions])
+            classes = [key[2:] for key in predictions[0] if key.startswith("p_")]  # the model's classes, in output order
+            probs = np.array([[p[f"p_{c}"] for c in classes] for p in predictions])
+            labels = np.array([classes.index(p["label"]) for p in predictions])
             name = e.result["name"]
             ece = expected_calibration_error(probs, labels)
             path = reliability_figure(

@@ -102,7 +102,10 @@ def print_metrics(result: dict, key: str | None = None) -> None:
             value = result.get(name)
             if value is not None:
                 table.add_row(name, fmt_ci(value) if isinstance(value, dict) else f"{value:.3f}")
-        for c in CLASSES:
+        for c in result.get("classes") or CLASSES:
             pc = result["per_class"][c]
-            table.add_row(f"{c} P/R/F1", f"{fmt_value(pc['precision'])} / {fmt_value(pc['recall'])} / {fmt_value(pc['f1'])}")
+            scores = f"{fmt_value(pc['precision'])} / {fmt_value(pc['recall'])} / {fmt_value(pc['f1'])}"
+            table.add_row(f"{c} P/R/F1", scores if pc["support"] else f"{scores} (no {c} images; predicted for {pc.get('predicted', '?')})")
+        if result.get("note"):
+            table.add_row("note", result["note"])
     Console().print(table)

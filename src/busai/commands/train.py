@@ -32,6 +32,7 @@ _FLAGS = {
     "splits": str,
     "fold": int,
     "num_workers": int,
+    "classes": str,
     "select": str,
     "ema": float,
 }
@@ -62,7 +63,9 @@ def register(sub) -> None:
     )
     model.add_argument("--encoder", help="seg, mt: encoder, e.g. resnet18 (default), efficientnet-lite0, mobilenet_v2, vgg16")
     model.add_argument(
-        "--weights", help="imagenet (default; loaded from local files, else random with a warning), none, release, a release or run folder, or a weights file"
+        "--weights",
+        help="imagenet (default; loaded from local files, else random with a warning), none, release, a release or run folder, or a weights file; "
+        "a folder (release included) also sets --model, --encoder, --image-size and --color to its own",
     )
     model.add_argument("--image-size", dest="image_size", type=int, metavar="PX", help="input size (default: the model's, 256 seg, 224 cls, 299 InceptionV3)")
     model.add_argument(
@@ -85,6 +88,12 @@ def register(sub) -> None:
     )
     add_data_options(data)
     data.add_argument("--splits", metavar="FILE", help="split file from `busai data split` (required)")
+    data.add_argument(
+        "--classes",
+        metavar="LIST|MAP",
+        help="cls, mt: the classes to learn, e.g. benign,malignant (images of other classes are left out) or a mapping of data label "
+        "to class, e.g. 'normal=benign,benign=benign,malignant=malignant' (default: the labels the data has)",
+    )
     data.add_argument("--fold", type=int, metavar="I", help="train on cross-validation fold I of the split file (default: its train / val lists)")
     data.add_argument(
         "--folds",
@@ -122,7 +131,12 @@ def register(sub) -> None:
     optim.add_argument("--batch-size", dest="batch_size", type=int, help="images per step (default 8; per process with --gpus)")
     optim.add_argument("--loss", help=f"seg, mt (its masks): one of {', '.join(SEGMENTATION_LOSSES)} (default dice); cls: focal (default) or ce")
     optim.add_argument(
-        "--focal-alpha", dest="focal_alpha", type=float, nargs="+", default=None, help="one value, or one per class (normal benign malignant); default 0.25"
+        "--focal-alpha",
+        dest="focal_alpha",
+        type=float,
+        nargs="+",
+        default=None,
+        help="one value, or one per class in the model's class order (normal benign malignant unless --classes says otherwise); default 0.25",
     )
     optim.add_argument("--focal-gamma", dest="focal_gamma", type=float, help="default 2.0")
     optim.add_argument(
@@ -214,12 +228,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         from busai.errors import ConfigError
 
         raise ConfigError("say which task to train: `busai train seg ...`, `busai train cls ...` or `busai train mt ...`")
-    if base["task"] in ("cls", "classification") and "model" not in base:
-        base["model"] = "resnet18"
     if base["task"] in ("cls", "classification") and args.encoder is not None:
         from busai.errors import ConfigError
 
         raise ConfigError(f"--encoder {args.encoder}: classifiers have no separate encoder; name the network with --model (see `busai models`)")
+    from busai.training import inherit_weights_folder
+
+    base = inherit_weights_folder(base)  # --weights FOLDER: its architecture, input size and colour mode
+    if base["task"] in ("cls", "classification") and "model" not in base:
+        base["model"] = "resnet18"
     return TrainConfig.from_dict(base, source=args.config or "command line")
 
 
