@@ -10,7 +10,7 @@ from pathlib import Path
 
 from busai import CLASSES
 from busai.config import TrainConfig
-from busai.errors import CheckpointError, ConfigError, DataError
+from busai.errors import CheckpointError, ConfigError
 
 # Files a run folder gains once its first epoch has finished (or a finished tune trial keeps).
 EPOCH_FILES = ("checkpoint_last.pt", "history.csv", "fit.json")
@@ -69,17 +69,3 @@ def clear_unfinished_run(run_dir: Path) -> None:
     """Remove what a run that never finished an epoch may have left (a best checkpoint saved just before a kill)."""
     for name in ("checkpoint_best.safetensors", "checkpoint_best.safetensors.tmp", "checkpoint_last.pt.tmp"):
         (run_dir / name).unlink(missing_ok=True)
-
-
-def check_file_names(records) -> None:
-    """Refuse image names that are not valid UTF-8: a split file (JSON, UTF-8) cannot name them.
-
-    Python keeps such bytes as lone surrogates; JSON writers escape them into text other tools
-    reject, and hashing the name fails. Renaming is the fix (often a Latin-1 name from an old zip).
-    """
-    from busai.prediction import printable
-
-    for record in records:
-        name = str(record.image)
-        if printable(name) != name:
-            raise DataError(f"{printable(name)}: the file name is not valid UTF-8; rename the file (and its masks)")

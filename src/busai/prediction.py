@@ -32,6 +32,7 @@ from busai.inference import predict_image, upsample_probability
 from busai.input_check import OK, check_array, check_input
 from busai.io.scans import list_inputs, read_scans
 from busai.measure import MEASUREMENT_KEYS, measure_lesion
+from busai.outputs import printable
 from busai.scan_region import find_scan_region, whole_image
 
 MASK_SUFFIX, OVERLAY_SUFFIX, PROBABILITY_SUFFIX, SEG_SUFFIX = "_pred_mask.png", "_overlay.png", "_probability.png", "_seg.dcm"
@@ -251,14 +252,6 @@ def write_tables(rows: list[dict], out_dir: Path) -> None:
             writer.writerows(rows)
 
     atomic_write(out_dir / "predictions.csv", write_csv)
-
-
-def printable(value):
-    """A file name that is not valid UTF-8 (Python keeps its bytes as surrogates) with those bytes
-    spelled ``\\xff``: tables and terminals can show it, where the raw name makes csv and JSON writers fail."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return value
 
 
 class _RowLog(list):
