@@ -9,7 +9,8 @@ that cannot be read gets a row with ``error`` set and the batch goes on.
 Each scan passes the input gate (``input_check``: ``ok`` or why it is not a B-mode scan; a
 flagged scan gets no answer) and, inside a screenshot, is cropped to its scan region before the
 models see it; masks and measurements are in the input's own pixels. A DICOM file gives one row
-per frame (``frame``), with the pixel spacing it states (``spacing_source``).
+per frame (``frame``), with the pixel spacing it states (``spacing_source``); a multi-page TIFF
+one row per page, as a cine.
 """
 
 from __future__ import annotations
@@ -380,7 +381,8 @@ def predict_paths(
 
     A file that cannot be decoded gets ``{"image": ..., "error": ...}`` (other keys None) and the
     batch continues. ``pixel_spacing`` (mm per pixel) adds the mm measurements where a DICOM file
-    states none. A DICOM cine gives a row per frame, or only ``frame`` (1-based).
+    states none. A DICOM cine or a multi-page TIFF gives a row per frame, or only ``frame``
+    (1-based; a file without that frame gets an error row).
     ``save_probabilities`` writes ``NAME_probability.png`` (16-bit, lesion probability x 65535);
     ``dicom_seg`` writes ``NAME_seg.dcm`` (a DICOM Segmentation) for each single-frame DICOM input.
     Files a folder holds that are not scans are left out: :func:`busai.io.scans.list_inputs` lists them.

@@ -62,7 +62,8 @@ def register(subparsers) -> None:
     split.add_argument(
         "--exclude-problems",
         action="store_true",
-        help="leave out images the audit finds unusable (unreadable, mask of another size) and list them under "
+        help="leave out images the audit finds unusable (unreadable, mask of another size, implausible stated pixel spacing, "
+        "name not UTF-8) and list them under "
         "'excluded' with the reason, instead of stopping at the first",
     )
     split.add_argument("--out", required=True, metavar="FILE", help="split file to write (JSON)")

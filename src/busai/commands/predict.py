@@ -33,7 +33,12 @@ def register(sub) -> None:
         help="pixel size in mm (one value, or row and column) for mm / mm2 measurements, "
         "used where a DICOM file states none (the spacing_source column says which was used)",
     )
-    p.add_argument("--frame", type=int, metavar="N", help="predict only frame N (from 1) of multi-frame DICOM files (default: every frame)")
+    p.add_argument(
+        "--frame",
+        type=int,
+        metavar="N",
+        help="predict only frame N (from 1) of each file: of a DICOM cine or a multi-page TIFF (default: every frame); a file without frame N gets an error row",
+    )
     p.add_argument(
         "--no-scan-region",
         dest="scan_region",
