@@ -220,7 +220,7 @@ def read_image(path: str | Path, mode: str = "RGB", frame: int | None = None) ->
         with Image.open(path) as img:
             pages = page_count(img)
             if frame is None and pages > 1:
-                raise DataError(f"{path}: {multi_frame(pages)}")
+                raise DataError(f"{path}: " + multi_frame(f"a multi-page TIFF of {pages} pages"))
             if frame is not None:
                 check_frame(path, frame, pages)
                 img.seek(frame - 1)
@@ -254,8 +254,8 @@ def image_frames(path: str | Path) -> int:
         return 1
 
 
-def multi_frame(frames: int) -> str:
-    return f"{frames} frames (a DICOM cine or a multi-page TIFF); say which frame to read (a frame column in the dataset's table, or busai predict --frame N)"
+def multi_frame(what: str) -> str:
+    return f"{what}; say which frame to read (a frame column in the dataset's table, or busai predict --frame N)"
 
 
 def check_frame(path: Path, frame: int, frames: int) -> None:
@@ -279,7 +279,7 @@ def _read_dicom_image(path: Path, mode: str, frame: int | None) -> np.ndarray:
 
     ds = read_dataset(path)
     if frame is None and frame_count(ds) > 1:
-        raise DataError(f"{path}: {multi_frame(frame_count(ds))}")
+        raise DataError(f"{path}: " + multi_frame(f"a DICOM cine of {frame_count(ds)} frames"))
     rgb = next(read_frames(path, frame, ds=ds)).image
     return rgb if mode == "RGB" else np.asarray(Image.fromarray(rgb).convert(mode))
 
