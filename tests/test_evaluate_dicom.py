@@ -130,7 +130,7 @@ def test_manifest_frames_and_spacing(tmp_path, capsys, caplog):
     [
         ("cine.dcm,normal,5", "m.csv row 2: frame 5 is out of range; cine.dcm holds 3 frame(s), numbered from 1"),
         ("cine.dcm,normal,x", "m.csv row 2: frame 'x' is not a frame number (1 for the first); fix or empty the cell"),
-        ("scan.png,normal,1", "m.csv row 2: frame 1 given, but scan.png is not a DICOM file; empty the cell"),
+        ("scan.png,normal,1", "m.csv row 2: frame 1 given, but scan.png is not a DICOM file or a TIFF; empty the cell"),
         ("notes.txt,normal,", "m.csv row 2: notes.txt is not an image file (.bmp, .jpeg, .jpg, .png, .tif, .tiff or DICOM); fix the row"),
     ],
 )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from busai import CLASSES
 from busai.config import TrainConfig
-from busai.errors import CheckpointError, ConfigError, DataError
+from busai.errors import CheckpointError, ConfigError
 from busai.runs import BEST_CHECKPOINT, CONFIG, FIT, HISTORY, LAST_CHECKPOINT
 
 # Files a run folder gains once its first epoch has finished (or a finished tune trial keeps).
@@ -72,17 +72,3 @@ def clear_unfinished_run(run_dir: Path) -> None:
     for name in (BEST_CHECKPOINT, LAST_CHECKPOINT):  # a kill between write and rename (busai.outputs.atomic_path's names)
         for tmp in run_dir.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
-
-
-def check_file_names(records) -> None:
-    """Refuse image names that are not valid UTF-8: a split file (JSON, UTF-8) cannot name them.
-
-    Python keeps such bytes as lone surrogates; JSON writers escape them into text other tools
-    reject, and hashing the name fails. Renaming is the fix (often a Latin-1 name from an old zip).
-    """
-    from busai.prediction import printable
-
-    for record in records:
-        name = str(record.image)
-        if printable(name) != name:
-            raise DataError(f"{printable(name)}: the file name is not valid UTF-8; rename the file (and its masks)")

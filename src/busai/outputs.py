@@ -109,3 +109,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def printable(value):
+    """A file name that is not valid UTF-8 (Python keeps its bytes as surrogates) with those bytes
+    spelled ``\\xff``: tables and terminals can show it, where the raw name makes csv and JSON writers fail."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value

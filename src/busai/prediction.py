@@ -9,7 +9,8 @@ that cannot be read gets a row with ``error`` set and the batch goes on.
 Each scan passes the input gate (``input_check``: ``ok`` or why it is not a B-mode scan; a
 flagged scan gets no answer) and, inside a screenshot, is cropped to its scan region before the
 models see it; masks and measurements are in the input's own pixels. A DICOM file gives one row
-per frame (``frame``), with the pixel spacing it states (``spacing_source``).
+per frame (``frame``), with the pixel spacing it states (``spacing_source``); a multi-page TIFF
+one row per page, as a cine.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from busai.inference import predict_image, upsample_probability
 from busai.input_check import OK, check_array, check_input
 from busai.io.scans import list_inputs, read_scans
 from busai.measure import MEASUREMENT_KEYS, measure_lesion
+from busai.outputs import printable
 from busai.preprocessing import rgb_array
 from busai.scan_region import find_scan_region, whole_image
 
@@ -276,14 +278,6 @@ def write_tables(rows: list[dict], out_dir: Path) -> None:
     atomic_write(out_dir / "predictions.csv", write_csv)
 
 
-def printable(value):
-    """A file name that is not valid UTF-8 (Python keeps its bytes as surrogates) with those bytes
-    spelled ``\\xff``: tables and terminals can show it, where the raw name makes csv and JSON writers fail."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return value
-
-
 class _RowLog(list):
     """A batch's rows. Each new row is also written at once, one JSON line, to ``predictions.jsonl``, so a
     kill mid-batch keeps every finished row; leaving the ``with`` block (done, failed or Ctrl-C) writes
@@ -410,7 +404,8 @@ def predict_paths(
 
     A file that cannot be decoded gets ``{"image": ..., "error": ...}`` (other keys None) and the
     batch continues. ``pixel_spacing`` (mm per pixel) adds the mm measurements where a DICOM file
-    states none. A DICOM cine gives a row per frame, or only ``frame`` (1-based).
+    states none. A DICOM cine or a multi-page TIFF gives a row per frame, or only ``frame``
+    (1-based; a file without that frame gets an error row).
     ``save_probabilities`` writes ``NAME_probability.png`` (16-bit, lesion probability x 65535);
     ``dicom_seg`` writes ``NAME_seg.dcm`` (a DICOM Segmentation) for each single-frame DICOM input.
     Files a folder holds that are not scans are left out: :func:`busai.io.scans.list_inputs` lists them.

@@ -63,7 +63,8 @@ def register(subparsers) -> None:
     split.add_argument(
         "--exclude-problems",
         action="store_true",
-        help="leave out images the audit finds unusable (unreadable, mask of another size) and list them under "
+        help="leave out images the audit finds unusable (unreadable, mask of another size, implausible stated pixel spacing, "
+        "name not UTF-8) and list them under "
         "'excluded' with the reason, instead of stopping at the first",
     )
     split.add_argument("--out", required=True, metavar="FILE", help="split file to write (JSON)")
@@ -166,15 +167,13 @@ def run_split(args: argparse.Namespace) -> int:
     from busai.data.sources import read_records
     from busai.data.splits import _class_counts, make_splits, write_splits
     from busai.errors import ConfigError, DataError
-    from busai.guards import check_file_names
-    from busai.outputs import output_file
+    from busai.outputs import output_file, printable
 
     if (args.data_dir is None) == (args.data is None):
         raise ConfigError("give the dataset either as DATA or with --data NAME=PATH (repeatable), not both or neither")
     specs = data_specs(args, args.data or [args.data_dir])
     output_file(args.out)  # a read-only location or a folder fails before the audit
     records = read_records(specs)  # strict: refuses unpaired images before the slower audit
-    check_file_names(records)
     reports = [audit_dataset(spec, args.near_threshold, progress=True) for spec in specs]
     for spec, report in zip(specs, reports):
         Console().print(f"{spec}: layout {report.format}", highlight=False)
@@ -210,10 +209,12 @@ def run_split(args: argparse.Namespace) -> int:
     if unusable:
         label_of = {r.key: r.label for r in records}
         splits["excluded"] = splits["excluded"] + [k for k in (r.key for r in records) if k in unusable]
-        splits["exclusions"] = unusable
         splits["counts"]["excluded"] = _class_counts(splits["excluded"], label_of)
         for name, entry in (splits.get("datasets") or {}).items():
             entry["counts"]["excluded"] = _class_counts([k for k in splits["excluded"] if k.startswith(f"{name}:")], label_of)
+        # A name that is not UTF-8 is listed with its odd bytes spelled \xff: the file is UTF-8 JSON.
+        splits["excluded"] = [printable(k) for k in splits["excluded"]]
+        splits["exclusions"] = {printable(k): why for k, why in unusable.items()}
     splits = {"command": _command_line(args), **splits, "near_threshold": args.near_threshold}
     path = write_splits(args.out, splits, overwrite=args.force)
     _print_split_counts(splits, path)

@@ -31,8 +31,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from busai import CLASSES
-from busai.data.discover import Problem, Record, mask_foreground, mask_values, natural_key, read_image
+from busai.data.discover import IMAGE_SUFFIXES, Problem, Record, exif_orientation, mask_foreground, mask_values, natural_key, read_image
 from busai.errors import ConfigError, DataError
+from busai.outputs import printable
 
 DEFAULT_NEAR_THRESHOLD = 8
 """Largest phash Hamming distance (of 64 bits) at which two images count as near duplicates."""
@@ -163,11 +164,16 @@ def _iterate(records: list[Record], progress: bool):
 
 def _check_record(record: Record, problems: list[Problem], *, masks_expected: bool = True) -> _Decoded | None:
     """Decode one image and its masks, append what is wrong to ``problems``; None if unreadable."""
+    if printable(record.key) != record.key:
+        # A split file is UTF-8 JSON and cannot name it; renaming is the fix (often a Latin-1 name from an old zip).
+        problems.append(Problem(record.key, "name_not_utf8", f"{printable(record.key)}: the file name is not valid UTF-8; rename the file (and its masks)"))
     try:
         gray = read_image(record.image, mode="L", frame=record.frame)
     except DataError as exc:
-        problems.append(Problem(record.key, "unreadable_image", str(exc)))
+        problems.append(Problem(record.key, "unreadable_image", printable(str(exc))))
         gray = None
+    for path in (record.image, *record.masks):
+        _note_orientation(record, path, problems)
     if record.masks:
         _check_masks(record, None if gray is None else gray.shape, problems)
     elif masks_expected and record.label in ("benign", "malignant"):
@@ -180,6 +186,27 @@ def _check_record(record: Record, problems: list[Problem], *, masks_expected: bo
         return None
     digest = hashlib.sha256(f"{gray.shape}".encode() + gray.tobytes()).hexdigest()
     return _Decoded(record.key, record.label, digest, int(str(imagehash.phash(Image.fromarray(gray))), 16))
+
+
+_ORIENTATIONS = {2: "mirrored", 3: "turned 180 degrees", 4: "flipped", 5: "transposed", 6: "turned 90 degrees", 7: "transversed", 8: "turned 270 degrees"}
+
+
+def _note_orientation(record: Record, path: Path, problems: list[Problem]) -> None:
+    """An ``exif_orientation`` note for an image or mask file whose EXIF tag turns it: busai reads
+    it upright (:func:`~busai.data.discover.pil_to_array`), so its masks must be drawn on it as
+    viewers show it. A note only: the file is usable."""
+    orientation = exif_orientation(path) if path.suffix.lower() in IMAGE_SUFFIXES else None
+    if orientation is None:
+        return
+    name = record.key if path == record.image else _mask_key(record, path)
+    problems.append(
+        Problem(
+            name,
+            "exif_orientation",
+            f"{printable(name)}: its EXIF Orientation tag ({orientation}, {_ORIENTATIONS[orientation]}) is applied, as viewers show it; "
+            "check that its masks are drawn on the image as shown",
+        )
+    )
 
 
 def _check_masks(record: Record, image_shape: tuple[int, int] | None, problems: list[Problem]) -> None:
@@ -233,8 +260,10 @@ def duplicate_groups_across(reports: list[AuditReport]) -> list[list[str]]:
     return _sorted_groups(_linked_groups(decoded, thresholds.pop())) if reports else []
 
 
-UNUSABLE = {"unreadable_image", "unreadable_mask", "mask_size_mismatch"}
-"""Problem kinds that make an image unusable for training or scoring (a mask is never resized onto a scan)."""
+UNUSABLE = {"unreadable_image", "unreadable_mask", "mask_size_mismatch", "bad_pixel_spacing", "name_not_utf8"}
+"""Problem kinds that make an image unusable for training or scoring: a mask is never resized onto
+a scan, a stated pixel size must be plausible (as ``predict`` requires), and a split file must be
+able to name the image."""
 
 
 def _mask_key(record: Record, path: Path) -> str:

@@ -22,10 +22,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from busai import CLASSES
-from busai.data.records import Problem, Record, Scan  # noqa: F401  (re-exported: readers import them from here)
+from busai.data.records import TIFF_SUFFIXES, Problem, Record, Scan  # noqa: F401  (re-exported: readers import them from here)
 from busai.errors import ConfigError, DataError, option
 from busai.io.dicom import is_dicom
 
@@ -178,11 +178,15 @@ def file_stem(path: Path) -> str:
 def dicom_record(record: Record, scan: Scan, frame: int | None = None, where: str | None = None) -> Record:
     """``record`` with what its DICOM image states (a plain image passes unchanged): the pixel
     spacing when the record has none, and the frame of a cine, its first when ``frame`` is None,
-    with a ``first_frame`` note in ``scan.problems``. See :mod:`busai.data.dicom_records`."""
-    if record.image.suffix.lower() in IMAGE_SUFFIXES:
-        return record
-    from busai.data.dicom_records import with_dicom_fields
+    with a ``first_frame`` note in ``scan.problems``; a multi-page TIFF's pages are frames too.
+    See :mod:`busai.data.dicom_records`."""
+    from busai.data.dicom_records import with_dicom_fields, with_frame
 
+    suffix = record.image.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        return with_frame(record, scan, image_frames(record.image), frame, where)
+    if suffix in IMAGE_SUFFIXES:
+        return record
     return with_dicom_fields(record, scan, frame, where)
 
 
@@ -204,18 +208,25 @@ def discover_records(root: str | Path) -> list[Record]:
 
 
 def read_image(path: str | Path, mode: str = "RGB", frame: int | None = None) -> np.ndarray:
-    """Decode an image of any mode (L, RGB, RGBA, P, 16-bit I;16 ...) as uint8 ``mode``.
+    """Decode an image of any mode (L, RGB, RGBA, P, 16-bit I;16 ...) as uint8 ``mode``, turned
+    upright by its EXIF Orientation tag (as every viewer shows it; see :func:`pil_to_array`).
 
     16-bit images are scaled to 8 bits by their own range, which is what a display would show;
-    Pillow's plain convert would clip them to white. A DICOM file is read through
-    :mod:`busai.io.dicom` (as ``busai predict`` reads it): its only frame, or 1-based ``frame``
-    of a cine, which must then be given.
+    Pillow's plain convert would clip them to white. A file of several frames (a DICOM cine, read
+    through :mod:`busai.io.dicom` as ``busai predict`` reads it, or a multi-page TIFF) needs the
+    1-based ``frame``; a ``frame`` past the file's last is an error, a single image's only frame is 1.
     """
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES and is_dicom(path):
         return _read_dicom_image(path, mode, frame)
     try:
         with Image.open(path) as img:
+            pages = page_count(img)
+            if frame is None and pages > 1:
+                raise DataError(f"{path}: " + multi_frame(f"a multi-page TIFF of {pages} pages"))
+            if frame is not None:
+                check_frame(path, frame, pages)
+                img.seek(frame - 1)
             img.load()
             return pil_to_array(img, mode)
     except FileNotFoundError:
@@ -226,20 +237,67 @@ def read_image(path: str | Path, mode: str = "RGB", frame: int | None = None) ->
         raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}); replace or remove the file") from None
 
 
+# Only TIFF's pages are frames of a scan. A JPEG (MPO) or PNG (APNG) with several frames holds a
+# preview or an animation, so its first frame is the image, as every viewer shows it.
+MULTI_PAGE_FORMATS = {"TIFF"}
+
+
+def page_count(img: Image.Image) -> int:
+    """Frames of an opened plain image: a multi-page TIFF's pages, else 1."""
+    return int(getattr(img, "n_frames", 1)) if img.format in MULTI_PAGE_FORMATS else 1
+
+
+def image_frames(path: str | Path) -> int:
+    """Frames of a plain image file, from its header: a multi-page TIFF's pages, else 1 (also for
+    a file that cannot be opened: decoding it names the problem)."""
+    try:
+        with Image.open(path) as img:
+            return page_count(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 1
+
+
+def multi_frame(what: str) -> str:
+    return f"{what}; say which frame to read (a frame column in the dataset's table, or busai predict --frame N)"
+
+
+def check_frame(path: Path, frame: int, frames: int) -> None:
+    """One rule for every file with frames (DICOM, TIFF, a plain image's only frame): 1 to ``frames``."""
+    if not 1 <= frame <= frames:
+        raise DataError(f"{path}: --frame {frame} is out of range; the file holds {frames} frame(s), numbered from 1")
+
+
+def exif_orientation(path: str | Path) -> int | None:
+    """The EXIF Orientation tag (2 to 8) of a plain image that has one that turns or mirrors it, else None."""
+    try:
+        with Image.open(path) as img:
+            value = img.getexif().get(ExifTags.Base.Orientation)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    return int(value) if value in range(2, 9) else None
+
+
 def _read_dicom_image(path: Path, mode: str, frame: int | None) -> np.ndarray:
     from busai.io.dicom import frame_count, read_dataset, read_frames
 
     ds = read_dataset(path)
     if frame is None and frame_count(ds) > 1:
-        raise DataError(
-            f"{path}: a DICOM cine of {frame_count(ds)} frames; say which frame to read (a frame column in the dataset's table, or busai predict --frame N)"
-        )
+        raise DataError(f"{path}: " + multi_frame(f"a DICOM cine of {frame_count(ds)} frames"))
     rgb = next(read_frames(path, frame, ds=ds)).image
     return rgb if mode == "RGB" else np.asarray(Image.fromarray(rgb).convert(mode))
 
 
 def pil_to_array(img: Image.Image, mode: str = "RGB") -> np.ndarray:
-    """A decoded PIL image of any mode as uint8 ``mode`` (see :func:`read_image`)."""
+    """A decoded PIL image of any mode as uint8 ``mode`` (see :func:`read_image`), upright.
+
+    The EXIF Orientation tag is applied (Pillow's ``exif_transpose``) wherever pixels are read
+    (datasets, masks, predict, serve, the Python API): a phone or scanner JPEG tagged "rotate 90"
+    is shown upright by every viewer, and a model given it sideways swaps depth and width. A mask
+    is turned by its own tag, so it must be drawn on the image as viewers show it; ``busai data
+    audit`` lists the images that carried one (``exif_orientation``).
+    """
+    if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        img = ImageOps.exif_transpose(img)
     if img.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())

@@ -14,11 +14,14 @@ from busai import CLASSES
 from busai.errors import DataError
 
 
+TIFF_SUFFIXES = {".tif", ".tiff"}  # the plain images whose pages are frames (busai.data.discover.page_count)
+
+
 @dataclass(frozen=True)
 class Record:
     """One scan: image, lesion masks (union; none for a normal scan or classification-only data),
     label (None when unlabelled), dataset name, group (patient / case id), pixel spacing in mm and
-    the 1-based frame of a DICOM cine (None for a plain image or a single-frame DICOM file)."""
+    the 1-based frame of a DICOM cine or a multi-page TIFF (None for a file of one frame)."""
 
     root: Path
     image: Path

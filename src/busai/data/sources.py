@@ -48,6 +48,7 @@ from busai import CLASSES
 from busai.data.discover import (
     IMAGE_SUFFIXES,
     MaskNames,
+    TIFF_SUFFIXES,
     Problem,
     Record,
     Scan,
@@ -66,7 +67,7 @@ log = logging.getLogger(__name__)
 COLUMNS = ("image", "mask", "label", "group", "pixel_spacing_mm", "frame", "dataset")
 _TABLE_SUFFIXES = {".csv", ".tsv", ".txt"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_SEPARATORS = ";\t|"  # what a CSV saved with the wrong separator holds in its single header cell
+_SEPARATORS = ",;\t|"  # what a CSV saved with the wrong separator holds in its single header cell
 
 
 @dataclass(frozen=True)
@@ -276,7 +277,9 @@ def scan_source(spec: DataSpec | str | Path) -> tuple[Scan, str]:
         raise ConfigError(f"{spec.path}: a mask pattern given, but the {fmt} layout does not pair masks by file name; drop {option('mask_pattern', 'PATTERN')}")
     scan = entry.read(spec)
     if spec.name:
+        # Problems name files as records do (``NAME:path``), so a problem finds its record's key.
         scan.records = [_named(r, spec.name) for r in scan.records]
+        scan.problems = [replace(p, path=f"{spec.name}:{p.path}") for p in scan.problems]
     return scan, fmt
 
 
@@ -425,12 +428,15 @@ def _read_bus_uclm(root: Path, columns: tuple = ()) -> Scan:
     """BUS-UCLM: INFO.csv rows (Image;Resolution;Label;...) matched to images/ and masks/ by stem."""
     root = _folder(root)
     info = next(p for p in root.iterdir() if p.name.lower() == "info.csv")
-    rows = _read_table(info, required=("image", "label"), delimiter=";", columns=columns)
+    # Published with semicolons; a copy re-saved by a spreadsheet often has commas.
+    rows = _read_table(info, required=("image", "label"), delimiters=";,", columns=columns)
     images = _by_stem(root / "images")
     masks = _by_stem(root / "masks") if (root / "masks").is_dir() else {}
     scan = Scan(root=root)
+    seen: dict[str, int] = {}
     for line, row in rows:
         stem = Path(row["image"]).stem
+        _once(seen, stem, f"image '{stem}'", info, line)
         label = _label(row["label"], info, line)
         image = images.pop(stem, None)
         if image is None:
@@ -473,9 +479,7 @@ def _read_images_masks(root: Path, columns: tuple = (), mask_names: MaskNames | 
     seen: dict[str, int] = {}
     for line, row in rows:
         stem = file_stem(Path(row["image"]))
-        if stem in seen:
-            raise DataError(f"{table} row {line}: image '{stem}' is listed again (first at row {seen[stem]}); keep one row per image")
-        seen[stem] = line
+        _once(seen, stem, f"image '{stem}'", table, line)
         label = _label(row["label"], table, line)
         image = images.pop(stem, None)
         if image is None:
@@ -507,16 +511,14 @@ def _read_manifest(path: Path, columns: tuple = ()) -> Scan:
     for line, row in rows:
         if not row["image"]:
             raise DataError(f"{path} row {line}: the image cell is empty; give the image's path relative to {root}")
-        image = (root / row["image"]).resolve()
-        if str(image) in seen:
-            raise DataError(f"{path} row {line}: {row['image']} is listed again (first at row {seen[str(image)]}); keep one row per image")
-        seen[str(image)] = line
+        image = _inside(root, row["image"], path, line)
+        _once(seen, str(image), row["image"], path, line)
         label = _label(row["label"], path, line)
         cell = row.get("mask") or ""
         parts = [p.strip() for p in cell.split(";")] if cell.strip() else []
         if any(not p for p in parts):
             raise DataError(f"{path} row {line}: the mask cell '{cell}' has an empty entry; join mask paths with a single ';' and no trailing ';'")
-        masks = tuple((root / p).resolve() for p in parts)
+        masks = tuple(_inside(root, p, path, line) for p in parts)
         missing = [p for p in (image, *masks) if not p.is_file()]
         if missing:
             raise DataError(f"{path} row {line}: {missing[0]} not found; fix the path (relative to {root}) or remove the row")
@@ -528,11 +530,32 @@ def _read_manifest(path: Path, columns: tuple = ()) -> Scan:
 
 
 # --------------------------------------------------------------------------- table helpers
-def _read_table(
-    path: Path, *, required: tuple[str, ...], optional: tuple[str, ...] = (), delimiter: str | None = None, columns: tuple = ()
-) -> list[tuple[int, dict]]:
+def _once(seen: dict[str, int], key: str, shown: str, table: Path, line: int) -> None:
+    """Refuse a second row for the same image (whatever its label): one row per image, in every table."""
+    if key in seen:
+        raise DataError(f"{table} row {line}: {shown} is listed again (first at row {seen[key]}); keep one row per image")
+    seen[key] = line
+
+
+def _inside(root: Path, cell: str, table: Path, line: int) -> Path:
+    """A manifest cell's file, resolved (symbolic links followed), which must lie inside the manifest's
+    folder: a record's key is its path relative to that folder, so a file outside would get a key
+    (``../x.png``) that changes with where the dataset is copied, and could be another dataset's image."""
+    path = (root / cell).resolve()
+    if not path.is_relative_to(root):
+        raise DataError(
+            f"{table} row {line}: {cell} lies outside {root} (the manifest's folder; symbolic links are followed); "
+            "move the file into that folder, or put the manifest in a folder that holds every file"
+        )
+    return path
+
+
+def _read_table(path: Path, *, required: tuple[str, ...], optional: tuple[str, ...] = (), delimiters: str = ",", columns: tuple = ()) -> list[tuple[int, dict]]:
     """Rows of a CSV (header lower-cased, cells stripped) with their 1-based line numbers;
-    ``columns`` ((busai's name, the table's name) pairs) renames the table's columns first."""
+    ``columns`` ((busai's name, the table's name) pairs) renames the table's columns first.
+
+    The separator is the first of ``delimiters`` the header holds (a table re-saved by a
+    spreadsheet may have another than its publisher's); a header split by any other is refused."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -542,12 +565,13 @@ def _read_table(
     lines = text.splitlines()
     if not lines or not lines[0].strip():
         raise DataError(f"{path}: empty; the first line must be the header ({','.join(required)})")
-    if delimiter is None:
-        delimiter = ","
-        header = lines[0]
-        if "," not in header and any(sep in header for sep in _SEPARATORS):
-            found = next(sep for sep in _SEPARATORS if sep in header)
-            raise DataError(f"{path}: the header is separated by {found!r}, not commas; save it as comma-separated CSV")
+    header = lines[0]
+    delimiter = next((sep for sep in delimiters if sep in header), delimiters[0])
+    if delimiter not in header and any(sep in header for sep in _SEPARATORS):
+        found = next(sep for sep in _SEPARATORS if sep in header)
+        names = {",": "commas", ";": "semicolons"}
+        expected = " or ".join(names[sep] for sep in delimiters)
+        raise DataError(f"{path}: the header is separated by {found!r}, not {expected}; save it separated by {names[delimiters[0]]}")
     reader = csv.reader(lines, delimiter=delimiter)
     header = [h.strip().lower() for h in next(reader)]
     shown = ",".join(header)
@@ -595,6 +619,8 @@ def _group(row: dict, path: Path, line: int) -> str | None:
 
 
 def _spacing(row: dict, path: Path, line: int) -> float | None:
+    from busai.measure import stated_spacing
+
     cell = row.get("pixel_spacing_mm", "")
     if not cell:
         return None
@@ -602,9 +628,7 @@ def _spacing(row: dict, path: Path, line: int) -> float | None:
         value = float(cell)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or not 0.001 <= value <= 10:
-        raise DataError(f"{path} row {line}: pixel_spacing_mm '{cell}' is not a spacing in mm (0.001 to 10); fix or empty the cell")
-    return value
+    return stated_spacing(value, f"{path} row {line}: pixel_spacing_mm '{cell}'", "fix or empty the cell")
 
 
 def _with_frame(record: Record, scan: Scan, row: dict, path: Path, line: int) -> Record:
@@ -615,8 +639,9 @@ def _with_frame(record: Record, scan: Scan, row: dict, path: Path, line: int) ->
         return dicom_record(record, scan)
     if not (cell.isdigit() and int(cell) >= 1):
         raise DataError(f"{path} row {line}: frame '{cell}' is not a frame number (1 for the first); fix or empty the cell")
-    if record.image.suffix.lower() in IMAGE_SUFFIXES or not is_dicom(record.image):
-        raise DataError(f"{path} row {line}: frame {cell} given, but {record.relpath} is not a DICOM file; empty the cell")
+    suffix = record.image.suffix.lower()
+    if suffix not in TIFF_SUFFIXES and (suffix in IMAGE_SUFFIXES or not is_dicom(record.image)):
+        raise DataError(f"{path} row {line}: frame {cell} given, but {record.relpath} is not a DICOM file or a TIFF; empty the cell")
     return dicom_record(record, scan, int(cell), where=f"{path} row {line}")
 
 

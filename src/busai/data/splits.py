@@ -41,7 +41,7 @@ def dataset_fingerprint(records: list[Record]) -> str:
     digest = hashlib.sha256()
     for record in sorted(records, key=lambda r: r.relpath):
         sizes = " ".join(str(p.stat().st_size) for p in (record.image, *record.masks))
-        digest.update(f"{record.relpath}\t{record.label}\t{sizes}\n".encode())
+        digest.update(f"{record.relpath}\t{record.label}\t{sizes}\n".encode("utf-8", "surrogateescape"))  # a name's own bytes
     return digest.hexdigest()
 
 
