@@ -25,7 +25,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from busai import CLASSES
-from busai.data.records import TIFF_SUFFIXES, Problem, Record, Scan  # noqa: F401  (re-exported: readers import them from here)
+from busai.data.records import TIFF_SUFFIXES, Problem, Record, Scan, check_frame  # noqa: F401  (re-exported: readers import them from here)
 from busai.errors import ConfigError, DataError, option
 from busai.io.dicom import is_dicom
 
@@ -259,12 +259,6 @@ def image_frames(path: str | Path) -> int:
 
 def multi_frame(what: str) -> str:
     return f"{what}; say which frame to read (a frame column in the dataset's table, or busai predict --frame N)"
-
-
-def check_frame(path: Path, frame: int, frames: int) -> None:
-    """One rule for every file with frames (DICOM, TIFF, a plain image's only frame): 1 to ``frames``."""
-    if not 1 <= frame <= frames:
-        raise DataError(f"{path}: --frame {frame} is out of range; the file holds {frames} frame(s), numbered from 1")
 
 
 def exif_orientation(path: str | Path) -> int | None:

@@ -71,3 +71,9 @@ class Scan:
     root: Path
     records: list[Record] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+
+
+def check_frame(path: Path, frame: int, frames: int) -> None:
+    """One rule for every file with frames (DICOM, TIFF, a plain image's only frame): 1 to ``frames``."""
+    if not 1 <= frame <= frames:
+        raise DataError(f"{path}: --frame {frame} is out of range; the file holds {frames} frame(s), numbered from 1")

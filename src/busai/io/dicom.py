@@ -198,7 +198,7 @@ def read_frames(path: str | Path, frame: int | None = None, ds=None):
     so a long cine never sits in memory whole."""
     from pydicom.pixels import pixel_array
 
-    from busai.data.discover import check_frame
+    from busai.data.records import check_frame
 
     path = Path(path)
     ds = read_dataset(path) if ds is None else ds
