@@ -168,7 +168,7 @@ def test_a_run_stopped_before_its_first_epoch_restarts_in_place(synthetic_dir, s
     run = tmp_path / "r"
     monkeypatch.setattr(busai.training, "fit", interrupted)
     assert cli(*tiny("seg", synthetic_dir, splits_file), "--out", run)[0] == 130
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "splits.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "image_hashes.json", "splits.json"]
     monkeypatch.undo()
     assert cli(*tiny("seg", synthetic_dir, splits_file), "--out", run)[0] == 0  # restarted in place
     assert (run / "checkpoint_last.pt").exists()
@@ -331,3 +331,48 @@ def test_export_opset_and_damaged_onnx_metadata(seg_run, synthetic_dir, tmp_path
     scans = _scans(synthetic_dir, tmp_path / "in", n=1)
     for expect, path in cases.items():
         cli.fails("predict", scans, "--out", tmp_path / "out", "--seg", path, "--cls", "none", expect=expect)
+
+
+# ============================================================================ issue 30
+def _copy_images(synthetic_dir: Path, keys: list[str], dest: Path) -> Path:
+    """The images (and masks) named by split keys, copied into a BUSI-layout folder under new names."""
+    for i, key in enumerate(keys):
+        src = synthetic_dir / key
+        (dest / src.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dest / src.parent.name / f"copy {i}.png")
+        for mask in sorted(src.parent.glob(f"{src.stem}_mask*.png")):
+            shutil.copy(mask, dest / src.parent.name / f"copy {i}{mask.stem.removeprefix(src.stem)}.png")
+    return dest
+
+
+# ------------------------------------------------------- 1: training images recognised by content
+def test_training_images_are_refused_in_another_folder_or_a_changed_dataset(cli, seg_run, synthetic_dir, tiny_runs, busi_copy, tmp_path):
+    train = json.loads((tiny_runs / "splits.json").read_text())["train"]
+    copied = _copy_images(synthetic_dir, train[:6], tmp_path / "copied")
+    err = cli.fails("evaluate", seg_run, "--data", copied, "--all", "--out", tmp_path / "x", expect="6 of the 6 all images of")
+    assert "the same pixels as " in err and "were in this model's training data; scoring them would leak" in err
+    # One file added to the training dataset changes its fingerprint; its images are still its images.
+    for suffix in (".png", "_mask.png"):
+        shutil.copy(synthetic_dir / "normal" / f"normal (1){suffix}", busi_copy / "normal" / f"normal (99){suffix}")
+    cli.fails("evaluate", seg_run, "--data", busi_copy, "--all", "--out", tmp_path / "y", expect="were in this model's training data")
+    # A training image re-saved as JPEG (other pixels, same scan) is a near copy.
+    jpeg = tmp_path / "jpeg"
+    _copy_images(synthetic_dir, train[:1], jpeg)
+    png = next(jpeg.glob("*/copy 0.png"))
+    Image.open(png).convert("RGB").save(png.with_suffix(".jpg"), quality=90)
+    png.unlink()
+    cli.fails("evaluate", seg_run, "--data", jpeg, "--all", "--out", tmp_path / "z", expect="a near copy of ")
+
+
+def test_a_run_without_image_hashes_is_hashed_from_its_recorded_data(cli, seg_run, synthetic_dir, tiny_runs, tmp_path):
+    run = copy_run(seg_run, tmp_path)
+    (run / "image_hashes.json").unlink()  # as written before issue 30
+    train = json.loads((tiny_runs / "splits.json").read_text())["train"]
+    copied = _copy_images(synthetic_dir, train[:3], tmp_path / "copied")
+    cli.fails("evaluate", run, "--data", copied, "--all", "--out", tmp_path / "x", expect="the same pixels as ")
+    # Its data gone: checked by path only, and it says so.
+    config = json.loads((run / "config.json").read_text())
+    config["datasets"][""]["path"] = str(tmp_path / "moved")
+    (run / "config.json").write_text(json.dumps(config))
+    code, _, err = cli("evaluate", run, "--data", copied, "--all", "--out", tmp_path / "y", "--n-boot", "5", "--no-figures")
+    assert code == 0 and "records no image hashes and 21 of the 21 training images of its dataset are not at" in err, err

@@ -59,10 +59,10 @@ def make_release(run_dir: str | Path, task: str, root: str | Path | None = None)
         shutil.copyfile(run_dir / CALIBRATION, out / CALIBRATION)
     elif (out / CALIBRATION).exists():
         (out / CALIBRATION).unlink()  # a temperature belongs to the weights it was fitted for
-    from busai.provenance import TRAINING_DATA, training_data
+    from busai.provenance import TRAINING_DATA, training_data_with_content
 
-    # What the model saw, so scoring or fine-tuning the release can refuse images it trained on.
-    write_json(out / TRAINING_DATA, {"source": f"{run_dir.name}/splits.json", "datasets": training_data(run_dir)})
+    # What the model saw, by path and content, so scoring or fine-tuning the release can refuse images it trained on.
+    write_json(out / TRAINING_DATA, {"source": f"{run_dir.name}/splits.json", "datasets": training_data_with_content(run_dir)})
 
     metrics_path = scores_dir(run_dir, loaded.spec, loaded.task) / "metrics.json"
     compact = compact_segmentation if loaded.task == "segmentation" else compact_classification

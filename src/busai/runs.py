@@ -2,7 +2,8 @@
 
 A run folder holds ``config.json`` (the train config under ``"train"`` plus what was resolved:
 model spec, preprocessing, weight source, library versions, split and data fingerprints),
-``splits.json``, ``history.csv``, ``checkpoint_best.safetensors``, ``checkpoint_last.pt``,
+``splits.json``, ``image_hashes.json`` (what the guard in :mod:`busai.provenance` recognises
+training images by), ``history.csv``, ``checkpoint_best.safetensors``, ``checkpoint_last.pt``,
 ``fit.json`` and, after evaluation, ``metrics.json`` and figures.
 
 A model source is a run folder, or a released model name (see :mod:`busai.release`).

@@ -241,6 +241,10 @@ def _train(
         }
         write_json(run_dir / CONFIG, resolved)
         write_json(run_dir / "splits.json", splits)
+        from busai.provenance import HASHES, record_hashes
+
+        # What the weights saw, by content: the guard then recognises these images in any folder.
+        write_json(run_dir / HASHES, record_hashes([*train_loader.dataset.records, *val_loader.dataset.records]))
     metadata = {"busai": json.dumps({"model_spec": built.spec, "image_size": image_size})}
     return fit(
         built.module,

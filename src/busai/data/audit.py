@@ -182,8 +182,15 @@ def _check_record(record: Record, problems: list[Problem], *, masks_expected: bo
         )
     if gray is None:
         return None
+    return _Decoded(record.key, record.label, *content_hash(gray))
+
+
+def content_hash(gray: np.ndarray) -> tuple[str, int]:
+    """An image's identity by content, whatever its file name or format: the sha256 of its grayscale
+    pixels and shape (equal = identical image) and its 64-bit phash (near = the same scan re-saved,
+    re-scaled or re-cropped; see ``DEFAULT_NEAR_THRESHOLD``)."""
     digest = hashlib.sha256(f"{gray.shape}".encode() + gray.tobytes()).hexdigest()
-    return _Decoded(record.key, record.label, digest, int(str(imagehash.phash(Image.fromarray(gray))), 16))
+    return digest, int(str(imagehash.phash(Image.fromarray(gray))), 16)
 
 
 def _check_masks(record: Record, image_shape: tuple[int, int] | None, problems: list[Problem]) -> None:
