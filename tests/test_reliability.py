@@ -376,3 +376,17 @@ def test_a_run_without_image_hashes_is_hashed_from_its_recorded_data(cli, seg_ru
     (run / "config.json").write_text(json.dumps(config))
     code, _, err = cli("evaluate", run, "--data", copied, "--all", "--out", tmp_path / "y", "--n-boot", "5", "--no-figures")
     assert code == 0 and "records no image hashes and 21 of the 21 training images of its dataset are not at" in err, err
+
+
+# ------------------------------------------------------- 2: --folds re-run with other options
+def test_folds_rerun_with_other_options_is_refused(synthetic_dir, tmp_path, cli):
+    splits = write_splits(tmp_path / "folds.json", make_splits(discover_records(synthetic_dir), [], val=0.25, test=0.1, seed=0, folds=2))
+    out = tmp_path / "cv"
+    args = [*tiny("cls", synthetic_dir, splits), "--folds", "2", "--out", out]
+    assert cli(*args)[0] == 0
+    summary = (out / "folds.json").read_bytes()
+    cli.fails(*args, "--lr", "0.5", "--epochs", "2", expect="its folds were trained with other lr, epochs (fold-0: lr=0.0001, epochs=1)")
+    cli.fails(*[a if a != "cls" else "seg" for a in args], expect="trained with other task")
+    assert (out / "folds.json").read_bytes() == summary and not (out / "fold-0" / "metrics.json").exists()
+    assert cli(*args)[0] == 0  # the same command: nothing left to train, the summary stays
+    assert json.loads((out / "folds.json").read_text())["command"] == json.loads(summary)["command"]
