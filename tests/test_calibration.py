@@ -116,7 +116,9 @@ def test_calibrate_refuses_too_few_validation_images(cli, cls_run, synthetic_dir
 
     run = shutil.copytree(cls_run, tmp_path / "cls")
     val = len(json.loads((tiny_runs / "splits.json").read_text())["val"])
-    cli.fails("calibrate", run, "--data", synthetic_dir, "--splits", tiny_runs / "splits.json", expect=f"{val} validation images; calibrating needs at least 50")
+    cli.fails(
+        "calibrate", run, "--data", synthetic_dir, "--splits", tiny_runs / "splits.json", expect=f"{val} validation images; calibrating needs at least 50"
+    )
     assert not (run / "calibration.json").exists()
 
 
