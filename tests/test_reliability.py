@@ -390,3 +390,28 @@ def test_folds_rerun_with_other_options_is_refused(synthetic_dir, tmp_path, cli)
     assert (out / "folds.json").read_bytes() == summary and not (out / "fold-0" / "metrics.json").exists()
     assert cli(*args)[0] == 0  # the same command: nothing left to train, the summary stays
     assert json.loads((out / "folds.json").read_text())["command"] == json.loads(summary)["command"]
+
+
+# ------------------------------------------- 6-8, 13: config values and files, before any write
+@pytest.mark.parametrize(
+    "yaml_text, expect",
+    [
+        ("image_size: 100000\n", "image_size=100000: must be a whole number of pixels from 32 to 2048"),
+        ("image_size: 1e9\n", "image_size='1e9': must be a whole number of pixels from 32 to 2048"),  # a string to PyYAML
+        ("epochs: 1.5\n", "epochs=1.5: must be a whole number"),
+        ("lr: 0.1\nepochs: 1\nlr: 0.001\n", "key 'lr' is given twice (lines 1 and 3); keep one"),
+    ],
+)
+def test_bad_yaml_config_values_are_one_line_before_anything_is_written(yaml_text, expect, synthetic_dir, splits_file, tmp_path, cli):
+    config = tmp_path / "config.yaml"
+    config.write_text("task: seg\n" + yaml_text if "lr" not in yaml_text else yaml_text + "task: seg\n")
+    args = [a for a in tiny("seg", synthetic_dir, splits_file) if a not in ("--image-size", "32", "--epochs", "1")]
+    err = cli.fails(*args, "--config", config, "--out", tmp_path / "run", expect=expect)
+    assert err.startswith(f"error: {config}: ") or "twice" not in expect
+    assert not (tmp_path / "run").exists()
+
+
+def test_image_size_flag_is_bounded(synthetic_dir, splits_file, tmp_path, cli):
+    cli.fails(*tiny("seg", synthetic_dir, splits_file), "--image-size", "32000", "--out", tmp_path / "run", expect="image_size=32000: must be a whole number")
+    cli.fails(*tiny("seg", synthetic_dir, splits_file), "--image-size", "16", "--out", tmp_path / "run", expect="from 32 to 2048")
+    assert not (tmp_path / "run").exists()
