@@ -415,3 +415,45 @@ def test_image_size_flag_is_bounded(synthetic_dir, splits_file, tmp_path, cli):
     cli.fails(*tiny("seg", synthetic_dir, splits_file), "--image-size", "32000", "--out", tmp_path / "run", expect="image_size=32000: must be a whole number")
     cli.fails(*tiny("seg", synthetic_dir, splits_file), "--image-size", "16", "--out", tmp_path / "run", expect="from 32 to 2048")
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- 9: serve --port
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_serve_port_out_of_range(port, cli):
+    cli.fails("serve", "--port", port, "--seg", "none", "--cls", "none", expect=f"--port {port}: must be from 1 to 65535")
+
+
+# ----------------------------------------------------- 10-12: report on damaged run files
+@pytest.mark.parametrize(
+    "name, damage, expect",
+    [
+        ("fit.json", '{"best_epoch": ', "fit.json: not valid JSON (Expecting value at line 1); repair it, or move it away"),
+        ("history.csv", "epoch,train_loss,val_loss\n1,0.9\n", "history.csv: row 2 has fewer fields than the header; repair it, or move it away"),
+        ("history.csv", b"\xff\xfe\x00garbage", "history.csv: cannot be read (UnicodeDecodeError)"),
+        ("metrics.json", '{"test": ', "metrics.json: not valid JSON (Expecting value at line 1); repair it, or move it away"),
+    ],
+)
+def test_report_on_a_run_with_a_damaged_file(name, damage, expect, cls_run, tmp_path, cli):
+    run = copy_run(cls_run, tmp_path)
+    if name != "metrics.json" and not (run / "metrics.json").exists():
+        (run / "metrics.json").write_text("{}")  # the evaluated run's path (collect_run) as well as below
+    target = run / name
+    target.write_bytes(damage) if isinstance(damage, bytes) else target.write_text(damage)
+    cli.fails("report", run, "--out", tmp_path / "report", expect=expect)
+    if name != "metrics.json":  # a run trained but never evaluated reads the same files
+        (run / "metrics.json").unlink()
+        cli.fails("report", run, "--out", tmp_path / "report", expect=expect)
+
+
+# ------------------------------------------------------------------ also: output to a closed pipe
+def test_output_to_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+
+    from busai.cli import EXIT_BROKEN_PIPE
+
+    # `busai models --json | head -c 0`: the reader is gone before busai writes its JSON.
+    process = subprocess.Popen([sys.executable, "-m", "busai", "models", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == EXIT_BROKEN_PIPE and err == "", err

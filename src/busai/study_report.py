@@ -34,10 +34,11 @@ from busai.report import (
     classification_table,
     collect_run,
     comparison_rows,
+    read_fit,
     read_history,
     segmentation_table,
 )
-from busai.runs import read_run_config
+from busai.runs import read_metrics, read_run_config
 
 NOTICE = "Research software, not a medical device: nothing here is validated for clinical use."
 # Embedded figures are re-encoded no wider than this, so a report of dozens of runs stays small.
@@ -68,10 +69,10 @@ def _is_result(data: dict) -> bool:
 def _run_entry(run_dir: Path) -> Entry:
     if (run_dir / "metrics.json").exists():
         result = collect_run(run_dir)
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics = read_metrics(run_dir)
     else:  # trained, not evaluated: training cost and curve only
         config = read_run_config(run_dir)
-        fit = json.loads((run_dir / "fit.json").read_text()) if (run_dir / "fit.json").exists() else {}
+        fit = read_fit(run_dir)
         result = {
             "name": run_dir.name,
             "task": config["model_spec"]["task"],
