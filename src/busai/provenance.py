@@ -155,6 +155,9 @@ def training_data_with_content(model_dir: str | Path) -> list[dict] | None:
     config = read_json(config_path, error=CheckpointError, missing="missing", fix="restore it") if config_path.is_file() else {}
     paths = {name: entry.get("path") for name, entry in (config.get("datasets") or {}).items()}
     for entry, missing in hash_entries(seen, paths).items():
+        if (str(model_dir), entry) in _NOTED:
+            continue  # once per process: evaluate checks each split and the pooled one
+        _NOTED.add((str(model_dir), entry))
         label = f"dataset '{entry}'" if entry else "its dataset"
         print(
             f"note: {model_dir} records no image hashes and {missing} training images of {label} are not at "
@@ -186,6 +189,8 @@ def hash_entries(seen: list[dict], paths: dict[str, str | Path | None]) -> dict[
             incomplete[entry["name"]] = f"{len(wanted) - len(entry['content'])} of the {len(wanted)}"
     return incomplete
 
+
+_NOTED: set[tuple[str, str]] = set()
 
 # Hashing decodes every image; one process (a tune study, a multitask evaluation) hashes each file once.
 _HASH_CACHE: dict[tuple, list[str]] = {}
