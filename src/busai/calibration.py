@@ -28,6 +28,12 @@ from busai.outputs import atomic_path
 from busai.runs import BEST_CHECKPOINT, CALIBRATION, RunFolder, write_json
 
 N_BINS = 10  # equal-width bins of the top-class probability; few enough that a 79-image split fills them
+# Fewest validation images `busai calibrate` fits on: 5 per ECE bin on average. Below that the ECE
+# the fit is judged by is mostly sampling noise (a bin of 3 images moves its gap by a third per
+# image), so neither "better" nor "worse" would mean anything. BUSI's and BUS-UCLM's validation
+# splits (79 and 66 images) pass; a fold of a small dataset may not.
+MIN_IMAGES = 50
+T_BOUNDS = (0.05, 20.0)  # the temperature search interval; a fit at either end is refused, not stored
 
 
 def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS) -> list[dict]:
@@ -73,7 +79,7 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     def nll(log_t: float) -> float:
         return float(-log_softmax(logits / math.exp(log_t), axis=1)[np.arange(len(y_true)), y_true].mean())
 
-    best = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded", options={"xatol": 1e-5})
+    best = minimize_scalar(nll, bounds=(math.log(T_BOUNDS[0]), math.log(T_BOUNDS[1])), method="bounded", options={"xatol": 1e-5})
     return float(math.exp(best.x))
 
 
@@ -117,7 +123,9 @@ def reliability_figure(bins_by_name: dict[str, list[dict]], path: Path, title: s
 
 def fit_calibration(run_dir: str | Path, data, splits_file: str | Path, *, force: bool = False) -> dict:
     """Fit the temperature of a classification run on its validation split and write
-    ``RUN_DIR/calibration.json`` (atomically); refuses a split file other than the run's own."""
+    ``RUN_DIR/calibration.json`` (atomically) when it does not worsen the validation ECE (else
+    nothing is written and ``stored`` is False); refuses a split file other than the run's own, fewer
+    than ``MIN_IMAGES`` validation images and a fit at the search bound."""
     from busai.data.splits import load_split_records
     from busai.labels import class_names, scoring_map
     from busai.models.weights import file_sha256
@@ -136,20 +144,32 @@ def fit_calibration(run_dir: str | Path, data, splits_file: str | Path, *, force
     index = scoring_map(loaded.config, class_names(loaded.spec))
     records = load_split_records(data, splits_file, "val", fold=loaded.config.get("train", {}).get("fold"))
     records = [r for r in records if r.label in index]  # as in training: images of another class were left out
+    if len(records) < MIN_IMAGES:
+        raise ConfigError(
+            f"{splits_file}: {len(records)} validation images; calibrating needs at least {MIN_IMAGES} (fewer make its ECE noise): "
+            "make a split with a larger validation set, or leave the model uncalibrated"
+        )
     rows = list(predict_records(loaded, records, calibrated=False))
     y_true = np.array([index[r.label] for r, _ in rows])
     probs = np.stack([p.numpy() for _, p in rows]).astype(np.float64)
     # log p differs from the logits by a per-image constant, which softmax(x / T) ignores.
-    log_probs = np.log(np.clip(probs, 1e-12, 1.0))
-    temperature = fit_temperature(log_probs, y_true)
-    result = {
-        "temperature": temperature,
-        "fitted_on": "val",
-        "images": len(records),
-        "splits_sha256": file_sha256(splits_file),
-        "ece_before": expected_calibration_error(probs, y_true),
-        "ece_after": expected_calibration_error(apply_temperature(log_probs, temperature), y_true),
-        "n_bins": N_BINS,
-    }
-    write_json(path, result)
+    result = judge_temperature(np.log(np.clip(probs, 1e-12, 1.0)), y_true, where=str(run_dir))
+    result = {"fitted_on": "val", "images": len(records), "splits_sha256": file_sha256(splits_file), **result}
+    if result["stored"]:
+        write_json(path, {k: v for k, v in result.items() if k != "stored"})
     return result
+
+
+def judge_temperature(log_probs: np.ndarray, y_true: np.ndarray, where: str = "calibration") -> dict:
+    """Fit T and decide whether it is worth storing: a fit at the search bound is refused (T -> 20
+    flattens every probability towards 1/3, T -> 0.05 makes them 0 or 1: the validation predictions
+    hold no usable confidence); one that raises the validation ECE is not stored (``stored`` False)."""
+    temperature = fit_temperature(log_probs, y_true)
+    if min(abs(math.log(temperature / bound)) for bound in T_BOUNDS) < 1e-3:
+        raise ConfigError(
+            f"{where}: temperature {temperature:.3g}: the fit stopped at its bound ({T_BOUNDS[0]:g} to {T_BOUNDS[1]:g}), so the validation predictions "
+            "carry no confidence worth rescaling; the model is left uncalibrated (check it is trained, or that the split is its own)"
+        )
+    before = expected_calibration_error(apply_temperature(log_probs, 1.0), y_true)
+    after = expected_calibration_error(apply_temperature(log_probs, temperature), y_true)
+    return {"temperature": temperature, "ece_before": before, "ece_after": after, "n_bins": N_BINS, "stored": after <= before}

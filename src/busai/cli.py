@@ -66,6 +66,10 @@ def _process_settings() -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+# 128 + SIGPIPE: what a shell reports for a Unix tool whose reader went away (`busai ... | head`).
+EXIT_BROKEN_PIPE = 141
+
+
 class _UserMessages(logging.Handler):
     """The library's log records as the user sees them on stderr: a note (INFO) as ``note: ...``, a
     warning as one bold red unwrapped ``WARNING: ...`` line (greppable; stdout stays clean for --json)."""
@@ -99,6 +103,28 @@ def user_messages():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; output to a closed pipe ends it quietly (no traceback) with ``EXIT_BROKEN_PIPE``."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at interpreter exit, so a closed pipe is caught below
+        return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered would fail again when Python exits (the
+    recipe of Python's signal module documentation, "Note on SIGPIPE")."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass  # not a file descriptor (output captured in-process): nothing will be flushed there
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)

@@ -19,7 +19,6 @@ from busai.errors import CheckpointError, ConfigError
 from busai.export import load_backend
 from busai.models.weights import file_sha256
 from busai.outputs import atomic_path, atomic_write
-from busai.provenance import training_data
 from busai.report import compact_classification, compact_segmentation
 from busai.runs import (  # noqa: F401  (RELEASE_DIR, TASK_FLAGS, release_dir: release.* names kept for callers)
     CALIBRATION,
@@ -82,8 +81,10 @@ def make_release(run_dir: str | Path, task: str, root: str | Path | None = None)
     elif (out / CALIBRATION).exists():
         (out / CALIBRATION).unlink()  # a temperature belongs to the weights it was fitted for
 
-    # What the model saw, so scoring or fine-tuning the release can refuse images it trained on.
-    write_json(out / TRAINING_DATA, {"source": f"{run_dir.name}/{SPLITS}", "datasets": training_data(run_dir)})
+    from busai.provenance import training_data_with_content
+
+    # What the model saw, by path and content, so scoring or fine-tuning the release can refuse images it trained on.
+    write_json(out / TRAINING_DATA, {"source": f"{run_dir.name}/{SPLITS}", "datasets": training_data_with_content(run_dir)})
 
     metrics_path = scores_dir(run_dir, loaded.spec, loaded.task) / METRICS
     compact = compact_segmentation if loaded.task == "segmentation" else compact_classification

@@ -9,14 +9,13 @@ ours when one is given (the study's paper: ``study/paper.py``).
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from busai import CLASSES, SPLIT_NAMES
-from busai.errors import CheckpointError
-from busai.runs import BEST_CHECKPOINT, FIT, HISTORY, METRICS, model_label, read_run_config
+from busai.errors import CheckpointError, read_json
+from busai.runs import BEST_CHECKPOINT, HISTORY, METRICS, model_label, read_metrics, read_run_config
 
 SEG_METRICS = ("pixel_accuracy", "dice", "iou", "auc")
 
@@ -80,8 +79,8 @@ def collect_run(run_dir: str | Path, name: str | None = None) -> dict:
     metrics_path = run_dir / METRICS
     if not metrics_path.exists():
         raise CheckpointError(f"{metrics_path}: missing; run `busai evaluate {run_dir} --split train val test` first")
-    metrics = json.loads(metrics_path.read_text())
-    fit = json.loads((run_dir / FIT).read_text()) if (run_dir / FIT).exists() else {}
+    metrics = read_metrics(run_dir)
+    fit = read_fit(run_dir)
     history = read_history(run_dir)
     task = config["model_spec"]["task"]
     compact = compact_segmentation if task == "segmentation" else compact_classification
@@ -109,13 +108,43 @@ def collect_run(run_dir: str | Path, name: str | None = None) -> dict:
     }
 
 
+def read_fit(run_dir: str | Path) -> dict:
+    """``fit.json`` of a run folder ({} when absent); a damaged one is one error line."""
+    path = Path(run_dir) / "fit.json"
+    if not path.exists():
+        return {}
+    fix = "repair it, or move it away (the report then lacks the run's stop reason and training time)"
+    fit = read_json(path, error=CheckpointError, missing="missing", fix=fix)
+    if not isinstance(fit, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(fit).__name__}, not the object `busai train` writes; {fix}")
+    return fit
+
+
 def read_history(run_dir: str | Path) -> list[dict]:
-    """``history.csv`` of a run folder as rows of numbers (empty when absent)."""
+    """``history.csv`` of a run folder as rows of numbers (empty when absent); a damaged one (not
+    text, a short or long row, an epoch or loss that is not a number) is one error line."""
     path = Path(run_dir) / HISTORY
     if not path.exists():
         return []
-    with path.open(newline="") as fh:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    fix = "repair it, or move it away (the report then lacks the run's training curve)"
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            raw = list(reader)
+            header = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.__class__.__name__}); {fix}") from None
+    if not {"epoch", "val_loss"} <= set(header):
+        raise CheckpointError(f"{path}: has no epoch and val_loss columns (header: {','.join(header)[:80]}); {fix}")
+    rows = []
+    for line, row in enumerate(raw, start=2):
+        if None in row or None in row.values():
+            raise CheckpointError(f"{path}: row {line} has {'more' if None in row else 'fewer'} fields than the header; {fix}")
+        parsed = {k: _number(v) for k, v in row.items()}
+        if not isinstance(parsed["epoch"], int) or isinstance(parsed["val_loss"], (str, bool)):
+            raise CheckpointError(f"{path}: row {line}: epoch {row['epoch']!r} or val_loss {row['val_loss']!r} is not a number; {fix}")
+        rows.append(parsed)
+    return rows
 
 
 def _number(text: str):

@@ -39,11 +39,12 @@ from busai.report import (
     collect_run,
     comparison_rows,
     fmt_ci,
+    read_fit,
     read_history,
     segmentation_table,
 )
 from busai.release import portable_weight_source
-from busai.runs import CONFIG, FIT, METRICS, SCORES, WEIGHTS, read_run_config
+from busai.runs import CONFIG, METRICS, SCORES, WEIGHTS, read_metrics, read_run_config
 
 NOTICE = "Research software, not a medical device: nothing here is validated for clinical use."
 # Embedded figures are re-encoded no wider than this, so a report of dozens of runs stays small.
@@ -74,7 +75,7 @@ def _is_result(data: dict) -> bool:
 def _run_entry(run_dir: Path) -> Entry:
     if (run_dir / METRICS).exists():
         result = collect_run(run_dir)
-        metrics = json.loads((run_dir / METRICS).read_text())
+        metrics = read_metrics(run_dir)
     elif (run_dir / SCORES).is_file() and (run_dir / WEIGHTS).is_file():  # a release folder: its scores.json holds the compact scores
         config = read_run_config(run_dir)
         scores = _read(run_dir / SCORES) or {}
@@ -94,7 +95,7 @@ def _run_entry(run_dir: Path) -> Entry:
         metrics = {}
     else:  # trained, not evaluated: training cost and curve only
         config = read_run_config(run_dir)
-        fit = json.loads((run_dir / FIT).read_text()) if (run_dir / FIT).exists() else {}
+        fit = read_fit(run_dir)
         result = {
             "name": run_dir.name,
             "task": config["model_spec"]["task"],

@@ -21,6 +21,7 @@ from busai.runs import (  # noqa: F401  (FOLDS_SUMMARY: training.* name kept for
     CONFIG,
     FIT,
     FOLDS_SUMMARY,
+    HASHES,
     HISTORY,
     LAST_CHECKPOINT,
     SPLITS,
@@ -380,6 +381,10 @@ def _train(
         }
         write_json(run_dir / CONFIG, resolved)
         write_json(run_dir / SPLITS, splits)
+        from busai.provenance import record_hashes
+
+        # What the weights saw, by content: the guard then recognises these images in any folder.
+        write_json(run_dir / HASHES, record_hashes([*train_loader.dataset.records, *val_loader.dataset.records]))
     metadata = {"busai": json.dumps({"model_spec": built.spec, "image_size": image_size})}
     return fit(
         built.module,
@@ -417,6 +422,7 @@ def train_folds(cfg: TrainConfig, out_dir: str | Path, folds: int, *, quiet: boo
         )
     if cfg.fold is not None:
         raise ConfigError("--folds trains every fold; drop --fold")
+    _check_same_folds(cfg, Path(out_dir), folds)
     out_dir = output_dir(out_dir)
     rows = []
     for i in range(folds):
@@ -441,3 +447,20 @@ def train_folds(cfg: TrainConfig, out_dir: str | Path, folds: int, *, quiet: boo
     }
     write_json(out_dir / FOLDS_SUMMARY, summary)
     return summary
+
+
+def _check_same_folds(cfg: TrainConfig, out_dir: Path, folds: int) -> None:
+    """Re-running ``--folds`` resumes only the same training: folds trained with other options
+    would be summarised (and their command recorded) as if they were this one's."""
+    for i in range(folds):
+        run_dir = out_dir / f"fold-{i}"
+        if not (run_dir / CONFIG).is_file():
+            continue
+        stored = TrainConfig.from_dict(read_run_config(run_dir).get("train", {}), source=str(run_dir / CONFIG)).to_dict()
+        wanted = TrainConfig.from_dict({**cfg.to_dict(), "fold": i}).to_dict()
+        differ = [key for key in wanted if wanted[key] != stored.get(key)]
+        if differ:
+            raise ConfigError(
+                f"{out_dir}: its folds were trained with other {', '.join(differ)} ({run_dir.name}: "
+                f"{', '.join(f'{k}={stored.get(k)!r}' for k in differ[:3])}); re-run the same command to resume them, or choose a new --out"
+            )

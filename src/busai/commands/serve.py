@@ -53,6 +53,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from busai.errors import ConfigError
+
+    if not 1 <= args.port <= 65535:  # checked before the models load: uvicorn would fail late, with a traceback
+        raise ConfigError(f"--port {args.port}: must be from 1 to 65535 (default 8000)")
     import uvicorn
 
     from busai.serve import NOTICE, create_app

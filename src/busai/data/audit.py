@@ -184,8 +184,15 @@ def _check_record(record: Record, problems: list[Problem], *, masks_expected: bo
         )
     if gray is None:
         return None
+    return _Decoded(record.key, record.label, *content_hash(gray))
+
+
+def content_hash(gray: np.ndarray) -> tuple[str, int]:
+    """An image's identity by content, whatever its file name or format: the sha256 of its grayscale
+    pixels and shape (equal = identical image) and its 64-bit phash (near = the same scan re-saved,
+    re-scaled or re-cropped; see ``DEFAULT_NEAR_THRESHOLD``)."""
     digest = hashlib.sha256(f"{gray.shape}".encode() + gray.tobytes()).hexdigest()
-    return _Decoded(record.key, record.label, digest, int(str(imagehash.phash(Image.fromarray(gray))), 16))
+    return digest, int(str(imagehash.phash(Image.fromarray(gray))), 16)
 
 
 _ORIENTATIONS = {2: "mirrored", 3: "turned 180 degrees", 4: "flipped", 5: "transposed", 6: "turned 90 degrees", 7: "transversed", 8: "turned 270 degrees"}

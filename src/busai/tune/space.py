@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from busai.config import TASK_ALIASES, TrainConfig
+from busai.config import IMAGE_SIZE_RANGE, TASK_ALIASES, TrainConfig
 from busai.errors import ConfigError, read_json
 
 # The paper's spaces (section 2.5). Keys are TrainConfig keys, so a sampled point is a run config.
@@ -211,8 +211,8 @@ def apply_budget(space: dict[str, dict], *, image_size: int | None = None, max_e
     """CPU-budget overrides, which may leave the paper's ranges: fixed image size, capped epochs (noted in the spec)."""
     space = copy.deepcopy(space)
     if image_size is not None:
-        if image_size < 32:
-            raise ConfigError(f"--image-size {image_size}: too small; use 32 or more")
+        if not IMAGE_SIZE_RANGE[0] <= image_size <= IMAGE_SIZE_RANGE[1]:
+            raise ConfigError(f"--image-size {image_size}: must be from {IMAGE_SIZE_RANGE[0]} to {IMAGE_SIZE_RANGE[1]} pixels")
         was = space.get("image_size")
         space["image_size"] = {
             "type": "fixed",
