@@ -149,7 +149,7 @@ def training_data_with_content(model_dir: str | Path) -> list[dict] | None:
     seen = training_data(model_dir)
     if not seen or all("content" in e for e in seen):
         return seen
-    config_path = Path(model_dir) / "config.json"
+    config_path = Path(model_dir) / CONFIG
     config = read_json(config_path, error=CheckpointError, missing="missing", fix="restore it") if config_path.is_file() else {}
     paths = {name: entry.get("path") for name, entry in (config.get("datasets") or {}).items()}
     for entry, missing in hash_entries(seen, paths).items():

@@ -110,7 +110,7 @@ def collect_run(run_dir: str | Path, name: str | None = None) -> dict:
 
 def read_fit(run_dir: str | Path) -> dict:
     """``fit.json`` of a run folder ({} when absent); a damaged one is one error line."""
-    path = Path(run_dir) / "fit.json"
+    path = Path(run_dir) / FIT
     if not path.exists():
         return {}
     fix = "repair it, or move it away (the report then lacks the run's stop reason and training time)"
