@@ -15,7 +15,7 @@ from pathlib import Path
 
 from busai import CLASSES, SPLIT_NAMES
 from busai.errors import CheckpointError, read_json
-from busai.runs import BEST_CHECKPOINT, HISTORY, METRICS, model_label, read_metrics, read_run_config
+from busai.runs import BEST_CHECKPOINT, FIT, HISTORY, METRICS, model_label, read_metrics, read_run_config
 
 SEG_METRICS = ("pixel_accuracy", "dice", "iou", "auc")
 
