@@ -14,7 +14,7 @@ import sys
 from busai.errors import BusaiError
 
 # Order is the order shown in `busai --help`.
-COMMAND_MODULES = ("data", "models", "train", "evaluate", "calibrate", "report", "collect", "tune", "predict", "export", "serve", "release")
+COMMAND_MODULES = ("data", "models", "train", "evaluate", "calibrate", "report", "collect", "tune", "adapt", "predict", "export", "serve", "release")
 
 
 def build_parser() -> argparse.ArgumentParser:
