@@ -137,12 +137,12 @@ def test_few_label_mode_fine_tunes_with_frozen_stages_and_an_early_stop_hold_out
     assert report["scores"]["statistics_only"] is not None and "fine-tuned on" in (out / "adapt.md").read_text().lower()
 
 
-def test_adapted_run_loads_and_predicts(unlabelled):
+def test_adapted_run_loads_and_predicts(site, unlabelled):
     import busai
 
     out, _ = unlabelled
     model = busai.load(out, task="seg", device="cpu")
-    assert model.predict(np.full((64, 80, 3), 60, np.uint8)).mask.shape == (64, 80)
+    assert model.predict(site / "benign" / "benign (1).png").mask.shape == (64, 80)
     assert busai.adapt.__module__ == "busai.adaptation"
 
 

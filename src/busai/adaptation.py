@@ -25,6 +25,8 @@ network's normalisation statistics).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import sys
 import types
@@ -81,17 +83,20 @@ def adapt(
 
     out = Path(out).expanduser()
     _check_options(holdout, labelled, freeze_encoder, epochs, patience, lr, batch_size)
-    if (out / "config.json").exists() or (out / ADAPT_JSON).exists():
-        raise ConfigError(f"--out {out}: already holds a run; choose a new folder for the adapted model")
+    from busai.outputs import output_dir
+
+    output_dir(out, create=False)  # a file or an unwritable place fails before any work
+    _check_out(out)
     specs = parse_data_specs([data] if isinstance(data, (str, Path)) else data, [data_format] if data_format else None)
     if len(specs) != 1:
         raise ConfigError("--data: adapt to one site at a time; pass one --data [NAME=]DIR")
     spec = specs[0]
 
-    parent = load(model, task="segmentation", device=device) if not hasattr(model, "loaded") else model
-    loaded = parent.loaded
+    loaded = model.loaded if hasattr(model, "loaded") else load(model, task="segmentation", device=device).loaded
     if loaded.backend != "torch":
         raise ConfigError(f"{model}: an exported .onnx model cannot be adapted; pass the run or release folder it was exported from")
+    if hasattr(model, "loaded"):  # the caller's busai.Model keeps its own statistics
+        loaded = dataclasses.replace(loaded, module=copy.deepcopy(loaded.module))
     parent_dir = Path(loaded.source)
     if loaded.spec.get("task") != "segmentation":
         raise ConfigError(f"{model}: is a {loaded.spec.get('task')} model; adapt takes a segmentation model (run folder, release folder or 'release')")
@@ -99,9 +104,7 @@ def adapt(
     records, fingerprint, layout = read_site(spec)
     _check_new_site(parent_dir, records, spec, fingerprint)
     plan = plan_site(records, splits, spec, labelled=labelled, holdout=holdout, seed=seed)
-    from busai.outputs import output_dir
-
-    output_dir(out)  # an unwritable --out fails before any work
+    output_dir(out)
 
     from busai.runs import best_threads
 
@@ -146,6 +149,27 @@ def adapt(
     report["per_image"] = {k: v["per_image"] for k, v in scores.items() if k != "change" and v is not None}
     write_report(out, report)
     return report
+
+
+ADAPT_FILES = ("config.json", "checkpoint_best.safetensors", "checkpoint_last.pt", "history.csv", "fit.json", "progress.png", "training_data.json")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse a finished adaptation or any other run; an adaptation interrupted before its report
+    (config.json names its parent, no adapt.json) starts again in place."""
+    if (out / ADAPT_JSON).exists():
+        raise ConfigError(f"--out {out}: already holds an adapted model; choose a new folder")
+    config = out / "config.json"
+    if not config.exists():
+        return
+    try:
+        unfinished = str(json.loads(config.read_text()).get("weight_source", "")).startswith("adapted from")
+    except (OSError, ValueError, AttributeError):
+        unfinished = False
+    if not unfinished:
+        raise ConfigError(f"--out {out}: already holds a run; choose a new folder for the adapted model")
+    for name in ADAPT_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- the site's data
