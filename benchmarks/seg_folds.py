@@ -12,8 +12,10 @@ over folds, each dataset apart and pooled. Scores are at the model's input size 
 with nearest neighbour), the same for every recipe.
 
 The lesion-presence rule (``busai.presence``) is fitted on the other folds' predictions and applied
-to each fold, so its row is out-of-fold too. Writes ``results/seg_folds.json``, ``.md`` and the
-per-image out-of-fold features ``results/seg_folds_oof.csv`` (the diagnosis work reads them).
+to each fold, so its row is out-of-fold too. Each fold's per-image out-of-fold features are kept
+in ``results/seg_folds/NAME[+tta]/fold-I.csv`` (committed: a table can be re-made, and folds added
+in later sessions, without the run folders; the diagnosis work reads them too); a fold whose CSV
+exists is not predicted again unless ``--refresh``. Writes ``results/seg_folds.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--busi", required=True)
     parser.add_argument("--uclm", required=True)
     parser.add_argument("--tta", action="store_true", help="also score each recipe with flip TTA (latency beside it)")
+    parser.add_argument("--refresh", action="store_true", help="predict every fold again, even those with a CSV")
     parser.add_argument("--out", default=str(ROOT / "results" / "seg_folds"))
     args = parser.parse_args(argv)
 
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     specs = parse_data_specs([f"busi={args.busi}", f"uclm={args.uclm}"])
     splits = read_splits(ROOT / SPLITS)
     n_folds = len(splits.get("folds") or [])
-    results, oof_rows = {"command": "python benchmarks/seg_folds.py " + " ".join(sys.argv[1:] if argv is None else argv), "machine": machine_info()}, []
+    out = Path(args.out)
+    results = {"command": "python benchmarks/seg_folds.py " + " ".join(sys.argv[1:] if argv is None else argv), "machine": machine_info()}
     results["recipes"] = {}
     for name in args.recipes:
         for tta in [False, True] if args.tta else [False]:
@@ -123,14 +127,21 @@ def main(argv: list[str] | None = None) -> int:
             per_fold, seconds, images = {}, 0.0, 0
             for fold in range(n_folds):
                 run = ROOT / "runs" / "seg27" / name / f"fold-{fold}"
-                if not (run / "checkpoint_best.safetensors").is_file():
+                cached = out / (label.replace(" + flip TTA", "+tta")) / f"fold-{fold}.csv"
+                finished = (run / "fit.json").is_file()
+                if cached.is_file() and not (args.refresh and finished):
+                    per_fold[fold], fold_seconds = read_rows(cached)
+                elif finished:
+                    records = load_split_records(specs, splits, "val", fold=fold)
+                    started = time.perf_counter()
+                    rows = fold_predictions(run, records, tta)
+                    fold_seconds = time.perf_counter() - started
+                    write_rows(cached, rows, fold_seconds)
+                    per_fold[fold] = rows
+                else:
                     continue
-                records = load_split_records(specs, splits, "val", fold=fold)
-                started = time.perf_counter()
-                rows = fold_predictions(run, records, tta)
-                seconds += time.perf_counter() - started
-                images += len(rows)
-                per_fold[fold] = rows
+                seconds += fold_seconds
+                images += len(per_fold[fold])
             if not per_fold:
                 print(f"{name}: no fold runs under runs/seg27/{name}/", file=sys.stderr)
                 continue
@@ -148,19 +159,36 @@ def main(argv: list[str] | None = None) -> int:
                 entry["with_rule"][part] = {k: mean_sd([s[k] for s in ruled]) for k in ("lesion_dice", "missed", "normals_outlined", "dice_all")}
             entry["rule_all_folds"] = PresenceRule.fit([r for rows in per_fold.values() for r in rows]).to_dict()
             results["recipes"][label] = entry
-            if not tta:
-                oof_rows += [{"recipe": name, "fold": f, **r} for f, rows in per_fold.items() for r in rows]
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     out.with_suffix(".md").write_text(table(results) + "\n")
-    if oof_rows:
-        with open(out.with_name(out.name + "_oof.csv"), "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(oof_rows[0]))
-            writer.writeheader()
-            writer.writerows(oof_rows)
     print(table(results))
     return 0
+
+
+_NUMBERS = {"tp": int, "fp": int, "fn": int, "components": int, "dice": float, "max_prob": float, "largest_area": float, "largest_peak": float}
+
+
+def write_rows(path: Path, rows: list[dict], seconds: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        fh.write(f"# seconds={seconds:.3f}\n")
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def read_rows(path: Path) -> tuple[list[dict], float]:
+    with open(path, newline="") as fh:
+        seconds = float(fh.readline().split("=", 1)[1])
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        for key, kind in _NUMBERS.items():
+            row[key] = kind(row[key])
+        row["lesion"] = row["lesion"] == "True"
+    return rows, seconds
 
 
 def table(results: dict) -> str:
