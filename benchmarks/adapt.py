@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = "splits/busi-uclm.json"
 PARENT = "runs/release-v1/segmentation"
@@ -35,19 +37,16 @@ LABELLED = (0, 10, 25, 50)
 
 
 def limited_splits(splits_file: Path, limit: int, out: Path) -> Path:
-    """A copy of the split file keeping the first ``limit`` images of each dataset's lists (the check run)."""
+    """A copy of the split file keeping ``limit`` images of each dataset's lists (the check run)."""
     from busai.data.splits import read_splits, write_splits
 
     splits = read_splits(splits_file)
     for name in ("train", "val", "test"):
-        kept: dict[str, int] = {}
-        keep = []
+        by_dataset: dict[str, list[str]] = {}
         for key in splits[name]:
-            dataset = key.split(":", 1)[0]
-            if kept.get(dataset, 0) < limit:
-                kept[dataset] = kept.get(dataset, 0) + 1
-                keep.append(key)
-        splits[name] = keep
+            by_dataset.setdefault(key.split(":", 1)[0], []).append(key)
+        # Evenly spaced over each list, so the few images kept come from several patients.
+        splits[name] = [keys[int(i)] for keys in by_dataset.values() for i in np.linspace(0, len(keys) - 1, min(limit, len(keys)))]
     splits.pop("folds", None)
     return write_splits(out, splits, overwrite=True)
 

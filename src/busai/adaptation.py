@@ -295,17 +295,21 @@ def _group(record) -> str:
 
 
 def _pick_grouped(records: list, n: int, seed: int) -> list:
-    """``n`` records, whole patients first in seeded order (the last patient may be cut short)."""
+    """``n`` records spread over as many patients as possible: one scan of each patient in seeded
+    order, then a second of each, and so on (a few labels of many patients teach more, and leave
+    patients to hold out for early stopping)."""
+    rng = np.random.default_rng(seed)
     groups: dict[str, list] = {}
     for r in records:
         groups.setdefault(_group(r), []).append(r)
     order = list(groups)
-    np.random.default_rng(seed).shuffle(order)
+    rng.shuffle(order)
+    queues = [list(rng.permutation(len(groups[g]))) for g in order]
     picked: list = []
-    for g in order:
-        picked.extend(groups[g][: n - len(picked)])
-        if len(picked) >= n:
-            break
+    while len(picked) < n:
+        for g, queue in zip(order, queues):
+            if queue and len(picked) < n:
+                picked.append(groups[g][queue.pop(0)])
     return picked
 
 
@@ -661,8 +665,8 @@ def report_markdown(report: dict) -> str:
             "",
             f"Shift of the network's normalisation statistics (in standard deviations of the training data's): first layer "
             f"{first['mean_shift_sd']:.2f}, median over {shift['layers']} layers {shift['median_mean_shift_sd']:.2f}, largest {shift['max_mean_shift_sd']:.2f}. "
-            "Near 0: the network sees the site's scans as it saw its training scans; above about 1: they look different to it, and the "
-            "scores before adaptation are not to be trusted.",
+            "Near 0: the network sees the site's scans as it saw its training scans; the larger, the more they differ to it, and the less "
+            "its answers before adaptation are to be trusted.",
         ]
     return "\n".join(lines) + "\n"
 
