@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from busai import SPLIT_NAMES, paper
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the study package (study/) sits at the repository root, beside src/
 
-RELEASE = Path(__file__).resolve().parents[1] / "src" / "busai" / "release"
+from busai import SPLIT_NAMES  # noqa: E402
+from study import paper  # noqa: E402
+
+RELEASE = ROOT / "src" / "busai" / "release"
 
 
 DATASETS = {"busi": "BUSI", "uclm": "BUS-UCLM"}

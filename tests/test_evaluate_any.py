@@ -70,6 +70,7 @@ def test_scores_of_a_release_need_a_place(cli, unseen_uclm):
     cli.fails("evaluate", "release", "--data", unseen_uclm, expect="say which images to score")
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_training_on_two_datasets(cli, synthetic_dir, unseen_uclm, tmp_path):
     split = tmp_path / "both.json"
     code, _, err = cli("data", "split", "--data", f"a={synthetic_dir}", "--data", f"b={unseen_uclm}", "--out", split, "--val", "0.25", "--test", "0.25")

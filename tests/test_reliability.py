@@ -161,6 +161,7 @@ def test_bad_config_writes_nothing(synthetic_dir, splits_file, tmp_path, cli, op
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_a_run_stopped_before_its_first_epoch_restarts_in_place(synthetic_dir, splits_file, tmp_path, cli, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -1,4 +1,5 @@
-"""`busai report` and `busai collect` on tiny synthetic runs: every section, numbers equal to the runs' metrics files."""
+"""`busai report`, and the study's `python -m study.collect` / `python -m study.report`, on tiny synthetic runs:
+every section, numbers equal to the runs' metrics files."""
 
 import json
 import re
@@ -12,15 +13,25 @@ from busai.report import fmt_value
 SECTIONS = [
     "# busai report",
     "## Dataset audit",
-    "## Data splits (paper's Tables 1 and 2)",
-    "## Tuned hyper-parameters (paper's Tables 3 and 5)",
+    "## Data splits\n",
+    "## Tuned hyper-parameters\n",
     "## Runs: weight source and training cost",
-    "## Segmentation (paper's Table 4)",
-    "## Classification (paper's Table 6)",
+    "## Segmentation\n",
+    "## Classification\n",
     "## Model comparison",
-    "## Confusion matrices (paper's Figures 6-10)",
+    "## Confusion matrices\n",
     "## Calibration",
     "## Training curves",
+    "## Sample predictions\n",
+]
+# The study's report: the same sections, naming the paper's tables and figures.
+STUDY_SECTIONS = [
+    "## Data splits (paper's Tables 1 and 2)",
+    "## Tuned hyper-parameters (paper's Tables 3 and 5)",
+    "### Paper: tuned settings",
+    "## Segmentation (paper's Table 4)",
+    "## Classification (paper's Table 6)",
+    "## Confusion matrices (paper's Figures 6-10)",
     "## Sample predictions (paper's Figures 3-5 and 12)",
 ]
 
@@ -70,9 +81,10 @@ def test_report_has_every_section_and_the_runs_numbers(cli, evaluated, synthetic
         row = f"| {ci(m['accuracy'])} | {ci(m['macro_f1'])} | {ci(m['macro_auc'])} | {recalls} |"
         assert row in md, row
 
-    # Table 2: the split file's counts beside the paper's
+    # images per class and split, from the split file; no paper here
     splits = json.loads((runs["seg"] / "splits.json").read_text())["counts"]
-    assert f"| benign | {splits['train']['benign']} (350) | {splits['val']['benign']} (43) | {splits['test']['benign']} (43) |" in md
+    assert f"| benign | {splits['train']['benign']} | {splits['val']['benign']} | {splits['test']['benign']} |" in md
+    assert "paper" not in md.lower() and "Paper:" not in md
     # audit section from the audit JSON
     assert f"| Images | {json.loads(audit.read_text())['images']} |" in md
     # weight source and training cost per run
@@ -92,21 +104,49 @@ def test_html_is_self_contained_and_small(cli, evaluated, tmp_path):
     assert sources and all(s.startswith("data:image/") for s in sources)
     assert "<link" not in page and "<script" not in page
     assert (tmp_path / "r" / "report.html").stat().st_size < 10_000_000
-    assert "<h2>Segmentation (paper&#x27;s Table 4)</h2>" in page and "<table>" in page
+    assert "<h2>Segmentation</h2>" in page and "<table>" in page
     assert "No audit given" in page
 
 
-def test_report_from_collected_results(cli, evaluated, tmp_path):
-    """A results folder (what `busai collect` writes) reports the same rows as the run folders."""
+def test_study_report_prints_the_papers_numbers_beside_ours(evaluated, tmp_path, capsys):
+    from study.report import main
+
     root, runs = evaluated
-    assert cli("collect", runs["seg"], "--out", tmp_path / "results" / "segmentation")[0] == 0
-    assert cli("collect", runs["cls"], "--out", tmp_path / "results" / "classification")[0] == 0
+    assert main([str(root), "--out", str(tmp_path / "study")]) == 0
+    md = (tmp_path / "study" / "report.md").read_text()
+    positions = [md.find(s) for s in STUDY_SECTIONS]
+    assert -1 not in positions and positions == sorted(positions), dict(zip(STUDY_SECTIONS, positions))
+    # Table 2: the split file's counts, the paper's in parentheses (study/paper.py: 350 / 43 / 43 benign)
+    splits = json.loads((runs["seg"] / "splits.json").read_text())["counts"]
+    assert f"| benign | {splits['train']['benign']} (350) | {splits['val']['benign']} (43) | {splits['test']['benign']} (43) |" in md
+    assert "| Paper: acc / Dice / IoU / AUC |" in md and "| Paper: F1 / acc / macro F1 |" in md
+    assert f"Written by `python -m study.report {root} --out {tmp_path / 'study'}`" in md
+
+
+def test_study_collect_names_a_run_not_evaluated(seg_run, tmp_path, capsys):
+    from study.collect import main
+
+    run = shutil.copytree(seg_run, tmp_path / "seg")
+    (run / "metrics.json").unlink(missing_ok=True)
+    assert main([str(run), "--out", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {run / 'metrics.json'}: missing; run `busai evaluate {run} --split train val test` first\n"
+    assert not (tmp_path / "results" / "seg.json").exists()
+
+
+def test_report_from_collected_results(cli, evaluated, tmp_path):
+    """A results folder (what `python -m study.collect` writes) reports the same rows as the run folders."""
+    from study.collect import main as collect
+
+    root, runs = evaluated
+    assert collect([str(runs["seg"]), "--out", str(tmp_path / "results" / "segmentation")]) == 0
+    assert collect([str(runs["cls"]), "--out", str(tmp_path / "results" / "classification")]) == 0
     collected = json.loads((tmp_path / "results" / "segmentation" / "seg.json").read_text())
     assert collected["history"][0]["epoch"] == 1  # per-epoch history travels with the results file
     assert cli("report", tmp_path / "results", "--out", tmp_path / "from_results")[0] == 0
     assert cli("report", root, "--out", tmp_path / "from_runs")[0] == 0
     a, b = ((tmp_path / d / "report.md").read_text() for d in ("from_results", "from_runs"))
-    table = re.compile(r"## Segmentation .*?\n\n.*?\n\n(.*?)\n\n", re.S)
+    table = re.compile(r"## Segmentation\n\n.*?\n\n(.*?)\n\n", re.S)
     assert table.search(a).group(1) == table.search(b).group(1)
 
 

@@ -8,13 +8,15 @@ exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import sys
 
 from busai.errors import BusaiError
 
 # Order is the order shown in `busai --help`.
-COMMAND_MODULES = ("data", "models", "train", "evaluate", "calibrate", "report", "collect", "tune", "adapt", "predict", "export", "serve", "release")
+COMMAND_MODULES = ("data", "models", "train", "evaluate", "calibrate", "report", "tune", "adapt", "predict", "export", "serve", "release")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +66,38 @@ def _process_settings() -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+class _UserMessages(logging.Handler):
+    """The library's log records as the user sees them on stderr: a note (INFO) as ``note: ...``, a
+    warning as one bold red unwrapped ``WARNING: ...`` line (greppable; stdout stays clean for --json)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                from rich.console import Console
+
+                # sys.stderr looked up now, not at construction: tests and callers may have swapped it.
+                Console(file=sys.stderr, soft_wrap=True).print(f"WARNING: {message}", style="bold red", markup=False, highlight=False)
+            else:
+                print(f"note: {message}", file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def user_messages():
+    """Show the ``busai`` logger's notes and warnings on stderr while a command runs, then stop."""
+    logger = logging.getLogger("busai")
+    handler, level = _UserMessages(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -71,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     _process_settings()
     try:
-        result = args.handler(args)
+        with user_messages():
+            result = args.handler(args)
     except BusaiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -117,8 +117,8 @@ def resolve_precision(cfg: TrainConfig) -> Precision:
     torch's defaults: the reference the speed benchmarks compare against.
 
     Fused optimizers: torch's default Adam loop makes about a dozen passes over the weights per
-    step, the fused kernel one, for the same fp32 update; a small gain (about 2% of a U-Net
-    training step on 2 cores, ``benchmarks/train_speed.py``), but free.
+    step, the fused kernel one, for the same fp32 update; a small gain (``benchmarks/train_speed.py``
+    measures it), but free.
 
     On CUDA, bf16 where the GPU supports it, else fp16 (the engine then uses a GradScaler).
     """

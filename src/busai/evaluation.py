@@ -14,7 +14,7 @@ paper's Table 4 does not say which it used — the README discusses the comparis
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,8 @@ from busai.errors import CheckpointError, ConfigError
 from busai.inference import predict_tensor, upsample_probability
 from busai.outputs import output_dir
 from busai.runs import LoadedModel, load_model, model_label, read_metrics, scores_dir, write_json
+
+log = logging.getLogger(__name__)
 
 
 def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16, calibrated: bool = True):
@@ -222,9 +224,8 @@ def _selections(specs, splits_file, split_names, all_images) -> list[tuple[str, 
             report = audit_dataset(spec)
             skipped = unusable_images(report.problems, records)
             if skipped:
-                print(
-                    f"note: {len(skipped)} images of {spec.path} cannot be scored and are left out (listed under 'skipped'): {next(iter(skipped.values()))}",
-                    file=sys.stderr,
+                log.info(
+                    "%d images of %s cannot be scored and are left out (listed under 'skipped'): %s", len(skipped), spec.path, next(iter(skipped.values()))
                 )
             kept = [r for r in records if r.key not in skipped]
             out.append(("all", kept, _groups_without_split(report, kept), f"{spec.name}/all" if spec.name else "all", skipped))

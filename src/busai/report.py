@@ -1,23 +1,43 @@
-"""Tables and result files from run folders: nothing is recomputed, everything is read back.
+"""Result summaries and score tables from run folders: nothing is recomputed, everything is read back.
 
-``collect_run`` turns an evaluated run folder into one ``results/<task>/<name>.json`` with the
-exact commands that produced it; ``segmentation_table`` / ``classification_table`` render the
-paper-shaped Markdown tables (ours beside the paper's) used by ``busai report``
-(:mod:`busai.study_report`) and by ``benchmarks/tables.py`` for docs/results.md.
+``collect_run`` turns an evaluated run folder into one result dict (with the exact commands that
+produced it); ``segmentation_table`` / ``classification_table`` render Markdown score tables for
+``busai report`` (:mod:`busai.report_page`), with a :class:`Reference`'s published numbers beside
+ours when one is given (the study's paper: ``study/paper.py``).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from busai import CLASSES, SPLIT_NAMES, paper
-from busai.errors import CheckpointError
+from busai import CLASSES, SPLIT_NAMES
 from busai.engine import BEST_CHECKPOINT
-from busai.runs import model_label, read_run_config, write_json
+from busai.errors import CheckpointError
+from busai.runs import model_label, read_run_config
 
 SEG_METRICS = ("pixel_accuracy", "dice", "iou", "auc")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Published numbers printed beside ours in a report (the study passes its paper's, ``study/paper.py``).
+
+    ``busai report`` has none; with one, the score tables gain a column, the split tables the
+    reference's counts in parentheses, and section headings name the reference's tables.
+    """
+
+    name: str  # "Paper": the extra columns' heading
+    segmentation: dict = field(default_factory=dict)  # (encoder, decoder) -> {split: (pixel accuracy, Dice, IoU, AUC)}
+    classification: dict = field(default_factory=dict)  # model -> {split: values named by classification_columns}
+    classification_columns: str = ""  # what each classification tuple holds, e.g. "F1 / acc / macro F1"
+    split_images: dict = field(default_factory=dict)  # split -> images
+    split_class_counts: dict = field(default_factory=dict)  # split -> class -> images
+    headings: dict = field(default_factory=dict)  # report section key -> the reference's table or figure it matches
+    note: str = ""  # added to the score tables' note
+    tuned_settings: tuple = ()  # Markdown tables of the reference's tuned settings, shown before our tuning studies
 
 
 def compact_segmentation(metrics: dict) -> dict:
@@ -110,22 +130,6 @@ def _number(text: str):
             return text
 
 
-def write_results(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for run_dir in run_dirs:
-        summary = collect_run(run_dir)
-        path = out_dir / f"{summary['name']}.json"
-        write_json(path, summary)
-        written.append(path)
-    return written
-
-
-def load_results(folder: str | Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
-
-
 def fmt_value(x, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
@@ -166,26 +170,33 @@ def _row_labels(results: list[dict]) -> list[str]:
 GROUP_CI_MARK = "†"  # the split's CIs resample duplicate groups (docs/results.md explains)
 
 
-def _run_rows(result: dict, name: str, theirs: dict, cells) -> list[str]:
-    """One table row per evaluated split of a run; name, weight source and epoch cap on its first row only."""
+def _run_rows(result: dict, name: str, theirs: dict | None, cells) -> list[str]:
+    """One table row per evaluated split of a run; name, weight source and epoch cap on its first row only;
+    the reference's values last when ``theirs`` is not None."""
     head = (name, _short_source(result.get("weight_source")), _epochs_cell(result))
     present = [s for s in SPLIT_NAMES if result["metrics"].get(s)]
     rows = []
     for i, split in enumerate(present):
         metrics = result["metrics"][split]
-        paper_cell = " / ".join(f"{v:.2f}" for v in theirs[split]) if split in theirs else "–"
         shown = head if i == 0 else ("", "", "")
         mark = GROUP_CI_MARK if "duplicate groups" in (metrics.get("ci") or "") else ""
-        rows.append(f"| {' | '.join(shown)} | {split}{mark} | {cells(metrics)} | {paper_cell} |")
+        row = f"| {' | '.join(shown)} | {split}{mark} | {cells(metrics)} |"
+        if theirs is not None:
+            row += " " + (" / ".join(f"{v:.2f}" for v in theirs[split]) if split in theirs else "–") + " |"
+        rows.append(row)
     return rows
 
 
-def segmentation_table(results: list[dict]) -> str:
-    """Markdown shaped like the paper's Table 4; ours: Dice/IoU mean over images (95% CI), pixel accuracy and AUC pooled."""
-    lines = [
-        "| Encoder:Decoder | Weights | Epochs (stop) | Split | Pixel acc. | Dice | IoU | AUC | Lesions missed | Normals flagged | Paper: acc / Dice / IoU / AUC |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def _header(columns: list[str], reference: Reference | None, theirs: str) -> list[str]:
+    if reference is not None:
+        columns = columns + [f"{reference.name}: {theirs}"]
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def segmentation_table(results: list[dict], reference: Reference | None = None) -> str:
+    """Markdown score table: Dice/IoU mean over images (95% CI), pixel accuracy and AUC pooled; the reference's values last."""
+    columns = ["Encoder:Decoder", "Weights", "Epochs (stop)", "Split", "Pixel acc.", "Dice", "IoU", "AUC", "Lesions missed", "Normals flagged"]
+    lines = _header(columns, reference, "acc / Dice / IoU / AUC")
 
     def cells(m: dict) -> str:
         d = m.get("detection")  # absent from results evaluated before it was recorded
@@ -194,17 +205,15 @@ def segmentation_table(results: list[dict]) -> str:
 
     ordered = sorted(results, key=lambda r: (r["model"].get("encoder", ""), r["model"]["name"], r["name"]))
     for r, label in zip(ordered, _row_labels(ordered)):
-        key = (r["model"].get("encoder"), r["model"]["name"])
-        lines += _run_rows(r, label, paper.SEGMENTATION_SCORES.get(key, {}), cells)
+        theirs = None if reference is None else reference.segmentation.get((r["model"].get("encoder"), r["model"]["name"]), {})
+        lines += _run_rows(r, label, theirs, cells)
     return "\n".join(lines)
 
 
-def classification_table(results: list[dict]) -> str:
-    """Markdown shaped like the paper's Table 6 headline columns, with 95% CIs and the paper's values."""
-    lines = [
-        "| Model | Weights | Epochs (stop) | Split | Accuracy | Macro F1 | Macro AUC | Recall N / B / M | Paper: F1 / acc / macro F1 |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+def classification_table(results: list[dict], reference: Reference | None = None) -> str:
+    """Markdown score table with 95% CIs; the reference's values last."""
+    columns = ["Model", "Weights", "Epochs (stop)", "Split", "Accuracy", "Macro F1", "Macro AUC", "Recall N / B / M"]
+    lines = _header(columns, reference, reference.classification_columns if reference else "")
 
     def cells(m: dict) -> str:
         recalls = " / ".join(fmt_value(m["per_class"][c]["recall"]) for c in CLASSES) if "per_class" in m else "–"
@@ -212,7 +221,8 @@ def classification_table(results: list[dict]) -> str:
 
     ordered = sorted(results, key=lambda r: (r["model"]["name"], r["name"]))
     for r, label in zip(ordered, _row_labels(ordered)):
-        lines += _run_rows(r, label, paper.CLASSIFICATION_SCORES.get(r["model"]["name"], {}), cells)
+        theirs = None if reference is None else reference.classification.get(r["model"]["name"], {})
+        lines += _run_rows(r, label, theirs, cells)
     return "\n".join(lines)
 
 
@@ -224,7 +234,7 @@ def fmt_ci(entry) -> str:
 
 
 def comparison_rows(results: list[dict], metrics=("accuracy", "macro_f1")) -> list[dict]:
-    """One row per (model, split) with headline values, for the paper's Figure 11 chart."""
+    """One row per (model, split) with headline values, for the model comparison chart."""
     rows = []
     for r, label in zip(results, _row_labels(results)):
         for split, m in r["metrics"].items():
@@ -233,35 +243,3 @@ def comparison_rows(results: list[dict], metrics=("accuracy", "macro_f1")) -> li
             values = {k: (m[k].get("value") if isinstance(m.get(k), dict) else m.get(k)) for k in metrics}
             rows.append({"model": label, "split": split, **values})
     return rows
-
-
-def print_metrics(result: dict, key: str | None = None) -> None:
-    """A short human summary of one evaluate result."""
-    from rich.console import Console
-    from rich.table import Table
-
-    split = (key or result["split"]) + (" + flip TTA" if result.get("tta") and not (key or "").endswith("_tta") else "")
-    table = Table(
-        title=f"{result['task']} · {split} · {result['images']} images · weights: {_short_source(result.get('weight_source'))}",
-        caption=f"CI: {result.get('ci')}",
-    )
-    table.add_column("metric")
-    table.add_column("value (95% CI)")
-    if result["task"] == "segmentation":
-        for name in SEG_METRICS:
-            for kind in ("mean", "pooled"):
-                table.add_row(f"{name} ({kind})", fmt_ci(result[name][kind]))
-        if result.get("lesion_dice"):
-            table.add_row("dice over lesion images", fmt_ci(result["lesion_dice"]))
-        d = result["detection"]
-        table.add_row("lesion images missed", f"{d['missed_lesions']} of {d['lesion_images']}")
-        table.add_row("lesion-free images flagged", f"{d['false_alarms']} of {d['lesion_free_images']}")
-    else:
-        for name in ("accuracy", "macro_f1", "macro_auc", "malignant_vs_benign_auc", "ece"):
-            value = result.get(name)
-            if value is not None:
-                table.add_row(name, fmt_ci(value) if isinstance(value, dict) else f"{value:.3f}")
-        for c in CLASSES:
-            pc = result["per_class"][c]
-            table.add_row(f"{c} P/R/F1", f"{fmt_value(pc['precision'])} / {fmt_value(pc['recall'])} / {fmt_value(pc['f1'])}")
-    Console().print(table)

@@ -42,7 +42,6 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from busai.commands import command_line
     from busai.evaluation import evaluate_model
-    from busai.report import print_metrics
 
     results = evaluate_model(
         args.model,
@@ -65,3 +64,38 @@ def run(args: argparse.Namespace) -> int:
             for key, result in by_key.items():
                 print_metrics(result, key)
     return 0
+
+
+def print_metrics(result: dict, key: str | None = None) -> None:
+    """A short human summary of one evaluate result, on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from busai import CLASSES
+    from busai.report import SEG_METRICS, _short_source, fmt_ci, fmt_value
+
+    split = (key or result["split"]) + (" + flip TTA" if result.get("tta") and not (key or "").endswith("_tta") else "")
+    table = Table(
+        title=f"{result['task']} · {split} · {result['images']} images · weights: {_short_source(result.get('weight_source'))}",
+        caption=f"CI: {result.get('ci')}",
+    )
+    table.add_column("metric")
+    table.add_column("value (95% CI)")
+    if result["task"] == "segmentation":
+        for name in SEG_METRICS:
+            for kind in ("mean", "pooled"):
+                table.add_row(f"{name} ({kind})", fmt_ci(result[name][kind]))
+        if result.get("lesion_dice"):
+            table.add_row("dice over lesion images", fmt_ci(result["lesion_dice"]))
+        d = result["detection"]
+        table.add_row("lesion images missed", f"{d['missed_lesions']} of {d['lesion_images']}")
+        table.add_row("lesion-free images flagged", f"{d['false_alarms']} of {d['lesion_free_images']}")
+    else:
+        for name in ("accuracy", "macro_f1", "macro_auc", "malignant_vs_benign_auc", "ece"):
+            value = result.get(name)
+            if value is not None:
+                table.add_row(name, fmt_ci(value) if isinstance(value, dict) else f"{value:.3f}")
+        for c in CLASSES:
+            pc = result["per_class"][c]
+            table.add_row(f"{c} P/R/F1", f"{fmt_value(pc['precision'])} / {fmt_value(pc['recall'])} / {fmt_value(pc['f1'])}")
+    Console().print(table)

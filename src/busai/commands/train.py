@@ -153,7 +153,7 @@ def register(sub) -> None:
         default=None,
         help="paper (flips, rotations, colour jitter; default), strong (adds scale, shift, gamma, speckle noise, blur), "
         "scanner (strong plus framing, tints, gain, JPEG, burnt-in text, calipers, Doppler boxes), "
-        "framing (random resized crops over 45-100%% of the scan, gain, gamma, contrast, noise) or none",
+        "framing (random resized crops keeping 0.45-1.0 of the scan, gain, gamma, contrast, noise) or none",
     )
     augment.add_argument(
         "--lesion-paste",

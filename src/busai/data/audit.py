@@ -9,15 +9,11 @@ image; two images whose hashes differ in at most ``near_threshold`` bits are lin
 images are grouped transitively (connected components). Exact duplicates (identical grayscale
 pixels) are always linked.
 
-Why ``DEFAULT_NEAR_THRESHOLD = 8``, measured on the public BUSI release (780 images):
-phash has exactly 32 bits set (it thresholds 64 DCT terms at their median), so distances are even.
-Every pair at distance 0 to 8 that we inspected side by side is the same scan (re-cropped,
-re-scaled, a neighbouring frame of the same sweep, or the same image filed under two classes),
-e.g. ``benign (42)`` / ``malignant (51)`` (0), ``benign (199)`` / ``benign (248)`` (4),
-``malignant (6)`` / ``malignant (7)`` (8). At 10 the first distinct scans pair up
-(``benign (58)`` / ``benign (430)``) and at 12 many do (``normal (28)`` / ``benign (37)``,
-``benign (376)`` / ``malignant (62)``). Threshold 8 gives 143 groups holding 322 images; it misses
-a few true pairs that differ by a black corner (``benign (64)`` / ``benign (141)`` at 12).
+``DEFAULT_NEAR_THRESHOLD = 8``: the largest distance at which every pair inspected on BUSI was the
+same scan (re-cropped, re-scaled, a neighbouring frame, or one image filed under two classes); at
+10 distinct scans start to pair up. phash sets exactly 32 of its 64 bits (it thresholds DCT terms
+at their median), so distances are even. The pairs inspected and the groups it gives are in
+docs/study-log.md ("figures moved out of docstrings").
 """
 
 from __future__ import annotations

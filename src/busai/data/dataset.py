@@ -162,7 +162,7 @@ def scanner_shift() -> tuple[list, list, list]:
         ],
         p=0.4,
     )
-    # Tints as small as real ones: BUS-UCLM's grey map is about 6% short on red and 8% over on blue.
+    # Tints as small as real ones (BUS-UCLM's grey map against BUSI's: docs/study-log.md, "figures moved out of docstrings").
     tint = A.OneOf(
         [A.MultiplicativeNoise(multiplier=(0.92, 1.08), per_channel=True, elementwise=False), A.RandomToneCurve(scale=0.05, per_channel=True)], p=0.4
     )

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import csv
 import math
+import logging
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +38,8 @@ from busai import CLASSES
 from busai.data.discover import IMAGE_SUFFIXES, MASK_RE, Problem, Record, Scan, dicom_record, file_stem, is_image_file, natural_key, scan_dataset
 from busai.io.dicom import is_dicom
 from busai.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("busi", "class-folders", "bus-uclm", "images-masks", "manifest")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -169,7 +171,7 @@ def _note_first_frames(scan: Scan) -> None:
     if first_frames and key not in _NOTED:
         _NOTED.add(key)
         more = f" (and {len(first_frames) - 1} more cines)" if len(first_frames) > 1 else ""
-        print(f"note: {first_frames[0].message}{more}", file=sys.stderr)
+        log.info("%s%s", first_frames[0].message, more)
 
 
 # --------------------------------------------------------------------------- the readers

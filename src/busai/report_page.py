@@ -1,15 +1,16 @@
-"""``busai report``: the study's report, one ``report.md`` and one self-contained ``report.html``.
+"""``busai report``: one ``report.md`` and one self-contained ``report.html`` over runs.
 
-Inputs are run folders, folders of run folders, results folders (``results/`` with
-``segmentation/`` and ``classification/`` result files written by ``busai collect``), single
-result files and tuning study folders. Nothing is recomputed except what is drawn: every number is
-read from the inputs' metrics, so the report agrees with them by construction.
+Inputs are run folders, folders of run folders, results folders (``segmentation/`` and
+``classification/`` result files, as ``python -m study.collect`` writes them), single result files
+and tuning study folders. Nothing is recomputed except what is drawn: every number is read from the
+inputs' metrics, so the report agrees with them by construction.
 
-Sections: dataset audit, split tables (the paper's Tables 1-2), tuned hyper-parameters (Tables
-3, 5), weight source and training cost per run, segmentation and classification tables with CIs
-beside the paper's (Tables 4, 6), model comparison charts, confusion matrices, calibration
-diagrams (where per-image probabilities were kept), training curves and sample predictions.
-``report.md`` links its figures under ``figures/``; ``report.html`` embeds them as data URLs.
+Sections: dataset audit, split tables, tuned hyper-parameters, weight source and training cost
+per run, segmentation and classification tables with CIs, model comparison charts, confusion
+matrices, calibration diagrams (where per-image probabilities were kept), training curves and
+sample predictions. Given a :class:`~busai.report.Reference` (the study passes its paper's), its
+published numbers are printed beside ours. ``report.md`` links its figures under ``figures/``;
+``report.html`` embeds them as data URLs.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from busai import CLASSES, SPLIT_NAMES, paper
+from busai import CLASSES, SPLIT_NAMES
 from busai.errors import ConfigError, DataError
+from busai.outputs import atomic_write_text
 from busai.report import (
+    Reference,
     _epochs_cell,
     _row_labels,
     _short_source,
@@ -134,12 +137,18 @@ def gather(paths: list[str | Path]) -> Inputs:
             inputs.studies += sorted(p.parent for p in (path / "tuning").glob("*/summary.json"))
         if len(inputs.entries) + len(inputs.studies) + len(inputs.split_files) == found:
             raise DataError(
-                f"{path}: holds no run folder, result file, tuning study or split file; pass what `busai train`, `busai collect` or `busai tune` wrote"
+                f"{path}: holds no run folder, result file, tuning study or split file; pass what `busai train`, `busai tune` or `python -m study.collect` wrote"
             )
     return inputs
 
 
 # --------------------------------------------------------------------------- sections
+def _heading(title: str, key: str, reference: Reference | None) -> tuple:
+    """A section heading, naming the reference's matching table or figure when there is one."""
+    named = reference.headings.get(key) if reference else None
+    return ("h2", f"{title} ({named})" if named else title)
+
+
 def audit_section(audit: dict | None) -> list:
     blocks: list = [("h2", "Dataset audit")]
     if audit is None:
@@ -175,42 +184,42 @@ def load_audit(source: str | Path | None) -> dict | None:
     return data
 
 
-def split_section(split_files: list[Path]) -> list:
-    blocks: list = [("h2", "Data splits (paper's Tables 1 and 2)")]
+def split_section(split_files: list[Path], reference: Reference | None = None) -> list:
+    blocks: list = [_heading("Data splits", "splits", reference)]
     if not split_files:
         return blocks + [("p", "No split file among the inputs or the runs' configs.")]
-    paper_total = sum(paper.SPLIT_IMAGES.values())
+    # With a reference, each cell carries its value in parentheses: "ours (theirs)".
+    theirs = f" ({reference.name.lower()})" if reference and reference.split_images else ""
+    images = reference.split_images if theirs else {}
+    class_counts = reference.split_class_counts if theirs else {}
+    their_total = sum(images.values())
+
+    def cell(ours, their) -> str:
+        return f"{ours} ({their})" if theirs else f"{ours}"
+
     for path in split_files:
         data = json.loads(path.read_text())
         counts = data.get("counts") or {}
         present = [s for s in SPLIT_NAMES if s in counts]
         blocks.append(("p", f"`{path}`: made with `{data.get('command', '?')}`; duplicates: {data.get('duplicates', '?')}."))
         total = sum(sum(counts[s].values()) for s in present)
-        one = ["| Split | Images and masks (paper) | Share (paper) |", "|---|---|---|"]
+        one = [f"| Split | Images and masks{theirs} | Share{theirs} |", "|---|---|---|"]
         for s in present:
             n = sum(counts[s].values())
-            one.append(f"| {s} | {n} ({paper.SPLIT_IMAGES[s]}) | {n / total:.1%} ({paper.SPLIT_IMAGES[s] / paper_total:.1%}) |")
-        two = ["| Class | " + " | ".join(f"{s} (paper)" for s in present) + " |", "|---|" + "---|" * len(present)]
+            share = cell(f"{n / total:.1%}", f"{images[s] / their_total:.1%}" if theirs else "")
+            one.append(f"| {s} | {cell(n, images.get(s))} | {share} |")
+        two = ["| Class | " + " | ".join(f"{s}{theirs}" for s in present) + " |", "|---|" + "---|" * len(present)]
         for c in CLASSES:
-            two.append(f"| {c} | " + " | ".join(f"{counts[s].get(c, 0)} ({paper.SPLIT_CLASS_COUNTS[s][c]})" for s in present) + " |")
-        two.append("| total | " + " | ".join(f"{sum(counts[s].values())} ({paper.SPLIT_IMAGES[s]})" for s in present) + " |")
-        blocks += [("h3", "Table 1: images per split"), ("table", "\n".join(one)), ("h3", "Table 2: images per class and split"), ("table", "\n".join(two))]
+            two.append(f"| {c} | " + " | ".join(cell(counts[s].get(c, 0), class_counts.get(s, {}).get(c)) for s in present) + " |")
+        two.append("| total | " + " | ".join(cell(sum(counts[s].values()), images.get(s)) for s in present) + " |")
+        blocks += [("h3", "Images per split"), ("table", "\n".join(one)), ("h3", "Images per class and split"), ("table", "\n".join(two))]
     return blocks
 
 
-def tuning_section(studies: list[Path]) -> list:
-    blocks: list = [("h2", "Tuned hyper-parameters (paper's Tables 3 and 5)")]
-    seg = ["| Encoder:Decoder | Learning rate | Weight decay | Batch size | Optimizer | Image size |", "|---|---|---|---|---|---|"]
-    for (encoder, decoder), s in paper.SEGMENTATION_SETTINGS.items():
-        decay = "–" if s["weight_decay"] is None else f"{s['weight_decay']:g}"  # the paper's U-Net++ value lies outside its own range
-        seg.append(f"| {encoder}:{decoder} | {s['lr']:g} | {decay} | {s['batch_size']} | {s['optimizer']} | {s['image_size']} |")
-    cls = ["| Model | Optimizer | Learning rate | Weight decay | FL(α) | FL(γ) | Batch size | β1, β2 |", "|---|---|---|---|---|---|---|---|"]
-    for name, s in paper.CLASSIFICATION_SETTINGS.items():
-        betas = ", ".join(f"{b:g}" for b in s["betas"]) if s.get("betas") else "–"
-        cls.append(
-            f"| {name} | {s['optimizer']} | {s['lr']:g} | {s['weight_decay']:g} | {s['focal_alpha']:g} | {s['focal_gamma']:g} | {s['batch_size']} | {betas} |"
-        )
-    blocks += [("h3", "The paper's tuned settings"), ("table", "\n".join(seg)), ("table", "\n".join(cls)), ("h3", "Our studies")]
+def tuning_section(studies: list[Path], reference: Reference | None = None) -> list:
+    blocks: list = [_heading("Tuned hyper-parameters", "tuning", reference)]
+    if reference and reference.tuned_settings:
+        blocks += [("h3", f"{reference.name}: tuned settings"), *[("table", t) for t in reference.tuned_settings], ("h3", "Our studies")]
     if not studies:
         return blocks + [("p", "No tuning study among the inputs (`busai tune` writes one; pass its folder or a results folder holding `tuning/`).")]
     from busai.extras import MissingExtraError
@@ -257,24 +266,21 @@ def _segmentation_rows(results: list[dict]) -> list[dict]:
     return rows
 
 
-def score_sections(entries: list[Entry], figures: Path) -> list:
+def score_sections(entries: list[Entry], figures: Path, reference: Reference | None = None) -> list:
     from busai.figures import model_comparison
 
     seg = [e.result for e in entries if e.result["task"] == "segmentation" and e.result["metrics"]]
     cls = [e.result for e in entries if e.result["task"] == "classification" and e.result["metrics"]]
-    note = (
-        "Mean over images with a bootstrap 95% CI (†: the CI resamples duplicate groups); the paper's numbers "
-        "are beside ours for orientation: its split was image by image."
-    )
+    note = "Mean over images with a bootstrap 95% CI (†: the CI resamples duplicate groups)." + (f" {reference.note}" if reference and reference.note else "")
     blocks: list = []
     if seg:
         blocks += [
-            ("h2", "Segmentation (paper's Table 4)"),
+            _heading("Segmentation", "segmentation", reference),
             ("p", note + " Pixel accuracy and AUC are pooled over pixels."),
-            ("table", segmentation_table(seg)),
+            ("table", segmentation_table(seg, reference)),
         ]
     if cls:
-        blocks += [("h2", "Classification (paper's Table 6)"), ("p", note), ("table", classification_table(cls))]
+        blocks += [_heading("Classification", "classification", reference), ("p", note), ("table", classification_table(cls, reference))]
     charts = []
     if seg:
         charts.append(
@@ -289,7 +295,7 @@ def score_sections(entries: list[Entry], figures: Path) -> list:
             (
                 "fig",
                 Path(model_comparison(comparison_rows(cls), figures / "comparison_classification.png")),
-                "Classification: accuracy and macro-F1 per model and split (the paper's Figure 11)",
+                "Classification: accuracy and macro-F1 per model and split",
             )
         )
     if charts:
@@ -297,7 +303,7 @@ def score_sections(entries: list[Entry], figures: Path) -> list:
     return blocks
 
 
-def confusion_section(entries: list[Entry], figures: Path) -> list:
+def confusion_section(entries: list[Entry], figures: Path, reference: Reference | None = None) -> list:
     from busai.figures import confusion_matrix
 
     blocks: list = []
@@ -308,7 +314,7 @@ def confusion_section(entries: list[Entry], figures: Path) -> list:
             if matrix:
                 path = confusion_matrix(np.array(matrix), figures / f"{r['name']}_confusion_{split}.png", title=f"{r['name']}: {split}")
                 blocks.append(("fig", Path(path), f"{r['name']}, {split}: rows true class, columns predicted"))
-    return [("h2", "Confusion matrices (paper's Figures 6-10)"), *blocks] if blocks else []
+    return [_heading("Confusion matrices", "confusion", reference), *blocks] if blocks else []
 
 
 def calibration_section(entries: list[Entry], figures: Path) -> list:
@@ -362,14 +368,14 @@ def curve_section(entries: list[Entry], figures: Path) -> list:
     return [("h2", "Training curves"), *blocks] if blocks else []
 
 
-def sample_section(entries: list[Entry], splits: tuple[str, ...]) -> list:
+def sample_section(entries: list[Entry], splits: tuple[str, ...], reference: Reference | None = None) -> list:
     blocks: list = []
     for e in entries:
         for split in splits:
             path = e.figures.get(f"samples_{split}")
             if path:
                 blocks.append(("fig", path, f"{e.result['name']}, {split}: sample predictions"))
-    return [("h2", "Sample predictions (paper's Figures 3-5 and 12)"), *blocks] if blocks else []
+    return [_heading("Sample predictions", "samples", reference), *blocks] if blocks else []
 
 
 # --------------------------------------------------------------------------- rendering
@@ -443,12 +449,6 @@ def render_html(blocks: list, title: str) -> str:
     )
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _split_files(inputs: Inputs, extra: list[str | Path]) -> list[Path]:
     """The split files given, plus those the runs name (their own ``splits.json`` or the train config's)."""
     found = [Path(p) for p in extra] + inputs.split_files
@@ -476,8 +476,11 @@ def write_report(
     title: str = "busai report",
     command: str | None = None,
     sample_splits: tuple[str, ...] = ("test",),
+    reference: Reference | None = None,
 ) -> dict[str, Path]:
-    """Write ``report.md``, ``report.html`` and ``figures/`` into ``out``; returns their paths."""
+    """Write ``report.md``, ``report.html`` and ``figures/`` into ``out``; returns their paths.
+
+    ``reference``: published numbers to print beside ours (``study/paper.py`` has the paper's)."""
     out = Path(out)
     if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / "report.md").exists()):
         # Rewriting a previous report is fine; filling a folder of other files (a run, a checkout) is not.
@@ -495,18 +498,18 @@ def write_report(
     if command:
         blocks.append(("p", f"Written by `{command}` from " + ", ".join(f"`{p}`" for p in paths) + "."))
     blocks += audit_section(load_audit(audit))
-    blocks += split_section(_split_files(inputs, list(splits)))
-    blocks += tuning_section(inputs.studies)
+    blocks += split_section(_split_files(inputs, list(splits)), reference)
+    blocks += tuning_section(inputs.studies, reference)
     if entries:
         blocks += runs_section(entries)
-        blocks += score_sections(entries, figures)
-        blocks += confusion_section(entries, figures)
+        blocks += score_sections(entries, figures, reference)
+        blocks += confusion_section(entries, figures, reference)
         blocks += calibration_section(entries, figures)
         blocks += curve_section(entries, figures)
-        blocks += sample_section(entries, sample_splits)
+        blocks += sample_section(entries, sample_splits, reference)
     md, page = out / "report.md", out / "report.html"
-    _write(md, render_markdown(blocks, out))
-    _write(page, render_html(blocks, title))
+    atomic_write_text(md, render_markdown(blocks, out))
+    atomic_write_text(page, render_html(blocks, title))
     return {"markdown": md, "html": page, "figures": figures}
 
 
