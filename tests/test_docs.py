@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -85,6 +86,28 @@ def test_release_tables_match_the_shipped_scores():
     release = load_script("scripts/release_table.py")
     assert release.short_table() in README.read_text()
     assert release.full_table() in (ROOT / "docs" / "model-card.md").read_text()
+    assert release.calibration_table() in (ROOT / "docs" / "model-card.md").read_text()
+
+
+def test_release_scores_and_the_calibration_benchmark_measured_the_same_model():
+    """scores.json (README, model card) and results/release_calibration.json (the model card's
+    calibration table) are both of the shipped classifier: same images, accuracy and ECE."""
+    release = load_script("scripts/release_table.py")
+    scores = release.load("classification")["splits"]
+    calibration = json.loads(release.CALIBRATION.read_text())
+    compared = 0
+    for split in ("val", "test"):
+        for name, measured in calibration[split].items():
+            if not isinstance(measured, dict):
+                continue
+            ours = scores[split if name == "pooled" else f"{name}/{split}"]
+            where = f"{name}/{split}: scores.json vs results/release_calibration.json"
+            assert ours["images"] == measured["images"], where
+            # The benchmark stores 4 decimals.
+            assert ours["accuracy"]["value"] == pytest.approx(measured["accuracy"], abs=1e-4), where
+            assert ours["ece"] == pytest.approx(measured["ece_10_bins"], abs=1e-4), where
+            compared += 1
+    assert compared == 6
 
 
 def test_results_page_holds_every_generated_table_as_rendered():

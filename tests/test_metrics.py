@@ -152,7 +152,7 @@ def test_segmentation_ci_over_duplicate_groups():
     assert _ci_width(by_group["dice"]["mean"]) > 1.5 * _ci_width(by_image["dice"]["mean"])
     assert _ci_width(by_group["dice"]["pooled"]) > 1.5 * _ci_width(by_image["dice"]["pooled"])
     assert by_image["ci"] == "95% percentile bootstrap over images"
-    assert by_group["ci"] == "95% percentile bootstrap over 8 duplicate groups of images"
+    assert by_group["ci"] == "95% percentile bootstrap over 8 groups of images"
     # One group holding every image: each resample is the whole split, so the interval is the point.
     whole = summarise_segmentation(rows, n_boot=50, groups=[0] * 14)
     assert whole["dice"]["mean"] == {"value": 0.5, "ci_low": 0.5, "ci_high": 0.5}
@@ -167,7 +167,7 @@ def test_classification_ci_over_duplicate_groups():
     assert plain["accuracy"]["value"] == grouped["accuracy"]["value"] == pytest.approx(35 / 40)
     assert _ci_width(grouped["accuracy"]) > 1.5 * _ci_width(plain["accuracy"])
     assert 0 <= grouped["accuracy"]["ci_low"] and grouped["accuracy"]["ci_high"] <= 1
-    assert grouped["ci"] == "95% percentile bootstrap over 36 duplicate groups of samples"
+    assert grouped["ci"] == "95% percentile bootstrap over 36 groups of samples"
 
 
 def test_evaluation_groups_come_from_the_split():

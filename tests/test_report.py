@@ -157,7 +157,13 @@ def test_progress_png_is_written_by_training(seg_run):
 def test_bad_inputs_are_one_line_errors(cli, tmp_path):
     cli.fails("report", tmp_path / "nope", "--out", tmp_path / "r", expect="nope: not found; pass run folders")
     (tmp_path / "empty").mkdir()
-    cli.fails("report", tmp_path / "empty", "--out", tmp_path / "r", expect="empty: holds no run folder, result file, tuning study or split file")
+    cli.fails(
+        "report",
+        tmp_path / "empty",
+        "--out",
+        tmp_path / "r",
+        expect="empty: holds no run folder, release, evaluate --out folder, result file, tuning study or split file",
+    )
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     cli.fails("report", bad, "--out", tmp_path / "r", expect="bad.json: holds no run folder")
@@ -174,3 +180,93 @@ def test_report_rewrites_its_own_folder_only(cli, evaluated, tmp_path):
     (tmp_path / "runs_copy" / "config.json").write_text("{}")
     cli.fails("report", root, "--out", tmp_path / "runs_copy", expect="--out " + str(tmp_path / "runs_copy") + ": exists and is not a busai report folder")
     assert (tmp_path / "runs_copy" / "config.json").read_text() == "{}"
+
+
+@pytest.fixture(scope="module")
+def external(seg_run, cls_run, tmp_path_factory, cli_module):
+    """What the docs' external-validation recipe writes: `busai evaluate MODEL --data ext=DIR --all --out OUT` for both models."""
+    from busai.data.synthetic import write_layout, write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("external")
+    data = write_layout(write_synthetic_dataset(root / "busi", n=12, seed=7, size=(64, 80)), root / "ext", "manifest")
+    out = root / "scores"
+    for run in (seg_run, cls_run):
+        code, _, err = cli_module("evaluate", run, "--data", f"ext={data}", "--all", "--out", out, "--n-boot", "20")
+        assert code == 0, err
+    return out
+
+
+@pytest.fixture(scope="module")
+def cli_module():
+    """The `cli` fixture for module-scoped fixtures: main() with its exit code, stdout and stderr."""
+    import contextlib
+    import io
+
+    from busai.cli import main
+
+    def run(*args):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+        return code, out.getvalue(), err.getvalue()
+
+    return run
+
+
+def test_report_on_an_evaluate_out_folder_is_an_external_validation_report(cli, external, tmp_path):
+    code, _, err = cli("report", external, "--out", tmp_path / "r")
+    assert code == 0, err
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "## Scores per dataset (external validation)" in text and "## Runs: weight source" not in text  # no training to show
+    seg = json.loads((external / "segmentation" / "metrics.json").read_text())["ext/all"]
+    cls = json.loads((external / "classification" / "metrics.json").read_text())["ext/all"]
+    dice = f"{fmt_value(seg['dice']['mean']['value'])} ({fmt_value(seg['dice']['mean']['ci_low'])}–{fmt_value(seg['dice']['mean']['ci_high'])})"
+    assert re.search(rf"\| ext/all \| 12 \| {re.escape(dice)} \|", text)
+    assert re.search(rf"\| ext/all \| 12 \| {re.escape(ci(cls['accuracy']))} \| {re.escape(ci(cls['macro_f1']))} \|", text)
+    # Figures: the evaluation's samples and confusion matrix, and a calibration diagram from its predictions.
+    assert "scores/segmentation/samples_ext_all.png" in text and "scores/classification/confusion_ext_all.png" in text
+    assert f"| ext/all | 12 | {cls['ece']:.3f} |" in text
+
+
+def test_report_on_the_release_shows_its_scores_without_machine_paths(cli, tmp_path):
+    from busai.release import RELEASE_DIR
+
+    code, _, err = cli("report", "release", "--out", tmp_path / "r")
+    assert code == 0, err
+    text = (tmp_path / "r" / "report.md").read_text()
+    scores = json.loads((RELEASE_DIR / "classification" / "scores.json").read_text())["splits"]
+    assert f"| busi/test | {scores['busi/test']['images']} | {ci(scores['busi/test']['accuracy'])} |" in text
+    assert re.search(rf"\| test†? \| {re.escape(ci(scores['test']['accuracy']))} \|", text)  # the pooled test split in the paper-shaped table
+    assert "release weights" in text and "/work/" not in text and str(RELEASE_DIR) not in text
+
+
+def test_weight_sources_lose_the_machines_path():
+    from busai.release import RELEASE_DIR, portable_weight_source
+    from busai.report import _short_source
+
+    assert portable_weight_source("file: /home/me/runs/seg-a/best.safetensors (sha256 0123)") == "file: seg-a/best.safetensors (sha256 0123)"
+    assert (
+        portable_weight_source("file: /opt/x/busai/release/segmentation/model.safetensors (sha256 ab)")
+        == "file: release/segmentation/model.safetensors (sha256 ab)"
+    )
+    assert portable_weight_source("imagenet (torchvision)") == "imagenet (torchvision)"
+    assert _short_source("file: /home/me/weights/mine.pt (sha256 1)") == "file: mine.pt"
+    assert _short_source("file: release/segmentation/model.safetensors (sha256 ab)") == "release weights"
+    for task in ("segmentation", "classification"):  # what the package ships
+        source = json.loads((RELEASE_DIR / task / "config.json").read_text())["weight_source"]
+        assert source == portable_weight_source(source) and not source.removeprefix("file: ").startswith("/")
+
+
+def test_evaluate_progress_bar_shows_on_a_terminal_only(monkeypatch, capsys):
+    from busai.cli import build_parser
+    from busai.evaluation import _progress_bar
+
+    for env, description, shown in (("1", "Scoring test (3 images)", True), (None, "Scoring test (3 images)", False), ("1", None, False)):
+        if env:
+            monkeypatch.setenv("FORCE_COLOR", env)  # rich treats stderr as a terminal
+        else:
+            monkeypatch.delenv("FORCE_COLOR", raising=False)
+        with _progress_bar(description, 3) as advance:
+            advance(3)
+        assert ("Scoring test" in capsys.readouterr().err) == shown
+    assert build_parser().parse_args(["evaluate", "M", "--data", "D", "--quiet"]).quiet

@@ -50,6 +50,17 @@ def test_page_and_info(client):
     assert info["segmentation"]["model"]["name"] == "unet"
 
 
+def test_serve_page_documents_every_key_of_the_predict_response(client):
+    from pathlib import Path
+
+    body = client.post("/api/predict?gradcam=1", files={"file": ("scan.png", png_bytes(), "image/png")}).json()
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "serve.md").read_text()
+    schema = doc.split("**Response**", 1)[1].split("## Limits", 1)[0]
+    documented = set(re.findall(r"`(\w+)`", schema))
+    assert set(body) <= documented, f"docs/serve.md lacks {sorted(set(body) - documented)}"
+    assert "PNG, JPEG, BMP, TIFF or DICOM" in client.get("/").text  # the page says it takes DICOM
+
+
 def test_predict_returns_probabilities_measurements_overlay_and_gradcam(client):
     response = client.post("/api/predict?gradcam=1&pixel_spacing=0.1", files={"file": ("scan.png", png_bytes(), "image/png")})
     assert response.status_code == 200, response.text
@@ -122,7 +133,7 @@ def test_gradcam_needs_a_torch_classifier(seg_run):
 
 
 def test_missing_release_fails_before_serving(tmp_path, monkeypatch):
-    monkeypatch.setattr("busai.release.RELEASE_DIR", tmp_path)
+    monkeypatch.setattr("busai.runs.RELEASE_DIR", tmp_path)
     with pytest.raises(CheckpointError, match="no released segmentation model"):
         create_app()
 

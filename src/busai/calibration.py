@@ -22,9 +22,11 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from busai.errors import CheckpointError, ConfigError, read_json
+from busai.errors import ConfigError
+from busai.inference import predict_records
+from busai.outputs import atomic_path
+from busai.runs import BEST_CHECKPOINT, CALIBRATION, RunFolder, write_json
 
-CALIBRATION = "calibration.json"
 N_BINS = 10  # equal-width bins of the top-class probability; few enough that a 79-image split fills them
 
 
@@ -80,22 +82,14 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def read_temperature(model_dir: str | Path) -> float:
-    """The stored temperature of a run or release folder; 1.0 (uncalibrated) when none is stored."""
-    path = Path(model_dir) / CALIBRATION
-    if not path.is_file():
-        return 1.0
-    value = read_json(path, error=CheckpointError, missing="missing", fix="delete it and re-run `busai calibrate`").get("temperature")
-    if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise CheckpointError(f"{path}: temperature {value!r} is not a positive number; delete it and re-run `busai calibrate`")
-    return float(value)
+    """The stored temperature of a run or release folder; 1.0 (uncalibrated) when none is stored (:meth:`RunFolder.temperature`)."""
+    return RunFolder(model_dir).temperature()
 
 
 def reliability_figure(bins_by_name: dict[str, list[dict]], path: Path, title: str) -> str:
     """A reliability diagram as a PNG (written atomically): per entry of ``bins_by_name`` (name ->
     :func:`reliability_bins`), accuracy against mean confidence of each non-empty bin, with the
     bin's image count beside its point."""
-    import os
-
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.2, 4.2))
@@ -116,9 +110,8 @@ def reliability_figure(bins_by_name: dict[str, list[dict]], path: Path, title: s
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     return str(path)
 
 
@@ -126,17 +119,14 @@ def fit_calibration(run_dir: str | Path, data, splits_file: str | Path, *, force
     """Fit the temperature of a classification run on its validation split and write
     ``RUN_DIR/calibration.json`` (atomically); refuses a split file other than the run's own."""
     from busai.data.splits import load_split_records
-    from busai.evaluation import predict_records
     from busai.models.weights import file_sha256
-    from busai.runs import load_model, write_json
 
     run_dir = Path(run_dir)
-    from busai.runs import model_tasks, read_run_config
-
-    spec = read_run_config(run_dir).get("model_spec") or {"task": "unknown"}
-    if "classification" not in model_tasks(spec):
+    folder = RunFolder(run_dir)
+    spec = folder.spec() or {"task": "unknown"}
+    if "classification" not in folder.tasks():
         raise ConfigError(f"{run_dir}: is a {spec['task']} run; temperature scaling calibrates a classifier's class probabilities")
-    loaded = load_model(run_dir, task="classification")
+    loaded = folder.load(task="classification", checkpoint=BEST_CHECKPOINT)
     if loaded.config.get("splits_sha256") not in (None, file_sha256(splits_file)):
         raise ConfigError(f"{splits_file}: is not the split file {run_dir} was trained with; fit on that run's own validation images")
     path = run_dir / CALIBRATION

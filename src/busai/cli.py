@@ -13,7 +13,7 @@ import importlib
 import logging
 import sys
 
-from busai.errors import BusaiError
+from busai.errors import BusaiError, cli_context
 
 # Order is the order shown in `busai --help`.
 COMMAND_MODULES = ("data", "models", "train", "evaluate", "calibrate", "report", "tune", "adapt", "predict", "export", "serve", "release")
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     _process_settings()
     try:
-        with user_messages():
+        with user_messages(), cli_context():
             result = args.handler(args)
     except BusaiError as exc:
         print(f"error: {exc}", file=sys.stderr)

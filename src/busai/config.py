@@ -29,6 +29,11 @@ AUGMENTATIONS = ("paper", "strong", "scanner", "framing", "none")
 SELECTIONS = ("loss", "lesion_dice")
 DEVICES = ("auto", "cpu", "cuda")
 COLORS = ("rgb", "gray")
+SCHEDULERS = ("none", "plateau", "cosine")
+TRACKERS = ("none", "tensorboard", "mlflow")
+BACKENDS = ("torch", "onnx")  # what runs a loaded model for predict / serve
+TRAIN_TASKS = ("seg", "cls", "mt")  # the short forms `busai train` takes
+MODEL_TASKS = ("seg", "cls")  # the short forms of the tasks a single-task model answers
 DEFAULT_MODELS = {"segmentation": "unet", "classification": "resnet18", "multitask": "unet"}  # what `busai train seg|cls` trains unasked
 
 
@@ -96,7 +101,9 @@ class TrainConfig:
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch
     log: str = "none"  # per-epoch tracking: none, tensorboard or mlflow (busai.tracking)
 
-    data: str | list[str] | None = None  # a path, or NAME=PATH strings for several datasets
+    # A path, or NAME=PATH strings for several datasets; a dataset with reading options (layout,
+    # column mapping, mask pattern) is a mapping (busai.data.sources.DataSpec.to_config).
+    data: str | dict | list[str | dict] | None = None
     splits: str | None = None
     fold: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -135,7 +142,7 @@ class TrainConfig:
             raise ConfigError(f"device '{self.device}': unknown; choose auto, cpu or cuda")
         if self.model is None:
             self.model = DEFAULT_MODELS[task]
-        if self.log not in ("none", "tensorboard", "mlflow"):
+        if self.log not in TRACKERS:
             raise ConfigError(f"log '{self.log}': unknown; choose tensorboard, mlflow or none")
         if self.loss is None:
             self.loss = "focal" if task == "classification" else "dice"

@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from busai import CLASSES, SPLIT_NAMES
+from busai.outputs import atomic_path
 
 
 def _subplots(nrows: int = 1, ncols: int = 1, *, figsize, **kwargs):
@@ -22,7 +23,8 @@ def _subplots(nrows: int = 1, ncols: int = 1, *, figsize, **kwargs):
 def _save(fig, path: Path) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     return str(path)
 
 
@@ -140,7 +142,6 @@ def training_curve(history: list[dict], path: Path, title: str = "") -> str:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     return str(path)

@@ -11,9 +11,10 @@ from pathlib import Path
 from busai import CLASSES
 from busai.config import TrainConfig
 from busai.errors import CheckpointError, ConfigError, DataError
+from busai.runs import BEST_CHECKPOINT, CONFIG, FIT, HISTORY, LAST_CHECKPOINT
 
 # Files a run folder gains once its first epoch has finished (or a finished tune trial keeps).
-EPOCH_FILES = ("checkpoint_last.pt", "history.csv", "fit.json")
+EPOCH_FILES = (LAST_CHECKPOINT, HISTORY, FIT)
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -56,8 +57,6 @@ def has_trained(run_dir: Path) -> bool:
 
 def check_new_run_folder(run_dir: Path) -> bool:
     """Refuse a folder holding a trained run; True when it holds a run that never finished an epoch (restart it)."""
-    from busai.runs import CONFIG
-
     if not (run_dir / CONFIG).exists():
         return False
     if has_trained(run_dir):
@@ -67,8 +66,10 @@ def check_new_run_folder(run_dir: Path) -> bool:
 
 def clear_unfinished_run(run_dir: Path) -> None:
     """Remove what a run that never finished an epoch may have left (a best checkpoint saved just before a kill)."""
-    for name in ("checkpoint_best.safetensors", "checkpoint_best.safetensors.tmp", "checkpoint_last.pt.tmp"):
-        (run_dir / name).unlink(missing_ok=True)
+    (run_dir / BEST_CHECKPOINT).unlink(missing_ok=True)
+    for name in (BEST_CHECKPOINT, LAST_CHECKPOINT):  # a kill between write and rename (busai.outputs.atomic_path's names)
+        for tmp in run_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def check_file_names(records) -> None:

@@ -8,28 +8,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from busai.engine import autocast_dtype
-from busai.runs import LoadedModel
+from busai.backends import LoadedModel
+from busai.device import fast_context, torch_logits  # noqa: F401  (inference.* names kept for callers)
+from busai.preprocessing import Preprocessing
 from busai.tasks import probabilities
 
 
 def preprocess(image_rgb: np.ndarray, size: int, mean, std, grayscale: bool = False) -> torch.Tensor:
-    """uint8 (H, W, 3) -> normalised float (3, size, size) through the training dataset's own functions."""
-    from busai.data.dataset import normalise, resize_image, to_gray_rgb
-
-    image = resize_image(np.ascontiguousarray(image_rgb), int(size))
-    return normalise(to_gray_rgb(image) if grayscale else image, mean, std)
-
-
-def fast_context(model: torch.nn.Module, precision: str = "auto"):
-    """channels_last, with bf16 autocast where the hardware computes bf16 natively (faster inference
-    on a CPU with AMX: docs/results.md, "Speed"; see engine.autocast_dtype); plain fp32 with ``precision="fp32"``."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    model.to(memory_format=torch.channels_last)
-    device = next(model.parameters()).device
-    dtype = autocast_dtype(device, precision)
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+    """uint8 (H, W, 3) -> normalised float (3, size, size): :meth:`busai.preprocessing.Preprocessing.tensor`."""
+    return Preprocessing(int(size), tuple(mean), tuple(std), "gray" if grayscale else "rgb").tensor(image_rgb)
 
 
 def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "auto", *, tta: bool = False, calibrated: bool = True) -> torch.Tensor:
@@ -55,26 +42,47 @@ def _probabilities(loaded: LoadedModel, batch: torch.Tensor, precision: str, tem
     return probabilities(loaded.task, logits.float() / temperature).cpu()
 
 
-def torch_logits(model: torch.nn.Module, batch: torch.Tensor, precision: str = "auto") -> torch.Tensor:
-    """A PyTorch network's forward for prediction: on the network's device, channels_last and bf16
-    autocast unless ``precision="fp32"`` (see :func:`fast_context`), in inference mode."""
-    device = next(model.parameters()).device
-    x = batch.to(device)
-    if precision != "fp32":
-        x = x.contiguous(memory_format=torch.channels_last)
-    # fast_context converts the weights to channels_last: done outside inference mode, or they would
-    # become inference tensors that autograd (Grad-CAM) can no longer use.
-    context = fast_context(model, precision)
-    with torch.inference_mode(), context:
-        return model(x)
-
-
 def predict_image(loaded: LoadedModel, image_rgb: np.ndarray, *, tta: bool = False, precision: str = "auto") -> torch.Tensor:
     """One uint8 (H, W, 3) image -> (S, S) lesion probability or (classes,) class probabilities (``tta``: see predict_tensor)."""
-    x = preprocess(image_rgb, loaded.image_size, loaded.mean, loaded.std, loaded.grayscale)[None]
+    x = loaded.preprocessing.tensor(image_rgb)[None]
     return predict_tensor(loaded, x, precision, tta=tta)[0]
 
 
 def upsample_probability(prob: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
     """A (S, S) lesion probability map resized to an image's own (H, W)."""
     return F.interpolate(prob[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16, calibrated: bool = True, progress: str | None = None):
+    """Yield (record, probability) for every record, in order, through the training dataset's preprocessing.
+
+    ``progress``: a description to show a progress bar under (on stderr, only when it is a terminal)."""
+    from torch.utils.data import DataLoader
+
+    from busai.data.dataset import BusDataset, ImageCache
+
+    dataset = BusDataset(records, loaded.image_size, loaded.mean, loaded.std, cache=ImageCache(), grayscale=loaded.grayscale)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    i = 0
+    with _progress_bar(progress, len(records)) as advance:
+        for batch in loader:
+            probs = predict_tensor(loaded, batch["image"], tta=tta, calibrated=calibrated)
+            for p in probs:
+                yield records[i], p
+                i += 1
+            advance(len(probs))
+
+
+@contextlib.contextmanager
+def _progress_bar(description: str | None, total: int):
+    """A rich progress bar on stderr, yielding its advance(n); a no-op without a description or a terminal."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    if description is None or not console.is_terminal:
+        yield lambda n: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)

@@ -184,8 +184,9 @@ def _resample_weights(groups: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
 
 
 def _ci_method(groups: np.ndarray, items: str) -> str:
+    # "groups", not "duplicate groups": callers merge duplicate images with each patient's scans where the data names patients.
     n_groups = len(np.unique(groups))
-    return f"{CI_METHOD} over {items}" if n_groups == len(groups) else f"{CI_METHOD} over {n_groups} duplicate groups of {items}"
+    return f"{CI_METHOD} over {items}" if n_groups == len(groups) else f"{CI_METHOD} over {n_groups} groups of {items}"
 
 
 def _pooled_segmentation(counts: dict[str, np.ndarray], hist_pos: np.ndarray, hist_neg: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
 
@@ -26,12 +25,15 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from busai import CLASSES
-from busai.api import Model, models_by_task
+from busai.backends import LoadedModel
+from busai.config import BACKENDS
 from busai.errors import BusaiError, ConfigError, DataError
+from busai.export import load_backend
 from busai.inference import predict_image, upsample_probability
 from busai.input_check import OK, check_array, check_input
 from busai.io.scans import list_inputs, read_scans
 from busai.measure import MEASUREMENT_KEYS, measure_lesion
+from busai.preprocessing import rgb_array
 from busai.scan_region import find_scan_region, whole_image
 
 MASK_SUFFIX, OVERLAY_SUFFIX, PROBABILITY_SUFFIX, SEG_SUFFIX = "_pred_mask.png", "_overlay.png", "_probability.png", "_seg.dcm"
@@ -56,26 +58,23 @@ COLUMNS = (
     "dicom_seg",
     "error",
 )
-BACKENDS = ("torch", "onnx")
 CONTOUR_RGB, DIAMETER_RGB = (255, 214, 0), (0, 200, 255)
-ModelSource = str | Path | Model | None
+ModelSource = str | Path | LoadedModel | None  # or a busai.Model (it holds its network as .loaded)
 
 
 def load_models(
     seg: ModelSource = "release", cls: ModelSource = "release", *, backend: str = "torch", workdir: str | Path | None = None, device: str = "cpu"
-) -> list[Model]:
-    """The segmenter and / or classifier to predict with, as :class:`busai.Model` objects (what :func:`predict_array` takes).
+) -> list[LoadedModel]:
+    """The segmenter and / or classifier to predict with (what :func:`predict_array` takes; ``busai.Model(x)`` wraps one).
 
     Each source is ``"release"``/None, a run folder, a saved or release folder, an .onnx file, a
     loaded :class:`busai.Model`, or ``"none"`` to skip that task. ``backend="onnx"`` exports PyTorch
-    models into ``workdir`` and runs them in ONNX Runtime. ``device``: auto, cpu or cuda (see :func:`busai.api.model_for`).
+    models into ``workdir`` and runs them in ONNX Runtime. ``device``: auto, cpu or cuda (see :func:`busai.export.load_backend`).
     """
-    from busai.api import model_for
-
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend}: unknown; choose torch or onnx")
     models = [
-        model_for(source, task, device=device, backend=backend, workdir=workdir)
+        load_backend(source, task, device=device, backend=backend, workdir=workdir)
         for task, source in (("segmentation", seg), ("classification", cls))
         if not (isinstance(source, str) and source.lower() == "none")
     ]
@@ -84,12 +83,35 @@ def load_models(
     return models
 
 
+def models_by_task(models) -> dict:
+    """{task: model} for a model or a list of them (:class:`busai.Model` objects or the networks they
+    hold, returned as given); at most one per task, at least one in all."""
+    models = [models] if _network(models) is not None else list(models)
+    by_task: dict = {}
+    for model in models:
+        network = _network(model)
+        if network is None:
+            raise ConfigError(f"predict: got a {type(model).__name__} where a model belongs; load one with busai.load(...)")
+        if network.task in by_task:
+            raise ConfigError(f"predict: two {network.task} models given; pass at most one segmenter and one classifier")
+        by_task[network.task] = model
+    if not by_task:
+        raise ConfigError("predict: no model given; load one with busai.load(...)")
+    return by_task
+
+
+def _network(model) -> LoadedModel | None:
+    """The network a :class:`busai.Model` holds, or ``model`` itself when it is one; None for anything else."""
+    network = getattr(model, "loaded", model)
+    return network if isinstance(network, LoadedModel) else None
+
+
 def empty_row(image: str) -> dict:
     return {key: None for key in COLUMNS} | {"image": image}
 
 
 def predict_array(
-    models: Model | Iterable[Model],
+    models,
     image_rgb: np.ndarray,
     *,
     tta: bool = False,
@@ -102,7 +124,7 @@ def predict_array(
     precision: str = "auto",
 ) -> tuple[dict, np.ndarray | None]:
     """One uint8 (H, W, 3) scan -> (row values, {0, 1} mask at the scan's size or None), by at most
-    one segmenter and one classifier (:func:`load_models`).
+    one segmenter and one classifier (:func:`load_models`, or :class:`busai.Model` objects).
 
     ``scan_region`` crops a screenshot to the scan before the models (the mask comes back at the
     image's size); ``gate`` withholds the answer (no label, no mask) when ``input_check`` is not
@@ -111,7 +133,7 @@ def predict_array(
     The row has no file fields (image, mask, overlay, error) and carries ``diameter_endpoints``
     and ``perpendicular_endpoints`` for drawing, and ``probability_map`` with ``keep_probability``.
     """
-    by_task = models_by_task(models)
+    by_task = {task: _network(model) for task, model in models_by_task(models).items()}
     seg, cls = by_task.get("segmentation"), by_task.get("classification")
     image_rgb = np.asarray(image_rgb)
     row: dict = {"width": None, "height": None}
@@ -120,7 +142,7 @@ def predict_array(
     problem = check_array(image_rgb)
     if problem != OK:  # not readable as 8-bit pixels: nothing sensible to predict, whatever ``gate`` says
         return row | {"input_check": problem}, None
-    image_rgb = as_rgb_uint8(image_rgb)
+    image_rgb = rgb_array(image_rgb)
     region = find_scan_region(image_rgb) if scan_region else whole_image(image_rgb.shape)
     scan = region.crop(image_rgb)
     row["input_check"] = check_input(scan)
@@ -129,12 +151,12 @@ def predict_array(
     if gate and row["input_check"] != OK:
         return row, None
     if cls is not None:
-        probs = predict_image(cls.loaded, scan, tta=tta, precision=precision).numpy()
+        probs = predict_image(cls, scan, tta=tta, precision=precision).numpy()
         row["label"] = CLASSES[int(probs.argmax())]
         row.update({key: round(float(p), 5) for key, p in zip(PROBABILITY_KEYS, probs)})
     mask = None
     if seg is not None:
-        prob = upsample_probability(predict_image(seg.loaded, scan, tta=tta, precision=precision), scan.shape[:2])
+        prob = upsample_probability(predict_image(seg, scan, tta=tta, precision=precision), scan.shape[:2])
         prob = region.paste(prob.astype(np.float32), image_rgb.shape[:2])
         mask = (prob > threshold).astype(np.uint8)
         spacing, source = lesion_spacing(mask, geometry, pixel_spacing)
@@ -145,15 +167,6 @@ def predict_array(
             row["probability_map"] = prob
     row["review"] = review_note(row.get("label"), row.get("lesion_count"))
     return row, mask
-
-
-def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) 0-255 values (checked by check_array) -> uint8 (H, W, 3)."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    image = image[..., :3] if image.shape[2] >= 3 else np.repeat(image[..., :1], 3, axis=2)
-    return np.ascontiguousarray(image.round() if np.issubdtype(image.dtype, np.floating) else image).astype(np.uint8)
 
 
 def lesion_spacing(mask: np.ndarray, geometry, pixel_spacing) -> tuple[tuple[float, float] | None, str | None]:
@@ -396,9 +409,9 @@ def predict_paths(
     and also when the batch is interrupted. An ``out_dir`` holding an earlier batch is refused
     unless ``resume``: then its rows are kept and only the images without one (or with an error) are predicted.
     """
+    from busai.device import best_threads
     from busai.measure import spacing_mm
     from busai.outputs import atomic_write_text, output_dir
-    from busai.runs import best_threads
 
     spacing_mm(pixel_spacing)  # a bad value fails before any model is loaded
     if not 0 < threshold < 1:

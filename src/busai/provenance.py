@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from busai.errors import CheckpointError, ConfigError, read_json
-
-TRAINING_DATA = "training_data.json"
+from busai.runs import CONFIG, SPLITS, TRAINING_DATA
 
 # Which of a model's images may not appear in each role of a new use: scoring on test (or on a
 # whole dataset as external validation) excludes everything the model saw; a new run's
@@ -29,7 +28,7 @@ def training_data(model_dir: str | Path) -> list[dict] | None:
     model_dir = Path(model_dir)
     if (model_dir / TRAINING_DATA).is_file():
         return read_json(model_dir / TRAINING_DATA, error=CheckpointError, missing="missing", fix="restore it from the release")["datasets"]
-    config_path, splits_path = model_dir / "config.json", model_dir / "splits.json"
+    config_path, splits_path = model_dir / CONFIG, model_dir / SPLITS
     if not config_path.is_file() or not splits_path.is_file():
         return None
     config = read_json(config_path, error=CheckpointError, missing="missing", fix="the run folder is damaged")

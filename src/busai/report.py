@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from busai import CLASSES, SPLIT_NAMES
-from busai.engine import BEST_CHECKPOINT
 from busai.errors import CheckpointError
-from busai.runs import model_label, read_run_config
+from busai.runs import BEST_CHECKPOINT, FIT, HISTORY, METRICS, model_label, read_run_config
 
 SEG_METRICS = ("pixel_accuracy", "dice", "iou", "auc")
 
@@ -77,11 +77,11 @@ def compact_classification(metrics: dict) -> dict:
 def collect_run(run_dir: str | Path, name: str | None = None) -> dict:
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run_dir / METRICS
     if not metrics_path.exists():
         raise CheckpointError(f"{metrics_path}: missing; run `busai evaluate {run_dir} --split train val test` first")
     metrics = json.loads(metrics_path.read_text())
-    fit = json.loads((run_dir / "fit.json").read_text()) if (run_dir / "fit.json").exists() else {}
+    fit = json.loads((run_dir / FIT).read_text()) if (run_dir / FIT).exists() else {}
     history = read_history(run_dir)
     task = config["model_spec"]["task"]
     compact = compact_segmentation if task == "segmentation" else compact_classification
@@ -111,7 +111,7 @@ def collect_run(run_dir: str | Path, name: str | None = None) -> dict:
 
 def read_history(run_dir: str | Path) -> list[dict]:
     """``history.csv`` of a run folder as rows of numbers (empty when absent)."""
-    path = Path(run_dir) / "history.csv"
+    path = Path(run_dir) / HISTORY
     if not path.exists():
         return []
     with path.open(newline="") as fh:
@@ -147,7 +147,10 @@ def _short_source(source: str | None) -> str:
     if source.startswith("file: "):
         # A run's checkpoint is named by its run, the folder's name (training continued from it).
         path = Path(source.removeprefix("file: ").split(" (")[0])
-        return f"{path.parent.name} weights" if path.name == BEST_CHECKPOINT else f"file: {path}"
+        if path.parent.parent.name == "release":
+            return "release weights"
+        # The file's name, never its absolute path: that names the machine the run was made on.
+        return f"{path.parent.name} weights" if path.name == BEST_CHECKPOINT else f"file: {path.name}"
     return "ImageNet" if source.startswith("imagenet") else "random init" if source.startswith("random") else source
 
 
@@ -167,7 +170,7 @@ def _row_labels(results: list[dict]) -> list[str]:
     return [f"{label} ({r['name']})" if labels.count(label) > 1 else label for label, r in zip(labels, results)]
 
 
-GROUP_CI_MARK = "†"  # the split's CIs resample duplicate groups (docs/results.md explains)
+GROUP_CI_MARK = "†"  # the split's CIs resample groups: duplicates and, where known, patients (docs/results.md explains)
 
 
 def _run_rows(result: dict, name: str, theirs: dict | None, cells) -> list[str]:
@@ -179,7 +182,9 @@ def _run_rows(result: dict, name: str, theirs: dict | None, cells) -> list[str]:
     for i, split in enumerate(present):
         metrics = result["metrics"][split]
         shown = head if i == 0 else ("", "", "")
-        mark = GROUP_CI_MARK if "duplicate groups" in (metrics.get("ci") or "") else ""
+        mark = (
+            GROUP_CI_MARK if re.search(r"over \d+ (duplicate )?groups", metrics.get("ci") or "") else ""
+        )  # results written before "groups" said "duplicate groups"
         row = f"| {' | '.join(shown)} | {split}{mark} | {cells(metrics)} |"
         if theirs is not None:
             row += " " + (" / ".join(f"{v:.2f}" for v in theirs[split]) if split in theirs else "–") + " |"

@@ -31,16 +31,19 @@ from busai.errors import ConfigError, DataError
 from busai.outputs import atomic_write_text
 from busai.report import (
     Reference,
+    _ci,
     _epochs_cell,
     _row_labels,
     _short_source,
     classification_table,
     collect_run,
     comparison_rows,
+    fmt_ci,
     read_history,
     segmentation_table,
 )
-from busai.runs import read_run_config
+from busai.release import portable_weight_source
+from busai.runs import CONFIG, FIT, METRICS, SCORES, WEIGHTS, read_run_config
 
 NOTICE = "Research software, not a medical device: nothing here is validated for clinical use."
 # Embedded figures are re-encoded no wider than this, so a report of dozens of runs stays small.
@@ -69,12 +72,29 @@ def _is_result(data: dict) -> bool:
 
 
 def _run_entry(run_dir: Path) -> Entry:
-    if (run_dir / "metrics.json").exists():
+    if (run_dir / METRICS).exists():
         result = collect_run(run_dir)
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics = json.loads((run_dir / METRICS).read_text())
+    elif (run_dir / SCORES).is_file() and (run_dir / WEIGHTS).is_file():  # a release folder: its scores.json holds the compact scores
+        config = read_run_config(run_dir)
+        scores = _read(run_dir / SCORES) or {}
+        result = {
+            "name": f"release {run_dir.name}" if run_dir.parent.name == "release" else run_dir.name,
+            "kind": "release",
+            "task": config["model_spec"]["task"],
+            "model": config["model_spec"],
+            "weight_source": portable_weight_source(config.get("weight_source")),
+            "train_config": config["train"],
+            "fit": {},
+            "machine": config.get("machine"),
+            "device": config.get("device"),
+            "commands": {"train": config.get("command")},
+            "metrics": scores.get("splits") or {},
+        }
+        metrics = {}
     else:  # trained, not evaluated: training cost and curve only
         config = read_run_config(run_dir)
-        fit = json.loads((run_dir / "fit.json").read_text()) if (run_dir / "fit.json").exists() else {}
+        fit = json.loads((run_dir / FIT).read_text()) if (run_dir / FIT).exists() else {}
         result = {
             "name": run_dir.name,
             "task": config["model_spec"]["task"],
@@ -107,11 +127,60 @@ def _read(path: Path) -> dict | None:
         return None
 
 
+EVALUATED_TASKS = ("segmentation", "classification")  # the folders `busai evaluate --out DIR` writes into
+
+
+def _evaluation_entries(folder: Path) -> list[Entry]:
+    """What ``busai evaluate MODEL --out DIR`` wrote: ``DIR/<task>/metrics.json`` with its figures
+    (or one such task folder), one entry per task, its keys the scored sets (``NAME/all`` ...)."""
+    from busai.report import compact_classification, compact_segmentation
+
+    task_dirs = [folder] if (folder / METRICS).is_file() else _task_dirs(folder)
+    entries = []
+    for task_dir in task_dirs:
+        metrics = _read(task_dir / METRICS)
+        results = {k: m for k, m in (metrics or {}).items() if isinstance(m, dict) and "task" in m}
+        if not results:
+            raise DataError(f"{task_dir / METRICS}: holds no evaluate results; re-run `busai evaluate MODEL --data DATA --all --out {folder}`")
+        first = next(iter(results.values()))
+        compact = compact_segmentation if first["task"] == "segmentation" else compact_classification
+        result = {
+            "name": folder.name if task_dir != folder else task_dir.parent.name,
+            "kind": "evaluation",
+            "task": first["task"],
+            "model": first["model"],
+            "model_source": portable_weight_source(first.get("model_source")),
+            "weight_source": portable_weight_source(first.get("weight_source")),
+            "commands": {f"evaluate_{k}": m.get("command") for k, m in results.items()},
+            "metrics": {k: {"images": m.get("images"), "skipped": len(m.get("skipped") or {}), **compact(m)} for k, m in results.items()},
+        }
+        figures = {p.stem: p for p in sorted(task_dir.glob("*.png"))}
+        predictions = {k: m["predictions"] for k, m in results.items() if m.get("predictions")}
+        entries.append(Entry(result, figures, predictions))
+    return entries
+
+
+def _task_dirs(folder: Path) -> list[Path]:
+    """An evaluate --out folder's task folders (a run folder beside them has its config.json, and is no evaluation)."""
+    return [folder / t for t in EVALUATED_TASKS if (folder / t / METRICS).is_file() and not (folder / t / CONFIG).exists()]
+
+
+def _is_evaluation(path: Path) -> bool:
+    if not path.is_dir() or (path / CONFIG).exists():
+        return False
+    return (path.name in EVALUATED_TASKS and (path / METRICS).is_file()) or bool(_task_dirs(path))
+
+
 def gather(paths: list[str | Path]) -> Inputs:
-    """Sort each path into runs, results, studies and split files; an unusable path is a DataError."""
+    """Sort each path into runs, releases, evaluations, results, studies and split files; an
+    unusable path is a DataError. ``release`` names the packaged release folder."""
+    from busai.release import RELEASE_DIR
+
     inputs = Inputs()
     for raw in paths:
         path = Path(raw)
+        if str(raw) == "release" and not path.exists():
+            path = RELEASE_DIR
         if not path.exists():
             raise DataError(f"{path}: not found; pass run folders, results folders, result files or tuning study folders")
         found = len(inputs.entries) + len(inputs.studies) + len(inputs.split_files)
@@ -121,13 +190,15 @@ def gather(paths: list[str | Path]) -> Inputs:
                 inputs.entries.append(_result_entry(path, data))
             elif isinstance(data, dict) and str(data.get("format", "")).startswith("busai-splits"):
                 inputs.split_files.append(path)
-        elif (path / "config.json").exists():
+        elif (path / CONFIG).exists():
             inputs.entries.append(_run_entry(path))
+        elif _is_evaluation(path):
+            inputs.entries += _evaluation_entries(path)
         elif (path / "summary.json").exists():
             inputs.studies.append(path)
         else:  # a results folder or a folder of run folders
             for child in sorted(p for p in path.iterdir() if p.is_dir()):
-                if (child / "config.json").exists():
+                if (child / CONFIG).exists():
                     inputs.entries.append(_run_entry(child))
             for task in ("segmentation", "classification"):
                 for file in sorted((path / task).glob("*.json")):
@@ -137,7 +208,8 @@ def gather(paths: list[str | Path]) -> Inputs:
             inputs.studies += sorted(p.parent for p in (path / "tuning").glob("*/summary.json"))
         if len(inputs.entries) + len(inputs.studies) + len(inputs.split_files) == found:
             raise DataError(
-                f"{path}: holds no run folder, result file, tuning study or split file; pass what `busai train`, `busai tune` or `python -m study.collect` wrote"
+                f"{path}: holds no run folder, release, evaluate --out folder, result file, tuning study or split file; "
+                "pass what `busai train`, `busai evaluate --out`, `python -m study.collect` or `busai tune` wrote"
             )
     return inputs
 
@@ -246,7 +318,9 @@ def _machine(result: dict) -> str:
 
 def runs_section(entries: list[Entry]) -> list:
     rows = ["| Run | Task | Model | Weights | Epochs (stop) | Best epoch | Training time | Machine | Train command |", "|---|---|---|---|---|---|---|---|---|"]
-    results = [e.result for e in entries]
+    results = [e.result for e in entries if e.result.get("kind") != "evaluation"]  # an evaluate --out folder holds no training
+    if not results:
+        return []
     for r, label in zip(results, _row_labels(results)):
         command = (r.get("commands") or {}).get("train") or "–"
         rows.append(
@@ -269,8 +343,9 @@ def _segmentation_rows(results: list[dict]) -> list[dict]:
 def score_sections(entries: list[Entry], figures: Path, reference: Reference | None = None) -> list:
     from busai.figures import model_comparison
 
-    seg = [e.result for e in entries if e.result["task"] == "segmentation" and e.result["metrics"]]
-    cls = [e.result for e in entries if e.result["task"] == "classification" and e.result["metrics"]]
+    # The paper-shaped tables hold the train / val / test splits; other scored sets (NAME/split, all) are per dataset below.
+    seg = [e.result for e in entries if e.result["task"] == "segmentation" and set(e.result["metrics"]) & set(SPLIT_NAMES)]
+    cls = [e.result for e in entries if e.result["task"] == "classification" and set(e.result["metrics"]) & set(SPLIT_NAMES)]
     note = "Mean over images with a bootstrap 95% CI (†: the CI resamples duplicate groups)." + (f" {reference.note}" if reference and reference.note else "")
     blocks: list = []
     if seg:
@@ -301,6 +376,55 @@ def score_sections(entries: list[Entry], figures: Path, reference: Reference | N
     if charts:
         blocks += [("h2", "Model comparison"), *charts]
     return blocks
+
+
+def _per_dataset_keys(result: dict) -> list[str]:
+    """The scored sets of a result beyond the plain splits: ``NAME/split`` per dataset, ``all`` (--all)."""
+    return [k for k in result["metrics"] if k.removesuffix("_tta") not in SPLIT_NAMES]
+
+
+def dataset_section(entries: list[Entry]) -> list:
+    """Scores per dataset with 95% CIs: external validation (``busai evaluate --all --out``) and the
+    per-dataset rows of runs and releases scored on several datasets."""
+    seg_rows = [
+        "| Model | Weights | Scored on | Images | Dice (95% CI) | IoU (95% CI) | Dice over lesion scans | Lesions missed | Normals flagged |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    cls_rows = [
+        "| Model | Weights | Scored on | Images | Accuracy (95% CI) | Macro F1 (95% CI) | Macro AUC (95% CI) | Malignant vs benign AUC | ECE |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    results = [e.result for e in entries]
+    for r, label in zip(results, _row_labels(results)):
+        for key in _per_dataset_keys(r):
+            m = r["metrics"][key]
+            images = f"{m.get('images', '–')}" + (f" ({m['skipped']} skipped)" if m.get("skipped") else "")
+            head = f"| {label} | {_short_source(r.get('weight_source'))} | {key} | {images} |"
+            if r["task"] == "segmentation":
+                d = m.get("detection")
+                found = f"{d['missed_lesions']} of {d['lesion_images']} | {d['false_alarms']} of {d['lesion_free_images']}" if d else "– | –"
+                seg_rows.append(f"{head} {_ci(m['dice'], 'mean')} | {_ci(m['iou'], 'mean')} | {fmt_ci(m.get('lesion_dice'))} | {found} |")
+            else:
+                ece = m.get("ece")
+                cells = [fmt_ci(m.get(k)) for k in ("accuracy", "macro_f1", "macro_auc", "malignant_vs_benign_auc")]
+                cls_rows.append(f"{head} {' | '.join(cells)} | {'–' if ece is None else f'{ece:.3f}'} |")
+    blocks: list = []
+    if len(seg_rows) > 2:
+        blocks += [("h3", "Segmentation"), ("table", "\n".join(seg_rows))]
+    if len(cls_rows) > 2:
+        blocks += [("h3", "Classification"), ("table", "\n".join(cls_rows))]
+    for e in entries:
+        if e.result.get("kind") == "evaluation":
+            for stem, path in e.figures.items():
+                if not stem.startswith("reliability"):  # calibration diagrams are drawn in their own section
+                    blocks.append(("fig", path, f"{e.result['name']} ({e.result['task']}): {stem.replace('_', ' ')}"))
+    if not blocks:
+        return []
+    note = (
+        "Each dataset scored on its own (`NAME/split`, or `NAME/all` for every image of a dataset the model never trained on, "
+        "external validation); a key without a name pools the datasets. Bootstrap 95% CIs over images or their patient and duplicate groups."
+    )
+    return [("h2", "Scores per dataset (external validation)"), ("p", note), *blocks]
 
 
 def confusion_section(entries: list[Entry], figures: Path, reference: Reference | None = None) -> list:
@@ -351,6 +475,8 @@ def curve_section(entries: list[Entry], figures: Path) -> list:
     missing = []
     for e in entries:
         history = e.result.get("history")
+        if e.result.get("kind") in ("evaluation", "release"):
+            continue  # no training in an evaluate --out folder; a release folder keeps no history
         if history:
             path = training_curve(history, figures / f"{e.result['name']}_training.png", title=e.result["name"])
             blocks.append(("fig", Path(path), f"{e.result['name']}: loss and validation scores per epoch"))
@@ -503,6 +629,7 @@ def write_report(
     if entries:
         blocks += runs_section(entries)
         blocks += score_sections(entries, figures, reference)
+        blocks += dataset_section(entries)
         blocks += confusion_section(entries, figures, reference)
         blocks += calibration_section(entries, figures)
         blocks += curve_section(entries, figures)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -11,11 +12,26 @@ from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from busai import distributed, guards
 from busai.config import TrainConfig
-from busai.engine import LAST_CHECKPOINT, FitResult, fit, load_checkpoint, resolve_precision, runs_fused, seed_everything
-from busai.errors import CheckpointError, ConfigError
+from busai.engine import FitResult, fit, load_checkpoint, resolve_precision, runs_fused, seed_everything
+from busai.errors import CheckpointError, ConfigError, option
 from busai.models.weights import file_sha256
 from busai.outputs import output_dir
-from busai.runs import CONFIG, library_versions, machine_info, read_run_config, write_json
+from busai.runs import (  # noqa: F401  (FOLDS_SUMMARY: training.* name kept for callers)
+    BEST_CHECKPOINT,
+    CONFIG,
+    FIT,
+    FOLDS_SUMMARY,
+    HISTORY,
+    LAST_CHECKPOINT,
+    SPLITS,
+    WEIGHTS,
+    library_versions,
+    machine_info,
+    read_run_config,
+    RunFolder,
+    release_dir,
+    write_json,
+)
 from busai.tasks import adapter_for
 
 
@@ -25,7 +41,7 @@ def _loaders(cfg: TrainConfig, image_size: int, mean, std):
     from busai.data.splits import load_split_records, read_splits
 
     if not cfg.data or not cfg.splits:
-        raise ConfigError("training needs --data DIR and --splits FILE (make one with `busai data split DIR --out FILE`)")
+        raise ConfigError(f"training needs {option('data', 'DIR')} and {option('splits', 'FILE')} (make one with `busai data split DIR --out FILE`)")
     specs = parse_data_specs(cfg.data)
     splits = read_splits(cfg.splits)
     train_records = load_split_records(specs, splits, "train", fold=cfg.fold)
@@ -144,22 +160,18 @@ def resolve_weights(cfg: TrainConfig) -> Path | None:
     """``weights`` naming a model folder rather than a file: ``release`` (the packaged model for the
     task), a release folder, or a run folder (its best checkpoint). Returns the folder, and points
     ``cfg.weights`` at its weights file; None for imagenet / none / a plain file."""
-    from busai.engine import BEST_CHECKPOINT
-    from busai.release import WEIGHTS, release_dir
-
     value = str(cfg.weights)
     if value.lower() in ("imagenet", "none"):
         return None
     # A multitask network starts from the released segmenter (its class head is new).
     release_task = "segmentation" if cfg.task == "multitask" else cfg.task
-    folder = release_dir(release_task) if value == "release" else Path(value).expanduser()
-    if not folder.is_dir():
+    folder = RunFolder(release_dir(release_task) if value == "release" else value)
+    if not folder.path.is_dir():
         return Path(value).expanduser().parent if (Path(value).expanduser().parent / CONFIG).is_file() else None
-    for name in (WEIGHTS, BEST_CHECKPOINT):
-        if (folder / name).is_file():
-            cfg.weights = str(folder / name)
-            return folder
-    raise CheckpointError(f"--weights {value}: {folder} holds no {WEIGHTS} or {BEST_CHECKPOINT}; pass a release or finished run folder, or a weights file")
+    if folder.kind != "onnx" and folder.weights.is_file():  # a release's model.safetensors, a run's best checkpoint
+        cfg.weights = str(folder.weights)
+        return folder.path
+    raise CheckpointError(f"--weights {value}: {folder.path} holds no {WEIGHTS} or {BEST_CHECKPOINT}; pass a release or finished run folder, or a weights file")
 
 
 def check_weights_split(cfg: TrainConfig) -> None:
@@ -199,7 +211,7 @@ def _train(
     extra_config: dict | None = None,
 ) -> FitResult:
     from busai.models.registry import build
-    from busai.runs import best_threads
+    from busai.device import best_threads
 
     best_threads()
     guards.validate_config(cfg)
@@ -224,7 +236,7 @@ def _train(
             "command": command,
             "train": cfg.to_dict(),
             "model_spec": built.spec,
-            "preprocessing": {"image_size": image_size, "mean": list(built.preprocessing.mean), "std": list(built.preprocessing.std), "color": cfg.color},
+            "preprocessing": replace(built.preprocessing, color=cfg.color).to_dict(),
             "weight_source": built.weight_source,
             "device": str(precision.device),
             "autocast": str(precision.autocast_dtype).replace("torch.", "") if precision.autocast_dtype else "none",
@@ -240,7 +252,7 @@ def _train(
             **(extra_config or {}),
         }
         write_json(run_dir / CONFIG, resolved)
-        write_json(run_dir / "splits.json", splits)
+        write_json(run_dir / SPLITS, splits)
     metadata = {"busai": json.dumps({"model_spec": built.spec, "image_size": image_size})}
     return fit(
         built.module,
@@ -254,9 +266,6 @@ def _train(
         weights_metadata=metadata,
         on_epoch=on_epoch,
     )
-
-
-FOLDS_SUMMARY = "folds.json"
 
 
 def train_folds(cfg: TrainConfig, out_dir: str | Path, folds: int, *, quiet: bool = False, command: str | None = None) -> dict:
@@ -285,13 +294,13 @@ def train_folds(cfg: TrainConfig, out_dir: str | Path, folds: int, *, quiet: boo
     rows = []
     for i in range(folds):
         run_dir = out_dir / f"fold-{i}"
-        if not (run_dir / "fit.json").is_file():
-            if (run_dir / "checkpoint_last.pt").is_file():
+        if not (run_dir / FIT).is_file():
+            if (run_dir / LAST_CHECKPOINT).is_file():
                 resume(run_dir, quiet=quiet, command=command)
             else:
                 fold_cfg = TrainConfig.from_dict({**cfg.to_dict(), "fold": i})
                 train(fold_cfg, run_dir, quiet=quiet, command=command)
-        with open(run_dir / "history.csv", newline="") as handle:
+        with open(run_dir / HISTORY, newline="") as handle:
             history = list(csv.DictReader(handle))
         best = min(history, key=lambda row: float(row["val_loss"]))
         rows.append({"fold": i, "run": run_dir.name, "best_epoch": int(best["epoch"]), **{k: float(v) for k, v in best.items() if k.startswith("val_")}})

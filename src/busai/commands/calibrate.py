@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from busai.commands import add_data_options, data_specs
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -15,6 +17,7 @@ def register(sub) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="classification run folder written by `busai train cls`")
     p.add_argument("--data", action="append", required=True, metavar="[NAME=]PATH", help="the run's dataset(s), as given to train")
+    add_data_options(p)
     p.add_argument("--splits", required=True, metavar="FILE", help="the run's split file; its validation images are used")
     p.add_argument("--force", action="store_true", help="replace an existing calibration.json")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -24,7 +27,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from busai.calibration import fit_calibration
 
-    result = fit_calibration(args.run_dir, args.data, args.splits, force=args.force)
+    result = fit_calibration(args.run_dir, data_specs(args), args.splits, force=args.force)
     if args.json:
         print(json.dumps(result))
     else:

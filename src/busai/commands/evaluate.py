@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from busai import SPLIT_NAMES
+from busai.commands import add_data_options
+from busai.config import DEVICES
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -22,8 +26,9 @@ def register(sub) -> None:
         metavar="[NAME=]PATH",
         help="dataset folder or CSV manifest; repeat as NAME=PATH for several (each scored on its own, and pooled)",
     )
+    add_data_options(p)
     p.add_argument("--splits", default=None, metavar="FILE", help="split JSON (from `busai data split`)")
-    p.add_argument("--split", default=["test"], choices=["train", "val", "test"], nargs="+", help="one or more splits of --splits (default: test)")
+    p.add_argument("--split", default=["test"], choices=SPLIT_NAMES, nargs="+", help="one or more splits of --splits (default: test)")
     p.add_argument("--all", dest="all_images", action="store_true", help="score every image of the data instead of a split")
     p.add_argument(
         "--out",
@@ -34,18 +39,19 @@ def register(sub) -> None:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (default 1000)")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the sample and confusion-matrix figures")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation, as `busai predict --tta`; stored as <key>_tta")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (default): the GPU when one is visible, else the CPU")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default): the GPU when one is visible, else the CPU")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (there is none either when stderr is not a terminal)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from busai.commands import command_line
+    from busai.commands import command_line, data_specs
     from busai.evaluation import evaluate_model
 
     results = evaluate_model(
         args.model,
-        args.data,
+        data_specs(args),
         splits_file=args.splits,
         split_names=args.split,
         all_images=args.all_images,
@@ -55,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         command=command_line(args),
         device=args.device,
+        progress=not args.quiet,
     )
     if args.json:
         flat = {f"{task}:{key}" if len(results) > 1 else key: r for task, by_key in results.items() for key, r in by_key.items()}

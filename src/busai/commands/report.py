@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from busai import SPLIT_NAMES
+
 
 HELP = "write report.md and a self-contained report.html from runs, results folders and tuning studies"
 DESCRIPTION = (
@@ -35,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--sample-splits",
         nargs="+",
         default=["test"],
-        choices=["train", "val", "test"],
+        choices=SPLIT_NAMES,
         metavar="SPLIT",
         help="splits whose sample-prediction figures are shown: train, val, test (default test)",
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from busai.data.discover import Problem, Record, Scan
+from busai.data.records import Problem, Record, Scan
 from busai.errors import DataError
 
 NOTE = "first_frame"

@@ -22,6 +22,7 @@ from torch import nn
 from busai.config import TASK_ALIASES
 from busai.errors import CheckpointError, ConfigError
 from busai.models import weights as W
+from busai.preprocessing import Preprocessing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,15 +30,6 @@ LITE_MEAN = LITE_STD = (0.5, 0.5, 0.5)  # TF Lite models expect inputs scaled to
 SEGMENTATION_IMAGE_SIZE = 256
 SEGMENTATION_SIZE_MULTIPLE = 32  # five stride-2 encoder stages
 IMAGENET_CLASSES = 1000
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How images must be prepared for a model: square size and per-channel normalisation."""
-
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
 
 
 @dataclass

@@ -64,7 +64,7 @@ def create_app(
     Only Host headers naming a loopback address or one of ``allow_hosts`` are answered (``"*"``: any);
     ``openapi`` publishes the API schema at /openapi.json.
     """
-    from busai.runs import best_threads
+    from busai.device import best_threads
 
     _check_limits(max_upload_mb, max_megapixels, max_queue)
     hosts = host_patterns(allow_hosts)
@@ -73,7 +73,7 @@ def create_app(
     max_pixels = int(min(max_megapixels * 1e6, 2**62))
     workdir = tempfile.TemporaryDirectory(prefix="busai-serve-")
     try:
-        models = load_models(seg, cls, backend=backend, workdir=workdir.name, device=device)  # busai.Model objects
+        models = [Model(getattr(m, "loaded", m)) for m in load_models(seg, cls, backend=backend, workdir=workdir.name, device=device)]
     except BaseException:
         workdir.cleanup()
         raise
@@ -127,7 +127,7 @@ def create_app(
 
     @app.post("/api/predict", max_body_size=max_bytes + MULTIPART_OVERHEAD)
     def predict(
-        file: UploadFile = File(..., description="one ultrasound image (PNG, JPEG, BMP or TIFF)"),
+        file: UploadFile = File(..., description="one ultrasound image (PNG, JPEG, BMP or TIFF) or DICOM file"),
         gradcam: bool = Query(False, description="add the classifier's Grad-CAM heat-map"),
         tta: bool = Query(False, description="average with the horizontally flipped image"),
         pixel_spacing: float | None = Query(
