@@ -42,7 +42,7 @@ def test_import_busai_exposes_exactly_all_and_pulls_in_no_torch():
     result = json.loads(done.stdout)
     assert result["torch_at_import"] is False
     assert result["star"] == sorted(busai.__all__)
-    assert busai.__all__ == ["load", "Model", "TrainConfig", "train", "resume", "evaluate", "predict", "list_models"]
+    assert busai.__all__ == ["load", "Model", "TrainConfig", "train", "resume", "evaluate", "predict", "adapt", "list_models"]
 
 
 def test_public_names_are_the_library_functions():

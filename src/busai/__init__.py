@@ -18,7 +18,7 @@ CLASSES = ("normal", "benign", "malignant")
 SPLIT_NAMES = ("train", "val", "test")
 """The splits of a split file, in the order tables and figures show them."""
 
-__all__ = ["load", "Model", "TrainConfig", "train", "resume", "evaluate", "predict", "list_models"]
+__all__ = ["load", "Model", "TrainConfig", "train", "resume", "evaluate", "predict", "adapt", "list_models"]
 
 # Where each public name lives. No submodule may share one of these names: importing busai.NAME
 # would bind the package attribute NAME to that module (hence busai.prediction, busai.evaluation).
@@ -31,6 +31,7 @@ _HOMES = {
     "list_models": ("busai.models.registry", "list_models"),
     "predict": ("busai.api", "predict"),
     "evaluate": ("busai.api", "evaluate"),
+    "adapt": ("busai.adaptation", "adapt"),
 }
 
 

@@ -16,7 +16,7 @@ import sys
 from busai.errors import BusaiError, cli_context
 
 # Order is the order shown in `busai --help`.
-COMMAND_MODULES = ("data", "models", "train", "evaluate", "calibrate", "report", "tune", "predict", "export", "serve", "release")
+COMMAND_MODULES = ("data", "models", "train", "evaluate", "calibrate", "report", "tune", "adapt", "predict", "export", "serve", "release")
 
 
 def build_parser() -> argparse.ArgumentParser:
