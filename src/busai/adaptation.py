@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from busai import runs
 from busai.errors import CheckpointError, ConfigError, DataError
 
 MIN_LABELLED = 8  # fewer labelled scans cannot both fine-tune and early-stop (a hold-out of one or two scans at least)
@@ -151,7 +152,7 @@ def adapt(
     return report
 
 
-ADAPT_FILES = ("config.json", "checkpoint_best.safetensors", "checkpoint_last.pt", "history.csv", "fit.json", "progress.png", "training_data.json")
+ADAPT_FILES = (runs.CONFIG, runs.BEST_CHECKPOINT, runs.LAST_CHECKPOINT, runs.HISTORY, runs.FIT, runs.PROGRESS, runs.TRAINING_DATA)
 
 
 def _check_out(out: Path) -> None:
@@ -159,7 +160,7 @@ def _check_out(out: Path) -> None:
     (config.json names its parent, no adapt.json) starts again in place."""
     if (out / ADAPT_JSON).exists():
         raise ConfigError(f"--out {out}: already holds an adapted model; choose a new folder")
-    config = out / "config.json"
+    config = out / runs.CONFIG
     if not config.exists():
         return
     try:
@@ -558,7 +559,7 @@ def _write_config(loaded, out: Path, train: dict | None) -> None:
         "preprocessing": {"image_size": loaded.image_size, "mean": list(loaded.mean), "std": list(loaded.std), "color": "gray" if loaded.grayscale else "rgb"},
         "weight_source": f"adapted from {loaded.source}",
     }
-    atomic_write_text(out / "config.json", json.dumps(config, indent=2, default=str) + "\n")
+    atomic_write_text(out / runs.CONFIG, json.dumps(config, indent=2, default=str) + "\n")
 
 
 def _write_run(loaded, parent_dir: Path, out: Path, report: dict, spec, fingerprint: str, plan: SitePlan, command: str | None) -> None:
@@ -567,7 +568,7 @@ def _write_run(loaded, parent_dir: Path, out: Path, report: dict, spec, fingerpr
     from busai.provenance import TRAINING_DATA, training_data
 
     output_dir(out)
-    config_path = out / "config.json"
+    config_path = out / runs.CONFIG
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
     if not config:
         _write_config(loaded, out, None)
