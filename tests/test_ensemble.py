@@ -31,6 +31,8 @@ def test_ensemble_save_and_load_give_equal_outputs(seg_run, mt_run, tmp_path):
     a, b = busai.load(seg_run, device="cpu"), busai.load(mt_run, task="seg", device="cpu")
     folder = save_ensemble([a, b], tmp_path / "ens")
     loaded = busai.Model(load_ensemble(folder))
+    assert busai.load(folder).task == "segmentation"  # busai.load reads an ensemble folder like any model folder
+    assert torch.allclose(busai.load(folder).probabilities(_batch(a), precision="fp32"), loaded.probabilities(_batch(a), precision="fp32"))
     x = _batch(a)
     before = busai.Model(EnsembleLoaded([a.loaded, b.loaded], source="two")).probabilities(x, precision="fp32")
     assert torch.allclose(loaded.probabilities(x, precision="fp32"), before, atol=1e-6)

@@ -178,3 +178,57 @@ def _checked_metadata(meta, module: OnnxModule, path: Path) -> tuple[dict, Prepr
         if len(outputs) == 2 and isinstance(outputs[1], int) and outputs[1] != len(classes):
             raise CheckpointError(f"{path}: the graph has {outputs[1]} class outputs but its metadata names {len(classes)} classes; {fix}")
     return spec, Preprocessing.from_dict(raw)
+
+
+@dataclass
+class EnsembleLoaded:
+    """The backend interface of :class:`busai.runs.LoadedModel` over several members."""
+
+    members: list
+    source: str
+    temperature: float = 1.0
+
+    backend: ClassVar[str] = "ensemble"
+    supports_gradients: ClassVar[bool] = False  # Grad-CAM and ONNX export run on one network: use a member
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise CheckpointError(f"{self.source}: an ensemble needs at least one member")
+        first = self.members[0]
+        for member in self.members[1:]:
+            if member.task != first.task:
+                raise CheckpointError(f"{member.source}: a {member.task} model in a {first.task} ensemble; members must share one task")
+            mine = (member.image_size, tuple(member.mean), tuple(member.std), member.grayscale)
+            theirs = (first.image_size, tuple(first.mean), tuple(first.std), first.grayscale)
+            if mine != theirs:
+                raise CheckpointError(f"{member.source}: preprocessing {mine} differs from {first.source}'s {theirs}; ensemble models trained alike")
+
+    task = property(lambda self: self.members[0].task)
+    image_size = property(lambda self: self.members[0].image_size)
+    mean = property(lambda self: self.members[0].mean)
+    std = property(lambda self: self.members[0].std)
+    grayscale = property(lambda self: self.members[0].grayscale)
+    preprocessing = property(lambda self: self.members[0].preprocessing)
+    device = property(lambda self: self.members[0].device)
+
+    @property
+    def module(self) -> nn.ModuleList:
+        """The members' networks in one module, so moving the ensemble (``.to(device)``) moves them all."""
+        return nn.ModuleList([m.module for m in self.members])
+
+    @property
+    def spec(self) -> dict:
+        return {**self.members[0].spec, "ensemble": len(self.members)}
+
+    @property
+    def config(self) -> dict:
+        return {**self.members[0].config, "ensemble": {"members": [m.source for m in self.members]}}
+
+    def logits(self, batch: torch.Tensor, precision: str = "auto") -> torch.Tensor:
+        """The members' mean probability, as logits that give it back (sigmoid or softmax)."""
+        outputs = [m.logits(batch, precision).float().cpu() for m in self.members]
+        if self.task == "segmentation":
+            mean = torch.stack([torch.sigmoid(o) for o in outputs]).mean(0)
+            return torch.logit(mean.clamp(1e-6, 1 - 1e-6))
+        mean = torch.stack([torch.softmax(o / m.temperature, dim=1) for o, m in zip(outputs, self.members)]).mean(0)
+        return torch.log(mean.clamp_min(1e-12))

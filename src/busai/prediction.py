@@ -105,8 +105,10 @@ def models_by_task(models) -> dict:
 
 def _network(model) -> LoadedModel | None:
     """The network a :class:`busai.Model` holds, or ``model`` itself when it is one; None for anything else."""
+    from busai.backends import EnsembleLoaded
+
     network = getattr(model, "loaded", model)
-    return network if isinstance(network, LoadedModel) else None
+    return network if isinstance(network, (LoadedModel, EnsembleLoaded)) else None
 
 
 def empty_row(image: str) -> dict:

@@ -53,6 +53,7 @@ TRAINING_DATA = "training_data.json"
 HASHES = "image_hashes.json"  # in a run folder: record key -> [sha256, phash hex] of its train and val images (busai.provenance)
 ONNX_FILE = "model.onnx"  # what Model.save writes for an ONNX model
 FOLDS_SUMMARY = "folds.json"
+ENSEMBLE = "ensemble.json"  # an ensemble folder: task and member folder names (busai.ensemble)
 
 RELEASE_DIR = Path(__file__).with_name("release")
 TASK_FLAGS = {"segmentation": "--seg", "classification": "--cls"}
@@ -218,11 +219,26 @@ def resolve_model(source: str | Path | None, task: str | None = None, *, device:
     from busai.models.registry import resolve_task
 
     task = resolve_task(task) if task is not None else None
+    if source not in (None, "release") and (Path(source) / ENSEMBLE).is_file():
+        return _load_ensemble(Path(source), task, device)
     folder = model_folder(source, task, not_found=not_found)
     if folder.kind == "onnx":
         return folder.load(device=device)
     folder.config()  # one clear error for a folder that holds no model
     return folder.load(task=task if folder.multitask else None, device=device)
+
+
+def _load_ensemble(folder: Path, task: str | None, device: str):
+    """An ensemble folder's members, each resolved as any model folder, as one backend."""
+    from busai.backends import EnsembleLoaded
+
+    info = read_json(folder / ENSEMBLE, missing="not an ensemble folder", fix="write it with busai.ensemble.save_ensemble")
+    names = info.get("members") if isinstance(info, dict) else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and "/" not in n and n not in (".", "..") for n in names):
+        raise CheckpointError(f"{folder / ENSEMBLE}: 'members' must list the member folder names; write it again with busai.ensemble.save_ensemble")
+    # The ensemble's task, so a multitask member answers for it (a saved multitask run holds both heads).
+    task = task or info.get("task")
+    return EnsembleLoaded([resolve_model(folder / name, task, device=device) for name in names], source=str(folder))
 
 
 def library_versions() -> dict[str, str]:
