@@ -25,6 +25,7 @@ TASK_ALIASES = {
 }
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "adagrad")
 PRECISIONS = ("auto", "bf16", "fp32")
+SEGMENTATION_LOSSES = ("dice", "dice_bce", "image_dice_bce", "dice_presence", "lovasz")  # built by busai.losses; named here so the CLI lists them without importing torch
 AUGMENTATIONS = ("paper", "strong", "scanner", "none")
 DEVICES = ("auto", "cpu", "cuda")
 COLORS = ("rgb", "gray")

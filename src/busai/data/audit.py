@@ -28,11 +28,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import imagehash
 import numpy as np
 from PIL import Image
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from busai import CLASSES
 from busai.data.discover import Problem, Record, mask_foreground, mask_values, natural_key, read_image
@@ -182,6 +179,8 @@ def _check_record(record: Record, problems: list[Problem], *, masks_expected: bo
         )
     if gray is None:
         return None
+    import imagehash  # imported here, not at the top: `busai data --help` builds its parser from this module's constants
+
     digest = hashlib.sha256(f"{gray.shape}".encode() + gray.tobytes()).hexdigest()
     return _Decoded(record.key, record.label, digest, int(str(imagehash.phash(Image.fromarray(gray))), 16))
 
@@ -290,6 +289,9 @@ def _linked_groups(decoded: list[_Decoded], threshold: int) -> list[list[str]]:
     index = {d.key: i for i, d in enumerate(decoded)}
     for keys in _exact_groups(decoded):
         edges.append(np.array([(index[keys[0]], index[k]) for k in keys[1:]]))
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     pairs = np.concatenate(edges).reshape(-1, 2)
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, component = connected_components(graph, directed=False)
