@@ -25,7 +25,8 @@ TASK_ALIASES = {
 }
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "adagrad")
 PRECISIONS = ("auto", "bf16", "fp32")
-SEGMENTATION_LOSSES = ("dice", "dice_bce", "image_dice_bce", "dice_presence", "lovasz")  # built by busai.losses; named here so the CLI lists them without importing torch
+# Built by busai.losses; named here so the CLI lists them without importing torch.
+SEGMENTATION_LOSSES = ("dice", "dice_bce", "image_dice_bce", "dice_presence", "lovasz")
 AUGMENTATIONS = ("paper", "strong", "scanner", "none")
 DEVICES = ("auto", "cpu", "cuda")
 COLORS = ("rgb", "gray")
