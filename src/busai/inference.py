@@ -32,6 +32,16 @@ def fast_context(model: torch.nn.Module, precision: str = "auto"):
     return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def path_name(loaded: LoadedModel, precision: str = "auto") -> str:
+    """The inference path ``loaded`` takes at ``precision``, in words (recorded in predict_options.json)."""
+    if loaded.backend != "torch":
+        return f"{loaded.backend} fp32"
+    if precision == "fp32":
+        return "eager fp32"
+    dtype = autocast_dtype(loaded.device, precision)
+    return "channels_last + fp32" if dtype is None else f"channels_last + {str(dtype).removeprefix('torch.')} autocast"
+
+
 def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "auto", *, tta: bool = False, calibrated: bool = True) -> torch.Tensor:
     """Normalised (N, 3, S, S) batch -> probabilities: (N, S, S) lesion map or (N, classes).
 
@@ -69,9 +79,14 @@ def torch_logits(model: torch.nn.Module, batch: torch.Tensor, precision: str = "
         return model(x)
 
 
+def model_input(loaded: LoadedModel, image_rgb: np.ndarray) -> torch.Tensor:
+    """One uint8 (H, W, 3) image -> the normalised (3, S, S) tensor ``loaded`` takes (its own size, mean, std and colour)."""
+    return preprocess(image_rgb, loaded.image_size, loaded.mean, loaded.std, loaded.grayscale)
+
+
 def predict_image(loaded: LoadedModel, image_rgb: np.ndarray, *, tta: bool = False, precision: str = "auto") -> torch.Tensor:
     """One uint8 (H, W, 3) image -> (S, S) lesion probability or (classes,) class probabilities (``tta``: see predict_tensor)."""
-    x = preprocess(image_rgb, loaded.image_size, loaded.mean, loaded.std, loaded.grayscale)[None]
+    x = model_input(loaded, image_rgb)[None]
     return predict_tensor(loaded, x, precision, tta=tta)[0]
 
 
