@@ -107,7 +107,7 @@ def test_run_folders_predict_like_busai_predict_and_save_round_trip(seg_run, cls
     row, mask = predict_array([seg, cls], np.asarray(Image.open(scan).convert("RGB")), pixel_spacing=0.1)
     row.pop("diameter_endpoints"), row.pop("perpendicular_endpoints", None)
     assert both.to_row() == row and np.array_equal(both.mask, mask)
-    assert set(both.probabilities) == set(busai.api.CLASSES) and abs(sum(both.probabilities.values()) - 1) < 1e-5
+    assert set(both.probabilities) == set(busai.CLASSES) and abs(sum(both.probabilities.values()) - 1) < 1e-5
 
     for model in (seg, cls):
         before = model.predict(scan, pixel_spacing=0.1)
@@ -141,7 +141,7 @@ def test_onnx_file_predicts_like_torch_and_saves(seg_run, cls_run, scan, tmp_pat
         if model.task == "segmentation":
             assert np.abs(torch_pred.lesion_probability - onnx_pred.lesion_probability).max() < ONNX_TOLERANCE
         else:
-            assert max(abs(torch_pred.probabilities[c] - onnx_pred.probabilities[c]) for c in busai.api.CLASSES) < ONNX_TOLERANCE
+            assert max(abs(torch_pred.probabilities[c] - onnx_pred.probabilities[c]) for c in busai.CLASSES) < ONNX_TOLERANCE
         # The same backend interface, answered by PyTorch and by ONNX Runtime.
         assert (model.supports_gradients, onnx.supports_gradients) == (True, False)
         batch = torch.stack([model.preprocess(scan), onnx.preprocess(np.asarray(Image.open(scan).convert("RGB")))])
