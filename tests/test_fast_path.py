@@ -1,5 +1,7 @@
 """The inference fast path: batch norm folded into convolutions, and the path chosen per machine."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -64,3 +66,65 @@ def test_folded_release_architectures_match_the_network(task, seg_run, cls_run):
     with torch.no_grad():
         next(net.parameters()).add_(1.0)  # new weights: folded again
     assert inference_network(net) is not folded
+
+
+def _cpu(monkeypatch, *flags):
+    from busai import machine
+
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: ("Test CPU 9000", frozenset(flags)))
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [(("avx2", "fma"), "channels_last"), (("avx2", "avx512f", "avx512_bf16"), "bf16"), (("avx2", "amx_tile", "amx_bf16"), "bf16"), ((), "channels_last")],
+)
+def test_the_cpu_flags_choose_the_default_path(monkeypatch, flags, expected, seg_run):
+    from busai.inference import path_name
+    from busai.machine import choose_path, cpu_flags
+
+    _cpu(monkeypatch, *flags)
+    assert choose_path("any model") == expected
+    assert set(cpu_flags()) == set(flags)
+    assert path_name(resolve_model(seg_run, "seg")).startswith({"bf16": "channels_last + bf16", "channels_last": "channels_last + fp32"}[expected])
+
+
+def test_a_measured_probe_overrides_the_default_only_by_a_clear_margin_and_is_cached(monkeypatch, tmp_path):
+    from busai import machine
+
+    _cpu(monkeypatch, "avx2", "fma")
+    monkeypatch.setenv("BUSAI_PROBE", "1")
+    monkeypatch.setenv("BUSAI_CACHE_DIR", str(tmp_path))
+    asked = []
+
+    def probe(times):
+        def measure(candidates):
+            asked.append(tuple(candidates))
+            return dict(zip(candidates, times))
+
+        return measure
+
+    assert machine.choose_path("net-a", probe((1.0, 0.95))) == "channels_last"  # 5% faster: within the noise, default kept
+    assert machine.choose_path("net-b", probe((1.0, 0.5))) == "contiguous"
+    assert asked == [("channels_last", "contiguous")] * 2
+    assert machine.choose_path("net-b", probe((0.1, 9.0))) == "contiguous" and len(asked) == 2  # from the cache, not measured again
+    cache = json.loads((tmp_path / "inference_paths.json").read_text())
+    (entry,) = cache.values()
+    assert "Test CPU 9000" in next(iter(cache)) and entry["net-b"]["path"] == "contiguous" and entry["net-b"]["flags"] == ["avx2", "fma"]
+
+
+def test_the_auto_path_runs_the_chosen_memory_format_with_equal_outputs(monkeypatch, tmp_path, seg_run):
+    """A forced AVX2 CPU whose probe favours contiguous fp32 predicts with it, like the reference."""
+    from busai.inference import torch_logits
+
+    _cpu(monkeypatch, "avx2")
+    monkeypatch.setenv("BUSAI_PROBE", "1")
+    monkeypatch.setenv("BUSAI_CACHE_DIR", str(tmp_path))
+    seen = []
+    monkeypatch.setattr("busai.inference._probe", lambda model, size, candidates: seen.append(size) or {"channels_last": 1.0, "contiguous": 0.1})
+    net = resolve_model(seg_run, "seg").module
+    x = torch.randn(1, 3, 64, 64)
+    got = torch_logits(net, x)
+    assert seen == [64]
+    weight = next(w for w in inference_network(net).parameters() if w.ndim == 4 and w.shape[1] > 1 and w.shape[2] > 1)
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)  # the probe's choice ran
+    assert torch.allclose(got, torch_logits(net, x, precision="fp32"), atol=1e-4)

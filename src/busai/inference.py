@@ -39,8 +39,12 @@ def path_name(loaded: LoadedModel, precision: str = "auto") -> str:
         return f"{loaded.backend} fp32"
     if precision == "fp32":
         return "eager fp32"
+    if precision == "auto" and loaded.device.type == "cpu":
+        path = cpu_path(inference_network(loaded.module), loaded.image_size)
+        return {"bf16": "channels_last + bf16 autocast", "channels_last": "channels_last + fp32", "contiguous": "contiguous + fp32"}[path] + ", folded BN"
     dtype = autocast_dtype(loaded.device, precision)
-    return "channels_last + fp32" if dtype is None else f"channels_last + {str(dtype).removeprefix('torch.')} autocast"
+    name = "channels_last + fp32" if dtype is None else f"channels_last + {str(dtype).removeprefix('torch.')} autocast"
+    return name + ", folded BN"
 
 
 def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "auto", *, tta: bool = False, calibrated: bool = True) -> torch.Tensor:
@@ -150,16 +154,53 @@ def inference_network(model: torch.nn.Module) -> torch.nn.Module:
     return cached[1]
 
 
+def cpu_path(model: torch.nn.Module, size: int) -> str:
+    """The path ``precision="auto"`` takes for ``model`` on the CPU at input ``size`` (busai.machine.choose_path):
+    from the CPU's flags, or measured once per machine when the process asked for it (``BUSAI_PROBE=1``)."""
+    from busai.machine import choose_path
+
+    key = f"{type(model).__name__}:{sum(p.numel() for p in model.parameters())}:{size}"
+    return choose_path(key, lambda candidates: _probe(model, size, candidates))
+
+
+def _probe(model: torch.nn.Module, size: int, candidates, rounds: int = 3) -> dict[str, float]:
+    """Seconds per forward of each path on one image: the best of ``rounds``, the paths interleaved so
+    a burst of load from elsewhere falls on all of them."""
+    import time
+
+    x = torch.zeros(1, 3, size, size, device=next(model.parameters()).device)
+    best = dict.fromkeys(candidates, float("inf"))
+    for round_ in range(rounds + 1):
+        for path in candidates:
+            start = time.perf_counter()
+            _forward(model, x, path)
+            if round_:  # the first round warms up (oneDNN builds its kernels)
+                best[path] = min(best[path], time.perf_counter() - start)
+    return best
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor, path: str) -> torch.Tensor:
+    fmt = torch.contiguous_format if path == "contiguous" else torch.channels_last
+    model.to(memory_format=fmt)  # outside inference mode, or the weights would become inference tensors autograd cannot use
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if path == "bf16" else contextlib.nullcontext()
+    with torch.inference_mode(), context:
+        return model(x.contiguous(memory_format=fmt))
+
+
 def torch_logits(model: torch.nn.Module, batch: torch.Tensor, precision: str = "auto") -> torch.Tensor:
-    """A PyTorch network's forward for prediction: on the network's device, channels_last and bf16
-    autocast unless ``precision="fp32"`` (see :func:`fast_context`), with batch norm folded into the
-    convolutions (:func:`inference_network`; not at fp32, the plain eager reference), in inference mode."""
+    """A PyTorch network's forward for prediction, in inference mode on the network's device, with batch
+    norm folded into the convolutions (:func:`inference_network`). ``precision="auto"`` on a CPU takes the
+    path chosen for this machine (:func:`cpu_path`); elsewhere, and with ``"bf16"``, channels_last with
+    autocast where :func:`fast_context` says; ``"fp32"`` is plain eager fp32, the reference, unfolded."""
     device = next(model.parameters()).device
-    if precision != "fp32":
-        model = inference_network(model)
+    if precision == "fp32":
+        with torch.inference_mode():
+            return model(batch.to(device))
+    model = inference_network(model)
     x = batch.to(device)
-    if precision != "fp32":
-        x = x.contiguous(memory_format=torch.channels_last)
+    if precision == "auto" and device.type == "cpu":
+        return _forward(model, x, cpu_path(model, x.shape[-1]))
+    x = x.contiguous(memory_format=torch.channels_last)
     # fast_context converts the weights to channels_last: done outside inference mode, or they would
     # become inference tensors that autograd (Grad-CAM) can no longer use.
     context = fast_context(model, precision)
