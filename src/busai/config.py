@@ -27,7 +27,8 @@ OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "adagrad")
 PRECISIONS = ("auto", "bf16", "fp32")
 # Built by busai.losses; named here so the CLI lists them without importing torch.
 SEGMENTATION_LOSSES = ("dice", "dice_bce", "image_dice_bce", "dice_presence", "lovasz")
-AUGMENTATIONS = ("paper", "strong", "scanner", "none")
+AUGMENTATIONS = ("paper", "strong", "scanner", "framing", "none")
+SELECTIONS = ("loss", "lesion_dice")
 DEVICES = ("auto", "cpu", "cuda")
 COLORS = ("rgb", "gray")
 DEFAULT_MODELS = {"segmentation": "unet", "classification": "resnet18", "multitask": "unet"}  # what `busai train seg|cls` trains unasked
@@ -72,7 +73,13 @@ class TrainConfig:
     scheduler: str | None = None  # None: "plateau" for classification (paper), "none" for segmentation
     plateau_patience: int = 25
     plateau_factor: float = 0.1
-    augment: str = "paper"  # paper, strong, scanner or none (see busai.data.dataset.build_augmentations)
+    augment: str = "paper"  # paper, strong, scanner, framing or none (see busai.data.dataset.build_augmentations)
+    # Which epoch's weights are kept: the lowest validation loss, or (segmentation, multitask) the
+    # highest validation Dice over lesion scans, the score that matters across scanners.
+    select: str = "loss"
+    # Exponential moving average of the weights (decay per step, e.g. 0.999): validated, kept and
+    # saved in place of the raw weights; None trains without it.
+    ema: float | None = None
     # Segmentation: chance of pasting another training scan's lesion, faded toward the host's grey (busai.data.dataset.paste_lesion).
     lesion_paste: float = 0.0
     # gray: the model sees every scan as grey (luma copied to three channels), in training and
@@ -110,6 +117,12 @@ class TrainConfig:
             self.augment = "paper" if self.augment else "none"
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"augment '{self.augment}': unknown; choose one of {', '.join(AUGMENTATIONS)}")
+        if self.select not in SELECTIONS:
+            raise ConfigError(f"select '{self.select}': unknown; choose loss or lesion_dice")
+        if self.select == "lesion_dice" and task == "classification":
+            raise ConfigError("select lesion_dice: segmentation and multitask only; use select loss for a classifier")
+        if self.ema is not None and not (isinstance(self.ema, (int, float)) and not isinstance(self.ema, bool) and 0.0 < self.ema < 1.0):
+            raise ConfigError(f"ema={self.ema!r}: must be a decay between 0 and 1 (e.g. 0.999), or left out")
         if not 0.0 <= self.lesion_paste <= 1.0:
             raise ConfigError(f"lesion_paste={self.lesion_paste}: must be a probability between 0 and 1")
         if self.lesion_paste and task != "segmentation":

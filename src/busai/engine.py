@@ -306,7 +306,7 @@ def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
         optimizer.step()
 
 
-def _run_epoch(model, loader, adapter, optimizer, precision, scaler, progress, train: bool):
+def _run_epoch(model, loader, adapter, optimizer, precision, scaler, progress, train: bool, after_step: Callable[[], None] | None = None):
     """One pass over ``loader``: (mean loss, scores). Under torchrun both are those of all ranks together."""
     model.train(train)
     total_loss, count = 0.0, 0
@@ -322,6 +322,8 @@ def _run_epoch(model, loader, adapter, optimizer, precision, scaler, progress, t
             out, loss = forward_loss(model, x, batch, adapter, precision)
             if train:
                 optimizer_step(loss, optimizer, scaler)
+                if after_step is not None:
+                    after_step()
                 if reweigh:
                     sampler.update(batch["index"], adapter.difficulty(_detached(out), batch))
             else:
@@ -360,6 +362,15 @@ def _cat(parts: list):
     return tuple(torch.cat(p) for p in zip(*parts)) if isinstance(parts[0], tuple) else torch.cat(parts)
 
 
+def _ema_model(model: nn.Module, decay: float | None):
+    """torch's AveragedModel as an exponential moving average of weights and BatchNorm buffers, or None."""
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def fit(
     model: nn.Module,
     adapter: TaskAdapter,
@@ -373,7 +384,9 @@ def fit(
     weights_metadata: dict[str, str] | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> FitResult:
-    """Train ``model`` and keep the weights with the lowest validation loss.
+    """Train ``model`` and keep the weights of the best epoch: the lowest validation loss, or with
+    ``cfg.select == "lesion_dice"`` the highest validation Dice over lesion scans. With ``cfg.ema``
+    the kept weights are the moving average's.
 
     ``on_epoch(epoch, row)`` is called after each epoch (Optuna reports and prunes through it; an
     exception it raises ends training after the checkpoints are written).
@@ -398,8 +411,10 @@ def fit(
     scheduler = build_scheduler(cfg, optimizer)
     scaler = torch.amp.GradScaler("cuda") if precision.autocast_dtype == torch.float16 else None
 
+    ema = _ema_model(model, cfg.ema)
     history: list[dict] = []
     best_loss, best_epoch, start_epoch, elapsed_before = math.inf, 0, 0, 0.0
+    best_score = -math.inf  # --select lesion_dice: the highest validation Dice over lesion scans so far
     last_path = run_dir / LAST_CHECKPOINT
     if resume:
         if not last_path.exists():
@@ -417,6 +432,11 @@ def fit(
             train_loader.sampler.load_state_dict(state["sampler"])
         history = state["history"]
         best_loss, best_epoch, start_epoch = state["best_val_loss"], state["best_epoch"], state["epoch"]
+        best_score = float(state.get("best_score", -math.inf))
+        if ema is not None:
+            if "ema" not in state:
+                raise CheckpointError(f"{last_path}: the run was trained without --ema; resume it without --ema")
+            ema.load_state_dict(state["ema"])
         elapsed_before = state.get("seconds", 0.0)
     else:
         seed_everything(cfg.seed)
@@ -437,19 +457,26 @@ def fit(
         for epoch in range(start_epoch + 1, last_epoch + 1):
             epoch_start = time.monotonic()
             _reseed_epoch(train_loader, cfg.seed * 100_003 + epoch)
-            train_loss, _ = _run_epoch(net, train_loader, adapter, optimizer, precision, scaler, progress, train=True)
+            after_step = (lambda: ema.update_parameters(model)) if ema is not None else None
+            train_loss, _ = _run_epoch(net, train_loader, adapter, optimizer, precision, scaler, progress, train=True, after_step=after_step)
             # The plain module: weights are the same on every rank, and DDP's forward would expect
             # the same number of calls on each, which validation shards of unequal size do not make.
-            val_loss, scores = _run_epoch(model, val_loader, adapter, None, precision, None, progress, train=False)
+            # With --ema the averaged weights are validated and kept: they are what the run ships.
+            kept = ema.module if ema is not None else model
+            val_loss, scores = _run_epoch(kept, val_loader, adapter, None, precision, None, progress, train=False)
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(val_loss)
             elif scheduler is not None:
                 scheduler.step()
-            improved = val_loss < best_loss
+            if cfg.select == "lesion_dice":
+                score = scores.get("lesion_dice", scores.get("dice", -math.inf))
+                improved = score > best_score
+            else:
+                score, improved = -val_loss, val_loss < best_loss
             if improved:
-                best_loss, best_epoch = val_loss, epoch
+                best_loss, best_epoch, best_score = val_loss, epoch, score
                 if main:
-                    save_weights(model, run_dir / BEST_CHECKPOINT, weights_metadata)
+                    save_weights(kept, run_dir / BEST_CHECKPOINT, weights_metadata)
             row = {
                 "epoch": epoch,
                 "train_loss": round(train_loss, 6),
@@ -476,8 +503,11 @@ def fit(
                 "sampler": train_loader.sampler.state_dict() if hasattr(train_loader.sampler, "state_dict") else {},
                 "best_val_loss": best_loss,
                 "best_epoch": best_epoch,
+                "best_score": best_score,
                 "seconds": seconds,
             }
+            if ema is not None:
+                checkpoint["ema"] = ema.state_dict()
             if main:
                 _atomic_write(last_path, lambda p: torch.save(checkpoint, p))
             score_text = " ".join(f"{k} {v:.3f}" for k, v in scores.items())

@@ -35,6 +35,8 @@ def fast_context(model: torch.nn.Module, precision: str = "auto"):
 
 def path_name(loaded: LoadedModel, precision: str = "auto") -> str:
     """The inference path ``loaded`` takes at ``precision``, in words (recorded in predict_options.json)."""
+    if getattr(loaded, "members", None):  # busai.ensemble: each member's own path
+        return " | ".join(path_name(member, precision) for member in loaded.members)
     if loaded.backend != "torch":
         return f"{loaded.backend} fp32"
     if precision == "fp32":

@@ -30,7 +30,13 @@ def segmentation_adapter(cfg: TrainConfig) -> TaskAdapter:
         return criterion(out, batch["mask"])
 
     def score(out: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
-        return {"dice": dice_per_image(out, masks).mean().item()}
+        dice = dice_per_image(out, masks)
+        lesion = (masks > 0.5).flatten(1).any(1)
+        # Dice over lesion scans: what --select lesion_dice keeps; normals (empty truth) score apart.
+        scores = {"dice": dice.mean().item()}
+        if lesion.any():
+            scores["lesion_dice"] = dice[lesion].mean().item()
+        return scores
 
     def difficulty(out: torch.Tensor, batch: dict) -> torch.Tensor:
         # Hard Dice, not soft: a lesion-free image predicted empty is solved (1 − 1 = 0), while its

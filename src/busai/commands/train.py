@@ -31,6 +31,8 @@ _FLAGS = {
     "splits": str,
     "fold": int,
     "num_workers": int,
+    "select": str,
+    "ema": float,
 }
 
 
@@ -132,6 +134,14 @@ def register(sub) -> None:
         "--plateau-patience", dest="plateau_patience", type=int, help="plateau: epochs without improvement before the rate drops tenfold (default 25)"
     )
     schedule.add_argument(
+        "--select",
+        choices=["loss", "lesion_dice"],
+        help="which epoch's weights are kept: lowest validation loss (default) or, seg / mt, highest validation Dice over lesion scans",
+    )
+    schedule.add_argument(
+        "--ema", type=float, metavar="DECAY", help="keep an exponential moving average of the weights (e.g. 0.999); it is validated and saved instead"
+    )
+    schedule.add_argument(
         "--max-minutes", dest="max_minutes", type=float, help="wall-clock budget; stops cleanly after the epoch that crosses it (default none)"
     )
 
@@ -141,7 +151,8 @@ def register(sub) -> None:
         choices=AUGMENTATIONS,
         default=None,
         help="paper (flips, rotations, colour jitter; default), strong (adds scale, shift, gamma, speckle noise, blur), "
-        "scanner (strong plus framing, tints, gain, JPEG, burnt-in text, calipers, Doppler boxes) or none",
+        "scanner (strong plus framing, tints, gain, JPEG, burnt-in text, calipers, Doppler boxes), "
+        "framing (random resized crops over 45-100%% of the scan, gain, gamma, contrast, noise) or none",
     )
     augment.add_argument(
         "--lesion-paste",

@@ -88,8 +88,9 @@ def _track(items: Sequence, description: str, progress: bool) -> Iterable:
     return track(items, description=description, console=console, transient=True, disable=not console.is_terminal)
 
 
-def build_augmentations(name: str, seed: int | None = None) -> A.Compose | None:
+def build_augmentations(name: str, seed: int | None = None, size: int = 256) -> A.Compose | None:
     """Training augmentations by name, applied to image and mask together; ``none`` gives None.
+    ``size`` is the model's input size (the crops of ``framing`` are resized back to it).
 
     ``paper``: the study's flips, rotations and colour jitter. Ultrasound images are near-grayscale,
     so saturation and hue jitter stay small (they only touch the few images with colour overlays).
@@ -102,6 +103,11 @@ def build_augmentations(name: str, seed: int | None = None) -> A.Compose | None:
     ``scanner``: everything ``strong`` does plus what differs between scanners and hospitals (see
     :func:`scanner_shift`): framing, grey and colour maps, gain and contrast, JPEG re-encoding and
     burnt-in annotations.
+
+    ``framing``: what changes most between scanners, and nothing else: how much of the breast the
+    frame holds (random resized crops over 45-100% of the scan, any aspect ratio near the scan's) and
+    the gain, gamma, contrast and noise of the grey map; horizontal flips only, as scans are never
+    shown upside down.
     """
     if name == "none":
         return None
@@ -110,6 +116,17 @@ def build_augmentations(name: str, seed: int | None = None) -> A.Compose | None:
     if name == "paper":
         rotate = A.Rotate(limit=15, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.5)
         return A.Compose([*flips, rotate, jitter], seed=seed)
+    if name == "framing":
+        return A.Compose(
+            [
+                A.HorizontalFlip(p=0.5),
+                A.RandomResizedCrop(size=(size, size), scale=(0.45, 1.0), ratio=(0.75, 1.33), p=1.0),
+                A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.25, p=0.5),
+                A.RandomGamma(gamma_limit=(70, 150), p=0.5),
+                A.GaussNoise(std_range=(0.01, 0.05), p=0.3),
+            ],
+            seed=seed,
+        )
     if name in ("strong", "scanner"):
         warp = A.Affine(scale=(0.8, 1.25), translate_percent=(-0.1, 0.1), rotate=(-15, 15), border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.75)
         texture = A.OneOf([A.MultiplicativeNoise(multiplier=(0.85, 1.15), elementwise=True), A.GaussianBlur(blur_limit=(3, 5))], p=0.3)
@@ -221,7 +238,7 @@ class BusDataset(Dataset):
         self.cache = cache if cache is not None else ImageCache()
         # seed None: drawn from torch's global RNG, so torch.manual_seed(...) makes augmentation reproducible.
         self._seed = int(torch.randint(2**31 - 1, ())) if seed is None else int(seed)
-        self.augment = build_augmentations(augment, self._seed)
+        self.augment = build_augmentations(augment, self._seed, size=self.image_size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.lesion_paste = float(lesion_paste)
         self.grayscale = bool(grayscale)

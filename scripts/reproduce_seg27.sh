@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Issue 27's segmentation runs (masks that hold on any scanner), one at a time, resumably.
+#   bash scripts/reproduce_seg27.sh BUSI_DIR UCLM_DIR NAME [FOLD ...]
+# NAME picks a recipe below; with FOLDs the recipe trains on those folds of splits/busi-uclm.json
+# (patient- and duplicate-grouped, over train+val; test is never used), into runs/seg27/NAME/fold-I;
+# without, on the split's train / val lists into runs/seg27/NAME.
+# A finished run (fit.json present) is skipped; an interrupted one is resumed with its budget.
+# Out-of-fold scores and the table: python benchmarks/seg_folds.py.
+set -euo pipefail
+BUSI=${1:?usage: reproduce_seg27.sh BUSI_DIR UCLM_DIR NAME [FOLD ...]}
+UCLM=${2:?usage: reproduce_seg27.sh BUSI_DIR UCLM_DIR NAME [FOLD ...]}
+NAME=${3:?usage: reproduce_seg27.sh BUSI_DIR UCLM_DIR NAME [FOLD ...]}
+shift 3
+SPLITS=splits/busi-uclm.json
+BOTH="--data busi=$BUSI --data uclm=$UCLM"
+# The reference recipe of the issue, in busai's options: EfficientNet-Lite0 U-Net from ImageNet,
+# grey 256 px, random resized crops over 45-100% of the scan plus gain / gamma / contrast / noise,
+# Dice + BCE, AdamW 3e-4 cosine, 12 epochs, best epoch by validation Dice over lesion scans.
+REF="seg $BOTH --model unet --encoder efficientnet-lite0 --weights imagenet --color gray --augment framing --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --loss dice_bce --scheduler cosine --epochs 12 --select lesion_dice"
+declare -A ARGS=(
+  [ref]="$REF"
+  # The levers, each one change on the reference recipe.
+  [ref-ema]="$REF --ema 0.995"
+  [ref-balanced]="$REF --dataset-weight busi=1 --dataset-weight uclm=1"
+  [ref-320]="${REF/--image-size 256/--image-size 320}"
+  [ref-lite2]="${REF/efficientnet-lite0/efficientnet-lite2}"
+)
+MINUTES=60
+[ -n "${ARGS[$NAME]+x}" ] || { echo "unknown recipe $NAME; choose from ${!ARGS[*]}" >&2; exit 2; }
+folds=("$@")
+[ ${#folds[@]} -eq 0 ] && folds=(none)
+for fold in "${folds[@]}"; do
+  if [ "$fold" = none ]; then out=runs/seg27/$NAME; extra=""; else out=runs/seg27/$NAME/fold-$fold; extra="--fold $fold"; fi
+  if [ -f "$out/fit.json" ]; then echo "$out: done"; continue; fi
+  if [ -f "$out/checkpoint_last.pt" ]; then
+    echo "$out: resuming"; busai train --resume "$out" --quiet
+  else
+    rm -rf "$out"  # a run that never finished an epoch: restart it
+    echo "$out: training"; busai train ${ARGS[$NAME]} $extra --splits $SPLITS --out "$out" --max-minutes $MINUTES --quiet
+  fi
+done
