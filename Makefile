@@ -1,11 +1,12 @@
-# Two entry points: `make demo` (the main job on built-in synthetic data) and `make test`.
-# Both create or reuse the virtual environment in $(VENV).
+# Two entry points: `make demo` (the main job on built-in synthetic data) and `make test` (the whole
+# suite, what CI runs). `make test-fast` is the developer loop: every test not marked slow.
+# All create or reuse the virtual environment in $(VENV).
 VENV ?= .venv
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test lint install clean-demo
+.PHONY: demo test test-fast lint install clean-demo
 
 install: $(VENV)/.installed
 
@@ -21,6 +22,9 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+test-fast: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

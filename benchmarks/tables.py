@@ -4,7 +4,7 @@ The study's tables live in the docs, not in the package or the README: this scri
 committed files in ``results/`` (nothing is recomputed) and rewrites the text between
 ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in ``docs/results.md``:
 
-- ``seg-table`` / ``cls-table``: the paper-shaped Tables 4 and 6 (``busai.report``);
+- ``seg-table`` / ``cls-table``: the score tables with the paper's Tables 4 and 6 beside ours (``busai.report``, ``study.paper``);
 - ``tune-table``: the tuning studies' best hyper-parameters (``busai.tune.best_params_table``);
 - ``speed-table``, ``leak-table``, ``missed-table``: the benchmarks' own JSON, rendered here.
 
@@ -23,11 +23,14 @@ import re
 import sys
 from pathlib import Path
 
-from busai import SPLIT_NAMES
-from busai.errors import BusaiError, CheckpointError
-from busai.report import classification_table, comparison_rows, fmt_ci, fmt_value, load_results, segmentation_table
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the study package (study/) sits at the repository root, beside src/
+
+from busai import SPLIT_NAMES  # noqa: E402
+from busai.errors import BusaiError, CheckpointError  # noqa: E402
+from busai.report import classification_table, comparison_rows, fmt_ci, fmt_value, segmentation_table  # noqa: E402
+from study.collect import load_results  # noqa: E402
+from study.paper import reference  # noqa: E402
 
 
 def leakage_table(results_dir: str | Path) -> str:
@@ -170,9 +173,10 @@ def render(results: Path, *, chart: bool = True) -> dict[str, str]:
     classification = load_results(results / "classification")
     if classification and chart:  # the paper's Figure 11: every classifier on train / val / test
         print(model_comparison(comparison_rows(classification), results / "classification" / "figures" / "model_comparison.png"), file=sys.stderr)
+    paper = reference()
     rendered = {
-        "seg-table": segmentation_table(load_results(results / "segmentation")),
-        "cls-table": classification_table(classification),
+        "seg-table": segmentation_table(load_results(results / "segmentation"), paper),
+        "cls-table": classification_table(classification, paper),
         "speed-table": speed_table(results),
         "leak-table": leakage_table(results),
         "missed-table": missed_table(results),

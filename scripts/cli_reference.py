@@ -20,7 +20,10 @@ INTRO = """# CLI reference
 
 Every `busai` command and option, generated from the parsers by `python scripts/cli_reference.py`
 (`busai COMMAND --help` prints the same). Any error is one `error:` line naming the file or option
-and the fix, with exit code 2. Walk-through: [getting started](getting-started.md).
+and the fix, with exit code 2. Walk-through: [getting started](getting-started.md). The study's
+own scripts are not `busai` commands; run them from the repository root: `python -m
+study.collect RUN... --out DIR` (formerly `busai collect`) and `python -m study.report` (`busai
+report` with the paper's numbers beside ours); see [architecture](architecture.md#results-docs-and-the-report).
 """
 
 

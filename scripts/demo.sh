@@ -27,7 +27,7 @@ busai predict "$OUT/new_scans/benign" "$OUT/new_scans/malignant" --out "$OUT/pre
   --seg "$OUT/runs/seg-lite0-unet" --cls "$OUT/runs/cls-lite0" --pixel-spacing 0.1 --quiet
 busai export "$OUT/runs/seg-lite0-unet" --format onnx --out "$OUT/seg-lite0-unet.onnx"
 busai predict "$OUT/new_scans/malignant" --out "$OUT/predictions_onnx" --seg "$OUT/seg-lite0-unet.onnx" --cls none --quiet
-# The study's report of both runs: tables beside the paper's, figures, training curves (report.md and a self-contained report.html).
+# The report of both runs: score tables with CIs, figures, training curves (report.md and a self-contained report.html).
 busai report "$OUT/runs" --audit "$DATA" --out "$OUT/report"
 echo "demo finished: run folders, metrics.json and figures are in $OUT/runs"
 echo "report: $OUT/report/report.html"

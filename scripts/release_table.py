@@ -3,19 +3,30 @@
 The README and docs/model-card.md paste this output (tests/test_docs.py checks that they hold it
 exactly, so the two never drift from the shipped scores):
 
-    python scripts/release_table.py            # the README's short table: test split, with the paper's best
-    python scripts/release_table.py --full     # the model card's table: every split and metric
+    python scripts/release_table.py                # the README's short table: test split, with the paper's best
+    python scripts/release_table.py --full         # the model card's table: every split and metric
+    python scripts/release_table.py --calibration  # the model card's calibration table (results/release_calibration.json)
+
+scores.json holds the packaged models' own scores (scripts/release_scores.py writes them from
+`busai evaluate release`); tests/test_docs.py also checks that the calibration benchmark measured
+the same accuracy and ECE, so every page shows one set of numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from busai import SPLIT_NAMES, paper
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the study package (study/) sits at the repository root, beside src/
 
-RELEASE = Path(__file__).resolve().parents[1] / "src" / "busai" / "release"
+from busai import SPLIT_NAMES  # noqa: E402
+from study import paper  # noqa: E402
+
+RELEASE = ROOT / "src" / "busai" / "release"
+CALIBRATION = ROOT / "results" / "release_calibration.json"
 
 
 DATASETS = {"busi": "BUSI", "uclm": "BUS-UCLM"}
@@ -117,10 +128,29 @@ def full_table() -> str:
     return "\n\n".join(out)
 
 
+def calibration_table() -> str:
+    """The released classifier's calibration per split and dataset, from benchmarks/release_calibration.py's results."""
+    result = json.loads(CALIBRATION.read_text())
+    lines = [
+        "| Split | Dataset | Images | Accuracy | Mean confidence | ECE, raw | ECE, temperature-scaled | Brier score |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for split in SPLIT_NAMES:
+        for name, m in (result.get(split) or {}).items():
+            if not isinstance(m, dict):
+                continue  # the figure's path
+            dataset = "both" if name == "pooled" else DATASETS.get(name, name)
+            cells = (m["accuracy"], m["mean_confidence"], m["ece_uncalibrated"], m["ece_10_bins"], m["brier"])
+            lines.append(f"| {split} | {dataset} | {m['images']} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="every split and metric (the model card's table)")
-    print(full_table() if parser.parse_args().full else short_table())
+    parser.add_argument("--calibration", action="store_true", help="the model card's calibration table")
+    args = parser.parse_args()
+    print(calibration_table() if args.calibration else full_table() if args.full else short_table())
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ for name in "${NAMES[@]}"; do
     busai train $args --data "$DATA" --splits "$splits" --out "$run" --max-minutes "${MINUTES_OF[$name]:-$MINUTES}" --quiet
   fi
   busai evaluate "$run" --data "$DATA" --splits "$splits" --split train val test
-  busai collect "$run" --out "$results"
+  python -m study.collect "$run" --out "$results"  # study/ at the repository root
   mkdir -p "$results/figures"
   for fig in "$run"/samples_*.png "$run"/confusion_*.png; do
     if [ -f "$fig" ]; then cp "$fig" "$results/figures/${name}_$(basename "$fig")"; fi

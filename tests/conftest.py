@@ -99,3 +99,16 @@ def cls_run(synthetic_dir, tiny_runs) -> Path:
 def mt_run(synthetic_dir, tiny_runs) -> Path:
     """A trained multitask EfficientNet-Lite0 U-Net run folder (masks and classes, 64 px)."""
     return _train_tiny(synthetic_dir, tiny_runs / "mt", "mt", "unet", "efficientnet-lite0")
+
+
+# --------------------------------------------------------------------------- test tiers
+# `make test-fast` runs `-m "not slow"`. A test on a trained run is slow by construction (the first
+# one pays for the training), so those are marked here by fixture, not by hand: a new test on a
+# trained run can never land in the fast loop. Other slow tests carry @pytest.mark.slow themselves.
+TRAINED_RUNS = {"seg_run", "cls_run", "mt_run"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if TRAINED_RUNS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

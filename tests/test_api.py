@@ -380,3 +380,24 @@ def test_a_gpu_model_predicts_like_the_cpu_one_and_saves(scan, tmp_path):
     a, b = cpu.predict(scan, precision="fp32"), gpu.predict(scan, precision="fp32")
     assert np.abs(a.lesion_probability - b.lesion_probability).max() < 1e-2  # cuDNN may use TF32 convolutions
     assert_same(busai.load(gpu.save(tmp_path / "seg"), device="cpu").predict(scan, precision="fp32"), a)
+
+
+# --------------------------------------------------------------------------- the one object
+def test_model_evaluates_and_calibrates(cls_run, synthetic_dir, tiny_runs, tmp_path):
+    """busai.Model's evaluate and calibrate are the library's evaluate_model and fit_calibration, on the model's own source."""
+    import shutil
+
+    from busai.calibration import fit_calibration
+    from busai.evaluation import evaluate_model
+
+    run = shutil.copytree(cls_run, tmp_path / "cls")
+    model = busai.load(run, device="cpu")
+    options = dict(splits_file=tiny_runs / "splits.json", split_names=["val"], n_boot=10, figures=False)
+    scores = model.evaluate(synthetic_dir, out=tmp_path / "a", **options)
+    assert scores == evaluate_model(run, synthetic_dir, out=tmp_path / "b", **options)
+    assert model.temperature == 1.0
+    fitted = model.calibrate(synthetic_dir, tiny_runs / "splits.json")
+    assert model.temperature == fitted["temperature"] == busai.load(run, device="cpu").temperature != 1.0
+    assert fit_calibration(run, synthetic_dir, tiny_runs / "splits.json", force=True)["temperature"] == pytest.approx(fitted["temperature"])
+    with pytest.raises(ConfigError, match="calibration.json: exists; pass --force"):
+        model.calibrate(synthetic_dir, tiny_runs / "splits.json")

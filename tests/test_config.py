@@ -23,7 +23,7 @@ def test_task_defaults_follow_the_paper():
         ({"task": "detect"}, "task 'detect': unknown; use seg, cls or mt (multitask)"),
         ({"optimizer": "lion"}, "optimizer 'lion': unknown; choose one of adam, adamw, rmsprop, sgd, adagrad"),
         ({"precision": "fp8"}, "precision 'fp8': unknown; choose auto, bf16 or fp32"),
-        ({"augment": "heavy"}, "augment 'heavy': unknown; choose one of paper, strong, scanner, none"),
+        ({"augment": "heavy"}, "augment 'heavy': unknown; choose one of paper, strong, scanner, framing, none"),
         ({"lr": 0}, "lr=0: must be positive"),
         ({"weight_decay": -1}, "weight_decay=-1: must be zero or positive"),
     ],

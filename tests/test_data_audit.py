@@ -196,3 +196,28 @@ def test_cli_human_output(cli, crafted):
     code, out, _ = cli("data", "audit", crafted)
     assert code == 0
     assert "benign" in out and "1 duplicate groups (3 images; 1 exact" in out and "label conflicts (1)" in out
+
+
+# --- issue 30, item 18: a file name that is not UTF-8 ------------------------------------------------
+def test_a_name_that_is_not_utf8_is_a_problem_audit_lists_and_split_can_exclude(busi_copy, tmp_path, cli):
+    import os
+
+    from busai.data.splits import read_splits
+
+    folder = os.fsencode(busi_copy / "normal")
+    for suffix in (b".png", b"_mask.png"):
+        os.rename(folder + b"/normal (1)" + suffix, folder + b"/normal\xff (1)" + suffix)
+    code, out, _ = cli("data", "audit", busi_copy, "--json")
+    assert code == 0
+    (problem,) = json.loads(out)["problems"]
+    assert problem["kind"] == "name_not_utf8"
+    assert problem["message"] == "normal/normal\\xff (1).png: the file name is not valid UTF-8; rename the file (and its masks)"
+    cli.fails(
+        "data", "split", busi_copy, "--out", tmp_path / "s.json", expect="the file name is not valid UTF-8; rename the file (and its masks) (or pass --exclude"
+    )
+    code, _, err = cli("data", "split", busi_copy, "--out", tmp_path / "s.json", "--exclude-problems")
+    assert code == 0, err
+    splits = read_splits(tmp_path / "s.json")
+    assert splits["excluded"] == ["normal/normal\\xff (1).png"] and splits["counts"]["excluded"]["normal"] == 1
+    assert "not valid UTF-8" in splits["exclusions"]["normal/normal\\xff (1).png"]
+    (tmp_path / "s.json").read_text(encoding="utf-8")  # plain UTF-8 JSON

@@ -81,7 +81,7 @@ def test_no_augmentation_returns_the_cached_image(bright_square):
 
 
 def test_unknown_augmentation_is_refused(bright_square):
-    with pytest.raises(ConfigError, match=r"augment 'heavy': unknown; choose one of paper, strong, scanner, none"):
+    with pytest.raises(ConfigError, match=r"augment 'heavy': unknown; choose one of paper, strong, scanner, framing, none"):
         BusDataset(bright_square, 64, MEAN, STD, augment="heavy")
 
 

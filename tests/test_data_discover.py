@@ -109,3 +109,77 @@ def test_read_mask_parts_of_different_sizes(busi_copy):
     Image.new("1", (40, 30)).save(record.masks[1])
     with pytest.raises(DataError, match="mask is 40x30 but the image's other mask is 80x64; re-export it"):
         read_mask(record)
+
+
+# --- issue 30: EXIF orientation (3) and multi-page TIFFs (14) --------------------------------------
+def _tagged_jpeg(path, upright: np.ndarray, orientation: int = 6):
+    """Save ``upright`` as a JPEG whose stored pixels need EXIF ``orientation`` to be shown upright,
+    as a phone or scanner writes it: 6 = stored turned 90 degrees anticlockwise, shown turned clockwise."""
+    stored = np.rot90(upright, 1) if orientation == 6 else upright
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.ascontiguousarray(stored)).save(path, quality=95, exif=exif)
+    return path
+
+
+def _marked(height=40, width=60) -> np.ndarray:
+    image = np.full((height, width), 90, np.uint8)
+    image[:10, :20] = 250  # a bright block at the top left of the upright image
+    return image
+
+
+def test_exif_orientation_is_applied_where_images_are_read(tmp_path):
+    path = _tagged_jpeg(tmp_path / "phone.jpg", _marked())
+    with Image.open(path) as raw:
+        assert raw.size == (40, 60)  # stored 40 wide, 60 tall: sideways
+    gray = read_image(path, mode="L")
+    assert gray.shape == (40, 60)
+    assert gray[:10, :20].mean() > 230 and gray[15:, 25:].mean() < 110  # the block is back at the top left
+
+
+def test_audit_notes_orientation_and_a_mask_drawn_upright_fits(busi_copy):
+    from busai.data.audit import audit_dataset
+
+    image = read_image(busi_copy / "benign" / "benign (3).png", mode="L")
+    (busi_copy / "benign" / "benign (3).png").unlink()
+    _tagged_jpeg(busi_copy / "benign" / "benign (3).jpg", image)  # the mask stays the upright 64x80 PNG
+    report = audit_dataset(busi_copy)
+    notes = [p for p in report.problems if p.kind == "exif_orientation"]
+    assert [p.path for p in notes] == ["benign/benign (3).jpg"]
+    assert notes[0].message.startswith("benign/benign (3).jpg: its EXIF Orientation tag (6, turned 90 degrees) is applied, as viewers show it")
+    assert report.problem_counts() == {"exif_orientation": 1}  # no mask_size_mismatch: the image is read upright
+    (record,) = [r for r in discover_records(busi_copy) if r.key == "benign/benign (3).jpg"]
+    assert read_mask(record, size=read_image(record.image).shape[:2]).shape == (64, 80)
+
+
+def _tiff_pages(path, pages: list[np.ndarray]):
+    Image.fromarray(pages[0]).save(path, save_all=True, append_images=[Image.fromarray(p) for p in pages[1:]])
+    return path
+
+
+def test_multi_page_tiff_frames_are_read_like_a_cine(tmp_path):
+    pages = [np.full((16, 24), value, np.uint8) for value in (10, 120, 240)]
+    path = _tiff_pages(tmp_path / "sweep.tif", pages)
+    with pytest.raises(DataError, match=r"sweep.tif: a multi-page TIFF of 3 pages; say which frame to read"):
+        read_image(path)
+    assert [int(read_image(path, mode="L", frame=n).mean()) for n in (1, 2, 3)] == [10, 120, 240]
+    with pytest.raises(DataError, match=r"sweep.tif: --frame 4 is out of range; the file holds 3 frame\(s\), numbered from 1"):
+        read_image(path, frame=4)
+    Image.fromarray(pages[0]).save(tmp_path / "one.png")
+    assert read_image(tmp_path / "one.png", frame=1).shape == (16, 24, 3)  # a plain image's only frame
+
+
+def test_multi_page_tiff_in_a_dataset_uses_its_first_frame_with_a_note(busi_copy):
+    from busai.data.audit import audit_dataset
+
+    image = read_image(busi_copy / "benign" / "benign (3).png", mode="L")
+    (busi_copy / "benign" / "benign (3).png").unlink()
+    _tiff_pages(busi_copy / "benign" / "benign (3).tif", [image, 255 - image])
+    report = audit_dataset(busi_copy)
+    (note,) = [p for p in report.problems if p.kind == "first_frame"]
+    assert note.message == (
+        "benign/benign (3).tif: a multi-page TIFF of 2 pages; its first frame is used (name another in a frame column of a manifest or labels table)"
+    )
+    assert report.problem_counts() == {"first_frame": 1}
+    (record,) = [r for r in discover_records(busi_copy) if r.key == "benign/benign (3).tif"]
+    assert record.frame == 1 and np.array_equal(read_image(record.image, mode="L", frame=record.frame), image)

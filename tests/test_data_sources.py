@@ -161,7 +161,7 @@ def _manifest(tmp_path: Path, header: str, *rows: str) -> Path:
         ("image,mask,label,group", ["a.png,a_mask.png,normal,"], "data.csv row 2: the group (patient id) is empty"),
         ("image;mask;label", ["a.png;a_mask.png;normal"], "data.csv: the header is separated by ';', not commas"),
         ("image,mask,label", ["a.png,a_mask.png;,benign"], "data.csv row 2: the mask cell 'a_mask.png;' has an empty entry"),
-        ("image,mask,label,pixel_spacing_mm", ["a.png,a_mask.png,normal,inf"], "data.csv row 2: pixel_spacing_mm 'inf' is not a spacing"),
+        ("image,mask,label,pixel_spacing_mm", ["a.png,a_mask.png,normal,inf"], "data.csv row 2: pixel_spacing_mm 'inf' is not a plausible pixel size"),
     ],
 )
 def test_bad_manifest_gives_one_line(tmp_path, cli, header, rows, message):
@@ -189,6 +189,76 @@ def test_split_excludes_unusable_images_only_when_asked(tmp_path, cli, layouts):
     assert code == 0
     splits = read_splits(tmp_path / "s.json")
     assert splits["excluded"] == ["images/PAAA_000.jpg"] and "mask is 10x10" in splits["exclusions"]["images/PAAA_000.jpg"]
+
+
+# --- issue 30: BUS-UCLM's table re-saved, repeated rows, manifest rows outside their folder ---------
+
+
+def _uclm(layouts, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(layouts["bus-uclm"], tmp_path / "uclm"))
+
+
+def test_bus_uclm_table_saved_with_commas_reads_the_same(layouts, tmp_path):
+    data = _uclm(layouts, tmp_path)
+    info = data / "INFO.csv"
+    before = scan_source(data)[0].records
+    text = info.read_text(encoding="utf-8-sig")
+    assert ";" in text.splitlines()[0]
+    info.write_text(text.replace(";", ","), encoding="utf-8")  # a spreadsheet's re-save: commas, no byte-order mark
+    after = scan_source(data)[0].records
+    assert [(r.key, r.label, r.masks) for r in after] == [(r.key, r.label, r.masks) for r in before] and len(after) == 24
+
+
+def test_bus_uclm_repeated_row_is_named_as_a_repeat(layouts, tmp_path, cli):
+    data = _uclm(layouts, tmp_path)
+    info = data / "INFO.csv"
+    lines = info.read_text(encoding="utf-8-sig").splitlines()
+    first = lines[1].split(";")
+    first[2] = "Malignant" if first[2].lower() != "malignant" else "Benign"  # the same image again, another label
+    info.write_text("\n".join([*lines, ";".join(first)]) + "\n", encoding="utf-8")
+    stem = Path(first[0]).stem
+    cli.fails("data", "audit", data, expect=f"INFO.csv row {len(lines) + 1}: image '{stem}' is listed again (first at row 2); keep one row per image")
+
+
+def _outside_manifest(tmp_path: Path, cell: str) -> Path:
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    for folder in (data, outside):
+        folder.mkdir()
+        Image.fromarray(np.full((8, 8), 99, np.uint8)).save(folder / "x.png")
+    path = data / "m.csv"
+    path.write_text(f"image,mask,label\nx.png,,normal\n{cell},,normal\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
+def test_manifest_rows_outside_its_folder_are_refused(tmp_path, cli, kind):
+    # The rule (docs/datasets.md): every file a manifest names lies inside the manifest's folder,
+    # symbolic links followed; a key is the path inside it, so it stays the same wherever the folder goes.
+    cell = {"dotdot": "../outside/x.png", "absolute": str(tmp_path / "outside" / "x.png"), "symlink": "link.png"}[kind]
+    path = _outside_manifest(tmp_path, cell)
+    if kind == "symlink":
+        (path.parent / "link.png").symlink_to(tmp_path / "outside" / "x.png")
+    root = path.parent.resolve()
+    cli.fails("data", "audit", path, expect=f"m.csv row 3: {cell} lies outside {root} (the manifest's folder; symbolic links are followed); move the file")
+    cli.fails("data", "split", path, "--out", tmp_path / "s.json", expect="m.csv row 3: ")
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_manifest_mask_outside_its_folder_is_refused(tmp_path):
+    path = _outside_manifest(tmp_path, "x.png")
+    path.write_text("image,mask,label\nx.png,../outside/x.png,normal\n")
+    with pytest.raises(DataError, match=r"m.csv row 2: ../outside/x.png lies outside"):
+        scan_source(path)
+
+
+def test_a_link_inside_the_folder_to_a_file_inside_is_fine(tmp_path):
+    path = _outside_manifest(tmp_path, "x.png")
+    (path.parent / "x2.png").symlink_to(path.parent / "x.png")
+    path.write_text("image,mask,label\nx2.png,,normal\n")
+    (record,) = scan_source(path)[0].records
+    assert record.key == "x.png"  # resolved inside the folder: the key is the file's own path there
 
 
 def test_data_specs(tmp_path):

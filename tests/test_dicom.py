@@ -201,3 +201,58 @@ def test_jpeg_compressed_dicom(tmp_path):
     ds.save_as(path, enforce_file_format=True)
     decoded = next(read_frames(path)).image[..., 0].astype(int)
     assert np.abs(decoded - grey).mean() < 3
+
+
+# --- issue 30: an implausible stated pixel spacing (5), short uncompressed pixel data (15) ----------
+def test_implausible_pixel_spacing_is_that_files_error_row_and_the_batch_goes_on(tmp_path, monkeypatch):
+    from busai import prediction as predict
+
+    monkeypatch.setattr(predict, "load_models", lambda *a, **k: dark_is_lesion())
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_dicom(folder / "a.dcm", ellipse_scan(), pixel_spacing=(0.1, 0.1))
+    write_dicom(folder / "b.dcm", ellipse_scan(), pixel_spacing=(1e9, 1e9))
+    write_dicom(folder / "c.dcm", ellipse_scan(), regions=[region(0, 0, 319, 239, 1e8, 1e8)])
+    rows = predict_paths([folder], tmp_path / "out", progress=False)
+    assert [r["error"] is None for r in rows] == [True, False, False]
+    assert rows[0]["spacing_source"] == "PixelSpacing" and rows[0]["longest_diameter_mm"] == pytest.approx(10.1, abs=0.3)
+    assert rows[1]["error"] == (
+        f"{folder / 'b.dcm'}: PixelSpacing 1e+09 mm is not a plausible pixel size (0.001 to 10 mm per pixel); correct or remove the tag in the file"
+    )
+    assert rows[2]["error"].startswith(f"{folder / 'c.dcm'}: SequenceOfUltrasoundRegions[0] PhysicalDeltaY 1e+08 cm is not a plausible pixel size")
+    assert not any("--pixel-spacing" in r["error"] for r in rows[1:])
+
+
+def test_implausible_pixel_spacing_in_a_dataset_is_an_unusable_image(tmp_path, cli):
+    from busai.data.audit import audit_dataset
+    from busai.data.discover import read_image
+    from busai.data.splits import read_splits
+    from busai.data.synthetic import write_layout, write_synthetic_dataset
+
+    data = write_layout(write_synthetic_dataset(tmp_path / "busi", n=12, seed=3, size=(64, 80)), tmp_path / "im", "images-masks")
+    png = sorted((data / "images").glob("*.png"))[0]
+    write_dicom(png.with_suffix(".dcm"), read_image(png, mode="L"), pixel_spacing=(1e9, 1e9))
+    png.unlink()
+    name = f"images/{png.stem}.dcm"
+    (problem,) = [p for p in audit_dataset(data).problems if p.kind == "bad_pixel_spacing"]
+    assert problem.path == name and "PixelSpacing 1e+09 mm is not a plausible pixel size" in problem.message
+    cli.fails("data", "split", data, "--out", tmp_path / "s.json", expect="PixelSpacing 1e+09 mm is not a plausible pixel size")
+    # A named dataset: the problem carries the name, so --exclude-problems finds its record.
+    code, _, err = cli("data", "split", "--data", f"d={data}", "--out", tmp_path / "s.json", "--exclude-problems", "--val", "0.25", "--test", "0.25")
+    assert code == 0, err
+    splits = read_splits(tmp_path / "s.json")
+    assert splits["excluded"] == [f"d:{name}"] and f"d:{name}" not in splits["train"] + splits["val"] + splits["test"]
+
+
+def test_uncompressed_dicom_with_short_pixel_data_is_named_damaged(tmp_path):
+    import pydicom
+
+    path = write_dicom(tmp_path / "short.dcm", speckle_scan(64, 80))
+    ds = pydicom.dcmread(path)
+    ds.PixelData = ds.PixelData[:1000]
+    ds.save_as(path)
+    with pytest.raises(DataError) as caught:
+        list(read_scans(path))
+    message = str(caught.value)
+    assert "less than expected" in message and message.endswith("the file is truncated or damaged; export it again from the scanner or PACS")
+    assert "busai[dicom]" not in message

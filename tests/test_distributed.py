@@ -44,6 +44,7 @@ def test_cli_gpus_without_cuda(cli, tmp_path):
     )
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_two_gloo_processes_train_resume_and_match_one(synthetic_dir, tiny_runs, tmp_path):
     from busai.data.discover import discover_records
     from busai.data.splits import make_splits, write_splits

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+import busai.device
 from busai.config import TrainConfig
 from busai.engine import BEST_CHECKPOINT, HISTORY, LAST_CHECKPOINT, TaskAdapter, fit
 from busai.errors import CheckpointError, ConfigError
@@ -202,7 +203,7 @@ def test_unknown_scheduler_is_a_clear_error(tmp_path):
 def test_default_path_uses_bf16_only_where_the_cpu_has_it(monkeypatch, precision, native, dtype, channels_last):
     from busai import engine
 
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(busai.device, "cpu_has_native_bf16", lambda: native)  # where engine.autocast_dtype asks
     resolved = engine.resolve_precision(config(precision=precision))
     assert (resolved.autocast_dtype, resolved.channels_last, resolved.fused_optimizer) == (dtype, channels_last, channels_last)
     expected = "channels_last + bfloat16 autocast" if native else "channels_last + fp32"

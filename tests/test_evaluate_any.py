@@ -70,6 +70,7 @@ def test_scores_of_a_release_need_a_place(cli, unseen_uclm):
     cli.fails("evaluate", "release", "--data", unseen_uclm, expect="say which images to score")
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_training_on_two_datasets(cli, synthetic_dir, unseen_uclm, tmp_path):
     split = tmp_path / "both.json"
     code, _, err = cli("data", "split", "--data", f"a={synthetic_dir}", "--data", f"b={unseen_uclm}", "--out", split, "--val", "0.25", "--test", "0.25")
@@ -199,3 +200,21 @@ def test_fold_training_and_its_summary(cli, synthetic_dir, tmp_path):
     assert json.loads((tmp_path / "cv" / "folds.json").read_text()) == summary
     code, out, _ = cli(*args, "--folds", "2", "--json")  # finished folds are skipped, the summary is the same
     assert code == 0 and json.loads(out)["folds"] == summary["folds"]
+
+
+def test_a_saved_onnx_folder_is_scored_like_its_file(cli, seg_run, unseen_uclm, tmp_path):
+    """A folder holding model.onnx (what Model.save writes for an ONNX model) is a model source for
+    evaluate as for busai.load: both resolve through busai.runs.resolve_model."""
+    import busai
+
+    pytest.importorskip("onnxruntime")
+    busai.load(seg_run, device="cpu").export(tmp_path / "seg.onnx")
+    saved = busai.load(tmp_path / "seg.onnx").save(tmp_path / "saved")
+    assert (saved / "model.onnx").is_file() and not (saved / "config.json").exists()
+    scores = {}
+    for name, source in (("file", tmp_path / "seg.onnx"), ("folder", saved)):
+        code, out, err = cli("evaluate", source, "--data", f"uclm={unseen_uclm}", "--all", "--out", tmp_path / name, "--n-boot", "20", "--json", "--no-figures")
+        assert code == 0, err
+        scores[name] = json.loads(out)
+    assert scores["folder"]["images"] == 12
+    assert scores["folder"]["dice"] == scores["file"]["dice"]

@@ -5,6 +5,7 @@ saved as PNG; nothing of the patient's identity reaches the outputs; bad files a
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def test_class_folder_layouts_read_dicom(png_dataset, tmp_path, layout):
         np.testing.assert_array_equal(read_image(b.image, "RGB"), read_image(a.image, "RGB"))
 
 
-def test_manifest_frames_and_spacing(tmp_path, capsys):
+def test_manifest_frames_and_spacing(tmp_path, capsys, caplog):
     frames = np.stack([speckle_scan(64, 80, seed=s) for s in range(3)])
     write_dicom(tmp_path / "cine.dcm", frames, regions=[region(0, 0, 79, 63, 0.02, 0.02)])
     write_dicom(tmp_path / "cine2.dcm", frames)
@@ -101,13 +102,23 @@ def test_manifest_frames_and_spacing(tmp_path, capsys):
         "image,mask,label,pixel_spacing_mm,frame\ncine.dcm,,normal,,2\ncine2.dcm,,normal,,\nflat.dcm,,normal,,\nflat2.dcm,,normal,0.05,\nwide.dcm,,normal,,\n"
     )
     shutil.copy(tmp_path / "flat.dcm", tmp_path / "flat2.dcm")
+    from busai.cli import user_messages
+    from busai.data import sources
+
+    caplog.set_level(logging.INFO, logger="busai")
     cine, cine2, flat, flat2, wide = read_records([manifest])
     # The table's frame; the region's 0.02 cm; the first frame of a cine the table names no frame for.
     assert (cine.frame, cine.pixel_spacing_mm) == (2, 0.2)
     np.testing.assert_array_equal(read_image(cine.image, "L", frame=cine.frame), frames[1])
     assert cine2.frame == 1 and cine2.pixel_spacing_mm is None
+    assert capsys.readouterr().err == ""  # the library logs its note, never prints
+    assert "cine2.dcm: a cine of 3 frames; its first frame is used" in caplog.text
+    sources._NOTED.clear()
+    with user_messages():  # what a busai command shows
+        read_records([manifest])
     assert "note: cine2.dcm: a cine of 3 frames; its first frame is used (name another in a frame column" in capsys.readouterr().err
-    read_records([manifest])  # training reads the records once per split: the note is said once
+    with user_messages():
+        read_records([manifest])  # training reads the records once per split: the note is said once
     assert "note:" not in capsys.readouterr().err
     assert (flat.frame, flat.pixel_spacing_mm) == (None, 0.2)  # PixelSpacing
     assert flat2.pixel_spacing_mm == 0.05  # the table's value wins over the file's
@@ -119,7 +130,7 @@ def test_manifest_frames_and_spacing(tmp_path, capsys):
     [
         ("cine.dcm,normal,5", "m.csv row 2: frame 5 is out of range; cine.dcm holds 3 frame(s), numbered from 1"),
         ("cine.dcm,normal,x", "m.csv row 2: frame 'x' is not a frame number (1 for the first); fix or empty the cell"),
-        ("scan.png,normal,1", "m.csv row 2: frame 1 given, but scan.png is not a DICOM file; empty the cell"),
+        ("scan.png,normal,1", "m.csv row 2: frame 1 given, but scan.png is not a DICOM file or a TIFF; empty the cell"),
         ("notes.txt,normal,", "m.csv row 2: notes.txt is not an image file (.bmp, .jpeg, .jpg, .png, .tif, .tiff or DICOM); fix the row"),
     ],
 )

@@ -120,7 +120,7 @@ def test_the_auto_path_runs_the_chosen_memory_format_with_equal_outputs(monkeypa
     monkeypatch.setenv("BUSAI_PROBE", "1")
     monkeypatch.setenv("BUSAI_CACHE_DIR", str(tmp_path))
     seen = []
-    monkeypatch.setattr("busai.inference._probe", lambda model, size, candidates: seen.append(size) or {"channels_last": 1.0, "contiguous": 0.1})
+    monkeypatch.setattr("busai.device._probe", lambda model, size, candidates: seen.append(size) or {"channels_last": 1.0, "contiguous": 0.1})
     net = resolve_model(seg_run, "seg").module
     x = torch.randn(1, 3, 64, 64)
     got = torch_logits(net, x)

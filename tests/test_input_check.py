@@ -56,16 +56,33 @@ def test_real_scans_pass():
 @pytest.mark.parametrize(
     "array, reason",
     [
-        (np.random.default_rng(0).random((64, 64, 3)), "float out of range: values within 0-1; multiply by 255"),
-        (np.full((64, 64), 300.0), "float out of range: values 300 to 300; pass 0-255"),
-        (np.full((64, 64), np.nan), "float out of range: NaN or infinite pixels"),
-        (np.full((64, 64), 4000, dtype=np.uint16), "integer out of range: values 4000 to 4000; pass 8-bit values 0-255"),
-        (np.zeros((64, 64, 2), dtype=np.uint8), "shape: (64, 64, 2) is not an image"),
-        (np.array([["a"]]), "dtype: <U1 pixels"),
+        # One rule with busai.Model.predict (busai.preprocessing.array_problem): uint8, or float in [0, 1].
+        (np.full((64, 64, 3), 200.0), "float image array with values outside [0, 1] (or not finite): scale it into [0, 1], e.g. x / 255"),
+        (np.full((64, 64), np.nan), "float image array with values outside [0, 1] (or not finite)"),
+        (np.full((64, 64), 4000, dtype=np.uint16), "image array of dtype uint16: pass uint8 (0-255) or float in [0, 1]"),
+        (np.full((64, 64), 100, dtype=np.int64), "image array of dtype int64: pass uint8 (0-255) or float in [0, 1]"),
+        (np.zeros((64, 64, 2), dtype=np.uint8), "image array of shape (64, 64, 2): pass H x W (grey) or H x W x 3 (RGB)"),
+        (np.zeros((64, 64, 4), dtype=np.uint8), "image array of shape (64, 64, 4): pass H x W (grey) or H x W x 3 (RGB); drop an alpha channel"),
+        (np.array([["a"]]), "image array of dtype <U1: pass uint8"),
     ],
 )
 def test_bad_arrays(array, reason):
     assert check_array(array).startswith(reason)
+
+
+def test_one_array_rule_for_the_gate_and_the_api(seg_run):
+    """A float scan in [0, 1] is the uint8 scan / 255 for predict_array as for busai.Model.predict."""
+    import busai
+    from busai.preprocessing import rgb_array
+
+    uint8 = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    assert check_array(uint8 / 255.0) == OK
+    assert np.array_equal(rgb_array(uint8 / 255.0), uint8)
+    assert np.array_equal(rgb_array(uint8[..., :1]), np.repeat(uint8[..., :1], 3, axis=2))
+    model = busai.load(seg_run, device="cpu")
+    row, mask = predict_array([model], uint8 / 255.0, gate=False)
+    expected_row, expected_mask = predict_array([model], uint8, gate=False)
+    assert np.array_equal(mask, expected_mask) and row["input_check"] == expected_row["input_check"]
 
 
 def test_predict_array_withholds_the_answer_for_a_flagged_image(seg_run, cls_run):
@@ -74,8 +91,8 @@ def test_predict_array_withholds_the_answer_for_a_flagged_image(seg_run, cls_run
     models = [busai.load(seg_run, device="cpu"), busai.load(cls_run, device="cpu")]
     row, mask = predict_array(models, not_ultrasound.bar_chart())
     assert row["input_check"].startswith("mostly white") and mask is None and row.get("label") is None
-    row, mask = predict_array(models, np.random.default_rng(0).random((64, 64, 3)))  # float in [0, 1]
-    assert row["input_check"].startswith("float out of range") and mask is None
+    row, mask = predict_array(models, np.full((64, 64, 3), 200.0))  # float in 0-255: refused, never guessed
+    assert row["input_check"].startswith("float image array with values outside [0, 1]") and mask is None
     # --no-input-check answers anyway and still says what the gate saw.
     row, mask = predict_array(models, not_ultrasound.bar_chart(), gate=False)
     assert row["input_check"].startswith("mostly white") and row["label"] is not None and mask is not None

@@ -20,6 +20,7 @@ def losses(run_dir):
         return [(float(r["train_loss"]), float(r["val_loss"]), float(r["val_dice"])) for r in csv.DictReader(fh)]
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_two_epochs_give_the_same_losses_with_0_or_2_workers(synthetic_dir, tiny_runs, tmp_path):
     from busai.training import train
 

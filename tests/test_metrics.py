@@ -152,7 +152,7 @@ def test_segmentation_ci_over_duplicate_groups():
     assert _ci_width(by_group["dice"]["mean"]) > 1.5 * _ci_width(by_image["dice"]["mean"])
     assert _ci_width(by_group["dice"]["pooled"]) > 1.5 * _ci_width(by_image["dice"]["pooled"])
     assert by_image["ci"] == "95% percentile bootstrap over images"
-    assert by_group["ci"] == "95% percentile bootstrap over 8 duplicate groups of images"
+    assert by_group["ci"] == "95% percentile bootstrap over 8 groups of images"
     # One group holding every image: each resample is the whole split, so the interval is the point.
     whole = summarise_segmentation(rows, n_boot=50, groups=[0] * 14)
     assert whole["dice"]["mean"] == {"value": 0.5, "ci_low": 0.5, "ci_high": 0.5}
@@ -167,7 +167,7 @@ def test_classification_ci_over_duplicate_groups():
     assert plain["accuracy"]["value"] == grouped["accuracy"]["value"] == pytest.approx(35 / 40)
     assert _ci_width(grouped["accuracy"]) > 1.5 * _ci_width(plain["accuracy"])
     assert 0 <= grouped["accuracy"]["ci_low"] and grouped["accuracy"]["ci_high"] <= 1
-    assert grouped["ci"] == "95% percentile bootstrap over 36 duplicate groups of samples"
+    assert grouped["ci"] == "95% percentile bootstrap over 36 groups of samples"
 
 
 def test_evaluation_groups_come_from_the_split():
@@ -220,13 +220,19 @@ def test_classification_report_by_hand():
         assert entry["ci_low"] <= entry["value"] <= entry["ci_high"], (metric, entry)
 
 
-def test_classification_missing_class_does_not_crash():
+def test_classification_missing_class_averages_over_present_classes():
     y_true = [0, 0, 1, 1, 1, 0]
     report = classification_report_dict(y_true, _probs_for([0, 1, 1, 1, 2, 0]), n_boot=50)
     malignant = report["per_class"]["malignant"]
-    assert malignant["support"] == 0 and malignant["auc"] is None
-    assert malignant["precision"] == malignant["recall"] == malignant["f1"] == 0.0
+    assert malignant["support"] == 0 and malignant["auc"] is None and malignant["predicted"] == 1
+    # No malignant images: no score rather than a silent 0 dragging the macro averages down.
+    assert malignant["precision"] is None and malignant["recall"] is None and malignant["f1"] is None
     assert report["confusion_matrix"][2] == [0, 0, 0]
+    # normal: 2 of 2 predicted right, 2 of 3 found -> F1 0.8; benign: 2 of 3 and 2 of 3 -> 2/3.
+    assert report["macro_f1"]["value"] == pytest.approx((0.8 + 2 / 3) / 2)
+    assert report["macro_recall"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert report["classes_present"] == ["normal", "benign"]
+    assert report["note"] == "the data has no malignant images: macro averages are over normal, benign only"
     assert report["macro_auc"]["value"] == pytest.approx(np.mean([report["per_class"][c]["auc"] for c in ("normal", "benign")]))
 
 

@@ -147,10 +147,17 @@ def test_names_are_case_and_dash_insensitive():
 
 
 # --------------------------------------------------------------------------- imagenet weights
-def test_imagenet_missing_warns_loudly_and_uses_random(offline_caches, capsys):
+def test_imagenet_missing_warns_loudly_and_uses_random(offline_caches, capsys, caplog):
+    from busai.cli import user_messages
+
     with pytest.warns(RuntimeWarning, match="ImageNet weights for encoder resnet18 not found"):
         built = build("seg", "unet", encoder="resnet18", weights="imagenet")
     assert built.weight_source == "random (imagenet requested, not found)"
+    assert capsys.readouterr().err == ""  # the library logs, never prints
+    (record,) = [r for r in caplog.records if r.name.startswith("busai")]
+    assert record.levelname == "WARNING" and record.getMessage().startswith("ImageNet weights for encoder resnet18 not found")
+    with user_messages(), pytest.warns(RuntimeWarning):  # what a busai command shows
+        build("seg", "unet", encoder="resnet18", weights="imagenet")
     err = capsys.readouterr().err
     assert err.startswith("WARNING: ImageNet weights for encoder resnet18 not found; continuing with RANDOM weights")
     assert err.count("\n") == 1 and RESNET18_FILE in err and "BUSAI_WEIGHTS_DIR" in err

@@ -108,8 +108,12 @@ def test_python_api_save_and_reload_keep_outputs(mt_run, tmp_path):
             assert first.probabilities == pytest.approx(again.probabilities, abs=1e-6)
 
 
-def test_predict_and_calibrate_take_a_multitask_run(cli, mt_run, synthetic_dir, tiny_runs, tmp_path):
+def test_predict_and_calibrate_take_a_multitask_run(cli, mt_run, synthetic_dir, tiny_runs, tmp_path, monkeypatch):
     import shutil
+
+    import busai.calibration
+    import busai.evaluation
+    from test_calibration import stand_in_predictions
 
     run = shutil.copytree(mt_run, tmp_path / "mt")
     image = next(synthetic_dir.glob("benign/*).png"))
@@ -117,8 +121,12 @@ def test_predict_and_calibrate_take_a_multitask_run(cli, mt_run, synthetic_dir, 
     assert code == 0, err
     row = json.loads((tmp_path / "preds" / "predictions.json").read_text())[0]
     assert row["label"] in ("normal", "benign", "malignant") and "area_px" in row
+    # A handful of validation images, and a tiny model near chance: an overconfident stand-in's predictions.
+    monkeypatch.setattr(busai.calibration, "MIN_IMAGES", 1)
+    monkeypatch.setattr(busai.evaluation, "predict_records", stand_in_predictions([4.0, 0.0, 0.0]))
     code, out, err = cli("calibrate", run, "--data", synthetic_dir, "--splits", tiny_runs / "splits.json", "--json")
     assert code == 0, err
+    monkeypatch.undo()
     from busai.runs import load_model
 
     assert load_model(run, task="cls").temperature == pytest.approx(json.loads((run / "calibration.json").read_text())["temperature"])

@@ -37,7 +37,7 @@ def test_segmentation_evaluation_keys_and_ranges(seg_run, synthetic_dir, tmp_pat
     assert d["missed_lesions"] == sum(s["lesion_px"] > 0 and s["dice"] == 0 for s in scores)
     splits = read_splits(splits_of(seg_run))
     n_groups = len(set(duplicate_groups(splits, splits["val"])))
-    expected = "images" if n_groups == result["images"] else f"{n_groups} duplicate groups of images"
+    expected = "images" if n_groups == result["images"] else f"{n_groups} groups of images"
     assert result["ci"] == f"95% percentile bootstrap over {expected}"
     evaluate_run(run, synthetic_dir, splits_of(seg_run), "test", n_boot=20, figures=False)
     assert set(json.loads((run / "metrics.json").read_text())) == {"val", "test"}  # merged, not overwritten
@@ -58,6 +58,7 @@ def test_cli_refuses_to_overwrite_a_run(cli, seg_run, synthetic_dir):
     )
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_cli_resume_extends_a_finished_run(cli, seg_run, tmp_path):
     run = shutil.copytree(seg_run, tmp_path / "seg")
     code, _, err = cli("train", "--resume", run, "--epochs", "2", "--quiet")
@@ -69,6 +70,7 @@ def test_cli_resume_extends_a_finished_run(cli, seg_run, tmp_path):
     assert config["resume_commands"] == [f"busai train --resume {run} --epochs 2 --quiet"]
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_results_name_the_resume_commands(cli, seg_run, synthetic_dir, tmp_path):
     run = shutil.copytree(seg_run, tmp_path / "seg")
     for epochs in ("2", "3"):
@@ -121,23 +123,30 @@ def test_mismatched_checkpoint_is_named(cls_run, seg_run, tmp_path):
 
 
 def test_segmentation_table_prints_paper_numbers_beside_ours(seg_run, synthetic_dir, tmp_path):
+    from study.paper import reference
+
     run = shutil.copytree(seg_run, tmp_path / "seg")
     evaluate_run(run, synthetic_dir, splits_of(seg_run), "test", n_boot=20, figures=False)
     summary = collect_run(run)
     summary["model"] = {**summary["model"], "encoder": "resnet18", "name": "unetplusplus"}
-    table = segmentation_table([summary])
+    assert "0.97 / 0.83 / 0.71 / 0.91" not in segmentation_table([summary]) and "Paper" not in segmentation_table([summary])
+    paper = reference()
+    table = segmentation_table([summary], paper)
     assert "resnet18:unetplusplus" in table
     assert "0.97 / 0.83 / 0.71 / 0.91" in table  # the paper's Table 4 test row for ResNet18:U-Net++
     d = summary["metrics"]["test"]["detection"]
     assert f"| {d['missed_lesions']} of {d['lesion_images']} | {d['false_alarms']} of {d['lesion_free_images']} |" in table
     del summary["metrics"]["test"]["detection"]  # results evaluated before detection was recorded
-    assert "| – | – | 0.97 / 0.83 / 0.71 / 0.91 |" in segmentation_table([summary])
-    summary["metrics"]["test"]["ci"] = "95% percentile bootstrap over 60 duplicate groups of images"
+    assert "| – | – | 0.97 / 0.83 / 0.71 / 0.91 |" in segmentation_table([summary], paper)
+    summary["metrics"]["test"]["ci"] = "95% percentile bootstrap over 60 duplicate groups of images"  # as results written before "groups"
+    assert "| test† |" in segmentation_table([summary])
+    summary["metrics"]["test"]["ci"] = "95% percentile bootstrap over 60 groups of images"
     assert "| test† |" in segmentation_table([summary])
     summary["metrics"]["test"]["ci"] = "95% percentile bootstrap over images"
     assert "| test |" in segmentation_table([summary])
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_same_seed_same_run(synthetic_dir, seg_run, tmp_path):
     """Seeded and repeatable: two runs of one config give identical histories and weights."""
     from safetensors.torch import load_file
@@ -229,6 +238,7 @@ def test_weights_column_names_the_source(source, label):
     assert _short_source(source) == label
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_classifier_from_segmentation_run_of_the_same_split(seg_run, synthetic_dir, tmp_path):
     from busai.config import TrainConfig
     from busai.training import train
@@ -249,6 +259,7 @@ def test_classifier_from_segmentation_run_of_the_same_split(seg_run, synthetic_d
     assert config["weight_source"].startswith(f"segmentation encoder: {weights} (sha256 ")
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_weights_trained_on_another_split_are_refused(cli, seg_run, synthetic_dir, tmp_path):
     from busai.data.discover import discover_records
     from busai.data.splits import make_splits, write_splits
@@ -281,6 +292,7 @@ def test_weights_trained_on_another_split_are_refused(cli, seg_run, synthetic_di
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_weights_from_the_same_split_are_allowed(cli, seg_run, synthetic_dir, tiny_runs, tmp_path):
     code, _, err = cli(
         "train",

@@ -249,3 +249,45 @@ def test_outline_equals_repeated_erosion(thickness):
         expected = mask & ~ndimage.binary_erosion(mask, iterations=thickness, border_value=0)
         assert np.array_equal(outline(mask, thickness), expected)
     assert not outline(np.zeros((5, 5), np.uint8), 1).any()
+
+
+# --- issue 30: EXIF orientation (3) and multi-page TIFFs (14) in predict ---------------------------
+def test_predict_turns_an_exif_rotated_jpeg_upright(tmp_path, monkeypatch):
+    from dicom_files import dark_is_lesion, ellipse_scan
+
+    from busai import prediction
+
+    monkeypatch.setattr(prediction, "load_models", lambda *a, **k: dark_is_lesion())
+    upright = ellipse_scan(centre=(120, 160), radii=(20, 50))  # 240 x 320, a lesion 101 wide and 41 tall
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned anticlockwise; viewers turn it back clockwise
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1))).save(tmp_path / "in" / "phone.jpg", quality=95, exif=exif)
+    (row,) = predict_paths([tmp_path / "in"], tmp_path / "out", progress=False, scan_region=False, gate=False)
+    assert (row["width"], row["height"]) == (320, 240)
+    assert row["bbox_width"] == pytest.approx(101, abs=3) and row["bbox_height"] == pytest.approx(41, abs=3)
+    assert row["taller_than_wide"] is False
+    assert Image.open(tmp_path / "out" / row["mask"]).size == (320, 240)
+
+
+def test_predict_gives_each_page_of_a_multi_page_tiff_a_row(tmp_path, monkeypatch):
+    from dicom_files import dark_is_lesion, ellipse_scan
+
+    from busai import prediction
+
+    monkeypatch.setattr(prediction, "load_models", lambda *a, **k: dark_is_lesion())
+    pages = [ellipse_scan(centre=(120, 100), radii=(20, 50)), ellipse_scan(centre=(120, 220), radii=(30, 30))]
+    (tmp_path / "in").mkdir()
+    Image.fromarray(pages[0]).save(tmp_path / "in" / "sweep.tif", save_all=True, append_images=[Image.fromarray(pages[1])])
+    Image.fromarray(pages[0]).save(tmp_path / "in" / "still.png")
+    rows = predict_paths([tmp_path / "in"], tmp_path / "out", progress=False, scan_region=False, gate=False)
+    assert [(r["image"].rsplit("/", 1)[-1], r["frame"], r["mask"]) for r in rows] == [
+        ("still.png", None, "still_pred_mask.png"),
+        ("sweep.tif", 1, "sweep_frame1_pred_mask.png"),
+        ("sweep.tif", 2, "sweep_frame2_pred_mask.png"),
+    ]
+    assert [r["bbox_width"] for r in rows[1:]] == [pytest.approx(101, abs=3), pytest.approx(61, abs=3)]
+    (page2,) = predict_paths([tmp_path / "in" / "sweep.tif"], tmp_path / "out2", progress=False, scan_region=False, gate=False, frame=2)
+    assert page2["frame"] == 2 and page2["bbox_width"] == pytest.approx(61, abs=3)
+    (png,) = predict_paths([tmp_path / "in" / "still.png"], tmp_path / "out3", progress=False, frame=2)
+    assert png["error"].endswith("still.png: --frame 2 is out of range; the file holds 1 frame(s), numbered from 1")

@@ -57,6 +57,7 @@ def test_recipe_options_refused_in_one_line(values, message):
         TrainConfig(**values)
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_ema_and_lesion_dice_selection_train_save_and_resume(synthetic_dir, tmp_path):
     from busai.data.discover import discover_records
     from busai.data.splits import make_splits, write_splits

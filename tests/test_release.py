@@ -36,7 +36,7 @@ def test_make_and_load_release(seg_run, synthetic_dir, tiny_runs, tmp_path):
 def test_release_errors(seg_run, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="is a segmentation model, not a classification one; pass a classification model"):
         make_release(seg_run, "cls", root=tmp_path)
-    monkeypatch.setattr("busai.release.RELEASE_DIR", tmp_path / "empty")
+    monkeypatch.setattr("busai.runs.RELEASE_DIR", tmp_path / "empty")
     with pytest.raises(CheckpointError, match=r"no released classification model.*--cls RUN_DIR"):
         resolve_model("release", "cls")
     with pytest.raises(CheckpointError, match=r"no released segmentation model.*--seg RUN_DIR"):

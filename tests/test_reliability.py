@@ -161,6 +161,7 @@ def test_bad_config_writes_nothing(synthetic_dir, splits_file, tmp_path, cli, op
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_a_run_stopped_before_its_first_epoch_restarts_in_place(synthetic_dir, splits_file, tmp_path, cli, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -168,7 +169,7 @@ def test_a_run_stopped_before_its_first_epoch_restarts_in_place(synthetic_dir, s
     run = tmp_path / "r"
     monkeypatch.setattr(busai.training, "fit", interrupted)
     assert cli(*tiny("seg", synthetic_dir, splits_file), "--out", run)[0] == 130
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "splits.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "image_hashes.json", "splits.json"]
     monkeypatch.undo()
     assert cli(*tiny("seg", synthetic_dir, splits_file), "--out", run)[0] == 0  # restarted in place
     assert (run / "checkpoint_last.pt").exists()
@@ -331,3 +332,129 @@ def test_export_opset_and_damaged_onnx_metadata(seg_run, synthetic_dir, tmp_path
     scans = _scans(synthetic_dir, tmp_path / "in", n=1)
     for expect, path in cases.items():
         cli.fails("predict", scans, "--out", tmp_path / "out", "--seg", path, "--cls", "none", expect=expect)
+
+
+# ============================================================================ issue 30
+def _copy_images(synthetic_dir: Path, keys: list[str], dest: Path) -> Path:
+    """The images (and masks) named by split keys, copied into a BUSI-layout folder under new names."""
+    for i, key in enumerate(keys):
+        src = synthetic_dir / key
+        (dest / src.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dest / src.parent.name / f"copy {i}.png")
+        for mask in sorted(src.parent.glob(f"{src.stem}_mask*.png")):
+            shutil.copy(mask, dest / src.parent.name / f"copy {i}{mask.stem.removeprefix(src.stem)}.png")
+    return dest
+
+
+# ------------------------------------------------------- 1: training images recognised by content
+def test_training_images_are_refused_in_another_folder_or_a_changed_dataset(cli, seg_run, synthetic_dir, tiny_runs, busi_copy, tmp_path):
+    train = json.loads((tiny_runs / "splits.json").read_text())["train"]
+    copied = _copy_images(synthetic_dir, train[:6], tmp_path / "copied")
+    err = cli.fails("evaluate", seg_run, "--data", copied, "--all", "--out", tmp_path / "x", expect="6 of the 6 all images of")
+    assert "the same pixels as " in err and "were in this model's training data; scoring them would leak" in err
+    # One file added to the training dataset changes its fingerprint; its images are still its images.
+    for suffix in (".png", "_mask.png"):
+        shutil.copy(synthetic_dir / "normal" / f"normal (1){suffix}", busi_copy / "normal" / f"normal (99){suffix}")
+    cli.fails("evaluate", seg_run, "--data", busi_copy, "--all", "--out", tmp_path / "y", expect="were in this model's training data")
+    # A training image re-saved as JPEG (other pixels, same scan) is a near copy.
+    jpeg = tmp_path / "jpeg"
+    _copy_images(synthetic_dir, train[:1], jpeg)
+    png = next(jpeg.glob("*/copy 0.png"))
+    Image.open(png).convert("RGB").save(png.with_suffix(".jpg"), quality=90)
+    png.unlink()
+    cli.fails("evaluate", seg_run, "--data", jpeg, "--all", "--out", tmp_path / "z", expect="a near copy of ")
+
+
+def test_a_run_without_image_hashes_is_hashed_from_its_recorded_data(cli, seg_run, synthetic_dir, tiny_runs, tmp_path):
+    run = copy_run(seg_run, tmp_path)
+    (run / "image_hashes.json").unlink()  # as written before issue 30
+    train = json.loads((tiny_runs / "splits.json").read_text())["train"]
+    copied = _copy_images(synthetic_dir, train[:3], tmp_path / "copied")
+    cli.fails("evaluate", run, "--data", copied, "--all", "--out", tmp_path / "x", expect="the same pixels as ")
+    # Its data gone: checked by path only, and it says so.
+    config = json.loads((run / "config.json").read_text())
+    config["datasets"][""]["path"] = str(tmp_path / "moved")
+    (run / "config.json").write_text(json.dumps(config))
+    code, _, err = cli("evaluate", run, "--data", copied, "--all", "--out", tmp_path / "y", "--n-boot", "5", "--no-figures")
+    assert code == 0 and "records no image hashes and 21 of the 21 training images of its dataset are not at" in err, err
+
+
+# ------------------------------------------------------- 2: --folds re-run with other options
+def test_folds_rerun_with_other_options_is_refused(synthetic_dir, tmp_path, cli):
+    splits = write_splits(tmp_path / "folds.json", make_splits(discover_records(synthetic_dir), [], val=0.25, test=0.1, seed=0, folds=2))
+    out = tmp_path / "cv"
+    args = [*tiny("cls", synthetic_dir, splits), "--folds", "2", "--out", out]
+    assert cli(*args)[0] == 0
+    summary = (out / "folds.json").read_bytes()
+    cli.fails(*args, "--lr", "0.5", "--epochs", "2", expect="its folds were trained with other lr, epochs (fold-0: lr=0.0001, epochs=1)")
+    cli.fails(*[a if a != "cls" else "seg" for a in args], expect="trained with other task")
+    assert (out / "folds.json").read_bytes() == summary and not (out / "fold-0" / "metrics.json").exists()
+    assert cli(*args)[0] == 0  # the same command: nothing left to train, the summary stays
+    assert json.loads((out / "folds.json").read_text())["command"] == json.loads(summary)["command"]
+
+
+# ------------------------------------------- 6-8, 13: config values and files, before any write
+@pytest.mark.parametrize(
+    "yaml_text, expect",
+    [
+        ("image_size: 100000\n", "image_size=100000: must be a whole number of pixels from 32 to 2048"),
+        ("image_size: 1e9\n", "image_size='1e9': must be a whole number of pixels from 32 to 2048"),  # a string to PyYAML
+        ("epochs: 1.5\n", "epochs=1.5: must be a whole number"),
+        ("lr: 0.1\nepochs: 1\nlr: 0.001\n", "key 'lr' is given twice (lines 1 and 3); keep one"),
+    ],
+)
+def test_bad_yaml_config_values_are_one_line_before_anything_is_written(yaml_text, expect, synthetic_dir, splits_file, tmp_path, cli):
+    config = tmp_path / "config.yaml"
+    config.write_text("task: seg\n" + yaml_text if "lr" not in yaml_text else yaml_text + "task: seg\n")
+    args = [a for a in tiny("seg", synthetic_dir, splits_file) if a not in ("--image-size", "32", "--epochs", "1")]
+    err = cli.fails(*args, "--config", config, "--out", tmp_path / "run", expect=expect)
+    assert err.startswith(f"error: {config}: ") or "twice" not in expect
+    assert not (tmp_path / "run").exists()
+
+
+def test_image_size_flag_is_bounded(synthetic_dir, splits_file, tmp_path, cli):
+    cli.fails(*tiny("seg", synthetic_dir, splits_file), "--image-size", "32000", "--out", tmp_path / "run", expect="image_size=32000: must be a whole number")
+    cli.fails(*tiny("seg", synthetic_dir, splits_file), "--image-size", "16", "--out", tmp_path / "run", expect="from 32 to 2048")
+    assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- 9: serve --port
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_serve_port_out_of_range(port, cli):
+    cli.fails("serve", "--port", port, "--seg", "none", "--cls", "none", expect=f"--port {port}: must be from 1 to 65535")
+
+
+# ----------------------------------------------------- 10-12: report on damaged run files
+@pytest.mark.parametrize(
+    "name, damage, expect",
+    [
+        ("fit.json", '{"best_epoch": ', "fit.json: not valid JSON (Expecting value at line 1); repair it, or move it away"),
+        ("history.csv", "epoch,train_loss,val_loss\n1,0.9\n", "history.csv: row 2 has fewer fields than the header; repair it, or move it away"),
+        ("history.csv", b"\xff\xfe\x00garbage", "history.csv: cannot be read (UnicodeDecodeError)"),
+        ("metrics.json", '{"test": ', "metrics.json: not valid JSON (Expecting value at line 1); repair it, or move it away"),
+    ],
+)
+def test_report_on_a_run_with_a_damaged_file(name, damage, expect, cls_run, tmp_path, cli):
+    run = copy_run(cls_run, tmp_path)
+    if name != "metrics.json" and not (run / "metrics.json").exists():
+        (run / "metrics.json").write_text("{}")  # the evaluated run's path (collect_run) as well as below
+    target = run / name
+    target.write_bytes(damage) if isinstance(damage, bytes) else target.write_text(damage)
+    cli.fails("report", run, "--out", tmp_path / "report", expect=expect)
+    if name != "metrics.json":  # a run trained but never evaluated reads the same files
+        (run / "metrics.json").unlink()
+        cli.fails("report", run, "--out", tmp_path / "report", expect=expect)
+
+
+# ------------------------------------------------------------------ also: output to a closed pipe
+def test_output_to_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+
+    from busai.cli import EXIT_BROKEN_PIPE
+
+    # `busai models --json | head -c 0`: the reader is gone before busai writes its JSON.
+    process = subprocess.Popen([sys.executable, "-m", "busai", "models", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == EXIT_BROKEN_PIPE and err == "", err

@@ -50,6 +50,17 @@ def test_page_and_info(client):
     assert info["segmentation"]["model"]["name"] == "unet"
 
 
+def test_serve_page_documents_every_key_of_the_predict_response(client):
+    from pathlib import Path
+
+    body = client.post("/api/predict?gradcam=1", files={"file": ("scan.png", png_bytes(), "image/png")}).json()
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "serve.md").read_text()
+    schema = doc.split("**Response**", 1)[1].split("## Limits", 1)[0]
+    documented = set(re.findall(r"`(\w+)`", schema))
+    assert set(body) <= documented, f"docs/serve.md lacks {sorted(set(body) - documented)}"
+    assert "PNG, JPEG, BMP, TIFF or DICOM" in client.get("/").text  # the page says it takes DICOM
+
+
 def test_predict_returns_probabilities_measurements_overlay_and_gradcam(client):
     response = client.post("/api/predict?gradcam=1&pixel_spacing=0.1", files={"file": ("scan.png", png_bytes(), "image/png")})
     assert response.status_code == 200, response.text
@@ -122,7 +133,7 @@ def test_gradcam_needs_a_torch_classifier(seg_run):
 
 
 def test_missing_release_fails_before_serving(tmp_path, monkeypatch):
-    monkeypatch.setattr("busai.release.RELEASE_DIR", tmp_path)
+    monkeypatch.setattr("busai.runs.RELEASE_DIR", tmp_path)
     with pytest.raises(CheckpointError, match="no released segmentation model"):
         create_app()
 
@@ -426,3 +437,36 @@ def test_a_measurement_option_refused_by_the_library_is_a_422(client, monkeypatc
 def test_bad_host_patterns_fail_before_serving(seg_run, pattern):
     with pytest.raises(ConfigError, match=r"a wildcard is allowed only as '\*' or '\*.example.com'"):
         create_app(seg_run, "none", allow_hosts=[pattern])
+
+
+# --- issue 30, item 19: options the server used to ignore without a word ---------------------------
+def test_a_frame_the_upload_lacks_is_a_400(client):
+    response = client.post("/api/predict?frame=2", files={"file": ("scan.png", png_bytes(), "image/png")})
+    assert response.status_code == 400
+    assert response.json()["detail"] == "scan.png: --frame 2 is out of range; the file holds 1 frame(s), numbered from 1"
+    assert client.post("/api/predict?frame=1", files={"file": ("scan.png", png_bytes(), "image/png")}).status_code == 200
+
+
+def test_a_multi_page_tiff_upload_answers_for_the_frame_asked(client):
+    pages = [(np.random.default_rng(i).random((60, 84)) * 255).astype(np.uint8) for i in range(2)]
+    buffer = io.BytesIO()
+    Image.fromarray(pages[0]).save(buffer, format="TIFF", save_all=True, append_images=[Image.fromarray(pages[1])])
+    answers = [client.post(f"/api/predict?frame={n}", files={"file": ("sweep.tif", buffer.getvalue(), "image/tiff")}) for n in (1, 2, 3)]
+    assert [a.status_code for a in answers] == [200, 200, 400]
+    assert answers[0].json()["mask"] != answers[1].json()["mask"]
+    assert answers[2].json()["detail"] == "sweep.tif: --frame 3 is out of range; the file holds 2 frame(s), numbered from 1"
+
+
+@pytest.mark.parametrize("field", ["pixel_spacing", "tta"])
+def test_an_option_sent_as_a_form_field_is_a_422(client, field):
+    response = client.post("/api/predict", files={"file": ("scan.png", png_bytes(), "image/png")}, data={field: "0.08"})
+    assert response.status_code == 422
+    assert response.json()["detail"] == (
+        f"{field}: sent as a form field, where it is ignored; give it in the query string (/api/predict?{field}=...), the form holds only 'file'"
+    )
+
+
+def test_an_empty_allow_host_fails_before_serving(seg_run, cli):
+    with pytest.raises(ConfigError, match="--allow-host '': an empty host name answers no request"):
+        create_app(seg_run, "none", allow_hosts=["127.0.0.1", ""])
+    cli.fails("serve", "--seg", seg_run, "--cls", "none", "--allow-host", "", expect="--allow-host '': an empty host name answers no request; give a name")

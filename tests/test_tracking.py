@@ -23,6 +23,7 @@ def train(run_dir, log, epochs=2, resume=False):
     return fit(toy_model(), toy_adapter(), train_loader, val_loader, config(log=log, epochs=epochs, scheduler="cosine"), run_dir, quiet=True, resume=resume)
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_tensorboard_events_hold_each_epoch(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -39,6 +40,7 @@ def test_tensorboard_events_hold_each_epoch(tmp_path):
     assert rows[1]["lr"] < rows[0]["lr"]  # cosine schedule: a changing rate, logged as history.csv has it
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_mlflow_run_in_the_run_folder_and_resumed_into(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     pytest.importorskip("sqlalchemy")
@@ -64,6 +66,7 @@ def test_mlflow_run_in_the_run_folder_and_resumed_into(tmp_path, monkeypatch):
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_tracking_errors(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="log 'wandb': unknown; choose tensorboard, mlflow or none"):
         config(log="wandb")

@@ -237,6 +237,7 @@ def test_cpu_budget_overrides_are_recorded():
 # ------------------------------------------------------------------------------------- studies
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_median_pruner_stops_poor_trials(tmp_path, dataset, fake):
     summary = run_study("seg", *dataset, out_dir=tmp_path / "s", trials=10, space=build_space("seg", max_epochs=6), pruner="median", seed=1)
     found = states(tmp_path / "s")
@@ -247,6 +248,7 @@ def test_median_pruner_stops_poor_trials(tmp_path, dataset, fake):
     assert summary.summary["best"]["value"] == min(t.value for t in study.trials if t.state == TrialState.COMPLETE)
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_hyperband_prunes_and_patience_only_early_stops(tmp_path, dataset, fake):
     run_study("seg", *dataset, out_dir=tmp_path / "h", trials=10, space=build_space("seg", max_epochs=6), pruner="hyperband", seed=1)
     assert TrialState.PRUNED in states(tmp_path / "h")
@@ -256,6 +258,7 @@ def test_hyperband_prunes_and_patience_only_early_stops(tmp_path, dataset, fake)
     assert best["patience"] == 2 and summary.summary["direction"] == "maximize"
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path, dataset, fake, monkeypatch):
     monkeypatch.setenv("FAKE_FAIL_ABOVE_LR", "3e-4")
     space = build_space("seg", space_flags=["lr=1e-5:1e-3"], max_epochs=2)
@@ -267,6 +270,7 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path, dataset, fake,
     assert "fail_reason" in (tmp_path / "f" / "trials.csv").read_text().splitlines()[0]
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_a_setup_that_always_fails_stops_after_three_trials(tmp_path, dataset, fake, monkeypatch):
     monkeypatch.setenv("FAKE_FAIL_ABOVE_LR", "0")
     summary = run_study("cls", *dataset, out_dir=tmp_path / "x", trials=20, space=build_space("cls", max_epochs=1)).summary
@@ -274,6 +278,7 @@ def test_a_setup_that_always_fails_stops_after_three_trials(tmp_path, dataset, f
     assert summary["stopped_after_consecutive_failures"] and summary["best"] is None
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_paper_settings_run_first_for_comparison(tmp_path, dataset, fake):
     space = build_space("seg", space_flags=["model=unet", "encoder=efficientnet-lite0"], image_size=64, max_epochs=3)
     summary = run_study("seg", *dataset, out_dir=tmp_path / "e", trials=4, space=space, enqueue_paper=True).summary
@@ -286,6 +291,7 @@ def test_paper_settings_run_first_for_comparison(tmp_path, dataset, fake):
         run_study("cls", *dataset, out_dir=tmp_path / "e2", trials=1, space=build_space("cls"), enqueue_paper=True)
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_timeout_and_trial_budget(tmp_path, dataset, fake, monkeypatch):
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.2")
     summary = run_study(
@@ -297,6 +303,7 @@ def test_timeout_and_trial_budget(tmp_path, dataset, fake, monkeypatch):
     assert json.loads((tmp_path / "t" / "best_config.json").read_text())["max_minutes"] is None
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_resume_refuses_a_changed_space(tmp_path, dataset, fake):
     run_study("seg", *dataset, out_dir=tmp_path / "r", trials=1, space=build_space("seg", max_epochs=2))
     with pytest.raises(ConfigError, match="different task or search space"):
@@ -425,6 +432,7 @@ def postgres_url():
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_study_on_postgresql_runs_and_resumes(tmp_path, dataset, fake, postgres_url):
     space = build_space("cls", max_epochs=2)
     run_study("cls", *dataset, out_dir=tmp_path / "pg", trials=2, storage=postgres_url, study_name="pg-study", space=space)
@@ -489,6 +497,7 @@ def test_cli_reports_bad_space_in_one_line(dataset, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: --space lr=1:2: outside the space 1e-05..0.1; narrow within it"
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_best_params_table_for_classification(tmp_path, dataset, fake):
     run_study("cls", *dataset, out_dir=tmp_path / "c", trials=2, space=build_space("cls", space_flags=["optimizer=adam", "model=resnet18"], max_epochs=1))
     table = best_params_table([tmp_path / "c"])
@@ -496,6 +505,7 @@ def test_best_params_table_for_classification(tmp_path, dataset, fake):
     assert "| c | resnet18 | adam |" in table
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_tuning_table_renders_into_the_results_page_and_the_report(tmp_path, dataset, fake):
     import importlib.util
 
@@ -515,6 +525,7 @@ def test_tuning_table_renders_into_the_results_page_and_the_report(tmp_path, dat
     assert "| c | resnet18 | adam |" in (tmp_path / "report" / "report.md").read_text()
 
 
+@pytest.mark.slow  # trains or starts processes
 def test_a_killed_worker_s_trial_is_failed_and_not_counted(tmp_path, dataset, fake):
     """Issue 21 item 6: a trial left RUNNING by a killed worker no longer counts towards --trials."""
     out = tmp_path / "k"

@@ -4,7 +4,13 @@ The public API (see docs/python-api.md) is imported on first use, so ``import bu
 and pulls in neither torch nor the models.
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# The library never prints: notes (INFO) and warnings go to the "busai" logger. The CLI shows them
+# on stderr (busai.cli.user_messages); a program using the library configures logging as it likes.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 CLASSES = ("normal", "benign", "malignant")
 """Class names in label-index order, used by every model, metric and output file."""

@@ -1,29 +1,31 @@
 """The Python API: ``busai.load`` any model source into one :class:`Model`, predict, save.
 
 A :class:`Model` is a network (PyTorch or an ONNX Runtime session) with its preprocessing,
-task, calibration and provenance, on one device. It wraps the loaders that already exist
-(:func:`busai.runs.load_model`, :func:`busai.release.load_release`, :func:`busai.export.load_onnx`)
-and the one preprocessing and forward path (:mod:`busai.inference`). ``busai predict`` and
-``busai serve`` hold the same type (:func:`model_for` loads what their ``--seg`` / ``--cls`` name),
-so a prediction here equals the row ``busai predict`` writes for the same scan.
+task, calibration and provenance, on one device: the one object with ``predict``, ``evaluate``,
+``calibrate``, ``export`` and ``save``, each a thin call of the library function that does the
+work. Any model source resolves through :func:`busai.runs.resolve_model`; prediction runs the one
+preprocessing and forward path (:mod:`busai.inference`) through the per-scan pipeline of
+:mod:`busai.prediction`, so a prediction here equals the row ``busai predict`` writes for the same scan.
+
+This module sits at the top of the library: nothing below it imports it.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from busai.errors import CheckpointError, ConfigError, DataError
-from busai.pipeline import Prediction
-from busai.runs import CONFIG, LoadedModel
-
-ONNX_FILE = "model.onnx"  # what Model.save writes for an ONNX model (its metadata carries the rest)
+from busai.backends import LoadedModel
+from busai.device import model_device
+from busai.errors import CheckpointError, ConfigError
+from busai.outputs import atomic_folder
+from busai.pipeline import Prediction, models_by_task  # noqa: F401  (api.models_by_task kept for callers)
+from busai.preprocessing import to_rgb  # noqa: F401  (api.to_rgb kept for callers: the one array-to-RGB rule)
+from busai.runs import CALIBRATION, CONFIG, ONNX_FILE, TRAINING_DATA, WEIGHTS, resolve_model, write_json
 
 
 class Model:
@@ -52,9 +54,16 @@ class Model:
     device = property(lambda self: self.loaded.device)
 
     @property
+    def classes(self) -> tuple[str, ...] | None:
+        """A classifier's class names in output order (see :mod:`busai.labels`); None for a segmenter."""
+        from busai.labels import class_names
+
+        return class_names(self.spec) if self.task == "classification" else None
+
+    @property
     def preprocessing(self) -> dict:
-        m = self.loaded
-        return {"image_size": m.image_size, "mean": list(m.mean), "std": list(m.std), "color": "gray" if m.grayscale else "rgb"}
+        """:class:`busai.preprocessing.Preprocessing` as stored in config.json and ONNX metadata."""
+        return self.loaded.preprocessing.to_dict()
 
     @property
     def network(self):
@@ -68,10 +77,7 @@ class Model:
 
     def preprocess(self, image) -> torch.Tensor:
         """One scan (path, PIL image or array, as :meth:`predict` takes) -> the normalised (3, S, S) tensor the network takes."""
-        from busai.inference import preprocess
-
-        m = self.loaded
-        return preprocess(to_rgb(image), m.image_size, m.mean, m.std, m.grayscale)
+        return self.loaded.preprocessing.tensor(to_rgb(image))
 
     def logits(self, batch: torch.Tensor, *, precision: str = "auto") -> torch.Tensor:
         """Normalised (N, 3, S, S) batch -> the network's raw output: (N, 1, S, S) lesion or (N, classes) class logits."""
@@ -113,26 +119,17 @@ class Model:
         folder = Path(folder).expanduser()
         if folder.exists() and not overwrite:
             raise CheckpointError(f"{folder}: already exists; choose a new folder or pass overwrite=True")
-        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
+        with atomic_folder(folder) as tmp:
             if self.backend == "onnx":
                 shutil.copyfile(self.source, tmp / ONNX_FILE)
             else:
                 self._write_torch(tmp)
-            _replace_folder(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
     def _write_torch(self, out: Path) -> None:
         from safetensors.torch import save_file
 
-        from busai.calibration import CALIBRATION
-        from busai.provenance import TRAINING_DATA, training_data
-        from busai.release import WEIGHTS
-        from busai.runs import write_json
+        from busai.provenance import training_data
 
         state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous() for k, v in self.loaded.module.state_dict().items()}
         save_file(state, str(out / WEIGHTS))
@@ -152,6 +149,21 @@ class Model:
             raise CheckpointError(f"{self.source}: is already an ONNX file; export from a run folder or a release")
         return export_onnx(self.loaded, path, **options)
 
+    def evaluate(self, data, **options) -> dict[str, dict[str, dict]]:
+        """Score this model on ``data``: :func:`busai.evaluate` (options and result of :func:`busai.evaluation.evaluate_model`)."""
+        return evaluate(self, data, **options)
+
+    def calibrate(self, data, splits_file: str | Path, *, force: bool = False) -> dict:
+        """Fit a classifier's temperature on its run's validation split and store it beside the run
+        (:func:`busai.calibration.fit_calibration`); this model then predicts with it. Needs a model
+        loaded from a classification (or multitask) run folder."""
+        from busai.calibration import fit_calibration
+
+        result = fit_calibration(self.source, data, splits_file, force=force)
+        if self.task == "classification":
+            self.loaded.temperature = float(result["temperature"])
+        return result
+
 
 def load(source: str | Path = "release", *, task: str | None = None, device: str = "auto") -> Model:
     """A :class:`Model` from ``source``: ``"release"`` (the packaged model; needs ``task``), a run
@@ -164,17 +176,13 @@ def load(source: str | Path = "release", *, task: str | None = None, device: str
     from busai.models.registry import resolve_task
 
     wanted = resolve_task(task) if task is not None else None
-    if source is None or str(source) == "release":
-        if wanted is None:
-            raise ConfigError('load("release"): say which packaged model, task="seg" or task="cls"')
-        from busai.release import load_release
-
-        loaded = load_release(wanted)
-    else:
-        loaded, _ = load_path(Path(source).expanduser(), str(source), task=wanted)
+    if (source is None or str(source) == "release") and wanted is None:
+        raise ConfigError('load("release"): say which packaged model, task="seg" or task="cls"')
+    not_found = "not found; pass 'release', a run folder, a saved model folder or an exported .onnx file"
+    loaded = resolve_model(source, wanted, not_found=not_found)
     if wanted is not None and loaded.task != wanted:
         raise ConfigError(f"{source}: is a {loaded.task} model, not {wanted}; pass a {wanted} model or leave task out")
-    loaded.module.to(_resolve_device(device, loaded.backend, loaded.source))  # an ONNX model stays on the CPU (checked there)
+    loaded.module.to(model_device(device, loaded.backend, loaded.source))  # an ONNX model stays on the CPU (checked there)
     return Model(loaded)
 
 
@@ -183,49 +191,12 @@ def model_for(source, task: str, *, device: str = "cpu", backend: str = "torch",
 
     ``source`` is what :func:`load` takes (``"release"`` or None for the packaged model of ``task``),
     or a model already loaded. ``device`` is auto, cpu or cuda (an ONNX file runs with ONNX Runtime's
-    CUDA provider there: :func:`busai.export.onnx_providers`). ``backend="onnx"`` exports a PyTorch
+    CUDA provider there: :func:`busai.backends.onnx_providers`). ``backend="onnx"`` exports a PyTorch
     model into ``workdir`` (a new temporary folder when None) and runs that file in ONNX Runtime.
     """
-    import tempfile
+    from busai.export import load_backend
 
-    from busai.models.registry import resolve_task
-    from busai.release import TASK_FLAGS, resolve_model
-
-    task = resolve_task(task)
-    if isinstance(source, (Model, LoadedModel)):
-        loaded = source.loaded if isinstance(source, Model) else source
-        if loaded.task != task:
-            raise ConfigError(f"{TASK_FLAGS[task]}: got a {loaded.task} model; pass a {task} model")
-    else:
-        loaded = resolve_model(source, task, device=device)
-    if backend == "onnx":
-        from busai.export import to_onnx_backend
-
-        loaded = to_onnx_backend(loaded, workdir or tempfile.mkdtemp(prefix="busai-onnx-"), device)
-    return Model(loaded)
-
-
-def load_path(path: Path, given: str | None = None, *, device: str = "cpu", task: str | None = None) -> tuple[LoadedModel, str]:
-    """A run folder, saved or release folder, or .onnx file -> (LoadedModel on ``device``, backend);
-    ``task`` picks what a multitask network answers (other models ignore it)."""
-    given = str(path) if given is None else given
-    from busai.engine import BEST_CHECKPOINT
-    from busai.export import load_onnx
-    from busai.release import WEIGHTS
-    from busai.runs import load_model, model_tasks, read_run_config
-
-    if path.suffix.lower() == ".onnx" and not path.is_dir():
-        return load_onnx(path, device), "onnx"
-    if not path.is_dir():
-        raise CheckpointError(f"{given}: not found; pass 'release', a run folder, a saved model folder or an exported .onnx file")
-    if (path / ONNX_FILE).is_file() and not (path / CONFIG).exists():
-        return load_onnx(path / ONNX_FILE, device), "onnx"
-    spec = read_run_config(path).get("model_spec") or {}  # one clear error for a folder that holds no model
-    if "task" not in spec or len(model_tasks(spec)) == 1:
-        task = None  # a single-task model answers its own task; each caller checks it against the one it wants, in its own words
-    if (path / WEIGHTS).is_file() and not (path / BEST_CHECKPOINT).is_file():
-        return load_model(path, checkpoint=WEIGHTS, device=device, task=task), "torch"
-    return load_model(path, device=device, task=task), "torch"
+    return Model(load_backend(source, task, device=device, backend=backend, workdir=workdir))
 
 
 def predict(models: Model | Iterable[Model], images, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5, precision: str = "auto"):
@@ -245,21 +216,6 @@ def predict(models: Model | Iterable[Model], images, *, tta: bool = False, pixel
     return _predict_many(by_task, [to_rgb(images)], tta, pixel_spacing, threshold, precision)[0]
 
 
-def models_by_task(models: Model | Iterable[Model]) -> dict[str, Model]:
-    """{task: model} for a model or a list of them; at most one per task, at least one in all."""
-    models = [models] if isinstance(models, Model) else list(models)
-    by_task: dict[str, Model] = {}
-    for model in models:
-        if not isinstance(model, Model):
-            raise ConfigError(f"predict: got a {type(model).__name__} where a model belongs; load one with busai.load(...)")
-        if model.task in by_task:
-            raise ConfigError(f"predict: two {model.task} models given; pass at most one segmenter and one classifier")
-        by_task[model.task] = model
-    if not by_task:
-        raise ConfigError("predict: no model given; load one with busai.load(...)")
-    return by_task
-
-
 def _predict_many(by_task: dict[str, Model], images: list, tta: bool, pixel_spacing, threshold: float, precision: str) -> list[Prediction]:
     from busai.pipeline import predict_scans
 
@@ -276,60 +232,3 @@ def evaluate(model: Model | str | Path, data, **options) -> dict[str, dict[str, 
         options.setdefault("device", model.device.type)
         model = model.source
     return evaluate_model(model, data, **options)
-
-
-def to_rgb(image) -> np.ndarray:
-    """A path, PIL image or array -> uint8 (H, W, 3), or one clear error saying what to pass instead."""
-    if isinstance(image, (str, Path)):
-        from busai.data.discover import read_image
-
-        try:
-            return read_image(image, mode="RGB")
-        except Image.DecompressionBombError as exc:  # Pillow's guard against absurd pixel counts
-            raise DataError(f"{image}: {exc}") from None
-    if isinstance(image, Image.Image):
-        from busai.data.discover import pil_to_array
-
-        return pil_to_array(image)
-    if not isinstance(image, np.ndarray):
-        raise DataError(f"image of type {type(image).__name__}: pass a file path, a PIL image or a numpy array (H x W or H x W x 3)")
-    array = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3) or 0 in array.shape:
-        raise DataError(f"image array of shape {image.shape}: pass H x W (grey) or H x W x 3 (RGB); drop an alpha channel with x[..., :3]")
-    if array.dtype.kind == "f":
-        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-            raise DataError("float image array with values outside [0, 1] (or not finite): scale it into [0, 1], e.g. x / 255 for 0-255 values")
-        array = (array * 255.0).round().astype(np.uint8)
-    elif array.dtype != np.uint8:
-        raise DataError(f"image array of dtype {array.dtype}: pass uint8 (0-255) or float in [0, 1], e.g. x.astype(np.float32) / x.max()")
-    return np.ascontiguousarray(np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array)
-
-
-def _resolve_device(device: str, backend: str, source: str):
-    import re
-
-    import torch
-
-    from busai.engine import resolve_device
-
-    name = str(device)
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
-        raise ConfigError(f"device '{device}': unknown; choose auto, cpu, cuda or cuda:N")
-    if backend == "onnx":
-        if name not in ("auto", "cpu"):
-            raise ConfigError(f"{source}: ONNX models run on the CPU here; pass device='cpu' (or load the run folder to use {name})")
-        return torch.device("cpu")
-    if name.startswith("cuda:") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}': no CUDA GPU is visible; use device='cpu' or 'auto'")
-    return resolve_device(name)
-
-
-def _replace_folder(tmp: Path, folder: Path) -> None:
-    """Move the finished ``tmp`` into place; an old folder is kept until the new one is there."""
-    if not folder.exists():
-        tmp.replace(folder)
-        return
-    old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
-    folder.replace(old)
-    tmp.replace(folder)
-    shutil.rmtree(old, ignore_errors=True)

@@ -22,10 +22,18 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from busai.errors import CheckpointError, ConfigError, read_json
+from busai.errors import ConfigError
+from busai.inference import predict_records
+from busai.outputs import atomic_path
+from busai.runs import BEST_CHECKPOINT, CALIBRATION, RunFolder, write_json
 
-CALIBRATION = "calibration.json"
 N_BINS = 10  # equal-width bins of the top-class probability; few enough that a 79-image split fills them
+# Fewest validation images `busai calibrate` fits on: 5 per ECE bin on average. Below that the ECE
+# the fit is judged by is mostly sampling noise (a bin of 3 images moves its gap by a third per
+# image), so neither "better" nor "worse" would mean anything. BUSI's and BUS-UCLM's validation
+# splits (79 and 66 images) pass; a fold of a small dataset may not.
+MIN_IMAGES = 50
+T_BOUNDS = (0.05, 20.0)  # the temperature search interval; a fit at either end is refused, not stored
 
 
 def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS) -> list[dict]:
@@ -71,7 +79,7 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     def nll(log_t: float) -> float:
         return float(-log_softmax(logits / math.exp(log_t), axis=1)[np.arange(len(y_true)), y_true].mean())
 
-    best = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded", options={"xatol": 1e-5})
+    best = minimize_scalar(nll, bounds=(math.log(T_BOUNDS[0]), math.log(T_BOUNDS[1])), method="bounded", options={"xatol": 1e-5})
     return float(math.exp(best.x))
 
 
@@ -80,22 +88,14 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def read_temperature(model_dir: str | Path) -> float:
-    """The stored temperature of a run or release folder; 1.0 (uncalibrated) when none is stored."""
-    path = Path(model_dir) / CALIBRATION
-    if not path.is_file():
-        return 1.0
-    value = read_json(path, error=CheckpointError, missing="missing", fix="delete it and re-run `busai calibrate`").get("temperature")
-    if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise CheckpointError(f"{path}: temperature {value!r} is not a positive number; delete it and re-run `busai calibrate`")
-    return float(value)
+    """The stored temperature of a run or release folder; 1.0 (uncalibrated) when none is stored (:meth:`RunFolder.temperature`)."""
+    return RunFolder(model_dir).temperature()
 
 
 def reliability_figure(bins_by_name: dict[str, list[dict]], path: Path, title: str) -> str:
     """A reliability diagram as a PNG (written atomically): per entry of ``bins_by_name`` (name ->
     :func:`reliability_bins`), accuracy against mean confidence of each non-empty bin, with the
     bin's image count beside its point."""
-    import os
-
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.2, 4.2))
@@ -116,47 +116,60 @@ def reliability_figure(bins_by_name: dict[str, list[dict]], path: Path, title: s
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     return str(path)
 
 
 def fit_calibration(run_dir: str | Path, data, splits_file: str | Path, *, force: bool = False) -> dict:
     """Fit the temperature of a classification run on its validation split and write
-    ``RUN_DIR/calibration.json`` (atomically); refuses a split file other than the run's own."""
+    ``RUN_DIR/calibration.json`` (atomically) when it does not worsen the validation ECE (else
+    nothing is written and ``stored`` is False); refuses a split file other than the run's own, fewer
+    than ``MIN_IMAGES`` validation images and a fit at the search bound."""
     from busai.data.splits import load_split_records
-    from busai.evaluation import predict_records
+    from busai.labels import class_names, scoring_map
     from busai.models.weights import file_sha256
-    from busai.runs import load_model, write_json
 
     run_dir = Path(run_dir)
-    from busai.runs import model_tasks, read_run_config
-
-    spec = read_run_config(run_dir).get("model_spec") or {"task": "unknown"}
-    if "classification" not in model_tasks(spec):
+    folder = RunFolder(run_dir)
+    spec = folder.spec() or {"task": "unknown"}
+    if "classification" not in folder.tasks():
         raise ConfigError(f"{run_dir}: is a {spec['task']} run; temperature scaling calibrates a classifier's class probabilities")
-    loaded = load_model(run_dir, task="classification")
+    loaded = folder.load(task="classification", checkpoint=BEST_CHECKPOINT)
     if loaded.config.get("splits_sha256") not in (None, file_sha256(splits_file)):
         raise ConfigError(f"{splits_file}: is not the split file {run_dir} was trained with; fit on that run's own validation images")
     path = run_dir / CALIBRATION
     if path.exists() and not force:
         raise ConfigError(f"{path}: exists; pass --force to refit and replace it")
+    index = scoring_map(loaded.config, class_names(loaded.spec))
     records = load_split_records(data, splits_file, "val", fold=loaded.config.get("train", {}).get("fold"))
+    records = [r for r in records if r.label in index]  # as in training: images of another class were left out
+    if len(records) < MIN_IMAGES:
+        raise ConfigError(
+            f"{splits_file}: {len(records)} validation images; calibrating needs at least {MIN_IMAGES} (fewer make its ECE noise): "
+            "make a split with a larger validation set, or leave the model uncalibrated"
+        )
     rows = list(predict_records(loaded, records, calibrated=False))
-    y_true = np.array([r.label_index for r, _ in rows])
+    y_true = np.array([index[r.label] for r, _ in rows])
     probs = np.stack([p.numpy() for _, p in rows]).astype(np.float64)
     # log p differs from the logits by a per-image constant, which softmax(x / T) ignores.
-    log_probs = np.log(np.clip(probs, 1e-12, 1.0))
-    temperature = fit_temperature(log_probs, y_true)
-    result = {
-        "temperature": temperature,
-        "fitted_on": "val",
-        "images": len(records),
-        "splits_sha256": file_sha256(splits_file),
-        "ece_before": expected_calibration_error(probs, y_true),
-        "ece_after": expected_calibration_error(apply_temperature(log_probs, temperature), y_true),
-        "n_bins": N_BINS,
-    }
-    write_json(path, result)
+    result = judge_temperature(np.log(np.clip(probs, 1e-12, 1.0)), y_true, where=str(run_dir))
+    result = {"fitted_on": "val", "images": len(records), "splits_sha256": file_sha256(splits_file), **result}
+    if result["stored"]:
+        write_json(path, {k: v for k, v in result.items() if k != "stored"})
     return result
+
+
+def judge_temperature(log_probs: np.ndarray, y_true: np.ndarray, where: str = "calibration") -> dict:
+    """Fit T and decide whether it is worth storing: a fit at the search bound is refused (T -> 20
+    flattens every probability towards 1/3, T -> 0.05 makes them 0 or 1: the validation predictions
+    hold no usable confidence); one that raises the validation ECE is not stored (``stored`` False)."""
+    temperature = fit_temperature(log_probs, y_true)
+    if min(abs(math.log(temperature / bound)) for bound in T_BOUNDS) < 1e-3:
+        raise ConfigError(
+            f"{where}: temperature {temperature:.3g}: the fit stopped at its bound ({T_BOUNDS[0]:g} to {T_BOUNDS[1]:g}), so the validation predictions "
+            "carry no confidence worth rescaling; the model is left uncalibrated (check it is trained, or that the split is its own)"
+        )
+    before = expected_calibration_error(apply_temperature(log_probs, 1.0), y_true)
+    after = expected_calibration_error(apply_temperature(log_probs, temperature), y_true)
+    return {"temperature": temperature, "ece_before": before, "ece_after": after, "n_bins": N_BINS, "stored": after <= before}

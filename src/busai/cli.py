@@ -8,13 +8,15 @@ exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import sys
 
-from busai.errors import BusaiError
+from busai.errors import BusaiError, cli_context
 
 # Order is the order shown in `busai --help`.
-COMMAND_MODULES = ("data", "models", "train", "evaluate", "calibrate", "report", "collect", "tune", "predict", "export", "serve", "release")
+COMMAND_MODULES = ("data", "models", "train", "evaluate", "calibrate", "report", "tune", "predict", "export", "serve", "release")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,14 +67,73 @@ def _process_settings() -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+# 128 + SIGPIPE: what a shell reports for a Unix tool whose reader went away (`busai ... | head`).
+EXIT_BROKEN_PIPE = 141
+
+
+class _UserMessages(logging.Handler):
+    """The library's log records as the user sees them on stderr: a note (INFO) as ``note: ...``, a
+    warning as one bold red unwrapped ``WARNING: ...`` line (greppable; stdout stays clean for --json)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                from rich.console import Console
+
+                # sys.stderr looked up now, not at construction: tests and callers may have swapped it.
+                Console(file=sys.stderr, soft_wrap=True).print(f"WARNING: {message}", style="bold red", markup=False, highlight=False)
+            else:
+                print(f"note: {message}", file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def user_messages():
+    """Show the ``busai`` logger's notes and warnings on stderr while a command runs, then stop."""
+    logger = logging.getLogger("busai")
+    handler, level = _UserMessages(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; output to a closed pipe ends it quietly (no traceback) with ``EXIT_BROKEN_PIPE``."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at interpreter exit, so a closed pipe is caught below
+        return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered would fail again when Python exits (the
+    recipe of Python's signal module documentation, "Note on SIGPIPE")."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass  # not a file descriptor (output captured in-process): nothing will be flushed there
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
     _process_settings()
     try:
-        result = args.handler(args)
+        with user_messages(), cli_context():
+            result = args.handler(args)
     except BusaiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -31,7 +31,19 @@ AUGMENTATIONS = ("paper", "strong", "scanner", "framing", "none")
 SELECTIONS = ("loss", "lesion_dice")
 DEVICES = ("auto", "cpu", "cuda")
 COLORS = ("rgb", "gray")
+SCHEDULERS = ("none", "plateau", "cosine")
+TRACKERS = ("none", "tensorboard", "mlflow")
+BACKENDS = ("torch", "onnx")  # what runs a loaded model for predict / serve
+TRAIN_TASKS = ("seg", "cls", "mt")  # the short forms `busai train` takes
+MODEL_TASKS = ("seg", "cls")  # the short forms of the tasks a single-task model answers
 DEFAULT_MODELS = {"segmentation": "unet", "classification": "resnet18", "multitask": "unet"}  # what `busai train seg|cls` trains unasked
+# Input sizes a run may ask for. 32: the encoders halve the image five times, so a smaller input
+# leaves them less than one pixel. 2048: over the size of any ultrasound frame busai reads (BUSI's
+# are about 500 px, BUS-UCLM's 800), where one batch of 8 through a U-Net already needs tens of GB;
+# a larger value is a typo that would only run out of memory.
+IMAGE_SIZE_RANGE = (32, 2048)
+# Counts: a fraction (epochs: 1.5) would pass the range checks and fail mid-run.
+_WHOLE_NUMBERS = ("batch_size", "epochs", "patience", "plateau_patience", "seed", "num_workers")
 
 
 @dataclass
@@ -98,7 +110,13 @@ class TrainConfig:
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch
     log: str = "none"  # per-epoch tracking: none, tensorboard or mlflow (busai.tracking)
 
-    data: str | list[str] | None = None  # a path, or NAME=PATH strings for several datasets
+    # Classification and multitask: the classes to learn, None (the labels the data has), a list
+    # (a subset, in output order) or a mapping of data label to class (busai.labels).
+    classes: list[str] | dict[str, str] | None = None
+
+    # A path, or NAME=PATH strings for several datasets; a dataset with reading options (layout,
+    # column mapping, mask pattern) is a mapping (busai.data.sources.DataSpec.to_config).
+    data: str | dict | list[str | dict] | None = None
     splits: str | None = None
     fold: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -137,7 +155,7 @@ class TrainConfig:
             raise ConfigError(f"device '{self.device}': unknown; choose auto, cpu or cuda")
         if self.model is None:
             self.model = DEFAULT_MODELS[task]
-        if self.log not in ("none", "tensorboard", "mlflow"):
+        if self.log not in TRACKERS:
             raise ConfigError(f"log '{self.log}': unknown; choose tensorboard, mlflow or none")
         if self.loss is None:
             self.loss = "focal" if task == "classification" else "dice"
@@ -145,6 +163,11 @@ class TrainConfig:
             self.scheduler = "plateau" if task == "classification" else "none"
         if task == "classification":
             self.encoder = None
+        from busai.labels import parse_classes
+
+        self.classes = parse_classes(self.classes)
+        if self.classes is not None and task == "segmentation":
+            raise ConfigError("classes: a segmentation model has no classes; drop --classes (or train cls / mt)")
         for name in (
             "lr",
             "batch_size",
@@ -161,6 +184,16 @@ class TrainConfig:
             # isinstance first: a string from a hand-written JSON file would fail the comparison with a traceback.
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name}={value!r}: must be a finite number")
+        for name in _WHOLE_NUMBERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name}={value!r}: must be a whole number")
+        if self.fold is not None and (isinstance(self.fold, bool) or not isinstance(self.fold, int) or self.fold < 0):
+            raise ConfigError(f"fold={self.fold!r}: must be a fold number (0, 1, ...)")
+        if self.image_size is not None:
+            low, high = IMAGE_SIZE_RANGE
+            if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or not low <= self.image_size <= high:
+                raise ConfigError(f"image_size={self.image_size!r}: must be a whole number of pixels from {low} to {high}")
         for name in ("lr", "batch_size", "epochs", "patience"):  # patience 0 would stop before the first epoch
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be positive")
@@ -209,8 +242,33 @@ def _read_yaml(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the file ({exc.__class__.__name__}); fix the file") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_unique_key_loader(path))  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}; fix the file") from None
+
+
+def _unique_key_loader(path: Path):
+    """PyYAML's SafeLoader refusing a key given twice in one mapping (YAML forbids it; PyYAML keeps
+    the last silently, so `lr` set twice would train with whichever came last). Hand-written:
+    PyYAML has no option for it, and ruamel.yaml, which has, would be a second YAML library."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            lines: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in lines:
+                        raise ConfigError(f"{path}: key '{key}' is given twice (lines {lines[key]} and {line}); keep one")
+                    lines[key] = line
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader reports it
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader

@@ -40,7 +40,7 @@ def init_from_env(device_name: str = "auto") -> None:
     """Join the process group torchrun describes (NCCL on GPUs, gloo on CPUs); nothing outside torchrun."""
     if not launched_by_torchrun() or dist.is_initialized():
         return
-    from busai.engine import resolve_device
+    from busai.device import resolve_device
 
     use_cuda = resolve_device(device_name).type == "cuda"
     if use_cuda:

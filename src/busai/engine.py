@@ -16,7 +16,6 @@ import contextlib
 import csv
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -29,11 +28,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from busai.config import TrainConfig
+from busai.device import autocast_dtype, cpu_has_native_bf16, default_path_name, resolve_device  # noqa: F401  (engine.* names kept for callers)
 from busai.errors import CheckpointError, ConfigError
-
-BEST_CHECKPOINT = "checkpoint_best.safetensors"
-LAST_CHECKPOINT = "checkpoint_last.pt"
-HISTORY = "history.csv"
+from busai.outputs import atomic_write
+from busai.runs import BEST_CHECKPOINT, CONFIG, FIT, HISTORY, LAST_CHECKPOINT, PROGRESS  # noqa: F401  (engine.* names kept for callers)
 
 
 @dataclass
@@ -73,52 +71,14 @@ class Precision:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda': no CUDA GPU is visible; use --device cpu or auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX).
-
-    Elsewhere (AVX2-only CPUs, many AMD EPYC among them) oneDNN emulates bf16 and a training step
-    is several times slower in bf16 than in fp32, while on a CPU with AMX it is faster (measured in
-    docs/results.md, "Speed"). torch exposes the check only as private helpers, so a torch without
-    them counts as "no" (fp32 is never the slow choice).
-    """
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype ``precision`` ("auto", "bf16" or "fp32") resolves to on ``device``; None: fp32."""
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "bf16" or cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
-
-
-def default_path_name(device: torch.device = torch.device("cpu"), *, training: bool = False) -> str:
-    """What ``precision="auto"`` runs on ``device``, in words (benchmarks and tables print it)."""
-    dtype = autocast_dtype(device, "auto")
-    name = "channels_last + fp32" if dtype is None else f"channels_last + {str(dtype).removeprefix('torch.')} autocast"
-    return name + " + fused optimizer" if training else name
-
-
 def resolve_precision(cfg: TrainConfig) -> Precision:
     """channels_last and fused optimizers always, bf16 autocast where the hardware has it (see
     :func:`autocast_dtype`); ``precision="fp32"`` is plain fp32 eager PyTorch, every choice at
     torch's defaults: the reference the speed benchmarks compare against.
 
     Fused optimizers: torch's default Adam loop makes about a dozen passes over the weights per
-    step, the fused kernel one, for the same fp32 update; a small gain (about 2% of a U-Net
-    training step on 2 cores, ``benchmarks/train_speed.py``), but free.
+    step, the fused kernel one, for the same fp32 update; a small gain (``benchmarks/train_speed.py``
+    measures it), but free.
 
     On CUDA, bf16 where the GPU supports it, else fp16 (the engine then uses a GradScaler).
     """
@@ -167,13 +127,6 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
     raise ConfigError(f"scheduler '{cfg.scheduler}': unknown; use plateau, cosine or none")
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary file then rename, so an interrupt never leaves a half-written checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 CHECKPOINT_KEYS = ("model", "optimizer", "torch_rng", "history", "epoch", "best_val_loss", "best_epoch")
 
 
@@ -182,7 +135,7 @@ def load_checkpoint(path: Path) -> dict:
     import pickle
     import zipfile
 
-    fix = f"continue from a backup copy of the run folder, or start again with `busai train --config {path.parent / 'config.json'} --out NEW_RUN`"
+    fix = f"continue from a backup copy of the run folder, or start again with `busai train --config {path.parent / CONFIG} --out NEW_RUN`"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -202,7 +155,7 @@ def load_checkpoint(path: Path) -> dict:
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(path, lambda p: save_file(state, str(p), metadata=metadata))
+    atomic_write(path, lambda p: save_file(state, str(p), metadata=metadata))
 
 
 def _write_history(path: Path, rows: list[dict]) -> None:
@@ -218,7 +171,7 @@ def _write_history(path: Path, rows: list[dict]) -> None:
             writer.writeheader()
             writer.writerows(rows)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 @dataclass
@@ -491,7 +444,7 @@ def fit(
                 _write_history(run_dir / HISTORY, history)
                 from busai.figures import training_curve  # progress.png: the curves so far, redrawn every epoch
 
-                training_curve(history, run_dir / "progress.png", title=run_dir.name)
+                training_curve(history, run_dir / PROGRESS, title=run_dir.name)
             seconds = ddp.broadcast_object(elapsed_before + time.monotonic() - started)  # one time-budget decision for all ranks
             checkpoint = {
                 "model": model.state_dict(),
@@ -509,7 +462,7 @@ def fit(
             if ema is not None:
                 checkpoint["ema"] = ema.state_dict()
             if main:
-                _atomic_write(last_path, lambda p: torch.save(checkpoint, p))
+                atomic_write(last_path, lambda p: torch.save(checkpoint, p))
             score_text = " ".join(f"{k} {v:.3f}" for k, v in scores.items())
             progress.end_epoch(f"val_loss {val_loss:.4f} {score_text} best@{best_epoch}")
             tracker.log_epoch(epoch, row)
@@ -528,6 +481,6 @@ def fit(
     result = FitResult(best_epoch, best_loss, len(history), stop_reason, history, round(total_seconds, 1))
     if main:
         fit_json = json.dumps({**result.to_dict(), "processes": ddp.world_size()}, indent=2, allow_nan=False)
-        _atomic_write(run_dir / "fit.json", lambda p: p.write_text(fit_json))
+        atomic_write(run_dir / FIT, lambda p: p.write_text(fit_json))
     ddp.barrier()
     return result

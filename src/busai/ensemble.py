@@ -10,8 +10,6 @@ keeps its own preprocessing check: members must agree on input size, normalisati
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import ClassVar
 import torch
 
 from busai.errors import CheckpointError
+from busai.outputs import atomic_folder
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -52,6 +51,7 @@ class EnsembleLoaded:
     mean = property(lambda self: self.members[0].mean)
     std = property(lambda self: self.members[0].std)
     grayscale = property(lambda self: self.members[0].grayscale)
+    preprocessing = property(lambda self: self.members[0].preprocessing)  # busai.preprocessing.Preprocessing, shared by every member
     device = property(lambda self: self.members[0].device)
     module = property(lambda self: None)
 
@@ -101,17 +101,9 @@ def save_ensemble(models: Sequence, folder: str | Path, *, overwrite: bool = Fal
     if folder.exists() and not overwrite:
         raise CheckpointError(f"{folder}: already exists; choose a new folder or pass overwrite=True")
     EnsembleLoaded([m.loaded for m in models], source=str(folder))  # refuses mixed tasks or preprocessing before writing
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(folder) as tmp:
         names = [f"member-{i}" for i in range(len(models))]
         for model, name in zip(models, names):
             model.save(tmp / name)
         write_json(tmp / ENSEMBLE_FILE, {"task": models[0].task, "members": names, "sources": [str(m.source) for m in models]})
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.replace(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -4,6 +4,9 @@ The CLI prints ``error: <message>`` and exits non-zero for any :class:`BusaiErro
 so the library never needs to know it is being run from a terminal.
 """
 
+import contextlib
+from contextvars import ContextVar
+
 
 class BusaiError(Exception):
     """Base class: a user-fixable problem with a one-line explanation."""
@@ -43,3 +46,27 @@ def read_json(path, *, error: "type[BusaiError] | None" = None, missing: str, fi
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); {fix}") from None
+
+
+# Set by the CLI while a command runs, so a message names the option the user typed (--out)
+# there and the parameter (out=) from Python: one library, each caller's spelling of the fix.
+_CLI: ContextVar[bool] = ContextVar("busai_cli", default=False)
+
+
+def option(name: str, value: str | None = None, flag: str | None = None) -> str:
+    """How an error message names option ``name`` set to ``value`` (None: a switch): ``--name VALUE``
+    (or ``flag``) under the CLI, ``name=VALUE`` from Python."""
+    if _CLI.get():
+        flag = flag or "--" + name.replace("_", "-")
+        return flag if value is None else f"{flag} {value}"
+    return f"{name}={'True' if value is None else value}"
+
+
+@contextlib.contextmanager
+def cli_context():
+    """Run the body as the CLI (see :func:`option`); ``busai.cli.main`` wraps each command in it."""
+    token = _CLI.set(True)
+    try:
+        yield
+    finally:
+        _CLI.reset(token)

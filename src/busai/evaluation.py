@@ -14,33 +14,22 @@ paper's Table 4 does not say which it used — the README discusses the comparis
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from busai import CLASSES, SPLIT_NAMES
-from busai.engine import BEST_CHECKPOINT, default_path_name
-from busai.errors import CheckpointError, ConfigError
-from busai.inference import predict_tensor, upsample_probability
+from busai import SPLIT_NAMES
+from busai.calibration import expected_calibration_error, reliability_bins, reliability_figure
+from busai.device import default_path_name
+from busai.errors import ConfigError, option
+from busai.inference import predict_records, upsample_probability  # noqa: F401  (evaluation.predict_records kept for callers)
+from busai.labels import class_names, scoring_map
 from busai.outputs import output_dir
-from busai.runs import LoadedModel, load_model, model_label, read_metrics, scores_dir, write_json
+from busai.runs import METRICS, TASKS, LoadedModel, model_folder, model_label, read_metrics, scores_dir, write_json
 
-
-def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16, calibrated: bool = True):
-    """Yield (record, probability) for every record, in order, through the training dataset's preprocessing."""
-    from busai.data.dataset import BusDataset, ImageCache
-
-    dataset = BusDataset(records, loaded.image_size, loaded.mean, loaded.std, cache=ImageCache(), grayscale=loaded.grayscale)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    i = 0
-    for batch in loader:
-        probs = predict_tensor(loaded, batch["image"], tta=tta, calibrated=calibrated)
-        for p in probs:
-            yield records[i], p
-            i += 1
+log = logging.getLogger(__name__)
 
 
 def score_segmentation_image(record, prob: torch.Tensor) -> tuple[np.ndarray, np.ndarray, dict, dict]:
@@ -64,11 +53,13 @@ def score_segmentation_image(record, prob: torch.Tensor) -> tuple[np.ndarray, np
     return full, mask, counts, row
 
 
-def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None) -> tuple[dict, list]:
+def evaluate_segmentation(
+    loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None, progress: str | None = None
+) -> tuple[dict, list]:
     from busai.metrics import summarise_segmentation
 
     per_image, samples, scores = [], [], []
-    for record, prob in predict_records(loaded, records, tta=tta):
+    for record, prob in predict_records(loaded, records, tta=tta, progress=progress):
         full, mask, counts, row = score_segmentation_image(record, prob)
         per_image.append(counts)
         samples.append((record, full, mask, counts))
@@ -79,21 +70,30 @@ def evaluate_segmentation(loaded: LoadedModel, records, *, n_boot: int, seed: in
     return summary, samples
 
 
-def evaluate_classification(loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None) -> tuple[dict, list]:
-    from busai.calibration import expected_calibration_error, reliability_bins
+def evaluate_classification(
+    loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None, progress: str | None = None
+) -> tuple[dict, list]:
     from busai.metrics import classification_report_dict, malignant_vs_benign_auc
 
-    rows = [(record, prob.numpy()) for record, prob in predict_records(loaded, records, tta=tta)]
-    y_true = np.array([r.label_index for r, _ in rows])
+    classes = class_names(loaded.spec)
+    index = scoring_map(loaded.config, classes)
+    rows = [(record, prob.numpy()) for record, prob in predict_records(loaded, records, tta=tta, progress=progress)]
+    y_true = np.array([index[r.label] for r, _ in rows])
     probs = np.stack([p for _, p in rows])
-    report = classification_report_dict(y_true, probs, class_names=CLASSES, n_boot=n_boot, seed=seed, groups=groups)
-    report["malignant_vs_benign_auc"] = malignant_vs_benign_auc(y_true, probs, n_boot=n_boot, seed=seed, groups=groups)
+    report = classification_report_dict(y_true, probs, class_names=classes, n_boot=n_boot, seed=seed, groups=groups)
+    report["malignant_vs_benign_auc"] = malignant_vs_benign_auc(y_true, probs, n_boot=n_boot, seed=seed, groups=groups, class_names=classes)
     report["temperature"] = loaded.temperature
     report["ece"] = expected_calibration_error(probs, y_true)
     report["reliability"] = reliability_bins(probs, y_true)
     report["predictions"] = [
-        {"image": r.key, "label": r.label, "predicted": CLASSES[int(p.argmax())], **{f"p_{c}": round(float(p[i]), 5) for i, c in enumerate(CLASSES)}}
-        for r, p in rows
+        {
+            "image": r.key,
+            "label": classes[t],
+            **({"data_label": r.label} if r.label != classes[t] else {}),
+            "predicted": classes[int(p.argmax())],
+            **{f"p_{c}": round(float(p[i]), 5) for i, c in enumerate(classes)},
+        }
+        for (r, p), t in zip(rows, y_true)
     ]
     return report, rows
 
@@ -136,24 +136,16 @@ def evaluate_run(
 
 def resolve_models(model: str | Path, device: str = "cpu") -> list[tuple[object, Path | None, Path | None]]:
     """(loaded model, folder that records its training data or None, its run folder or None) for
-    each model ``model`` names: a run folder, ``release`` (both tasks), a release folder or a .onnx file."""
-    from busai.export import load_onnx
-    from busai.release import WEIGHTS, release_dir, resolve_model
-
-    text = str(model)
-    if text == "release":
-        return [(resolve_model("release", task, device=device), release_dir(task), None) for task in ("segmentation", "classification")]
-    path = Path(text).expanduser()
-    if path.suffix.lower() == ".onnx":
-        return [(load_onnx(path, device), None, None)]
-    if not path.is_dir():
-        raise CheckpointError(f"{model}: not found; pass a run folder, 'release', a release folder or an exported .onnx file")
-    from busai.runs import model_tasks, read_run_config
-
-    released = (path / WEIGHTS).is_file() and not (path / "checkpoint_last.pt").exists() and not (path / "history.csv").exists()
-    checkpoint, run = (WEIGHTS, None) if released else (BEST_CHECKPOINT, path)
-    tasks = model_tasks(read_run_config(path).get("model_spec") or {"task": None})  # a multitask network is scored on both tasks
-    return [(load_model(path, checkpoint=checkpoint, device=device, task=task), path, run) for task in tasks]
+    each model ``model`` names: a run folder (both tasks of a multitask run), ``release`` (both
+    packaged models), a release or saved folder, or an ONNX file or folder (:class:`busai.runs.RunFolder`)."""
+    if str(model) == "release":
+        folders = [model_folder("release", task) for task in TASKS]
+        return [(folder.load(task=task, device=device), folder.path, None) for folder, task in zip(folders, TASKS)]
+    folder = model_folder(model, not_found="not found; pass a run folder, 'release', a release folder or an exported .onnx file")
+    if folder.kind == "onnx":
+        return [(folder.load(device=device), None, None)]
+    run = folder.path if folder.kind == "run" else None
+    return [(folder.load(task=task, device=device), folder.path, run) for task in folder.tasks()]  # a multitask network is scored on both tasks
 
 
 def evaluate_model(
@@ -170,8 +162,10 @@ def evaluate_model(
     tta: bool = False,
     command: str | None = None,
     device: str = "cpu",
+    progress: bool = False,
 ) -> dict[str, dict[str, dict]]:
     """Score ``model`` on ``data`` (see the module docstring); returns {task: {key: result}}.
+    ``progress`` shows a bar per scored set on stderr when it is a terminal.
 
     Results go into ``RUN_DIR/metrics.json`` for a run folder (unless ``out`` is given), else into
     ``OUT/<task>/metrics.json``; keys are ``split`` for one unnamed dataset, ``NAME/split`` per
@@ -179,20 +173,23 @@ def evaluate_model(
     """
     from busai.data.sources import parse_data_specs
     from busai.provenance import check_unseen, dataset_fingerprints
-    from busai.runs import best_threads
+    from busai.device import best_threads
 
     specs = parse_data_specs(data)
     if not specs:
-        raise ConfigError("pass the data to score with --data PATH (or --data NAME=PATH, repeatable)")
+        raise ConfigError(f"pass the data to score with {option('data', 'PATH')} (or {option('data', 'NAME=PATH')}, repeatable)")
     if all_images == (splits_file is not None):
-        raise ConfigError("say which images to score: --splits FILE with --split NAME, or --all for every image of the data")
+        raise ConfigError(
+            f"say which images to score: {option('splits_file', 'FILE', '--splits')} with {option('split_names', 'NAME', '--split')}, "
+            f"or {option('all_images', flag='--all')} for every image of the data"
+        )
     for split in split_names:
         if split not in SPLIT_NAMES:
             raise ConfigError(f"split '{split}': unknown; choose train, val or test")
     best_threads()
     models = resolve_models(model, device)
     if out is None and any(run is None for _, _, run in models):
-        raise ConfigError(f"{model}: is not a run folder, so its scores need a place: pass --out DIR")
+        raise ConfigError(f"{model}: is not a run folder, so its scores need a place: pass {option('out', 'DIR')}")
     for loaded, _, run_dir in models:  # a read-only destination or a damaged metrics.json fails before any scoring
         dest = Path(out) / loaded.task if out is not None else scores_dir(run_dir, loaded.spec, loaded.task)
         output_dir(dest, option="--out" if out is not None else "run folder")
@@ -205,7 +202,9 @@ def evaluate_model(
             for role, records, *_ in selections:
                 check_unseen(provenance_dir, {role: records}, fingerprints, what="scoring")
         dest = Path(out) / loaded.task if out is not None else scores_dir(run_dir, loaded.spec, loaded.task)
-        results[loaded.task] = _score_selections(loaded, selections, dest, n_boot=n_boot, seed=seed, figures=figures, tta=tta, command=command)
+        results[loaded.task] = _score_selections(
+            loaded, selections, dest, n_boot=n_boot, seed=seed, figures=figures, tta=tta, command=command, progress=progress
+        )
     return results
 
 
@@ -222,9 +221,8 @@ def _selections(specs, splits_file, split_names, all_images) -> list[tuple[str, 
             report = audit_dataset(spec)
             skipped = unusable_images(report.problems, records)
             if skipped:
-                print(
-                    f"note: {len(skipped)} images of {spec.path} cannot be scored and are left out (listed under 'skipped'): {next(iter(skipped.values()))}",
-                    file=sys.stderr,
+                log.info(
+                    "%d images of %s cannot be scored and are left out (listed under 'skipped'): %s", len(skipped), spec.path, next(iter(skipped.values()))
                 )
             kept = [r for r in records if r.key not in skipped]
             out.append(("all", kept, _groups_without_split(report, kept), f"{spec.name}/all" if spec.name else "all", skipped))
@@ -267,7 +265,9 @@ def _score_selections(loaded, selections, dest: Path, **options) -> dict[str, di
         return _score_seeded(loaded, selections, dest, **options)
 
 
-def _score_seeded(loaded, selections, dest: Path, *, n_boot: int, seed: int, figures: bool, tta: bool, command: str | None) -> dict[str, dict]:
+def _score_seeded(
+    loaded, selections, dest: Path, *, n_boot: int, seed: int, figures: bool, tta: bool, command: str | None, progress: bool = False
+) -> dict[str, dict]:
     evaluate = evaluate_segmentation if loaded.task == "segmentation" else evaluate_classification
     results = {}
     for role, records, groups, key, skipped in selections:
@@ -278,7 +278,10 @@ def _score_seeded(loaded, selections, dest: Path, *, n_boot: int, seed: int, fig
                     f"{maskless[0].image}: a {maskless[0].label} image without a mask ({len(maskless)} such); "
                     "segmentation cannot be scored on it: score a classifier, or add the masks"
                 )
-        result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta, groups=groups)
+        else:
+            records, groups, skipped = _known_labels(loaded, records, groups, skipped, key)
+        shown = f"Scoring {loaded.task} on {key} ({len(records)} images)" if progress else None
+        result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta, groups=groups, progress=shown)
         key = f"{key}_tta" if tta else key
         datasets = sorted({r.dataset for r in records})
         result = {
@@ -293,7 +296,8 @@ def _score_seeded(loaded, selections, dest: Path, *, n_boot: int, seed: int, fig
             "model_source": loaded.source,
             "weight_source": loaded.config.get("weight_source"),
             "n_boot": n_boot,
-            "inference_path": default_path_name(next(loaded.module.parameters()).device),
+            # an ONNX network has no torch parameters: ask the backend interface, never the module
+            "inference_path": "onnxruntime fp32" if loaded.backend == "onnx" else default_path_name(loaded.device),
             **result,
         }
         dest.mkdir(parents=True, exist_ok=True)
@@ -305,16 +309,33 @@ def _score_seeded(loaded, selections, dest: Path, *, n_boot: int, seed: int, fig
             if loaded.task == "segmentation":
                 result["figure"] = fig.segmentation_samples(samples, dest / f"samples_{name}.png", title=title)
             else:
-                result["figure"] = fig.confusion_matrix(np.array(result["confusion_matrix"]), dest / f"confusion_{name}.png", title=title)
-                result["sample_figure"] = fig.classification_samples(samples, dest / f"samples_{name}.png", title=title)
-                from busai.calibration import reliability_figure
-
+                classes = result["classes"]
+                result["figure"] = fig.confusion_matrix(np.array(result["confusion_matrix"]), dest / f"confusion_{name}.png", title=title, classes=classes)
+                result["sample_figure"] = fig.classification_samples(samples, dest / f"samples_{name}.png", title=title, classes=classes)
                 result["reliability_figure"] = reliability_figure(
                     {f"{key} (ECE {result['ece']:.3f})": result["reliability"]}, dest / f"reliability_{name}.png", title=title
                 )
-        metrics_path = dest / "metrics.json"
+        metrics_path = dest / METRICS
         merged = read_metrics(dest)
         merged[key] = result
         write_json(metrics_path, merged)
         results[key] = result
     return results
+
+
+def _known_labels(loaded, records, groups, skipped: dict, key: str):
+    """The records a classifier can be scored on: those whose label is one of its classes (or
+    maps to one through its training mapping); the others are listed under ``skipped`` and noted
+    on stderr, since a class the model cannot predict has no score."""
+    index = scoring_map(loaded.config, class_names(loaded.spec))
+    unknown = [r for r in records if r.label not in index]
+    if not unknown:
+        return records, groups, skipped
+    labels = sorted({str(r.label) for r in unknown})
+    reason = f"label not among the model's classes ({', '.join(class_names(loaded.spec))})"
+    log.info("%s: %d images labelled %s are left out (listed under 'skipped'): %s", key, len(unknown), ", ".join(labels), reason)
+    kept = [i for i, r in enumerate(records) if r.label in index]
+    if not kept:
+        raise ConfigError(f"{key}: no image is labelled with a class of the model ({', '.join(class_names(loaded.spec))}); score it on data with those labels")
+    skipped = {**skipped, **{r.key: f"{reason}: {r.label}" for r in unknown}}
+    return [records[i] for i in kept], [groups[i] for i in kept], skipped

@@ -10,24 +10,22 @@ at a second size; otherwise the file is re-exported at the model's fixed size).
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
+# The runtime side (loading an exported file) lives in busai.backends; these names stay importable here.
+from busai.backends import INPUT, METADATA_KEY, OUTPUT, LoadedModel, OnnxLoadedModel, OnnxModule, load_onnx, onnx_providers  # noqa: F401
+from busai.device import cores as _cores  # noqa: F401  (kept for callers of export._cores)
 from busai.errors import CheckpointError, ConfigError
 from busai.extras import require
 from busai.outputs import atomic_path, output_file
-from busai.runs import LoadedModel
+from busai.runs import resolve_model
 
-METADATA_KEY = "busai"
 OPSET = 18
-INPUT, OUTPUT = "image", "logits"
 # fp32 graph vs fp32 eager: differences come from kernel order only; anything above this is a bug.
 PARITY_TOLERANCE = 1e-3
 
@@ -47,130 +45,6 @@ class ExportResult:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
-
-
-class OnnxModule(nn.Module):
-    """An ONNX Runtime session behind a module's call: normalised (N, 3, H, W) batch -> logits (fp32, CPU)."""
-
-    def __init__(self, path: str | Path, device: str = "cpu"):
-        super().__init__()
-        require("export")
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = _cores()
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=onnx_providers(device))
-        except Exception as exc:  # ORT raises its own, unexported exception types for every kind of bad file
-            raise CheckpointError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]}); re-export with `busai export`") from None
-        self.metadata = self.session.get_modelmeta().custom_metadata_map
-        self.path = str(path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        return torch.from_numpy(self.session.run([OUTPUT], {INPUT: array})[0])
-
-
-@dataclass
-class OnnxLoadedModel(LoadedModel):
-    """An exported file loaded for prediction: the backend interface of :class:`~busai.runs.LoadedModel`
-    answered by ONNX Runtime (fp32 whatever the precision asked; no autograd, so no Grad-CAM or re-export)."""
-
-    module: OnnxModule
-
-    backend: ClassVar[str] = "onnx"
-    supports_gradients: ClassVar[bool] = False
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cuda" if self.module.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu")
-
-    def logits(self, batch: torch.Tensor, precision: str = "auto") -> torch.Tensor:
-        return self.module(batch)
-
-
-def onnx_providers(device: str = "cpu") -> list[str]:
-    """ONNX Runtime execution providers for ``device``: CUDA first (CPU for the operators it lacks)
-    when the GPU is wanted and this onnxruntime build has the CUDA provider, else the CPU alone.
-
-    ``cuda`` asked for explicitly without that provider is an error; ``auto`` falls back to the CPU.
-    """
-    import onnxruntime as ort
-
-    from busai.engine import resolve_device
-
-    if resolve_device(device).type != "cuda":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cuda":
-        raise ConfigError("--device cuda: this onnxruntime has no CUDA provider; pip install onnxruntime-gpu, or use --device cpu")
-    return ["CPUExecutionProvider"]
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def load_onnx(path: str | Path, device: str = "cpu") -> OnnxLoadedModel:
-    """An exported file as a model whose network runs in ONNX Runtime (on the GPU: see :func:`onnx_providers`)."""
-    path = Path(path)
-    onnx_providers(device)  # a bad --device fails before the file is read
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found; pass a .onnx file written by `busai export`")
-    module = OnnxModule(path, device)
-    try:
-        meta = json.loads(module.metadata[METADATA_KEY])
-    except (KeyError, json.JSONDecodeError):
-        raise CheckpointError(f"{path}: has no busai metadata, so its preprocessing is unknown; export it with `busai export`") from None
-    spec, image_size, mean, std = _checked_metadata(meta, module, path)
-    temperature = meta.get("temperature", 1.0)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
-        raise CheckpointError(f"{path}: metadata temperature {temperature!r} is not a positive number; re-export the model with `busai export`")
-    return OnnxLoadedModel(
-        module=module,
-        task=spec["task"],
-        spec=spec,
-        image_size=image_size,
-        mean=mean,
-        std=std,
-        config=meta.get("config", {}) if isinstance(meta.get("config"), dict) else {},
-        source=str(path),
-        grayscale=meta["preprocessing"].get("color") == "gray",
-        temperature=float(temperature),
-    )
-
-
-def _checked_metadata(meta, module: OnnxModule, path: Path):
-    """The spec and preprocessing from an exported file's metadata, checked against its graph.
-
-    The metadata is plain JSON anyone can edit; a wrong size or normalisation would give wrong
-    answers without an error, so every value the predictions depend on is checked here.
-    """
-    fix = "re-export the model with `busai export`"
-    try:
-        spec, pre = meta["spec"], meta["preprocessing"]
-        task, image_size = spec["task"], pre["image_size"]
-        mean, std = tuple(float(v) for v in pre["mean"]), tuple(float(v) for v in pre["std"])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{path}: its busai metadata lacks the task or preprocessing (image_size, mean, std); {fix}") from None
-    if task not in ("segmentation", "classification"):
-        raise CheckpointError(f"{path}: metadata task {task!r} is neither segmentation nor classification; {fix}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 16 <= image_size <= 4096:
-        raise CheckpointError(f"{path}: metadata image_size {image_size!r} is not a size in pixels (16 to 4096); {fix}")
-    if len(mean) != 3 or len(std) != 3 or not all(np.isfinite(mean)) or not all(np.isfinite(v) and v > 0 for v in std):
-        raise CheckpointError(f"{path}: metadata mean / std must be three finite numbers each (std positive); {fix}")
-    inputs = module.session.get_inputs()
-    if [i.name for i in inputs] != [INPUT] or [o.name for o in module.session.get_outputs()] != [OUTPUT]:
-        raise CheckpointError(
-            f"{path}: the graph takes {[i.name for i in inputs]} and returns "
-            f"{[o.name for o in module.session.get_outputs()]}, not ['{INPUT}'] -> ['{OUTPUT}']; {fix}"
-        )
-    shape = inputs[0].shape  # fixed axes are ints, dynamic ones names
-    if len(shape) != 4 or shape[1] not in (3, "channels") or any(isinstance(n, int) and n != image_size for n in shape[2:]):
-        raise CheckpointError(f"{path}: the graph's input shape {shape} does not take (N, 3, {image_size}, {image_size}) images as its metadata says; {fix}")
-    return spec, image_size, mean, std
 
 
 def _export_graph(module: nn.Module, task: str, size: int, path: Path, opset: int, dynamic_size: bool) -> None:
@@ -201,7 +75,7 @@ def _write_metadata(path: Path, loaded: LoadedModel, dynamic_size: bool) -> None
     model = onnx.load(str(path))
     meta = {
         "spec": loaded.spec,
-        "preprocessing": {"image_size": loaded.image_size, "mean": list(loaded.mean), "std": list(loaded.std), "color": "gray" if loaded.grayscale else "rgb"},
+        "preprocessing": loaded.preprocessing.to_dict(),
         "dynamic_size": dynamic_size,
         "temperature": loaded.temperature,
         "source": loaded.source,
@@ -285,3 +159,31 @@ def to_onnx_backend(loaded: LoadedModel, workdir: str | Path, device: str = "cpu
     if not result.ok:
         raise CheckpointError(f"{loaded.source}: the ONNX graph differs from PyTorch by {result.max_abs_diff:.2g} (> {result.tolerance}); use --backend torch")
     return load_onnx(result.path, device)
+
+
+def load_backend(source, task: str, *, device: str = "cpu", backend: str = "torch", workdir: str | Path | None = None) -> LoadedModel:
+    """The model a ``--seg`` / ``--cls`` option names, for ``task``, running in ``backend``; errors name the option.
+
+    ``source`` is what :func:`busai.runs.resolve_model` takes, or a model already loaded (a
+    :class:`~busai.backends.LoadedModel` or anything holding one as ``.loaded``, like :class:`busai.Model`).
+    ``backend="onnx"`` exports a PyTorch model into ``workdir`` (a new temporary folder when None)
+    and runs that file in ONNX Runtime (its CUDA provider on a GPU: :func:`busai.backends.onnx_providers`).
+    """
+    import tempfile
+
+    from busai.models.registry import resolve_task
+    from busai.runs import TASK_FLAGS
+
+    task = resolve_task(task)
+    loaded = getattr(source, "loaded", source)
+    if isinstance(loaded, LoadedModel):
+        if loaded.task != task:
+            raise ConfigError(f"{TASK_FLAGS[task]}: got a {loaded.task} model; pass a {task} model")
+    else:
+        not_found = f"not found; pass a run folder, an exported .onnx file or 'release' to {TASK_FLAGS[task]}"
+        loaded = resolve_model(source, task, device=device, not_found=not_found)
+        if loaded.task != task:
+            raise ConfigError(f"{TASK_FLAGS[task]} {source}: is a {loaded.task} model; pass a {task} model")
+    if backend == "onnx":
+        loaded = to_onnx_backend(loaded, workdir or tempfile.mkdtemp(prefix="busai-onnx-"), device)
+    return loaded

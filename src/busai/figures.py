@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from busai import CLASSES, SPLIT_NAMES
+from busai.outputs import atomic_path
 
 
 def _subplots(nrows: int = 1, ncols: int = 1, *, figsize, **kwargs):
@@ -22,7 +23,8 @@ def _subplots(nrows: int = 1, ncols: int = 1, *, figsize, **kwargs):
 def _save(fig, path: Path) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     return str(path)
 
 
@@ -58,20 +60,20 @@ def segmentation_samples(samples, path: Path, title: str, n: int = 4) -> str:
     return _save(fig, path)
 
 
-def confusion_matrix(matrix: np.ndarray, path: Path, title: str) -> str:
+def confusion_matrix(matrix: np.ndarray, path: Path, title: str, classes=CLASSES) -> str:
     fig, ax = _subplots(figsize=(4.2, 3.8))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), value in np.ndenumerate(matrix):
         ax.text(j, i, int(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
-    ax.set_xticks(range(len(CLASSES)), CLASSES)
-    ax.set_yticks(range(len(CLASSES)), CLASSES)
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
 
-def classification_samples(rows, path: Path, title: str, n: int = 8) -> str:
+def classification_samples(rows, path: Path, title: str, n: int = 8, classes=CLASSES) -> str:
     """A grid of scans titled with true and predicted class (green when right, red when wrong)."""
     from busai.data.discover import read_image
 
@@ -81,7 +83,7 @@ def classification_samples(rows, path: Path, title: str, n: int = 8) -> str:
     for ax in axes.flat:
         ax.axis("off")
     for ax, (record, prob) in zip(axes.flat, chosen):
-        predicted = CLASSES[int(np.argmax(prob))]
+        predicted = classes[int(np.argmax(prob))]
         ax.imshow(read_image(record.image, mode="L", frame=record.frame), cmap="gray")
         ax.set_title(f"true {record.label}\npred {predicted} ({float(np.max(prob)):.2f})", fontsize=8, color="green" if predicted == record.label else "red")
     fig.suptitle(title)
@@ -140,7 +142,6 @@ def training_curve(history: list[dict], path: Path, title: str = "") -> str:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     return str(path)

@@ -8,7 +8,7 @@ from torch import nn
 
 from busai.errors import ConfigError
 from busai.models.registry import LITE_VARIANTS
-from busai.runs import LoadedModel
+from busai.backends import LoadedModel
 
 # Classifier name -> its last convolutional block (the layer whose activations Grad-CAM weighs).
 # Each is the block right before global pooling, where the features are still spatial.
@@ -41,12 +41,10 @@ def gradcam_heatmap(loaded: LoadedModel, image_rgb: np.ndarray, class_index: int
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from busai.inference import preprocess
-
     if loaded.task != "classification" or not loaded.supports_gradients:
         raise ConfigError(f"{loaded.source}: Grad-CAM needs a PyTorch classifier (not an ONNX file or a segmenter)")
     module = loaded.module.float().eval()
-    x = preprocess(image_rgb, loaded.image_size, loaded.mean, loaded.std, loaded.grayscale)[None].to(next(module.parameters()).device)
+    x = loaded.preprocessing.tensor(image_rgb)[None].to(next(module.parameters()).device)
     targets = None if class_index is None else [ClassifierOutputTarget(class_index)]
     with torch.enable_grad(), GradCAM(model=module, target_layers=[gradcam_layer(module, loaded.spec["name"])]) as cam:
         grayscale = cam(input_tensor=x, targets=targets)[0]

@@ -10,10 +10,11 @@ from pathlib import Path
 
 from busai import CLASSES
 from busai.config import TrainConfig
-from busai.errors import CheckpointError, ConfigError, DataError
+from busai.errors import CheckpointError, ConfigError
+from busai.runs import BEST_CHECKPOINT, CONFIG, FIT, HISTORY, LAST_CHECKPOINT
 
 # Files a run folder gains once its first epoch has finished (or a finished tune trial keeps).
-EPOCH_FILES = ("checkpoint_last.pt", "history.csv", "fit.json")
+EPOCH_FILES = (LAST_CHECKPOINT, HISTORY, FIT)
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -32,20 +33,22 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"{cfg.optimizer} optimizer: {exc}; fix the option") from None
 
 
-def check_class_coverage(cfg: TrainConfig, train_dataset, splits_file: str | None) -> None:
-    """A classifier learns the classes its training split shows: refuse one that misses any.
+def check_class_coverage(cfg: TrainConfig, train_dataset, splits_file: str | None, classes=CLASSES) -> None:
+    """A classifier learns the classes its training split shows: refuse one that misses any of ``classes``.
 
     Trained without a class, the model still outputs a probability for it, near zero and
     meaningless, and nothing in its scores says so.
     """
     if cfg.task == "segmentation":
         return
+    if len(classes) < 2:
+        raise ConfigError(f"{splits_file}: the training images are all {''.join(classes) or 'unlabelled'}; a classifier needs images of at least 2 classes")
     present = {int(label) for label in train_dataset.labels}
-    missing = [name for i, name in enumerate(CLASSES) if i not in present]
+    missing = [name for i, name in enumerate(classes) if i not in present]
     if missing:
         raise ConfigError(
             f"{splits_file}: the train split has no {' and no '.join(missing)} images, but the classifier predicts "
-            f"{', '.join(CLASSES)}; add images of every class to the dataset (one folder per class) and re-run `busai data split`"
+            f"{', '.join(classes)}; add images of every class and re-run `busai data split`, or leave the class out with --classes"
         )
 
 
@@ -56,8 +59,6 @@ def has_trained(run_dir: Path) -> bool:
 
 def check_new_run_folder(run_dir: Path) -> bool:
     """Refuse a folder holding a trained run; True when it holds a run that never finished an epoch (restart it)."""
-    from busai.runs import CONFIG
-
     if not (run_dir / CONFIG).exists():
         return False
     if has_trained(run_dir):
@@ -67,19 +68,7 @@ def check_new_run_folder(run_dir: Path) -> bool:
 
 def clear_unfinished_run(run_dir: Path) -> None:
     """Remove what a run that never finished an epoch may have left (a best checkpoint saved just before a kill)."""
-    for name in ("checkpoint_best.safetensors", "checkpoint_best.safetensors.tmp", "checkpoint_last.pt.tmp"):
-        (run_dir / name).unlink(missing_ok=True)
-
-
-def check_file_names(records) -> None:
-    """Refuse image names that are not valid UTF-8: a split file (JSON, UTF-8) cannot name them.
-
-    Python keeps such bytes as lone surrogates; JSON writers escape them into text other tools
-    reject, and hashing the name fails. Renaming is the fix (often a Latin-1 name from an old zip).
-    """
-    from busai.prediction import printable
-
-    for record in records:
-        name = str(record.image)
-        if printable(name) != name:
-            raise DataError(f"{printable(name)}: the file name is not valid UTF-8; rename the file (and its masks)")
+    (run_dir / BEST_CHECKPOINT).unlink(missing_ok=True)
+    for name in (BEST_CHECKPOINT, LAST_CHECKPOINT):  # a kill between write and rename (busai.outputs.atomic_path's names)
+        for tmp in run_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)

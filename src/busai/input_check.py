@@ -30,27 +30,14 @@ BRIGHT = 215  # grey level above which a pixel counts as near-white
 
 
 def check_array(image: np.ndarray) -> str:
-    """``"ok"`` for an array that can be read as an 8-bit scan; otherwise why not.
+    """``"ok"`` for an array busai takes as a scan; otherwise why not, with the fix.
 
-    Catches what the pixel values say before any conversion: floats (the API gets them from
-    other tools) must be in 0-255, not 0-1, and values above 255 are not 8-bit.
+    The one rule of :func:`busai.preprocessing.array_problem` (uint8, or float in [0, 1]), checked
+    before any conversion so a wrongly scaled array is reported, never guessed at.
     """
-    image = np.asarray(image)
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-        return f"shape: {image.shape} is not an image (H, W) or (H, W, 3)"
-    if image.dtype == bool or not np.issubdtype(image.dtype, np.number):
-        return f"dtype: {image.dtype} pixels; pass uint8 values 0-255"
-    if image.size and np.issubdtype(image.dtype, np.floating):
-        if not np.isfinite(image).all():
-            return "float out of range: NaN or infinite pixels"
-        lo, hi = float(image.min()), float(image.max())
-        if lo < 0 or hi > 255:
-            return f"float out of range: values {lo:.3g} to {hi:.3g}; pass 0-255"
-        if hi <= 1.0 and hi > 0:
-            return "float out of range: values within 0-1; multiply by 255 (uint8 0-255 expected)"
-    elif image.size and (image.min() < 0 or image.max() > 255):
-        return f"integer out of range: values {int(image.min())} to {int(image.max())}; pass 8-bit values 0-255"
-    return OK
+    from busai.preprocessing import array_problem
+
+    return array_problem(image) or OK
 
 
 def image_statistics(image_rgb: np.ndarray) -> dict:

@@ -107,8 +107,9 @@ class DicePresenceLoss(nn.Module):
     sits at the same low probability; this term costs such an image as much as a wrong image label,
     whatever the lesion's size, and its gradient goes to the pixels the model finds most suspicious.
     A small false blob on a lesion-free image raises the mean little, so it is hardly penalised.
-    Measured on BUSI (docs/study-log.md, ``seg-lite0-unet-presence``): the model then marks something in nearly every image, and still not
-    the lesions it missed before. Written by hand: smp's losses score pixels, none a pooled output.
+    On BUSI the model then marked something in nearly every image and still missed the lesions it
+    missed before (docs/study-log.md, ``seg-lite0-unet-presence``): kept as an option, not a default.
+    Written by hand: smp's losses score pixels, none a pooled output.
     """
 
     def __init__(self) -> None:

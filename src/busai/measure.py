@@ -24,7 +24,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 from scipy.spatial.distance import pdist, squareform
 
-from busai.errors import ConfigError
+from busai.errors import ConfigError, DataError
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 # Key order is the column order of predictions.csv.
@@ -49,6 +49,19 @@ MEASUREMENT_KEYS = (
 # Far wider than any scan (roughly 0.03 to 0.5 mm), yet narrow enough that the hull and area
 # arithmetic stay in floating-point range: 1e308 overflowed to inf and 1e-320 underflowed to 0.
 PIXEL_SPACING_RANGE = (1e-3, 1e2)
+# What a file or a dataset table may state: ultrasound pixels are a few hundredths to tenths of a mm,
+# so a stated value outside this is a damaged tag or a wrong unit, not a scan to measure.
+PLAUSIBLE_SPACING_MM = (1e-3, 10.0)
+
+
+def stated_spacing(value: float, where: str, fix: str) -> float:
+    """``value`` (mm per pixel), as a DICOM tag or a table cell states it, or a DataError naming
+    ``where`` (the file and the tag, or the table's row and column) and ``fix``. The one check
+    datasets and ``predict`` apply to a stated spacing, so a file is refused the same way by both."""
+    low, high = PLAUSIBLE_SPACING_MM
+    if not (np.isfinite(value) and low <= value <= high):
+        raise DataError(f"{where} is not a plausible pixel size ({low:g} to {high:g} mm per pixel); {fix}")
+    return float(value)
 
 
 def spacing_mm(pixel_spacing: float | tuple[float, float] | list[float] | None) -> tuple[float, float] | None:

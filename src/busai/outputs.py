@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -76,6 +77,30 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_folder(folder: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``folder``; on success it takes ``folder``'s place (an
+    old one is kept until the new one is there), on failure it is removed.
+
+    No rename swaps two non-empty folders in one step, so the old one is moved aside first and
+    removed last: an interrupt leaves the old folder, or the new one, or both under other names."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+            folder.replace(old)
+            tmp.replace(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.replace(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` then rename ``tmp`` onto ``path``."""
     with atomic_path(path) as tmp:
@@ -84,3 +109,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def printable(value):
+    """A file name that is not valid UTF-8 (Python keeps its bytes as surrogates) with those bytes
+    spelled ``\\xff``: tables and terminals can show it, where the raw name makes csv and JSON writers fail."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value

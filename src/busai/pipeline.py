@@ -19,10 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from busai import CLASSES
+from busai.config import BACKENDS  # noqa: F401  (pipeline.BACKENDS kept for callers)
 from busai.errors import ConfigError
+from busai.labels import class_names
+from busai.preprocessing import rgb_array
 
-BACKENDS = ("torch", "onnx")
 DEFAULT_BATCH_SIZE = 8
+PROBABILITY_KEYS = tuple(f"p_{c}" for c in CLASSES)  # always columns; a model with other classes adds its own (busai.prediction.columns_for)
+DRAWING_KEYS = ("diameter_endpoints", "perpendicular_endpoints")  # in measurements, for the overlay; not columns
 
 
 @dataclass(eq=False)  # numpy fields: compare field by field (np.array_equal)
@@ -51,30 +55,68 @@ class Prediction:
 
     def to_row(self) -> dict:
         """The values ``busai predict`` writes to predictions.csv for this scan (no file columns)."""
-        from busai.rendering import row_values
-
-        return row_values(self)
+        row: dict = {"width": self.width, "height": self.height, "input_check": self.input_check, **(self.extra or {})}
+        if self.probabilities is not None:
+            row["label"] = self.label
+            # the model's own classes; the standard columns stay empty for a model with other classes (busai.labels)
+            row.update({key: None for key in PROBABILITY_KEYS} | {f"p_{c}": round(p, 5) for c, p in self.probabilities.items()})
+        if self.measurements is not None:
+            row.update({k: v for k, v in self.measurements.items() if k not in DRAWING_KEYS})
+        row["review"] = self.review
+        return row
 
 
 def load_models(seg="release", cls="release", *, backend: str = "torch", workdir: str | Path | None = None, device: str = "cpu") -> list:
-    """The segmenter and / or classifier to predict with, as :class:`busai.Model` objects (what :func:`predict_scans` takes).
+    """The segmenter and / or classifier to predict with, as networks (:class:`busai.backends.LoadedModel`:
+    what :func:`predict_scans` takes; ``busai.Model(x)`` wraps one).
 
     Each source is ``"release"``/None, a run folder, a saved or release folder, an .onnx file, a
     loaded :class:`busai.Model`, or ``"none"`` to skip that task. ``backend="onnx"`` exports PyTorch
-    models into ``workdir`` and runs them in ONNX Runtime. ``device``: auto, cpu or cuda (see :func:`busai.api.model_for`).
+    models into ``workdir`` and runs them in ONNX Runtime. ``device``: auto, cpu or cuda (see :func:`busai.export.load_backend`).
     """
-    from busai.api import model_for
-
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend}: unknown; choose torch or onnx")
+    from busai.export import load_backend  # imported here: start-up without torch
+
     models = [
-        model_for(source, task, device=device, backend=backend, workdir=workdir)
+        load_backend(source, task, device=device, backend=backend, workdir=workdir)
         for task, source in (("segmentation", seg), ("classification", cls))
         if not (isinstance(source, str) and source.lower() == "none")
     ]
     if not models:
         raise ConfigError("--seg none --cls none: nothing to predict; keep at least one model")
     return models
+
+
+def models_by_task(models) -> dict:
+    """{task: model} for a model or a list of them (:class:`busai.Model` objects or the networks they
+    hold, returned as given); at most one per task, at least one in all."""
+    models = [models] if _network(models) is not None else list(models)
+    by_task: dict = {}
+    for model in models:
+        network = _network(model)
+        if network is None:
+            raise ConfigError(f"predict: got a {type(model).__name__} where a model belongs; load one with busai.load(...)")
+        if network.task in by_task:
+            raise ConfigError(f"predict: two {network.task} models given; pass at most one segmenter and one classifier")
+        by_task[network.task] = model
+    if not by_task:
+        raise ConfigError("predict: no model given; load one with busai.load(...)")
+    return by_task
+
+
+def networks_by_task(models) -> dict:
+    """{task: network} (:class:`busai.backends.LoadedModel`) for what :func:`models_by_task` takes: what the stages run."""
+    return {task: _network(model) for task, model in models_by_task(models).items()}
+
+
+def _network(model):
+    """The network a :class:`busai.Model` holds, or ``model`` itself when it is one; None for anything else."""
+    from busai.backends import LoadedModel  # imported here: start-up without torch
+
+    network = getattr(model, "loaded", model)
+    # a busai.ensemble.EnsembleLoaded is a backend too (told by its name: ensemble imports busai.api, which imports this module)
+    return network if isinstance(network, LoadedModel) or getattr(type(network), "backend", None) == "ensemble" else None
 
 
 @dataclass
@@ -86,10 +128,11 @@ class PreparedScan:
     region: object = None  # busai.scan_region.ScanRegion
     inputs: dict = field(default_factory=dict)  # task -> normalised (3, S, S) tensor; empty: no model answers
     geometry: object = None  # a DICOM file's busai.io.dicom.DicomGeometry
+    classes: tuple = CLASSES  # the classifier's own label set (busai.labels.class_names)
 
 
 def prepare_scan(by_task: dict, image, *, scan_region: bool = True, gate: bool = True, geometry=None) -> PreparedScan:
-    """Gate, crop to the scan region, and the normalised input of each model of ``by_task`` ({task: Model})."""
+    """Gate, crop to the scan region, and the normalised input of each network of ``by_task`` ({task: LoadedModel}: :func:`networks_by_task`)."""
     from busai.inference import model_input
     from busai.input_check import OK, check_array, check_input
     from busai.scan_region import find_scan_region, whole_image
@@ -101,16 +144,18 @@ def prepare_scan(by_task: dict, image, *, scan_region: bool = True, gate: bool =
     if problem != OK:  # not readable as 8-bit pixels: nothing sensible to predict, whatever ``gate`` says
         result.input_check = problem
         return PreparedScan(result)
-    image = as_rgb_uint8(image)
+    image = rgb_array(image)
     region = find_scan_region(image) if scan_region else whole_image(image.shape)
     scan = region.crop(image)
     result.input_check = check_input(scan)
     if region.cropped:
         result.extra.update(scan_x=region.x0, scan_y=region.y0, scan_width=region.width, scan_height=region.height)
     prepared = PreparedScan(result, image, region, geometry=geometry)
+    if "classification" in by_task:
+        prepared.classes = tuple(class_names(by_task["classification"].spec))
     if gate and result.input_check != OK:
         return prepared
-    prepared.inputs = {task: model_input(model.loaded, scan) for task, model in by_task.items()}
+    prepared.inputs = {task: model_input(network, scan) for task, network in by_task.items()}
     return prepared
 
 
@@ -125,7 +170,7 @@ def run_models(by_task: dict, scans: Sequence[PreparedScan], *, tta: bool = Fals
         answered = [i for i, s in enumerate(scans) if task in s.inputs]
         if not answered:
             continue
-        probs = predict_tensor(model.loaded, torch.stack([scans[i].inputs[task] for i in answered]), precision, tta=tta)
+        probs = predict_tensor(model, torch.stack([scans[i].inputs[task] for i in answered]), precision, tta=tta)
         for i, p in zip(answered, probs):
             outputs[i][task] = p
     return outputs
@@ -141,8 +186,9 @@ def finish_scan(prepared: PreparedScan, outputs: dict, *, threshold: float = 0.5
         return result
     if "classification" in outputs:
         probs = outputs["classification"].numpy()
-        result.label = CLASSES[int(probs.argmax())]
-        result.probabilities = {c: float(p) for c, p in zip(CLASSES, probs)}
+        classes = prepared.classes
+        result.label = classes[int(probs.argmax())]
+        result.probabilities = {c: float(p) for c, p in zip(classes, probs)}
     if "segmentation" in outputs:
         region, image = prepared.region, prepared.image
         scan_shape = (region.height, region.width)
@@ -181,9 +227,7 @@ def predict_scans(
     ``ok``. ``geometries`` (a DICOM file's :class:`~busai.io.dicom.DicomGeometry` per scan, or None)
     give the pixel spacing where the lesion lies; ``pixel_spacing`` (mm) is used where they give none.
     """
-    from busai.api import models_by_task
-
-    by_task = models_by_task(models)
+    by_task = networks_by_task(models)
     images = list(images)
     geometries = list(geometries) if geometries is not None else [None] * len(images)
     results: list[Prediction] = []
@@ -200,15 +244,6 @@ def predict_scans(
 def predict_scan(models, image, *, geometry=None, **options) -> Prediction:
     """One scan -> its :class:`Prediction` (the options of :func:`predict_scans`)."""
     return predict_scans(models, [image], geometries=[geometry], **options)[0]
-
-
-def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) 0-255 values (checked by check_array) -> uint8 (H, W, 3)."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    image = image[..., :3] if image.shape[2] >= 3 else np.repeat(image[..., :1], 3, axis=2)
-    return np.ascontiguousarray(image.round() if np.issubdtype(image.dtype, np.floating) else image).astype(np.uint8)
 
 
 def lesion_spacing(mask: np.ndarray, geometry, pixel_spacing) -> tuple[tuple[float, float] | None, str | None]:

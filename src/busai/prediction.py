@@ -6,7 +6,7 @@ and for the batch one ``OUT/predictions.json`` (a list, one object per input, in
 with the same rows in ``OUT/predictions.csv``. Every row has every key of
 :data:`busai.rendering.COLUMNS`; a file that cannot be read gets a row with ``error`` set and the
 batch goes on. A DICOM file gives one row per frame (``frame``), with the pixel spacing it states
-(``spacing_source``).
+(``spacing_source``); a multi-page TIFF one row per page, as a cine.
 
 The scans go through :mod:`busai.pipeline` ``batch_size`` at a time: files are decoded ahead and
 each batch's post-processing and writing (masks, overlays) run in a small thread pool while the
@@ -27,11 +27,13 @@ from typing import Self
 from PIL import Image
 
 from busai import pipeline
-from busai.api import Model, models_by_task
 from busai.errors import BusaiError, ConfigError, DataError
 from busai.io.scans import list_inputs, read_scans
+from busai.outputs import printable
+from busai.pipeline import load_models, models_by_task, networks_by_task  # noqa: F401  (prediction.load_models / models_by_task kept for callers)
 from busai.rendering import (
     COLUMNS,
+    PROBABILITY_KEYS,
     MASK_SUFFIX,
     OVERLAY_SUFFIX,
     PROBABILITY_SUFFIX,
@@ -42,7 +44,7 @@ from busai.rendering import (
     save_probability_png,
 )
 
-ModelSource = str | Path | Model | None
+ModelSource = str | Path | None  # or a busai.backends.LoadedModel, or a busai.Model (it holds its network as .loaded)
 WORKERS = 2  # decode / post-process / write threads beside the models: enough to keep two cores busy, few enough to bound memory
 
 
@@ -68,6 +70,14 @@ OPTIONS_FILE = "predict_options.json"  # what produced the rows, so --resume nev
 OPTION_DEFAULTS = {"overlays": True}  # settings an options file written before them did not record
 
 
+def columns_for(rows: list[dict]) -> list[str]:
+    """:data:`COLUMNS`, plus a ``p_<class>`` column after the standard three for each class of a
+    classifier with its own label set (see :mod:`busai.labels`)."""
+    extra = [key for key in dict.fromkeys(k for row in rows for k in row) if key.startswith("p_") and key not in COLUMNS]
+    at = COLUMNS.index(PROBABILITY_KEYS[-1]) + 1
+    return [*COLUMNS[:at], *extra, *COLUMNS[at:]]
+
+
 def write_tables(rows: list[dict], out_dir: Path) -> None:
     """predictions.json and predictions.csv, each written whole to a temporary file and renamed."""
     from busai.outputs import atomic_write, atomic_write_text
@@ -76,19 +86,11 @@ def write_tables(rows: list[dict], out_dir: Path) -> None:
 
     def write_csv(tmp: Path) -> None:
         with tmp.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(fh, fieldnames=columns_for(rows), extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 
     atomic_write(out_dir / "predictions.csv", write_csv)
-
-
-def printable(value):
-    """A file name that is not valid UTF-8 (Python keeps its bytes as surrogates) with those bytes
-    spelled ``\\xff``: tables and terminals can show it, where the raw name makes csv and JSON writers fail."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return value
 
 
 class _RowLog(list):
@@ -220,7 +222,8 @@ def predict_paths(
 
     A file that cannot be decoded gets ``{"image": ..., "error": ...}`` (other keys None) and the
     batch continues. ``pixel_spacing`` (mm per pixel) adds the mm measurements where a DICOM file
-    states none. A DICOM cine gives a row per frame, or only ``frame`` (1-based).
+    states none. A DICOM cine or a multi-page TIFF gives a row per frame, or only ``frame``
+    (1-based; a file without that frame gets an error row).
     ``save_probabilities`` writes ``NAME_probability.png`` (16-bit, lesion probability x 65535);
     ``dicom_seg`` writes ``NAME_seg.dcm`` (a DICOM Segmentation) for each single-frame DICOM input;
     ``overlays=False`` writes no ``NAME_overlay.png`` (the overlay column stays empty).
@@ -232,9 +235,9 @@ def predict_paths(
     and also when the batch is interrupted. An ``out_dir`` holding an earlier batch is refused
     unless ``resume``: then its rows are kept and only the images without one (or with an error) are predicted.
     """
+    from busai.device import best_threads
     from busai.measure import spacing_mm
     from busai.outputs import atomic_write_text, output_dir
-    from busai.runs import best_threads
 
     spacing_mm(pixel_spacing)  # a bad value fails before any model is loaded
     if not 0 < threshold < 1:
@@ -273,8 +276,8 @@ def predict_paths(
     pool = ThreadPoolExecutor(workers, thread_name_prefix="busai-predict") if workers > 0 else None
     try:
         with tempfile.TemporaryDirectory(prefix="busai-onnx-") as workdir, _RowLog(out_dir, paths, done) as rows:
-            models = pipeline.load_models(seg, cls, backend=backend, workdir=workdir, device=device)
-            by_task = models_by_task(models)
+            models = load_models(seg, cls, backend=backend, workdir=workdir, device=device)
+            by_task = networks_by_task(models)
             options["runtime"] = runtime_options(by_task, batch_size, workers)  # how, not what: never compared by --resume
             atomic_write_text(out_dir / OPTIONS_FILE, json.dumps(options, indent=2) + "\n")
             used = rows.used_stems()
@@ -297,7 +300,7 @@ def runtime_options(by_task: dict, batch_size: int, workers: int) -> dict:
     return {
         "batch_size": batch_size,
         "workers": workers,
-        "paths": {task: path_name(model.loaded) for task, model in by_task.items()},
+        "paths": {task: path_name(network) for task, network in by_task.items()},
         "cpu_flags": cpu_flags(),
     }
 

@@ -18,7 +18,6 @@ metadata also records how it was calibrated.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,8 @@ import numpy as np
 import torch
 
 from busai.errors import CheckpointError, ConfigError
-from busai.runs import LoadedModel
+from busai.backends import LoadedModel
+from busai.outputs import atomic_path
 
 QUANTIZE_CHOICES = ("int8",)
 CALIBRATION_IMAGES = 64
@@ -132,16 +132,9 @@ def quantize_int8(
     ``parity_records`` (training images too) measure how far int8 probabilities move from PyTorch fp32.
     The file is written to a temporary name and renamed, so an existing ``out`` survives a failure.
     """
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from busai.export import INPUT, METADATA_KEY, export_onnx, load_onnx
+    from busai.export import export_onnx, load_onnx
 
     if loaded.backend != "torch":
         raise CheckpointError(f"{loaded.source}: is already an ONNX file; quantize from a run folder or the release model")
@@ -166,27 +159,36 @@ def quantize_int8(
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference and constant folding first, as ONNX Runtime's quantization guide asks.
         quant_pre_process(str(fp32.path), str(prepared), skip_symbolic_shape=True)
-        staged = out.with_name(out.name + ".tmp")
-        quantize_static(
-            str(prepared),
-            str(staged),
-            _Reader(loaded, calibration, INPUT),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            reduce_range=not vnni,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
-        model = onnx.load(str(staged))
-        props = {p.key: p.value for p in onnx.load(str(fp32.path)).metadata_props}
-        meta = json.loads(props[METADATA_KEY])
-        meta["quantization"] = {"type": "int8", **settings, "calibration_images": len(calibration), **(provenance or {})}
-        onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
-        onnx.save(model, str(staged))
-        os.replace(staged, out)
+        with atomic_path(out) as staged:
+            _quantize(prepared, staged, fp32.path, loaded, calibration, settings, provenance, per_channel, vnni)
     mean_diff, max_diff = probability_difference(loaded, load_onnx(out), parity_records)
     return Int8Result(str(out), loaded.task, len(calibration), len(parity_records), mean_diff, max_diff, INT8_TOLERANCE, settings)
+
+
+def _quantize(prepared: Path, staged: Path, fp32_path, loaded, calibration, settings: dict, provenance, per_channel: bool, vnni: bool) -> None:
+    """ONNX Runtime's static int8 quantization of ``prepared`` into ``staged``, with the fp32 file's metadata plus the settings."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from busai.export import INPUT, METADATA_KEY
+
+    quantize_static(
+        str(prepared),
+        str(staged),
+        _Reader(loaded, calibration, INPUT),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        reduce_range=not vnni,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    model = onnx.load(str(staged))
+    props = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    meta = json.loads(props[METADATA_KEY])
+    meta["quantization"] = {"type": "int8", **settings, "calibration_images": len(calibration), **(provenance or {})}
+    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
+    onnx.save(model, str(staged))
 
 
 def probability_difference(reference: LoadedModel, other: LoadedModel, records) -> tuple[float, float]:
@@ -208,7 +210,8 @@ def kernel_profile(path: str | Path, x: np.ndarray, runs: int = 3) -> dict[str, 
     """
     import onnxruntime as ort
 
-    from busai.export import INPUT, _cores
+    from busai.backends import INPUT
+    from busai.device import cores as _cores
 
     with tempfile.TemporaryDirectory(prefix="busai-profile-") as tmp:
         options = ort.SessionOptions()

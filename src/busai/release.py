@@ -1,9 +1,9 @@
-"""Released models shipped inside the package, and resolving any model source to a loaded model.
+"""Released models shipped inside the package: making one, and choosing the run to release.
 
 A release lives in ``busai/release/<task>/``: ``model.safetensors`` (fp16 weights, the package
-stays small), ``config.json`` (the run's own) and ``scores.json`` (its evaluation). A model
-source is ``None`` / ``"release"`` (the packaged model), a run folder, or a ``.onnx`` file from
-``busai export``.
+stays small), ``config.json`` (the run's own) and ``scores.json`` (its evaluation). Its file
+names and how it loads belong to :class:`busai.runs.RunFolder`; any model source resolves through
+:func:`busai.runs.resolve_model`.
 """
 
 from __future__ import annotations
@@ -16,27 +16,50 @@ import torch
 from safetensors.torch import save_file
 
 from busai.errors import CheckpointError, ConfigError
+from busai.export import load_backend
 from busai.models.weights import file_sha256
-from busai.runs import CONFIG, LoadedModel, load_model, read_run_config, scores_dir, write_json
+from busai.outputs import atomic_path, atomic_write
+from busai.report import compact_classification, compact_segmentation
+from busai.runs import (  # noqa: F401  (RELEASE_DIR, TASK_FLAGS, release_dir: release.* names kept for callers)
+    CALIBRATION,
+    CONFIG,
+    METRICS,
+    RELEASE_DIR,
+    SCORES,
+    SPLITS,
+    TASK_FLAGS,
+    TRAINING_DATA,
+    WEIGHTS,
+    LoadedModel,
+    RunFolder,
+    load_model,
+    packaged_release,
+    read_run_config,
+    release_dir,
+    scores_dir,
+    write_json,
+)
 
-RELEASE_DIR = Path(__file__).with_name("release")
-WEIGHTS = "model.safetensors"
-SCORES = "scores.json"
 MAX_RELEASE_MB = 20
-TASK_FLAGS = {"segmentation": "--seg", "classification": "--cls"}
 
 
-def release_dir(task: str, root: str | Path | None = None) -> Path:
-    """``busai/release/<task>`` (or under ``root``, for tests and for staging a release elsewhere)."""
-    from busai.models.registry import resolve_task
-
-    return Path(root if root is not None else RELEASE_DIR) / resolve_task(task)
+def portable_weight_source(source: str | None) -> str | None:
+    """A weight source without the absolute path of the machine that wrote it (what a release ships
+    and what tables show): ``file: /home/me/runs/x/best.safetensors (sha256 ...)`` becomes
+    ``file: x/best.safetensors (sha256 ...)``, the packaged release's own file
+    ``file: release/<task>/model.safetensors (...)``; the checksum says which file it was."""
+    if not source or not source.startswith("file: "):
+        return source
+    text, sep, rest = source.removeprefix("file: ").partition(" (")
+    path = Path(text)
+    if not path.is_absolute():
+        return source
+    short = f"{path.parent.parent.name}/{path.parent.name}/{path.name}" if path.parent.parent.name == "release" else f"{path.parent.name}/{path.name}"
+    return f"file: {short}{sep}{rest}"
 
 
 def make_release(run_dir: str | Path, task: str, root: str | Path | None = None) -> Path:
     """Write the run's best weights (as fp16), config and scores as the release model for ``task``."""
-    from busai.report import compact_classification, compact_segmentation
-
     run_dir = Path(run_dir)
     out = release_dir(task, root)
     loaded = load_model(run_dir, task=out.name)  # refuses a run of the other task
@@ -45,26 +68,25 @@ def make_release(run_dir: str | Path, task: str, root: str | Path | None = None)
     if overflow:
         raise CheckpointError(f"{run_dir}: weight {overflow[0]} overflows fp16; this run cannot be released as fp16")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp))
-    size_mb = tmp.stat().st_size / 2**20
-    if size_mb > MAX_RELEASE_MB:
-        tmp.unlink()
-        raise CheckpointError(f"{run_dir}: fp16 weights are {size_mb:.1f} MB, over the {MAX_RELEASE_MB} MB package limit; release a smaller model")
-    tmp.replace(out / WEIGHTS)
-    shutil.copyfile(run_dir / CONFIG, out / CONFIG)
-    from busai.calibration import CALIBRATION
-
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+        size_mb = tmp.stat().st_size / 2**20
+        if size_mb > MAX_RELEASE_MB:
+            raise CheckpointError(f"{run_dir}: fp16 weights are {size_mb:.1f} MB, over the {MAX_RELEASE_MB} MB package limit; release a smaller model")
+    config = read_run_config(run_dir)
+    config["weight_source"] = portable_weight_source(config.get("weight_source"))
+    write_json(out / CONFIG, config)
     if (run_dir / CALIBRATION).is_file():
-        shutil.copyfile(run_dir / CALIBRATION, out / CALIBRATION)
+        atomic_write(out / CALIBRATION, lambda tmp: shutil.copyfile(run_dir / CALIBRATION, tmp))
     elif (out / CALIBRATION).exists():
         (out / CALIBRATION).unlink()  # a temperature belongs to the weights it was fitted for
-    from busai.provenance import TRAINING_DATA, training_data
 
-    # What the model saw, so scoring or fine-tuning the release can refuse images it trained on.
-    write_json(out / TRAINING_DATA, {"source": f"{run_dir.name}/splits.json", "datasets": training_data(run_dir)})
+    from busai.provenance import training_data_with_content
 
-    metrics_path = scores_dir(run_dir, loaded.spec, loaded.task) / "metrics.json"
+    # What the model saw, by path and content, so scoring or fine-tuning the release can refuse images it trained on.
+    write_json(out / TRAINING_DATA, {"source": f"{run_dir.name}/{SPLITS}", "datasets": training_data_with_content(run_dir)})
+
+    metrics_path = scores_dir(run_dir, loaded.spec, loaded.task) / METRICS
     compact = compact_segmentation if loaded.task == "segmentation" else compact_classification
     try:
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
@@ -84,35 +106,47 @@ def make_release(run_dir: str | Path, task: str, root: str | Path | None = None)
     return out
 
 
+def rescore_release(evaluation: str | Path, root: str | Path | None = None) -> list[Path]:
+    """Replace the scores in each packaged model's ``scores.json`` by those of the packaged model
+    itself, read from what ``busai evaluate release --out EVALUATION`` wrote: the shipped fp16
+    weights with their stored temperature are what users get, so the README, the model card and
+    ``busai evaluate release`` all show those numbers (the run's own scores, which make_release
+    copies, are of its fp32 weights and may be of an earlier calibration)."""
+    from busai.report import compact_classification, compact_segmentation
+
+    written = []
+    for task in ("segmentation", "classification"):
+        metrics_path = Path(evaluation) / task / METRICS
+        if not metrics_path.is_file():
+            continue
+        metrics = json.loads(metrics_path.read_text())
+        folder = release_dir(task, root)
+        scores = json.loads((folder / SCORES).read_text())
+        sources = {str(m.get("model_source")) for m in metrics.values() if isinstance(m, dict)}
+        if any(Path(source).resolve() != folder.resolve() for source in sources):
+            raise CheckpointError(
+                f"{metrics_path}: not scores of the packaged model (model {', '.join(map(str, sources))}); run `busai evaluate release ... --out DIR`"
+            )
+        compact = compact_segmentation if task == "segmentation" else compact_classification
+        scores["splits"] = {key: {"images": m.get("images"), **compact(m)} for key, m in metrics.items() if isinstance(m, dict)}
+        scores["scored_by"] = sorted({m.get("command") for m in metrics.values() if isinstance(m, dict) and m.get("command")})
+        write_json(folder / SCORES, scores)
+        written.append(folder / SCORES)
+    if not written:
+        raise CheckpointError(f"{evaluation}: holds no segmentation/ or classification/ metrics.json; pass the --out folder of `busai evaluate release`")
+    return written
+
+
 def load_release(task: str, root: str | Path | None = None, *, device: str = "cpu") -> LoadedModel:
     """The packaged model for ``task``; a clear error when none has been released yet."""
-    folder = release_dir(task, root)
-    if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
-        raise CheckpointError(
-            f"{folder}: no released {folder.name} model is packaged yet; train one with `busai train` "
-            f"and pass its run folder instead (e.g. {TASK_FLAGS[folder.name]} RUN_DIR)"
-        )
-    return load_model(folder, checkpoint=WEIGHTS, device=device, task=folder.name)
+    folder = packaged_release(task, root)
+    return folder.load(task=folder.path.name, device=device)
 
 
 def resolve_model(source: str | Path | None, task: str, *, device: str = "cpu") -> LoadedModel:
     """``None``/``"release"``, a run folder or an exported ``.onnx`` file -> a model for ``task`` (eval
-    mode) on ``device`` (``auto``, ``cpu`` or ``cuda``; an ONNX file runs with ONNX Runtime's CUDA provider there)."""
-    from busai.models.registry import resolve_task
-
-    task = resolve_task(task)
-    if source is None or str(source) == "release":
-        return load_release(task, device=device)
-    path = Path(source).expanduser()
-    if path.suffix.lower() == ".onnx" or path.is_dir():
-        from busai.api import load_path
-
-        loaded = load_path(path, device=device, task=task)[0]  # also a folder from Model.save or `busai release`
-    else:
-        raise CheckpointError(f"{source}: not found; pass a run folder, an exported .onnx file or 'release' to {TASK_FLAGS[task]}")
-    if loaded.task != task:
-        raise ConfigError(f"{TASK_FLAGS[task]} {source}: is a {loaded.task} model; pass a {task} model")
-    return loaded
+    mode) on ``device``; errors name ``--seg`` / ``--cls`` (:func:`busai.export.load_backend`)."""
+    return load_backend(source, task, device=device)
 
 
 def validation_score(run_dir: str | Path, task: str) -> float:
@@ -120,7 +154,7 @@ def validation_score(run_dir: str | Path, task: str) -> float:
     if not Path(run_dir).is_dir():
         raise CheckpointError(f"{run_dir}: not a run folder; pass folders written by `busai train` and scored by `busai evaluate`")
     spec = read_run_config(run_dir).get("model_spec") if (Path(run_dir) / CONFIG).is_file() else None
-    path = scores_dir(run_dir, spec or {"task": task}, task) / "metrics.json"
+    path = scores_dir(run_dir, spec or {"task": task}, task) / METRICS
     try:
         val = json.loads(path.read_text())["val"]
     except (FileNotFoundError, KeyError, json.JSONDecodeError):

@@ -7,12 +7,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from busai import CLASSES
 from busai.measure import MEASUREMENT_KEYS
-from busai.pipeline import Prediction
+from busai.pipeline import DRAWING_KEYS, PROBABILITY_KEYS, Prediction
 
 MASK_SUFFIX, OVERLAY_SUFFIX, PROBABILITY_SUFFIX, SEG_SUFFIX = "_pred_mask.png", "_overlay.png", "_probability.png", "_seg.dcm"
-PROBABILITY_KEYS = tuple(f"p_{c}" for c in CLASSES)
 SCAN_KEYS = ("scan_x", "scan_y", "scan_width", "scan_height")  # the scan region; None when the scan is the whole image
 SPACING_KEYS = ("spacing_row_mm", "spacing_column_mm", "spacing_source")
 COLUMNS = (
@@ -34,7 +32,6 @@ COLUMNS = (
     "error",
 )
 CONTOUR_RGB, DIAMETER_RGB = (255, 214, 0), (0, 200, 255)
-DRAWING_KEYS = ("diameter_endpoints", "perpendicular_endpoints")  # in measurements, for the overlay; not columns
 
 
 def empty_row(image: str) -> dict:
@@ -43,14 +40,7 @@ def empty_row(image: str) -> dict:
 
 def row_values(prediction: Prediction) -> dict:
     """A prediction's values of a predictions row (no file columns: image, frame, mask, overlay, error)."""
-    row: dict = {"width": prediction.width, "height": prediction.height, "input_check": prediction.input_check, **(prediction.extra or {})}
-    if prediction.probabilities is not None:
-        row["label"] = prediction.label
-        row.update({key: round(prediction.probabilities[c], 5) for key, c in zip(PROBABILITY_KEYS, CLASSES)})
-    if prediction.measurements is not None:
-        row.update({k: v for k, v in prediction.measurements.items() if k not in DRAWING_KEYS})
-    row["review"] = prediction.review
-    return row
+    return prediction.to_row()
 
 
 def predict_array(models, image_rgb: np.ndarray, *, keep_probability: bool = False, geometry=None, **options) -> tuple[dict, np.ndarray | None]:
@@ -115,12 +105,12 @@ def draw_overlay(image_rgb: np.ndarray, mask: np.ndarray, diameter_endpoints=Non
 
 def prediction_overlay(prediction: Prediction, image_rgb: np.ndarray) -> Image.Image:
     """:func:`draw_overlay` for a prediction: its mask (an empty one without a segmenter), diameters and class caption."""
-    from busai.pipeline import as_rgb_uint8
+    from busai.preprocessing import rgb_array
 
     measurements = prediction.measurements or {}
     mask = prediction.mask if prediction.mask is not None else np.zeros(np.asarray(image_rgb).shape[:2], dtype=np.uint8)
     return draw_overlay(
-        as_rgb_uint8(image_rgb),
+        rgb_array(image_rgb),
         mask,
         measurements.get("diameter_endpoints"),
         label_caption(row_values(prediction)),

@@ -1,23 +1,42 @@
-"""Tables and result files from run folders: nothing is recomputed, everything is read back.
+"""Result summaries and score tables from run folders: nothing is recomputed, everything is read back.
 
-``collect_run`` turns an evaluated run folder into one ``results/<task>/<name>.json`` with the
-exact commands that produced it; ``segmentation_table`` / ``classification_table`` render the
-paper-shaped Markdown tables (ours beside the paper's) used by ``busai report``
-(:mod:`busai.study_report`) and by ``benchmarks/tables.py`` for docs/results.md.
+``collect_run`` turns an evaluated run folder into one result dict (with the exact commands that
+produced it); ``segmentation_table`` / ``classification_table`` render Markdown score tables for
+``busai report`` (:mod:`busai.report_page`), with a :class:`Reference`'s published numbers beside
+ours when one is given (the study's paper: ``study/paper.py``).
 """
 
 from __future__ import annotations
 
 import csv
-import json
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from busai import CLASSES, SPLIT_NAMES, paper
-from busai.errors import CheckpointError
-from busai.engine import BEST_CHECKPOINT
-from busai.runs import model_label, read_run_config, write_json
+from busai import CLASSES, SPLIT_NAMES
+from busai.errors import CheckpointError, read_json
+from busai.runs import BEST_CHECKPOINT, FIT, HISTORY, METRICS, model_label, read_metrics, read_run_config
 
 SEG_METRICS = ("pixel_accuracy", "dice", "iou", "auc")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Published numbers printed beside ours in a report (the study passes its paper's, ``study/paper.py``).
+
+    ``busai report`` has none; with one, the score tables gain a column, the split tables the
+    reference's counts in parentheses, and section headings name the reference's tables.
+    """
+
+    name: str  # "Paper": the extra columns' heading
+    segmentation: dict = field(default_factory=dict)  # (encoder, decoder) -> {split: (pixel accuracy, Dice, IoU, AUC)}
+    classification: dict = field(default_factory=dict)  # model -> {split: values named by classification_columns}
+    classification_columns: str = ""  # what each classification tuple holds, e.g. "F1 / acc / macro F1"
+    split_images: dict = field(default_factory=dict)  # split -> images
+    split_class_counts: dict = field(default_factory=dict)  # split -> class -> images
+    headings: dict = field(default_factory=dict)  # report section key -> the reference's table or figure it matches
+    note: str = ""  # added to the score tables' note
+    tuned_settings: tuple = ()  # Markdown tables of the reference's tuned settings, shown before our tuning studies
 
 
 def compact_segmentation(metrics: dict) -> dict:
@@ -57,11 +76,11 @@ def compact_classification(metrics: dict) -> dict:
 def collect_run(run_dir: str | Path, name: str | None = None) -> dict:
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run_dir / METRICS
     if not metrics_path.exists():
         raise CheckpointError(f"{metrics_path}: missing; run `busai evaluate {run_dir} --split train val test` first")
-    metrics = json.loads(metrics_path.read_text())
-    fit = json.loads((run_dir / "fit.json").read_text()) if (run_dir / "fit.json").exists() else {}
+    metrics = read_metrics(run_dir)
+    fit = read_fit(run_dir)
     history = read_history(run_dir)
     task = config["model_spec"]["task"]
     compact = compact_segmentation if task == "segmentation" else compact_classification
@@ -89,13 +108,43 @@ def collect_run(run_dir: str | Path, name: str | None = None) -> dict:
     }
 
 
+def read_fit(run_dir: str | Path) -> dict:
+    """``fit.json`` of a run folder ({} when absent); a damaged one is one error line."""
+    path = Path(run_dir) / FIT
+    if not path.exists():
+        return {}
+    fix = "repair it, or move it away (the report then lacks the run's stop reason and training time)"
+    fit = read_json(path, error=CheckpointError, missing="missing", fix=fix)
+    if not isinstance(fit, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(fit).__name__}, not the object `busai train` writes; {fix}")
+    return fit
+
+
 def read_history(run_dir: str | Path) -> list[dict]:
-    """``history.csv`` of a run folder as rows of numbers (empty when absent)."""
-    path = Path(run_dir) / "history.csv"
+    """``history.csv`` of a run folder as rows of numbers (empty when absent); a damaged one (not
+    text, a short or long row, an epoch or loss that is not a number) is one error line."""
+    path = Path(run_dir) / HISTORY
     if not path.exists():
         return []
-    with path.open(newline="") as fh:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    fix = "repair it, or move it away (the report then lacks the run's training curve)"
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            raw = list(reader)
+            header = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.__class__.__name__}); {fix}") from None
+    if not {"epoch", "val_loss"} <= set(header):
+        raise CheckpointError(f"{path}: has no epoch and val_loss columns (header: {','.join(header)[:80]}); {fix}")
+    rows = []
+    for line, row in enumerate(raw, start=2):
+        if None in row or None in row.values():
+            raise CheckpointError(f"{path}: row {line} has {'more' if None in row else 'fewer'} fields than the header; {fix}")
+        parsed = {k: _number(v) for k, v in row.items()}
+        if not isinstance(parsed["epoch"], int) or isinstance(parsed["val_loss"], (str, bool)):
+            raise CheckpointError(f"{path}: row {line}: epoch {row['epoch']!r} or val_loss {row['val_loss']!r} is not a number; {fix}")
+        rows.append(parsed)
+    return rows
 
 
 def _number(text: str):
@@ -108,22 +157,6 @@ def _number(text: str):
             return float(text)
         except ValueError:
             return text
-
-
-def write_results(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for run_dir in run_dirs:
-        summary = collect_run(run_dir)
-        path = out_dir / f"{summary['name']}.json"
-        write_json(path, summary)
-        written.append(path)
-    return written
-
-
-def load_results(folder: str | Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
 
 
 def fmt_value(x, digits: int = 2) -> str:
@@ -143,7 +176,10 @@ def _short_source(source: str | None) -> str:
     if source.startswith("file: "):
         # A run's checkpoint is named by its run, the folder's name (training continued from it).
         path = Path(source.removeprefix("file: ").split(" (")[0])
-        return f"{path.parent.name} weights" if path.name == BEST_CHECKPOINT else f"file: {path}"
+        if path.parent.parent.name == "release":
+            return "release weights"
+        # The file's name, never its absolute path: that names the machine the run was made on.
+        return f"{path.parent.name} weights" if path.name == BEST_CHECKPOINT else f"file: {path.name}"
     return "ImageNet" if source.startswith("imagenet") else "random init" if source.startswith("random") else source
 
 
@@ -163,29 +199,38 @@ def _row_labels(results: list[dict]) -> list[str]:
     return [f"{label} ({r['name']})" if labels.count(label) > 1 else label for label, r in zip(labels, results)]
 
 
-GROUP_CI_MARK = "†"  # the split's CIs resample duplicate groups (docs/results.md explains)
+GROUP_CI_MARK = "†"  # the split's CIs resample groups: duplicates and, where known, patients (docs/results.md explains)
 
 
-def _run_rows(result: dict, name: str, theirs: dict, cells) -> list[str]:
-    """One table row per evaluated split of a run; name, weight source and epoch cap on its first row only."""
+def _run_rows(result: dict, name: str, theirs: dict | None, cells) -> list[str]:
+    """One table row per evaluated split of a run; name, weight source and epoch cap on its first row only;
+    the reference's values last when ``theirs`` is not None."""
     head = (name, _short_source(result.get("weight_source")), _epochs_cell(result))
     present = [s for s in SPLIT_NAMES if result["metrics"].get(s)]
     rows = []
     for i, split in enumerate(present):
         metrics = result["metrics"][split]
-        paper_cell = " / ".join(f"{v:.2f}" for v in theirs[split]) if split in theirs else "–"
         shown = head if i == 0 else ("", "", "")
-        mark = GROUP_CI_MARK if "duplicate groups" in (metrics.get("ci") or "") else ""
-        rows.append(f"| {' | '.join(shown)} | {split}{mark} | {cells(metrics)} | {paper_cell} |")
+        mark = (
+            GROUP_CI_MARK if re.search(r"over \d+ (duplicate )?groups", metrics.get("ci") or "") else ""
+        )  # results written before "groups" said "duplicate groups"
+        row = f"| {' | '.join(shown)} | {split}{mark} | {cells(metrics)} |"
+        if theirs is not None:
+            row += " " + (" / ".join(f"{v:.2f}" for v in theirs[split]) if split in theirs else "–") + " |"
+        rows.append(row)
     return rows
 
 
-def segmentation_table(results: list[dict]) -> str:
-    """Markdown shaped like the paper's Table 4; ours: Dice/IoU mean over images (95% CI), pixel accuracy and AUC pooled."""
-    lines = [
-        "| Encoder:Decoder | Weights | Epochs (stop) | Split | Pixel acc. | Dice | IoU | AUC | Lesions missed | Normals flagged | Paper: acc / Dice / IoU / AUC |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def _header(columns: list[str], reference: Reference | None, theirs: str) -> list[str]:
+    if reference is not None:
+        columns = columns + [f"{reference.name}: {theirs}"]
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def segmentation_table(results: list[dict], reference: Reference | None = None) -> str:
+    """Markdown score table: Dice/IoU mean over images (95% CI), pixel accuracy and AUC pooled; the reference's values last."""
+    columns = ["Encoder:Decoder", "Weights", "Epochs (stop)", "Split", "Pixel acc.", "Dice", "IoU", "AUC", "Lesions missed", "Normals flagged"]
+    lines = _header(columns, reference, "acc / Dice / IoU / AUC")
 
     def cells(m: dict) -> str:
         d = m.get("detection")  # absent from results evaluated before it was recorded
@@ -194,25 +239,27 @@ def segmentation_table(results: list[dict]) -> str:
 
     ordered = sorted(results, key=lambda r: (r["model"].get("encoder", ""), r["model"]["name"], r["name"]))
     for r, label in zip(ordered, _row_labels(ordered)):
-        key = (r["model"].get("encoder"), r["model"]["name"])
-        lines += _run_rows(r, label, paper.SEGMENTATION_SCORES.get(key, {}), cells)
+        theirs = None if reference is None else reference.segmentation.get((r["model"].get("encoder"), r["model"]["name"]), {})
+        lines += _run_rows(r, label, theirs, cells)
     return "\n".join(lines)
 
 
-def classification_table(results: list[dict]) -> str:
-    """Markdown shaped like the paper's Table 6 headline columns, with 95% CIs and the paper's values."""
-    lines = [
-        "| Model | Weights | Epochs (stop) | Split | Accuracy | Macro F1 | Macro AUC | Recall N / B / M | Paper: F1 / acc / macro F1 |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+def classification_table(results: list[dict], reference: Reference | None = None) -> str:
+    """Markdown score table with 95% CIs; the reference's values last."""
+    columns = ["Model", "Weights", "Epochs (stop)", "Split", "Accuracy", "Macro F1", "Macro AUC", "Recall N / B / M"]
+    lines = _header(columns, reference, reference.classification_columns if reference else "")
 
     def cells(m: dict) -> str:
-        recalls = " / ".join(fmt_value(m["per_class"][c]["recall"]) for c in CLASSES) if "per_class" in m else "–"
+        classes = m.get("classes") or CLASSES
+        recalls = " / ".join(fmt_value(m["per_class"][c]["recall"]) for c in classes) if "per_class" in m else "–"
+        if tuple(classes) != CLASSES and "per_class" in m:  # another label set: name the classes the recalls are of
+            recalls += f" ({' / '.join(classes)})"
         return f"{fmt_ci(m.get('accuracy'))} | {fmt_ci(m.get('macro_f1'))} | {fmt_ci(m.get('macro_auc'))} | {recalls}"
 
     ordered = sorted(results, key=lambda r: (r["model"]["name"], r["name"]))
     for r, label in zip(ordered, _row_labels(ordered)):
-        lines += _run_rows(r, label, paper.CLASSIFICATION_SCORES.get(r["model"]["name"], {}), cells)
+        theirs = None if reference is None else reference.classification.get(r["model"]["name"], {})
+        lines += _run_rows(r, label, theirs, cells)
     return "\n".join(lines)
 
 
@@ -224,7 +271,7 @@ def fmt_ci(entry) -> str:
 
 
 def comparison_rows(results: list[dict], metrics=("accuracy", "macro_f1")) -> list[dict]:
-    """One row per (model, split) with headline values, for the paper's Figure 11 chart."""
+    """One row per (model, split) with headline values, for the model comparison chart."""
     rows = []
     for r, label in zip(results, _row_labels(results)):
         for split, m in r["metrics"].items():
@@ -233,35 +280,3 @@ def comparison_rows(results: list[dict], metrics=("accuracy", "macro_f1")) -> li
             values = {k: (m[k].get("value") if isinstance(m.get(k), dict) else m.get(k)) for k in metrics}
             rows.append({"model": label, "split": split, **values})
     return rows
-
-
-def print_metrics(result: dict, key: str | None = None) -> None:
-    """A short human summary of one evaluate result."""
-    from rich.console import Console
-    from rich.table import Table
-
-    split = (key or result["split"]) + (" + flip TTA" if result.get("tta") and not (key or "").endswith("_tta") else "")
-    table = Table(
-        title=f"{result['task']} · {split} · {result['images']} images · weights: {_short_source(result.get('weight_source'))}",
-        caption=f"CI: {result.get('ci')}",
-    )
-    table.add_column("metric")
-    table.add_column("value (95% CI)")
-    if result["task"] == "segmentation":
-        for name in SEG_METRICS:
-            for kind in ("mean", "pooled"):
-                table.add_row(f"{name} ({kind})", fmt_ci(result[name][kind]))
-        if result.get("lesion_dice"):
-            table.add_row("dice over lesion images", fmt_ci(result["lesion_dice"]))
-        d = result["detection"]
-        table.add_row("lesion images missed", f"{d['missed_lesions']} of {d['lesion_images']}")
-        table.add_row("lesion-free images flagged", f"{d['false_alarms']} of {d['lesion_free_images']}")
-    else:
-        for name in ("accuracy", "macro_f1", "macro_auc", "malignant_vs_benign_auc", "ece"):
-            value = result.get(name)
-            if value is not None:
-                table.add_row(name, fmt_ci(value) if isinstance(value, dict) else f"{value:.3f}")
-        for c in CLASSES:
-            pc = result["per_class"][c]
-            table.add_row(f"{c} P/R/F1", f"{fmt_value(pc['precision'])} / {fmt_value(pc['recall'])} / {fmt_value(pc['f1'])}")
-    Console().print(table)

@@ -1,30 +1,228 @@
-"""Run folders: what a training writes, and loading a trained model back from one.
+"""Model folders: the kinds busai writes, their file names, and resolving any model source to a loaded model.
 
-A run folder holds ``config.json`` (the train config under ``"train"`` plus what was resolved:
-model spec, preprocessing, weight source, library versions, split and data fingerprints),
-``splits.json``, ``history.csv``, ``checkpoint_best.safetensors``, ``checkpoint_last.pt``,
-``fit.json`` and, after evaluation, ``metrics.json`` and figures.
+:class:`RunFolder` is the one owner of both. The kinds:
 
-A model source is a run folder, or a released model name (see :mod:`busai.release`).
+- a **training run** (``busai train``): ``config.json`` (the train config under ``"train"`` plus what
+  was resolved: model spec, preprocessing, weight source, library versions, split and data
+  fingerprints), ``splits.json``, ``history.csv``, ``progress.png``, ``checkpoint_best.safetensors``,
+  ``checkpoint_last.pt``, ``fit.json`` and, after evaluation, ``metrics.json`` and figures; a
+  **multitask run** is a training run whose network answers both tasks (its scores go into one
+  folder per task);
+- a **release** (``busai release``, packaged in ``busai/release/<task>/``) or **saved model**
+  (:meth:`busai.Model.save`): ``model.safetensors``, ``config.json``, and optionally
+  ``calibration.json``, ``training_data.json`` and ``scores.json``;
+- an **ONNX** model (``busai export``): a ``.onnx`` file, or a folder holding ``model.onnx`` and no
+  ``config.json`` (what :meth:`busai.Model.save` writes for one); its metadata carries the rest.
+
+:func:`resolve_model` is the one resolver: ``"release"`` / None, a folder of any kind or a ``.onnx``
+file -> a :class:`~busai.backends.LoadedModel`. :func:`busai.load`, ``--seg`` / ``--cls``,
+``busai evaluate``, ``busai calibrate``, ``busai release`` and ``busai export`` all go through it.
 """
 
 from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from busai.engine import BEST_CHECKPOINT
+from busai.backends import LoadedModel, load_onnx
+from busai.device import ALL_CORES_ENV, best_threads, cpu_has_native_bf16, resolve_device  # noqa: F401  (runs.* names kept for callers)
 from busai.errors import CheckpointError, ConfigError, read_json
+from busai.outputs import atomic_write_text
+from busai.preprocessing import Preprocessing
 
+# Every file name of a model folder, in one place.
 CONFIG = "config.json"
+SPLITS = "splits.json"
+HISTORY = "history.csv"
+PROGRESS = "progress.png"
+FIT = "fit.json"
+METRICS = "metrics.json"
+BEST_CHECKPOINT = "checkpoint_best.safetensors"
+LAST_CHECKPOINT = "checkpoint_last.pt"
+WEIGHTS = "model.safetensors"  # a release's or saved model's weights
+SCORES = "scores.json"
+CALIBRATION = "calibration.json"
+TRAINING_DATA = "training_data.json"
+HASHES = "image_hashes.json"  # in a run folder: record key -> [sha256, phash hex] of its train and val images (busai.provenance)
+ONNX_FILE = "model.onnx"  # what Model.save writes for an ONNX model
+FOLDS_SUMMARY = "folds.json"
+
+RELEASE_DIR = Path(__file__).with_name("release")
+TASK_FLAGS = {"segmentation": "--seg", "classification": "--cls"}
+TASKS = ("segmentation", "classification")
+
+
+def release_dir(task: str, root: str | Path | None = None) -> Path:
+    """``busai/release/<task>`` (or under ``root``, for tests and for staging a release elsewhere)."""
+    from busai.models.registry import resolve_task
+
+    return Path(root if root is not None else RELEASE_DIR) / resolve_task(task)
+
+
+def packaged_release(task: str, root: str | Path | None = None) -> RunFolder:
+    """The release folder of ``task`` (see :func:`release_dir`); a clear error when none has been released yet."""
+    folder = RunFolder(release_dir(task, root))
+    if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
+        raise CheckpointError(
+            f"{folder.path}: no released {folder.path.name} model is packaged yet; train one with `busai train` "
+            f"and pass its run folder instead (e.g. {TASK_FLAGS[folder.path.name]} RUN_DIR)"
+        )
+    return folder
+
+
+class RunFolder:
+    """A folder (or ``.onnx`` file) holding a model: which kind it is, where its files are, how it loads.
+
+    ``kind`` is ``"run"`` (a training run, multitask or not), ``"release"`` (a release or saved
+    model: the same files) or ``"onnx"``. Nothing is read until asked.
+    """
+
+    KINDS = ("run", "release", "onnx")
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+        self._config: dict | None = None
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def exists(self) -> bool:
+        return self.path.is_dir() or (self.path.suffix.lower() == ".onnx" and self.path.exists())
+
+    @property
+    def kind(self) -> str:
+        if self.path.suffix.lower() == ".onnx" and not self.path.is_dir():
+            return "onnx"
+        if (self.path / ONNX_FILE).is_file() and not (self.path / CONFIG).exists():
+            return "onnx"
+        if (self.path / WEIGHTS).is_file() and not (self.path / BEST_CHECKPOINT).is_file():
+            return "release"
+        return "run"
+
+    @property
+    def onnx_file(self) -> Path:
+        return self.path if self.path.suffix.lower() == ".onnx" and not self.path.is_dir() else self.path / ONNX_FILE
+
+    @property
+    def weights(self) -> Path:
+        """The weights :meth:`load` reads: a release's ``model.safetensors``, a run's best checkpoint."""
+        return self.path / (WEIGHTS if self.kind == "release" else BEST_CHECKPOINT)
+
+    def config(self) -> dict:
+        """``config.json``; one error line when the folder or the file is missing or damaged."""
+        if self._config is None:
+            self._config = read_run_config(self.path)
+        return self._config
+
+    def spec(self) -> dict:
+        return self.config().get("model_spec") or {}
+
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks the model answers: its own, or both for a multitask network."""
+        return model_tasks(self.spec() or {"task": None})
+
+    @property
+    def multitask(self) -> bool:
+        return len(self.tasks()) > 1
+
+    def scores_dir(self, task: str, spec: dict | None = None) -> Path:
+        """Where ``busai evaluate`` keeps this run's metrics.json for ``task``."""
+        return scores_dir(self.path, spec if spec is not None else self.spec(), task)
+
+    def metrics(self, task: str | None = None) -> dict:
+        return read_metrics(self.scores_dir(task) if task is not None else self.path)
+
+    def temperature(self) -> float:
+        """The stored temperature (``calibration.json``); 1.0 (uncalibrated) when none is stored."""
+        path = self.path / CALIBRATION
+        if not path.is_file():
+            return 1.0
+        value = read_json(path, error=CheckpointError, missing="missing", fix="delete it and re-run `busai calibrate`").get("temperature")
+        if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise CheckpointError(f"{path}: temperature {value!r} is not a positive number; delete it and re-run `busai calibrate`")
+        return float(value)
+
+    def load(self, *, task: str | None = None, device: str = "cpu", checkpoint: str | None = None) -> LoadedModel:
+        """The model on ``device`` (eval mode): an ONNX file in ONNX Runtime, else the architecture rebuilt
+        from ``config.json`` with its weights (``checkpoint`` overrides which file). ``task`` picks what a
+        multitask network answers and must be given for one; for any other model it may be left out or must match."""
+        if self.kind == "onnx":
+            return load_onnx(self.onnx_file, device)
+        return _load_torch(self, checkpoint or self.weights.name, device, task)
+
+
+def _load_torch(folder: RunFolder, checkpoint: str, device: str, task: str | None) -> LoadedModel:
+    from busai.models.registry import build, resolve_task
+
+    source = folder.path
+    target = resolve_device(device)  # a bad --device fails before anything is read
+    config = folder.config()
+    spec = config.get("model_spec")
+    pre = config.get("preprocessing")
+    if not spec or not pre:
+        raise CheckpointError(f"{source / CONFIG}: lacks model_spec/preprocessing; it was not written by `busai train`")
+    weights_path = source / checkpoint
+    if not weights_path.exists():
+        raise CheckpointError(f"{weights_path}: missing; the run has not finished an epoch yet (resume it with `busai train --resume {source}`)")
+    answers = model_tasks(spec)
+    if task is None and len(answers) > 1:
+        raise ConfigError(f"{source}: is a multitask model; say which task to load it for (segmentation or classification)")
+    task = resolve_task(task) if task is not None else answers[0]
+    if task not in answers:
+        raise ConfigError(f"{source}: is a {spec['task']} model, not a {task} one; pass a {task} model")
+    preprocessing = Preprocessing.from_dict(pre)
+    built = build(
+        spec["task"], spec["name"], encoder=spec.get("encoder"), weights="none", num_classes=spec.get("num_classes", 3), image_size=preprocessing.image_size
+    )
+    load_weights_into(built.module, weights_path)
+    if len(answers) > 1:
+        built.module.task = task  # one output, so callers see a plain segmenter or classifier
+    built.module.eval().to(target)
+    temperature = folder.temperature() if task == "classification" else 1.0
+    return LoadedModel.with_preprocessing(built.module, task, spec, preprocessing, config, str(source), temperature)
+
+
+def model_folder(source: str | Path | None, task: str | None = None, *, not_found: str | None = None) -> RunFolder:
+    """The folder a model source names: ``"release"`` / None (the packaged model of ``task``, which
+    must then be given), or a path to a folder of any kind or a ``.onnx`` file.
+
+    A path that is neither raises CheckpointError ``"{source}: {not_found}"`` (the caller's words,
+    naming what it accepts)."""
+    if source is None or str(source) == "release":
+        if task is None:
+            raise ConfigError("release: say which packaged model (task segmentation or classification)")
+        return packaged_release(task)
+    folder = RunFolder(source)
+    if folder.kind != "onnx" and not folder.path.is_dir():
+        raise CheckpointError(f"{source}: {not_found or 'not found; pass a run folder, a release or saved model folder, an exported .onnx file or release'}")
+    return folder
+
+
+def resolve_model(source: str | Path | None, task: str | None = None, *, device: str = "cpu", not_found: str | None = None) -> LoadedModel:
+    """The one model resolver: ``"release"`` / None (needs ``task``), a run folder, a release or
+    saved folder, or an ONNX file or folder -> the model on ``device``.
+
+    ``task`` picks what a multitask network answers; a single-task model is loaded whatever ``task``
+    says, so each caller compares ``loaded.task`` with the task it wants and says so in its own words."""
+    from busai.models.registry import resolve_task
+
+    task = resolve_task(task) if task is not None else None
+    folder = model_folder(source, task, not_found=not_found)
+    if folder.kind == "onnx":
+        return folder.load(device=device)
+    folder.config()  # one clear error for a folder that holds no model
+    return folder.load(task=task if folder.multitask else None, device=device)
 
 
 def library_versions() -> dict[str, str]:
@@ -42,8 +240,6 @@ def library_versions() -> dict[str, str]:
 
 def machine_info() -> dict:
     """The CPU, whether it computes bf16 natively (which decides the default path) and the thread count."""
-    from busai.engine import cpu_has_native_bf16
-
     name = platform.processor() or platform.machine()
     try:
         name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
@@ -58,9 +254,8 @@ def model_label(spec: dict) -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    """``data`` as indented JSON, written atomically (:func:`busai.outputs.atomic_write`)."""
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_run_config(run_dir: str | Path) -> dict:
@@ -78,7 +273,7 @@ def read_run_config(run_dir: str | Path) -> dict:
 
 def read_metrics(run_dir: str | Path) -> dict:
     """A run's ``metrics.json`` ({} before the first evaluation); a damaged one is one error line, never replaced."""
-    path = Path(run_dir) / "metrics.json"
+    path = Path(run_dir) / METRICS
     if not path.exists():
         return {}
     metrics = read_json(
@@ -92,39 +287,6 @@ def read_metrics(run_dir: str | Path) -> dict:
             f"{path}: holds a JSON {type(metrics).__name__}, not the object `busai evaluate` writes; move it away to let `busai evaluate` write a new one"
         )
     return metrics
-
-
-@dataclass
-class LoadedModel:
-    """A trained network with its preprocessing, task and provenance: what :class:`busai.api.Model` wraps.
-
-    The backend interface (``backend``, ``supports_gradients``, ``device``, :meth:`logits`) is what
-    callers ask; :class:`busai.export.OnnxLoadedModel` answers it for a network run by ONNX Runtime.
-    """
-
-    module: nn.Module
-    task: str
-    spec: dict
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    config: dict
-    source: str
-    grayscale: bool = False  # preprocessing "color": "gray" (see TrainConfig.color)
-    temperature: float = 1.0  # classification logits are divided by it (busai.calibration); 1 = uncalibrated
-
-    backend: ClassVar[str] = "torch"
-    supports_gradients: ClassVar[bool] = True  # autograd runs through the network (Grad-CAM, export)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.module.parameters()).device
-
-    def logits(self, batch: torch.Tensor, precision: str = "auto") -> torch.Tensor:
-        """Normalised (N, 3, S, S) batch -> the network's raw output, in inference mode (see busai.inference.torch_logits)."""
-        from busai.inference import torch_logits
-
-        return torch_logits(self.module, batch, precision)
 
 
 def load_weights_into(module: nn.Module, path: Path) -> None:
@@ -144,7 +306,7 @@ def load_weights_into(module: nn.Module, path: Path) -> None:
 
 def model_tasks(spec: dict) -> tuple[str, ...]:
     """The tasks a stored model answers: its own, or both for a multitask network."""
-    return ("segmentation", "classification") if spec.get("task") == "multitask" else (spec["task"],)
+    return TASKS if spec.get("task") == "multitask" else (spec["task"],)
 
 
 def scores_dir(run_dir: str | Path, spec: dict, task: str) -> Path:
@@ -154,61 +316,7 @@ def scores_dir(run_dir: str | Path, spec: dict, task: str) -> Path:
 
 
 def load_model(source: str | Path, *, checkpoint: str = BEST_CHECKPOINT, device: str = "cpu", task: str | None = None) -> LoadedModel:
-    """Rebuild the architecture from a run folder's config and load its best weights (eval mode) onto
-    ``device`` (``auto``: the GPU when one is visible; ``cuda`` without one is a ConfigError).
-
-    ``task`` picks what a multitask network answers (``segmentation`` or ``classification``; it
-    must be given for one); for any other model it may be left out or must match."""
-    from busai.calibration import read_temperature
-    from busai.engine import resolve_device
-    from busai.models.registry import build, resolve_task
-
-    source = Path(source)
-    target = resolve_device(device)  # a bad --device fails before anything is read
-    config = read_run_config(source)
-    spec = config.get("model_spec")
-    pre = config.get("preprocessing")
-    if not spec or not pre:
-        raise CheckpointError(f"{source / CONFIG}: lacks model_spec/preprocessing; it was not written by `busai train`")
-    weights_path = source / checkpoint
-    if not weights_path.exists():
-        raise CheckpointError(f"{weights_path}: missing; the run has not finished an epoch yet (resume it with `busai train --resume {source}`)")
-    answers = model_tasks(spec)
-    if task is None and len(answers) > 1:
-        raise ConfigError(f"{source}: is a multitask model; say which task to load it for (segmentation or classification)")
-    task = resolve_task(task) if task is not None else answers[0]
-    if task not in answers:
-        raise ConfigError(f"{source}: is a {spec['task']} model, not a {task} one; pass a {task} model")
-    built = build(spec["task"], spec["name"], encoder=spec.get("encoder"), weights="none", num_classes=spec.get("num_classes", 3), image_size=pre["image_size"])
-    load_weights_into(built.module, weights_path)
-    if len(answers) > 1:
-        built.module.task = task  # one output, so callers see a plain segmenter or classifier
-    built.module.eval().to(target)
-    return LoadedModel(
-        module=built.module,
-        task=task,
-        spec=spec,
-        image_size=int(pre["image_size"]),
-        mean=tuple(pre["mean"]),
-        std=tuple(pre["std"]),
-        config=config,
-        source=str(source),
-        grayscale=pre.get("color") == "gray",
-        temperature=read_temperature(source) if task == "classification" else 1.0,
-    )
-
-
-ALL_CORES_ENV = "BUSAI_ALL_CORES"  # "1": raise torch's thread count to every core (the busai command sets it)
-
-
-def best_threads() -> None:
-    """Use every core for intra-op work (torch's default can undercount in containers; shared among
-    the processes torchrun starts on this machine) when the process asked for it with
-    ``BUSAI_ALL_CORES=1``, as the ``busai`` command does; a library call otherwise leaves the
-    caller's thread count alone."""
-    import os
-
-    if os.environ.get(ALL_CORES_ENV) != "1":
-        return
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, n // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    """A run folder's model rebuilt from its config with ``checkpoint`` (default: its best weights), eval
+    mode, on ``device`` (``auto``: the GPU when one is visible; ``cuda`` without one is a ConfigError).
+    See :meth:`RunFolder.load`."""
+    return _load_torch(RunFolder(source), checkpoint, device, task)

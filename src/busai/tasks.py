@@ -49,7 +49,6 @@ def segmentation_adapter(cfg: TrainConfig) -> TaskAdapter:
 def classification_adapter(cfg: TrainConfig, loss_name: str | None = None) -> TaskAdapter:
     from sklearn.metrics import f1_score
 
-    from busai import CLASSES
     from busai.losses import FocalLoss
 
     loss_name = loss_name or cfg.loss
@@ -68,7 +67,8 @@ def classification_adapter(cfg: TrainConfig, loss_name: str | None = None) -> Ta
         truth = labels.numpy()
         return {
             "accuracy": float((pred == truth).mean()),
-            "macro_f1": float(f1_score(truth, pred, average="macro", labels=list(range(len(CLASSES))), zero_division=0)),
+            # Over the classes the validation images have, as busai evaluate averages (busai.metrics).
+            "macro_f1": float(f1_score(truth, pred, average="macro", labels=sorted(set(truth.tolist())), zero_division=0)),
         }
 
     def difficulty(out: torch.Tensor, batch: dict) -> torch.Tensor:

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from busai.errors import ConfigError
+from busai.outputs import atomic_write_text
 
 TRACKERS = ("none", "tensorboard", "mlflow")
 TENSORBOARD_DIR = "tensorboard"
@@ -94,9 +95,7 @@ class MlflowTracker(Tracker):
                 else self.client.create_experiment(EXPERIMENT, artifact_location=(run_dir / "mlflow-artifacts").resolve().as_uri())
             )
             self.run_id = self.client.create_run(experiment_id, run_name=run_dir.resolve().name, tags={"busai.run_dir": str(run_dir.resolve())}).info.run_id
-            tmp = state_path.with_name(STATE + ".tmp")
-            tmp.write_text(json.dumps({**state, "mlflow_run_id": self.run_id, "mlflow_tracking_uri": mlflow_uri(run_dir)}) + "\n")
-            tmp.replace(state_path)
+            atomic_write_text(state_path, json.dumps({**state, "mlflow_run_id": self.run_id, "mlflow_tracking_uri": mlflow_uri(run_dir)}) + "\n")
         else:
             self.client.update_run(self.run_id, status="RUNNING")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -11,27 +12,60 @@ from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from busai import distributed, guards
 from busai.config import TrainConfig
-from busai.engine import LAST_CHECKPOINT, FitResult, fit, load_checkpoint, resolve_precision, runs_fused, seed_everything
-from busai.errors import CheckpointError, ConfigError
+from busai.engine import FitResult, fit, load_checkpoint, resolve_precision, runs_fused, seed_everything
+from busai.errors import CheckpointError, ConfigError, option
 from busai.models.weights import file_sha256
 from busai.outputs import output_dir
-from busai.runs import CONFIG, library_versions, machine_info, read_run_config, write_json
+from busai.runs import (  # noqa: F401  (FOLDS_SUMMARY: training.* name kept for callers)
+    BEST_CHECKPOINT,
+    CONFIG,
+    FIT,
+    FOLDS_SUMMARY,
+    HASHES,
+    HISTORY,
+    LAST_CHECKPOINT,
+    SPLITS,
+    WEIGHTS,
+    library_versions,
+    machine_info,
+    read_run_config,
+    RunFolder,
+    release_dir,
+    write_json,
+)
+from busai.labels import class_names
 from busai.tasks import adapter_for
 
 
-def _loaders(cfg: TrainConfig, image_size: int, mean, std):
-    from busai.data.dataset import BusDataset, HardExampleSampler, ImageCache, class_balance_weights
+def _split_records(cfg: TrainConfig, classes_option=None):
+    """(dataset specs, split file, train records, val records, class names, data label -> class);
+    for a classifier, only images whose label is one of its classes (see :mod:`busai.labels`)."""
     from busai.data.sources import parse_data_specs
     from busai.data.splits import load_split_records, read_splits
+    from busai.labels import resolve
 
     if not cfg.data or not cfg.splits:
-        raise ConfigError("training needs --data DIR and --splits FILE (make one with `busai data split DIR --out FILE`)")
+        raise ConfigError(f"training needs {option('data', 'DIR')} and {option('splits', 'FILE')} (make one with `busai data split DIR --out FILE`)")
     specs = parse_data_specs(cfg.data)
     splits = read_splits(cfg.splits)
     train_records = load_split_records(specs, splits, "train", fold=cfg.fold)
     val_records = load_split_records(specs, splits, "val", fold=cfg.fold)
+    classes, mapping = (), {}
+    if cfg.task != "segmentation":
+        asked = cfg.classes if cfg.classes is not None else classes_option
+        classes, mapping = resolve(asked, (r.label for r in train_records + val_records))
+        train_records = [r for r in train_records if r.label in mapping]
+        val_records = [r for r in val_records if r.label in mapping]
     if not train_records or not val_records:
         raise ConfigError(f"{cfg.splits}: the train or val split is empty; re-run `busai data split` with more images")
+    return specs, splits, train_records, val_records, classes, mapping
+
+
+def _loaders(cfg: TrainConfig, image_size: int, mean, std, records):
+    from busai.data.dataset import BusDataset, HardExampleSampler, ImageCache, class_balance_weights
+
+    specs, splits, train_records, val_records, classes, mapping = records
+    label_index = {label: classes.index(name) for label, name in mapping.items()} if classes else None
     if cfg.task != "classification":
         maskless = [r for r in train_records + val_records if not r.segmentable]
         if maskless:
@@ -45,8 +79,19 @@ def _loaders(cfg: TrainConfig, image_size: int, mean, std):
         raise ConfigError(f"--dataset-weight {unknown[0]}=...: no --data named '{unknown[0]}'; the datasets are {', '.join(n or '(unnamed)' for n in names)}")
     cache = ImageCache()
     gray = cfg.color == "gray"
-    train_ds = BusDataset(train_records, image_size, mean, std, augment=cfg.augment, cache=cache, seed=cfg.seed, lesion_paste=cfg.lesion_paste, grayscale=gray)
-    val_ds = BusDataset(val_records, image_size, mean, std, cache=cache, seed=cfg.seed, grayscale=gray)
+    train_ds = BusDataset(
+        train_records,
+        image_size,
+        mean,
+        std,
+        augment=cfg.augment,
+        cache=cache,
+        seed=cfg.seed,
+        lesion_paste=cfg.lesion_paste,
+        grayscale=gray,
+        label_index=label_index,
+    )
+    val_ds = BusDataset(val_records, image_size, mean, std, cache=cache, seed=cfg.seed, grayscale=gray, label_index=label_index)
     class_balanced = cfg.task != "segmentation" and cfg.weighted_sampler
     base = class_balance_weights(train_ds.labels) if class_balanced else None
     if cfg.dataset_weights:
@@ -144,22 +189,97 @@ def resolve_weights(cfg: TrainConfig) -> Path | None:
     """``weights`` naming a model folder rather than a file: ``release`` (the packaged model for the
     task), a release folder, or a run folder (its best checkpoint). Returns the folder, and points
     ``cfg.weights`` at its weights file; None for imagenet / none / a plain file."""
-    from busai.engine import BEST_CHECKPOINT
-    from busai.release import WEIGHTS, release_dir
-
     value = str(cfg.weights)
     if value.lower() in ("imagenet", "none"):
         return None
     # A multitask network starts from the released segmenter (its class head is new).
     release_task = "segmentation" if cfg.task == "multitask" else cfg.task
-    folder = release_dir(release_task) if value == "release" else Path(value).expanduser()
-    if not folder.is_dir():
+    folder = RunFolder(release_dir(release_task) if value == "release" else value)
+    if not folder.path.is_dir():
         return Path(value).expanduser().parent if (Path(value).expanduser().parent / CONFIG).is_file() else None
-    for name in (WEIGHTS, BEST_CHECKPOINT):
-        if (folder / name).is_file():
-            cfg.weights = str(folder / name)
-            return folder
-    raise CheckpointError(f"--weights {value}: {folder} holds no {WEIGHTS} or {BEST_CHECKPOINT}; pass a release or finished run folder, or a weights file")
+    if folder.kind != "onnx" and folder.weights.is_file():  # a release's model.safetensors, a run's best checkpoint
+        cfg.weights = str(folder.weights)
+        return folder.path
+    raise CheckpointError(f"--weights {value}: {folder.path} holds no {WEIGHTS} or {BEST_CHECKPOINT}; pass a release or finished run folder, or a weights file")
+
+
+# What a model folder given as --weights decides for the run: its architecture and input.
+FOLDER_OPTIONS = ("model", "encoder", "image_size", "color")
+
+
+def weights_folder(weights: str | None, task: str) -> Path | None:
+    """The run or release folder ``weights`` names for ``task`` (``release``: the packaged model;
+    the released segmenter for a multitask run), or None for imagenet / none / a weights file."""
+    from busai.release import release_dir
+
+    value = str(weights or "none")
+    if value.lower() in ("imagenet", "none"):
+        return None
+    folder = release_dir("segmentation" if task == "multitask" else task) if value == "release" else Path(value).expanduser()
+    return folder if (folder / CONFIG).is_file() else None
+
+
+def folder_options(folder: Path, task: str) -> dict | None:
+    """The options a run that starts from ``folder`` must share with it (:data:`FOLDER_OPTIONS`), or
+    None where the folder's model is of another task (a classifier started from a segmentation
+    encoder keeps its own architecture)."""
+    stored = read_run_config(folder)
+    spec, pre = stored.get("model_spec") or {}, stored.get("preprocessing") or {}
+    same = spec.get("task") == task or (task == "multitask" and spec.get("task") == "segmentation")
+    if not same or "image_size" not in pre:
+        return None
+    values = {"model": spec["name"], "encoder": spec.get("encoder"), "image_size": int(pre["image_size"]), "color": pre.get("color", "rgb")}
+    if task == "classification":
+        del values["encoder"]
+    return values
+
+
+def describe_folder(folder: Path, values: dict) -> str:
+    model = f"{values['model']} on {values['encoder']}" if values.get("encoder") else values["model"]
+    return f"{folder} holds a {model} model at {values['image_size']} px, {values['color']} input"
+
+
+def inherit_weights_folder(values: dict) -> dict:
+    """Options for a run from ``values`` (a config dict of the options given) with the architecture,
+    input size and colour mode of the model folder ``values["weights"]`` names filled in; a given
+    option that differs from the folder's is a ConfigError naming the folder's values."""
+    from busai.config import TASK_ALIASES
+
+    task = TASK_ALIASES.get(str(values.get("task", "")).lower())
+    folder = weights_folder(values.get("weights"), task) if task else None
+    folder_values = folder_options(folder, task) if folder is not None else None
+    if folder_values is None:
+        return values
+    _refuse_conflicts(values, folder_values, folder, values["weights"])
+    return {**values, **folder_values}
+
+
+def _same(key: str, a, b) -> bool:
+    from busai.models.registry import _canonical
+
+    if key in ("model", "encoder") and a is not None and b is not None:
+        return _canonical(str(a)) == _canonical(str(b))  # names are case and -/_ insensitive
+    return str(a).lower() == str(b).lower()
+
+
+def _refuse_conflicts(values: dict, folder_values: dict, folder: Path, weights) -> None:
+    conflicts = [key for key, value in folder_values.items() if values.get(key) is not None and not _same(key, values[key], value)]
+    if conflicts:
+        given = ", ".join(f"--{key.replace('_', '-')} {values[key]}" for key in conflicts)
+        raise ConfigError(
+            f"--weights {weights}: {describe_folder(folder, folder_values)}, but {given} was asked; "
+            "drop those options (the folder's are used) or start from other weights"
+        )
+
+
+def check_weights_folder(cfg: TrainConfig) -> None:
+    """A resolved config must match the model folder it starts from (see :func:`inherit_weights_folder`)."""
+    folder = weights_folder(cfg.weights, cfg.task)
+    folder_values = folder_options(folder, cfg.task) if folder is not None else None
+    if folder_values is not None:
+        _refuse_conflicts({key: getattr(cfg, key) for key in folder_values}, folder_values, folder, cfg.weights)
+        if cfg.image_size is None:  # "the model's default" is the folder's size here
+            cfg.image_size = folder_values["image_size"]
 
 
 def check_weights_split(cfg: TrainConfig) -> None:
@@ -199,20 +319,40 @@ def _train(
     extra_config: dict | None = None,
 ) -> FitResult:
     from busai.models.registry import build
-    from busai.runs import best_threads
+    from busai.device import best_threads
 
     best_threads()
     guards.validate_config(cfg)
     requested_weights = cfg.weights
     if not resume:
+        check_weights_folder(cfg)
+    # A resumed run keeps the classes it started with, whatever the data holds now.
+    stored_classes = (read_run_config(run_dir).get("model_spec") or {}).get("classes") if resume else None
+    records = _split_records(cfg, stored_classes)
+    classes = records[4]
+    new_head = False
+    if not resume:
+        folder = weights_folder(cfg.weights, cfg.task)
         check_weights_split(cfg)
+        # Fine-tuning a classifier onto another label set: its class head starts new.
+        new_head = cfg.task == "classification" and folder is not None and class_names(read_run_config(folder).get("model_spec")) != classes
     seed_everything(cfg.seed)  # before build: random initial weights (and heads) depend on the seed only
     # On resume the checkpoint supplies every weight: no ImageNet lookup, no warning.
-    built = build(cfg.task, cfg.model, encoder=cfg.encoder, weights="none" if resume else cfg.weights, image_size=cfg.image_size)
+    built = build(
+        cfg.task,
+        cfg.model,
+        encoder=cfg.encoder,
+        weights="none" if resume else cfg.weights,
+        image_size=cfg.image_size,
+        num_classes=len(classes) or 3,
+        new_head=new_head,
+    )
+    if classes:
+        built.spec["classes"] = list(classes)
     cfg.weights = requested_weights  # the config keeps what the user asked for ("release"); weight_source names the file
     image_size = built.preprocessing.image_size
-    train_loader, val_loader, splits, specs, datasets = _loaders(cfg, image_size, built.preprocessing.mean, built.preprocessing.std)
-    guards.check_class_coverage(cfg, train_loader.dataset, cfg.splits)
+    train_loader, val_loader, splits, specs, datasets = _loaders(cfg, image_size, built.preprocessing.mean, built.preprocessing.std, records)
+    guards.check_class_coverage(cfg, train_loader.dataset, cfg.splits, classes)
 
     if resume and on_ready is not None:
         on_ready()
@@ -224,7 +364,7 @@ def _train(
             "command": command,
             "train": cfg.to_dict(),
             "model_spec": built.spec,
-            "preprocessing": {"image_size": image_size, "mean": list(built.preprocessing.mean), "std": list(built.preprocessing.std), "color": cfg.color},
+            "preprocessing": replace(built.preprocessing, color=cfg.color).to_dict(),
             "weight_source": built.weight_source,
             "device": str(precision.device),
             "autocast": str(precision.autocast_dtype).replace("torch.", "") if precision.autocast_dtype else "none",
@@ -240,7 +380,11 @@ def _train(
             **(extra_config or {}),
         }
         write_json(run_dir / CONFIG, resolved)
-        write_json(run_dir / "splits.json", splits)
+        write_json(run_dir / SPLITS, splits)
+        from busai.provenance import record_hashes
+
+        # What the weights saw, by content: the guard then recognises these images in any folder.
+        write_json(run_dir / HASHES, record_hashes([*train_loader.dataset.records, *val_loader.dataset.records]))
     metadata = {"busai": json.dumps({"model_spec": built.spec, "image_size": image_size})}
     return fit(
         built.module,
@@ -254,9 +398,6 @@ def _train(
         weights_metadata=metadata,
         on_epoch=on_epoch,
     )
-
-
-FOLDS_SUMMARY = "folds.json"
 
 
 def train_folds(cfg: TrainConfig, out_dir: str | Path, folds: int, *, quiet: bool = False, command: str | None = None) -> dict:
@@ -281,17 +422,18 @@ def train_folds(cfg: TrainConfig, out_dir: str | Path, folds: int, *, quiet: boo
         )
     if cfg.fold is not None:
         raise ConfigError("--folds trains every fold; drop --fold")
+    _check_same_folds(cfg, Path(out_dir), folds)
     out_dir = output_dir(out_dir)
     rows = []
     for i in range(folds):
         run_dir = out_dir / f"fold-{i}"
-        if not (run_dir / "fit.json").is_file():
-            if (run_dir / "checkpoint_last.pt").is_file():
+        if not (run_dir / FIT).is_file():
+            if (run_dir / LAST_CHECKPOINT).is_file():
                 resume(run_dir, quiet=quiet, command=command)
             else:
                 fold_cfg = TrainConfig.from_dict({**cfg.to_dict(), "fold": i})
                 train(fold_cfg, run_dir, quiet=quiet, command=command)
-        with open(run_dir / "history.csv", newline="") as handle:
+        with open(run_dir / HISTORY, newline="") as handle:
             history = list(csv.DictReader(handle))
         best = min(history, key=lambda row: float(row["val_loss"]))
         rows.append({"fold": i, "run": run_dir.name, "best_epoch": int(best["epoch"]), **{k: float(v) for k, v in best.items() if k.startswith("val_")}})
@@ -305,3 +447,20 @@ def train_folds(cfg: TrainConfig, out_dir: str | Path, folds: int, *, quiet: boo
     }
     write_json(out_dir / FOLDS_SUMMARY, summary)
     return summary
+
+
+def _check_same_folds(cfg: TrainConfig, out_dir: Path, folds: int) -> None:
+    """Re-running ``--folds`` resumes only the same training: folds trained with other options
+    would be summarised (and their command recorded) as if they were this one's."""
+    for i in range(folds):
+        run_dir = out_dir / f"fold-{i}"
+        if not (run_dir / CONFIG).is_file():
+            continue
+        stored = TrainConfig.from_dict(read_run_config(run_dir).get("train", {}), source=str(run_dir / CONFIG)).to_dict()
+        wanted = TrainConfig.from_dict({**cfg.to_dict(), "fold": i}).to_dict()
+        differ = [key for key in wanted if wanted[key] != stored.get(key)]
+        if differ:
+            raise ConfigError(
+                f"{out_dir}: its folds were trained with other {', '.join(differ)} ({run_dir.name}: "
+                f"{', '.join(f'{k}={stored.get(k)!r}' for k in differ[:3])}); re-run the same command to resume them, or choose a new --out"
+            )

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from busai import CLASSES
+from busai.commands import add_data_options, data_specs
 
 _SHOWN = 10  # items listed per section in the human-readable audit; --json has them all
 
@@ -20,6 +21,8 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
     sub.required = True
 
+    from busai.data.synthetic import LAYOUTS
+
     synth = sub.add_parser("synth", help="write a synthetic BUSI-layout dataset (phantoms) for tests and demos")
     synth.add_argument("out_dir", metavar="OUT_DIR", help="new (or empty) folder to write into")
     synth.add_argument("--n", type=int, default=30, help="number of images, split ~45/30/25 benign/malignant/normal (default 30)")
@@ -28,7 +31,7 @@ def register(subparsers) -> None:
     synth.add_argument(
         "--layout",
         default="busi",
-        choices=["busi", "class-folders", "bus-uclm", "images-masks", "manifest"],
+        choices=LAYOUTS,
         help="folder layout to write (default busi); every layout `busai data audit` reads, to see or test one",
     )
     synth.set_defaults(handler=run_synth)
@@ -41,7 +44,7 @@ def register(subparsers) -> None:
     layouts = ", ".join(FORMATS)
     audit = sub.add_parser("audit", help="count images and patients, find duplicates, label conflicts and bad files")
     audit.add_argument("data_dir", metavar="DATA", help=f"dataset folder or CSV manifest, optionally NAME=PATH (layouts: {layouts}; detected)")
-    audit.add_argument("--format", metavar="LAYOUT", choices=FORMATS, default=None, help=f"force a layout instead of detecting it: {layouts}")
+    add_data_options(audit)
     audit.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     _near_threshold_option(audit, DEFAULT_NEAR_THRESHOLD)
     audit.set_defaults(handler=run_audit)
@@ -56,13 +59,12 @@ def register(subparsers) -> None:
         metavar="NAME=PATH",
         help="a dataset, repeatable: several datasets share one split file, each split on its own (keys carry NAME:)",
     )
-    split.add_argument(
-        "--format", dest="formats", action="append", default=None, metavar="[NAME=]LAYOUT", help=f"force a dataset's layout instead of detecting it: {layouts}"
-    )
+    add_data_options(split)
     split.add_argument(
         "--exclude-problems",
         action="store_true",
-        help="leave out images the audit finds unusable (unreadable, mask of another size) and list them under "
+        help="leave out images the audit finds unusable (unreadable, mask of another size, implausible stated pixel spacing, "
+        "name not UTF-8) and list them under "
         "'excluded' with the reason, instead of stopping at the first",
     )
     split.add_argument("--out", required=True, metavar="FILE", help="split file to write (JSON)")
@@ -110,9 +112,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_audit(args: argparse.Namespace) -> int:
     from busai.data.audit import audit_dataset
-    from busai.data.sources import parse_data_specs
 
-    spec = parse_data_specs([args.data_dir], [args.format] if args.format else None)[0]
+    spec = data_specs(args, [args.data_dir])[0]
     report = audit_dataset(spec, args.near_threshold, progress=not args.json)
     if args.json:
         print(json.dumps(report.to_dict()))
@@ -163,18 +164,16 @@ def _print_some(console: Console, lines: list[str], title: str) -> None:
 
 def run_split(args: argparse.Namespace) -> int:
     from busai.data.audit import audit_dataset, duplicate_groups_across, unusable_images
-    from busai.data.sources import parse_data_specs, read_records
+    from busai.data.sources import read_records
     from busai.data.splits import _class_counts, make_splits, write_splits
     from busai.errors import ConfigError, DataError
-    from busai.guards import check_file_names
-    from busai.outputs import output_file
+    from busai.outputs import output_file, printable
 
     if (args.data_dir is None) == (args.data is None):
         raise ConfigError("give the dataset either as DATA or with --data NAME=PATH (repeatable), not both or neither")
-    specs = parse_data_specs(args.data or [args.data_dir], args.formats)
+    specs = data_specs(args, args.data or [args.data_dir])
     output_file(args.out)  # a read-only location or a folder fails before the audit
     records = read_records(specs)  # strict: refuses unpaired images before the slower audit
-    check_file_names(records)
     reports = [audit_dataset(spec, args.near_threshold, progress=True) for spec in specs]
     for spec, report in zip(specs, reports):
         Console().print(f"{spec}: layout {report.format}", highlight=False)
@@ -210,10 +209,12 @@ def run_split(args: argparse.Namespace) -> int:
     if unusable:
         label_of = {r.key: r.label for r in records}
         splits["excluded"] = splits["excluded"] + [k for k in (r.key for r in records) if k in unusable]
-        splits["exclusions"] = unusable
         splits["counts"]["excluded"] = _class_counts(splits["excluded"], label_of)
         for name, entry in (splits.get("datasets") or {}).items():
             entry["counts"]["excluded"] = _class_counts([k for k in splits["excluded"] if k.startswith(f"{name}:")], label_of)
+        # A name that is not UTF-8 is listed with its odd bytes spelled \xff: the file is UTF-8 JSON.
+        splits["excluded"] = [printable(k) for k in splits["excluded"]]
+        splits["exclusions"] = {printable(k): why for k, why in unusable.items()}
     splits = {"command": _command_line(args), **splits, "near_threshold": args.near_threshold}
     path = write_splits(args.out, splits, overwrite=args.force)
     _print_split_counts(splits, path)
@@ -228,6 +229,8 @@ def _command_line(args: argparse.Namespace) -> str:
     data = [args.data_dir] if args.data_dir else [x for d in args.data for x in ("--data", d)]
     parts = ["busai", "data", "split", *data]
     parts += [x for f in args.formats or [] for x in ("--format", f)]
+    parts += [x for f in args.columns or [] for x in ("--columns", f)]
+    parts += [x for f in args.mask_patterns or [] for x in ("--mask-pattern", f)]
     if args.exclude_problems:
         parts.append("--exclude-problems")
     parts += ["--out", args.out, "--seed", str(args.seed), "--val", str(args.val), "--test", str(args.test)]
@@ -241,7 +244,10 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def _duplicates_line(splits: dict) -> str:
     if splits["duplicates"] == "group":
-        return f"{len(splits['groups'])} duplicate groups kept within one split"
+        # The groups are duplicate images merged with each patient's scans where the layout names patients.
+        patients = any((entry or {}).get("patients") for entry in (splits.get("datasets") or {}).values())
+        what = "groups of duplicate images and of one patient's scans" if patients else "duplicate groups"
+        return f"{len(splits['groups'])} {what} kept within one split"
     if splits["duplicates"] == "exclude":
         return f"{len(splits['excluded'])} duplicate-group images excluded"
     leaked = splits["leaked"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from busai.config import MODEL_TASKS
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -15,7 +17,7 @@ def register(sub) -> None:
     )
     p.add_argument("model", metavar="MODEL", help="run folder or saved model folder, or seg / cls for the release model")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
-    p.add_argument("--task", choices=["seg", "cls"], default=None, help="a multitask run: which of its outputs to export (seg masks or cls classes)")
+    p.add_argument("--task", choices=MODEL_TASKS, default=None, help="a multitask run: which of its outputs to export (seg masks or cls classes)")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write, e.g. model.onnx")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 17 to the newest torch writes)")
     p.add_argument("--fixed-size", action="store_true", help="fix height and width at the model's size (batch stays dynamic)")

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from busai.config import BACKENDS, DEVICES
+
 
 def register(sub) -> None:
     from busai.pipeline import DEFAULT_BATCH_SIZE
@@ -24,9 +26,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--seg", default="release", metavar="MODEL", help="segmentation model: release (default), a run folder, an exported .onnx file, or none")
     p.add_argument("--cls", default="release", metavar="MODEL", help="classification model: release (default), a run folder, an exported .onnx file, or none")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="onnx exports the models and runs them in ONNX Runtime")
+    p.add_argument("--backend", default="torch", choices=BACKENDS, help="onnx exports the models and runs them in ONNX Runtime")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (default): the GPU when one is visible, else the CPU")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default): the GPU when one is visible, else the CPU")
     p.add_argument(
         "--pixel-spacing",
         type=float,
@@ -35,7 +37,12 @@ def register(sub) -> None:
         help="pixel size in mm (one value, or row and column) for mm / mm2 measurements, "
         "used where a DICOM file states none (the spacing_source column says which was used)",
     )
-    p.add_argument("--frame", type=int, metavar="N", help="predict only frame N (from 1) of multi-frame DICOM files (default: every frame)")
+    p.add_argument(
+        "--frame",
+        type=int,
+        metavar="N",
+        help="predict only frame N (from 1) of each file: of a DICOM cine or a multi-page TIFF (default: every frame); a file without frame N gets an error row",
+    )
     p.add_argument(
         "--no-scan-region",
         dest="scan_region",
@@ -109,8 +116,11 @@ def run(args: argparse.Namespace) -> int:
         answered = "answered anyway (--no-input-check)" if row["label"] or row["mask"] else "no answer given"
         print(f"warning: {_name(row)} does not look like a B-mode ultrasound scan ({row['input_check']}); {answered}", file=sys.stderr)
     if args.dicom_seg:
+        from busai.data.discover import TIFF_SUFFIXES
+
         for row in rows:
-            if row["frame"] is not None and row["mask"] and not row["dicom_seg"] and not row["error"]:
+            tiff = Path(row["image"]).suffix.lower() in TIFF_SUFFIXES  # its pages are frames too, but no DICOM
+            if row["frame"] is not None and row["mask"] and not row["dicom_seg"] and not row["error"] and not tiff:
                 print(f"warning: {_name(row)}: no DICOM SEG for a frame of a multi-frame (cine) file; its PNG mask is written", file=sys.stderr)
     if args.json:
         print(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from busai.config import MODEL_TASKS
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -13,7 +15,7 @@ def register(sub) -> None:
         "(segmentation) or macro-F1 (classification) and write it, as fp16, into busai/release/<task>/.",
     )
     p.add_argument("run_dirs", nargs="+", help="evaluated run folders of one task")
-    p.add_argument("--task", required=True, choices=["seg", "cls"], help="which packaged model the best run replaces: seg or cls")
+    p.add_argument("--task", required=True, choices=MODEL_TASKS, help="which packaged model the best run replaces: seg or cls")
     p.add_argument("--dest", help="release root (default: inside the installed package)")
     p.set_defaults(handler=run)
 

@@ -1,18 +1,26 @@
-"""`busai report`: the study's report from run folders, results folders and tuning studies."""
+"""`busai report`: a report over run folders, results folders and tuning studies (the study adds its paper's numbers: `python -m study.report`)."""
 
 from __future__ import annotations
 
 import argparse
 
+from busai import SPLIT_NAMES
+
+
+HELP = "write report.md and a self-contained report.html from runs, results folders and tuning studies"
+DESCRIPTION = (
+    "Dataset audit, split tables, tuned hyper-parameters, segmentation and classification tables with CIs, "
+    "confusion matrices, calibration, training curves, sample predictions, weight source and training cost per run. "
+    "Nothing is recomputed: numbers are read from the inputs."
+)
+
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "report",
-        help="write report.md and a self-contained report.html from runs, results folders and tuning studies",
-        description="The study's report: dataset audit, split tables, tuned hyper-parameters, segmentation and classification "
-        "tables with CIs beside the paper's, confusion matrices, calibration, training curves, sample predictions, "
-        "weight source and training cost per run. Nothing is recomputed: numbers are read from the inputs.",
-    )
+    add_arguments(sub.add_parser("report", help=HELP, description=DESCRIPTION))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `busai report`, shared with the study's `python -m study.report`."""
     p.add_argument(
         "inputs",
         nargs="+",
@@ -29,19 +37,27 @@ def register(sub) -> None:
         "--sample-splits",
         nargs="+",
         default=["test"],
-        choices=["train", "val", "test"],
+        choices=SPLIT_NAMES,
         metavar="SPLIT",
         help="splits whose sample-prediction figures are shown: train, val, test (default test)",
     )
     p.set_defaults(handler=report)
 
 
-def report(args: argparse.Namespace) -> int:
+def report(args: argparse.Namespace, reference=None) -> int:
+    """``reference``: a :class:`busai.report.Reference` whose numbers are printed beside ours (the study's paper)."""
     from busai.commands import command_line
-    from busai.study_report import write_report
+    from busai.report_page import write_report
 
     written = write_report(
-        args.inputs, args.out, audit=args.audit, splits=args.splits, title=args.title, command=command_line(args), sample_splits=tuple(args.sample_splits)
+        args.inputs,
+        args.out,
+        audit=args.audit,
+        splits=args.splits,
+        title=args.title,
+        command=getattr(args, "recorded_command", None) or command_line(args),  # the study records its own
+        sample_splits=tuple(args.sample_splits),
+        reference=reference,
     )
     size = written["html"].stat().st_size / 1e6
     print(f"{written['markdown']}\n{written['html']} ({size:.1f} MB)")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+
+from busai.config import BACKENDS, DEVICES
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -21,8 +24,8 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--seg", default="release", metavar="MODEL", help="segmentation model: release (default), a run folder, an .onnx file, or none")
     p.add_argument("--cls", default="release", metavar="MODEL", help="classification model: release (default), a run folder, an .onnx file, or none")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="onnx runs the models in ONNX Runtime (no Grad-CAM)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (default): the GPU when one is visible, else the CPU")
+    p.add_argument("--backend", default="torch", choices=BACKENDS, help="onnx runs the models in ONNX Runtime (no Grad-CAM)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default): the GPU when one is visible, else the CPU")
     p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, help=f"largest accepted upload in MB (default {MAX_UPLOAD_MB:g})")
     p.add_argument(
         "--max-megapixels",
@@ -45,25 +48,37 @@ def register(sub) -> None:
         "127.0.0.1, localhost, [::1] and --host are always allowed; others are refused against DNS rebinding",
     )
     p.add_argument("--openapi", action="store_true", help="publish the API schema at /openapi.json (off by default)")
+    p.add_argument("--quiet", action="store_true", help="no progress display while the models load (none either when stderr is not a terminal)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from busai.errors import ConfigError
+
+    if not 1 <= args.port <= 65535:  # checked before the models load: uvicorn would fail late, with a traceback
+        raise ConfigError(f"--port {args.port}: must be from 1 to 65535 (default 8000)")
     import uvicorn
 
     from busai.serve import NOTICE, create_app
 
-    app = create_app(
-        args.seg,
-        args.cls,
-        backend=args.backend,
-        max_upload_mb=args.max_upload_mb,
-        max_megapixels=args.max_megapixels,
-        max_queue=args.max_queue,
-        allow_hosts=[args.host, *args.allow_host],
-        openapi=args.openapi,
-        device=args.device,
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    loading = (
+        contextlib.nullcontext() if args.quiet or not console.is_terminal else console.status(f"busai: loading models (seg: {args.seg}, cls: {args.cls}) ...")
     )
+    with loading:
+        app = create_app(
+            args.seg,
+            args.cls,
+            backend=args.backend,
+            max_upload_mb=args.max_upload_mb,
+            max_megapixels=args.max_megapixels,
+            max_queue=args.max_queue,
+            allow_hosts=[args.host, *args.allow_host],
+            openapi=args.openapi,
+            device=args.device,
+        )
     if args.host not in LOOPBACK:
         print(
             f"warning: --host {args.host} makes the page reachable from other computers; uploads are not authenticated. "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from busai.config import AUGMENTATIONS, TrainConfig
+from busai.commands import add_data_options, data_specs
+from busai.config import AUGMENTATIONS, COLORS, DEVICES, SCHEDULERS, TRACKERS, TRAIN_TASKS, TrainConfig
 
 # CLI flag -> config key; every flag defaults to None so only what the user typed overrides --config.
 _FLAGS = {
@@ -31,6 +32,7 @@ _FLAGS = {
     "splits": str,
     "fold": int,
     "num_workers": int,
+    "classes": str,
     "select": str,
     "ema": float,
 }
@@ -47,7 +49,7 @@ def register(sub) -> None:
         "--config takes a JSON or YAML config (e.g. the best one from `busai tune`) that flags override. "
         "Options left out keep the config's value, else the default shown.",
     )
-    p.add_argument("task", nargs="?", choices=["seg", "cls", "mt"], help="seg, cls or mt (omit with --resume or --config)")
+    p.add_argument("task", nargs="?", choices=TRAIN_TASKS, help="seg, cls or mt (omit with --resume or --config)")
     p.add_argument("--out", help="new run folder to write")
     p.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint (only --epochs, --max-minutes, --patience may change)"
@@ -60,12 +62,14 @@ def register(sub) -> None:
     )
     model.add_argument("--encoder", help="seg, mt: encoder, e.g. resnet18 (default), efficientnet-lite0, mobilenet_v2, vgg16")
     model.add_argument(
-        "--weights", help="imagenet (default; loaded from local files, else random with a warning), none, release, a release or run folder, or a weights file"
+        "--weights",
+        help="imagenet (default; loaded from local files, else random with a warning), none, release, a release or run folder, or a weights file; "
+        "a folder (release included) also sets --model, --encoder, --image-size and --color to its own",
     )
     model.add_argument("--image-size", dest="image_size", type=int, metavar="PX", help="input size (default: the model's, 256 seg, 224 cls, 299 InceptionV3)")
     model.add_argument(
         "--color",
-        choices=["rgb", "gray"],
+        choices=COLORS,
         default=None,
         help="gray: the model sees every scan as grey (a tinted grey map or overlays do not shift it); default rgb",
     )
@@ -81,7 +85,14 @@ def register(sub) -> None:
         metavar="[NAME=]PATH",
         help="dataset folder or CSV manifest; repeat as NAME=PATH to train on several datasets of one split file",
     )
+    add_data_options(data)
     data.add_argument("--splits", metavar="FILE", help="split file from `busai data split` (required)")
+    data.add_argument(
+        "--classes",
+        metavar="LIST|MAP",
+        help="cls, mt: the classes to learn, e.g. benign,malignant (images of other classes are left out) or a mapping of data label "
+        "to class, e.g. 'normal=benign,benign=benign,malignant=malignant' (default: the labels the data has)",
+    )
     data.add_argument("--fold", type=int, metavar="I", help="train on cross-validation fold I of the split file (default: its train / val lists)")
     data.add_argument(
         "--folds",
@@ -119,7 +130,12 @@ def register(sub) -> None:
     optim.add_argument("--batch-size", dest="batch_size", type=int, help="images per step (default 8; per process with --gpus)")
     optim.add_argument("--loss", help=f"seg, mt (its masks): one of {', '.join(SEGMENTATION_LOSSES)} (default dice); cls: focal (default) or ce")
     optim.add_argument(
-        "--focal-alpha", dest="focal_alpha", type=float, nargs="+", default=None, help="one value, or one per class (normal benign malignant); default 0.25"
+        "--focal-alpha",
+        dest="focal_alpha",
+        type=float,
+        nargs="+",
+        default=None,
+        help="one value, or one per class in the model's class order (normal benign malignant unless --classes says otherwise); default 0.25",
     )
     optim.add_argument("--focal-gamma", dest="focal_gamma", type=float, help="default 2.0")
     optim.add_argument(
@@ -129,7 +145,7 @@ def register(sub) -> None:
     schedule = p.add_argument_group("schedule and stopping")
     schedule.add_argument("--epochs", type=int, help="most epochs (default 100)")
     schedule.add_argument("--patience", type=int, help="stop after this many epochs without a lower validation loss (default 25, the paper's)")
-    schedule.add_argument("--scheduler", choices=["none", "plateau", "cosine"], help="learning-rate schedule: default plateau (cls, the paper's) or none (seg)")
+    schedule.add_argument("--scheduler", choices=SCHEDULERS, help="learning-rate schedule: default plateau (cls, the paper's) or none (seg)")
     schedule.add_argument(
         "--plateau-patience", dest="plateau_patience", type=int, help="plateau: epochs without improvement before the rate drops tenfold (default 25)"
     )
@@ -152,7 +168,7 @@ def register(sub) -> None:
         default=None,
         help="paper (flips, rotations, colour jitter; default), strong (adds scale, shift, gamma, speckle noise, blur), "
         "scanner (strong plus framing, tints, gain, JPEG, burnt-in text, calipers, Doppler boxes), "
-        "framing (random resized crops over 45-100%% of the scan, gain, gamma, contrast, noise) or none",
+        "framing (random resized crops keeping 0.45-1.0 of the scan, gain, gamma, contrast, noise) or none",
     )
     augment.add_argument(
         "--lesion-paste",
@@ -167,7 +183,7 @@ def register(sub) -> None:
     runtime.add_argument(
         "--precision", choices=PRECISIONS, help="auto (default): bf16 autocast where the hardware computes it natively, with channels_last; bf16; fp32"
     )
-    runtime.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: the GPU when one is visible")
+    runtime.add_argument("--device", choices=DEVICES, help="default auto: the GPU when one is visible")
     runtime.add_argument(
         "--gpus",
         type=int,
@@ -180,7 +196,7 @@ def register(sub) -> None:
     runtime.add_argument("--seed", type=int, help="random seed for weights, sampling and augmentation (default 0)")
     runtime.add_argument(
         "--log",
-        choices=["none", "tensorboard", "mlflow"],
+        choices=TRACKERS,
         default=None,
         help="also log per-epoch losses, metrics and learning rate to TensorBoard (RUN_DIR/tensorboard) or MLflow "
         "(MLFLOW_TRACKING_URI, else RUN_DIR/mlflow.db); needs the busai[tensorboard] / busai[mlflow] extra",
@@ -198,8 +214,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         value = getattr(args, key)
         if value is not None:
             base[key] = value
-    if args.data is not None:
-        base["data"] = args.data[0] if len(args.data) == 1 else list(args.data)
+    if args.data is not None or args.formats or args.columns or args.mask_patterns:
+        # Reading options travel with each dataset into config.json (DataSpec.to_config), so --resume reads the data alike.
+        specs = [s.to_config() for s in data_specs(args, args.data if args.data is not None else base.get("data"))]
+        base["data"] = specs[0] if len(specs) == 1 else specs
     if args.dataset_weights is not None:
         base["dataset_weights"] = _parse_weights(args.dataset_weights)
     alpha = args.focal_alpha
@@ -209,12 +227,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         from busai.errors import ConfigError
 
         raise ConfigError("say which task to train: `busai train seg ...`, `busai train cls ...` or `busai train mt ...`")
-    if base["task"] in ("cls", "classification") and "model" not in base:
-        base["model"] = "resnet18"
     if base["task"] in ("cls", "classification") and args.encoder is not None:
         from busai.errors import ConfigError
 
         raise ConfigError(f"--encoder {args.encoder}: classifiers have no separate encoder; name the network with --model (see `busai models`)")
+    from busai.training import inherit_weights_folder
+
+    base = inherit_weights_folder(base)  # --weights FOLDER: its architecture, input size and colour mode
+    if base["task"] in ("cls", "classification") and "model" not in base:
+        base["model"] = "resnet18"
     return TrainConfig.from_dict(base, source=args.config or "command line")
 
 
@@ -227,7 +248,14 @@ def _refuse_options_on_resume(args: argparse.Namespace) -> None:
 
     given = [key for key, value in vars(args).items() if key not in _RESUME_OPTIONS and key in _USER_OPTIONS and value is not None]
     if given:
-        spelled = {"task": f"task {args.task}", "weighted_sampler": "--no-sampler", "dataset_weights": "--dataset-weight", "all_folds": "--folds"}
+        spelled = {
+            "task": f"task {args.task}",
+            "weighted_sampler": "--no-sampler",
+            "dataset_weights": "--dataset-weight",
+            "all_folds": "--folds",
+            "formats": "--format",
+            "mask_patterns": "--mask-pattern",
+        }
         names = ", ".join(spelled.get(key, "--" + key.replace("_", "-")) for key in given)
         raise ConfigError(
             f"{names}: cannot change a run being resumed (only --epochs, --max-minutes and --patience can); "
@@ -247,6 +275,9 @@ _USER_OPTIONS = {
     "lesion_paste",
     "augment",
     "data",
+    "formats",
+    "columns",
+    "mask_patterns",
     "dataset_weights",
     "color",
     "all_folds",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from busai.commands import add_data_options, data_specs
+
 # Mirrors busai.tune.PRUNERS / TRIAL_PATIENCE: not imported here so `busai --help` stays fast.
 PRUNERS = ("median", "hyperband", "patience")
 TRIAL_PATIENCE = 10
@@ -33,6 +35,7 @@ def register(sub) -> None:
             metavar="[NAME=]PATH",
             help="dataset folder or CSV manifest; repeat as NAME=PATH to tune on several datasets of one split file",
         )
+        add_data_options(s)
         s.add_argument(
             "--dataset-weight",
             dest="dataset_weights",
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             print("  " + line)
     summary = run_study(
         args.task,
-        args.data,
+        data_specs(args),
         args.splits,
         out_dir=args.out,
         trials=args.trials,

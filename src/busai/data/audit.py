@@ -9,15 +9,11 @@ image; two images whose hashes differ in at most ``near_threshold`` bits are lin
 images are grouped transitively (connected components). Exact duplicates (identical grayscale
 pixels) are always linked.
 
-Why ``DEFAULT_NEAR_THRESHOLD = 8``, measured on the public BUSI release (780 images):
-phash has exactly 32 bits set (it thresholds 64 DCT terms at their median), so distances are even.
-Every pair at distance 0 to 8 that we inspected side by side is the same scan (re-cropped,
-re-scaled, a neighbouring frame of the same sweep, or the same image filed under two classes),
-e.g. ``benign (42)`` / ``malignant (51)`` (0), ``benign (199)`` / ``benign (248)`` (4),
-``malignant (6)`` / ``malignant (7)`` (8). At 10 the first distinct scans pair up
-(``benign (58)`` / ``benign (430)``) and at 12 many do (``normal (28)`` / ``benign (37)``,
-``benign (376)`` / ``malignant (62)``). Threshold 8 gives 143 groups holding 322 images; it misses
-a few true pairs that differ by a black corner (``benign (64)`` / ``benign (141)`` at 12).
+``DEFAULT_NEAR_THRESHOLD = 8``: the largest distance at which every pair inspected on BUSI was the
+same scan (re-cropped, re-scaled, a neighbouring frame, or one image filed under two classes); at
+10 distinct scans start to pair up. phash sets exactly 32 of its 64 bits (it thresholds DCT terms
+at their median), so distances are even. The pairs inspected and the groups it gives are in
+docs/study-log.md ("figures moved out of docstrings").
 """
 
 from __future__ import annotations
@@ -32,8 +28,9 @@ import numpy as np
 from PIL import Image
 
 from busai import CLASSES
-from busai.data.discover import Problem, Record, mask_foreground, mask_values, natural_key, read_image
+from busai.data.discover import IMAGE_SUFFIXES, Problem, Record, exif_orientation, mask_foreground, mask_values, natural_key, read_image
 from busai.errors import ConfigError, DataError
+from busai.outputs import printable
 
 DEFAULT_NEAR_THRESHOLD = 8
 """Largest phash Hamming distance (of 64 bits) at which two images count as near duplicates."""
@@ -164,11 +161,16 @@ def _iterate(records: list[Record], progress: bool):
 
 def _check_record(record: Record, problems: list[Problem], *, masks_expected: bool = True) -> _Decoded | None:
     """Decode one image and its masks, append what is wrong to ``problems``; None if unreadable."""
+    if printable(record.key) != record.key:
+        # A split file is UTF-8 JSON and cannot name it; renaming is the fix (often a Latin-1 name from an old zip).
+        problems.append(Problem(record.key, "name_not_utf8", f"{printable(record.key)}: the file name is not valid UTF-8; rename the file (and its masks)"))
     try:
         gray = read_image(record.image, mode="L", frame=record.frame)
     except DataError as exc:
-        problems.append(Problem(record.key, "unreadable_image", str(exc)))
+        problems.append(Problem(record.key, "unreadable_image", printable(str(exc))))
         gray = None
+    for path in (record.image, *record.masks):
+        _note_orientation(record, path, problems)
     if record.masks:
         _check_masks(record, None if gray is None else gray.shape, problems)
     elif masks_expected and record.label in ("benign", "malignant"):
@@ -179,10 +181,38 @@ def _check_record(record: Record, problems: list[Problem], *, masks_expected: bo
         )
     if gray is None:
         return None
+    return _Decoded(record.key, record.label, *content_hash(gray))
+
+
+def content_hash(gray: np.ndarray) -> tuple[str, int]:
+    """An image's identity by content, whatever its file name or format: the sha256 of its grayscale
+    pixels and shape (equal = identical image) and its 64-bit phash (near = the same scan re-saved,
+    re-scaled or re-cropped; see ``DEFAULT_NEAR_THRESHOLD``)."""
     import imagehash  # imported here, not at the top: `busai data --help` builds its parser from this module's constants
 
     digest = hashlib.sha256(f"{gray.shape}".encode() + gray.tobytes()).hexdigest()
-    return _Decoded(record.key, record.label, digest, int(str(imagehash.phash(Image.fromarray(gray))), 16))
+    return digest, int(str(imagehash.phash(Image.fromarray(gray))), 16)
+
+
+_ORIENTATIONS = {2: "mirrored", 3: "turned 180 degrees", 4: "flipped", 5: "transposed", 6: "turned 90 degrees", 7: "transversed", 8: "turned 270 degrees"}
+
+
+def _note_orientation(record: Record, path: Path, problems: list[Problem]) -> None:
+    """An ``exif_orientation`` note for an image or mask file whose EXIF tag turns it: busai reads
+    it upright (:func:`~busai.data.discover.pil_to_array`), so its masks must be drawn on it as
+    viewers show it. A note only: the file is usable."""
+    orientation = exif_orientation(path) if path.suffix.lower() in IMAGE_SUFFIXES else None
+    if orientation is None:
+        return
+    name = record.key if path == record.image else _mask_key(record, path)
+    problems.append(
+        Problem(
+            name,
+            "exif_orientation",
+            f"{printable(name)}: its EXIF Orientation tag ({orientation}, {_ORIENTATIONS[orientation]}) is applied, as viewers show it; "
+            "check that its masks are drawn on the image as shown",
+        )
+    )
 
 
 def _check_masks(record: Record, image_shape: tuple[int, int] | None, problems: list[Problem]) -> None:
@@ -236,8 +266,10 @@ def duplicate_groups_across(reports: list[AuditReport]) -> list[list[str]]:
     return _sorted_groups(_linked_groups(decoded, thresholds.pop())) if reports else []
 
 
-UNUSABLE = {"unreadable_image", "unreadable_mask", "mask_size_mismatch"}
-"""Problem kinds that make an image unusable for training or scoring (a mask is never resized onto a scan)."""
+UNUSABLE = {"unreadable_image", "unreadable_mask", "mask_size_mismatch", "bad_pixel_spacing", "name_not_utf8"}
+"""Problem kinds that make an image unusable for training or scoring: a mask is never resized onto
+a scan, a stated pixel size must be plausible (as ``predict`` requires), and a split file must be
+able to name the image."""
 
 
 def _mask_key(record: Record, path: Path) -> str:

@@ -162,7 +162,7 @@ def scanner_shift() -> tuple[list, list, list]:
         ],
         p=0.4,
     )
-    # Tints as small as real ones: BUS-UCLM's grey map is about 6% short on red and 8% over on blue.
+    # Tints as small as real ones (BUS-UCLM's grey map against BUSI's: docs/study-log.md, "figures moved out of docstrings").
     tint = A.OneOf(
         [A.MultiplicativeNoise(multiplier=(0.92, 1.08), per_channel=True, elementwise=False), A.RandomToneCurve(scale=0.05, per_channel=True)], p=0.4
     )
@@ -214,7 +214,8 @@ def paste_lesion(
 
 class BusDataset(Dataset):
     """Records as model input: ``image`` (3,S,S) float32 normalised, ``mask`` (1,S,S) float32 {0,1},
-    ``label`` int64 (index into ``busai.CLASSES``) and ``index`` (position in ``records``).
+    ``label`` int64 (index into ``busai.CLASSES``, or ``label_index[record.label]`` where a
+    classifier has its own label set, see :mod:`busai.labels`) and ``index`` (position in ``records``).
     ``augment`` names the training augmentations (see :func:`build_augmentations`);
     ``lesion_paste`` is the chance that an item also gets another training image's lesion pasted
     in, at a random echogenicity (see :func:`paste_lesion`; segmentation only: it changes what the
@@ -232,8 +233,10 @@ class BusDataset(Dataset):
         seed: int | None = None,
         lesion_paste: float = 0.0,
         grayscale: bool = False,
+        label_index: dict[str, int] | None = None,
     ) -> None:
         self.records = list(records)
+        self.label_index = label_index
         self.image_size = int(image_size)
         self.cache = cache if cache is not None else ImageCache()
         # seed None: drawn from torch's global RNG, so torch.manual_seed(...) makes augmentation reproducible.
@@ -250,7 +253,10 @@ class BusDataset(Dataset):
 
     @property
     def labels(self) -> list[int]:
-        return [r.label_index for r in self.records]
+        return [self._label(r) for r in self.records]
+
+    def _label(self, record: Record) -> int:
+        return record.label_index if self.label_index is None else self.label_index[record.label]
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         """Item ``index``; ``(index, epoch_seed)`` (what :class:`busai.data.loading.EpochSeeded` draws)
@@ -275,7 +281,7 @@ class BusDataset(Dataset):
         return {
             "image": normalise(image, self.mean, self.std),
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)[None]),
-            "label": torch.tensor(record.label_index, dtype=torch.int64),
+            "label": torch.tensor(self._label(record), dtype=torch.int64),
             "index": index,
         }
 

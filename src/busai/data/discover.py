@@ -1,6 +1,6 @@
-"""The record every dataset reader yields, the BUSI-layout reader, and safe image / mask decoding.
+"""The BUSI-layout reader, and safe image / mask decoding.
 
-A :class:`Record` is one scan: its image, zero or more masks (their union is the lesion), its
+A :class:`Record` (defined in :mod:`busai.data.records`, importable from here) is one scan: its image, zero or more masks (their union is the lesion), its
 label (or None when unlabelled), the dataset it came from, its group (patient or case, where the
 source knows it), its pixel spacing in mm (where known) and, for a DICOM cine, the frame it is.
 The other layouts' readers live in :mod:`busai.data.sources`.
@@ -18,16 +18,15 @@ entry point used for training: it raises one :class:`DataError` naming the first
 
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from busai import CLASSES
-from busai.errors import DataError
+from busai.data.records import TIFF_SUFFIXES, Problem, Record, Scan, check_frame  # noqa: F401  (re-exported: readers import them from here)
+from busai.errors import ConfigError, DataError, option
 from busai.io.dicom import is_dicom
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -36,60 +35,57 @@ MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<index>\d+))?$", re.IGNORECASE)
 _IGNORED = {"thumbs.db", "desktop.ini"}
 
 
-@dataclass(frozen=True)
-class Record:
-    """One scan: image, lesion masks (union; none for a normal scan or classification-only data),
-    label (None when unlabelled), dataset name, group (patient / case id), pixel spacing in mm and
-    the 1-based frame of a DICOM cine (None for a plain image or a single-frame DICOM file)."""
+class MaskNames:
+    """How a layout that pairs masks by file name finds an image's masks.
 
-    root: Path
-    image: Path
-    masks: tuple[Path, ...]
-    label: str | None
-    dataset: str = ""
-    group: str | None = None
-    pixel_spacing_mm: float | None = None
-    frame: int | None = None
+    Default (``pattern`` None): ``NAME_mask.png``, ``NAME_mask_1.png`` ... for image ``NAME.png``
+    (any image suffix). A pattern holds ``{stem}`` (the image's name without its suffix), e.g.
+    ``mask_{stem}.png`` or ``{stem}_seg``; with a suffix it must match the whole file name, without
+    one any image suffix is taken. Further masks of a scan add ``_1``, ``_2`` ... after the text that
+    follows ``{stem}`` (``{stem}_seg_1.png``), as BUSI's ``NAME_mask_1.png`` does.
+    """
 
-    @property
-    def relpath(self) -> str:
-        """Image path relative to the dataset root, POSIX style (``../`` where a manifest points outside)."""
-        return Path(os.path.relpath(self.image, self.root)).as_posix()
+    def __init__(self, pattern: str | None = None):
+        self.pattern = pattern
+        self._re: re.Pattern | None = None
+        if pattern is None:
+            return
+        if pattern.count("{stem}") != 1 or re.search(r"\{(?!stem\})", pattern) or "/" in pattern:
+            raise ConfigError(f"mask pattern '{pattern}': write a file name holding {{stem}} once (the image's name without suffix), e.g. 'mask_{{stem}}.png'")
+        head, tail = pattern.split("{stem}")
+        suffix = "." + tail.rsplit(".", 1)[-1].lower() if "." in tail else ""
+        if not head and tail.lower() in ("", suffix):
+            raise ConfigError(f"mask pattern '{pattern}': would match the images themselves; add the part that marks a mask, e.g. 'mask_{{stem}}.png'")
+        self._whole = suffix in IMAGE_SUFFIXES
+        marker = tail[: len(tail) - len(suffix)] if self._whole else tail
+        # Further masks of a scan add _1, _2 ... after a marker that follows {stem} ('{stem}_seg_1.png'); with
+        # nothing after {stem} the number could not be told from the stem's own digits, so none is taken.
+        index = "(?:_(?P<index>\\d+))?" if marker else ""
+        self._re = re.compile(
+            re.escape(head) + "(?P<stem>.+)" + re.escape(marker) + index + (re.escape(tail[len(marker) :]) if self._whole else ""), re.IGNORECASE
+        )
 
-    @property
-    def key(self) -> str:
-        """The identity used in split files: the relative path, prefixed ``DATASET:`` for a named dataset."""
-        return f"{self.dataset}:{self.relpath}" if self.dataset else self.relpath
+    def match(self, path: Path) -> tuple[str, int] | None:
+        """(the image stem, the mask's index for ordering) when ``path`` is named as a mask, else None."""
+        if self._re is None:
+            found = MASK_RE.match(file_stem(path))
+            return (found["stem"], int(found["index"] or 0)) if found else None
+        found = self._re.fullmatch(path.name if self._whole else file_stem(path))
+        return (found["stem"], int(found.groupdict().get("index") or 0)) if found else None
 
-    @property
-    def label_index(self) -> int:
-        if self.label is None:
-            raise DataError(f"{self.image}: has no label; label it (normal, benign or malignant) or leave it out of training and scoring")
-        return CLASSES.index(self.label)
+    def example(self, stem: str) -> str:
+        """The mask file name expected for image ``stem``."""
+        if self.pattern is None:
+            return f"{stem}_mask.png"
+        name = self.pattern.replace("{stem}", stem)
+        return name if self._whole else name + ".png"
 
-    @property
-    def segmentable(self) -> bool:
-        """Usable for segmentation: it has a mask, or it is a normal scan (its lesion is empty)."""
-        return bool(self.masks) or self.label == "normal"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A file-level problem found while scanning or auditing."""
-
-    path: str  # relative to the dataset root
-    kind: str  # short machine-readable tag, e.g. "missing_mask"
-    message: str  # one line for a person: what is wrong and what to do
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "kind": self.kind, "message": self.message}
-
-
-@dataclass
-class Scan:
-    root: Path
-    records: list[Record] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
+    def rule(self) -> str:
+        """How masks are matched, for problem messages."""
+        if self.pattern is None:
+            example = option("mask_pattern", "'mask_{stem}.png'")
+            return f"masks are matched by name: NAME_mask.png (or NAME_mask_1.png ...) for image NAME; for other names give a mask pattern, e.g. {example}"
+        return f"masks are matched by the mask pattern '{self.pattern}' ({{stem}}: the image's name without suffix)"
 
 
 def _check_root(root: Path) -> Path:
@@ -119,9 +115,11 @@ def _class_folders(root: Path) -> dict[str, Path]:
     return folders
 
 
-def scan_dataset(root: str | Path) -> Scan:
-    """Pair every image with its masks; collect problems instead of raising on bad files."""
+def scan_dataset(root: str | Path, mask_names: MaskNames | None = None) -> Scan:
+    """Pair every image with its masks (named as ``mask_names`` says, default ``NAME_mask*.png``);
+    collect problems instead of raising on bad files."""
     root = _check_root(Path(root))
+    names = mask_names or MaskNames()
     scan = Scan(root=root)
     for label, folder in _class_folders(root).items():
         images: dict[str, Path] = {}
@@ -133,25 +131,31 @@ def scan_dataset(root: str | Path) -> Scan:
             if not is_image_file(path):
                 scan.problems.append(Problem(rel, "not_an_image", f"{rel}: not an image file; move it out of the dataset folder"))
                 continue
-            stem_key = path.parent.relative_to(folder).joinpath(file_stem(path)).as_posix()
-            match = MASK_RE.match(stem_key)
+            where = path.parent.relative_to(folder)
+            match = names.match(path)
             if match:
-                masks.setdefault(match["stem"], []).append((int(match["index"] or 0), path))
+                masks.setdefault(where.joinpath(match[0]).as_posix(), []).append((match[1], path))
             else:
-                images[stem_key] = path
+                images[where.joinpath(file_stem(path)).as_posix()] = path
         for stem, image in images.items():
             found = [p for _, p in sorted(masks.pop(stem, []))]
             if not found:
                 rel = image.relative_to(root).as_posix()
                 scan.problems.append(
-                    Problem(rel, "missing_mask", f"{rel}: no mask found; add {Path(stem).name}_mask.png beside it (all-zero for a normal image)")
+                    Problem(
+                        rel,
+                        "missing_mask",
+                        f"{rel}: no mask found; add {names.example(Path(stem).name)} beside it (all-zero for a normal image); {names.rule()}",
+                    )
                 )
                 continue
             scan.records.append(dicom_record(Record(root=root, image=image, masks=tuple(found), label=label), scan))
         for stem, orphans in masks.items():
             for _, path in sorted(orphans):
                 rel = path.relative_to(root).as_posix()
-                scan.problems.append(Problem(rel, "mask_without_image", f"{rel}: mask has no image {Path(stem).name}.png; add the image or remove the mask"))
+                scan.problems.append(
+                    Problem(rel, "mask_without_image", f"{rel}: mask has no image {Path(stem).name}.png; add the image or remove the mask; {names.rule()}")
+                )
     scan.records.sort(key=lambda r: (CLASSES.index(r.label), natural_key(r.key)))
     return scan
 
@@ -174,11 +178,15 @@ def file_stem(path: Path) -> str:
 def dicom_record(record: Record, scan: Scan, frame: int | None = None, where: str | None = None) -> Record:
     """``record`` with what its DICOM image states (a plain image passes unchanged): the pixel
     spacing when the record has none, and the frame of a cine, its first when ``frame`` is None,
-    with a ``first_frame`` note in ``scan.problems``. See :mod:`busai.data.dicom_records`."""
-    if record.image.suffix.lower() in IMAGE_SUFFIXES:
-        return record
-    from busai.data.dicom_records import with_dicom_fields
+    with a ``first_frame`` note in ``scan.problems``; a multi-page TIFF's pages are frames too.
+    See :mod:`busai.data.dicom_records`."""
+    from busai.data.dicom_records import with_dicom_fields, with_frame
 
+    suffix = record.image.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        return with_frame(record, scan, image_frames(record.image), frame, where)
+    if suffix in IMAGE_SUFFIXES:
+        return record
     return with_dicom_fields(record, scan, frame, where)
 
 
@@ -200,18 +208,25 @@ def discover_records(root: str | Path) -> list[Record]:
 
 
 def read_image(path: str | Path, mode: str = "RGB", frame: int | None = None) -> np.ndarray:
-    """Decode an image of any mode (L, RGB, RGBA, P, 16-bit I;16 ...) as uint8 ``mode``.
+    """Decode an image of any mode (L, RGB, RGBA, P, 16-bit I;16 ...) as uint8 ``mode``, turned
+    upright by its EXIF Orientation tag (as every viewer shows it; see :func:`pil_to_array`).
 
     16-bit images are scaled to 8 bits by their own range, which is what a display would show;
-    Pillow's plain convert would clip them to white. A DICOM file is read through
-    :mod:`busai.io.dicom` (as ``busai predict`` reads it): its only frame, or 1-based ``frame``
-    of a cine, which must then be given.
+    Pillow's plain convert would clip them to white. A file of several frames (a DICOM cine, read
+    through :mod:`busai.io.dicom` as ``busai predict`` reads it, or a multi-page TIFF) needs the
+    1-based ``frame``; a ``frame`` past the file's last is an error, a single image's only frame is 1.
     """
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES and is_dicom(path):
         return _read_dicom_image(path, mode, frame)
     try:
         with Image.open(path) as img:
+            pages = page_count(img)
+            if frame is None and pages > 1:
+                raise DataError(f"{path}: " + multi_frame(f"a multi-page TIFF of {pages} pages"))
+            if frame is not None:
+                check_frame(path, frame, pages)
+                img.seek(frame - 1)
             img.load()
             return pil_to_array(img, mode)
     except FileNotFoundError:
@@ -222,20 +237,61 @@ def read_image(path: str | Path, mode: str = "RGB", frame: int | None = None) ->
         raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}); replace or remove the file") from None
 
 
+# Only TIFF's pages are frames of a scan. A JPEG (MPO) or PNG (APNG) with several frames holds a
+# preview or an animation, so its first frame is the image, as every viewer shows it.
+MULTI_PAGE_FORMATS = {"TIFF"}
+
+
+def page_count(img: Image.Image) -> int:
+    """Frames of an opened plain image: a multi-page TIFF's pages, else 1."""
+    return int(getattr(img, "n_frames", 1)) if img.format in MULTI_PAGE_FORMATS else 1
+
+
+def image_frames(path: str | Path) -> int:
+    """Frames of a plain image file, from its header: a multi-page TIFF's pages, else 1 (also for
+    a file that cannot be opened: decoding it names the problem)."""
+    try:
+        with Image.open(path) as img:
+            return page_count(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 1
+
+
+def multi_frame(what: str) -> str:
+    return f"{what}; say which frame to read (a frame column in the dataset's table, or busai predict --frame N)"
+
+
+def exif_orientation(path: str | Path) -> int | None:
+    """The EXIF Orientation tag (2 to 8) of a plain image that has one that turns or mirrors it, else None."""
+    try:
+        with Image.open(path) as img:
+            value = img.getexif().get(ExifTags.Base.Orientation)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    return int(value) if value in range(2, 9) else None
+
+
 def _read_dicom_image(path: Path, mode: str, frame: int | None) -> np.ndarray:
     from busai.io.dicom import frame_count, read_dataset, read_frames
 
     ds = read_dataset(path)
     if frame is None and frame_count(ds) > 1:
-        raise DataError(
-            f"{path}: a DICOM cine of {frame_count(ds)} frames; say which frame to read (a frame column in the dataset's table, or busai predict --frame N)"
-        )
+        raise DataError(f"{path}: " + multi_frame(f"a DICOM cine of {frame_count(ds)} frames"))
     rgb = next(read_frames(path, frame, ds=ds)).image
     return rgb if mode == "RGB" else np.asarray(Image.fromarray(rgb).convert(mode))
 
 
 def pil_to_array(img: Image.Image, mode: str = "RGB") -> np.ndarray:
-    """A decoded PIL image of any mode as uint8 ``mode`` (see :func:`read_image`)."""
+    """A decoded PIL image of any mode as uint8 ``mode`` (see :func:`read_image`), upright.
+
+    The EXIF Orientation tag is applied (Pillow's ``exif_transpose``) wherever pixels are read
+    (datasets, masks, predict, serve, the Python API): a phone or scanner JPEG tagged "rotate 90"
+    is shown upright by every viewer, and a model given it sideways swaps depth and width. A mask
+    is turned by its own tag, so it must be drawn on the image as viewers show it; ``busai data
+    audit`` lists the images that carried one (``exif_orientation``).
+    """
+    if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        img = ImageOps.exif_transpose(img)
     if img.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())

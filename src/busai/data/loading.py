@@ -82,7 +82,7 @@ def train_val_loaders(train_ds, val_ds, sampler: Sampler, batch_size: int, *, nu
     when workers will fork. Under torchrun each rank gets its share of both (see :mod:`busai.distributed`):
     ``batch_size`` is then per process."""
     from busai import distributed as ddp
-    from busai.engine import resolve_device
+    from busai.device import resolve_device
 
     target = resolve_device(device)
     if num_workers > 0:

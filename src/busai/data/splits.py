@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from busai import CLASSES, SPLIT_NAMES
 from busai.data.discover import Record
 from busai.errors import ConfigError, DataError, read_json
+from busai.outputs import atomic_write_text
 
 FORMAT = "busai-splits/1"
 DUPLICATE_POLICIES = ("group", "exclude", "ignore")
@@ -41,7 +41,7 @@ def dataset_fingerprint(records: list[Record]) -> str:
     digest = hashlib.sha256()
     for record in sorted(records, key=lambda r: r.relpath):
         sizes = " ".join(str(p.stat().st_size) for p in (record.image, *record.masks))
-        digest.update(f"{record.relpath}\t{record.label}\t{sizes}\n".encode())
+        digest.update(f"{record.relpath}\t{record.label}\t{sizes}\n".encode("utf-8", "surrogateescape"))  # a name's own bytes
     return digest.hexdigest()
 
 
@@ -331,9 +331,7 @@ def write_splits(path: str | Path, splits: dict, *, overwrite: bool = False) -> 
     if path.exists() and not overwrite:
         raise DataError(f"{path}: already holds different splits; pass --force to overwrite it (runs made with the old file will no longer match)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(splits, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    atomic_write_text(path, json.dumps(splits, indent=2) + "\n")  # a reader never sees half a file
     return path
 
 

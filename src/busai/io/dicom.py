@@ -119,10 +119,18 @@ def frame_count(ds) -> int:
     return int(getattr(ds, "NumberOfFrames", 1) or 1)
 
 
-def geometry(ds) -> DicomGeometry:
-    """The calibrated regions and pixel spacing a dataset states (see the module docstring)."""
+def geometry(ds, path: str | Path = "") -> DicomGeometry:
+    """The calibrated regions and pixel spacing a dataset states (see the module docstring).
+
+    A stated spacing that is no plausible pixel size (:func:`busai.measure.stated_spacing`) is a
+    DataError naming ``path`` and the tag: every B-mode region's, and PixelSpacing /
+    ImagerPixelSpacing when no region calibrates the image (then they are what would be used).
+    """
+    from busai.measure import stated_spacing
+
+    fix = "correct or remove the tag in the file"
     regions = []
-    for item in getattr(ds, "SequenceOfUltrasoundRegions", []) or []:
+    for index, item in enumerate(getattr(ds, "SequenceOfUltrasoundRegions", []) or []):
         try:
             units = (int(item.PhysicalUnitsXDirection), int(item.PhysicalUnitsYDirection))
             delta = (abs(float(item.PhysicalDeltaY)), abs(float(item.PhysicalDeltaX)))
@@ -131,6 +139,8 @@ def geometry(ds) -> DicomGeometry:
             continue  # an incomplete region cannot calibrate anything
         if units != (CM_UNITS, CM_UNITS) or not all(np.isfinite(d) and d > 0 for d in delta):
             continue  # Doppler / M-mode regions measure time or velocity, not distance
+        for axis, cm in zip("YX", delta):
+            stated_spacing(cm * 10.0, f"{path}: SequenceOfUltrasoundRegions[{index}] PhysicalDelta{axis} {cm:g} cm", fix)
         regions.append(UltrasoundRegion(*box, spacing_mm=(delta[0] * 10.0, delta[1] * 10.0)))
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         value = getattr(ds, keyword, None)
@@ -139,6 +149,9 @@ def geometry(ds) -> DicomGeometry:
         except (TypeError, ValueError, IndexError):
             spacing = None
         if spacing and all(np.isfinite(v) and v > 0 for v in spacing):
+            if not regions:
+                for v in spacing:
+                    stated_spacing(v, f"{path}: {keyword} {v:g} mm", fix)
             return DicomGeometry(tuple(regions), spacing, keyword)
     return DicomGeometry(tuple(regions))
 
@@ -185,19 +198,24 @@ def read_frames(path: str | Path, frame: int | None = None, ds=None):
     so a long cine never sits in memory whole."""
     from pydicom.pixels import pixel_array
 
+    from busai.data.records import check_frame
+
     path = Path(path)
     ds = read_dataset(path) if ds is None else ds
     total = frame_count(ds)
-    if frame is not None and not 1 <= frame <= total:
-        raise DataError(f"{path}: --frame {frame} is out of range; the file holds {total} frame(s), numbered from 1")
+    if frame is not None:
+        check_frame(path, frame, total)
     for number in [frame] if frame is not None else range(1, total + 1):
         try:
             pixels = pixel_array(ds, index=number - 1) if total > 1 else pixel_array(ds)
         except (RuntimeError, NotImplementedError, ValueError) as exc:
             syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
             name = getattr(syntax, "name", syntax) or "unknown transfer syntax"
-            raise DataError(
-                f"{path}: cannot decode its pixel data ({name}: {str(exc).splitlines()[0][:120]}); "
-                f"install the decoders with {INSTALL}, or export the scan uncompressed"
-            ) from None
+            # Uncompressed pixels need no decoder: what fails there is the file itself (too few bytes).
+            fix = (
+                "the file is truncated or damaged; export it again from the scanner or PACS"
+                if getattr(syntax, "is_compressed", True) is False
+                else f"install the decoders with {INSTALL}, or export the scan uncompressed"
+            )
+            raise DataError(f"{path}: cannot decode its pixel data ({name}: {str(exc).splitlines()[0][:120]}); {fix}") from None
         yield DicomFrame(to_uint8_rgb(pixels, ds), number, total)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from busai.errors import ConfigError, DataError
+from busai.outputs import atomic_write
 
 INSTALL = "pip install 'busai[dicom]'"
 
@@ -71,7 +72,5 @@ def write_dicom_seg(source, mask: np.ndarray, path: str | Path) -> Path:
             f"{getattr(source, 'filename', 'DICOM input')}: cannot build a DICOM SEG for it ({str(exc).splitlines()[0][:160]}); use the PNG mask instead"
         ) from None
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    seg.save_as(tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: seg.save_as(tmp))
     return path

@@ -1,5 +1,5 @@
-"""One way in for every scan file: plain images and DICOM (every frame, or one), and the folder
-listing that says what it left out and why."""
+"""One way in for every scan file: plain images, multi-page TIFFs and DICOM (every frame, or
+one), and the folder listing that says what it left out and why."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from busai.errors import ConfigError, DataError
 from busai.io.dicom import DicomGeometry, is_dicom
@@ -71,21 +70,22 @@ def list_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[Path, 
 
 
 def read_scans(path: str | Path, frame: int | None = None):
-    """Yield the :class:`ScanInput` of a file: one for an image, one per frame for a DICOM cine
-    (only ``frame``, 1-based, when given). Raises DataError for a file that cannot be read."""
-    from busai.data.discover import read_image
+    """Yield the :class:`ScanInput` of a file: one for an image, one per frame for a DICOM cine or
+    a multi-page TIFF (only ``frame``, 1-based, when given). Raises DataError for a file that
+    cannot be read, or that has no frame ``frame``."""
+    from busai.data.discover import image_frames, read_image
 
     path = Path(path)
     if path.is_file() and is_dicom(path):
         from busai.io.dicom import geometry, read_dataset, read_frames
 
         ds = read_dataset(path)
-        shape = geometry(ds)
+        shape = geometry(ds, path)
         for item in read_frames(path, frame, ds=ds):
             yield ScanInput(item.image, item.number, item.frames, shape, ds)
         return
-    try:
-        image = read_image(path, mode="RGB")
-    except Image.DecompressionBombError as exc:  # Pillow's guard against absurd pixel counts
-        raise DataError(f"{path}: {exc}") from None
-    yield ScanInput(image)
+    # A multi-page TIFF's pages are frames, as a cine's are: a row each, numbered from 1.
+    frames = image_frames(path)
+    for number in [frame] if frame is not None else range(1, frames + 1):
+        image = read_image(path, mode="RGB", frame=number)
+        yield ScanInput(image, number if frames > 1 else None, frames)

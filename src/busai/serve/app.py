@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
@@ -66,7 +66,7 @@ def create_app(
     Only Host headers naming a loopback address or one of ``allow_hosts`` are answered (``"*"``: any);
     ``openapi`` publishes the API schema at /openapi.json.
     """
-    from busai.runs import best_threads
+    from busai.device import best_threads
 
     _check_limits(max_upload_mb, max_megapixels, max_queue)
     hosts = host_patterns(allow_hosts)
@@ -75,7 +75,7 @@ def create_app(
     max_pixels = int(min(max_megapixels * 1e6, 2**62))
     workdir = tempfile.TemporaryDirectory(prefix="busai-serve-")
     try:
-        models = load_models(seg, cls, backend=backend, workdir=workdir.name, device=device)  # busai.Model objects
+        models = [Model(getattr(m, "loaded", m)) for m in load_models(seg, cls, backend=backend, workdir=workdir.name, device=device)]
     except BaseException:
         workdir.cleanup()
         raise
@@ -127,9 +127,9 @@ def create_app(
             "max_megapixels": max_megapixels,
         }
 
-    @app.post("/api/predict", max_body_size=max_bytes + MULTIPART_OVERHEAD)
+    @app.post("/api/predict", max_body_size=max_bytes + MULTIPART_OVERHEAD, dependencies=[Depends(_only_the_file)])
     def predict(
-        file: UploadFile = File(..., description="one ultrasound image (PNG, JPEG, BMP or TIFF)"),
+        file: UploadFile = File(..., description="one ultrasound image (PNG, JPEG, BMP or TIFF) or DICOM file"),
         gradcam: bool = Query(False, description="add the classifier's Grad-CAM heat-map"),
         tta: bool = Query(False, description="average with the horizontally flipped image"),
         pixel_spacing: float | None = Query(
@@ -139,7 +139,7 @@ def create_app(
             allow_inf_nan=False,
             description="pixel size in mm, for mm / mm2 measurements (a DICOM file's own wins)",
         ),
-        frame: int = Query(1, ge=1, description="the frame of a multi-frame DICOM file, from 1"),
+        frame: int = Query(1, ge=1, description="the frame of a DICOM cine or a multi-page TIFF, from 1; an image has only frame 1"),
     ) -> dict:
         upload = receive_upload(file, max_bytes=max_bytes, max_pixels=max_pixels)
         if gradcam and not _gradcam_available(classifier):
@@ -163,6 +163,17 @@ def create_app(
         return result
 
     return app
+
+
+async def _only_the_file(request: Request) -> None:
+    """Options are query parameters only: a form field beside ``file`` (``pixel_spacing`` sent as
+    one, say) would otherwise be ignored without a word. FastAPI has parsed the form already; this reads it back."""
+    form = await request.form()
+    extra = next((key for key in form.keys() if key != "file"), None)
+    if extra is not None:
+        raise HTTPException(
+            422, f"{extra}: sent as a form field, where it is ignored; give it in the query string (/api/predict?{extra}=...), the form holds only 'file'"
+        )
 
 
 def _check_limits(max_upload_mb: float, max_megapixels: float, max_queue: int) -> None:

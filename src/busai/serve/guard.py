@@ -48,8 +48,10 @@ def host_patterns(hosts) -> list[str]:
     """Host names for ``TrustedHostMiddleware``: loopback names plus ``hosts``; IPv6 addresses bracketed
     as they appear in a Host header."""
     patterns = list(LOOPBACK_HOSTS)
-    for host in hosts:
-        host = host.strip().lower()
+    for given in hosts:
+        host = given.strip().lower()
+        if not host:
+            raise ConfigError(f"--allow-host {given!r}: an empty host name answers no request; give a name clients use (e.g. scanner.lan), or '*' for any")
         if "*" in host.lstrip("*") or (host.startswith("*") and host != "*" and not host.startswith("*.")):
             raise ConfigError(f"--allow-host {host}: a wildcard is allowed only as '*' or '*.example.com'")
         if ":" in host and not host.startswith("["):

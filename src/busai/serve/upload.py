@@ -87,7 +87,7 @@ def _dicom_size(data: bytes, name: str | None) -> tuple[int, int]:
 def decode_upload(upload: Upload, frame: int = 1):
     """Decode as (uint8 RGB, DICOM geometry or None), from a temporary folder removed on return.
     Call inside the bounded section."""
-    from busai.data.discover import read_image
+    from busai.data.discover import check_frame, image_frames, read_image
 
     with tempfile.TemporaryDirectory(prefix="busai-upload-") as tmp:
         path = Path(tmp) / ("upload" + upload.suffix)  # never the client's file name
@@ -97,11 +97,15 @@ def decode_upload(upload: Upload, frame: int = 1):
 
             try:
                 ds = read_dataset(path)
-                return next(read_frames(path, frame, ds=ds)).image, geometry(ds)
+                return next(read_frames(path, frame, ds=ds)).image, geometry(ds, path)
             except BusaiError as exc:
                 raise HTTPException(400, f"{upload.name}: {str(exc).split(': ', 1)[-1]}") from None
         try:
-            return read_image(path, mode="RGB"), None
+            check_frame(path, frame, image_frames(path))  # a multi-page TIFF's pages are frames; a PNG has one
+        except BusaiError as exc:
+            raise HTTPException(400, f"{upload.name}: {str(exc).split(': ', 1)[-1]}") from None
+        try:
+            return read_image(path, mode="RGB", frame=frame), None
         except (BusaiError, Image.DecompressionBombError):
             raise HTTPException(400, f"{upload.name}: cannot be decoded as an image; upload {ACCEPTED}") from None
 

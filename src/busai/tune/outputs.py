@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import statistics
 import warnings
 from pathlib import Path
@@ -15,8 +14,22 @@ import optuna
 from optuna.trial import TrialState
 
 from busai.errors import ConfigError
+from busai.outputs import atomic_path, atomic_write
+from busai.runs import write_json
 from busai.tune.space import BETAS, DIRECTIONS, OBJECTIVES
 from busai.tune.storage import redact
+
+
+KILLED_REASON = "its worker stopped mid-trial (killed, interrupted or crashed); not counted towards --trials"
+
+
+def was_killed(trial: optuna.trial.FrozenTrial) -> bool:
+    """A FAIL trial the objective did not fail: its worker died or was interrupted while running it.
+
+    Every exception inside the objective records ``fail_reason``; only a trial whose process
+    vanished (or met Ctrl-C) reaches FAIL without one.
+    """
+    return trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs
 
 
 def trial_seconds(trial: optuna.trial.FrozenTrial) -> float | None:
@@ -29,7 +42,6 @@ def write_outputs(
     study: optuna.Study, out_dir: str | Path, *, task: str, storage_url: str, command: str | None = None, stopped_by_failures: bool = False
 ) -> dict:
     """summary.json, best_config.json, trials.csv and the plots from the study's current state."""
-    from busai.runs import write_json
 
     out_dir = Path(out_dir)
     trials = study.get_trials(deepcopy=False)
@@ -77,8 +89,6 @@ def write_outputs(
 
 
 def _fail_reason(trial: optuna.trial.FrozenTrial) -> str | None:
-    from busai.tune.study import KILLED_REASON, was_killed
-
     return KILLED_REASON if was_killed(trial) else trial.user_attrs.get("fail_reason")
 
 
@@ -107,7 +117,10 @@ def _write_trials_csv(trials: list, path: Path) -> None:
     params = sorted({k for t in trials for k in t.params})
     metrics = list(dict.fromkeys(k for t in trials for k in t.user_attrs.get("metrics", {})))
     fields = ["number", "state", "value", "seconds", "datetime_start", *[f"params_{k}" for k in params], *metrics, "fail_reason"]
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    atomic_write(path, lambda tmp: _trials_csv(tmp, trials, fields, params))
+
+
+def _trials_csv(tmp: Path, trials: list, fields: list[str], params: list[str]) -> None:
     with tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
@@ -124,7 +137,6 @@ def _write_trials_csv(trials: list, path: Path) -> None:
                     "fail_reason": _fail_reason(t),
                 }
             )
-    tmp.replace(path)
 
 
 def write_plots(study: optuna.Study, out_dir: Path) -> dict[str, str]:
@@ -150,10 +162,9 @@ def write_plots(study: optuna.Study, out_dir: Path) -> dict[str, str]:
                 ax = plot(study)
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.set_size_inches(9, 5)
-            tmp = out_dir / f"{name}.{os.getpid()}.tmp.png"
-            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+            with atomic_path(out_dir / name) as tmp:
+                fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
             plt.close(fig)
-            tmp.replace(out_dir / name)
             written[name] = "written"
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             written[name] = f"skipped: {exc}"

@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 from busai.config import TrainConfig
 from busai.errors import ConfigError
 from busai.outputs import output_dir
-from busai.tune.outputs import trial_seconds, write_outputs
+from busai.runs import LAST_CHECKPOINT, write_json
+from busai.tune.outputs import KILLED_REASON, trial_seconds, was_killed, write_outputs  # noqa: F401  (KILLED_REASON: part of study's interface)
 from busai.tune.space import DIRECTIONS, default_space, paper_trial_params, suggest_config, task_name, validate_space
 from busai.tune.storage import default_storage, open_storage, redact
 
@@ -113,7 +114,6 @@ def run_study(
     marks them FAIL; the study runs others in their place). Workers sharing a storage should get
     different ``seed`` values.
     """
-    from busai.runs import write_json
 
     task = task_name(task)
     out_dir = Path(out_dir)
@@ -128,7 +128,10 @@ def run_study(
     base = copy.deepcopy(base) if base is not None else TrainConfig(task=task)
     if base.task != task:
         raise ConfigError(f"--config: is a {base.task} config but the study is {task}; pass a matching config")
-    base.data = str(data) if isinstance(data, (str, Path)) else (str(data[0]) if len(data) == 1 else [str(d) for d in data])
+    from busai.data.sources import parse_data_specs
+
+    stored = [spec.to_config() for spec in parse_data_specs(data)]  # reading options travel into each trial's config
+    base.data = stored[0] if len(stored) == 1 else stored
     base.splits = str(splits)
     base.patience, base.max_minutes = trial_patience, trial_minutes
 
@@ -209,16 +212,6 @@ def _check_same_study(study: optuna.Study, task: str, space: dict, storage_url: 
 
 
 WORKER = "worker"  # trial user attribute: host and process id of the worker running it
-KILLED_REASON = "its worker stopped mid-trial (killed, interrupted or crashed); not counted towards --trials"
-
-
-def was_killed(trial: optuna.trial.FrozenTrial) -> bool:
-    """A FAIL trial the objective did not fail: its worker died or was interrupted while running it.
-
-    Every exception inside the objective records ``fail_reason``; only a trial whose process
-    vanished (or met Ctrl-C) reaches FAIL without one.
-    """
-    return trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs
 
 
 def counted_trials(study: optuna.Study) -> int:
@@ -313,7 +306,7 @@ def _trial_objective(task: str, space: dict, base: TrainConfig, out_dir: Path, c
         finally:
             if rows:
                 _record_best_epoch(trial, rows)
-            (run_dir / "checkpoint_last.pt").unlink(missing_ok=True)  # trials are re-run, never resumed
+            (run_dir / LAST_CHECKPOINT).unlink(missing_ok=True)  # trials are re-run, never resumed
         return objective_value(task, rows)
 
     return objective

@@ -1,15 +1,16 @@
-"""``busai report``: the study's report, one ``report.md`` and one self-contained ``report.html``.
+"""``busai report``: one ``report.md`` and one self-contained ``report.html`` over runs.
 
-Inputs are run folders, folders of run folders, results folders (``results/`` with
-``segmentation/`` and ``classification/`` result files written by ``busai collect``), single
-result files and tuning study folders. Nothing is recomputed except what is drawn: every number is
-read from the inputs' metrics, so the report agrees with them by construction.
+Inputs are run folders, folders of run folders, results folders (``segmentation/`` and
+``classification/`` result files, as ``python -m study.collect`` writes them), single result files
+and tuning study folders. Nothing is recomputed except what is drawn: every number is read from the
+inputs' metrics, so the report agrees with them by construction.
 
-Sections: dataset audit, split tables (the paper's Tables 1-2), tuned hyper-parameters (Tables
-3, 5), weight source and training cost per run, segmentation and classification tables with CIs
-beside the paper's (Tables 4, 6), model comparison charts, confusion matrices, calibration
-diagrams (where per-image probabilities were kept), training curves and sample predictions.
-``report.md`` links its figures under ``figures/``; ``report.html`` embeds them as data URLs.
+Sections: dataset audit, split tables, tuned hyper-parameters, weight source and training cost
+per run, segmentation and classification tables with CIs, model comparison charts, confusion
+matrices, calibration diagrams (where per-image probabilities were kept), training curves and
+sample predictions. Given a :class:`~busai.report.Reference` (the study passes its paper's), its
+published numbers are printed beside ours. ``report.md`` links its figures under ``figures/``;
+``report.html`` embeds them as data URLs.
 """
 
 from __future__ import annotations
@@ -25,19 +26,25 @@ from pathlib import Path
 
 import numpy as np
 
-from busai import CLASSES, SPLIT_NAMES, paper
+from busai import CLASSES, SPLIT_NAMES
 from busai.errors import ConfigError, DataError
+from busai.outputs import atomic_write_text
 from busai.report import (
+    Reference,
+    _ci,
     _epochs_cell,
     _row_labels,
     _short_source,
     classification_table,
     collect_run,
     comparison_rows,
+    fmt_ci,
+    read_fit,
     read_history,
     segmentation_table,
 )
-from busai.runs import read_run_config
+from busai.release import portable_weight_source
+from busai.runs import CONFIG, METRICS, SCORES, WEIGHTS, read_metrics, read_run_config
 
 NOTICE = "Research software, not a medical device: nothing here is validated for clinical use."
 # Embedded figures are re-encoded no wider than this, so a report of dozens of runs stays small.
@@ -66,12 +73,29 @@ def _is_result(data: dict) -> bool:
 
 
 def _run_entry(run_dir: Path) -> Entry:
-    if (run_dir / "metrics.json").exists():
+    if (run_dir / METRICS).exists():
         result = collect_run(run_dir)
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics = read_metrics(run_dir)
+    elif (run_dir / SCORES).is_file() and (run_dir / WEIGHTS).is_file():  # a release folder: its scores.json holds the compact scores
+        config = read_run_config(run_dir)
+        scores = _read(run_dir / SCORES) or {}
+        result = {
+            "name": f"release {run_dir.name}" if run_dir.parent.name == "release" else run_dir.name,
+            "kind": "release",
+            "task": config["model_spec"]["task"],
+            "model": config["model_spec"],
+            "weight_source": portable_weight_source(config.get("weight_source")),
+            "train_config": config["train"],
+            "fit": {},
+            "machine": config.get("machine"),
+            "device": config.get("device"),
+            "commands": {"train": config.get("command")},
+            "metrics": scores.get("splits") or {},
+        }
+        metrics = {}
     else:  # trained, not evaluated: training cost and curve only
         config = read_run_config(run_dir)
-        fit = json.loads((run_dir / "fit.json").read_text()) if (run_dir / "fit.json").exists() else {}
+        fit = read_fit(run_dir)
         result = {
             "name": run_dir.name,
             "task": config["model_spec"]["task"],
@@ -104,11 +128,60 @@ def _read(path: Path) -> dict | None:
         return None
 
 
+EVALUATED_TASKS = ("segmentation", "classification")  # the folders `busai evaluate --out DIR` writes into
+
+
+def _evaluation_entries(folder: Path) -> list[Entry]:
+    """What ``busai evaluate MODEL --out DIR`` wrote: ``DIR/<task>/metrics.json`` with its figures
+    (or one such task folder), one entry per task, its keys the scored sets (``NAME/all`` ...)."""
+    from busai.report import compact_classification, compact_segmentation
+
+    task_dirs = [folder] if (folder / METRICS).is_file() else _task_dirs(folder)
+    entries = []
+    for task_dir in task_dirs:
+        metrics = _read(task_dir / METRICS)
+        results = {k: m for k, m in (metrics or {}).items() if isinstance(m, dict) and "task" in m}
+        if not results:
+            raise DataError(f"{task_dir / METRICS}: holds no evaluate results; re-run `busai evaluate MODEL --data DATA --all --out {folder}`")
+        first = next(iter(results.values()))
+        compact = compact_segmentation if first["task"] == "segmentation" else compact_classification
+        result = {
+            "name": folder.name if task_dir != folder else task_dir.parent.name,
+            "kind": "evaluation",
+            "task": first["task"],
+            "model": first["model"],
+            "model_source": portable_weight_source(first.get("model_source")),
+            "weight_source": portable_weight_source(first.get("weight_source")),
+            "commands": {f"evaluate_{k}": m.get("command") for k, m in results.items()},
+            "metrics": {k: {"images": m.get("images"), "skipped": len(m.get("skipped") or {}), **compact(m)} for k, m in results.items()},
+        }
+        figures = {p.stem: p for p in sorted(task_dir.glob("*.png"))}
+        predictions = {k: m["predictions"] for k, m in results.items() if m.get("predictions")}
+        entries.append(Entry(result, figures, predictions))
+    return entries
+
+
+def _task_dirs(folder: Path) -> list[Path]:
+    """An evaluate --out folder's task folders (a run folder beside them has its config.json, and is no evaluation)."""
+    return [folder / t for t in EVALUATED_TASKS if (folder / t / METRICS).is_file() and not (folder / t / CONFIG).exists()]
+
+
+def _is_evaluation(path: Path) -> bool:
+    if not path.is_dir() or (path / CONFIG).exists():
+        return False
+    return (path.name in EVALUATED_TASKS and (path / METRICS).is_file()) or bool(_task_dirs(path))
+
+
 def gather(paths: list[str | Path]) -> Inputs:
-    """Sort each path into runs, results, studies and split files; an unusable path is a DataError."""
+    """Sort each path into runs, releases, evaluations, results, studies and split files; an
+    unusable path is a DataError. ``release`` names the packaged release folder."""
+    from busai.release import RELEASE_DIR
+
     inputs = Inputs()
     for raw in paths:
         path = Path(raw)
+        if str(raw) == "release" and not path.exists():
+            path = RELEASE_DIR
         if not path.exists():
             raise DataError(f"{path}: not found; pass run folders, results folders, result files or tuning study folders")
         found = len(inputs.entries) + len(inputs.studies) + len(inputs.split_files)
@@ -118,13 +191,15 @@ def gather(paths: list[str | Path]) -> Inputs:
                 inputs.entries.append(_result_entry(path, data))
             elif isinstance(data, dict) and str(data.get("format", "")).startswith("busai-splits"):
                 inputs.split_files.append(path)
-        elif (path / "config.json").exists():
+        elif (path / CONFIG).exists():
             inputs.entries.append(_run_entry(path))
+        elif _is_evaluation(path):
+            inputs.entries += _evaluation_entries(path)
         elif (path / "summary.json").exists():
             inputs.studies.append(path)
         else:  # a results folder or a folder of run folders
             for child in sorted(p for p in path.iterdir() if p.is_dir()):
-                if (child / "config.json").exists():
+                if (child / CONFIG).exists():
                     inputs.entries.append(_run_entry(child))
             for task in ("segmentation", "classification"):
                 for file in sorted((path / task).glob("*.json")):
@@ -134,12 +209,19 @@ def gather(paths: list[str | Path]) -> Inputs:
             inputs.studies += sorted(p.parent for p in (path / "tuning").glob("*/summary.json"))
         if len(inputs.entries) + len(inputs.studies) + len(inputs.split_files) == found:
             raise DataError(
-                f"{path}: holds no run folder, result file, tuning study or split file; pass what `busai train`, `busai collect` or `busai tune` wrote"
+                f"{path}: holds no run folder, release, evaluate --out folder, result file, tuning study or split file; "
+                "pass what `busai train`, `busai evaluate --out`, `python -m study.collect` or `busai tune` wrote"
             )
     return inputs
 
 
 # --------------------------------------------------------------------------- sections
+def _heading(title: str, key: str, reference: Reference | None) -> tuple:
+    """A section heading, naming the reference's matching table or figure when there is one."""
+    named = reference.headings.get(key) if reference else None
+    return ("h2", f"{title} ({named})" if named else title)
+
+
 def audit_section(audit: dict | None) -> list:
     blocks: list = [("h2", "Dataset audit")]
     if audit is None:
@@ -175,42 +257,42 @@ def load_audit(source: str | Path | None) -> dict | None:
     return data
 
 
-def split_section(split_files: list[Path]) -> list:
-    blocks: list = [("h2", "Data splits (paper's Tables 1 and 2)")]
+def split_section(split_files: list[Path], reference: Reference | None = None) -> list:
+    blocks: list = [_heading("Data splits", "splits", reference)]
     if not split_files:
         return blocks + [("p", "No split file among the inputs or the runs' configs.")]
-    paper_total = sum(paper.SPLIT_IMAGES.values())
+    # With a reference, each cell carries its value in parentheses: "ours (theirs)".
+    theirs = f" ({reference.name.lower()})" if reference and reference.split_images else ""
+    images = reference.split_images if theirs else {}
+    class_counts = reference.split_class_counts if theirs else {}
+    their_total = sum(images.values())
+
+    def cell(ours, their) -> str:
+        return f"{ours} ({their})" if theirs else f"{ours}"
+
     for path in split_files:
         data = json.loads(path.read_text())
         counts = data.get("counts") or {}
         present = [s for s in SPLIT_NAMES if s in counts]
         blocks.append(("p", f"`{path}`: made with `{data.get('command', '?')}`; duplicates: {data.get('duplicates', '?')}."))
         total = sum(sum(counts[s].values()) for s in present)
-        one = ["| Split | Images and masks (paper) | Share (paper) |", "|---|---|---|"]
+        one = [f"| Split | Images and masks{theirs} | Share{theirs} |", "|---|---|---|"]
         for s in present:
             n = sum(counts[s].values())
-            one.append(f"| {s} | {n} ({paper.SPLIT_IMAGES[s]}) | {n / total:.1%} ({paper.SPLIT_IMAGES[s] / paper_total:.1%}) |")
-        two = ["| Class | " + " | ".join(f"{s} (paper)" for s in present) + " |", "|---|" + "---|" * len(present)]
+            share = cell(f"{n / total:.1%}", f"{images[s] / their_total:.1%}" if theirs else "")
+            one.append(f"| {s} | {cell(n, images.get(s))} | {share} |")
+        two = ["| Class | " + " | ".join(f"{s}{theirs}" for s in present) + " |", "|---|" + "---|" * len(present)]
         for c in CLASSES:
-            two.append(f"| {c} | " + " | ".join(f"{counts[s].get(c, 0)} ({paper.SPLIT_CLASS_COUNTS[s][c]})" for s in present) + " |")
-        two.append("| total | " + " | ".join(f"{sum(counts[s].values())} ({paper.SPLIT_IMAGES[s]})" for s in present) + " |")
-        blocks += [("h3", "Table 1: images per split"), ("table", "\n".join(one)), ("h3", "Table 2: images per class and split"), ("table", "\n".join(two))]
+            two.append(f"| {c} | " + " | ".join(cell(counts[s].get(c, 0), class_counts.get(s, {}).get(c)) for s in present) + " |")
+        two.append("| total | " + " | ".join(cell(sum(counts[s].values()), images.get(s)) for s in present) + " |")
+        blocks += [("h3", "Images per split"), ("table", "\n".join(one)), ("h3", "Images per class and split"), ("table", "\n".join(two))]
     return blocks
 
 
-def tuning_section(studies: list[Path]) -> list:
-    blocks: list = [("h2", "Tuned hyper-parameters (paper's Tables 3 and 5)")]
-    seg = ["| Encoder:Decoder | Learning rate | Weight decay | Batch size | Optimizer | Image size |", "|---|---|---|---|---|---|"]
-    for (encoder, decoder), s in paper.SEGMENTATION_SETTINGS.items():
-        decay = "–" if s["weight_decay"] is None else f"{s['weight_decay']:g}"  # the paper's U-Net++ value lies outside its own range
-        seg.append(f"| {encoder}:{decoder} | {s['lr']:g} | {decay} | {s['batch_size']} | {s['optimizer']} | {s['image_size']} |")
-    cls = ["| Model | Optimizer | Learning rate | Weight decay | FL(α) | FL(γ) | Batch size | β1, β2 |", "|---|---|---|---|---|---|---|---|"]
-    for name, s in paper.CLASSIFICATION_SETTINGS.items():
-        betas = ", ".join(f"{b:g}" for b in s["betas"]) if s.get("betas") else "–"
-        cls.append(
-            f"| {name} | {s['optimizer']} | {s['lr']:g} | {s['weight_decay']:g} | {s['focal_alpha']:g} | {s['focal_gamma']:g} | {s['batch_size']} | {betas} |"
-        )
-    blocks += [("h3", "The paper's tuned settings"), ("table", "\n".join(seg)), ("table", "\n".join(cls)), ("h3", "Our studies")]
+def tuning_section(studies: list[Path], reference: Reference | None = None) -> list:
+    blocks: list = [_heading("Tuned hyper-parameters", "tuning", reference)]
+    if reference and reference.tuned_settings:
+        blocks += [("h3", f"{reference.name}: tuned settings"), *[("table", t) for t in reference.tuned_settings], ("h3", "Our studies")]
     if not studies:
         return blocks + [("p", "No tuning study among the inputs (`busai tune` writes one; pass its folder or a results folder holding `tuning/`).")]
     from busai.extras import MissingExtraError
@@ -237,7 +319,9 @@ def _machine(result: dict) -> str:
 
 def runs_section(entries: list[Entry]) -> list:
     rows = ["| Run | Task | Model | Weights | Epochs (stop) | Best epoch | Training time | Machine | Train command |", "|---|---|---|---|---|---|---|---|---|"]
-    results = [e.result for e in entries]
+    results = [e.result for e in entries if e.result.get("kind") != "evaluation"]  # an evaluate --out folder holds no training
+    if not results:
+        return []
     for r, label in zip(results, _row_labels(results)):
         command = (r.get("commands") or {}).get("train") or "–"
         rows.append(
@@ -257,24 +341,22 @@ def _segmentation_rows(results: list[dict]) -> list[dict]:
     return rows
 
 
-def score_sections(entries: list[Entry], figures: Path) -> list:
+def score_sections(entries: list[Entry], figures: Path, reference: Reference | None = None) -> list:
     from busai.figures import model_comparison
 
-    seg = [e.result for e in entries if e.result["task"] == "segmentation" and e.result["metrics"]]
-    cls = [e.result for e in entries if e.result["task"] == "classification" and e.result["metrics"]]
-    note = (
-        "Mean over images with a bootstrap 95% CI (†: the CI resamples duplicate groups); the paper's numbers "
-        "are beside ours for orientation: its split was image by image."
-    )
+    # The paper-shaped tables hold the train / val / test splits; other scored sets (NAME/split, all) are per dataset below.
+    seg = [e.result for e in entries if e.result["task"] == "segmentation" and set(e.result["metrics"]) & set(SPLIT_NAMES)]
+    cls = [e.result for e in entries if e.result["task"] == "classification" and set(e.result["metrics"]) & set(SPLIT_NAMES)]
+    note = "Mean over images with a bootstrap 95% CI (†: the CI resamples duplicate groups)." + (f" {reference.note}" if reference and reference.note else "")
     blocks: list = []
     if seg:
         blocks += [
-            ("h2", "Segmentation (paper's Table 4)"),
+            _heading("Segmentation", "segmentation", reference),
             ("p", note + " Pixel accuracy and AUC are pooled over pixels."),
-            ("table", segmentation_table(seg)),
+            ("table", segmentation_table(seg, reference)),
         ]
     if cls:
-        blocks += [("h2", "Classification (paper's Table 6)"), ("p", note), ("table", classification_table(cls))]
+        blocks += [_heading("Classification", "classification", reference), ("p", note), ("table", classification_table(cls, reference))]
     charts = []
     if seg:
         charts.append(
@@ -289,7 +371,7 @@ def score_sections(entries: list[Entry], figures: Path) -> list:
             (
                 "fig",
                 Path(model_comparison(comparison_rows(cls), figures / "comparison_classification.png")),
-                "Classification: accuracy and macro-F1 per model and split (the paper's Figure 11)",
+                "Classification: accuracy and macro-F1 per model and split",
             )
         )
     if charts:
@@ -297,7 +379,56 @@ def score_sections(entries: list[Entry], figures: Path) -> list:
     return blocks
 
 
-def confusion_section(entries: list[Entry], figures: Path) -> list:
+def _per_dataset_keys(result: dict) -> list[str]:
+    """The scored sets of a result beyond the plain splits: ``NAME/split`` per dataset, ``all`` (--all)."""
+    return [k for k in result["metrics"] if k.removesuffix("_tta") not in SPLIT_NAMES]
+
+
+def dataset_section(entries: list[Entry]) -> list:
+    """Scores per dataset with 95% CIs: external validation (``busai evaluate --all --out``) and the
+    per-dataset rows of runs and releases scored on several datasets."""
+    seg_rows = [
+        "| Model | Weights | Scored on | Images | Dice (95% CI) | IoU (95% CI) | Dice over lesion scans | Lesions missed | Normals flagged |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    cls_rows = [
+        "| Model | Weights | Scored on | Images | Accuracy (95% CI) | Macro F1 (95% CI) | Macro AUC (95% CI) | Malignant vs benign AUC | ECE |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    results = [e.result for e in entries]
+    for r, label in zip(results, _row_labels(results)):
+        for key in _per_dataset_keys(r):
+            m = r["metrics"][key]
+            images = f"{m.get('images', '–')}" + (f" ({m['skipped']} skipped)" if m.get("skipped") else "")
+            head = f"| {label} | {_short_source(r.get('weight_source'))} | {key} | {images} |"
+            if r["task"] == "segmentation":
+                d = m.get("detection")
+                found = f"{d['missed_lesions']} of {d['lesion_images']} | {d['false_alarms']} of {d['lesion_free_images']}" if d else "– | –"
+                seg_rows.append(f"{head} {_ci(m['dice'], 'mean')} | {_ci(m['iou'], 'mean')} | {fmt_ci(m.get('lesion_dice'))} | {found} |")
+            else:
+                ece = m.get("ece")
+                cells = [fmt_ci(m.get(k)) for k in ("accuracy", "macro_f1", "macro_auc", "malignant_vs_benign_auc")]
+                cls_rows.append(f"{head} {' | '.join(cells)} | {'–' if ece is None else f'{ece:.3f}'} |")
+    blocks: list = []
+    if len(seg_rows) > 2:
+        blocks += [("h3", "Segmentation"), ("table", "\n".join(seg_rows))]
+    if len(cls_rows) > 2:
+        blocks += [("h3", "Classification"), ("table", "\n".join(cls_rows))]
+    for e in entries:
+        if e.result.get("kind") == "evaluation":
+            for stem, path in e.figures.items():
+                if not stem.startswith("reliability"):  # calibration diagrams are drawn in their own section
+                    blocks.append(("fig", path, f"{e.result['name']} ({e.result['task']}): {stem.replace('_', ' ')}"))
+    if not blocks:
+        return []
+    note = (
+        "Each dataset scored on its own (`NAME/split`, or `NAME/all` for every image of a dataset the model never trained on, "
+        "external validation); a key without a name pools the datasets. Bootstrap 95% CIs over images or their patient and duplicate groups."
+    )
+    return [("h2", "Scores per dataset (external validation)"), ("p", note), *blocks]
+
+
+def confusion_section(entries: list[Entry], figures: Path, reference: Reference | None = None) -> list:
     from busai.figures import confusion_matrix
 
     blocks: list = []
@@ -306,9 +437,10 @@ def confusion_section(entries: list[Entry], figures: Path) -> list:
         for split in SPLIT_NAMES:
             matrix = r["metrics"].get(split, {}).get("confusion_matrix") if r["task"] == "classification" else None
             if matrix:
-                path = confusion_matrix(np.array(matrix), figures / f"{r['name']}_confusion_{split}.png", title=f"{r['name']}: {split}")
+                classes = r["metrics"][split].get("classes") or CLASSES
+                path = confusion_matrix(np.array(matrix), figures / f"{r['name']}_confusion_{split}.png", title=f"{r['name']}: {split}", classes=classes)
                 blocks.append(("fig", Path(path), f"{r['name']}, {split}: rows true class, columns predicted"))
-    return [("h2", "Confusion matrices (paper's Figures 6-10)"), *blocks] if blocks else []
+    return [_heading("Confusion matrices", "confusion", reference), *blocks] if blocks else []
 
 
 def calibration_section(entries: list[Entry], figures: Path) -> list:
@@ -318,8 +450,9 @@ def calibration_section(entries: list[Entry], figures: Path) -> list:
     rows = [f"| Run | Split | Images | ECE ({N_BINS} bins) |", "|---|---|---|---|"]
     for e in entries:
         for split, predictions in e.predictions.items():
-            probs = np.array([[p[f"p_{c}"] for c in CLASSES] for p in predictions])
-            labels = np.array([CLASSES.index(p["label"]) for p in predictions])
+            classes = [key[2:] for key in predictions[0] if key.startswith("p_")]  # the model's classes, in output order
+            probs = np.array([[p[f"p_{c}"] for c in classes] for p in predictions])
+            labels = np.array([classes.index(p["label"]) for p in predictions])
             name = e.result["name"]
             ece = expected_calibration_error(probs, labels)
             path = reliability_figure(
@@ -345,6 +478,8 @@ def curve_section(entries: list[Entry], figures: Path) -> list:
     missing = []
     for e in entries:
         history = e.result.get("history")
+        if e.result.get("kind") in ("evaluation", "release"):
+            continue  # no training in an evaluate --out folder; a release folder keeps no history
         if history:
             path = training_curve(history, figures / f"{e.result['name']}_training.png", title=e.result["name"])
             blocks.append(("fig", Path(path), f"{e.result['name']}: loss and validation scores per epoch"))
@@ -362,14 +497,14 @@ def curve_section(entries: list[Entry], figures: Path) -> list:
     return [("h2", "Training curves"), *blocks] if blocks else []
 
 
-def sample_section(entries: list[Entry], splits: tuple[str, ...]) -> list:
+def sample_section(entries: list[Entry], splits: tuple[str, ...], reference: Reference | None = None) -> list:
     blocks: list = []
     for e in entries:
         for split in splits:
             path = e.figures.get(f"samples_{split}")
             if path:
                 blocks.append(("fig", path, f"{e.result['name']}, {split}: sample predictions"))
-    return [("h2", "Sample predictions (paper's Figures 3-5 and 12)"), *blocks] if blocks else []
+    return [_heading("Sample predictions", "samples", reference), *blocks] if blocks else []
 
 
 # --------------------------------------------------------------------------- rendering
@@ -443,12 +578,6 @@ def render_html(blocks: list, title: str) -> str:
     )
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _split_files(inputs: Inputs, extra: list[str | Path]) -> list[Path]:
     """The split files given, plus those the runs name (their own ``splits.json`` or the train config's)."""
     found = [Path(p) for p in extra] + inputs.split_files
@@ -476,8 +605,11 @@ def write_report(
     title: str = "busai report",
     command: str | None = None,
     sample_splits: tuple[str, ...] = ("test",),
+    reference: Reference | None = None,
 ) -> dict[str, Path]:
-    """Write ``report.md``, ``report.html`` and ``figures/`` into ``out``; returns their paths."""
+    """Write ``report.md``, ``report.html`` and ``figures/`` into ``out``; returns their paths.
+
+    ``reference``: published numbers to print beside ours (``study/paper.py`` has the paper's)."""
     out = Path(out)
     if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / "report.md").exists()):
         # Rewriting a previous report is fine; filling a folder of other files (a run, a checkout) is not.
@@ -495,18 +627,19 @@ def write_report(
     if command:
         blocks.append(("p", f"Written by `{command}` from " + ", ".join(f"`{p}`" for p in paths) + "."))
     blocks += audit_section(load_audit(audit))
-    blocks += split_section(_split_files(inputs, list(splits)))
-    blocks += tuning_section(inputs.studies)
+    blocks += split_section(_split_files(inputs, list(splits)), reference)
+    blocks += tuning_section(inputs.studies, reference)
     if entries:
         blocks += runs_section(entries)
-        blocks += score_sections(entries, figures)
-        blocks += confusion_section(entries, figures)
+        blocks += score_sections(entries, figures, reference)
+        blocks += dataset_section(entries)
+        blocks += confusion_section(entries, figures, reference)
         blocks += calibration_section(entries, figures)
         blocks += curve_section(entries, figures)
-        blocks += sample_section(entries, sample_splits)
+        blocks += sample_section(entries, sample_splits, reference)
     md, page = out / "report.md", out / "report.html"
-    _write(md, render_markdown(blocks, out))
-    _write(page, render_html(blocks, title))
+    atomic_write_text(md, render_markdown(blocks, out))
+    atomic_write_text(page, render_html(blocks, title))
     return {"markdown": md, "html": page, "figures": figures}
 
 

@@ -1,0 +1,104 @@
+"""What a network's input must look like, and the one way an image becomes that input.
+
+:class:`Preprocessing` (square size, per-channel mean / std, colour mode) is built with the network
+(:func:`busai.models.registry.build`), written into a run's ``config.json`` and into an exported
+file's ONNX metadata in the shape of :meth:`Preprocessing.to_dict`, and read back from either with
+:meth:`Preprocessing.from_dict`: one object, wherever the weights travel.
+
+Images given as arrays follow one rule (:func:`array_problem`), for the Python API and the
+prediction pipeline alike: ``H x W`` (grey), ``H x W x 1`` or ``H x W x 3`` (RGB), either ``uint8``
+(0-255) or float in ``[0, 1]`` (the convention of torchvision's ``to_tensor`` and scikit-image);
+floats are scaled by 255 and rounded. Anything else is refused with the fix, never guessed:
+a float array in 0-255 and one in 0-1 are indistinguishable for a dark scan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from busai.errors import DataError
+
+COLORS = ("rgb", "gray")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images must be prepared for a model: square size, per-channel normalisation and colour
+    mode (``gray``: the luma copied to three channels, see ``TrainConfig.color``)."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    color: str = "rgb"
+
+    @property
+    def grayscale(self) -> bool:
+        return self.color == "gray"
+
+    def to_dict(self) -> dict:
+        """The JSON shape stored in ``config.json`` (``"preprocessing"``) and in ONNX metadata."""
+        return {"image_size": int(self.image_size), "mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std], "color": self.color}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocessing:
+        """The inverse of :meth:`to_dict`; files written before the colour mode existed are ``rgb``.
+        Raises KeyError / TypeError / ValueError on a malformed dict (callers name the file)."""
+        mean, std = tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"])
+        return cls(int(data["image_size"]), mean, std, "gray" if data.get("color") == "gray" else "rgb")
+
+    def tensor(self, image_rgb: np.ndarray):
+        """uint8 (H, W, 3) -> normalised float (3, S, S) through the training dataset's own functions,
+        so training, evaluation, prediction and export parity share one input transform."""
+        from busai.data.dataset import normalise, resize_image, to_gray_rgb
+
+        image = resize_image(np.ascontiguousarray(image_rgb), int(self.image_size))
+        return normalise(to_gray_rgb(image) if self.grayscale else image, self.mean, self.std)
+
+
+def array_problem(array: np.ndarray) -> str | None:
+    """Why ``array`` is not an image busai takes (the rule in the module docstring), with the fix; None when it is."""
+    array = np.asarray(array)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3)) or 0 in array.shape:
+        return f"image array of shape {array.shape}: pass H x W (grey) or H x W x 3 (RGB); drop an alpha channel with x[..., :3]"
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            return "float image array with values outside [0, 1] (or not finite): scale it into [0, 1], e.g. x / 255 for 0-255 values"
+    elif array.dtype != np.uint8:
+        return f"image array of dtype {array.dtype}: pass uint8 (0-255) or float in [0, 1], e.g. x.astype(np.float32) / x.max()"
+    return None
+
+
+def rgb_array(array: np.ndarray) -> np.ndarray:
+    """An array :func:`array_problem` accepts -> uint8 (H, W, 3); raises DataError with the fix otherwise."""
+    array = np.asarray(array)
+    problem = array_problem(array)
+    if problem is not None:
+        raise DataError(problem)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.dtype.kind == "f":
+        array = (array * 255.0).round().astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array)
+
+
+def to_rgb(image) -> np.ndarray:
+    """A path, PIL image or array -> uint8 (H, W, 3), or one clear error saying what to pass instead."""
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        from busai.data.discover import read_image
+
+        try:
+            return read_image(image, mode="RGB")
+        except Image.DecompressionBombError as exc:  # Pillow's guard against absurd pixel counts
+            raise DataError(f"{image}: {exc}") from None
+    if isinstance(image, Image.Image):
+        from busai.data.discover import pil_to_array
+
+        return pil_to_array(image)
+    if not isinstance(image, np.ndarray):
+        raise DataError(f"image of type {type(image).__name__}: pass a file path, a PIL image or a numpy array (H x W or H x W x 3)")
+    return rgb_array(image)

@@ -1,0 +1,165 @@
+"""Label sets: a classifier over a subset or mapping of the classes, stored with the run and used
+by evaluate / predict; evaluate on data lacking a class averages over the classes present."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from busai.errors import ConfigError
+from busai.labels import parse_classes, resolve
+
+
+def _two_class_manifest(synthetic_dir: Path, out: Path) -> Path:
+    """A benign / malignant-only manifest (biopsy-confirmed data has no normal scans) over the synthetic images."""
+    rows = ["image,mask,label"]
+    for label in ("benign", "malignant"):
+        for image in sorted((synthetic_dir / label).glob(f"{label} (*).png")):
+            if "_mask" in image.name:
+                continue
+            masks = ";".join(str(m) for m in sorted(synthetic_dir.joinpath(label).glob(f"{image.stem}_mask*.png")))
+            rows.append(f"{image},{masks},{label}")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "manifest.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_class(synthetic_dir, tmp_path_factory):
+    from busai.data.sources import read_records
+    from busai.data.splits import make_splits, write_splits
+
+    root = tmp_path_factory.mktemp("two_class")
+    manifest = _two_class_manifest(synthetic_dir, root / "data")
+    splits = root / "splits.json"
+    write_splits(splits, make_splits(read_records(str(manifest)), [], val=0.25, test=0.25, seed=0))
+    return manifest, splits
+
+
+def test_classes_option_forms():
+    assert parse_classes("benign, malignant") == ["benign", "malignant"]
+    assert parse_classes("normal=benign,Benign=benign,malignant=malignant") == {"normal": "benign", "benign": "benign", "malignant": "malignant"}
+    assert resolve(None, ["malignant", "benign", None, "benign"]) == (("benign", "malignant"), {"benign": "benign", "malignant": "malignant"})
+    assert resolve({"normal": "benign", "benign": "benign", "malignant": "malignant"}, [])[0] == ("benign", "malignant")
+    with pytest.raises(ConfigError, match="at least 2 classes"):
+        parse_classes("benign")
+    with pytest.raises(ConfigError, match="names a class twice"):
+        parse_classes("benign,benign")
+
+
+def test_two_class_manifest_trains_and_evaluates_a_two_class_classifier(two_class, synthetic_dir, tmp_path, cli):
+    manifest, splits = two_class
+    run = tmp_path / "run"
+    common = ("--data", manifest, "--splits", splits, "--weights", "none", "--image-size", "64", "--epochs", "1", "--batch-size", "4", "--quiet")
+    code, _, err = cli("train", "cls", "--model", "efficientnet_lite0", "--out", run, *common)
+    assert code == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_spec"]["classes"] == ["benign", "malignant"] and config["model_spec"]["num_classes"] == 2
+
+    code, out, err = cli("evaluate", run, "--data", manifest, "--splits", splits, "--split", "test", "--n-boot", "20", "--no-figures")
+    assert code == 0, err
+    result = json.loads((run / "metrics.json").read_text())["test"]
+    assert result["classes"] == ["benign", "malignant"] and "note" not in result
+    assert set(result["predictions"][0]) >= {"p_benign", "p_malignant"} and "p_normal" not in result["predictions"][0]
+    truth = [p["label"] for p in result["predictions"]]
+    assert result["per_class"]["malignant"]["support"] == truth.count("malignant")
+
+    # The stored names reach predict: the label is one of the two classes, p_normal stays empty.
+    import busai
+
+    model = busai.load(run)
+    assert model.classes == ("benign", "malignant")
+    prediction = busai.predict(model, synthetic_dir / "benign" / "benign (1).png")
+    assert prediction.label in ("benign", "malignant") and set(prediction.probabilities) == {"benign", "malignant"}
+    assert prediction.to_row()["p_normal"] is None
+
+
+def test_classes_subset_leaves_other_labels_out(synthetic_dir, tiny_runs, cls_run, tmp_path, cli):
+    # cls_run's split file covers all three classes; --classes keeps two of them.
+    run = tmp_path / "run"
+    code, _, err = cli(
+        "train", "cls", "--model", "efficientnet_lite0", "--classes", "benign,malignant", "--data", synthetic_dir, "--splits", tiny_runs / "splits.json",
+        "--weights", "none", "--image-size", "64", "--epochs", "1", "--quiet", "--out", run,
+    )  # fmt: skip
+    assert code == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_spec"]["classes"] == ["benign", "malignant"]
+    assert config["train_images"] == sum(1 for k in json.loads((tiny_runs / "splits.json").read_text())["train"] if not k.startswith("normal/"))
+
+
+def test_classes_refused_for_segmentation(cli, synthetic_dir, tmp_path):
+    cli.fails("train", "seg", "--classes", "benign,malignant", "--data", synthetic_dir, "--out", tmp_path / "r", expect="segmentation model has no classes")
+
+
+def test_three_class_model_on_two_class_data_averages_over_present_classes(cls_run, two_class, tmp_path, cli):
+    manifest, _ = two_class
+    out = tmp_path / "scores"
+    code, stdout, err = cli("evaluate", cls_run, "--data", manifest, "--all", "--out", out, "--n-boot", "20", "--no-figures")
+    assert code == 0, err
+    result = json.loads((out / "classification" / "metrics.json").read_text())["all"]
+    assert result["classes"] == ["normal", "benign", "malignant"] and result["classes_present"] == ["benign", "malignant"]
+    normal = result["per_class"]["normal"]
+    assert normal["support"] == 0 and normal["recall"] is None and normal["f1"] is None
+    # Macro F1 by hand from the per-image predictions, over benign and malignant alone.
+    preds = result["predictions"]
+    f1s = []
+    for c in ("benign", "malignant"):
+        tp = sum(p["label"] == c and p["predicted"] == c for p in preds)
+        fp = sum(p["label"] != c and p["predicted"] == c for p in preds)
+        fn = sum(p["label"] == c and p["predicted"] != c for p in preds)
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    assert result["macro_f1"]["value"] == pytest.approx(np.mean(f1s))
+    assert normal["predicted"] == sum(p["predicted"] == "normal" for p in preds)
+    assert result["note"] == "the data has no normal images: macro averages are over benign, malignant only"
+    assert "no normal images" in stdout
+
+
+def test_two_class_model_leaves_out_images_of_other_classes(cls_two_class_run, synthetic_dir, tmp_path, cli):
+    out = tmp_path / "scores"
+    code, _, err = cli("evaluate", cls_two_class_run, "--data", synthetic_dir, "--all", "--out", out, "--n-boot", "20", "--no-figures")
+    assert code == 0, err
+    result = json.loads((out / "classification" / "metrics.json").read_text())["all"]
+    normals = sum(1 for _ in synthetic_dir.joinpath("normal").glob("normal (*).png") if "_mask" not in _.name)
+    assert sum("not among the model's classes" in reason for reason in result["skipped"].values()) == normals
+    assert "images labelled normal are left out" in err
+
+
+@pytest.fixture(scope="module")
+def cls_two_class_run(two_class, tmp_path_factory) -> Path:
+    from busai.config import TrainConfig
+    from busai.training import train
+
+    manifest, splits = two_class
+    out = tmp_path_factory.mktemp("two_class_run") / "run"
+    cfg = TrainConfig(task="cls", model="efficientnet_lite0", weights="none", image_size=64, epochs=1, batch_size=8, data=str(manifest), splits=str(splits))
+    train(cfg, out, quiet=True)
+    return out
+
+
+def test_fine_tune_three_class_model_on_two_class_data_gets_a_new_head(cls_run, two_class, tmp_path, cli):
+    # A release or run folder with normal / benign / malignant, fine-tuned on benign / malignant data:
+    # the backbone comes from the folder, the class head starts new (before: a shape mismatch).
+    manifest, splits = two_class
+    run = tmp_path / "ft"
+    code, _, err = cli("train", "cls", "--weights", cls_run, "--data", manifest, "--splits", splits, "--epochs", "1", "--quiet", "--out", run)
+    assert code == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_spec"]["classes"] == ["benign", "malignant"] and config["preprocessing"]["image_size"] == 64
+    assert "backbone only; new 2-class head" in config["weight_source"]
+
+
+def test_exported_two_class_model_keeps_its_class_names(cls_two_class_run, synthetic_dir, tmp_path, cli):
+    pytest.importorskip("onnxruntime")
+    import busai
+
+    path = tmp_path / "cls.onnx"
+    code, _, err = cli("export", cls_two_class_run, "--out", path)
+    assert code == 0, err
+    model = busai.load(path)
+    assert model.backend == "onnx" and model.classes == ("benign", "malignant")
+    prediction = busai.predict(model, synthetic_dir / "malignant" / "malignant (1).png")
+    assert set(prediction.probabilities) == {"benign", "malignant"}
