@@ -25,7 +25,8 @@ from PIL import Image
 
 from busai.data.discover import read_image
 from busai.data.scanner_frame import frame_scan
-from busai.prediction import load_models, predict_array
+from busai.pipeline import load_models
+from busai.rendering import predict_array
 from busai.runs import write_json
 from busai.scan_region import find_scan_region
 

@@ -27,7 +27,7 @@ from busai import CLASSES
 from busai.data.discover import read_image, read_mask
 from busai.data.splits import duplicate_groups, load_split_records, read_splits
 from busai.evaluation import predict_records, score_segmentation_image
-from busai.prediction import review_note
+from busai.pipeline import review_note
 from busai.release import resolve_model
 from busai.runs import best_threads, write_json
 

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
+os.environ.setdefault("BUSAI_PROBE", "0")  # no timing probe (nor its cache in ~/.cache) unless a test asks for one
 
 import pytest  # noqa: E402
 

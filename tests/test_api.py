@@ -99,7 +99,7 @@ def assert_same(a: Prediction, b: Prediction) -> None:
 
 
 def test_run_folders_predict_like_busai_predict_and_save_round_trip(seg_run, cls_run, scan, tmp_path):
-    from busai.prediction import predict_array
+    from busai.rendering import predict_array
 
     seg, cls = busai.load(seg_run, task="seg"), busai.load(cls_run, device="cpu")
     assert (seg.task, seg.backend, cls.task, str(cls.device)) == ("segmentation", "torch", "classification", "cpu")

@@ -52,3 +52,22 @@ def test_every_option_of_every_command_has_help():
 
     walk(build_parser(), "busai")
     assert missing == []
+
+
+def test_help_never_imports_torch():
+    """`busai --help` and every sub-command's help are answered without importing torch (or the
+    models and losses that pull it in): building the parser used to import it, seconds before any output."""
+    import subprocess
+    import sys
+
+    paths = [list(path) for path, _ in PARSERS]
+    script = f"""
+import contextlib, io, sys
+from busai.cli import main
+for path in {paths!r}:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main([*path, "--help"])
+print(sorted(m for m in ("torch", "segmentation_models_pytorch", "timm", "torchvision", "scipy", "imagehash") if m in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout

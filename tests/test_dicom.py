@@ -21,7 +21,8 @@ pytest.importorskip("pydicom")
 from busai.errors import DataError
 from busai.io.dicom import geometry, is_dicom, read_dataset, read_frames
 from busai.io.scans import list_inputs, read_scans
-from busai.prediction import predict_array, predict_paths
+from busai.prediction import predict_paths
+from busai.rendering import predict_array
 
 
 def test_single_frame_with_ultrasound_regions(tmp_path):
@@ -133,9 +134,9 @@ def test_millimetres_of_a_drawn_lesion_from_the_region_that_holds_it():
 
 
 def test_predict_dicom_folder_end_to_end_without_identity(tmp_path, monkeypatch):
-    from busai import prediction as predict
+    from busai import pipeline
 
-    monkeypatch.setattr(predict, "load_models", lambda *a, **k: dark_is_lesion())
+    monkeypatch.setattr(pipeline, "load_models", lambda *a, **k: dark_is_lesion())
     folder = tmp_path / "in"
     folder.mkdir()
     image = ellipse_scan()

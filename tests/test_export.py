@@ -102,3 +102,14 @@ def test_bad_onnx_files(tmp_path, seg_run):
     torch.onnx.export(torch.nn.Conv2d(3, 1, 1), (torch.zeros(1, 3, 8, 8),), str(plain), input_names=["image"], output_names=["logits"], dynamo=False)
     with pytest.raises(CheckpointError, match="no busai metadata"):
         load_onnx(plain)
+
+
+def test_exported_graph_has_batch_norm_folded_into_its_convolutions(seg_onnx):
+    """The exporter folds each eval-mode batch norm into the convolution before it (its constant
+    folding), so ONNX Runtime never runs one; docs/scale.md says so."""
+    import onnx
+
+    loaded, result = seg_onnx
+    ops = [node.op_type for node in onnx.load(str(result.path)).graph.node]
+    assert "Conv" in ops and "BatchNormalization" not in ops
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.module.modules())  # there were some to fold

@@ -66,7 +66,8 @@ def test_core_predicts_with_no_extra_installed(tmp_path):
             def exec_module(self, module):
                 pass
         sys.meta_path.insert(0, Block())
-        from busai.prediction import load_models, predict_array
+        from busai.pipeline import load_models
+        from busai.rendering import predict_array
         models = load_models("release", "release")
         from busai.data.synthetic import make_phantom
         scan, _ = make_phantom(np.random.default_rng(0), (90, 120), "benign")  # a flat image would be flagged by the input gate

@@ -7,7 +7,7 @@ import pytest
 from busai.data import not_ultrasound
 from busai.data.discover import discover_records, read_image
 from busai.input_check import OK, check_array, check_input
-from busai.prediction import predict_array
+from busai.rendering import predict_array
 
 
 @pytest.mark.parametrize(

@@ -157,3 +157,10 @@ def test_lovasz_scores_each_image_by_its_worst_hinge_errors():
     false_alarm = right.clone()
     false_alarm[1, 0, 0, 0] = 1.0  # empty image: only its worst pixel counts, error 1 + 1
     assert loss(false_alarm, mask).item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_config_names_every_segmentation_loss_the_module_builds():
+    from busai.config import SEGMENTATION_LOSSES
+    from busai.losses import _SEGMENTATION_LOSSES
+
+    assert tuple(_SEGMENTATION_LOSSES) == SEGMENTATION_LOSSES

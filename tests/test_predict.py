@@ -11,7 +11,9 @@ from PIL import Image
 from busai.data.discover import discover_records, read_image
 from busai.errors import CheckpointError, ConfigError, DataError
 from busai.inference import predict_image, preprocess
-from busai.prediction import COLUMNS, predict_paths, review_note
+from busai.pipeline import review_note
+from busai.prediction import predict_paths
+from busai.rendering import COLUMNS
 from busai.release import resolve_model
 
 
@@ -188,7 +190,7 @@ def test_review_note_when_the_models_disagree_on_a_lesion(label, lesions, expect
 
 def test_cli_summary_names_the_scans_to_review(capsys):
     from busai.commands.predict import _print_summary
-    from busai.prediction import empty_row
+    from busai.rendering import empty_row
 
     rows = [
         empty_row("in/a.png") | {"label": "benign", "p_benign": 0.9, "lesion_count": 0, "review": review_note("benign", 0)},
@@ -197,6 +199,56 @@ def test_cli_summary_names_the_scans_to_review(capsys):
     _print_summary(rows, "out")
     out = capsys.readouterr().out
     assert "disagree on whether 1 scan(s) show a lesion: a.png" in " ".join(out.split())
+
+
+def test_batched_overlapped_predict_writes_what_one_scan_at_a_time_writes(tmp_path, synthetic_dir, seg_run, cls_run):
+    """Batches of 3 with 2 threads give byte-identical masks, overlays, probability maps, rows and
+    tables to batches of 1 on the calling thread (the single-scan path), errors and flagged scans included."""
+    import shutil
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, record in enumerate(discover_records(synthetic_dir)[:7]):
+        shutil.copy(record.image, folder / f"scan{i}.png")
+    shutil.copy(record.image, folder / "scan0.bmp")  # a second scan0: named scan0-2 in both runs
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(folder / "tiny.png")  # flagged by the input gate
+    outputs = {}
+    for name, batch_size, workers in (("one", 1, 0), ("batched", 3, 2)):
+        out = tmp_path / name
+        rows = predict_paths([folder], out, seg=seg_run, cls=cls_run, progress=False, save_probabilities=True, batch_size=batch_size, workers=workers)
+        files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != "predict_options.json"}
+        outputs[name] = rows, files
+        runtime = json.loads((out / "predict_options.json").read_text())["runtime"]
+        assert runtime["batch_size"] == batch_size and set(runtime["paths"]) == {"segmentation", "classification"}
+    (rows_one, files_one), (rows_batched, files_batched) = outputs["one"], outputs["batched"]
+    assert rows_batched == rows_one
+    assert sorted(files_batched) == sorted(files_one) and "scan0-2_overlay.png" in files_one and "scan6_probability.png" in files_one
+    assert [name for name in files_one if files_batched[name] != files_one[name]] == []
+    assert any(row["error"] for row in rows_one) and any(row["input_check"] not in (None, "ok") for row in rows_one)
+
+
+def test_no_overlays_leaves_the_overlay_column_empty(tmp_path, synthetic_dir, seg_run):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.open(discover_records(synthetic_dir)[0].image).save(folder / "a.png")
+    rows = predict_paths([folder], tmp_path / "out", seg=seg_run, cls="none", progress=False, overlays=False)
+    assert rows[0]["mask"] == "a_pred_mask.png" and rows[0]["overlay"] is None
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["a_pred_mask.png"]
+
+
+@pytest.mark.parametrize("thickness", [1, 2, 4])
+def test_outline_equals_repeated_erosion(thickness):
+    from scipy import ndimage
+
+    from busai.rendering import outline
+
+    rng = np.random.default_rng(thickness)
+    for _ in range(20):
+        mask = ndimage.binary_opening(rng.random((40, 53)) > 0.45)  # blobs, some touching the image's edge
+        expected = mask & ~ndimage.binary_erosion(mask, iterations=thickness, border_value=0)
+        assert np.array_equal(outline(mask, thickness), expected)
+    assert not outline(np.zeros((5, 5), np.uint8), 1).any()
 
 
 # --- issue 30: EXIF orientation (3) and multi-page TIFFs (14) in predict ---------------------------

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-import busai.prediction
+import busai.pipeline
 import busai.training
 from busai.data.discover import discover_records
 from busai.data.splits import make_splits, write_splits
@@ -123,7 +123,7 @@ def _scans(synthetic_dir, folder: Path, n: int = 3) -> Path:
 
 def test_predict_keeps_finished_rows_when_interrupted_and_resumes(synthetic_dir, seg_run, cls_run, tmp_path, cli, monkeypatch):
     scans, out = _scans(synthetic_dir, tmp_path / "in"), tmp_path / "out"
-    real, calls = busai.prediction.predict_array, []
+    real, calls = busai.pipeline.finish_scan, []
 
     def stop_at_second(*args, **kwargs):
         calls.append(1)
@@ -131,7 +131,7 @@ def test_predict_keeps_finished_rows_when_interrupted_and_resumes(synthetic_dir,
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(busai.prediction, "predict_array", stop_at_second)
+    monkeypatch.setattr(busai.pipeline, "finish_scan", stop_at_second)
     args = ["predict", scans, "--out", out, "--seg", seg_run, "--cls", cls_run, "--quiet"]
     code, _, err = cli(*args)
     assert code == 130 and "re-run the same command with --resume" in err
@@ -143,9 +143,9 @@ def test_predict_keeps_finished_rows_when_interrupted_and_resumes(synthetic_dir,
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 1
     cli.fails(*args, expect="already holds predictions.jsonl from an earlier batch; pass --resume")
     cli.fails(*args, "--resume", "--threshold", "0.3", expect="was predicted with other threshold")
-    monkeypatch.setattr(busai.prediction, "predict_array", real)
+    monkeypatch.setattr(busai.pipeline, "finish_scan", real)
     calls.clear()
-    monkeypatch.setattr(busai.prediction, "predict_array", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(busai.pipeline, "finish_scan", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     assert cli(*args, "--resume")[0] == 0
     assert len(calls) == 2  # only scan2 and scan3 were predicted again
     rows = json.loads((out / "predictions.json").read_text())

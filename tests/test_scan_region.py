@@ -41,7 +41,7 @@ def test_paste_puts_crop_values_back_at_the_original_place():
 def test_predict_maps_the_mask_back_and_measures_depth_from_the_scan_top():
     from dicom_files import dark_is_lesion, ellipse_scan
 
-    from busai.prediction import predict_array
+    from busai.rendering import predict_array
 
     # A lesion of known place (top at row 100 of the scan) inside a scanner screen.
     scan = np.repeat(ellipse_scan(centre=(120, 160), radii=(20, 50))[..., None], 3, axis=2)

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from busai.errors import CheckpointError, ConfigError
-from busai.prediction import review_note
+from busai.pipeline import review_note
 from busai.serve import NOTICE, create_app
 
 
@@ -239,17 +239,17 @@ def test_uploads_held_at_once_are_bounded(seg_run, monkeypatch):
     """With --max-queue 2, a third upload while two are held gets 503 with Retry-After; the others finish."""
     import threading
 
-    from busai import prediction as predict_module
+    from busai import pipeline
 
     release, entered = threading.Event(), threading.Semaphore(0)
-    real = predict_module.predict_array
+    real = pipeline.predict_scan
 
     def slow_predict(*args, **kwargs):
         entered.release()
         assert release.wait(30)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("busai.serve.app.predict_array", slow_predict)
+    monkeypatch.setattr("busai.serve.app.predict_scan", slow_predict)
     app = create_app(seg_run, "none", max_queue=2)
     with TestClient(app, base_url=LOCAL) as client:  # one event loop for every request, as under uvicorn
         upload = {"file": ("scan.png", png_bytes(), "image/png")}
@@ -336,7 +336,7 @@ def test_openapi_only_with_the_flag(seg_run, client):
     ],
 )
 def test_serve_refuses_bad_limits_before_loading_models(cli, monkeypatch, option, value, expect):
-    monkeypatch.setattr("busai.prediction.load_models", lambda *a, **k: pytest.fail("loaded models despite a bad limit"))
+    monkeypatch.setattr("busai.serve.app.load_models", lambda *a, **k: pytest.fail("loaded models despite a bad limit"))
     cli.fails("serve", option, value, expect=expect)
 
 
@@ -428,7 +428,7 @@ def test_a_measurement_option_refused_by_the_library_is_a_422(client, monkeypatc
     def refuse(*args, **kwargs):
         raise ConfigError("--pixel-spacing 0.5: give one positive number (mm per pixel) or two (row, column)")
 
-    monkeypatch.setattr("busai.serve.app.predict_array", refuse)
+    monkeypatch.setattr("busai.serve.app.predict_scan", refuse)
     response = client.post("/api/predict?pixel_spacing=0.5", files={"file": ("scan.png", png_bytes(), "image/png")})
     assert response.status_code == 422 and response.json()["detail"].startswith("--pixel-spacing 0.5: give one positive number")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,44 +23,9 @@ from busai.backends import LoadedModel
 from busai.device import model_device
 from busai.errors import CheckpointError, ConfigError
 from busai.outputs import atomic_folder
-from busai.prediction import PROBABILITY_KEYS, models_by_task, predict_array  # noqa: F401  (api.models_by_task kept for callers)
+from busai.pipeline import Prediction, models_by_task  # noqa: F401  (api.models_by_task kept for callers)
 from busai.preprocessing import to_rgb  # noqa: F401  (api.to_rgb kept for callers: the one array-to-RGB rule)
 from busai.runs import CALIBRATION, CONFIG, ONNX_FILE, TRAINING_DATA, WEIGHTS, resolve_model, write_json
-
-
-@dataclass(eq=False)  # numpy fields: compare field by field (np.array_equal)
-class Prediction:
-    """What the models said about one scan; a field stays None when no model of its task ran.
-
-    ``mask`` is uint8 {0, 1} at the scan's own height x width and ``lesion_probability`` the
-    segmenter's float map it was thresholded from; ``measurements`` holds the keys of
-    :data:`busai.measure.MEASUREMENT_KEYS` (mm keys None without ``pixel_spacing``) plus
-    ``diameter_endpoints``; ``review`` says why a person should look when the two models disagree.
-    ``input_check`` is ``ok`` or why the image is not taken for a B-mode scan (then no model
-    answered); ``extra`` holds the other columns of a predictions row (scan region, spacing source).
-    """
-
-    width: int
-    height: int
-    input_check: str | None = None
-    extra: dict | None = None
-    label: str | None = None
-    probabilities: dict[str, float] | None = None
-    mask: np.ndarray | None = None
-    lesion_probability: np.ndarray | None = None
-    measurements: dict | None = None
-    review: str | None = None
-
-    def to_row(self) -> dict:
-        """The values ``busai predict`` writes to predictions.csv for this scan (no file columns)."""
-        row: dict = {"width": self.width, "height": self.height, "input_check": self.input_check, **(self.extra or {})}
-        if self.probabilities is not None:
-            row["label"] = self.label
-            row.update({key: None for key in PROBABILITY_KEYS} | {f"p_{c}": round(p, 5) for c, p in self.probabilities.items()})
-        if self.measurements is not None:
-            row.update({k: v for k, v in self.measurements.items() if k not in ("diameter_endpoints", "perpendicular_endpoints")})
-        row["review"] = self.review
-        return row
 
 
 class Model:
@@ -248,34 +212,14 @@ def predict(models: Model | Iterable[Model], images, *, tta: bool = False, pixel
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold={threshold}: must be between 0 and 1 (exclusive)")
     if isinstance(images, (list, tuple)):
-        return [_predict_one(by_task, to_rgb(x), tta, pixel_spacing, threshold, precision) for x in images]
-    return _predict_one(by_task, to_rgb(images), tta, pixel_spacing, threshold, precision)
+        return _predict_many(by_task, [to_rgb(x) for x in images], tta, pixel_spacing, threshold, precision)
+    return _predict_many(by_task, [to_rgb(images)], tta, pixel_spacing, threshold, precision)[0]
 
 
-def _predict_one(by_task: dict[str, Model], image: np.ndarray, tta: bool, pixel_spacing, threshold: float, precision: str) -> Prediction:
-    # busai.prediction.predict_array's steps (input gate, scan-region crop, spacing, measurements), with the probability map kept.
-    from busai.measure import MEASUREMENT_KEYS
+def _predict_many(by_task: dict[str, Model], images: list, tta: bool, pixel_spacing, threshold: float, precision: str) -> list[Prediction]:
+    from busai.pipeline import predict_scans
 
-    row, mask = predict_array(
-        list(by_task.values()), image, tta=tta, pixel_spacing=pixel_spacing, threshold=threshold, keep_probability=True, precision=precision
-    )
-    height, width = image.shape[:2]
-    result = Prediction(width=width, height=height, input_check=row.pop("input_check", None))
-    if "label" in row:
-        result.label = row.pop("label")
-        result.probabilities = {c: float(row.pop(f"p_{c}")) for c in by_task["classification"].classes}
-        for key in PROBABILITY_KEYS:  # the standard columns a model with other classes leaves empty
-            row.pop(key, None)
-    if mask is not None:
-        result.mask = mask
-        result.lesion_probability = row.pop("probability_map", None)
-        keys = (*MEASUREMENT_KEYS, "diameter_endpoints", "perpendicular_endpoints")
-        result.measurements = {k: row.pop(k) for k in keys if k in row}
-    result.review = row.pop("review", None)
-    row.pop("width", None)
-    row.pop("height", None)
-    result.extra = row
-    return result
+    return predict_scans(list(by_task.values()), images, tta=tta, pixel_spacing=pixel_spacing, threshold=threshold, keep_probability=True, precision=precision)
 
 
 def evaluate(model: Model | str | Path, data, **options) -> dict[str, dict[str, dict]]:

@@ -58,11 +58,12 @@ def continue_hint(args: argparse.Namespace) -> str:
 
 def _process_settings() -> None:
     """What the command, owning its process, sets and a library call must not: every core for
-    torch (busai.runs.best_threads) and matplotlib drawing to files only; the user's own
-    BUSAI_ALL_CORES / MPLBACKEND win."""
+    torch (busai.runs.best_threads), the inference path measured per machine (busai.machine), and matplotlib drawing to files only; the user's own
+    BUSAI_ALL_CORES / BUSAI_PROBE / MPLBACKEND win."""
     import os
 
     os.environ.setdefault("BUSAI_ALL_CORES", "1")
+    os.environ.setdefault("BUSAI_PROBE", "1")  # busai.machine: measure the inference path once per machine
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 

@@ -25,6 +25,8 @@ TASK_ALIASES = {
 }
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "adagrad")
 PRECISIONS = ("auto", "bf16", "fp32")
+# Built by busai.losses; named here so the CLI lists them without importing torch.
+SEGMENTATION_LOSSES = ("dice", "dice_bce", "image_dice_bce", "dice_presence", "lovasz")
 AUGMENTATIONS = ("paper", "strong", "scanner", "framing", "none")
 SELECTIONS = ("loss", "lesion_dice")
 DEVICES = ("auto", "cpu", "cuda")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from busai.backends import LoadedModel
-from busai.device import fast_context, torch_logits  # noqa: F401  (inference.* names kept for callers)
+from busai.device import autocast_dtype, cpu_path, fast_context, fold_batch_norm, inference_network, torch_logits  # noqa: F401  (inference.* names kept for callers)
 from busai.preprocessing import Preprocessing
 from busai.tasks import probabilities
 
@@ -17,6 +17,22 @@ from busai.tasks import probabilities
 def preprocess(image_rgb: np.ndarray, size: int, mean, std, grayscale: bool = False) -> torch.Tensor:
     """uint8 (H, W, 3) -> normalised float (3, size, size): :meth:`busai.preprocessing.Preprocessing.tensor`."""
     return Preprocessing(int(size), tuple(mean), tuple(std), "gray" if grayscale else "rgb").tensor(image_rgb)
+
+
+def path_name(loaded: LoadedModel, precision: str = "auto") -> str:
+    """The inference path ``loaded`` takes at ``precision``, in words (recorded in predict_options.json)."""
+    if getattr(loaded, "members", None):  # busai.ensemble: each member's own path
+        return " | ".join(path_name(member, precision) for member in loaded.members)
+    if loaded.backend != "torch":
+        return f"{loaded.backend} fp32"
+    if precision == "fp32":
+        return "eager fp32"
+    if precision == "auto" and loaded.device.type == "cpu":
+        path = cpu_path(inference_network(loaded.module), loaded.image_size)
+        return {"bf16": "channels_last + bf16 autocast", "channels_last": "channels_last + fp32", "contiguous": "contiguous + fp32"}[path] + ", folded BN"
+    dtype = autocast_dtype(loaded.device, precision)
+    name = "channels_last + fp32" if dtype is None else f"channels_last + {str(dtype).removeprefix('torch.')} autocast"
+    return name + ", folded BN"
 
 
 def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "auto", *, tta: bool = False, calibrated: bool = True) -> torch.Tensor:
@@ -40,6 +56,11 @@ def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "a
 def _probabilities(loaded: LoadedModel, batch: torch.Tensor, precision: str, temperature: float = 1.0) -> torch.Tensor:
     logits = loaded.logits(batch, precision)  # the backend's own forward: PyTorch here, ONNX Runtime for an exported file
     return probabilities(loaded.task, logits.float() / temperature).cpu()
+
+
+def model_input(loaded: LoadedModel, image_rgb: np.ndarray) -> torch.Tensor:
+    """One uint8 (H, W, 3) image -> the normalised (3, S, S) tensor ``loaded`` takes (its own size, mean, std and colour)."""
+    return loaded.preprocessing.tensor(image_rgb)
 
 
 def predict_image(loaded: LoadedModel, image_rgb: np.ndarray, *, tta: bool = False, precision: str = "auto") -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss, LovaszLoss
 from torch import nn
 
+from busai.config import SEGMENTATION_LOSSES
 from busai.errors import ConfigError
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -129,7 +130,6 @@ _SEGMENTATION_LOSSES = {
     "dice_presence": DicePresenceLoss,
     "lovasz": lambda: LovaszLoss(mode="binary", per_image=True, from_logits=True),
 }
-SEGMENTATION_LOSSES = tuple(_SEGMENTATION_LOSSES)
 
 
 def build_segmentation_loss(name: str = "dice") -> nn.Module:

@@ -1,16 +1,17 @@
-"""Masks, classes and lesion measurements for a folder of scans.
+"""Masks, classes and lesion measurements for a folder of scans: the batch writer.
 
 For each input ``NAME.ext`` :func:`predict_paths` writes ``OUT/NAME_pred_mask.png`` (0 / 255, the
 input's own size) and ``OUT/NAME_overlay.png`` (lesion contour and longest diameter on the scan),
 and for the batch one ``OUT/predictions.json`` (a list, one object per input, in input order)
-with the same rows in ``OUT/predictions.csv``. Every row has every key of :data:`COLUMNS`; a file
-that cannot be read gets a row with ``error`` set and the batch goes on.
+with the same rows in ``OUT/predictions.csv``. Every row has every key of
+:data:`busai.rendering.COLUMNS`; a file that cannot be read gets a row with ``error`` set and the
+batch goes on. A DICOM file gives one row per frame (``frame``), with the pixel spacing it states
+(``spacing_source``); a multi-page TIFF one row per page, as a cine.
 
-Each scan passes the input gate (``input_check``: ``ok`` or why it is not a B-mode scan; a
-flagged scan gets no answer) and, inside a screenshot, is cropped to its scan region before the
-models see it; masks and measurements are in the input's own pixels. A DICOM file gives one row
-per frame (``frame``), with the pixel spacing it states (``spacing_source``); a multi-page TIFF
-one row per page, as a cine.
+The scans go through :mod:`busai.pipeline` ``batch_size`` at a time: files are decoded ahead and
+each batch's post-processing and writing (masks, overlays) run in a small thread pool while the
+models run on the next batch. Rows are kept in input order, and every batch size gives the same
+files and rows as a batch of one.
 """
 
 from __future__ import annotations
@@ -18,222 +19,33 @@ from __future__ import annotations
 import csv
 import json
 import tempfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Self
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
+from PIL import Image
 
-from busai import CLASSES
-from busai.backends import LoadedModel
-from busai.config import BACKENDS
-from busai.labels import class_names
+from busai import pipeline
 from busai.errors import BusaiError, ConfigError, DataError
-from busai.export import load_backend
-from busai.inference import predict_image, upsample_probability
-from busai.input_check import OK, check_array, check_input
 from busai.io.scans import list_inputs, read_scans
-from busai.measure import MEASUREMENT_KEYS, measure_lesion
 from busai.outputs import printable
-from busai.preprocessing import rgb_array
-from busai.scan_region import find_scan_region, whole_image
-
-MASK_SUFFIX, OVERLAY_SUFFIX, PROBABILITY_SUFFIX, SEG_SUFFIX = "_pred_mask.png", "_overlay.png", "_probability.png", "_seg.dcm"
-PROBABILITY_KEYS = tuple(f"p_{c}" for c in CLASSES)  # always columns; a model with other classes adds its own (columns_for)
-SCAN_KEYS = ("scan_x", "scan_y", "scan_width", "scan_height")  # the scan region; None when the scan is the whole image
-SPACING_KEYS = ("spacing_row_mm", "spacing_column_mm", "spacing_source")
-COLUMNS = (
-    "image",
-    "frame",
-    "input_check",
-    "label",
-    *PROBABILITY_KEYS,
-    *MEASUREMENT_KEYS,
-    "review",
-    "width",
-    "height",
-    *SCAN_KEYS,
-    *SPACING_KEYS,
-    "mask",
-    "overlay",
-    "probability",
-    "dicom_seg",
-    "error",
+from busai.pipeline import load_models, models_by_task, networks_by_task  # noqa: F401  (prediction.load_models / models_by_task kept for callers)
+from busai.rendering import (
+    COLUMNS,
+    PROBABILITY_KEYS,
+    MASK_SUFFIX,
+    OVERLAY_SUFFIX,
+    PROBABILITY_SUFFIX,
+    SEG_SUFFIX,
+    empty_row,
+    prediction_overlay,
+    row_values,
+    save_probability_png,
 )
-CONTOUR_RGB, DIAMETER_RGB = (255, 214, 0), (0, 200, 255)
-ModelSource = str | Path | LoadedModel | None  # or a busai.Model (it holds its network as .loaded)
 
-
-def load_models(
-    seg: ModelSource = "release", cls: ModelSource = "release", *, backend: str = "torch", workdir: str | Path | None = None, device: str = "cpu"
-) -> list[LoadedModel]:
-    """The segmenter and / or classifier to predict with (what :func:`predict_array` takes; ``busai.Model(x)`` wraps one).
-
-    Each source is ``"release"``/None, a run folder, a saved or release folder, an .onnx file, a
-    loaded :class:`busai.Model`, or ``"none"`` to skip that task. ``backend="onnx"`` exports PyTorch
-    models into ``workdir`` and runs them in ONNX Runtime. ``device``: auto, cpu or cuda (see :func:`busai.export.load_backend`).
-    """
-    if backend not in BACKENDS:
-        raise ConfigError(f"--backend {backend}: unknown; choose torch or onnx")
-    models = [
-        load_backend(source, task, device=device, backend=backend, workdir=workdir)
-        for task, source in (("segmentation", seg), ("classification", cls))
-        if not (isinstance(source, str) and source.lower() == "none")
-    ]
-    if not models:
-        raise ConfigError("--seg none --cls none: nothing to predict; keep at least one model")
-    return models
-
-
-def models_by_task(models) -> dict:
-    """{task: model} for a model or a list of them (:class:`busai.Model` objects or the networks they
-    hold, returned as given); at most one per task, at least one in all."""
-    models = [models] if _network(models) is not None else list(models)
-    by_task: dict = {}
-    for model in models:
-        network = _network(model)
-        if network is None:
-            raise ConfigError(f"predict: got a {type(model).__name__} where a model belongs; load one with busai.load(...)")
-        if network.task in by_task:
-            raise ConfigError(f"predict: two {network.task} models given; pass at most one segmenter and one classifier")
-        by_task[network.task] = model
-    if not by_task:
-        raise ConfigError("predict: no model given; load one with busai.load(...)")
-    return by_task
-
-
-def _network(model) -> LoadedModel | None:
-    """The network a :class:`busai.Model` holds, or ``model`` itself when it is one; None for anything else."""
-    from busai.backends import EnsembleLoaded
-
-    network = getattr(model, "loaded", model)
-    return network if isinstance(network, (LoadedModel, EnsembleLoaded)) else None
-
-
-def empty_row(image: str) -> dict:
-    return {key: None for key in COLUMNS} | {"image": image}
-
-
-def predict_array(
-    models,
-    image_rgb: np.ndarray,
-    *,
-    tta: bool = False,
-    pixel_spacing=None,
-    threshold: float = 0.5,
-    scan_region: bool = True,
-    gate: bool = True,
-    geometry=None,
-    keep_probability: bool = False,
-    precision: str = "auto",
-) -> tuple[dict, np.ndarray | None]:
-    """One uint8 (H, W, 3) scan -> (row values, {0, 1} mask at the scan's size or None), by at most
-    one segmenter and one classifier (:func:`load_models`, or :class:`busai.Model` objects).
-
-    ``scan_region`` crops a screenshot to the scan before the models (the mask comes back at the
-    image's size); ``gate`` withholds the answer (no label, no mask) when ``input_check`` is not
-    ``ok``. ``geometry`` (a DICOM file's :class:`~busai.io.dicom.DicomGeometry`) gives the pixel
-    spacing where the lesion lies; ``pixel_spacing`` (mm) is used where it gives none.
-    The row has no file fields (image, mask, overlay, error) and carries ``diameter_endpoints``
-    and ``perpendicular_endpoints`` for drawing, and ``probability_map`` with ``keep_probability``.
-    """
-    by_task = {task: _network(model) for task, model in models_by_task(models).items()}
-    seg, cls = by_task.get("segmentation"), by_task.get("classification")
-    image_rgb = np.asarray(image_rgb)
-    row: dict = {"width": None, "height": None}
-    if image_rgb.ndim >= 2:
-        row.update(width=int(image_rgb.shape[1]), height=int(image_rgb.shape[0]))
-    problem = check_array(image_rgb)
-    if problem != OK:  # not readable as 8-bit pixels: nothing sensible to predict, whatever ``gate`` says
-        return row | {"input_check": problem}, None
-    image_rgb = rgb_array(image_rgb)
-    region = find_scan_region(image_rgb) if scan_region else whole_image(image_rgb.shape)
-    scan = region.crop(image_rgb)
-    row["input_check"] = check_input(scan)
-    if region.cropped:
-        row.update(scan_x=region.x0, scan_y=region.y0, scan_width=region.width, scan_height=region.height)
-    if gate and row["input_check"] != OK:
-        return row, None
-    if cls is not None:
-        probs = predict_image(cls, scan, tta=tta, precision=precision).numpy()
-        classes = class_names(cls.spec)
-        row["label"] = classes[int(probs.argmax())]
-        row.update({f"p_{c}": round(float(p), 5) for c, p in zip(classes, probs)})
-    mask = None
-    if seg is not None:
-        prob = upsample_probability(predict_image(seg, scan, tta=tta, precision=precision), scan.shape[:2])
-        prob = region.paste(prob.astype(np.float32), image_rgb.shape[:2])
-        mask = (prob > threshold).astype(np.uint8)
-        spacing, source = lesion_spacing(mask, geometry, pixel_spacing)
-        if spacing is not None:
-            row.update(spacing_row_mm=round(spacing[0], 6), spacing_column_mm=round(spacing[1], 6), spacing_source=source)
-        row.update(measure_lesion(mask, spacing, skin_row=region.y0))
-        if keep_probability:
-            row["probability_map"] = prob
-    row["review"] = review_note(row.get("label"), row.get("lesion_count"))
-    return row, mask
-
-
-def lesion_spacing(mask: np.ndarray, geometry, pixel_spacing) -> tuple[tuple[float, float] | None, str | None]:
-    """(row, column) mm per pixel for the lesion in ``mask`` and where it came from: the DICOM
-    region holding the lesion's centre (or the file's PixelSpacing), else ``pixel_spacing``."""
-    from busai.measure import largest_component, spacing_mm
-
-    if geometry is not None:
-        region, count = largest_component(mask)
-        centre = None
-        if count:
-            ys, xs = np.nonzero(region)
-            centre = (float(xs.mean()), float(ys.mean()))
-        spacing, source = geometry.spacing_at(centre)
-        if spacing is not None:
-            return spacing, source
-    spacing = spacing_mm(pixel_spacing)
-    return (spacing, "--pixel-spacing") if spacing is not None else (None, None)
-
-
-def review_note(label: str | None, lesion_count: int | None) -> str | None:
-    """Why a scan needs a human look when the two models disagree on whether it shows a lesion; None otherwise.
-
-    The segmenter's misses are scans it takes for lesion-free tissue (benchmarks/missed_lesions.py);
-    where the classifier still names a lesion class, saying so is the only hint a user gets.
-    """
-    if label is None or lesion_count is None:
-        return None
-    if label != "normal" and lesion_count == 0:
-        return f"classified {label} but no lesion outlined: check the scan for a lesion the outline missed"
-    if label == "normal" and lesion_count > 0:
-        return "lesion outlined on a scan classified normal: check whether the outline marks a lesion"
-    return None
-
-
-def draw_overlay(image_rgb: np.ndarray, mask: np.ndarray, diameter_endpoints=None, caption: str | None = None, perpendicular_endpoints=None) -> Image.Image:
-    """The scan with the lesion contour, its longest (and perpendicular) diameter and an optional caption (e.g. the class)."""
-    height, width = mask.shape
-    thickness = max(1, round(max(height, width) / 300))
-    overlay = image_rgb.copy()
-    lesion = mask.astype(bool)
-    contour = lesion & ~ndimage.binary_erosion(lesion, iterations=thickness, border_value=0)
-    overlay[contour] = CONTOUR_RGB
-    picture = Image.fromarray(overlay)
-    draw = ImageDraw.Draw(picture)
-    if diameter_endpoints:
-        draw.line([tuple(p) for p in diameter_endpoints], fill=DIAMETER_RGB, width=thickness)
-    if perpendicular_endpoints:
-        draw.line([tuple(p) for p in perpendicular_endpoints], fill=DIAMETER_RGB, width=thickness)
-    if caption:
-        font = ImageFont.load_default(size=max(10, height // 22))
-        box = draw.textbbox((4, 4), caption, font=font)
-        draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=(0, 0, 0))
-        draw.text((4, 4), caption, fill=(255, 255, 255), font=font)
-    return picture
-
-
-def label_caption(row: dict) -> str | None:
-    if row.get("label") is None:
-        return None
-    return f"{row['label']} {row['p_' + row['label']]:.2f}"
+ModelSource = str | Path | None  # or a busai.backends.LoadedModel, or a busai.Model (it holds its network as .loaded)
+WORKERS = 2  # decode / post-process / write threads beside the models: enough to keep two cores busy, few enough to bound memory
 
 
 def collect_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -255,6 +67,7 @@ def _output_stem(path: Path, used: set[str]) -> str:
 TABLES = ("predictions.json", "predictions.csv")
 ROW_LOG = "predictions.jsonl"  # one finished row per line while a batch runs; removed once the tables are complete
 OPTIONS_FILE = "predict_options.json"  # what produced the rows, so --resume never mixes two settings
+OPTION_DEFAULTS = {"overlays": True}  # settings an options file written before them did not record
 
 
 def columns_for(rows: list[dict]) -> list[str]:
@@ -374,7 +187,7 @@ def _check_earlier_batch(out_dir: Path, options: dict, resume: bool) -> list[dic
     stored = read_json(
         out_dir / OPTIONS_FILE, missing="missing, so the earlier rows' settings are unknown; choose a new --out folder", fix="choose a new --out folder"
     )
-    changed = sorted(key for key in options if stored.get(key) != options[key])
+    changed = sorted(key for key in options if stored.get(key, OPTION_DEFAULTS.get(key)) != options[key])
     if changed:
         raise ConfigError(
             f"--resume: {out_dir} was predicted with other {', '.join(changed)} ({', '.join(f'{k}={stored.get(k)!r}' for k in changed)}); "
@@ -401,6 +214,9 @@ def predict_paths(
     gate: bool = True,
     save_probabilities: bool = False,
     dicom_seg: bool = False,
+    overlays: bool = True,
+    batch_size: int = pipeline.DEFAULT_BATCH_SIZE,
+    workers: int = WORKERS,
 ) -> list[dict]:
     """Predict every input image into ``out_dir`` and return the rows of predictions.json.
 
@@ -409,7 +225,10 @@ def predict_paths(
     states none. A DICOM cine or a multi-page TIFF gives a row per frame, or only ``frame``
     (1-based; a file without that frame gets an error row).
     ``save_probabilities`` writes ``NAME_probability.png`` (16-bit, lesion probability x 65535);
-    ``dicom_seg`` writes ``NAME_seg.dcm`` (a DICOM Segmentation) for each single-frame DICOM input.
+    ``dicom_seg`` writes ``NAME_seg.dcm`` (a DICOM Segmentation) for each single-frame DICOM input;
+    ``overlays=False`` writes no ``NAME_overlay.png`` (the overlay column stays empty).
+    ``batch_size`` scans share a forward pass and ``workers`` threads decode, post-process and write
+    beside the models (0: everything on the calling thread); neither changes a file or a row.
     Files a folder holds that are not scans are left out: :func:`busai.io.scans.list_inputs` lists them.
 
     Each finished row is written at once to ``predictions.jsonl``; the tables are written at the end,
@@ -425,6 +244,8 @@ def predict_paths(
         raise ConfigError(f"--threshold {threshold}: must be between 0 and 1")
     if frame is not None and frame < 1:
         raise ConfigError(f"--frame {frame}: frames are numbered from 1")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: give a whole number of 1 or more")
     if dicom_seg:
         from busai.io.dicom_seg import require_highdicom
 
@@ -444,71 +265,166 @@ def predict_paths(
                 "frame": frame,
                 "scan_region": scan_region,
                 "gate": gate,
+                "overlays": overlays,
             },
             default=str,
         )
     )
     done = {row_key(row): row for row in _check_earlier_batch(out_dir, options, resume)}
     atomic_write_text(out_dir / OPTIONS_FILE, json.dumps(options, indent=2) + "\n")
-    with tempfile.TemporaryDirectory(prefix="busai-onnx-") as workdir, _RowLog(out_dir, paths, done) as rows:
-        models = load_models(seg, cls, backend=backend, workdir=workdir, device=device)
-        used = rows.used_stems()
-        for path in _track(rows.todo(), progress):
-            scans = read_scans(path, frame)
-            while True:
-                row = empty_row(str(path))
-                try:
-                    scan = next(scans, None)
-                except BusaiError as exc:
-                    row["error"] = str(exc)
-                    rows.append(row)
-                    break
-                except Image.DecompressionBombError as exc:  # Pillow's guard against absurd pixel counts
-                    row["error"] = f"{path}: {exc}"
-                    rows.append(row)
-                    break
-                if scan is None:
-                    break
-                row["frame"] = scan.frame
-                values, mask = predict_array(
-                    models,
-                    scan.image,
-                    tta=tta,
-                    pixel_spacing=pixel_spacing,
-                    threshold=threshold,
-                    scan_region=scan_region,
-                    gate=gate,
-                    geometry=scan.geometry,
-                    keep_probability=save_probabilities,
-                )
-                ends = values.pop("diameter_endpoints", None)
-                across = values.pop("perpendicular_endpoints", None)
-                probability = values.pop("probability_map", None)
-                row.update(values)
-                if mask is not None:
-                    name = path if scan.frames == 1 else path.with_name(f"{path.stem}_frame{scan.frame}")
-                    stem = _output_stem(name, used)
-                    row["mask"], row["overlay"] = stem + MASK_SUFFIX, stem + OVERLAY_SUFFIX
-                    Image.fromarray(mask * 255).save(out_dir / row["mask"])
-                    draw_overlay(scan.image, mask, ends, label_caption(row), across).save(out_dir / row["overlay"])
-                    if probability is not None:
-                        row["probability"] = stem + PROBABILITY_SUFFIX
-                        save_probability_png(probability, out_dir / row["probability"])
-                    if dicom_seg and scan.dataset is not None and scan.frames == 1:
-                        from busai.io.dicom_seg import write_dicom_seg
-
-                        try:
-                            write_dicom_seg(scan.dataset, mask, out_dir / (stem + SEG_SUFFIX))
-                            row["dicom_seg"] = stem + SEG_SUFFIX
-                        except BusaiError as exc:  # the prediction stands; only its SEG copy failed
-                            row["error"] = str(exc)
-                rows.append(row)
+    settings = {"tta": tta, "scan_region": scan_region, "gate": gate, "threshold": threshold, "pixel_spacing": pixel_spacing}
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="busai-predict") if workers > 0 else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="busai-onnx-") as workdir, _RowLog(out_dir, paths, done) as rows:
+            models = load_models(seg, cls, backend=backend, workdir=workdir, device=device)
+            by_task = networks_by_task(models)
+            options["runtime"] = runtime_options(by_task, batch_size, workers)  # how, not what: never compared by --resume
+            atomic_write_text(out_dir / OPTIONS_FILE, json.dumps(options, indent=2) + "\n")
+            used = rows.used_stems()
+            writer = _BatchWriter(out_dir, by_task, rows, pool, settings, overlays, save_probabilities, dicom_seg)
+            for chunk in _batches(_decoded(_track(rows.todo(), progress), frame, pool, 2 * batch_size), batch_size):
+                writer.run(chunk, used)
+            writer.flush(0)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: queued writes are dropped, running ones end before the tables are final
     return rows.ordered()
 
 
-def save_probability_png(probability: np.ndarray, path: Path) -> None:
-    """A lesion probability map as a 16-bit grey PNG: value / 65535 is the probability."""
-    Image.fromarray((np.clip(probability, 0, 1) * 65535).round().astype(np.uint16)).save(path)
+def runtime_options(by_task: dict, batch_size: int, workers: int) -> dict:
+    """What predictions.json's numbers do not depend on but its speed does: the batch, the threads,
+    and each model's inference path (busai.inference.path_name), with the CPU it was chosen for."""
+    from busai.inference import path_name
+    from busai.machine import cpu_flags
+
+    return {
+        "batch_size": batch_size,
+        "workers": workers,
+        "paths": {task: path_name(network) for task, network in by_task.items()},
+        "cpu_flags": cpu_flags(),
+    }
+
+
+class _BatchWriter:
+    """One batch of decoded scans at a time: gate and crop (pool), the models (this thread), then each
+    scan's post-processing and files (pool) while the next batch runs; rows join the log in input order."""
+
+    def __init__(self, out_dir: Path, by_task: dict, rows: _RowLog, pool, settings: dict, overlays: bool, probabilities: bool, dicom_seg: bool):
+        self.out_dir, self.by_task, self.rows, self.pool, self.settings = out_dir, by_task, rows, pool, settings
+        self.overlays, self.probabilities, self.dicom_seg = overlays, probabilities, dicom_seg
+        self.pending: deque = deque()  # finished rows or futures of rows, in input order
+
+    def _map(self, function, items):
+        return list(self.pool.map(function, items)) if self.pool is not None else [function(item) for item in items]
+
+    def _submit(self, function, *args):
+        if self.pool is None:
+            return function(*args)
+        return self.pool.submit(function, *args)
+
+    def flush(self, keep: int) -> None:
+        """Append finished rows in order until at most ``keep`` are still pending."""
+        while len(self.pending) > keep:
+            item = self.pending.popleft()
+            self.rows.append(item if isinstance(item, dict) else item.result())
+
+    def run(self, chunk: list, used: set[str]) -> None:
+        settings = self.settings
+        scans = [(path, scan) for path, scan, _ in chunk if scan is not None]
+        prepared = self._map(
+            lambda item: pipeline.prepare_scan(
+                self.by_task, item[1].image, scan_region=settings["scan_region"], gate=settings["gate"], geometry=item[1].geometry
+            ),
+            scans,
+        )
+        outputs = pipeline.run_models(self.by_task, prepared, tta=settings["tta"])
+        self.flush(0)  # the previous batch's rows, post-processed while the models ran
+        results = iter(zip(prepared, outputs))
+        for path, scan, error in chunk:
+            row = empty_row(str(path))
+            if scan is None:
+                row["error"] = error
+                self.pending.append(row)
+                continue
+            row["frame"] = scan.frame
+            prep, output = next(results)
+            stem = None
+            if "segmentation" in prep.inputs:  # a mask will be written: its name is taken now, in input order
+                stem = _output_stem(path if scan.frames == 1 else path.with_name(f"{path.stem}_frame{scan.frame}"), used)
+            self.pending.append(self._submit(self._finish, prep, output, row, stem, scan))
+
+    def _finish(self, prepared, outputs: dict, row: dict, stem: str | None, scan) -> dict:
+        settings = self.settings
+        prediction = pipeline.finish_scan(
+            prepared, outputs, threshold=settings["threshold"], pixel_spacing=settings["pixel_spacing"], keep_probability=self.probabilities
+        )
+        row.update(row_values(prediction))
+        if prediction.mask is None:
+            return row
+        row["mask"] = stem + MASK_SUFFIX
+        Image.fromarray(prediction.mask * 255).save(self.out_dir / row["mask"])
+        if self.overlays:
+            row["overlay"] = stem + OVERLAY_SUFFIX
+            prediction_overlay(prediction, scan.image).save(self.out_dir / row["overlay"])
+        if prediction.lesion_probability is not None:
+            row["probability"] = stem + PROBABILITY_SUFFIX
+            save_probability_png(prediction.lesion_probability, self.out_dir / row["probability"])
+        if self.dicom_seg and scan.dataset is not None and scan.frames == 1:
+            from busai.io.dicom_seg import write_dicom_seg
+
+            try:
+                write_dicom_seg(scan.dataset, prediction.mask, self.out_dir / (stem + SEG_SUFFIX))
+                row["dicom_seg"] = stem + SEG_SUFFIX
+            except BusaiError as exc:  # the prediction stands; only its SEG copy failed
+                row["error"] = str(exc)
+        return row
+
+
+def _read(path: Path, frame: int | None) -> tuple[list, str | None]:
+    """Every scan of one file (a frame each for a cine) and the error that stopped reading it, if any."""
+    scans: list = []
+    try:
+        for scan in read_scans(path, frame):
+            scans.append(scan)
+    except BusaiError as exc:
+        return scans, str(exc)
+    except Image.DecompressionBombError as exc:  # Pillow's guard against absurd pixel counts
+        return scans, f"{path}: {exc}"
+    return scans, None
+
+
+def _decoded(paths, frame: int | None, pool, ahead: int):
+    """(path, scan, None) per scan and (path, None, error) for a file that failed, in input order;
+    with a pool, up to ``ahead`` files are decoded ahead of the models."""
+    window: deque = deque()
+    for path in paths:
+        window.append((path, pool.submit(_read, path, frame) if pool is not None else _read(path, frame)))
+        while len(window) > (ahead if pool is not None else 0):
+            yield from _items(*window.popleft())
+    while window:
+        yield from _items(*window.popleft())
+
+
+def _items(path: Path, read):
+    scans, error = read if isinstance(read, tuple) else read.result()
+    for scan in scans:
+        yield path, scan, None
+    if error is not None:
+        yield path, None, error
+
+
+def _batches(items, size: int):
+    """Lists of ``size`` scans (error rows ride along with the scans beside them)."""
+    chunk: list = []
+    count = 0
+    for item in items:
+        chunk.append(item)
+        count += item[1] is not None
+        if count >= size:
+            yield chunk
+            chunk, count = [], 0
+    if chunk:
+        yield chunk
 
 
 def _track(paths: list[Path], progress: bool):

@@ -11,6 +11,8 @@ from busai.config import BACKENDS, DEVICES
 
 
 def register(sub) -> None:
+    from busai.pipeline import DEFAULT_BATCH_SIZE
+
     p = sub.add_parser(
         "predict",
         help="predict masks, classes and lesion measurements for images or folders",
@@ -59,6 +61,14 @@ def register(sub) -> None:
     p.add_argument(
         "--dicom-seg", action="store_true", help="also write NAME_seg.dcm, the mask as a DICOM Segmentation, for single-frame DICOM inputs (needs busai[dicom])"
     )
+    p.add_argument("--no-overlays", dest="overlays", action="store_false", help="write no NAME_overlay.png (faster; the overlay column stays empty)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help=f"scans per forward pass (default {DEFAULT_BATCH_SIZE}); any size gives the same masks and rows",
+    )
     p.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold for the mask (default 0.5)")
     p.add_argument(
         "--resume",
@@ -93,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         gate=args.gate,
         save_probabilities=args.save_probabilities,
         dicom_seg=args.dicom_seg,
+        overlays=args.overlays,
+        batch_size=args.batch_size,
     )
     for path, why in skipped:  # after the run: a bad option is still the only line printed
         print(f"warning: left out {path}: {why}", file=sys.stderr)

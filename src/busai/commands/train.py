@@ -39,8 +39,7 @@ _FLAGS = {
 
 
 def register(sub) -> None:
-    from busai.config import OPTIMIZERS, PRECISIONS
-    from busai.losses import SEGMENTATION_LOSSES
+    from busai.config import OPTIMIZERS, PRECISIONS, SEGMENTATION_LOSSES
 
     p = sub.add_parser(
         "train",

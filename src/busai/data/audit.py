@@ -24,11 +24,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import imagehash
 import numpy as np
 from PIL import Image
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from busai import CLASSES
 from busai.data.discover import IMAGE_SUFFIXES, Problem, Record, exif_orientation, mask_foreground, mask_values, natural_key, read_image
@@ -191,6 +188,8 @@ def content_hash(gray: np.ndarray) -> tuple[str, int]:
     """An image's identity by content, whatever its file name or format: the sha256 of its grayscale
     pixels and shape (equal = identical image) and its 64-bit phash (near = the same scan re-saved,
     re-scaled or re-cropped; see ``DEFAULT_NEAR_THRESHOLD``)."""
+    import imagehash  # imported here, not at the top: `busai data --help` builds its parser from this module's constants
+
     digest = hashlib.sha256(f"{gray.shape}".encode() + gray.tobytes()).hexdigest()
     return digest, int(str(imagehash.phash(Image.fromarray(gray))), 16)
 
@@ -322,6 +321,9 @@ def _linked_groups(decoded: list[_Decoded], threshold: int) -> list[list[str]]:
     index = {d.key: i for i, d in enumerate(decoded)}
     for keys in _exact_groups(decoded):
         edges.append(np.array([(index[keys[0]], index[k]) for k in keys[1:]]))
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     pairs = np.concatenate(edges).reshape(-1, 2)
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, component = connected_components(graph, directed=False)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from busai import CLASSES
 from busai.errors import ConfigError, DataError
@@ -78,6 +77,8 @@ def write_synthetic_dataset(
 
 def make_phantom(rng: np.random.Generator, size: tuple[int, int], label: str, *, satellite: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
     """One B-mode-like image (uint8, H x W) and its lesion masks (bool), drawn from ``rng``."""
+    from scipy import ndimage  # imported here: `busai data --help` reads LAYOUTS from this module
+
     height, width = size
     depth = np.linspace(0.0, 1.0, height)[:, None] * np.ones((1, width))
     echo = _tissue(rng, height, width)
@@ -105,6 +106,8 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int], label: str, *,
 
 def _tissue(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Echogenicity of skin, fat, glandular and muscle layers with wavy boundaries and texture."""
+    from scipy import ndimage  # imported here: `busai data --help` reads LAYOUTS from this module
+
     x = np.linspace(0.0, 1.0, width)[None, :]
     y = np.linspace(0.0, 1.0, height)[:, None]
 
@@ -156,6 +159,8 @@ def _spiculated(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 def _insert_lesion(echo: np.ndarray, lesion: np.ndarray, level: float, rng: np.random.Generator, behind: float) -> np.ndarray:
     """Darken the lesion to ``level`` and scale the tissue behind it by ``behind`` (<1 shadow, >1 enhancement)."""
+    from scipy import ndimage  # imported here: `busai data --help` reads LAYOUTS from this module
+
     rows = np.arange(echo.shape[0])[:, None]
     columns = lesion.any(axis=0)
     bottom = np.where(columns, echo.shape[0] - 1 - np.argmax(lesion[::-1], axis=0), echo.shape[0])

@@ -27,7 +27,9 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from busai.errors import ConfigError
 from busai.api import Model, models_by_task
-from busai.prediction import COLUMNS, ModelSource, draw_overlay, label_caption, load_models, predict_array
+from busai.pipeline import load_models, predict_scan
+from busai.prediction import ModelSource
+from busai.rendering import COLUMNS, prediction_overlay, row_values
 from busai.serve.guard import SecurityHeaders, UploadGate, content_security_policy, host_patterns
 from busai.serve.limits import MAX_MEGAPIXELS, MAX_QUEUE, MAX_UPLOAD_MB, MULTIPART_OVERHEAD, PIXEL_SPACING_MM
 from busai.serve.upload import Upload, decode_upload, receive_upload, too_large
@@ -147,17 +149,14 @@ def create_app(
     def analyse(upload: Upload, *, gradcam: bool, tta: bool, pixel_spacing: float | None, frame: int = 1) -> dict:
         image, shape = decode_upload(upload, frame)
         try:
-            row, mask = predict_array(models, image, tta=tta, pixel_spacing=pixel_spacing, geometry=shape)
+            prediction = predict_scan(models, image, tta=tta, pixel_spacing=pixel_spacing, geometry=shape)
         except ConfigError as exc:  # an option the query checks missed (pixel_spacing): the caller's to fix
             raise HTTPException(422, str(exc)) from None
-        ends = row.pop("diameter_endpoints", None)
-        across = row.pop("perpendicular_endpoints", None)
-        shown = mask if mask is not None else np.zeros(image.shape[:2], dtype=np.uint8)
         # The keys of a predictions.json row; mask and overlay are PNG data URLs instead of file names.
-        result = {key: None for key in COLUMNS if key != "error"} | {"image": upload.name} | row
+        result = {key: None for key in COLUMNS if key != "error"} | {"image": upload.name} | row_values(prediction)
         result["notice"] = NOTICE
-        result["mask"] = png_data_url(mask * 255) if mask is not None else None
-        result["overlay"] = png_data_url(draw_overlay(image, shown, ends, label_caption(row), across))
+        result["mask"] = png_data_url(prediction.mask * 255) if prediction.mask is not None else None
+        result["overlay"] = png_data_url(prediction_overlay(prediction, image))
         result["gradcam"] = None
         if gradcam:
             result["gradcam"] = png_data_url(classifier.gradcam(image))

@@ -1,0 +1,156 @@
+"""Images per second of `busai predict` with both release models, per inference path, side by side in one
+run, against the machine's FLOP limit (model GFLOPs x images/s over a measured matmul peak).
+
+    python benchmarks/predict_throughput.py --n 1000   # on a quiet machine; writes results/predict_throughput.json
+
+Paths (each predicts the same N scans into a fresh folder, through busai.prediction.predict_paths,
+models loaded once before the clock starts):
+- ``before``: one scan at a time on one thread, batch norm unfolded: the pipeline as it was before batching;
+- ``batched``: the default (`busai predict`): batches of 8, 2 threads, batch norm folded, the path the CPU flags choose;
+- ``batched-probe``: the same with the path measured per machine (BUSAI_PROBE=1, as the busai command runs);
+- ``batched-no-overlays``: `--no-overlays`;
+- ``onnx``: `--backend onnx` (when onnxruntime is installed).
+The file records the CPU model and flags, threads, load average and torch version beside the rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from busai import inference, pipeline  # noqa: E402
+from busai.machine import cpu_flags, cpu_model, native_bf16  # noqa: E402
+from busai.outputs import atomic_write_text  # noqa: E402
+from busai.prediction import predict_paths  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset_BUSI_with_GT"
+
+
+def scans(folder: Path, n: int) -> list[Path]:
+    """The first ``n`` images (masks left out) of ``folder``, in sorted order."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp") and "_mask" not in p.stem)
+    if len(files) < n:
+        raise SystemExit(f"{folder}: holds {len(files)} images, fewer than --n {n}; pass a larger folder or a smaller --n")
+    return files[:n]
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 1024, repeats: int = 5) -> float:
+    """GFLOP/s of the best of ``repeats`` size x size matmuls: the machine's practical limit for dense layers."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def model_gflops(models) -> dict[str, float]:
+    """GFLOPs of one forward (one image) of each model, counted by torch's FlopCounterMode (2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    result = {}
+    for model in models:
+        x = torch.zeros(1, 3, model.loaded.image_size, model.loaded.image_size)
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            model.loaded.module(x)
+        result[model.task] = counter.get_total_flops() / 1e9
+    return result
+
+
+def run_path(name: str, paths: list[Path], models, out_root: Path, **options) -> dict:
+    out = out_root / name
+    start = time.perf_counter()
+    rows = predict_paths(paths, out, seg=models[0], cls=models[1], progress=False, **options)
+    seconds = time.perf_counter() - start
+    assert len(rows) == len(paths) and not any(r["error"] for r in rows), f"{name}: not every scan was predicted"
+    return {"seconds": round(seconds, 3), "images_per_second": round(len(paths) / seconds, 3), "options": options}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of scans (default: BUSI)")
+    parser.add_argument("--n", type=int, default=1000, help="scans per path (default 1000)")
+    parser.add_argument("--out", type=Path, default=Path("results/predict_throughput.json"))
+    args = parser.parse_args()
+
+    os.environ["BUSAI_ALL_CORES"] = "1"  # as the busai command runs
+    from busai.runs import best_threads
+
+    best_threads()
+    files = scans(args.data, args.n)
+    models = pipeline.load_models("release", "release")
+    from busai.data.discover import read_image
+
+    pipeline.predict_scans(models, [read_image(files[0])], gate=False)  # every path starts with warm models (oneDNN kernels built)
+    results: dict[str, dict] = {}
+    unfolded = inference.inference_network
+    with tempfile.TemporaryDirectory(prefix="busai-throughput-") as tmp:
+        root = Path(tmp)
+        os.environ["BUSAI_PROBE"] = "0"
+        inference.inference_network = lambda network: network  # batch norm unfolded, as before the fast path
+        try:
+            results["before"] = run_path("before", files, models, root, batch_size=1, workers=0)
+        finally:
+            inference.inference_network = unfolded
+        results["batched"] = run_path("batched", files, models, root)
+        os.environ["BUSAI_PROBE"], os.environ["BUSAI_CACHE_DIR"] = "1", str(root / "cache")
+        results["batched-probe"] = run_path("batched-probe", files, models, root)
+        results["batched-probe"]["chosen"] = json.loads((root / "batched-probe" / "predict_options.json").read_text())["runtime"]["paths"]
+        os.environ["BUSAI_PROBE"] = "0"
+        results["batched-no-overlays"] = run_path("batched-no-overlays", files, models, root, overlays=False)
+        try:
+            import onnxruntime  # noqa: F401
+
+            onnx_models = pipeline.load_models("release", "release", backend="onnx", workdir=root)
+            results["onnx"] = run_path("onnx", files, onnx_models, root)
+        except ImportError:
+            pass
+    gflops = model_gflops(models)
+    peak = {"fp32": round(matmul_peak(torch.float32), 1)}
+    if native_bf16():
+        peak["bf16"] = round(matmul_peak(torch.bfloat16), 1)
+    per_image = sum(gflops.values())
+    for result in results.values():
+        # The share of the machine's fp32 matmul peak the whole predict (models and the rest) reaches.
+        result["fraction_of_flop_limit"] = round(result["images_per_second"] * per_image / peak["fp32"], 4)
+    base = results["before"]["images_per_second"]
+    for result in results.values():
+        result["speedup_over_before"] = round(result["images_per_second"] / base, 3)
+    record = {
+        "command": "python benchmarks/predict_throughput.py " + " ".join(sys.argv[1:]),
+        "images": len(files),
+        "data": str(args.data),
+        "machine": {
+            "cpu": cpu_model(),
+            "cpu_flags": cpu_flags(),
+            "threads": torch.get_num_threads(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "torch": torch.__version__,
+        },
+        "model_gflops_per_image": {k: round(v, 3) for k, v in gflops.items()},
+        "matmul_peak_gflops": peak,
+        "flop_limit_images_per_second": round(peak["fp32"] / per_image, 2),
+        "paths": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
+    for name, result in results.items():
+        print(
+            f"{name:22s} {result['images_per_second']:8.2f} images/s  x{result['speedup_over_before']:.2f}  {result['fraction_of_flop_limit']:.1%} of the fp32 FLOP limit"
+        )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The inference fast path: batch norm folded into convolutions, and the path chosen per machine."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from busai.inference import fold_batch_norm, inference_network
+from busai.release import resolve_model
+
+
+def _norms(module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in module.modules())
+
+
+def _with_statistics(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random running statistics and affine terms, so a fold that ignores any of them shows."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=generator))
+                m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+                m.weight.copy_(torch.randn(m.num_features, generator=generator))
+                m.bias.copy_(torch.randn(m.num_features, generator=generator))
+    return module.eval()
+
+
+def test_folding_a_plain_conv_bn_relu_matches_and_removes_the_norm():
+    net = _with_statistics(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 2, 1), nn.BatchNorm2d(2)))
+    folded = fold_batch_norm(net)
+    x = torch.randn(2, 3, 16, 16)
+    assert _norms(folded) == 0 and _norms(net) == 2  # the original is left as it was
+    assert torch.allclose(folded(x), net(x), atol=1e-5)
+
+
+def test_a_norm_whose_convolution_feeds_something_else_too_is_kept():
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y  # folding would change the second use of y
+
+    net = _with_statistics(Branch())
+    folded = fold_batch_norm(net)
+    x = torch.randn(1, 3, 8, 8)
+    assert _norms(folded) == 1 and torch.allclose(folded(x), net(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("task", ["seg", "cls"])
+def test_folded_release_architectures_match_the_network(task, seg_run, cls_run):
+    """EfficientNet-Lite0 (timm's norm + activation layers, 'same' convolutions) and the U-Net decoder."""
+    loaded = resolve_model(seg_run if task == "seg" else cls_run, task)
+    net = _with_statistics(loaded.module)
+    folded = inference_network(net)
+    assert _norms(folded) == 0 < _norms(net)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected, got = net(x), folded(x)
+    assert (got - expected).abs().max() <= 1e-4 * max(1.0, expected.abs().max().item())
+    assert inference_network(net) is folded  # made once
+    with torch.no_grad():
+        next(net.parameters()).add_(1.0)  # new weights: folded again
+    assert inference_network(net) is not folded
+
+
+def _cpu(monkeypatch, *flags):
+    from busai import machine
+
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: ("Test CPU 9000", frozenset(flags)))
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [(("avx2", "fma"), "channels_last"), (("avx2", "avx512f", "avx512_bf16"), "bf16"), (("avx2", "amx_tile", "amx_bf16"), "bf16"), ((), "channels_last")],
+)
+def test_the_cpu_flags_choose_the_default_path(monkeypatch, flags, expected, seg_run):
+    from busai.inference import path_name
+    from busai.machine import choose_path, cpu_flags
+
+    _cpu(monkeypatch, *flags)
+    assert choose_path("any model") == expected
+    assert set(cpu_flags()) == set(flags)
+    assert path_name(resolve_model(seg_run, "seg")).startswith({"bf16": "channels_last + bf16", "channels_last": "channels_last + fp32"}[expected])
+
+
+def test_a_measured_probe_overrides_the_default_only_by_a_clear_margin_and_is_cached(monkeypatch, tmp_path):
+    from busai import machine
+
+    _cpu(monkeypatch, "avx2", "fma")
+    monkeypatch.setenv("BUSAI_PROBE", "1")
+    monkeypatch.setenv("BUSAI_CACHE_DIR", str(tmp_path))
+    asked = []
+
+    def probe(times):
+        def measure(candidates):
+            asked.append(tuple(candidates))
+            return dict(zip(candidates, times))
+
+        return measure
+
+    assert machine.choose_path("net-a", probe((1.0, 0.95))) == "channels_last"  # 5% faster: within the noise, default kept
+    assert machine.choose_path("net-b", probe((1.0, 0.5))) == "contiguous"
+    assert asked == [("channels_last", "contiguous")] * 2
+    assert machine.choose_path("net-b", probe((0.1, 9.0))) == "contiguous" and len(asked) == 2  # from the cache, not measured again
+    cache = json.loads((tmp_path / "inference_paths.json").read_text())
+    (entry,) = cache.values()
+    assert "Test CPU 9000" in next(iter(cache)) and entry["net-b"]["path"] == "contiguous" and entry["net-b"]["flags"] == ["avx2", "fma"]
+
+
+def test_the_auto_path_runs_the_chosen_memory_format_with_equal_outputs(monkeypatch, tmp_path, seg_run):
+    """A forced AVX2 CPU whose probe favours contiguous fp32 predicts with it, like the reference."""
+    from busai.inference import torch_logits
+
+    _cpu(monkeypatch, "avx2")
+    monkeypatch.setenv("BUSAI_PROBE", "1")
+    monkeypatch.setenv("BUSAI_CACHE_DIR", str(tmp_path))
+    seen = []
+    monkeypatch.setattr("busai.device._probe", lambda model, size, candidates: seen.append(size) or {"channels_last": 1.0, "contiguous": 0.1})
+    net = resolve_model(seg_run, "seg").module
+    x = torch.randn(1, 3, 64, 64)
+    got = torch_logits(net, x)
+    assert seen == [64]
+    weight = next(w for w in inference_network(net).parameters() if w.ndim == 4 and w.shape[1] > 1 and w.shape[2] > 1)
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)  # the probe's choice ran
+    assert torch.allclose(got, torch_logits(net, x, precision="fp32"), atol=1e-4)
