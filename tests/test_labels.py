@@ -15,13 +15,17 @@ from busai.labels import parse_classes, resolve
 
 def _two_class_manifest(synthetic_dir: Path, out: Path) -> Path:
     """A benign / malignant-only manifest (biopsy-confirmed data has no normal scans) over the synthetic images."""
+    import shutil
+
     rows = ["image,mask,label"]
     for label in ("benign", "malignant"):
-        for image in sorted((synthetic_dir / label).glob(f"{label} (*).png")):
+        # The files sit inside the manifest's folder, as a manifest requires (paths relative to it).
+        shutil.copytree(synthetic_dir / label, out / label, dirs_exist_ok=True)
+        for image in sorted((out / label).glob(f"{label} (*).png")):
             if "_mask" in image.name:
                 continue
-            masks = ";".join(str(m) for m in sorted(synthetic_dir.joinpath(label).glob(f"{image.stem}_mask*.png")))
-            rows.append(f"{image},{masks},{label}")
+            masks = ";".join(m.relative_to(out).as_posix() for m in sorted(out.joinpath(label).glob(f"{image.stem}_mask*.png")))
+            rows.append(f"{image.relative_to(out).as_posix()},{masks},{label}")
     out.mkdir(parents=True, exist_ok=True)
     path = out / "manifest.csv"
     path.write_text("\n".join(rows) + "\n")
@@ -29,12 +33,14 @@ def _two_class_manifest(synthetic_dir: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_class(synthetic_dir, tmp_path_factory):
+def two_class(tmp_path_factory):
     from busai.data.sources import read_records
     from busai.data.splits import make_splits, write_splits
+    from busai.data.synthetic import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("two_class")
-    manifest = _two_class_manifest(synthetic_dir, root / "data")
+    # Other phantoms than the session's tiny runs trained on (seed 1): the leak guard knows those by content.
+    manifest = _two_class_manifest(write_synthetic_dataset(root / "phantoms", n=24, seed=1, size=(64, 80)), root / "data")
     splits = root / "splits.json"
     write_splits(splits, make_splits(read_records(str(manifest)), [], val=0.25, test=0.25, seed=0))
     return manifest, splits
