@@ -66,14 +66,14 @@ def test_calibrate_stores_a_temperature_that_predictions_use(cli, cls_run, seg_r
     import shutil
 
     import busai.calibration
-    import busai.evaluation
+    import busai.inference
     from busai.inference import predict_tensor
     from busai.runs import load_model
 
     monkeypatch.setattr(busai.calibration, "MIN_IMAGES", 1)  # the synthetic split has a handful of validation images
     # The tiny model's own predictions are near chance (its fit would stop at the bound): an
     # overconfident classifier instead, right on 60% of the images, which T > 1 calibrates.
-    monkeypatch.setattr(busai.evaluation, "predict_records", stand_in_predictions([4.0, 0.0, 0.0]))
+    monkeypatch.setattr(busai.calibration, "predict_records", stand_in_predictions([4.0, 0.0, 0.0]))
     run = shutil.copytree(cls_run, tmp_path / "cls")
     code, out, err = cli("calibrate", run, "--data", synthetic_dir, "--splits", tiny_runs / "splits.json", "--json")
     assert code == 0, err
@@ -134,7 +134,7 @@ def test_a_temperature_that_worsens_ece_is_not_stored(cli, cls_run, synthetic_di
     import shutil
 
     import busai.calibration
-    import busai.evaluation
+    import busai.inference
 
     # Identical logits (2, 1, 0), 6 labels of the top class and 4 of the last: the NLL optimum sets
     # E_p[z] = E_labels[z] = 1.2, i.e. e^(1/T) = a with 0.8a^2 - 0.2a - 1.2 = 0, a = 1.3561, where the
@@ -146,7 +146,7 @@ def test_a_temperature_that_worsens_ece_is_not_stored(cli, cls_run, synthetic_di
 
     # Through the command: the same shape of predictions on the run's validation images; nothing
     # written, exit 0, one line saying so.
-    monkeypatch.setattr(busai.evaluation, "predict_records", stand_in_predictions([2.0, 1.0, 0.0]))
+    monkeypatch.setattr(busai.calibration, "predict_records", stand_in_predictions([2.0, 1.0, 0.0]))
     monkeypatch.setattr(busai.calibration, "MIN_IMAGES", 1)
     run = shutil.copytree(cls_run, tmp_path / "cls")
     code, out, err = cli("calibrate", run, "--data", synthetic_dir, "--splits", tiny_runs / "splits.json")

@@ -17,8 +17,12 @@ from busai.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
-def manifest(synthetic_dir, tmp_path_factory) -> Path:
-    return write_layout(synthetic_dir, tmp_path_factory.mktemp("readers") / "manifest", "manifest")
+def manifest(tmp_path_factory) -> Path:
+    from busai.data.synthetic import write_synthetic_dataset
+
+    # Phantoms the session's tiny runs never saw (seed 1): evaluating them is not refused as a leak.
+    root = tmp_path_factory.mktemp("readers")
+    return write_layout(write_synthetic_dataset(root / "phantoms", n=24, seed=1, size=(64, 80)), root / "manifest", "manifest")
 
 
 @pytest.fixture

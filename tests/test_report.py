@@ -259,7 +259,7 @@ def test_weight_sources_lose_the_machines_path():
 
 def test_evaluate_progress_bar_shows_on_a_terminal_only(monkeypatch, capsys):
     from busai.cli import build_parser
-    from busai.evaluation import _progress_bar
+    from busai.inference import _progress_bar
 
     for env, description, shown in (("1", "Scoring test (3 images)", True), (None, "Scoring test (3 images)", False), ("1", None, False)):
         if env:

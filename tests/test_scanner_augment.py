@@ -125,7 +125,7 @@ def test_the_command_line_offers_scanner(capsys):
         main(["train", "--help"])
     assert exit_.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "--augment {paper,strong,scanner,none}" in out and "scanner (strong plus framing" in out
+    assert "--augment {paper,strong,scanner,framing,none}" in out and "scanner (strong plus framing" in out
 
 
 def test_preview_script_draws_a_grid_and_keeps_an_existing_file(tmp_path, capsys):

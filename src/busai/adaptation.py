@@ -38,11 +38,10 @@ import torch
 from torch import nn
 
 from busai import runs
+from busai.config import ADAPT_HOLDOUT as HOLDOUT, ADAPT_MIN_LABELLED as MIN_LABELLED
 from busai.errors import CheckpointError, ConfigError, DataError
 
-MIN_LABELLED = 8  # fewer labelled scans cannot both fine-tune and early-stop (a hold-out of one or two scans at least)
 MIN_FOR_HOLDOUT = 5  # labelled scans a site needs before adapt holds some out for the report
-HOLDOUT = 0.2  # share of the site's labelled scans held out for the report when it has no split file
 EARLY_STOP_SHARE = 0.25  # share of the fine-tuning scans (grouped) that decide when to stop
 STATS_SAMPLE = 500  # images whose input-gate and scan-region statistics are measured (seeded sample of the pool)
 ADAPT_JSON = "adapt.json"

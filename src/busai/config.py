@@ -29,6 +29,9 @@ PRECISIONS = ("auto", "bf16", "fp32")
 SEGMENTATION_LOSSES = ("dice", "dice_bce", "image_dice_bce", "dice_presence", "lovasz")
 AUGMENTATIONS = ("paper", "strong", "scanner", "framing", "none")
 SELECTIONS = ("loss", "lesion_dice")
+# busai adapt (busai.adaptation), here so its --help needs no torch:
+ADAPT_MIN_LABELLED = 8  # fewer labelled scans cannot both fine-tune and early-stop (a hold-out of one or two scans at least)
+ADAPT_HOLDOUT = 0.2  # share of the site's labelled scans held out for the report when it has no split file
 DEVICES = ("auto", "cpu", "cuda")
 COLORS = ("rgb", "gray")
 SCHEDULERS = ("none", "plateau", "cosine")

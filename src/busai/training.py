@@ -54,6 +54,11 @@ def _split_records(cfg: TrainConfig, classes_option=None):
     if cfg.task != "segmentation":
         asked = cfg.classes if cfg.classes is not None else classes_option
         classes, mapping = resolve(asked, (r.label for r in train_records + val_records))
+        if len(classes) < 2:
+            only = ", ".join(classes) or "no labelled"
+            raise ConfigError(
+                f"{cfg.splits}: the train split has only {only} images; a classifier needs at least two classes: add images of another class, or train seg"
+            )
         train_records = [r for r in train_records if r.label in mapping]
         val_records = [r for r in val_records if r.label in mapping]
     if not train_records or not val_records:

@@ -7,7 +7,7 @@ import json
 
 
 def register(sub) -> None:
-    from busai.adaptation import HOLDOUT, MIN_LABELLED
+    from busai.config import ADAPT_HOLDOUT as HOLDOUT, ADAPT_MIN_LABELLED as MIN_LABELLED
 
     p = sub.add_parser(
         "adapt",
