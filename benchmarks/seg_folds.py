@@ -39,6 +39,7 @@ def fold_predictions(run: Path, records, tta: bool, batch: int = 16) -> list[dic
 
     import busai
     from busai.data.dataset import ImageCache
+    from busai.metrics import segmentation_counts
     from busai.presence import component_features
 
     model = busai.load(run, task="segmentation", device="cpu")
@@ -52,16 +53,15 @@ def fold_predictions(run: Path, records, tta: bool, batch: int = 16) -> list[dic
         with torch.inference_mode():
             probs = model.probabilities(x, tta=tta).numpy()
         for record, (_, mask), prob in zip(chunk, pairs, probs):
-            truth = mask > 0
-            pred = prob >= 0.5
-            tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
+            counts = segmentation_counts(prob, mask > 0)
+            tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
             dice = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
             rows.append(
                 {
                     "key": record.key,
                     "dataset": record.dataset,
                     "label": record.label,
-                    "lesion": bool(truth.any()),
+                    "lesion": tp + fn > 0,
                     "tp": tp,
                     "fp": fp,
                     "fn": fn,

@@ -4,8 +4,9 @@ A segmenter trained on lesion scans outlines something on many normal scans; wha
 real lesion from such a false outline is mostly how sure and how large the largest predicted
 component is. :class:`PresenceRule` keeps a scan's outline only when the largest component's peak
 probability and area both reach thresholds fitted on out-of-fold predictions (so the fit never sees
-the scans it is judged on). Written here because no library fits such a rule: scipy labels the
-components, the two thresholds are a grid search over what the fold runs predicted.
+the scans it is judged on). Written here because no library fits such a rule: the components are
+:func:`busai.measure.largest_component`'s, the two thresholds a grid search over what the fold runs
+predicted.
 """
 
 from __future__ import annotations
@@ -15,22 +16,22 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-FEATURES = ("max_prob", "largest_area", "largest_peak", "components")
-
 
 def component_features(prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """Features of one (H, W) probability map: its peak, and the largest component (at ``threshold``)
     as a fraction of the image's area with its own peak probability."""
-    from scipy import ndimage
+    from busai.measure import largest_component  # the lesion the measurements describe (8-connected)
 
     prob = np.asarray(prob, dtype=np.float32)
-    labels, count = ndimage.label(prob >= threshold)
+    largest, count = largest_component(prob >= threshold)
     if count == 0:
         return {"max_prob": float(prob.max(initial=0.0)), "largest_area": 0.0, "largest_peak": 0.0, "components": 0}
-    areas = np.bincount(labels.ravel())[1:]
-    largest = int(np.argmax(areas)) + 1
-    peak = float(ndimage.maximum(prob, labels, largest))
-    return {"max_prob": float(prob.max()), "largest_area": float(areas[largest - 1] / prob.size), "largest_peak": peak, "components": int(count)}
+    return {
+        "max_prob": float(prob.max()),
+        "largest_area": float(largest.sum() / prob.size),
+        "largest_peak": float(prob[largest].max()),
+        "components": int(count),
+    }
 
 
 @dataclass(frozen=True)
