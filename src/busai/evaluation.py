@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from busai.config import N_BOOT
 from busai import SPLIT_NAMES
 from busai.calibration import expected_calibration_error, reliability_bins, reliability_figure
 from busai.device import default_path_name
@@ -114,7 +115,7 @@ def evaluate_run(
     splits_file: str | Path,
     split: str,
     *,
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     seed: int = 0,
     figures: bool = True,
     tta: bool = False,
@@ -156,7 +157,7 @@ def evaluate_model(
     split_names=("test",),
     all_images: bool = False,
     out: str | Path | None = None,
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     seed: int = 0,
     figures: bool = True,
     tta: bool = False,

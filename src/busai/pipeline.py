@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from busai.config import MASK_THRESHOLD, PREDICT_BATCH_SIZE
 from busai import CLASSES
 from busai.config import BACKENDS  # noqa: F401  (pipeline.BACKENDS kept for callers)
 from busai.errors import ConfigError
 from busai.labels import class_names
 from busai.preprocessing import rgb_array
 
-DEFAULT_BATCH_SIZE = 8
+DEFAULT_BATCH_SIZE = PREDICT_BATCH_SIZE  # kept for callers
 PROBABILITY_KEYS = tuple(f"p_{c}" for c in CLASSES)  # always columns; a model with other classes adds its own (busai.prediction.columns_for)
 DRAWING_KEYS = ("diameter_endpoints", "perpendicular_endpoints")  # in measurements, for the overlay; not columns
 
@@ -175,7 +176,7 @@ def run_models(by_task: dict, scans: Sequence[PreparedScan], *, tta: bool = Fals
     return outputs
 
 
-def finish_scan(prepared: PreparedScan, outputs: dict, *, threshold: float = 0.5, pixel_spacing=None, keep_probability: bool = False) -> Prediction:
+def finish_scan(prepared: PreparedScan, outputs: dict, *, threshold: float = MASK_THRESHOLD, pixel_spacing=None, keep_probability: bool = False) -> Prediction:
     """The models' outputs for one scan -> its :class:`Prediction`: class, mask at the scan's size, measurements, review."""
     from busai.inference import upsample_probability
     from busai.measure import measure_lesion
@@ -210,7 +211,7 @@ def predict_scans(
     *,
     tta: bool = False,
     pixel_spacing=None,
-    threshold: float = 0.5,
+    threshold: float = MASK_THRESHOLD,
     scan_region: bool = True,
     gate: bool = True,
     geometries: Iterable | None = None,

@@ -7,7 +7,7 @@ import json
 
 from busai import SPLIT_NAMES
 from busai.commands import add_data_options
-from busai.config import DEVICES
+from busai.config import DEVICES, N_BOOT
 
 
 def register(sub) -> None:
@@ -36,7 +36,7 @@ def register(sub) -> None:
         metavar="DIR",
         help="where metrics.json and figures go (default: the run folder; required for release, release folders and .onnx)",
     )
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (default 1000)")
+    p.add_argument("--n-boot", type=int, default=N_BOOT, help=f"bootstrap resamples for the 95%% CIs (default {N_BOOT})")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the sample and confusion-matrix figures")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation, as `busai predict --tta`; stored as <key>_tta")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default): the GPU when one is visible, else the CPU")
