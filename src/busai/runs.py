@@ -49,6 +49,7 @@ LAST_CHECKPOINT = "checkpoint_last.pt"
 WEIGHTS = "model.safetensors"  # a release's or saved model's weights
 SCORES = "scores.json"
 CALIBRATION = "calibration.json"
+DIAGNOSIS = "diagnosis.json"  # a classifier's fusion with its segmenter (busai.diagnosis)
 TRAINING_DATA = "training_data.json"
 HASHES = "image_hashes.json"  # in a run folder: record key -> [sha256, phash hex] of its train and val images (busai.provenance)
 ONNX_FILE = "model.onnx"  # what Model.save writes for an ONNX model
