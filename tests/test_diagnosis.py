@@ -125,3 +125,22 @@ def test_a_fusion_fitted_with_another_segmenter_is_not_used(tmp_path, release_mo
         (pred,) = predict_scans(models, [_phantom()], gate=False)
     assert pred.diagnosis == "classifier" and pred.classifier_probabilities is None
     assert "the classifier answers alone" in caplog.text
+
+
+def test_evaluate_scores_the_diagnosis_predict_gives(tmp_path, release_models):
+    from busai.data.discover import read_image
+    from busai.data.sources import read_records
+    from busai.data.synthetic import write_synthetic_dataset
+    from busai.evaluation import evaluate_model
+    from busai.pipeline import predict_scans
+
+    data = write_synthetic_dataset(tmp_path / "data", n=9, size=(96, 128))
+    results = evaluate_model("release", str(data), all_images=True, out=tmp_path / "out", n_boot=20, figures=False)
+    assert set(results) == {"segmentation", "classification", "diagnosis"}
+    scored = results["diagnosis"]["all"]
+    assert scored["task"] == "diagnosis" and scored["images"] == 9 and scored["fusion"]["features"]
+    assert (tmp_path / "out" / "diagnosis" / "metrics.json").is_file()
+    record = read_records([str(data)])[0]
+    (pred,) = predict_scans(release_models, [read_image(record.image)], gate=False)
+    row = next(r for r in scored["predictions"] if r["image"] == record.key)
+    assert [row[f"p_{c}"] for c in ("normal", "benign", "malignant")] == pytest.approx(list(pred.probabilities.values()), abs=1e-4)

@@ -85,7 +85,7 @@ def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_si
     dataset = BusDataset(records, loaded.image_size, loaded.mean, loaded.std, cache=ImageCache(), grayscale=loaded.grayscale)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     i = 0
-    with _progress_bar(progress, len(records)) as advance:
+    with progress_bar(progress, len(records)) as advance:
         for batch in loader:
             probs = predict_tensor(loaded, batch["image"], tta=tta, calibrated=calibrated)
             for p in probs:
@@ -95,7 +95,7 @@ def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_si
 
 
 @contextlib.contextmanager
-def _progress_bar(description: str | None, total: int):
+def progress_bar(description: str | None, total: int):
     """A rich progress bar on stderr, yielding its advance(n); a no-op without a description or a terminal."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

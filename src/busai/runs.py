@@ -50,6 +50,7 @@ WEIGHTS = "model.safetensors"  # a release's or saved model's weights
 SCORES = "scores.json"
 CALIBRATION = "calibration.json"
 DIAGNOSIS = "diagnosis.json"  # a classifier's fusion with its segmenter (busai.diagnosis)
+DIAGNOSIS_TASK = "diagnosis"  # evaluate's scores of the fused answer, beside segmentation/ and classification/
 TRAINING_DATA = "training_data.json"
 HASHES = "image_hashes.json"  # in a run folder: record key -> [sha256, phash hex] of its train and val images (busai.provenance)
 ONNX_FILE = "model.onnx"  # what Model.save writes for an ONNX model
