@@ -204,3 +204,17 @@ def test_without_held_out_labels_the_self_trained_model_is_kept_with_its_agreeme
 def test_pseudo_label_with_labels_to_fine_tune_on_is_one_line(seg_run, site, tmp_path, cli):
     cli.fails("adapt", seg_run, "--data", f"clinic={site}", "--out", tmp_path / "run", "--pseudo-label", expect="pass --labelled 0 to self-train")
     assert not (tmp_path / "run").exists()
+
+
+def test_with_a_split_file_the_keep_or_discard_choice_is_planned_on_its_val_scans(site, tmp_path):
+    from busai.adaptation import plan_site, read_site
+    from busai.data.sources import parse_data_specs
+    from busai.data.splits import make_splits, write_splits
+
+    spec = parse_data_specs([f"clinic={site}"])[0]
+    records, _, _ = read_site(spec)
+    split = write_splits(tmp_path / "split.json", make_splits(records, [], val=0.25, test=0.25, seed=0))
+    plan = plan_site(records, split, spec, labelled=0, holdout=0.2, seed=0)
+    parts = json.loads(split.read_text())
+    assert plan.val and {r.key for r in plan.val} == {k for k in parts["val"] if any(r.key == k and r.segmentable for r in records)}
+    assert not {r.key for r in plan.val} & {r.key for r in plan.pool + plan.holdout}

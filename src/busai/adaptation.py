@@ -281,8 +281,10 @@ def _segmentation_labelled(record) -> bool:
 class SitePlan:
     """Which site scans each step may use (keys of the site's records)."""
 
-    def __init__(self, pool, holdout, finetune, early_stop, left_out, source):
+    def __init__(self, pool, holdout, finetune, early_stop, left_out, source, val=()):
         self.pool, self.holdout, self.finetune, self.early_stop, self.left_out, self.source = pool, holdout, finetune, early_stop, left_out, source
+        self.val = list(val)  # the split file's labelled val scans: where --pseudo-label's keep-or-discard choice is made, if any
+        self.chosen_on: list = []  # the scans that choice was scored on, when not the hold-out (recorded as seen)
 
     def counts(self) -> dict:
         return {
@@ -313,16 +315,18 @@ def plan_site(records: list, splits, spec, *, labelled: int | None, holdout: flo
                 + (f", named as in the split file (--data NAME={spec.path})" if parts.get("datasets") else "")
             )
         pool, held = listed["train"], [r for r in listed["test"] if _segmentation_labelled(r)]
+        val = [r for r in listed["val"] if _segmentation_labelled(r)]
         source = str(splits)
     else:
         labelled_records = [r for r in records if _segmentation_labelled(r)]
-        held = []
+        held, val = [], []
         if holdout > 0 and len(labelled_records) >= MIN_FOR_HOLDOUT:
             part = make_splits(labelled_records, [], val=0.0, test=holdout, seed=seed)
             held = [by_key[k] for k in part["test"]]
         pool = [r for r in records if r.key not in {h.key for h in held}]
         source = f"grouped hold-out of {holdout:.0%} of the labelled scans (seed {seed})" if held else "none (too few labelled scans to hold any out)"
     held_groups = {_group(r) for r in held}
+    val = [r for r in val if _group(r) not in held_groups]
     left_out = [r for r in pool if _group(r) in held_groups]  # a held-out patient's other scans
     pool = [r for r in pool if _group(r) not in held_groups]
     if not pool:
@@ -334,7 +338,7 @@ def plan_site(records: list, splits, spec, *, labelled: int | None, holdout: flo
     if labelled is None:  # every labelled scan, when there are enough to fine-tune on; else statistics only
         labelled = len(available) if len(available) >= MIN_LABELLED else 0
     if labelled == 0:
-        return SitePlan(pool, held, [], [], left_out, source)
+        return SitePlan(pool, held, [], [], left_out, source, val)
     if labelled < MIN_LABELLED:
         raise ConfigError(f"--labelled {labelled}: fine-tuning needs at least {MIN_LABELLED} labelled scans (pass --labelled 0 to adapt without labels)")
     if labelled > len(available):
@@ -349,7 +353,7 @@ def plan_site(records: list, splits, spec, *, labelled: int | None, holdout: flo
         raise DataError(
             f"{spec.path}: the {labelled} labelled scans come from too few patients to hold some out for early stopping; label scans of more patients"
         )
-    return SitePlan(pool, held, finetune, early_stop, left_out, source)
+    return SitePlan(pool, held, finetune, early_stop, left_out, source, val)
 
 
 def _group(record) -> str:
@@ -739,6 +743,11 @@ def self_train(
         )
         return loaded, False, None, section
 
+    # The choice is made on the split file's val scans where it has some, so the held-out scores stay an independent check.
+    choose_on = plan.val or plan.holdout
+    plan.chosen_on = list(plan.val)
+    section["chosen_on"] = f"the split file's {len(plan.val)} labelled val scans" if plan.val else f"the {len(plan.holdout)} held-out scans"
+    statistics_only = _score(loaded, plan.val, n_boot, seed) if plan.val else statistics_only
     statistics_module = copy.deepcopy(loaded.module)
     section["fine_tuning"] = _finetune(
         loaded, finetune, early_stop, out, cache=cache, adapter=_ignoring_adapter, loss="dice_bce", seed=seed, batch_size=batch_size, quiet=quiet, **fit_options
@@ -748,14 +757,16 @@ def self_train(
     after = [pseudo_label(p, m, rule).agreement for _, p, m in _mirror_predictions(trained, pool, cache, max(batch_size, 16))]
     section["flip_agreement"]["after"] = round(float(np.mean(after)), 4)
     scores = _score(trained, plan.holdout, n_boot, seed) if plan.holdout else None
-    if scores is None:
+    if not choose_on:
         section["kept"] = True
         section["decision"] = "kept: no labelled held-out scans to check it on, and --pseudo-label asked for it (flip agreement is a proxy, not a score)"
         return trained, True, None, section
-    name, before_value, after_value = _headline(statistics_only), _headline_value(statistics_only), _headline_value(scores)
+    chosen = _score(trained, plan.val, n_boot, seed) if plan.val else scores
+    name, before_value, after_value = _headline(statistics_only), _headline_value(statistics_only), _headline_value(chosen)
     section["kept"] = after_value >= before_value
     verdict = "kept" if section["kept"] else "discarded"
-    section["decision"] = f"{verdict}: held-out {name} {after_value:.4f} self-trained vs {before_value:.4f} with the statistics alone"
+    where = "val" if plan.val else "held-out"
+    section["decision"] = f"{verdict}: {where} {name} {after_value:.4f} self-trained vs {before_value:.4f} with the statistics alone"
     if section["kept"]:
         return trained, True, scores, section
     # Back to the statistics alone: the folder must not look like the discarded fine-tuning's run.
@@ -845,7 +856,7 @@ def _write_run(loaded, parent_dir: Path, out: Path, report: dict, spec, fingerpr
             "name": spec.name,
             "fingerprint": fingerprint,
             "train": [r.relpath for r in plan.pool],
-            "val": [r.relpath for r in plan.early_stop],
+            "val": [r.relpath for r in plan.early_stop + plan.chosen_on],
         }
     )
     body = {"source": f"busai adapt of {report['parent']['source']} to {spec}", "datasets": seen}
