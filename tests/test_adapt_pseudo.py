@@ -181,7 +181,7 @@ def test_pseudo_label_mode_runs_end_to_end_and_keeps_the_model_only_if_it_pays(s
     parent, adapted = load_model(seg_run).module.state_dict(), load_model(out).module.state_dict()
     weights = [k for k in parent if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert all(torch.equal(parent[k], adapted[k]) for k in weights) != section["kept"]  # discarded: the parent's weights
-    assert (out / "checkpoint_last.safetensors").exists() == section["kept"]
+    assert (out / "checkpoint_last.pt").exists() == (out / "history.csv").exists() == section["kept"]
     text = (out / "adapt.md").read_text()
     assert "## Self-training on pseudo-labels" in text and "self-trained on pseudo-labels" in text and section["decision"] in text
 
@@ -218,3 +218,45 @@ def test_with_a_split_file_the_keep_or_discard_choice_is_planned_on_its_val_scan
     parts = json.loads(split.read_text())
     assert plan.val and {r.key for r in plan.val} == {k for k in parts["val"] if any(r.key == k and r.segmentable for r in records)}
     assert not {r.key for r in plan.val} & {r.key for r in plan.pool + plan.holdout}
+
+
+def test_a_self_trained_model_that_scores_worse_is_discarded(seg_run, site, tmp_path, monkeypatch):
+    import busai.adaptation as adaptation
+    from busai.engine import save_weights
+    from busai.runs import load_model
+
+    finetune = adaptation._finetune
+
+    def worse(loaded, train, early_stop, out, **kw):
+        result = finetune(loaded, train, early_stop, out, **kw)
+        # The fine-tuned model made to find no lesion at all: below the statistics alone on the held-out lesion scans.
+        model = load_model(out)
+        head = [m for m in model.module.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.fill_(-50.0)
+        save_weights(model.module, out / "checkpoint_best.safetensors", {"busai": json.dumps({"model_spec": model.spec, "image_size": model.image_size})})
+        return result
+
+    monkeypatch.setattr(adaptation, "_finetune", worse)
+    out = tmp_path / "run"
+    report = adaptation.adapt(
+        seg_run,
+        f"clinic={site}",
+        out,
+        labelled=0,
+        pseudo_label=True,
+        pseudo_agreement=0.0,
+        pseudo_confidence=0.0,
+        pseudo_band=0.05,
+        epochs=1,
+        n_boot=20,
+        device="cpu",
+    )
+    section, scores = report["pseudo_label"], report["scores"]
+    assert scores["statistics_only"]["lesion_dice"]["value"] > 0 and scores["self_trained"]["lesion_dice"]["value"] == 0
+    assert not section["kept"] and section["decision"].startswith("discarded: held-out lesion_dice")
+    assert scores["after"]["lesion_dice"]["value"] == scores["statistics_only"]["lesion_dice"]["value"]
+    parent, adapted = load_model(seg_run).module.state_dict(), load_model(out).module.state_dict()
+    assert all(torch.equal(parent[k], adapted[k]) for k in parent if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert not (out / "history.csv").exists() and json.loads((out / "config.json").read_text())["train"] == {}

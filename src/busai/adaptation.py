@@ -201,8 +201,8 @@ def adapt(
         from busai.runs import load_model
 
         loaded = load_model(out, device=str(loaded.device))
-    if scores.get("self_trained") is not None and trained:  # the kept self-trained model, already scored
-        scores["after"] = scores["self_trained"]
+    if rule is not None and scores["statistics_only"] is not None:  # the kept model (self-trained or not) is scored already
+        scores["after"] = scores["self_trained"] if trained else scores["statistics_only"]
     else:
         scores["after"] = _score(loaded, plan.holdout, n_boot, seed) if plan.holdout else None
     if before is not None:
