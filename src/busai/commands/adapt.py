@@ -7,7 +7,13 @@ import json
 
 
 def register(sub) -> None:
-    from busai.config import ADAPT_HOLDOUT as HOLDOUT, ADAPT_MIN_LABELLED as MIN_LABELLED
+    from busai.config import (
+        ADAPT_HOLDOUT as HOLDOUT,
+        ADAPT_MIN_LABELLED as MIN_LABELLED,
+        ADAPT_PSEUDO_AGREEMENT,
+        ADAPT_PSEUDO_BAND,
+        ADAPT_PSEUDO_CONFIDENCE,
+    )
 
     p = sub.add_parser(
         "adapt",
@@ -41,6 +47,33 @@ def register(sub) -> None:
     p.add_argument("--holdout", type=float, default=HOLDOUT, help=f"share of the labelled scans held out for the report, by patient (default {HOLDOUT})")
     p.add_argument(
         "--freeze-encoder", type=int, default=3, metavar="K", help="encoder stages (from the input) kept fixed while fine-tuning (default 3; 0: none)"
+    )
+    p.add_argument(
+        "--pseudo-label",
+        action="store_true",
+        help="without labels: after the statistics, self-train on the scans whose prediction is confident and agrees with its mirror image's; "
+        "kept only if it does not lower the held-out Dice (with no held-out labels: kept, its agreement reported)",
+    )
+    p.add_argument(
+        "--pseudo-agreement",
+        type=float,
+        default=ADAPT_PSEUDO_AGREEMENT,
+        metavar="D",
+        help=f"--pseudo-label: least Dice between a scan's mask and its mirror image's (default {ADAPT_PSEUDO_AGREEMENT})",
+    )
+    p.add_argument(
+        "--pseudo-confidence",
+        type=float,
+        default=ADAPT_PSEUDO_CONFIDENCE,
+        metavar="C",
+        help=f"--pseudo-label: least mean |2p - 1| over the predicted lesion (default {ADAPT_PSEUDO_CONFIDENCE})",
+    )
+    p.add_argument(
+        "--pseudo-band",
+        type=float,
+        default=ADAPT_PSEUDO_BAND,
+        metavar="W",
+        help=f"--pseudo-label: pixels with probability within W of 0.5 are left out of the loss (default {ADAPT_PSEUDO_BAND})",
     )
     p.add_argument("--epochs", type=int, default=30, help="most fine-tuning epochs (default 30)")
     p.add_argument("--patience", type=int, default=5, help="stop after this many epochs without a better early-stop score (default 5)")
@@ -76,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
         data_format=args.data_format,
         quiet=args.quiet or args.json,
         command=command_line(args),
+        pseudo_label=args.pseudo_label,
+        pseudo_agreement=args.pseudo_agreement,
+        pseudo_confidence=args.pseudo_confidence,
+        pseudo_band=args.pseudo_band,
     )
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k not in ("per_image", "lists")}, default=str))
@@ -88,5 +125,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"held-out Dice over lesion scans {b:.3f} -> {a:.3f}, {missed}" if b is not None and a is not None else missed)
     else:
         print("no held-out labelled scans: nothing scored (label a few of the site's scans to see the change)")
+    if report.get("pseudo_label"):
+        print(f"pseudo-labels: {report['pseudo_label']['used']} of {report['pseudo_label']['scans']} scans used; {report['pseudo_label']['decision']}")
     print(f"{report['mode']} adaptation written to {args.out} (report: {args.out}/{ADAPT_MD})")
     return 0
