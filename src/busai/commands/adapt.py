@@ -8,6 +8,13 @@ import json
 
 def register(sub) -> None:
     from busai.config import (
+        ADAPT_BATCH_SIZE,
+        ADAPT_EPOCHS,
+        ADAPT_FREEZE_ENCODER,
+        ADAPT_LR,
+        ADAPT_PATIENCE,
+        DEVICES,
+        N_BOOT,
         ADAPT_HOLDOUT as HOLDOUT,
         ADAPT_MIN_LABELLED as MIN_LABELLED,
         ADAPT_PSEUDO_AGREEMENT,
@@ -46,7 +53,11 @@ def register(sub) -> None:
     )
     p.add_argument("--holdout", type=float, default=HOLDOUT, help=f"share of the labelled scans held out for the report, by patient (default {HOLDOUT})")
     p.add_argument(
-        "--freeze-encoder", type=int, default=3, metavar="K", help="encoder stages (from the input) kept fixed while fine-tuning (default 3; 0: none)"
+        "--freeze-encoder",
+        type=int,
+        default=ADAPT_FREEZE_ENCODER,
+        metavar="K",
+        help=f"encoder stages (from the input) kept fixed while fine-tuning (default {ADAPT_FREEZE_ENCODER}; 0: none)",
     )
     p.add_argument(
         "--pseudo-label",
@@ -75,13 +86,15 @@ def register(sub) -> None:
         metavar="W",
         help=f"--pseudo-label: pixels with probability within W of 0.5 are left out of the loss (default {ADAPT_PSEUDO_BAND})",
     )
-    p.add_argument("--epochs", type=int, default=30, help="most fine-tuning epochs (default 30)")
-    p.add_argument("--patience", type=int, default=5, help="stop after this many epochs without a better early-stop score (default 5)")
-    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (default 1e-4)")
-    p.add_argument("--batch-size", type=int, default=8, help="fine-tuning batch size (default 8)")
+    p.add_argument("--epochs", type=int, default=ADAPT_EPOCHS, help=f"most fine-tuning epochs (default {ADAPT_EPOCHS})")
+    p.add_argument(
+        "--patience", type=int, default=ADAPT_PATIENCE, help=f"stop after this many epochs without a better early-stop score (default {ADAPT_PATIENCE})"
+    )
+    p.add_argument("--lr", type=float, default=ADAPT_LR, help=f"fine-tuning learning rate (default {ADAPT_LR:g})")
+    p.add_argument("--batch-size", type=int, default=ADAPT_BATCH_SIZE, help=f"fine-tuning batch size (default {ADAPT_BATCH_SIZE})")
     p.add_argument("--seed", type=int, default=0, help="seed of the hold-out, the labelled subset and training (default 0)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (default 1000)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (default): the GPU when one is visible, else the CPU")
+    p.add_argument("--n-boot", type=int, default=N_BOOT, help=f"bootstrap resamples for the 95%% CIs (default {N_BOOT})")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default): the GPU when one is visible, else the CPU")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the report (adapt.json) as one JSON object")
     p.set_defaults(handler=run)
