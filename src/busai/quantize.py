@@ -11,6 +11,16 @@ int8 products may saturate, so ``reduce_range`` is turned on). ONNX Runtime fuse
 DequantizeLinear -> Conv -> QuantizeLinear group into one integer kernel when it loads the file;
 :func:`kernel_profile` says which kernels actually ran.
 
+Two things stay in fp32 on purpose. The shape arithmetic of the graph (the "same" padding of
+EfficientNet's convolutions is computed from ``Shape`` at run time) is never quantized: rounding
+it moves padding and feature-map sizes, not just values (:func:`shape_nodes`). And with
+``keep_fp32`` the layers that tolerate int8 least stay float: :func:`sensitivity` ranks every
+quantized node by the signal-to-quantization-noise ratio of the tensors it reads and writes
+(ONNX Runtime's ``qdq_loss_debug``) on a few calibration images, and the worst ``K`` are
+excluded; ``"auto"`` grows ``K`` until the Dice / accuracy drop on other *training* images is
+within :data:`MAX_DROP` (validation and test images never choose ``K``). Calibration runs once
+(ONNX Runtime's calibration cache); each ``K`` only re-quantizes.
+
 The int8 file is an ordinary busai ONNX file (``busai predict --seg FILE.onnx`` runs it) whose
 metadata also records how it was calibrated.
 """
@@ -38,6 +48,12 @@ PARITY_IMAGES = 16
 # A correctly calibrated file stays far below it; a broken one (wrong ranges, saturated products)
 # moves probabilities by tenths.
 INT8_TOLERANCE = 0.05
+# --keep-fp32 auto: the largest Dice (segmentation) or accuracy (classification) drop from fp32
+# on held-out training images at which the search stops (issue 33's target).
+MAX_DROP = 0.01
+SELECTION_IMAGES = 32  # held-out training images that choose K for --keep-fp32 auto
+SENSITIVITY_IMAGES = 4  # calibration images the per-node error analysis runs on
+SENSITIVITY_SHOWN = 20  # worst nodes recorded in the file's metadata
 
 
 @dataclass
@@ -50,6 +66,9 @@ class Int8Result:
     max_abs_probability_diff: float
     tolerance: float
     settings: dict = field(default_factory=dict)
+    kept_fp32: list = field(default_factory=list)  # quantizable nodes left in fp32 (--keep-fp32), worst first
+    sensitivity: list = field(default_factory=list)  # the most sensitive nodes: {node, op, sqnr_db}
+    selection: list = field(default_factory=list)  # --keep-fp32 auto: each K tried, its held-out drop and speed
 
     @property
     def ok(self) -> bool:
@@ -68,9 +87,19 @@ def cpu_has_vnni() -> bool:
     return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
-def calibration_records(data_dir: str | Path, splits_file: str | Path, *, count: int = CALIBRATION_IMAGES, seed: int = 0):
-    """(calibration, parity) records: up to ``count`` training images drawn with ``seed``, and up to
-    :data:`PARITY_IMAGES` other training images to check the result on (the calibration ones when
+def parse_keep_fp32(value) -> str | int:
+    """``--keep-fp32``: ``"auto"`` or a number of nodes (0 or more)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if text.isdigit():
+        return int(text)
+    raise ConfigError(f"--keep-fp32 {value}: give auto, or how many of the most sensitive layers stay fp32 (0 or more)")
+
+
+def calibration_records(data_dir, splits_file: str | Path, *, count: int = CALIBRATION_IMAGES, seed: int = 0, held_out: int = PARITY_IMAGES):
+    """(calibration, held-out) records: up to ``count`` training images drawn with ``seed``, and up to
+    ``held_out`` other training images to check the result on (the calibration ones when
     the split has no others)."""
     from busai.data.splits import load_split_records
 
@@ -81,8 +110,8 @@ def calibration_records(data_dir: str | Path, splits_file: str | Path, *, count:
         raise ConfigError(f"{splits_file}: its train split is empty; calibration uses training images only")
     order = np.random.default_rng(seed).permutation(len(records))
     calibration = [records[i] for i in order[:count]]
-    rest = [records[i] for i in order[count : count + PARITY_IMAGES]]
-    return calibration, rest or calibration[:PARITY_IMAGES]
+    rest = [records[i] for i in order[count : count + held_out]]
+    return calibration, rest or calibration[:held_out]
 
 
 def calibration_source(loaded: LoadedModel, data_dir: str | Path | None, splits_file: str | Path | None) -> tuple[str, str]:
@@ -98,13 +127,14 @@ def calibration_source(loaded: LoadedModel, data_dir: str | Path | None, splits_
     return str(data_dir), str(splits_file)
 
 
-def _batches(loaded: LoadedModel, records, batch_size: int = 8):
-    """Normalised (N, 3, S, S) float32 arrays, through the training dataset's own preprocessing."""
+def _batches(loaded: LoadedModel, records, batch_size: int = 8, key: str = "image"):
+    """Normalised (N, 3, S, S) float32 arrays, through the training dataset's own preprocessing
+    (``key="mask"`` / ``"label"``: the matching masks or labels)."""
     from busai.data.dataset import BusDataset, ImageCache
 
     dataset = BusDataset(records, loaded.image_size, loaded.mean, loaded.std, cache=ImageCache())
     for start in range(0, len(dataset), batch_size):
-        items = [dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))]
+        items = [dataset[i][key] for i in range(start, min(start + batch_size, len(dataset)))]
         yield torch.stack(items)
 
 
@@ -117,6 +147,27 @@ class _Reader:
     def get_next(self):
         return next(self._items, None)
 
+    def __iter__(self):  # qdq_loss_debug.collect_activations iterates the reader
+        return iter(self.get_next, None)
+
+
+def shape_nodes(model) -> list[str]:
+    """Nodes of an ONNX graph that compute shapes (from ``Shape`` and constants), not image values.
+
+    A node is on the data path when any input is the graph input or another data-path output;
+    ``Shape`` cuts that path (its output is a size, not an activation). Everything else that is
+    not a ``Constant`` computes paddings, reshape targets or resize sizes, which quantization
+    would round.
+    """
+    data = {value.name for value in model.graph.input}
+    found = []
+    for node in model.graph.node:  # ONNX keeps nodes in topological order
+        if node.op_type != "Shape" and any(name in data for name in node.input):
+            data.update(node.output)
+        elif node.op_type != "Constant":
+            found.append(node.name)
+    return found
+
 
 def quantize_int8(
     loaded: LoadedModel,
@@ -127,16 +178,22 @@ def quantize_int8(
     per_channel: bool = True,
     dynamic_size: bool = False,
     provenance: dict | None = None,
+    keep_fp32: str | int = 0,
+    selection_records=None,
 ) -> Int8Result:
     """Export ``loaded`` to ONNX, quantize it to int8 calibrated on ``calibration`` records, write ``out``.
 
     ``parity_records`` (training images too) measure how far int8 probabilities move from PyTorch fp32.
+    ``keep_fp32``: how many of the most sensitive nodes stay fp32, or ``"auto"``: the fewest whose
+    Dice / accuracy drop on ``selection_records`` (held-out training images; default
+    ``parity_records``) is within :data:`MAX_DROP`.
     The file is written to a temporary name and renamed, so an existing ``out`` survives a failure.
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from busai.export import export_onnx, load_onnx
 
+    keep_fp32 = parse_keep_fp32(keep_fp32)
     if loaded.backend != "torch":
         raise CheckpointError(f"{loaded.source}: is already an ONNX file; quantize from a run folder or the release model")
     if not calibration:
@@ -154,42 +211,187 @@ def quantize_int8(
         "cpu_vnni": vnni,
     }
     with tempfile.TemporaryDirectory(prefix="busai-int8-") as tmp:
-        fp32 = export_onnx(loaded, Path(tmp) / "fp32.onnx", dynamic_size=dynamic_size)
+        tmp = Path(tmp)
+        fp32 = export_onnx(loaded, tmp / "fp32.onnx", dynamic_size=dynamic_size)
         if not fp32.ok:
             raise CheckpointError(f"{loaded.source}: the fp32 ONNX graph differs from PyTorch by {fp32.max_abs_diff:.2g}; it cannot be quantized")
-        prepared = Path(tmp) / "prepared.onnx"
+        prepared = tmp / "prepared.onnx"
         # Shape inference and constant folding first, as ONNX Runtime's quantization guide asks.
         quant_pre_process(str(fp32.path), str(prepared), skip_symbolic_shape=True)
+        quantizer = _Quantizer(prepared, tmp / "calibration.json", loaded, calibration, per_channel, vnni)
+        kept, ranking, steps = [], [], []
+        if keep_fp32 != 0:
+            ranking = sensitivity(prepared, quantizer([], tmp / "int8_all.onnx"), loaded, calibration[:SENSITIVITY_IMAGES], quantizer.always_float)
+            if keep_fp32 == "auto":
+                kept, steps = _choose_kept(quantizer, ranking, loaded, load_onnx(fp32.path), selection_records or parity_records, tmp)
+            else:
+                kept = [row["node"] for row in ranking[:keep_fp32]]
+        details = {
+            "keep_fp32": keep_fp32,
+            "kept_fp32": kept,
+            "shape_nodes_fp32": len(quantizer.always_float),
+            "sensitivity": ranking[:SENSITIVITY_SHOWN],
+            "selection": steps,
+        }
         with atomic_path(out) as staged:
-            _quantize(prepared, staged, fp32.path, loaded, calibration, settings, provenance, per_channel, vnni)
+            quantizer(kept, staged)
+            _write_metadata(staged, fp32.path, {"type": "int8", **settings, "calibration_images": len(calibration), **details, **(provenance or {})})
     mean_diff, max_diff = probability_difference(loaded, load_onnx(out), parity_records)
-    return Int8Result(str(out), loaded.task, len(calibration), len(parity_records), mean_diff, max_diff, INT8_TOLERANCE, settings)
-
-
-def _quantize(prepared: Path, staged: Path, fp32_path, loaded, calibration, settings: dict, provenance, per_channel: bool, vnni: bool) -> None:
-    """ONNX Runtime's static int8 quantization of ``prepared`` into ``staged``, with the fp32 file's metadata plus the settings."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from busai.export import INPUT, METADATA_KEY
-
-    quantize_static(
-        str(prepared),
-        str(staged),
-        _Reader(loaded, calibration, INPUT),
-        quant_format=QuantFormat.QDQ,
-        per_channel=per_channel,
-        reduce_range=not vnni,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
+    return Int8Result(
+        str(out), loaded.task, len(calibration), len(parity_records), mean_diff, max_diff, INT8_TOLERANCE, settings, kept, ranking[:SENSITIVITY_SHOWN], steps
     )
+
+
+class _Quantizer:
+    """ONNX Runtime's static int8 quantization of one prepared graph, calibrated once (its calibration
+    cache) and re-run for each set of nodes kept in fp32; shape arithmetic always stays fp32."""
+
+    def __init__(self, prepared: Path, cache: Path, loaded, calibration, per_channel: bool, vnni: bool):
+        import onnx
+
+        self.prepared, self.cache, self.loaded, self.calibration = prepared, cache, loaded, calibration
+        self.per_channel, self.vnni = per_channel, vnni
+        self.always_float = shape_nodes(onnx.load(str(prepared)))
+
+    def __call__(self, kept, out: Path) -> Path:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        from busai.export import INPUT
+
+        quantize_static(
+            str(self.prepared),
+            str(out),
+            None if self.cache.is_file() else _Reader(self.loaded, self.calibration, INPUT),
+            quant_format=QuantFormat.QDQ,
+            per_channel=self.per_channel,
+            reduce_range=not self.vnni,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=self.always_float + list(kept),
+            calibration_cache_path=str(self.cache),
+        )
+        return out
+
+
+def _write_metadata(staged: Path, fp32_path, quantization: dict) -> None:
+    """The fp32 file's busai metadata plus how the file was quantized."""
+    import onnx
+
+    from busai.export import METADATA_KEY
+
     model = onnx.load(str(staged))
     props = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
     meta = json.loads(props[METADATA_KEY])
-    meta["quantization"] = {"type": "int8", **settings, "calibration_images": len(calibration), **(provenance or {})}
+    meta["quantization"] = quantization
     onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
     onnx.save(model, str(staged))
+
+
+def sensitivity(float_path: str | Path, qdq_path: str | Path, loaded: LoadedModel, records, skip=()) -> list[dict]:
+    """Every quantized node of ``qdq_path`` with the error its quantization adds, worst first.
+
+    ONNX Runtime's ``qdq_loss_debug`` runs the int8 graph on ``records``; for each quantized tensor the
+    signal-to-quantization-noise ratio (dB) of its values before vs after its
+    Quantize/DequantizeLinear pair, and for each weight that of float vs dequantized weights.
+    A node scores the lowest ratio among the tensors it reads and writes: the most error it lets
+    in. Nodes in ``skip`` (kept float anyway) and nodes with no quantized tensor are left out.
+    """
+    import onnx
+    from onnxruntime.quantization import qdq_loss_debug as debug
+
+    from busai.export import INPUT
+
+    with tempfile.TemporaryDirectory(prefix="busai-int8-debug-") as tmp:
+        augmented = str(Path(tmp) / "qdq.onnx")
+        debug.modify_model_output_intermediate_tensors(str(qdq_path), augmented)
+        matched = debug.create_activation_matching(debug.collect_activations(augmented, _Reader(loaded, records, INPUT)))
+    graph = onnx.load(str(qdq_path)).graph
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    tensor_db = {}
+    for name, match in matched.items():
+        scale, zero = constants.get(f"{name}_scale"), constants.get(f"{name}_zero_point")
+        if scale is None or zero is None or scale.size != 1:
+            continue
+        # The quantizer folds a ReLU / Clip into the QuantizeLinear's range, so values outside that range
+        # are the activation at work, not rounding: the error is measured on values clipped to it.
+        info = np.iinfo(zero.dtype)
+        low, high = float(scale) * (info.min - float(zero)), float(scale) * (info.max - float(zero))
+        pre = [np.clip(x, low, high) for x in match["pre_qdq"]]
+        tensor_db[name] = debug.compute_signal_to_quantization_noice_ratio(pre, match["post_qdq"])
+    weights = debug.create_weight_matching(str(float_path), str(qdq_path))
+    # Scalar weights (a Mul's constant) as 1-element arrays: the library's error function takes arrays only.
+    weight_db = debug.compute_weight_error({name: {k: np.atleast_1d(v) for k, v in pair.items()} for name, pair in weights.items()})
+    skip = set(skip)
+    rows = []
+    for node in onnx.load(str(float_path)).graph.node:
+        scores = [tensor_db[t] for t in [*node.input, *node.output] if t in tensor_db] + [weight_db[t] for t in node.input if t in weight_db]
+        if scores and node.name not in skip:
+            rows.append({"node": node.name, "op": node.op_type, "sqnr_db": round(float(min(scores)), 2)})
+    return sorted(rows, key=lambda row: row["sqnr_db"])
+
+
+def _k_steps(count: int) -> list[int]:
+    """0, 1, 2, 4, ... up to ``count``: the numbers of nodes kept fp32 that --keep-fp32 auto tries."""
+    steps, k = [0], 1
+    while k < count:
+        steps.append(k)
+        k *= 2
+    return steps + [count] if count else steps
+
+
+def _choose_kept(quantizer: _Quantizer, ranking: list[dict], loaded: LoadedModel, fp32: LoadedModel, records, tmp: Path) -> tuple[list[str], list[dict]]:
+    """--keep-fp32 auto: keep the worst K nodes fp32 for K = 0, 1, 2, 4, ... until the Dice / accuracy
+    drop from fp32 on ``records`` (held-out training images) is within :data:`MAX_DROP`; each K's drop
+    and speed recorded. None within it: the K with the smallest drop."""
+    from busai.export import load_onnx
+
+    x = next(_batches(loaded, records[:1]))
+    reference, reference_ms = held_out_score(fp32, loaded, records), _ms_per_image(fp32, x)
+    steps = []
+    for k in _k_steps(len(ranking)):
+        kept = [row["node"] for row in ranking[:k]]
+        model = load_onnx(quantizer(kept, tmp / f"int8_{k}.onnx"))
+        drop = reference - held_out_score(model, loaded, records)
+        ms = _ms_per_image(model, x)
+        steps.append({"keep_fp32": k, "drop": round(drop, 5), "ms_per_image": round(ms, 2), "speedup_vs_onnxruntime_fp32": round(reference_ms / ms, 2)})
+        if drop <= MAX_DROP:
+            return kept, steps
+    best = min(steps, key=lambda step: step["drop"])["keep_fp32"]
+    return [row["node"] for row in ranking[:best]], steps
+
+
+def held_out_score(model: LoadedModel, reference: LoadedModel, records) -> float:
+    """Mean Dice over images (segmentation) or accuracy (classification) of ``model`` on ``records``,
+    at the model's input size, preprocessed as ``reference`` (the PyTorch model) was trained."""
+    from busai.inference import predict_tensor
+    from busai.metrics import image_overlap, segmentation_counts
+
+    key = "mask" if reference.task == "segmentation" else "label"
+    scores = []
+    for batch, truth in zip(_batches(reference, records), _batches(reference, records, key=key)):
+        prob = predict_tensor(model, batch, precision="fp32")
+        if reference.task == "segmentation":
+            scores += [image_overlap(segmentation_counts(p.numpy(), t[0].numpy()))["dice"] for p, t in zip(prob, truth)]
+        else:
+            scores += (prob.argmax(1) == truth).float().tolist()
+    return float(np.mean(scores))
+
+
+def _ms_per_image(model: LoadedModel, x: torch.Tensor, runs: int = 5) -> float:
+    """Median milliseconds of one call on ``x`` after a warm-up call (a rough figure for choosing K)."""
+    import statistics
+    import time
+
+    from busai.inference import predict_tensor
+
+    predict_tensor(model, x, precision="fp32")
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        predict_tensor(model, x, precision="fp32")
+        times.append((time.perf_counter() - start) * 1000 / len(x))
+    return statistics.median(times)
 
 
 def probability_difference(reference: LoadedModel, other: LoadedModel, records) -> tuple[float, float]:

@@ -37,6 +37,13 @@ def register(sub) -> None:
         metavar="N",
         help=f"--quantize: training images to calibrate on (default {QUANTIZE_CALIB_IMAGES})",
     )
+    p.add_argument(
+        "--keep-fp32",
+        default="0",
+        metavar="auto|N",
+        help="--quantize: keep the N layers int8 hurts most in fp32 (per-layer error analysis on calibration images); "
+        "auto: the fewest whose Dice / accuracy drop on other training images is <= 0.01 (default 0: quantize every layer)",
+    )
     p.add_argument("--json", action="store_true", help="print the export result as JSON")
     p.set_defaults(handler=run)
 
@@ -57,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{args.model}: not found; pass a run folder (or a saved model folder), or seg / cls for the release model")
     if args.quantize:
         return _quantize(model.loaded, args)
-    elif args.calib_data or args.calib_splits:
+    elif args.calib_data or args.calib_splits or args.keep_fp32 != "0":
         from busai.errors import ConfigError
 
-        raise ConfigError("--calib-data / --calib-splits only apply with --quantize int8")
+        raise ConfigError("--calib-data / --calib-splits / --keep-fp32 only apply with --quantize int8")
     result = model.export(args.out, opset=args.opset or OPSET, dynamic_size=not args.fixed_size, force=args.force)
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -74,17 +81,22 @@ def run(args: argparse.Namespace) -> int:
 
 def _quantize(loaded, args: argparse.Namespace) -> int:
     from busai.models.weights import file_sha256
-    from busai.quantize import calibration_records, calibration_source, quantize_int8
+    from busai.quantize import SELECTION_IMAGES, calibration_records, calibration_source, parse_keep_fp32, quantize_int8
 
+    keep_fp32 = parse_keep_fp32(args.keep_fp32)  # a bad value fails before the export starts
     data_dir, splits_file = calibration_source(loaded, args.calib_data, args.calib_splits)
-    calibration, parity = calibration_records(data_dir, splits_file, count=args.calib_images)
+    calibration, held_out = calibration_records(data_dir, splits_file, count=args.calib_images, held_out=SELECTION_IMAGES)
     provenance = {"calibration_split": "train", "calibration_splits_sha256": file_sha256(splits_file)}
-    result = quantize_int8(loaded, args.out, calibration, parity, dynamic_size=not args.fixed_size, provenance=provenance)
+    result = quantize_int8(
+        loaded, args.out, calibration, held_out, dynamic_size=not args.fixed_size, provenance=provenance, keep_fp32=keep_fp32, selection_records=held_out
+    )
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
         verdict = "ok" if result.ok else f"FAILED (tolerance {result.tolerance:g})"
         print(f"{result.path}: {result.task}, int8 (QDQ), calibrated on {result.calibration_images} training images of {splits_file}")
+        if result.kept_fp32 or result.selection:
+            print(f"kept in fp32 (most sensitive first): {len(result.kept_fp32)} layers {', '.join(result.kept_fp32) or '(none needed)'}")
         print(
             f"vs PyTorch fp32 on {result.parity_images} other training images: mean |probability difference| = {result.mean_abs_probability_diff:.3g} {verdict}"
         )
