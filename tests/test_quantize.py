@@ -98,7 +98,15 @@ def test_cli_quantize(seg_run, cls_run, synthetic_dir, tiny_runs, tmp_path, cli)
 
 
 def test_cli_quantize_errors(seg_run, tmp_path, cli):
-    cli.fails("export", seg_run, "--calib-data", tmp_path, "--out", tmp_path / "a.onnx", expect="--calib-data / --calib-splits only apply with --quantize int8")
+    cli.fails(
+        "export",
+        seg_run,
+        "--calib-data",
+        tmp_path,
+        "--out",
+        tmp_path / "a.onnx",
+        expect="--calib-data / --calib-splits / --keep-fp32 only apply with --quantize int8",
+    )
     cli.fails("export", seg_run, "--quantize", "int8", "--calib-images", "0", "--out", tmp_path / "a.onnx", expect="--calib-images 0: must be at least 1")
     cli.fails(
         "export",
@@ -111,4 +119,123 @@ def test_cli_quantize_errors(seg_run, tmp_path, cli):
         tmp_path / "a.onnx",
         expect="is not here; pass --calib-data DIR --calib-splits FILE",
     )
+    assert not (tmp_path / "a.onnx").exists()
+
+
+def _producers(graph) -> dict:
+    return {output: node for node in graph.node for output in node.output}
+
+
+def test_shape_nodes_are_the_shape_arithmetic():
+    """A hand-built graph: padding computed from Shape (as EfficientNet's "same" padding is) -> Pad -> Relu."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from busai.quantize import shape_nodes
+
+    const = helper.make_tensor("two", TensorProto.INT64, [1], [2])
+    nodes = [
+        helper.make_node("Shape", ["image"], ["shape"], name="shape"),
+        helper.make_node("Gather", ["shape", "two"], ["height"], name="height"),
+        helper.make_node("Concat", ["height", "height"], ["half"], name="pads_half", axis=0),
+        helper.make_node("Concat", ["half", "half"], ["pads"], name="pads", axis=0),
+        helper.make_node("Relu", ["image"], ["relu"], name="relu"),
+        helper.make_node("Pad", ["relu", "pads"], ["padded"], name="pad"),
+        helper.make_node("Add", ["padded", "padded"], ["logits"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        [const],
+    )
+    assert shape_nodes(helper.make_model(graph)) == ["shape", "height", "pads_half", "pads"]
+    onnx.checker.check_model(helper.make_model(graph))
+
+
+def test_int8_leaves_shape_arithmetic_float(seg_int8):
+    """Rounding padding amounts moved feature-map sizes: no Quantize/DequantizeLinear may touch a shape tensor."""
+    import onnx
+
+    from busai.quantize import shape_nodes
+
+    _, result, _ = seg_int8
+    graph = onnx.load(result.path).graph
+    names = set(shape_nodes(onnx.load(result.path)))
+    assert names  # the EfficientNet's "same" padding is computed from Shape at run time
+    producers = _producers(graph)
+    quantized_inputs = [producers.get(node.input[0]) for node in graph.node if node.op_type == "QuantizeLinear"]
+    assert not [node.name for node in quantized_inputs if node is not None and node.name in names]
+    assert json.loads(resolve_model(result.path, "seg").module.metadata["busai"])["quantization"]["shape_nodes_fp32"] == len(names)
+
+
+def test_sensitivity_ranks_every_quantized_node(seg_run, tmp_path):
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from busai.export import export_onnx
+    from busai.quantize import _Quantizer, sensitivity
+
+    loaded = resolve_model(seg_run, "seg")
+    data, splits = calibration_source(loaded, None, None)
+    calibration, _ = calibration_records(data, splits, count=4)
+    fp32 = export_onnx(loaded, tmp_path / "fp32.onnx", dynamic_size=False)
+    prepared = tmp_path / "prepared.onnx"
+    quant_pre_process(str(fp32.path), str(prepared), skip_symbolic_shape=True)
+    quantizer = _Quantizer(prepared, tmp_path / "cache.json", loaded, calibration, True, True)
+    int8 = quantizer([], tmp_path / "int8.onnx")
+    ranking = sensitivity(prepared, int8, loaded, calibration[:2], quantizer.always_float)
+    import onnx
+
+    convs = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type == "Conv"]
+    names = [row["node"] for row in ranking]
+    assert len(names) == len(set(names))  # one error per node
+    assert set(convs) <= set(names)  # every convolution is quantized, so every one is scored
+    assert not set(names) & set(quantizer.always_float)
+    errors = [row["sqnr_db"] for row in ranking]
+    assert errors == sorted(errors)  # worst (lowest signal-to-noise) first
+    assert all(np.isfinite(errors))
+
+
+def test_keep_fp32_leaves_the_worst_nodes_float(seg_run, tmp_path):
+    import onnx
+
+    loaded = resolve_model(seg_run, "seg")
+    data, splits = calibration_source(loaded, None, None)
+    calibration, parity = calibration_records(data, splits, count=4)
+    result = quantize_int8(loaded, tmp_path / "kept.onnx", calibration, parity, keep_fp32=3)
+    assert result.kept_fp32 == [row["node"] for row in result.sensitivity[:3]]
+    graph = onnx.load(result.path).graph
+    producers = _producers(graph)
+    initializers = {tensor.name for tensor in graph.initializer}
+    for name in result.kept_fp32:
+        node = next(node for node in graph.node if node.name == name)
+        assert node.op_type in ("Conv", "Add", "Mul", "Concat", "Resize", "Clip", "Relu", "Pad", "Gemm", "Sigmoid")
+        # Its weights are the float initializers themselves, not dequantized int8 ones.
+        weights = [i for i in node.input[1:] if i in initializers or (producers.get(i) and producers[i].op_type == "DequantizeLinear")]
+        assert all(i in initializers for i in weights), (name, weights)
+    meta = json.loads(resolve_model(result.path, "seg").module.metadata["busai"])["quantization"]
+    assert meta["kept_fp32"] == result.kept_fp32 and meta["keep_fp32"] == 3 and meta["sensitivity"][0] == result.sensitivity[0]
+    got = predict_image(resolve_model(result.path, "seg"), np.zeros((40, 50, 3), np.uint8))
+    assert got.shape == (64, 64) and torch.isfinite(got).all()
+
+
+def test_keep_fp32_auto_records_each_k(seg_run, tmp_path, cli):
+    code, stdout, err = cli("export", seg_run, "--quantize", "int8", "--calib-images", "4", "--keep-fp32", "auto", "--out", tmp_path / "auto.onnx", "--json")
+    result = json.loads(stdout)
+    steps = result["selection"]
+    assert steps and steps[0]["keep_fp32"] == 0 and [s["keep_fp32"] for s in steps] == sorted(s["keep_fp32"] for s in steps)
+    assert {"drop", "ms_per_image", "speedup_vs_onnxruntime_fp32"} <= set(steps[0])
+    chosen = len(result["kept_fp32"])
+    assert chosen in [s["keep_fp32"] for s in steps]
+    # Stopped at the first K within the target, else took the smallest drop.
+    within = [s for s in steps if s["drop"] <= 0.01]
+    assert chosen == (within[0]["keep_fp32"] if within else min(steps, key=lambda s: s["drop"])["keep_fp32"])
+    assert code == (0 if result["ok"] else 1), err
+
+
+def test_keep_fp32_errors(seg_run, tmp_path, cli):
+    cli.fails("export", seg_run, "--quantize", "int8", "--keep-fp32", "most", "--out", tmp_path / "a.onnx", expect="--keep-fp32 most: give auto, or how many")
+    cli.fails("export", seg_run, "--quantize", "int8", "--keep-fp32", "-2", "--out", tmp_path / "a.onnx", expect="--keep-fp32 -2: give auto")
+    cli.fails("export", seg_run, "--keep-fp32", "auto", "--out", tmp_path / "a.onnx", expect="--keep-fp32 only apply with --quantize int8")
     assert not (tmp_path / "a.onnx").exists()

@@ -53,6 +53,9 @@ INT8_TOLERANCE = 0.05
 MAX_DROP = 0.01
 SELECTION_IMAGES = 32  # held-out training images that choose K for --keep-fp32 auto
 SENSITIVITY_IMAGES = 4  # calibration images the per-node error analysis runs on
+# ReLU / ReLU6 are folded into the QuantizeLinear range of the node before them: nothing to keep
+# fp32, and excluding them on their own (tried: 8 of them on the release models) broke the file.
+FOLDED_ACTIVATIONS = ("Relu", "Clip")
 SENSITIVITY_SHOWN = 20  # worst nodes recorded in the file's metadata
 
 
@@ -114,17 +117,21 @@ def calibration_records(data_dir, splits_file: str | Path, *, count: int = CALIB
     return calibration, rest or calibration[:held_out]
 
 
-def calibration_source(loaded: LoadedModel, data_dir: str | Path | None, splits_file: str | Path | None) -> tuple[str, str]:
-    """The data folder and split file to calibrate on: those given, else the ones the run trained on."""
+def calibration_source(loaded: LoadedModel, data_dir, splits_file: str | Path | None) -> tuple[list, str]:
+    """The datasets (:class:`~busai.data.sources.DataSpec`, one per ``DIR`` / ``NAME=DIR``) and split
+    file to calibrate on: those given, else the ones the run trained on."""
+    from busai.data.sources import parse_data_specs
+
     train = loaded.config.get("train") or {}
-    data_dir = data_dir or train.get("data")
+    specs = parse_data_specs(data_dir or train.get("data"))
     splits_file = splits_file or train.get("splits")
-    if not data_dir or not splits_file or not Path(data_dir).is_dir() or not Path(splits_file).is_file():
+    if not specs or not all(spec.path.is_dir() for spec in specs) or not splits_file or not Path(splits_file).is_file():
         raise ConfigError(
             f"{loaded.source}: --quantize int8 calibrates on training images, and the data folder or split file it trained on "
-            f"({data_dir or 'none recorded'}, {splits_file or 'none recorded'}) is not here; pass --calib-data DIR --calib-splits FILE"
+            f"({', '.join(str(spec.path) for spec in specs) or 'none recorded'}, {splits_file or 'none recorded'}) is not here; "
+            "pass --calib-data DIR --calib-splits FILE"
         )
-    return str(data_dir), str(splits_file)
+    return specs, str(splits_file)
 
 
 def _batches(loaded: LoadedModel, records, batch_size: int = 8, key: str = "image"):
@@ -152,19 +159,24 @@ class _Reader:
 
 
 def shape_nodes(model) -> list[str]:
-    """Nodes of an ONNX graph that compute shapes (from ``Shape`` and constants), not image values.
+    """Nodes of an ONNX graph that compute sizes from ``Shape`` outputs, not image values.
 
     A node is on the data path when any input is the graph input or another data-path output;
-    ``Shape`` cuts that path (its output is a size, not an activation). Everything else that is
-    not a ``Constant`` computes paddings, reshape targets or resize sizes, which quantization
-    would round.
+    ``Shape`` cuts that path (its output is a size, not an activation). A node off the data path
+    that reads a ``Shape`` output (directly or through another such node) computes a padding, a
+    reshape target or a resize size, which quantization would round.
     """
     data = {value.name for value in model.graph.input}
+    sizes: set[str] = set()
     found = []
     for node in model.graph.node:  # ONNX keeps nodes in topological order
-        if node.op_type != "Shape" and any(name in data for name in node.input):
+        if node.op_type == "Shape":
+            sizes.update(node.output)
+            found.append(node.name)
+        elif any(name in data for name in node.input):
             data.update(node.output)
-        elif node.op_type != "Constant":
+        elif any(name in sizes for name in node.input):
+            sizes.update(node.output)
             found.append(node.name)
     return found
 
@@ -295,7 +307,8 @@ def sensitivity(float_path: str | Path, qdq_path: str | Path, loaded: LoadedMode
     signal-to-quantization-noise ratio (dB) of its values before vs after its
     Quantize/DequantizeLinear pair, and for each weight that of float vs dequantized weights.
     A node scores the lowest ratio among the tensors it reads and writes: the most error it lets
-    in. Nodes in ``skip`` (kept float anyway) and nodes with no quantized tensor are left out.
+    in. Nodes in ``skip`` (kept float anyway), nodes with no quantized tensor and activations the
+    quantizer folds into the range of the node before (:data:`FOLDED_ACTIVATIONS`) are left out.
     """
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as debug
@@ -318,15 +331,21 @@ def sensitivity(float_path: str | Path, qdq_path: str | Path, loaded: LoadedMode
         info = np.iinfo(zero.dtype)
         low, high = float(scale) * (info.min - float(zero)), float(scale) * (info.max - float(zero))
         pre = [np.clip(x, low, high) for x in match["pre_qdq"]]
-        tensor_db[name] = debug.compute_signal_to_quantization_noice_ratio(pre, match["post_qdq"])
-    weights = debug.create_weight_matching(str(float_path), str(qdq_path))
-    # Scalar weights (a Mul's constant) as 1-element arrays: the library's error function takes arrays only.
-    weight_db = debug.compute_weight_error({name: {k: np.atleast_1d(v) for k, v in pair.items()} for name, pair in weights.items()})
+        if not all(np.array_equal(a, b) for a, b in zip(pre, match["post_qdq"])):
+            tensor_db[name] = debug.compute_signal_to_quantization_noice_ratio(pre, match["post_qdq"])
+    # Weights that int8 holds exactly (a Clip's bounds, a Pad's zero) add no error; the library's
+    # ratio would score them 0 dB (zero signal). Scalars go in as 1-element arrays, the arrays it takes.
+    weights = {
+        name: {k: np.atleast_1d(v) for k, v in pair.items()}
+        for name, pair in debug.create_weight_matching(str(float_path), str(qdq_path)).items()
+        if not np.array_equal(pair["float"], pair["dequantized"])
+    }
+    weight_db = debug.compute_weight_error(weights)
     skip = set(skip)
     rows = []
     for node in onnx.load(str(float_path)).graph.node:
         scores = [tensor_db[t] for t in [*node.input, *node.output] if t in tensor_db] + [weight_db[t] for t in node.input if t in weight_db]
-        if scores and node.name not in skip:
+        if scores and node.name not in skip and node.op_type not in FOLDED_ACTIVATIONS:
             rows.append({"node": node.name, "op": node.op_type, "sqnr_db": round(float(min(scores)), 2)})
     return sorted(rows, key=lambda row: row["sqnr_db"])
 

@@ -28,7 +28,12 @@ def register(sub) -> None:
         default=None,
         help="int8: static INT8 quantization in ONNX Runtime (QDQ), calibrated on training images only; for CPU inference",
     )
-    p.add_argument("--calib-data", metavar="DIR", help="--quantize: dataset folder to calibrate on (default: the one the run trained on)")
+    p.add_argument(
+        "--calib-data",
+        metavar="DIR",
+        action="append",
+        help="--quantize: dataset folder to calibrate on, DIR or NAME=DIR, repeated for several (default: those the run trained on)",
+    )
     p.add_argument("--calib-splits", metavar="FILE", help="--quantize: split file whose train split is used (default: the run's own)")
     p.add_argument(
         "--calib-images",
@@ -40,8 +45,8 @@ def register(sub) -> None:
     p.add_argument(
         "--keep-fp32",
         default="0",
-        metavar="auto|N",
-        help="--quantize: keep the N layers int8 hurts most in fp32 (per-layer error analysis on calibration images); "
+        metavar="N",
+        help="--quantize: N or auto; keep the N layers int8 hurts most in fp32 (per-layer error analysis on calibration images); "
         "auto: the fewest whose Dice / accuracy drop on other training images is <= 0.01 (default 0: quantize every layer)",
     )
     p.add_argument("--json", action="store_true", help="print the export result as JSON")
