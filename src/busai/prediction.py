@@ -202,7 +202,7 @@ def predict_paths(
     *,
     seg: ModelSource = "release",
     cls: ModelSource = "release",
-    backend: str = "torch",
+    backend: str = "auto",
     tta: bool = False,
     pixel_spacing: float | tuple[float, float] | None = None,
     threshold: float = 0.5,
@@ -235,6 +235,7 @@ def predict_paths(
     and also when the batch is interrupted. An ``out_dir`` holding an earlier batch is refused
     unless ``resume``: then its rows are kept and only the images without one (or with an error) are predicted.
     """
+    from busai.backends import resolve_backend
     from busai.device import best_threads
     from busai.measure import spacing_mm
     from busai.outputs import atomic_write_text, output_dir
@@ -258,7 +259,7 @@ def predict_paths(
             {
                 "seg": str(seg),
                 "cls": str(cls),
-                "backend": backend,
+                "backend": resolve_backend(backend),  # what ran: auto names torch or onnx
                 "tta": tta,
                 "pixel_spacing": pixel_spacing,
                 "threshold": threshold,

@@ -19,12 +19,7 @@ from busai.data.discover import Record, read_image, read_mask
 from busai.data.overlays import BurntInOverlays
 from busai.config import AUGMENTATIONS
 from busai.errors import ConfigError
-
-
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize to size x size: area when shrinking (no aliasing), bilinear when enlarging."""
-    shrink = image.shape[0] * image.shape[1] >= size * size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+from busai.preprocessing import normalised, resize_image, to_gray_rgb  # noqa: F401  (dataset.resize_image / to_gray_rgb kept for callers)
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,18 +27,9 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
     return resize_image(image, size), cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
-def to_gray_rgb(image: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3) -> its luma copied to three channels: the ``color="gray"`` model input."""
-    gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-    return np.repeat(gray[..., None], 3, axis=2)
-
-
 def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (S, S, 3) -> float32 (3, S, S) as (x / 255 - mean) / std: the one model-input transform."""
-    mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
-    std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
-    scaled = (image.astype(np.float32) * np.float32(1.0 / 255.0) - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
+    """uint8 (S, S, 3) -> float32 (3, S, S) tensor as (x / 255 - mean) / std: :func:`busai.preprocessing.normalised`."""
+    return torch.from_numpy(normalised(image, mean, std))
 
 
 class ImageCache:
