@@ -34,6 +34,7 @@ def resolve_task(task: str, *, multitask: bool = False) -> str:
         raise ConfigError(f"unknown task '{task}'; choose one of: segmentation (seg), classification (cls){extra}")
     return resolved
 
+
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "adagrad")
 PRECISIONS = ("auto", "bf16", "fp32")
 # Built by busai.losses; named here so the CLI lists them without importing torch.

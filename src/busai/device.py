@@ -10,8 +10,12 @@ import contextlib
 import os
 import re
 import weakref
+from typing import TYPE_CHECKING
 
 from busai.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: torch is imported inside the functions, so the onnx install loads this module
+    import torch
 
 ALL_CORES_ENV = "BUSAI_ALL_CORES"  # "1": raise torch's thread count to every core (the busai command sets it)
 
@@ -38,6 +42,7 @@ def model_device(device: str, backend: str, source: str) -> torch.device | str:
             raise ConfigError(f"{source}: ONNX models run on the CPU here; pass device='cpu' (or load the run folder to use {name})")
         return "cpu"
     import torch
+
     if name.startswith("cuda:") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}': no CUDA GPU is visible; use device='cpu' or 'auto'")
     return resolve_device(name)
