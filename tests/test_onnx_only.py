@@ -36,10 +36,14 @@ BLOCKER = textwrap.dedent(f"""
 
 
 def run_without_torch(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    script = BLOCKER + textwrap.dedent(code) + textwrap.dedent(f"""
+    script = (
+        BLOCKER
+        + textwrap.dedent(code)
+        + textwrap.dedent(f"""
         loaded = sorted({{m.split(".")[0] for m in sys.modules}} & set({BLOCKED!r}))
         assert not loaded, f"imported without torch: {{loaded}}"
     """)
+    )
     env = {"PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
 
@@ -102,13 +106,24 @@ def test_predict_load_and_serve_run_without_torch(tmp_path):
 def test_commands_needing_torch_say_which_extra_in_one_line(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    spec = {"model_spec": {"task": "segmentation", "name": "unet", "encoder": "resnet18"}, "preprocessing": {"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}}
+    spec = {
+        "model_spec": {"task": "segmentation", "name": "unet", "encoder": "resnet18"},
+        "preprocessing": {"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3},
+    }
     (run_dir / "config.json").write_text(json.dumps(spec))
     scan = phantom_png(tmp_path / "scan.png")
     done = run_without_torch(
         f"""
         import contextlib, io
-        from busai.cli import main
+        from busai.cli import COMMAND_MODULES, main
+
+        for argv in [["--help"], *([name, "--help"] for name in COMMAND_MODULES)]:  # every --help works without torch
+            with contextlib.redirect_stdout(io.StringIO()) as out:
+                try:
+                    main(argv)
+                except SystemExit as exc:
+                    assert exc.code == 0, argv
+            assert "usage: busai" in out.getvalue(), argv
 
         for argv, expect in [
             (["train", "seg", "--data", "nowhere", "--out", "runs/x"],
@@ -116,8 +131,7 @@ def test_commands_needing_torch_say_which_extra_in_one_line(tmp_path):
             (["evaluate", "release", "--data", "nowhere"],
              "error: `busai evaluate` needs the 'torch' extra (torch not installed); run: pip install 'busai[torch]'"),
             (["predict", {str(scan)!r}, "--out", "out", "--seg", {str(run_dir)!r}, "--cls", "none", "--quiet"],
-             "error: running {run_dir} in PyTorch; it has no model.onnx for ONNX Runtime needs the 'torch' extra (torch not installed); "
-             "run: pip install 'busai[torch]'"),
+             "error: {run_dir} (PyTorch weights only, no model.onnx) needs the 'torch' extra (torch not installed); run: pip install 'busai[torch]'"),
             (["predict", {str(scan)!r}, "--out", "out2", "--backend", "torch", "--quiet"],
              "error: running {SRC / "busai/release/segmentation"} in PyTorch needs the 'torch' extra (torch not installed); run: pip install 'busai[torch]'"),
         ]:

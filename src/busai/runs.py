@@ -168,8 +168,8 @@ class RunFolder:
                 loaded.temperature = self.temperature()
             return loaded
         if not has_torch():
-            why = "" if backend == "torch" else f"; it has no {ONNX_FILE} for ONNX Runtime"
-            raise missing_error("torch", ["torch"], f"running {self.path} in PyTorch{why}")
+            what = f"running {self.path} in PyTorch" if backend == "torch" else f"{self.path} (PyTorch weights only, no {ONNX_FILE})"
+            raise missing_error("torch", ["torch"], what)
         return _load_torch(self, checkpoint or self.weights.name, device, task)
 
 
