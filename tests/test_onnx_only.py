@@ -8,6 +8,7 @@ into a new virtual environment and predicts there (.ci/run).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -44,7 +45,7 @@ def run_without_torch(code: str, cwd: Path, timeout: int = 300) -> subprocess.Co
         assert not loaded, f"imported without torch: {{loaded}}"
     """)
     )
-    env = {"PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
 
 
