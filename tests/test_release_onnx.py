@@ -16,6 +16,7 @@ from busai.runs import CALIBRATION, ONNX_FILE, RELEASE_DIR, resolve_model
 @pytest.mark.parametrize("task", ["segmentation", "classification"])
 def test_shipped_onnx_agrees_with_the_shipped_weights(task):
     torch_model = resolve_model("release", task, backend="torch")
+    assert (RELEASE_DIR / task / ONNX_FILE).is_file(), "the release has no model.onnx: write it with `python scripts/release_onnx.py`"
     onnx_model = load_onnx(RELEASE_DIR / task / ONNX_FILE)
     assert onnx_model.spec == torch_model.spec and onnx_model.preprocessing == torch_model.preprocessing
     scans = [make_phantom(np.random.default_rng(seed), (180, 240), label)[0] for seed, label in enumerate(("benign", "malignant", "normal"))]
