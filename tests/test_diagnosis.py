@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from busai.diagnosis import Fusion, lesion_crop, lesion_crop_box, lesion_features, malignant_share, review_note
+from busai.diagnosis import Fusion, lesion_crop, lesion_crop_box, lesion_features, malignant_share
 from busai.errors import ConfigError
 
 
@@ -56,8 +56,92 @@ def test_fusion_fit_learns_the_segmenter_evidence_and_round_trips():
         Fusion.from_dict({"features": ["area"], "coef": [1.0], "intercept": 0})
 
 
-def test_an_outlined_lesion_is_never_called_normal_without_a_note():
-    assert "review" in review_note({"normal": 0.6, "benign": 0.3, "malignant": 0.1}, outlined=True)
-    assert "no lesion is outlined" in review_note({"normal": 0.2, "benign": 0.7, "malignant": 0.1}, outlined=False)
-    assert review_note({"normal": 0.2, "benign": 0.7, "malignant": 0.1}, outlined=True) is None
-    assert review_note({"normal": 0.9, "benign": 0.05, "malignant": 0.05}, outlined=False) is None
+def _phantom() -> np.ndarray:
+    from busai.data.synthetic import make_phantom
+
+    image, _ = make_phantom(np.random.default_rng(3), (128, 160), "malignant")
+    return image
+
+
+@pytest.fixture(scope="module")
+def release_models():
+    import busai
+
+    return [busai.load("release", task="segmentation"), busai.load("release", task="classification")]
+
+
+def test_predict_answers_with_the_release_fusion_by_hand(release_models):
+    import json
+
+    from busai.pipeline import predict_scans
+    from busai.presence import component_features
+    from busai.runs import RELEASE_DIR
+
+    (pred,) = predict_scans(release_models, [_phantom()], gate=False, keep_probability=True)
+    assert pred.diagnosis == "fusion"
+    stored = Fusion.from_dict(json.loads((RELEASE_DIR / "classification" / "diagnosis.json").read_text()))
+    own = pred.classifier_probabilities
+    expected = stored.diagnose(component_features(pred.lesion_probability), list(own.values()))
+    assert pred.probabilities == pytest.approx(expected)
+    assert pred.label == max(expected, key=expected.get)
+    row = pred.to_row()
+    assert row["diagnosis"] == "fusion" and row["classifier_p_benign"] == round(own["benign"], 5)
+    alone = predict_scans(release_models[1:], [_phantom()], gate=False)[0]  # no segmenter: the classifier's answer
+    assert alone.diagnosis == "classifier" and alone.probabilities == pytest.approx(own)
+
+
+def _classifier_copy(tmp_path, fusion: dict):
+    import json
+    import shutil
+
+    from busai.runs import RELEASE_DIR
+
+    folder = tmp_path / "classification"
+    shutil.copytree(RELEASE_DIR / "classification", folder)
+    (folder / "diagnosis.json").write_text(json.dumps(fusion))
+    return folder
+
+
+def test_an_outlined_lesion_is_never_called_normal_without_a_note(tmp_path, release_models):
+    import busai
+    from busai.pipeline import predict_scans
+    from busai.runs import RELEASE_DIR
+
+    # A fusion that calls every scan normal, with the release segmenter: threshold 0 outlines the whole scan.
+    always_normal = {**Fusion(coef=[0.0, 0.0, 0.0], intercept=-10.0).to_dict(), "segmenter": str(RELEASE_DIR / "segmentation")}
+    models = [release_models[0], busai.load(_classifier_copy(tmp_path, always_normal), task="classification")]
+    (pred,) = predict_scans(models, [_phantom()], gate=False, threshold=0.0)
+    assert pred.diagnosis == "fusion" and pred.label == "normal" and pred.measurements["lesion_count"] > 0
+    assert "lesion outlined on a scan classified normal" in pred.review
+
+
+def test_a_fusion_fitted_with_another_segmenter_is_not_used(tmp_path, release_models, caplog):
+    import busai
+    from busai.pipeline import predict_scans
+
+    other = {**Fusion(coef=[0.0, 0.0, 0.0], intercept=-10.0).to_dict(), "segmenter": str(tmp_path / "some-other-segmenter")}
+    models = [release_models[0], busai.load(_classifier_copy(tmp_path, other), task="classification")]
+    with caplog.at_level("WARNING", logger="busai.diagnosis"):
+        (pred,) = predict_scans(models, [_phantom()], gate=False)
+    assert pred.diagnosis == "classifier" and pred.classifier_probabilities is None
+    assert "the classifier answers alone" in caplog.text
+
+
+def test_evaluate_scores_the_diagnosis_predict_gives(tmp_path, release_models):
+    from busai.data.discover import read_image
+    from busai.data.sources import read_records
+    from busai.data.synthetic import write_synthetic_dataset
+    from busai.evaluation import evaluate_model
+    from busai.pipeline import predict_scans
+
+    data = write_synthetic_dataset(tmp_path / "data", n=9, size=(96, 128))
+    results = evaluate_model("release", str(data), all_images=True, out=tmp_path / "out", n_boot=20, figures=False, precision="fp32")
+    assert set(results) == {"segmentation", "classification", "diagnosis"}
+    scored = results["diagnosis"]["all"]
+    assert scored["task"] == "diagnosis" and scored["images"] == 9 and scored["fusion"]["features"]
+    assert scored["inference_path"] == "fp32 eager (reference)"
+    assert (tmp_path / "out" / "diagnosis" / "metrics.json").is_file()
+    record = read_records([str(data)])[0]
+    (pred,) = predict_scans(release_models, [read_image(record.image)], gate=False, precision="fp32")
+    row = next(r for r in scored["predictions"] if r["image"] == record.key)
+    assert [row[f"p_{c}"] for c in ("normal", "benign", "malignant")] == pytest.approx(list(pred.probabilities.values()), abs=1e-4)

@@ -33,7 +33,7 @@ def test_the_release_scores_both_tasks(cli, unseen_uclm, tmp_path):
     code, out, err = cli("evaluate", "release", "--data", f"uclm={unseen_uclm}", "--all", "--out", tmp_path / "rel", "--n-boot", "20", "--json", "--no-figures")
     assert code == 0, err
     results = json.loads(out)
-    assert set(results) == {"segmentation:uclm/all", "classification:uclm/all"}
+    assert set(results) == {"segmentation:uclm/all", "classification:uclm/all", "diagnosis:uclm/all"}  # the fused answer predict gives
     cls = results["classification:uclm/all"]
     assert cls["malignant_vs_benign_auc"]["value"] is not None and 0 <= cls["ece"] <= 1
     assert cls["temperature"] > 0

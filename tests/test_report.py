@@ -259,14 +259,14 @@ def test_weight_sources_lose_the_machines_path():
 
 def test_evaluate_progress_bar_shows_on_a_terminal_only(monkeypatch, capsys):
     from busai.cli import build_parser
-    from busai.inference import _progress_bar
+    from busai.inference import progress_bar
 
     for env, description, shown in (("1", "Scoring test (3 images)", True), (None, "Scoring test (3 images)", False), ("1", None, False)):
         if env:
             monkeypatch.setenv("FORCE_COLOR", env)  # rich treats stderr as a terminal
         else:
             monkeypatch.delenv("FORCE_COLOR", raising=False)
-        with _progress_bar(description, 3) as advance:
+        with progress_bar(description, 3) as advance:
             advance(3)
         assert ("Scoring test" in capsys.readouterr().err) == shown
     assert build_parser().parse_args(["evaluate", "M", "--data", "D", "--quiet"]).quiet

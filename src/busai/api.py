@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from busai.config import MASK_THRESHOLD
 from busai.backends import LoadedModel
 from busai.device import model_device
 from busai.errors import CheckpointError, ConfigError
@@ -103,7 +104,7 @@ class Model:
 
         return gradcam_heatmap(self.loaded, to_rgb(image), class_index)
 
-    def predict(self, image, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5, precision: str = "auto"):
+    def predict(self, image, *, tta: bool = False, pixel_spacing=None, threshold: float = MASK_THRESHOLD, precision: str = "auto"):
         """One scan (path, PIL image or array) -> :class:`Prediction`; a list of scans -> a list.
 
         Arrays are H x W (grey) or H x W x 3 (RGB), uint8 or float in [0, 1]. ``tta`` averages with
@@ -203,7 +204,7 @@ def model_for(source, task: str, *, device: str = "cpu", backend: str = "auto", 
     return Model(load_backend(source, task, device=device, backend=backend, workdir=workdir))
 
 
-def predict(models: Model | Iterable[Model], images, *, tta: bool = False, pixel_spacing=None, threshold: float = 0.5, precision: str = "auto"):
+def predict(models: Model | Iterable[Model], images, *, tta: bool = False, pixel_spacing=None, threshold: float = MASK_THRESHOLD, precision: str = "auto"):
     """Run a segmenter and / or a classifier (at most one of each) on one scan or a list of scans.
 
     One scan (a path, a PIL image or an array) gives one :class:`Prediction` holding every model's

@@ -41,6 +41,19 @@ PRECISIONS = ("auto", "bf16", "fp32")
 SEGMENTATION_LOSSES = ("dice", "dice_bce", "image_dice_bce", "dice_presence", "lovasz")
 AUGMENTATIONS = ("paper", "strong", "scanner", "framing", "none")
 SELECTIONS = ("loss", "lesion_dice")
+# Defaults the commands and the Python API share, each written once here (a torch-free module, so
+# `busai CMD --help` stays fast) and read by both; tests/test_cli_defaults.py compares the two.
+N_BOOT = 1000  # bootstrap resamples behind every 95% CI
+MASK_THRESHOLD = 0.5  # lesion probability from which a pixel belongs to the mask
+PREDICT_BATCH_SIZE = 8  # scans of one size run through a model together
+SPLIT_VAL = 0.1  # the paper's 80:10:10
+SPLIT_TEST = 0.1
+SYNTH_IMAGES = 30
+SYNTH_SIZE = (128, 160)  # height, width
+QUANTIZE_CALIB_IMAGES = 64  # training images int8 calibration sees
+ONNX_OPSET = 18
+SERVE_HOST = "127.0.0.1"  # this computer only
+SERVE_PORT = 8000
 # busai adapt (busai.adaptation), here so its --help needs no torch:
 ADAPT_MIN_LABELLED = 8  # fewer labelled scans cannot both fine-tune and early-stop (a hold-out of one or two scans at least)
 ADAPT_HOLDOUT = 0.2  # share of the site's labelled scans held out for the report when it has no split file

@@ -11,18 +11,24 @@ has. :class:`Fusion` combines them in two steps:
    lesion-crop classifier's, when one is given);
 
 so ``p(normal) = 1 - p(lesion)``, ``p(benign) = p(lesion) (1 - q)``, ``p(malignant) = p(lesion) q``
-and the three always sum to one. :func:`review_note` is the consistency rule: a scan whose mask
-outlines a lesion is never called normal without a note saying so.
+and the three always sum to one. :func:`fusion_for` finds a classifier's stored fusion; the
+consistency rule (a scan whose mask outlines a lesion is never called normal without a note) is
+:func:`busai.pipeline.review_note`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from busai import CLASSES
 from busai.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # The inputs of the lesion-vs-normal step, in the order of the stored coefficients.
 LESION_FEATURES = ("largest_peak", "sqrt_area", "cls_normal_logit")
@@ -91,14 +97,32 @@ class Fusion:
         return cls(coef=[float(c) for c in values["coef"]], intercept=float(values["intercept"]), fitted_on=str(values.get("fitted_on", "")))
 
 
-def review_note(probs: Mapping[str, float], outlined: bool) -> str | None:
-    """The consistency rule: a note when the answer and the mask disagree, else None."""
-    called = max(probs, key=probs.get)
-    if outlined and called == "normal":
-        return "a lesion is outlined but the scan is called normal: review the outline and the scan"
-    if not outlined and called != "normal":
-        return f"called {called} but no lesion is outlined: review the scan"
-    return None
+def fusion_for(classifier_source, segmenter_source, classes: Sequence[str]) -> Fusion | None:
+    """The fusion stored beside a classifier (``diagnosis.json`` in its folder), or None when there is
+    none, the classifier has other classes, or the segmenter is not the one it was fitted with (its
+    features would mean something else): then the classifier answers alone."""
+    from busai.errors import CheckpointError, read_json
+    from busai.runs import DIAGNOSIS
+
+    if tuple(classes) != CLASSES or classifier_source is None or segmenter_source is None:
+        return None
+    folder = _folder(classifier_source)
+    path = folder / DIAGNOSIS
+    if not path.is_file():
+        return None
+    values = read_json(path, error=CheckpointError, missing="missing", fix="delete it to answer with the classifier alone, or re-fit it")
+    fusion = Fusion.from_dict(values)
+    fitted_with = (folder / str(values.get("segmenter", ""))).resolve()
+    if _folder(segmenter_source).resolve() != fitted_with:
+        log.warning("%s: fitted with the segmenter in %s, not %s; the classifier answers alone", path, fitted_with, segmenter_source)
+        return None
+    return fusion
+
+
+def _folder(source) -> Path:
+    """The folder a model was loaded from (an .onnx file's own folder)."""
+    path = Path(str(source))
+    return path if path.is_dir() else path.parent
 
 
 def lesion_crop_box(mask: np.ndarray, margin: float, shape: tuple[int, int] | None = None) -> tuple[int, int, int, int] | None:

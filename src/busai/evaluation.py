@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from busai.config import N_BOOT
 from busai import SPLIT_NAMES
 from busai.calibration import expected_calibration_error, reliability_bins, reliability_figure
 from busai.device import default_path_name
@@ -27,7 +28,7 @@ from busai.errors import ConfigError, option
 from busai.inference import predict_records, upsample_probability  # noqa: F401  (evaluation.predict_records kept for callers)
 from busai.labels import class_names, scoring_map
 from busai.outputs import output_dir
-from busai.runs import METRICS, TASKS, LoadedModel, model_folder, model_label, read_metrics, scores_dir, write_json
+from busai.runs import DIAGNOSIS_TASK, METRICS, TASKS, LoadedModel, model_folder, model_label, read_metrics, scores_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,12 @@ def score_segmentation_image(record, prob: torch.Tensor) -> tuple[np.ndarray, np
 
 
 def evaluate_segmentation(
-    loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None, progress: str | None = None
+    loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None, progress: str | None = None, precision: str = "auto"
 ) -> tuple[dict, list]:
     from busai.metrics import summarise_segmentation
 
     per_image, samples, scores = [], [], []
-    for record, prob in predict_records(loaded, records, tta=tta, progress=progress):
+    for record, prob in predict_records(loaded, records, tta=tta, progress=progress, precision=precision):
         full, mask, counts, row = score_segmentation_image(record, prob)
         per_image.append(counts)
         samples.append((record, full, mask, counts))
@@ -71,18 +72,57 @@ def evaluate_segmentation(
 
 
 def evaluate_classification(
-    loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None, progress: str | None = None
+    loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None, progress: str | None = None, precision: str = "auto"
 ) -> tuple[dict, list]:
+    rows = [(record, prob.numpy()) for record, prob in predict_records(loaded, records, tta=tta, progress=progress, precision=precision)]
+    report = classification_scores(loaded, rows, n_boot=n_boot, seed=seed, groups=groups)
+    report["temperature"] = loaded.temperature
+    return report, rows
+
+
+def evaluate_diagnosis(
+    seg: LoadedModel,
+    cls: LoadedModel,
+    records,
+    *,
+    n_boot: int,
+    seed: int,
+    tta: bool = False,
+    groups=None,
+    progress: str | None = None,
+    precision: str = "auto",
+) -> tuple[dict, list]:
+    """The diagnosis ``busai predict`` gives (the classifier fused with the segmenter's lesion
+    evidence, :mod:`busai.diagnosis`) scored like a classifier: each scan through the same pipeline."""
+    from busai.data.discover import read_image
+    from busai.inference import progress_bar
+    from busai.pipeline import diagnosis_fusion, predict_scans
+
+    by_task = {"segmentation": seg, "classification": cls}
+    fusion = diagnosis_fusion(by_task)
+    rows = []
+    with progress_bar(progress, total=len(records)) as advance:
+        for start in range(0, len(records), 16):
+            chunk = records[start : start + 16]
+            images = [read_image(r.image, frame=r.frame) for r in chunk]
+            for record, pred in zip(chunk, predict_scans([seg, cls], images, gate=False, tta=tta, precision=precision)):
+                rows.append((record, np.array(list(pred.probabilities.values()), dtype=np.float32)))
+            advance(len(chunk))
+    report = classification_scores(cls, rows, n_boot=n_boot, seed=seed, groups=groups)
+    report["fusion"] = fusion.to_dict() if fusion is not None else None
+    return report, rows
+
+
+def classification_scores(loaded: LoadedModel, rows: list, *, n_boot: int, seed: int, groups=None) -> dict:
+    """Scores of (record, probabilities) rows over ``loaded``'s classes, with CIs, ECE and per-image answers."""
     from busai.metrics import classification_report_dict, malignant_vs_benign_auc
 
     classes = class_names(loaded.spec)
     index = scoring_map(loaded.config, classes)
-    rows = [(record, prob.numpy()) for record, prob in predict_records(loaded, records, tta=tta, progress=progress)]
     y_true = np.array([index[r.label] for r, _ in rows])
     probs = np.stack([p for _, p in rows])
     report = classification_report_dict(y_true, probs, class_names=classes, n_boot=n_boot, seed=seed, groups=groups)
     report["malignant_vs_benign_auc"] = malignant_vs_benign_auc(y_true, probs, n_boot=n_boot, seed=seed, groups=groups, class_names=classes)
-    report["temperature"] = loaded.temperature
     report["ece"] = expected_calibration_error(probs, y_true)
     report["reliability"] = reliability_bins(probs, y_true)
     report["predictions"] = [
@@ -95,7 +135,7 @@ def evaluate_classification(
         }
         for (r, p), t in zip(rows, y_true)
     ]
-    return report, rows
+    return report
 
 
 def _lesion_dice(rows: list[dict], groups, n_boot: int, seed: int) -> dict:
@@ -114,7 +154,7 @@ def evaluate_run(
     splits_file: str | Path,
     split: str,
     *,
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     seed: int = 0,
     figures: bool = True,
     tta: bool = False,
@@ -156,16 +196,19 @@ def evaluate_model(
     split_names=("test",),
     all_images: bool = False,
     out: str | Path | None = None,
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     seed: int = 0,
     figures: bool = True,
     tta: bool = False,
     command: str | None = None,
     device: str = "cpu",
     progress: bool = False,
+    precision: str = "auto",
 ) -> dict[str, dict[str, dict]]:
     """Score ``model`` on ``data`` (see the module docstring); returns {task: {key: result}}.
-    ``progress`` shows a bar per scored set on stderr when it is a terminal.
+    ``progress`` shows a bar per scored set on stderr when it is a terminal. ``precision``: ``auto``
+    scores what ``busai predict`` gives on this machine (bf16 where the CPU computes it natively),
+    ``fp32`` the reference every machine reproduces (the release's committed scores).
 
     Results go into ``RUN_DIR/metrics.json`` for a run folder (unless ``out`` is given), else into
     ``OUT/<task>/metrics.json``; keys are ``split`` for one unnamed dataset, ``NAME/split`` per
@@ -203,9 +246,30 @@ def evaluate_model(
                 check_unseen(provenance_dir, {role: records}, fingerprints, what="scoring")
         dest = Path(out) / loaded.task if out is not None else scores_dir(run_dir, loaded.spec, loaded.task)
         results[loaded.task] = _score_selections(
-            loaded, selections, dest, n_boot=n_boot, seed=seed, figures=figures, tta=tta, command=command, progress=progress
+            loaded, selections, dest, n_boot=n_boot, seed=seed, figures=figures, tta=tta, command=command, progress=progress, precision=precision
+        )
+    diagnosis = _diagnosis_models(models)
+    if diagnosis is not None:  # what predict answers by default: scored beside the classifier alone
+        seg, cls, run_dir = diagnosis
+        dest = Path(out) / DIAGNOSIS_TASK if out is not None else run_dir / DIAGNOSIS_TASK
+        output_dir(dest, option="--out" if out is not None else "run folder")
+        results[DIAGNOSIS_TASK] = _score_selections(
+            cls, selections, dest, n_boot=n_boot, seed=seed, figures=figures, tta=tta, command=command, progress=progress, segmenter=seg, precision=precision
         )
     return results
+
+
+def _diagnosis_models(models) -> tuple | None:
+    """(segmenter, classifier, run folder) when the classifier carries a fusion for this segmenter, else None."""
+    from busai.pipeline import diagnosis_fusion
+
+    by_task = {loaded.task: (loaded, run) for loaded, _, run in models}
+    if "segmentation" not in by_task or "classification" not in by_task:
+        return None
+    (seg, _), (cls, run) = by_task["segmentation"], by_task["classification"]
+    if diagnosis_fusion({"segmentation": seg, "classification": cls}) is None:
+        return None
+    return seg, cls, run
 
 
 def _selections(specs, splits_file, split_names, all_images) -> list[tuple[str, list, list, str, dict]]:
@@ -258,17 +322,36 @@ def _groups_without_split(report, records) -> list[str]:
     return [group_of.get(r.key, r.key) for r in records]
 
 
-def _score_selections(loaded, selections, dest: Path, **options) -> dict[str, dict]:
+def _score_selections(loaded, selections, dest: Path, segmenter=None, **options) -> dict[str, dict]:
     # Seeded for repeatable scores, without leaving the caller's global random state changed.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options["seed"])
-        return _score_seeded(loaded, selections, dest, **options)
+        return _score_seeded(loaded, selections, dest, segmenter=segmenter, **options)
 
 
 def _score_seeded(
-    loaded, selections, dest: Path, *, n_boot: int, seed: int, figures: bool, tta: bool, command: str | None, progress: bool = False
+    loaded,
+    selections,
+    dest: Path,
+    *,
+    n_boot: int,
+    seed: int,
+    figures: bool,
+    tta: bool,
+    command: str | None,
+    progress: bool = False,
+    segmenter=None,
+    precision: str = "auto",
 ) -> dict[str, dict]:
+    """Score ``loaded`` on each selection; with ``segmenter``, the diagnosis of the pair (``loaded`` the classifier)."""
     evaluate = evaluate_segmentation if loaded.task == "segmentation" else evaluate_classification
+    task = loaded.task
+    if segmenter is not None:
+        task = DIAGNOSIS_TASK
+
+        def evaluate(cls, records, **options):
+            return evaluate_diagnosis(segmenter, cls, records, **options)
+
     results = {}
     for role, records, groups, key, skipped in selections:
         if loaded.task == "segmentation":
@@ -280,8 +363,8 @@ def _score_seeded(
                 )
         else:
             records, groups, skipped = _known_labels(loaded, records, groups, skipped, key)
-        shown = f"Scoring {loaded.task} on {key} ({len(records)} images)" if progress else None
-        result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta, groups=groups, progress=shown)
+        shown = f"Scoring {task} on {key} ({len(records)} images)" if progress else None
+        result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta, groups=groups, progress=shown, precision=precision)
         key = f"{key}_tta" if tta else key
         datasets = sorted({r.dataset for r in records})
         result = {
@@ -291,13 +374,17 @@ def _score_seeded(
             "tta": tta,
             "command": command,
             "images": len(records),
-            "task": loaded.task,
+            "task": task,
             "model": loaded.spec,
             "model_source": loaded.source,
             "weight_source": loaded.config.get("weight_source"),
             "n_boot": n_boot,
             # an ONNX network has no torch parameters: ask the backend interface, never the module
-            "inference_path": "onnxruntime fp32" if loaded.backend == "onnx" else default_path_name(loaded.device),
+            "inference_path": "onnxruntime fp32"
+            if loaded.backend == "onnx"
+            else "fp32 eager (reference)"
+            if precision == "fp32"
+            else default_path_name(loaded.device),
             **result,
         }
         dest.mkdir(parents=True, exist_ok=True)

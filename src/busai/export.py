@@ -19,13 +19,14 @@ from pathlib import Path
 
 # The runtime side (loading an exported file) lives in busai.backends; these names stay importable here.
 from busai.backends import INPUT, METADATA_KEY, OUTPUT, LoadedModel, OnnxLoadedModel, OnnxModule, load_onnx, onnx_providers, resolve_backend  # noqa: F401
+from busai.config import ONNX_OPSET
 from busai.device import cores as _cores  # noqa: F401  (kept for callers of export._cores)
 from busai.errors import CheckpointError, ConfigError
 from busai.extras import require
 from busai.outputs import atomic_path, output_file
 from busai.runs import resolve_model
 
-OPSET = 18
+OPSET = ONNX_OPSET
 # fp32 graph vs fp32 eager: differences come from kernel order only; anything above this is a bug.
 PARITY_TOLERANCE = 1e-3
 

@@ -130,10 +130,13 @@ def upsample_probability(prob, shape: tuple[int, int]) -> np.ndarray:
     return F.interpolate(prob[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16, calibrated: bool = True, progress: str | None = None):
+def predict_records(
+    loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16, calibrated: bool = True, progress: str | None = None, precision: str = "auto"
+):
     """Yield (record, probability) for every record, in order, through the training dataset's preprocessing.
 
-    ``progress``: a description to show a progress bar under (on stderr, only when it is a terminal)."""
+    ``progress``: a description to show a progress bar under (on stderr, only when it is a terminal);
+    ``precision``: as :func:`predict_tensor` (``"fp32"``: the reference every machine reproduces)."""
     from torch.utils.data import DataLoader
 
     from busai.data.dataset import BusDataset, ImageCache
@@ -141,9 +144,9 @@ def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_si
     dataset = BusDataset(records, loaded.image_size, loaded.mean, loaded.std, cache=ImageCache(), grayscale=loaded.grayscale)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     i = 0
-    with _progress_bar(progress, len(records)) as advance:
+    with progress_bar(progress, len(records)) as advance:
         for batch in loader:
-            probs = predict_tensor(loaded, batch["image"], tta=tta, calibrated=calibrated)
+            probs = predict_tensor(loaded, batch["image"], precision, tta=tta, calibrated=calibrated)
             for p in probs:
                 yield records[i], p
                 i += 1
@@ -151,7 +154,7 @@ def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_si
 
 
 @contextlib.contextmanager
-def _progress_bar(description: str | None, total: int):
+def progress_bar(description: str | None, total: int):
     """A rich progress bar on stderr, yielding its advance(n); a no-op without a description or a terminal."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

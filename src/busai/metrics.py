@@ -15,6 +15,7 @@ from scipy import sparse
 from scipy.special import expit
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
+from busai.config import MASK_THRESHOLD, N_BOOT
 from busai import CLASSES
 from busai.errors import DataError
 
@@ -29,7 +30,7 @@ SEGMENTATION_METRICS = ("pixel_accuracy", "dice", "iou", "auc")
 
 
 # --------------------------------------------------------------------------- segmentation
-def segmentation_counts(prob: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> dict:
+def segmentation_counts(prob: np.ndarray, mask: np.ndarray, threshold: float = MASK_THRESHOLD) -> dict:
     """Per-image sufficient statistics for :func:`summarise_segmentation`.
 
     ``prob``: lesion probabilities in [0, 1]; ``mask``: ground truth {0, 1}; same shape. A pixel is
@@ -90,7 +91,7 @@ def histogram_auc(hist_pos: np.ndarray, hist_neg: np.ndarray) -> np.ndarray:
         return np.where(pairs > 0, wins / np.where(pairs > 0, pairs, 1.0), np.nan)
 
 
-def summarise_segmentation(per_image: list[dict], n_boot: int = 1000, seed: int = 0, groups: Sequence | None = None) -> dict:
+def summarise_segmentation(per_image: list[dict], n_boot: int = N_BOOT, seed: int = 0, groups: Sequence | None = None) -> dict:
     """Split-level metrics from :func:`segmentation_counts` rows, each with a 95% CI over images
     (or over their duplicate ``groups``).
 
@@ -157,7 +158,7 @@ def lesion_detection(per_image: list[dict]) -> dict[str, int]:
     }
 
 
-def mean_with_ci(values: Sequence[float], groups: Sequence | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+def mean_with_ci(values: Sequence[float], groups: Sequence | None = None, n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """Mean of per-image ``values`` with a 95% percentile-bootstrap CI over images, or over their
     duplicate ``groups`` (for scores of a subset of a split, e.g. its leaked images)."""
     values = np.asarray(values, dtype=np.float64)
@@ -232,7 +233,7 @@ def classification_report_dict(
     y_true: Sequence[int] | np.ndarray,
     probs: np.ndarray,
     class_names: Sequence[str] = CLASSES,
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     seed: int = 0,
     groups: Sequence | None = None,
 ) -> dict:
@@ -300,7 +301,7 @@ def classification_report_dict(
 
 
 def malignant_vs_benign_auc(
-    y_true, probs: np.ndarray, *, n_boot: int = 1000, seed: int = 0, groups: Sequence | None = None, class_names: Sequence[str] = CLASSES
+    y_true, probs: np.ndarray, *, n_boot: int = N_BOOT, seed: int = 0, groups: Sequence | None = None, class_names: Sequence[str] = CLASSES
 ) -> dict:
     """ROC AUC of p(malignant) / (p(malignant) + p(benign)) over the lesion scans alone, with a 95%
     CI over them (or their groups): how well the model ranks malignant above benign once a lesion

@@ -18,14 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from busai.config import MASK_THRESHOLD, PREDICT_BATCH_SIZE
 from busai import CLASSES
 from busai.config import BACKENDS  # noqa: F401  (pipeline.BACKENDS kept for callers)
 from busai.errors import ConfigError
 from busai.labels import class_names
 from busai.preprocessing import rgb_array
 
-DEFAULT_BATCH_SIZE = 8
+DEFAULT_BATCH_SIZE = PREDICT_BATCH_SIZE  # kept for callers
 PROBABILITY_KEYS = tuple(f"p_{c}" for c in CLASSES)  # always columns; a model with other classes adds its own (busai.prediction.columns_for)
+CLASSIFIER_KEYS = tuple(f"classifier_p_{c}" for c in CLASSES)  # the classifier's own answer where the diagnosis fused it with the mask
 DRAWING_KEYS = ("diameter_endpoints", "perpendicular_endpoints")  # in measurements, for the overlay; not columns
 
 
@@ -39,7 +41,10 @@ class Prediction:
     plus ``diameter_endpoints`` and ``perpendicular_endpoints``; ``review`` says why a person should
     look when the two models disagree. ``input_check`` is ``ok`` or why the image is not taken for
     a B-mode scan (then no model answered); ``extra`` holds the other columns of a predictions row
-    (scan region, spacing and its source).
+    (scan region, spacing and its source). ``diagnosis`` says where ``label`` / ``probabilities``
+    come from: ``fusion`` (the segmenter's lesion evidence fused with the classifier,
+    :mod:`busai.diagnosis`; the classifier's own answer is then ``classifier_probabilities``) or
+    ``classifier``.
     """
 
     width: int | None
@@ -52,6 +57,8 @@ class Prediction:
     lesion_probability: np.ndarray | None = None
     measurements: dict | None = None
     review: str | None = None
+    diagnosis: str | None = None
+    classifier_probabilities: dict[str, float] | None = None
 
     def to_row(self) -> dict:
         """The values ``busai predict`` writes to predictions.csv for this scan (no file columns)."""
@@ -60,6 +67,8 @@ class Prediction:
             row["label"] = self.label
             # the model's own classes; the standard columns stay empty for a model with other classes (busai.labels)
             row.update({key: None for key in PROBABILITY_KEYS} | {f"p_{c}": round(p, 5) for c, p in self.probabilities.items()})
+            row["diagnosis"] = self.diagnosis
+            row.update({f"classifier_p_{c}": round(p, 5) for c, p in (self.classifier_probabilities or {}).items()})
         if self.measurements is not None:
             row.update({k: v for k, v in self.measurements.items() if k not in DRAWING_KEYS})
         row["review"] = self.review
@@ -175,8 +184,23 @@ def run_models(by_task: dict, scans: Sequence[PreparedScan], *, tta: bool = Fals
     return outputs
 
 
-def finish_scan(prepared: PreparedScan, outputs: dict, *, threshold: float = 0.5, pixel_spacing=None, keep_probability: bool = False) -> Prediction:
-    """The models' outputs for one scan -> its :class:`Prediction`: class, mask at the scan's size, measurements, review."""
+def diagnosis_fusion(by_task: dict):
+    """The classifier's stored fusion with this segmenter (:func:`busai.diagnosis.fusion_for`), or None."""
+    if "classification" not in by_task or "segmentation" not in by_task:
+        return None
+    from busai.diagnosis import fusion_for
+
+    classifier = by_task["classification"]
+    return fusion_for(classifier.source, by_task["segmentation"].source, class_names(classifier.spec))
+
+
+def finish_scan(
+    prepared: PreparedScan, outputs: dict, *, threshold: float = MASK_THRESHOLD, pixel_spacing=None, keep_probability: bool = False, fusion=None
+) -> Prediction:
+    """The models' outputs for one scan -> its :class:`Prediction`: class, mask at the scan's size, measurements, review.
+
+    With a ``fusion`` (:func:`diagnosis_fusion`) and both models' outputs, the class comes from the
+    segmenter's largest component fused with the classifier (the diagnosis), else from the classifier."""
     from busai.inference import upsample_probability
     from busai.measure import measure_lesion
 
@@ -188,6 +212,7 @@ def finish_scan(prepared: PreparedScan, outputs: dict, *, threshold: float = 0.5
         classes = prepared.classes
         result.label = classes[int(probs.argmax())]
         result.probabilities = {c: float(p) for c, p in zip(classes, probs)}
+        result.diagnosis = "classifier"
     if "segmentation" in outputs:
         region, image = prepared.region, prepared.image
         scan_shape = (region.height, region.width)
@@ -200,6 +225,13 @@ def finish_scan(prepared: PreparedScan, outputs: dict, *, threshold: float = 0.5
         result.measurements = measure_lesion(mask, spacing, skin_row=region.y0)
         if keep_probability:
             result.lesion_probability = prob
+        if fusion is not None and result.probabilities is not None:
+            from busai.presence import component_features
+
+            result.classifier_probabilities = result.probabilities
+            result.probabilities = fusion.diagnose(component_features(prob, threshold), list(result.classifier_probabilities.values()), prepared.classes)
+            result.label = max(result.probabilities, key=result.probabilities.get)
+            result.diagnosis = "fusion"
     result.review = review_note(result.label, (result.measurements or {}).get("lesion_count"))
     return result
 
@@ -210,7 +242,7 @@ def predict_scans(
     *,
     tta: bool = False,
     pixel_spacing=None,
-    threshold: float = 0.5,
+    threshold: float = MASK_THRESHOLD,
     scan_region: bool = True,
     gate: bool = True,
     geometries: Iterable | None = None,
@@ -227,6 +259,7 @@ def predict_scans(
     give the pixel spacing where the lesion lies; ``pixel_spacing`` (mm) is used where they give none.
     """
     by_task = networks_by_task(models)
+    fusion = diagnosis_fusion(by_task)
     images = list(images)
     geometries = list(geometries) if geometries is not None else [None] * len(images)
     results: list[Prediction] = []
@@ -236,7 +269,7 @@ def predict_scans(
             for image, geometry in zip(images[start : start + batch_size], geometries[start : start + batch_size])
         ]
         for prepared, outputs in zip(chunk, run_models(by_task, chunk, tta=tta, precision=precision)):
-            results.append(finish_scan(prepared, outputs, threshold=threshold, pixel_spacing=pixel_spacing, keep_probability=keep_probability))
+            results.append(finish_scan(prepared, outputs, threshold=threshold, pixel_spacing=pixel_spacing, keep_probability=keep_probability, fusion=fusion))
     return results
 
 

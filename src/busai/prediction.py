@@ -26,6 +26,7 @@ from typing import Self
 
 from PIL import Image
 
+from busai.config import MASK_THRESHOLD, PREDICT_BATCH_SIZE
 from busai import pipeline
 from busai.errors import BusaiError, ConfigError, DataError
 from busai.io.scans import list_inputs, read_scans
@@ -205,7 +206,7 @@ def predict_paths(
     backend: str = "auto",
     tta: bool = False,
     pixel_spacing: float | tuple[float, float] | None = None,
-    threshold: float = 0.5,
+    threshold: float = MASK_THRESHOLD,
     progress: bool = True,
     resume: bool = False,
     device: str = "cpu",
@@ -215,7 +216,7 @@ def predict_paths(
     save_probabilities: bool = False,
     dicom_seg: bool = False,
     overlays: bool = True,
-    batch_size: int = pipeline.DEFAULT_BATCH_SIZE,
+    batch_size: int = PREDICT_BATCH_SIZE,
     workers: int = WORKERS,
 ) -> list[dict]:
     """Predict every input image into ``out_dir`` and return the rows of predictions.json.

@@ -16,8 +16,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from busai.config import MASK_THRESHOLD
 
-def component_features(prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+
+def component_features(prob: np.ndarray, threshold: float = MASK_THRESHOLD) -> dict[str, float]:
     """Features of one (H, W) probability map: its peak, and the largest component (at ``threshold``)
     as a fraction of the image's area with its own peak probability."""
     from busai.measure import largest_component  # the lesion the measurements describe (8-connected)
@@ -45,7 +47,7 @@ class PresenceRule:
     def keeps(self, features: Mapping[str, float]) -> bool:
         return features["largest_area"] > 0 and features["largest_peak"] >= self.min_peak and features["largest_area"] >= self.min_area
 
-    def apply(self, prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    def apply(self, prob: np.ndarray, threshold: float = MASK_THRESHOLD) -> np.ndarray:
         """The binary mask of ``prob`` at ``threshold``, emptied when the rule calls the scan lesion-free."""
         mask = np.asarray(prob) >= threshold
         return mask if self.keeps(component_features(prob, threshold)) else np.zeros_like(mask)

@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from busai.config import QUANTIZE_CALIB_IMAGES
 from busai.errors import CheckpointError, ConfigError
 from busai.backends import LoadedModel
 from busai.outputs import atomic_path
 
 QUANTIZE_CHOICES = ("int8",)
-CALIBRATION_IMAGES = 64
+CALIBRATION_IMAGES = QUANTIZE_CALIB_IMAGES  # kept for callers
 PARITY_IMAGES = 16
 # Mean |probability difference| between the int8 file and PyTorch fp32 on held-back training images.
 # A correctly calibrated file stays far below it; a broken one (wrong ranges, saturated products)

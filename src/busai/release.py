@@ -23,6 +23,7 @@ from busai.models.weights import file_sha256
 from busai.outputs import atomic_path, atomic_write
 from busai.report import compact_classification, compact_segmentation
 from busai.runs import (  # noqa: F401  (RELEASE_DIR, TASK_FLAGS, release_dir: release.* names kept for callers)
+    DIAGNOSIS_TASK,
     CALIBRATION,
     CONFIG,
     METRICS,
@@ -136,6 +137,10 @@ def rescore_release(evaluation: str | Path, root: str | Path | None = None) -> l
         compact = compact_segmentation if task == "segmentation" else compact_classification
         scores["splits"] = {key: {"images": m.get("images"), **compact(m)} for key, m in metrics.items() if isinstance(m, dict)}
         scores["scored_by"] = sorted({m.get("command") for m in metrics.values() if isinstance(m, dict) and m.get("command")})
+        diagnosis_path = Path(evaluation) / DIAGNOSIS_TASK / METRICS
+        if task == "classification" and diagnosis_path.is_file():  # the fused answer predict gives, beside the classifier's
+            fused = json.loads(diagnosis_path.read_text())
+            scores[DIAGNOSIS_TASK] = {key: {"images": m.get("images"), **compact(m)} for key, m in fused.items() if isinstance(m, dict)}
         write_json(folder / SCORES, scores)
         written.append(folder / SCORES)
     if not written:

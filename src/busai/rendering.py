@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from busai.measure import MEASUREMENT_KEYS
-from busai.pipeline import DRAWING_KEYS, PROBABILITY_KEYS, Prediction
+from busai.pipeline import CLASSIFIER_KEYS, DRAWING_KEYS, PROBABILITY_KEYS, Prediction
 
 MASK_SUFFIX, OVERLAY_SUFFIX, PROBABILITY_SUFFIX, SEG_SUFFIX = "_pred_mask.png", "_overlay.png", "_probability.png", "_seg.dcm"
 SCAN_KEYS = ("scan_x", "scan_y", "scan_width", "scan_height")  # the scan region; None when the scan is the whole image
@@ -19,6 +19,8 @@ COLUMNS = (
     "input_check",
     "label",
     *PROBABILITY_KEYS,
+    "diagnosis",
+    *CLASSIFIER_KEYS,
     *MEASUREMENT_KEYS,
     "review",
     "width",

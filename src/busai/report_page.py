@@ -128,7 +128,7 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-EVALUATED_TASKS = ("segmentation", "classification")  # the folders `busai evaluate --out DIR` writes into
+EVALUATED_TASKS = ("segmentation", "classification", "diagnosis")  # the folders `busai evaluate --out DIR` writes into
 
 
 def _evaluation_entries(folder: Path) -> list[Entry]:
@@ -397,6 +397,8 @@ def dataset_section(entries: list[Entry]) -> list:
     ]
     results = [e.result for e in entries]
     for r, label in zip(results, _row_labels(results)):
+        if r["task"] == "diagnosis":  # the classifier fused with the segmenter: what predict answers
+            label = f"{label} (diagnosis)"
         for key in _per_dataset_keys(r):
             m = r["metrics"][key]
             images = f"{m.get('images', '–')}" + (f" ({m['skipped']} skipped)" if m.get("skipped") else "")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from busai.config import TrainConfig
+from busai.config import MASK_THRESHOLD, TrainConfig
 from busai.engine import TaskAdapter
 from busai.errors import ConfigError
 
 
-def dice_per_image(logits: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+def dice_per_image(logits: torch.Tensor, masks: torch.Tensor, threshold: float = MASK_THRESHOLD) -> torch.Tensor:
     """Hard Dice per image at a probability threshold; 1.0 when prediction and truth are both empty."""
     pred = (torch.sigmoid(logits) >= threshold).flatten(1).float()  # same rule as busai.metrics
     truth = (masks > 0.5).flatten(1).float()

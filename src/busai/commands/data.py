@@ -21,13 +21,14 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
     sub.required = True
 
+    from busai.config import SPLIT_TEST, SPLIT_VAL, SYNTH_IMAGES, SYNTH_SIZE
     from busai.data.synthetic import LAYOUTS
 
     synth = sub.add_parser("synth", help="write a synthetic BUSI-layout dataset (phantoms) for tests and demos")
     synth.add_argument("out_dir", metavar="OUT_DIR", help="new (or empty) folder to write into")
-    synth.add_argument("--n", type=int, default=30, help="number of images, split ~45/30/25 benign/malignant/normal (default 30)")
+    synth.add_argument("--n", type=int, default=SYNTH_IMAGES, help=f"number of images, split ~45/30/25 benign/malignant/normal (default {SYNTH_IMAGES})")
     synth.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes identical files (default 0)")
-    synth.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(128, 160), help="image height and width (default 128 160)")
+    synth.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=SYNTH_SIZE, help="image height and width (default {} {})".format(*SYNTH_SIZE))
     synth.add_argument(
         "--layout",
         default="busi",
@@ -69,8 +70,8 @@ def register(subparsers) -> None:
     )
     split.add_argument("--out", required=True, metavar="FILE", help="split file to write (JSON)")
     split.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    split.add_argument("--val", type=float, default=0.1, help="validation fraction (default 0.1)")
-    split.add_argument("--test", type=float, default=0.1, help="test fraction (default 0.1)")
+    split.add_argument("--val", type=float, default=SPLIT_VAL, help=f"validation fraction (default {SPLIT_VAL})")
+    split.add_argument("--test", type=float, default=SPLIT_TEST, help=f"test fraction (default {SPLIT_TEST})")
     split.add_argument("--folds", type=int, default=None, metavar="K", help="also write K cross-validation folds over train+val")
     split.add_argument(
         "--duplicates",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from busai.config import MODEL_TASKS
+from busai.config import MODEL_TASKS, ONNX_OPSET, QUANTIZE_CALIB_IMAGES
 
 
 def register(sub) -> None:
@@ -19,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
     p.add_argument("--task", choices=MODEL_TASKS, default=None, help="a multitask run: which of its outputs to export (seg masks or cls classes)")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write, e.g. model.onnx")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 17 to the newest torch writes)")
+    p.add_argument("--opset", type=int, default=None, help=f"ONNX opset (default {ONNX_OPSET}; 17 to the newest torch writes)")
     p.add_argument("--fixed-size", action="store_true", help="fix height and width at the model's size (batch stays dynamic)")
     p.add_argument("--force", action="store_true", help="replace --out even if it is not an earlier busai export")
     p.add_argument(
@@ -30,7 +30,13 @@ def register(sub) -> None:
     )
     p.add_argument("--calib-data", metavar="DIR", help="--quantize: dataset folder to calibrate on (default: the one the run trained on)")
     p.add_argument("--calib-splits", metavar="FILE", help="--quantize: split file whose train split is used (default: the run's own)")
-    p.add_argument("--calib-images", type=int, default=64, metavar="N", help="--quantize: training images to calibrate on (default 64)")
+    p.add_argument(
+        "--calib-images",
+        type=int,
+        default=QUANTIZE_CALIB_IMAGES,
+        metavar="N",
+        help=f"--quantize: training images to calibrate on (default {QUANTIZE_CALIB_IMAGES})",
+    )
     p.add_argument("--json", action="store_true", help="print the export result as JSON")
     p.set_defaults(handler=run)
 

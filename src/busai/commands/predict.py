@@ -11,7 +11,7 @@ from busai.config import BACKENDS, DEVICES
 
 
 def register(sub) -> None:
-    from busai.pipeline import DEFAULT_BATCH_SIZE
+    from busai.config import MASK_THRESHOLD, PREDICT_BATCH_SIZE as DEFAULT_BATCH_SIZE
 
     p = sub.add_parser(
         "predict",
@@ -74,7 +74,7 @@ def register(sub) -> None:
         metavar="N",
         help=f"scans per forward pass (default {DEFAULT_BATCH_SIZE}); any size gives the same masks and rows",
     )
-    p.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold for the mask (default 0.5)")
+    p.add_argument("--threshold", type=float, default=MASK_THRESHOLD, help=f"lesion probability threshold for the mask (default {MASK_THRESHOLD})")
     p.add_argument(
         "--resume",
         action="store_true",

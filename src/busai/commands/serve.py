@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import sys
 
-from busai.config import BACKENDS, DEVICES
+from busai.config import BACKENDS, DEVICES, SERVE_HOST, SERVE_PORT
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -20,8 +20,8 @@ def register(sub) -> None:
         description="Start the web page and its API (POST /api/predict). Binds to 127.0.0.1 unless --host says otherwise. "
         "Research software, not a medical device. Limits and security headers: docs/serve.md.",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this computer only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--host", default=SERVE_HOST, help=f"address to bind (default {SERVE_HOST}: this computer only)")
+    p.add_argument("--port", type=int, default=SERVE_PORT, help=f"port (default {SERVE_PORT})")
     p.add_argument("--seg", default="release", metavar="MODEL", help="segmentation model: release (default), a run folder, an .onnx file, or none")
     p.add_argument("--cls", default="release", metavar="MODEL", help="classification model: release (default), a run folder, an .onnx file, or none")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="auto: PyTorch where installed, else ONNX Runtime; onnx: ONNX Runtime (no Grad-CAM)")
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from busai.errors import ConfigError
 
     if not 1 <= args.port <= 65535:  # checked before the models load: uvicorn would fail late, with a traceback
-        raise ConfigError(f"--port {args.port}: must be from 1 to 65535 (default 8000)")
+        raise ConfigError(f"--port {args.port}: must be from 1 to 65535 (default {SERVE_PORT})")
     import uvicorn
 
     from busai.serve import NOTICE, create_app

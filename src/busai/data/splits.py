@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from busai.config import SPLIT_TEST, SPLIT_VAL
 from busai import CLASSES, SPLIT_NAMES
 from busai.data.discover import Record
 from busai.errors import ConfigError, DataError, read_json
@@ -49,8 +50,8 @@ def make_splits(
     records: list[Record],
     groups: list[list[str]],
     *,
-    val: float = 0.1,
-    test: float = 0.1,
+    val: float = SPLIT_VAL,
+    test: float = SPLIT_TEST,
     seed: int = 0,
     folds: int | None = None,
     duplicates: str = "group",

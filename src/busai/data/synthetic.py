@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from busai.config import SYNTH_IMAGES, SYNTH_SIZE
 from busai import CLASSES
 from busai.errors import ConfigError, DataError
 
@@ -40,9 +41,9 @@ def class_counts(n: int) -> dict[str, int]:
 
 def write_synthetic_dataset(
     out_dir: str | Path,
-    n: int = 30,
+    n: int = SYNTH_IMAGES,
     seed: int = 0,
-    size: tuple[int, int] = (128, 160),
+    size: tuple[int, int] = SYNTH_SIZE,
     *,
     extra_mask: bool | None = None,
 ) -> Path:

@@ -1,0 +1,176 @@
+"""Lesion-centred diagnosis (issue 28): does fusing the segmenter's lesion evidence with the
+classifier beat the classifier alone at "lesion or normal"?
+
+    python benchmarks/diagnosis_fusion.py --busi ../shared/data/Dataset_BUSI_with_GT --uclm ../shared/data/BUS-UCLM [--write]
+
+The release segmenter and classifier predict every validation scan of ``splits/busi-uclm.json``
+(both datasets; neither model trained on them) through busai's own predict pipeline, so the
+features are those ``busai predict`` computes. The fusion (:class:`busai.diagnosis.Fusion`) is then
+cross-fitted on those scans, patient-grouped K-fold: each scan's fused answer comes from a fusion
+that never saw its patient. The table compares, per dataset and pooled, the classifier alone with
+the fusion: lesion scans called normal, normals called lesion, accuracy, macro-F1 and the
+lesion-vs-normal AUC (benign vs malignant is the classifier's in both). Test splits are not read.
+
+``--write`` stores the fusion fitted on all validation scans as the release's diagnosis
+(``src/busai/release/classification/diagnosis.json``) with this table's command beside it; whether
+predict uses it by default is decided by docs/cross-dataset.md's rule on this table, not here.
+Writes ``results/diagnosis_fusion.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLITS = ROOT / "splits" / "busi-uclm.json"
+CLASSES = ("normal", "benign", "malignant")
+
+
+def predict_rows(records) -> list[dict]:
+    """Per scan: truth, the classifier's probabilities and the segmenter's largest-component features."""
+    import busai
+    from busai.data.discover import read_image
+    from busai.pipeline import predict_scans
+    from busai.presence import component_features
+
+    models = [busai.load("release", task="segmentation"), busai.load("release", task="classification")]
+    rows = []
+    for start in range(0, len(records), 16):
+        chunk = records[start : start + 16]
+        images = [read_image(r.image, frame=r.frame) for r in chunk]
+        for record, pred in zip(chunk, predict_scans(models, images, keep_probability=True, gate=False)):
+            rows.append(
+                {
+                    "key": record.key,
+                    "dataset": record.dataset,
+                    "group": f"{record.dataset}:{record.group or record.key}",
+                    "label": record.label,
+                    "cls": [(pred.classifier_probabilities or pred.probabilities)[c] for c in CLASSES],  # the classifier's own, not a stored fusion's
+                    "seg": component_features(pred.lesion_probability),
+                }
+            )
+    return rows
+
+
+def cross_fit(rows: list[dict], folds: int, seed: int = 0) -> np.ndarray:
+    """Out-of-fold fused probabilities (N, 3): each row's fusion is fitted on the other patients only."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from busai.diagnosis import Fusion, lesion_features
+
+    x = np.stack([lesion_features(r["seg"], r["cls"], CLASSES) for r in rows])
+    y = np.array([r["label"] != "normal" for r in rows])
+    groups = [r["group"] for r in rows]
+    fused = np.zeros((len(rows), 3))
+    for train, held in StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y, groups):
+        fusion = Fusion.fit(x[train], y[train], fitted_on="cross-fit")
+        for i in held:
+            probs = fusion.diagnose(rows[i]["seg"], rows[i]["cls"], CLASSES)
+            fused[i] = [probs[c] for c in CLASSES]
+    return fused
+
+
+def scores(labels: list[str], probs: np.ndarray) -> dict:
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    truth = np.array([CLASSES.index(label) for label in labels])
+    called = probs.argmax(1)
+    lesion, normal = truth != 0, truth == 0
+    out = {
+        "scans": int(len(truth)),
+        "accuracy": float((called == truth).mean()),
+        "macro_f1": float(f1_score(truth, called, labels=[c for c in range(3) if (truth == c).any()], average="macro")),
+        "lesion_called_normal": float((called[lesion] == 0).mean()) if lesion.any() else None,
+        "normal_called_lesion": float((called[normal] != 0).mean()) if normal.any() else None,
+        "lesion_auc": float(roc_auc_score(lesion, 1 - probs[:, 0])) if lesion.any() and normal.any() else None,
+    }
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def paired(labels: list[str], before: np.ndarray, after: np.ndarray, groups: list[str]) -> dict:
+    """Fusion minus classifier, per scan, with a patient-grouped bootstrap 95% CI: correct answers,
+    and lesion scans called normal (over lesion scans)."""
+    from busai.metrics import mean_with_ci
+
+    truth = np.array([CLASSES.index(label) for label in labels])
+    lesion = truth != 0
+    correct = (after.argmax(1) == truth).astype(float) - (before.argmax(1) == truth).astype(float)
+    missed = (after.argmax(1)[lesion] == 0).astype(float) - (before.argmax(1)[lesion] == 0).astype(float)
+    return {
+        "accuracy_change": mean_with_ci(correct, groups),
+        "lesion_called_normal_change": mean_with_ci(missed, np.asarray(groups)[lesion]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--busi", required=True)
+    parser.add_argument("--uclm", required=True)
+    parser.add_argument("--folds", type=int, default=5, help="patient-grouped folds of the cross-fit (default 5)")
+    parser.add_argument("--write", action="store_true", help="store the fusion fitted on all validation scans in the release")
+    parser.add_argument("--out", default=str(ROOT / "results" / "diagnosis_fusion"))
+    args = parser.parse_args(argv)
+
+    from busai.data.sources import parse_data_specs
+    from busai.data.splits import load_split_records
+    from busai.diagnosis import Fusion, lesion_features
+    from busai.runs import machine_info
+
+    specs = parse_data_specs([f"busi={args.busi}", f"uclm={args.uclm}"])
+    records = [r for r in load_split_records(specs, SPLITS, "val") if r.label in CLASSES]
+    rows = predict_rows(records)
+    classifier = np.array([r["cls"] for r in rows])
+    fused = cross_fit(rows, args.folds)
+    command = "python benchmarks/diagnosis_fusion.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    results = {"command": command, "machine": machine_info(), "split": "val", "cross_fit_folds": args.folds, "rows": {}, "paired": {}}
+    for part in ("pooled", "busi", "uclm"):
+        idx = [i for i, r in enumerate(rows) if part == "pooled" or r["dataset"] == part]
+        labels = [rows[i]["label"] for i in idx]
+        results["rows"][part] = {"classifier": scores(labels, classifier[idx]), "fusion": scores(labels, fused[idx])}
+        results["paired"][part] = paired(labels, classifier[idx], fused[idx], [rows[i]["group"] for i in idx])
+    x = np.stack([lesion_features(r["seg"], r["cls"], CLASSES) for r in rows])
+    final = Fusion.fit(x, [r["label"] != "normal" for r in rows], fitted_on=f"release models on the val split of splits/busi-uclm.json ({len(rows)} scans)")
+    results["fusion_all_val"] = final.to_dict()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".md").write_text(table(results) + "\n")
+    print(table(results))
+    if args.write:
+        target = ROOT / "src" / "busai" / "release" / "classification" / "diagnosis.json"
+        target.write_text(json.dumps({**final.to_dict(), "segmenter": "../segmentation", "command": command}, indent=2) + "\n")
+        print(f"wrote {target.relative_to(ROOT)}")
+    return 0
+
+
+def table(results: dict) -> str:
+    def pct(v):
+        return "–" if v is None else f"{100 * v:.1f}%"
+
+    lines = [
+        f"Validation split, fusion cross-fitted over {results['cross_fit_folds']} patient-grouped folds. Command: `{results['command']}`",
+        "",
+        "| scored on | answer | scans | accuracy | macro-F1 | lesion scans called normal | normals called lesion | lesion-vs-normal AUC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for part, answers in results["rows"].items():
+        for name, s in answers.items():
+            auc = "–" if s["lesion_auc"] is None else f"{s['lesion_auc']:.3f}"
+            lines.append(
+                f"| {part} | {name} | {s['scans']} | {s['accuracy']:.3f} | {s['macro_f1']:.3f} | {pct(s['lesion_called_normal'])} | "
+                f"{pct(s['normal_called_lesion'])} | {auc} |"
+            )
+    lines += ["", "Fusion minus classifier, patient-grouped bootstrap 95% CI:", "", "| scored on | accuracy | lesion scans called normal |", "|---|---|---|"]
+    for part, change in results["paired"].items():
+        cells = [f"{c['value']:+.3f} ({c['ci_low']:+.3f} to {c['ci_high']:+.3f})" for c in (change["accuracy_change"], change["lesion_called_normal_change"])]
+        lines.append(f"| {part} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
