@@ -314,6 +314,7 @@ class _BatchWriter:
     def __init__(self, out_dir: Path, by_task: dict, rows: _RowLog, pool, settings: dict, overlays: bool, probabilities: bool, dicom_seg: bool):
         self.out_dir, self.by_task, self.rows, self.pool, self.settings = out_dir, by_task, rows, pool, settings
         self.overlays, self.probabilities, self.dicom_seg = overlays, probabilities, dicom_seg
+        self.fusion = pipeline.diagnosis_fusion(by_task)  # the diagnosis, as busai.predict and serve answer
         self.pending: deque = deque()  # finished rows or futures of rows, in input order
 
     def _map(self, function, items):
@@ -358,7 +359,12 @@ class _BatchWriter:
     def _finish(self, prepared, outputs: dict, row: dict, stem: str | None, scan) -> dict:
         settings = self.settings
         prediction = pipeline.finish_scan(
-            prepared, outputs, threshold=settings["threshold"], pixel_spacing=settings["pixel_spacing"], keep_probability=self.probabilities
+            prepared,
+            outputs,
+            threshold=settings["threshold"],
+            pixel_spacing=settings["pixel_spacing"],
+            keep_probability=self.probabilities,
+            fusion=self.fusion,
         )
         row.update(row_values(prediction))
         if prediction.mask is None:
