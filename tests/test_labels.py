@@ -325,3 +325,18 @@ def test_class_folders_named_by_other_labels(tmp_path, cli):
 def test_classes_option_refuses_names_that_are_not_simple():
     with pytest.raises(ConfigError, match="'4 a' is not a simple name"):
         parse_classes("2=benign,4 a=malignant")
+
+
+def test_segmentation_reads_lesion_masks_of_any_label(birads):
+    # A segmenter's data may carry BI-RADS labels: its items load (the loss never reads the label),
+    # while a class index is refused in one line for a label outside normal / benign / malignant.
+    from busai.data.dataset import BusDataset
+    from busai.data.sources import read_records
+    from busai.errors import DataError
+
+    records = read_records(str(birads))
+    item = BusDataset(records[:1], 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))[0]
+    assert records[0].label == "2" and item["label"].item() == -1 and item["mask"].sum() > 0
+    assert all(r.segmentable for r in records)
+    with pytest.raises(DataError, match="label '2' is not one of normal, benign, malignant; train with --classes"):
+        _ = records[0].label_index
