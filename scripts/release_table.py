@@ -68,8 +68,16 @@ def paper_best(task: str, split: str = "test") -> dict[str, float]:
     return {"accuracy": max(r[1] for r in rows), "macro-F1": max(r[2] for r in rows)}
 
 
-def load(task: str) -> dict:
+def load(task: str) -> dict | None:
+    """A packaged model's scores.json; for ``diagnosis``, the classifier's with the scores of the
+    answer predict gives (the classifier fused with the segmenter), None when it holds none."""
+    if task == "diagnosis":
+        s = load("classification")
+        return {**s, "splits": s["diagnosis"]} if s.get("diagnosis") else None
     return json.loads((RELEASE / task / "scores.json").read_text())
+
+
+TASKS = (("segmentation", "_seg"), ("classification", "_cls"), ("diagnosis", "_cls"))
 
 
 def per_dataset(scores: dict, split: str) -> list[tuple[str, dict]]:
@@ -83,13 +91,17 @@ def per_dataset(scores: dict, split: str) -> list[tuple[str, dict]]:
 
 def short_table() -> str:
     lines = ["| Task | Dataset | Model (run) | Test images | Test score, mean (95% CI) | Paper's best on its test split |", "|---|---|---|---|---|---|"]
-    for task, cells in (("segmentation", _seg), ("classification", _cls)):
+    for task, cells in _tasks():
         s = load(task)
+        if s is None:
+            continue
         model = s["model"]
         label = f"{model['encoder']} {model['name']}" if model.get("encoder") else model["name"]
         if model.get("task") == "multitask":
             label += " (multitask)"
-        best = paper_best(task)
+        if task == "diagnosis":
+            label += " fused with the segmenter"
+        best = paper_best("classification" if task == "diagnosis" else task)
         for dataset, test in per_dataset(s, "test"):
             ours = cells(test)
             shown = [k for k in ours if k in ("Dice", "IoU", "Dice, lesion scans", "accuracy", "macro-F1", "malignant-vs-benign AUC", "ECE")]
@@ -106,8 +118,10 @@ def short_table() -> str:
 
 def full_table() -> str:
     out = []
-    for task, cells in (("segmentation", _seg), ("classification", _cls)):
+    for task, cells in _tasks():
         s = load(task)
+        if s is None:
+            continue
         rows = [
             (f"{dataset} {split}", m)
             for split in SPLIT_NAMES
@@ -126,6 +140,10 @@ def full_table() -> str:
             lines.append(f"| {where} | {m['images']} | " + " | ".join(values) + f" | {ci} |")
         out.append("\n".join(lines))
     return "\n\n".join(out)
+
+
+def _tasks():
+    return [(task, globals()[cells]) for task, cells in TASKS]
 
 
 def calibration_table() -> str:

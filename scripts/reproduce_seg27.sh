@@ -4,7 +4,7 @@
 # NAME picks a recipe below; with FOLDs the recipe trains on those folds of splits/busi-uclm.json
 # (patient- and duplicate-grouped, over train+val; test is never used), into runs/seg27/NAME/fold-I;
 # without, on the split's train / val lists into runs/seg27/NAME.
-# A finished run (fit.json present) is skipped; an interrupted one is resumed with its budget.
+# A finished run is skipped; an interrupted or time-capped one is resumed, 60 minutes at a time.
 # Out-of-fold scores and the table: python benchmarks/seg_folds.py.
 set -euo pipefail
 BUSI=${1:?usage: reproduce_seg27.sh BUSI_DIR UCLM_DIR NAME [FOLD ...]}
@@ -29,13 +29,21 @@ MINUTES=60
 [ -n "${ARGS[$NAME]+x}" ] || { echo "unknown recipe $NAME; choose from ${!ARGS[*]}" >&2; exit 2; }
 folds=("$@")
 [ ${#folds[@]} -eq 0 ] && folds=(none)
+# A run stopped by its time budget before its last epoch has fit.json too: it is continued, in capped
+# pieces, until it has run all its epochs (at most 4 pieces, so a run that cannot progress stops the script).
+unfinished() {  # true while $1 has not run the epochs its config asks for
+  [ ! -f "$1/fit.json" ] && return 0
+  python -c "import json, sys; f = json.load(open('$1/fit.json')); c = json.load(open('$1/config.json')); sys.exit(0 if f['epochs_run'] < c['train']['epochs'] else 1)"
+}
 for fold in "${folds[@]}"; do
   if [ "$fold" = none ]; then out=runs/seg27/$NAME; extra=""; else out=runs/seg27/$NAME/fold-$fold; extra="--fold $fold"; fi
-  if [ -f "$out/fit.json" ]; then echo "$out: done"; continue; fi
-  if [ -f "$out/checkpoint_last.pt" ]; then
-    echo "$out: resuming"; busai train --resume "$out" --quiet
-  else
-    rm -rf "$out"  # a run that never finished an epoch: restart it
-    echo "$out: training"; busai train ${ARGS[$NAME]} $extra --splits $SPLITS --out "$out" --max-minutes $MINUTES --quiet
-  fi
+  for piece in 1 2 3 4; do
+    unfinished "$out" || { echo "$out: done"; break; }
+    if [ -f "$out/checkpoint_last.pt" ]; then
+      echo "$out: resuming"; busai train --resume "$out" --max-minutes $MINUTES --quiet
+    else
+      rm -rf "$out"  # a run that never finished an epoch: restart it
+      echo "$out: training"; busai train ${ARGS[$NAME]} $extra --splits $SPLITS --out "$out" --max-minutes $MINUTES --quiet
+    fi
+  done
 done

@@ -135,12 +135,13 @@ def test_evaluate_scores_the_diagnosis_predict_gives(tmp_path, release_models):
     from busai.pipeline import predict_scans
 
     data = write_synthetic_dataset(tmp_path / "data", n=9, size=(96, 128))
-    results = evaluate_model("release", str(data), all_images=True, out=tmp_path / "out", n_boot=20, figures=False)
+    results = evaluate_model("release", str(data), all_images=True, out=tmp_path / "out", n_boot=20, figures=False, precision="fp32")
     assert set(results) == {"segmentation", "classification", "diagnosis"}
     scored = results["diagnosis"]["all"]
     assert scored["task"] == "diagnosis" and scored["images"] == 9 and scored["fusion"]["features"]
+    assert scored["inference_path"] == "fp32 eager (reference)"
     assert (tmp_path / "out" / "diagnosis" / "metrics.json").is_file()
     record = read_records([str(data)])[0]
-    (pred,) = predict_scans(release_models, [read_image(record.image)], gate=False)
+    (pred,) = predict_scans(release_models, [read_image(record.image)], gate=False, precision="fp32")
     row = next(r for r in scored["predictions"] if r["image"] == record.key)
     assert [row[f"p_{c}"] for c in ("normal", "benign", "malignant")] == pytest.approx(list(pred.probabilities.values()), abs=1e-4)

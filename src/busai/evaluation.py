@@ -55,12 +55,12 @@ def score_segmentation_image(record, prob: torch.Tensor) -> tuple[np.ndarray, np
 
 
 def evaluate_segmentation(
-    loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None, progress: str | None = None
+    loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None, progress: str | None = None, precision: str = "auto"
 ) -> tuple[dict, list]:
     from busai.metrics import summarise_segmentation
 
     per_image, samples, scores = [], [], []
-    for record, prob in predict_records(loaded, records, tta=tta, progress=progress):
+    for record, prob in predict_records(loaded, records, tta=tta, progress=progress, precision=precision):
         full, mask, counts, row = score_segmentation_image(record, prob)
         per_image.append(counts)
         samples.append((record, full, mask, counts))
@@ -72,16 +72,25 @@ def evaluate_segmentation(
 
 
 def evaluate_classification(
-    loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None, progress: str | None = None
+    loaded: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None, progress: str | None = None, precision: str = "auto"
 ) -> tuple[dict, list]:
-    rows = [(record, prob.numpy()) for record, prob in predict_records(loaded, records, tta=tta, progress=progress)]
+    rows = [(record, prob.numpy()) for record, prob in predict_records(loaded, records, tta=tta, progress=progress, precision=precision)]
     report = classification_scores(loaded, rows, n_boot=n_boot, seed=seed, groups=groups)
     report["temperature"] = loaded.temperature
     return report, rows
 
 
 def evaluate_diagnosis(
-    seg: LoadedModel, cls: LoadedModel, records, *, n_boot: int, seed: int, tta: bool = False, groups=None, progress: str | None = None
+    seg: LoadedModel,
+    cls: LoadedModel,
+    records,
+    *,
+    n_boot: int,
+    seed: int,
+    tta: bool = False,
+    groups=None,
+    progress: str | None = None,
+    precision: str = "auto",
 ) -> tuple[dict, list]:
     """The diagnosis ``busai predict`` gives (the classifier fused with the segmenter's lesion
     evidence, :mod:`busai.diagnosis`) scored like a classifier: each scan through the same pipeline."""
@@ -96,7 +105,7 @@ def evaluate_diagnosis(
         for start in range(0, len(records), 16):
             chunk = records[start : start + 16]
             images = [read_image(r.image, frame=r.frame) for r in chunk]
-            for record, pred in zip(chunk, predict_scans([seg, cls], images, gate=False, tta=tta)):
+            for record, pred in zip(chunk, predict_scans([seg, cls], images, gate=False, tta=tta, precision=precision)):
                 rows.append((record, np.array(list(pred.probabilities.values()), dtype=np.float32)))
             advance(len(chunk))
     report = classification_scores(cls, rows, n_boot=n_boot, seed=seed, groups=groups)
@@ -194,9 +203,12 @@ def evaluate_model(
     command: str | None = None,
     device: str = "cpu",
     progress: bool = False,
+    precision: str = "auto",
 ) -> dict[str, dict[str, dict]]:
     """Score ``model`` on ``data`` (see the module docstring); returns {task: {key: result}}.
-    ``progress`` shows a bar per scored set on stderr when it is a terminal.
+    ``progress`` shows a bar per scored set on stderr when it is a terminal. ``precision``: ``auto``
+    scores what ``busai predict`` gives on this machine (bf16 where the CPU computes it natively),
+    ``fp32`` the reference every machine reproduces (the release's committed scores).
 
     Results go into ``RUN_DIR/metrics.json`` for a run folder (unless ``out`` is given), else into
     ``OUT/<task>/metrics.json``; keys are ``split`` for one unnamed dataset, ``NAME/split`` per
@@ -234,7 +246,7 @@ def evaluate_model(
                 check_unseen(provenance_dir, {role: records}, fingerprints, what="scoring")
         dest = Path(out) / loaded.task if out is not None else scores_dir(run_dir, loaded.spec, loaded.task)
         results[loaded.task] = _score_selections(
-            loaded, selections, dest, n_boot=n_boot, seed=seed, figures=figures, tta=tta, command=command, progress=progress
+            loaded, selections, dest, n_boot=n_boot, seed=seed, figures=figures, tta=tta, command=command, progress=progress, precision=precision
         )
     diagnosis = _diagnosis_models(models)
     if diagnosis is not None:  # what predict answers by default: scored beside the classifier alone
@@ -242,7 +254,7 @@ def evaluate_model(
         dest = Path(out) / DIAGNOSIS_TASK if out is not None else run_dir / DIAGNOSIS_TASK
         output_dir(dest, option="--out" if out is not None else "run folder")
         results[DIAGNOSIS_TASK] = _score_selections(
-            cls, selections, dest, n_boot=n_boot, seed=seed, figures=figures, tta=tta, command=command, progress=progress, segmenter=seg
+            cls, selections, dest, n_boot=n_boot, seed=seed, figures=figures, tta=tta, command=command, progress=progress, segmenter=seg, precision=precision
         )
     return results
 
@@ -318,7 +330,18 @@ def _score_selections(loaded, selections, dest: Path, segmenter=None, **options)
 
 
 def _score_seeded(
-    loaded, selections, dest: Path, *, n_boot: int, seed: int, figures: bool, tta: bool, command: str | None, progress: bool = False, segmenter=None
+    loaded,
+    selections,
+    dest: Path,
+    *,
+    n_boot: int,
+    seed: int,
+    figures: bool,
+    tta: bool,
+    command: str | None,
+    progress: bool = False,
+    segmenter=None,
+    precision: str = "auto",
 ) -> dict[str, dict]:
     """Score ``loaded`` on each selection; with ``segmenter``, the diagnosis of the pair (``loaded`` the classifier)."""
     evaluate = evaluate_segmentation if loaded.task == "segmentation" else evaluate_classification
@@ -341,7 +364,7 @@ def _score_seeded(
         else:
             records, groups, skipped = _known_labels(loaded, records, groups, skipped, key)
         shown = f"Scoring {task} on {key} ({len(records)} images)" if progress else None
-        result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta, groups=groups, progress=shown)
+        result, samples = evaluate(loaded, records, n_boot=n_boot, seed=seed, tta=tta, groups=groups, progress=shown, precision=precision)
         key = f"{key}_tta" if tta else key
         datasets = sorted({r.dataset for r in records})
         result = {
@@ -357,7 +380,11 @@ def _score_seeded(
             "weight_source": loaded.config.get("weight_source"),
             "n_boot": n_boot,
             # an ONNX network has no torch parameters: ask the backend interface, never the module
-            "inference_path": "onnxruntime fp32" if loaded.backend == "onnx" else default_path_name(loaded.device),
+            "inference_path": "onnxruntime fp32"
+            if loaded.backend == "onnx"
+            else "fp32 eager (reference)"
+            if precision == "fp32"
+            else default_path_name(loaded.device),
             **result,
         }
         dest.mkdir(parents=True, exist_ok=True)

@@ -74,10 +74,13 @@ def upsample_probability(prob: torch.Tensor, shape: tuple[int, int]) -> np.ndarr
     return F.interpolate(prob[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16, calibrated: bool = True, progress: str | None = None):
+def predict_records(
+    loaded: LoadedModel, records, *, tta: bool = False, batch_size: int = 16, calibrated: bool = True, progress: str | None = None, precision: str = "auto"
+):
     """Yield (record, probability) for every record, in order, through the training dataset's preprocessing.
 
-    ``progress``: a description to show a progress bar under (on stderr, only when it is a terminal)."""
+    ``progress``: a description to show a progress bar under (on stderr, only when it is a terminal);
+    ``precision``: as :func:`predict_tensor` (``"fp32"``: the reference every machine reproduces)."""
     from torch.utils.data import DataLoader
 
     from busai.data.dataset import BusDataset, ImageCache
@@ -87,7 +90,7 @@ def predict_records(loaded: LoadedModel, records, *, tta: bool = False, batch_si
     i = 0
     with progress_bar(progress, len(records)) as advance:
         for batch in loader:
-            probs = predict_tensor(loaded, batch["image"], tta=tta, calibrated=calibrated)
+            probs = predict_tensor(loaded, batch["image"], precision, tta=tta, calibrated=calibrated)
             for p in probs:
                 yield records[i], p
                 i += 1

@@ -7,7 +7,7 @@ import json
 
 from busai import SPLIT_NAMES
 from busai.commands import add_data_options
-from busai.config import DEVICES, N_BOOT
+from busai.config import DEVICES, N_BOOT, PRECISIONS
 
 
 def register(sub) -> None:
@@ -40,6 +40,12 @@ def register(sub) -> None:
     p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the sample and confusion-matrix figures")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation, as `busai predict --tta`; stored as <key>_tta")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default): the GPU when one is visible, else the CPU")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto (default): what busai predict computes on this machine (bf16 where the CPU has it natively); fp32: the reference any machine reproduces",
+    )
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar (there is none either when stderr is not a terminal)")
     p.set_defaults(handler=run)
@@ -62,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         command=command_line(args),
         device=args.device,
         progress=not args.quiet,
+        precision=args.precision,
     )
     if args.json:
         flat = {f"{task}:{key}" if len(results) > 1 else key: r for task, by_key in results.items() for key, r in by_key.items()}
