@@ -340,3 +340,15 @@ def test_segmentation_reads_lesion_masks_of_any_label(birads):
     assert all(r.segmentable for r in records)
     with pytest.raises(DataError, match="label '2' is not one of normal, benign, malignant; train with --classes"):
         _ = records[0].label_index
+
+
+def test_report_lists_the_audits_and_splits_labels(tmp_path):
+    from busai.report_page import audit_section, split_section
+
+    audit = {"root": "birads.csv", "images": 6, "counts": {"2": 2, "3": 1, "4a": 3}, "masks": 6, "duplicate_groups": []}
+    table = audit_section(audit)[-1][1]
+    assert "| 2 | 2 |" in table and "| 4a | 3 |" in table and "| benign |" not in table
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps({"command": "busai data split", "duplicates": "group", "counts": {"train": {"2": 1, "4a": 2}, "test": {"2": 1, "4a": 1}}}))
+    rows = split_section([splits])[-1][1]
+    assert "| 4a | 2 | 1 |" in rows and "| normal |" not in rows
