@@ -10,7 +10,9 @@ labelled scans (statistics, then fine-tuning). Each adapted model, and the paren
 ``busai evaluate`` on BUS-UCLM's **test** patients (the new site) and on BUSI's test images (to
 show nothing was forgotten); BUS-UCLM's val patients are not used. ``--reference RUN`` (default
 ``runs/xd/seg-uclm-gray``, where it exists) adds a model trained on all BUS-UCLM train patients,
-the yardstick of the few-label target.
+the yardstick of the few-label target. ``--pseudo-label`` adds one more adaptation without labels,
+with self-training on confident pseudo-labels (``busai adapt --labelled 0 --pseudo-label``): the
+row that decides whether that step pays.
 
 Writes ``results/adapt.json`` (every score with its 95% CI over patients / duplicate groups, the
 seconds each adaptation took) and the curve ``docs/figures/adapt.png``. ``--limit K`` keeps K
@@ -76,12 +78,18 @@ def figure(rows: list[dict], parent: dict, reference: dict | None, path: Path) -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    pseudo = [r for r in rows if r.get("pseudo_label")]
+    rows = [r for r in rows if not r.get("pseudo_label")]
     xs = [r["labelled"] for r in rows]
     for dataset, colour, name in (("uclm", "tab:blue", "BUS-UCLM test (the new site)"), ("busi", "tab:orange", "BUSI test (the parent's own)")):
         values = [r["scores"][dataset]["lesion_dice"] for r in rows]
         mid = [v["value"] for v in values]
         err = [[m - v["ci_low"] for m, v in zip(mid, values)], [v["ci_high"] - m for m, v in zip(mid, values)]]
         ax.errorbar(xs, mid, yerr=err, marker="o", capsize=3, color=colour, label=f"adapted, {name}")
+        for r in pseudo:
+            v = r["scores"][dataset]["lesion_dice"]
+            err = [[v["value"] - v["ci_low"]], [v["ci_high"] - v["value"]]]
+            ax.errorbar([0], [v["value"]], yerr=err, marker="s", capsize=3, color=colour, mfc="none", label=f"self-trained (--pseudo-label), {name}")
         ax.axhline(parent[dataset]["lesion_dice"]["value"], color=colour, linestyle="--", linewidth=1, label=f"unadapted, {name}")
     if reference and "uclm" in reference:
         ax.axhline(reference["uclm"]["lesion_dice"]["value"], color="tab:green", linestyle=":", label="trained on all BUS-UCLM train, BUS-UCLM test")
@@ -105,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", default=REFERENCE, help=f"a model trained on all BUS-UCLM train patients (default {REFERENCE}, if present)")
     parser.add_argument("--splits", default=SPLITS)
     parser.add_argument("--labelled", type=int, nargs="+", default=list(LABELLED), help="labelled scans per adaptation (0: statistics only)")
+    parser.add_argument("--pseudo-label", action="store_true", help="also adapt without labels with self-training on pseudo-labels")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -132,12 +141,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference and Path(args.reference).is_dir():
         reference = scores(args.reference, [f"uclm={args.uclm}"], splits, work / "reference-scores", args.n_boot, args.device)
     rows = []
-    for n in args.labelled:
-        run = work / f"labelled-{n}"
-        print(f"adapting with {n} labelled scans into {run}", file=sys.stderr)
+    for n, pseudo in [(n, False) for n in args.labelled] + ([(0, True)] if args.pseudo_label else []):
+        run = work / ("pseudo-label" if pseudo else f"labelled-{n}")
+        print(f"adapting with {n} labelled scans{' and pseudo-labels' if pseudo else ''} into {run}", file=sys.stderr)
         if not (run / "adapt.json").is_file():
             started = time.monotonic()
-            adapt(args.model, f"uclm={args.uclm}", run, splits=splits, labelled=n, epochs=args.epochs, seed=args.seed, device=args.device, n_boot=args.n_boot)
+            adapt(
+                args.model,
+                f"uclm={args.uclm}",
+                run,
+                splits=splits,
+                labelled=n,
+                epochs=args.epochs,
+                seed=args.seed,
+                device=args.device,
+                n_boot=args.n_boot,
+                pseudo_label=pseudo,
+            )
             seconds = round(time.monotonic() - started, 1)
         else:  # done by an earlier, interrupted invocation
             seconds = json.loads((run / "adapt.json").read_text()).get("seconds")
@@ -147,23 +167,27 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             {
                 "labelled": n,
+                "pseudo_label": report.get("pseudo_label"),
                 "run": str(run),
                 "seconds": seconds,
                 "adaptation_images": report["site"]["adaptation_images"],
                 "bn_shift": report["bn_shift"],
-                "scores": scores(run, data, splits, work / f"labelled-{n}-scores", args.n_boot, args.device),
+                "scores": scores(run, data, splits, work / f"{run.name}-scores", args.n_boot, args.device),
             }
         )
 
     def delta(row: dict, dataset: str) -> float:
         return round(row["scores"][dataset]["lesion_dice"]["value"] - parent[dataset]["lesion_dice"]["value"], 4)
 
-    unlabelled = next((r for r in rows if r["labelled"] == 0), None)
+    unlabelled = next((r for r in rows if r["labelled"] == 0 and not r["pseudo_label"]), None)
+    self_trained = next((r for r in rows if r["pseudo_label"]), None)
     n25 = next((r for r in rows if r["labelled"] == 25), None)
     targets = {
         "unlabelled_uclm_lesion_dice_gain": delta(unlabelled, "uclm") if unlabelled else None,
         "unlabelled_uclm_missed_change": unlabelled["scores"]["uclm"]["missed_lesions"] - parent["uclm"]["missed_lesions"] if unlabelled else None,
         "unlabelled_busi_lesion_dice_change": delta(unlabelled, "busi") if unlabelled else None,
+        "pseudo_label_uclm_lesion_dice_gain": delta(self_trained, "uclm") if self_trained else None,
+        "pseudo_label_busi_lesion_dice_change": delta(self_trained, "busi") if self_trained else None,
         "labelled_25_share_of_reference": (
             round(n25["scores"]["uclm"]["lesion_dice"]["value"] / reference["uclm"]["lesion_dice"]["value"], 4) if n25 and reference else None
         ),

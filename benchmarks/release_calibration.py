@@ -25,7 +25,7 @@ from busai.calibration import N_BINS, expected_calibration_error, reliability_bi
 from busai.data.splits import load_split_records, read_splits
 from busai.evaluation import predict_records
 from busai.release import release_dir, resolve_model
-from busai.runs import write_json
+from busai.runs import machine_info, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,11 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         "model": "release",
         "run": json.loads((release_dir("classification") / "scores.json").read_text())["run"],
         "temperature": model.temperature,
+        "precision": "fp32",
+        "machine": machine_info(),
     }
     for split in args.split:
         records = load_split_records(args.data, splits, split)
-        raw = np.stack([p.numpy() for _, p in predict_records(model, records, calibrated=False)])
-        calibrated = np.stack([p.numpy() for _, p in predict_records(model, records)])
+        # fp32: the reference every machine reproduces, as the release's scores.json (scripts/release_scores.py)
+        raw = np.stack([p.numpy() for _, p in predict_records(model, records, calibrated=False, precision="fp32")])
+        calibrated = np.stack([p.numpy() for _, p in predict_records(model, records, precision="fp32")])
         labels = np.array([CLASSES.index(r.label) for r in records])
         names = list(dict.fromkeys(r.dataset for r in records))
         groups = {name or "all": np.array([r.dataset == name for r in records]) for name in names}

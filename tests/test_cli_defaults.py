@@ -19,7 +19,7 @@ def _default(func, name):
 
 
 def _cases():
-    from busai import api, evaluation, export, pipeline, prediction, quantize
+    from busai import adaptation, api, evaluation, export, pipeline, prediction, quantize
     from busai.data import splits, synthetic
     from busai.serve import app
 
@@ -33,10 +33,14 @@ def _cases():
         (["data", "synth", "o"], "size", [synthetic.write_synthetic_dataset]),
         (["export", "seg", "--out", "m.onnx"], "calib_images", [(quantize.calibration_records, "count")]),
         (["serve"], "max_upload_mb", [app.create_app]),
+        *[(["adapt", "m", "--data", "d", "--out", "o"], dest, [adaptation.adapt]) for dest in ADAPT_OPTIONS],
     ], export
 
 
-@pytest.mark.parametrize("index", range(9))
+ADAPT_OPTIONS = ("holdout", "freeze_encoder", "epochs", "patience", "lr", "batch_size", "n_boot", "pseudo_agreement", "pseudo_confidence", "pseudo_band")
+
+
+@pytest.mark.parametrize("index", range(9 + len(ADAPT_OPTIONS)))
 def test_command_default_is_the_library_default(index):
     cases, _ = _cases()
     argv, dest, funcs = cases[index]

@@ -10,6 +10,15 @@ Two steps, the second only where the site has labelled scans to spare:
    the first encoder stages frozen (weights and statistics), early-stopped on a grouped hold-out
    of those labelled scans. Fewer than :data:`MIN_LABELLED` labelled scans are refused.
 
+   Or, without labels and only when asked (``pseudo_label``), **self-training on confident
+   pseudo-labels**: the re-normalised model predicts the pool's scans and their mirror images; a
+   scan whose two masks agree and whose lesion pixels are far from 0.5 (or that is confidently
+   empty) becomes a training mask, its uncertain pixels ignored by the loss (:func:`pseudo_label`).
+   The same fine-tuning then runs on them, early-stopped on a grouped share of them. With labelled
+   held-out scans the self-trained model is kept only if its Dice over their lesion scans is not
+   below the statistics-only model's; without them it is kept (the user asked), with the
+   agreement numbers in the report.
+
 The site's **held-out** scans (its split file's test images, or a grouped hold-out of its
 labelled scans that adapt makes and records) are never used by either step: they only score the
 model before and after, with bootstrap CIs. Images of the same patient as a held-out scan are
@@ -38,7 +47,19 @@ import torch
 from torch import nn
 
 from busai import runs
-from busai.config import ADAPT_HOLDOUT as HOLDOUT, ADAPT_MIN_LABELLED as MIN_LABELLED
+from busai.config import (
+    ADAPT_BATCH_SIZE,
+    ADAPT_EPOCHS,
+    ADAPT_FREEZE_ENCODER,
+    ADAPT_LR,
+    ADAPT_PATIENCE,
+    N_BOOT,
+    ADAPT_HOLDOUT as HOLDOUT,
+    ADAPT_MIN_LABELLED as MIN_LABELLED,
+    ADAPT_PSEUDO_AGREEMENT as PSEUDO_AGREEMENT,
+    ADAPT_PSEUDO_BAND as PSEUDO_BAND,
+    ADAPT_PSEUDO_CONFIDENCE as PSEUDO_CONFIDENCE,
+)
 from busai.errors import CheckpointError, ConfigError, DataError
 
 MIN_FOR_HOLDOUT = 5  # labelled scans a site needs before adapt holds some out for the report
@@ -46,6 +67,7 @@ EARLY_STOP_SHARE = 0.25  # share of the fine-tuning scans (grouped) that decide 
 STATS_SAMPLE = 500  # images whose input-gate and scan-region statistics are measured (seeded sample of the pool)
 ADAPT_JSON = "adapt.json"
 ADAPT_MD = "adapt.md"
+IGNORE = 255  # pseudo-label pixels the loss leaves out (uncertain probability)
 
 
 def adapt(
@@ -56,17 +78,21 @@ def adapt(
     splits: str | Path | None = None,
     labelled: int | None = None,
     holdout: float = HOLDOUT,
-    freeze_encoder: int = 3,
-    epochs: int = 30,
-    patience: int = 5,
-    lr: float = 1e-4,
-    batch_size: int = 8,
+    freeze_encoder: int = ADAPT_FREEZE_ENCODER,
+    epochs: int = ADAPT_EPOCHS,
+    patience: int = ADAPT_PATIENCE,
+    lr: float = ADAPT_LR,
+    batch_size: int = ADAPT_BATCH_SIZE,
     seed: int = 0,
     device: str = "auto",
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     data_format: str | None = None,
     quiet: bool = True,
     command: str | None = None,
+    pseudo_label: bool = False,
+    pseudo_agreement: float = PSEUDO_AGREEMENT,
+    pseudo_confidence: float = PSEUDO_CONFIDENCE,
+    pseudo_band: float = PSEUDO_BAND,
 ) -> dict:
     """Adapt the segmentation model ``model`` (a run or release folder, or ``"release"``) to the
     site whose scans are in ``data`` (``DIR`` or ``NAME=DIR``: a dataset layout busai reads, or a
@@ -77,12 +103,16 @@ def adapt(
     ``labelled``: how many labelled scans to fine-tune on (0: statistics only; None: every
     labelled scan outside the hold-out, or none when the site has none).
     ``freeze_encoder``: encoder stages (from the input) kept fixed while fine-tuning.
+    ``pseudo_label``: without labels, self-train on confident pseudo-labels after the statistics
+    (see the module docstring); ``pseudo_agreement``, ``pseudo_confidence`` and ``pseudo_band``
+    are its rule (:func:`pseudo_label`).
     """
     from busai.api import load
     from busai.data.sources import parse_data_specs
 
     out = Path(out).expanduser()
     _check_options(holdout, labelled, freeze_encoder, epochs, patience, lr, batch_size)
+    rule = PseudoRule(pseudo_agreement, pseudo_confidence, pseudo_band) if pseudo_label else None  # checks the thresholds
     from busai.outputs import output_dir
 
     output_dir(out, create=False)  # a file or an unwritable place fails before any work
@@ -104,6 +134,11 @@ def adapt(
     records, fingerprint, layout = read_site(spec)
     _check_new_site(parent_dir, records, spec, fingerprint)
     plan = plan_site(records, splits, spec, labelled=labelled, holdout=holdout, seed=seed)
+    if rule is not None and plan.finetune:
+        raise ConfigError(
+            f"--pseudo-label: self-training is the step without labels, and {spec.path} has {len(plan.finetune) + len(plan.early_stop)} "
+            "labelled scans to fine-tune on; pass --labelled 0 to self-train (the labelled scans then only score), or drop --pseudo-label"
+        )
     output_dir(out)
 
     from busai.runs import best_threads
@@ -130,19 +165,52 @@ def adapt(
     if plan.finetune:
         scores["statistics_only"] = _score(loaded, plan.holdout, n_boot, seed) if plan.holdout else None
         fit = _finetune(
-            loaded, plan, out, freeze_encoder=freeze_encoder, epochs=epochs, patience=patience, lr=lr, batch_size=batch_size, seed=seed, quiet=quiet
+            loaded,
+            plan.finetune,
+            plan.early_stop,
+            out,
+            freeze_encoder=freeze_encoder,
+            epochs=epochs,
+            patience=patience,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            quiet=quiet,
         )
         report["fine_tuning"] = fit
+    trained = bool(plan.finetune)
+    if rule is not None:
+        scores["statistics_only"] = _score(loaded, plan.holdout, n_boot, seed) if plan.holdout else None
+        loaded, trained, scores["self_trained"], section = self_train(
+            loaded,
+            plan,
+            out,
+            rule,
+            scores["statistics_only"],
+            freeze_encoder=freeze_encoder,
+            epochs=epochs,
+            patience=patience,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            n_boot=n_boot,
+            quiet=quiet,
+        )
+        report["lists"].update(section.pop("lists"))
+        report["pseudo_label"] = section
     _write_run(loaded, parent_dir, out, report, spec, fingerprint, plan, command)
-    if not plan.finetune:
+    if not trained:
         from busai.engine import BEST_CHECKPOINT, save_weights
 
         save_weights(loaded.module, out / BEST_CHECKPOINT, {"busai": json.dumps({"model_spec": loaded.spec, "image_size": loaded.image_size})})
-    else:
+    elif plan.finetune:
         from busai.runs import load_model
 
         loaded = load_model(out, device=str(loaded.device))
-    scores["after"] = _score(loaded, plan.holdout, n_boot, seed) if plan.holdout else None
+    if rule is not None and scores["statistics_only"] is not None:  # the kept model (self-trained or not) is scored already
+        scores["after"] = scores["self_trained"] if trained else scores["statistics_only"]
+    else:
+        scores["after"] = _score(loaded, plan.holdout, n_boot, seed) if plan.holdout else None
     if before is not None:
         scores["change"] = _paired_change(before, scores["after"], plan.holdout, n_boot, seed)
     report["scores"] = {k: _compact(v) if k != "change" else v for k, v in scores.items()}
@@ -219,8 +287,10 @@ def _segmentation_labelled(record) -> bool:
 class SitePlan:
     """Which site scans each step may use (keys of the site's records)."""
 
-    def __init__(self, pool, holdout, finetune, early_stop, left_out, source):
+    def __init__(self, pool, holdout, finetune, early_stop, left_out, source, val=()):
         self.pool, self.holdout, self.finetune, self.early_stop, self.left_out, self.source = pool, holdout, finetune, early_stop, left_out, source
+        self.val = list(val)  # the split file's labelled val scans: where --pseudo-label's keep-or-discard choice is made, if any
+        self.chosen_on: list = []  # the scans that choice was scored on, when not the hold-out (recorded as seen)
 
     def counts(self) -> dict:
         return {
@@ -251,16 +321,18 @@ def plan_site(records: list, splits, spec, *, labelled: int | None, holdout: flo
                 + (f", named as in the split file (--data NAME={spec.path})" if parts.get("datasets") else "")
             )
         pool, held = listed["train"], [r for r in listed["test"] if _segmentation_labelled(r)]
+        val = [r for r in listed["val"] if _segmentation_labelled(r)]
         source = str(splits)
     else:
         labelled_records = [r for r in records if _segmentation_labelled(r)]
-        held = []
+        held, val = [], []
         if holdout > 0 and len(labelled_records) >= MIN_FOR_HOLDOUT:
             part = make_splits(labelled_records, [], val=0.0, test=holdout, seed=seed)
             held = [by_key[k] for k in part["test"]]
         pool = [r for r in records if r.key not in {h.key for h in held}]
         source = f"grouped hold-out of {holdout:.0%} of the labelled scans (seed {seed})" if held else "none (too few labelled scans to hold any out)"
     held_groups = {_group(r) for r in held}
+    val = [r for r in val if _group(r) not in held_groups]
     left_out = [r for r in pool if _group(r) in held_groups]  # a held-out patient's other scans
     pool = [r for r in pool if _group(r) not in held_groups]
     if not pool:
@@ -272,7 +344,7 @@ def plan_site(records: list, splits, spec, *, labelled: int | None, holdout: flo
     if labelled is None:  # every labelled scan, when there are enough to fine-tune on; else statistics only
         labelled = len(available) if len(available) >= MIN_LABELLED else 0
     if labelled == 0:
-        return SitePlan(pool, held, [], [], left_out, source)
+        return SitePlan(pool, held, [], [], left_out, source, val)
     if labelled < MIN_LABELLED:
         raise ConfigError(f"--labelled {labelled}: fine-tuning needs at least {MIN_LABELLED} labelled scans (pass --labelled 0 to adapt without labels)")
     if labelled > len(available):
@@ -287,7 +359,7 @@ def plan_site(records: list, splits, spec, *, labelled: int | None, holdout: flo
         raise DataError(
             f"{spec.path}: the {labelled} labelled scans come from too few patients to hold some out for early stopping; label scans of more patients"
         )
-    return SitePlan(pool, held, finetune, early_stop, left_out, source)
+    return SitePlan(pool, held, finetune, early_stop, left_out, source, val)
 
 
 def _group(record) -> str:
@@ -474,7 +546,11 @@ def freeze_stages(module: nn.Module, count: int) -> int:
     return sum(p.numel() for p in module.parameters() if id(p) in frozen)
 
 
-def _finetune(loaded, plan: SitePlan, out: Path, *, freeze_encoder, epochs, patience, lr, batch_size, seed, quiet) -> dict:
+def _finetune(
+    loaded, finetune: list, early_stop: list, out: Path, *, freeze_encoder, epochs, patience, lr, batch_size, seed, quiet, cache=None, adapter=None, loss=None
+) -> dict:
+    """Fine-tune ``loaded.module`` in place on ``finetune``, early-stopped on ``early_stop``, into the run folder ``out``.
+    ``cache`` (masks other than the records' files), ``adapter`` (cfg -> TaskAdapter) and ``loss`` (its name, as recorded) serve self-training."""
     from torch.utils.data import RandomSampler
 
     from busai.config import TrainConfig
@@ -494,7 +570,7 @@ def _finetune(loaded, plan: SitePlan, out: Path, *, freeze_encoder, epochs, pati
         batch_size=batch_size,
         epochs=epochs,
         patience=patience,
-        loss=parent_train.get("loss") or "dice",
+        loss=loss or parent_train.get("loss") or "dice",
         augment="paper",
         select="lesion_dice",
         color="gray" if loaded.grayscale else "rgb",
@@ -503,16 +579,217 @@ def _finetune(loaded, plan: SitePlan, out: Path, *, freeze_encoder, epochs, pati
     )
     module = loaded.module
     frozen = freeze_stages(module, freeze_encoder)
-    cache = ImageCache()
-    train_ds = BusDataset(plan.finetune, loaded.image_size, loaded.mean, loaded.std, augment=cfg.augment, cache=cache, seed=seed, grayscale=loaded.grayscale)
-    val_ds = BusDataset(plan.early_stop, loaded.image_size, loaded.mean, loaded.std, cache=cache, seed=seed, grayscale=loaded.grayscale)
+    cache = cache if cache is not None else ImageCache()
+    train_ds = BusDataset(finetune, loaded.image_size, loaded.mean, loaded.std, augment=cfg.augment, cache=cache, seed=seed, grayscale=loaded.grayscale)
+    val_ds = BusDataset(early_stop, loaded.image_size, loaded.mean, loaded.std, cache=cache, seed=seed, grayscale=loaded.grayscale)
     sampler = RandomSampler(train_ds, generator=torch.Generator().manual_seed(seed))
     train_loader, val_loader = train_val_loaders(train_ds, val_ds, sampler, batch_size, device=cfg.device)
     metadata = {"busai": json.dumps({"model_spec": loaded.spec, "image_size": loaded.image_size})}
     (out).mkdir(parents=True, exist_ok=True)
     _write_config(loaded, out, cfg.to_dict())
-    result = fit(module, adapter_for(cfg), train_loader, val_loader, cfg, out, quiet=quiet, weights_metadata=metadata)
+    result = fit(module, (adapter or adapter_for)(cfg), train_loader, val_loader, cfg, out, quiet=quiet, weights_metadata=metadata)
     return {"config": cfg.to_dict(), "frozen_encoder_stages": freeze_encoder, "frozen_parameters": frozen, **result.to_dict()}
+
+
+# --------------------------------------------------------------------------- self-training on pseudo-labels
+@dataclasses.dataclass(frozen=True)
+class PseudoRule:
+    """When a scan's prediction becomes a training mask (see :func:`pseudo_label`)."""
+
+    agreement: float = PSEUDO_AGREEMENT  # least Dice between the masks of the scan and of its mirror image
+    confidence: float = PSEUDO_CONFIDENCE  # least mean |2p - 1| over the predicted lesion
+    band: float = PSEUDO_BAND  # pixels with |p - 0.5| < band are ignored by the loss
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.agreement <= 1.0:
+            raise ConfigError(f"--pseudo-agreement {self.agreement}: must be a Dice in [0, 1], e.g. {PSEUDO_AGREEMENT}")
+        if not 0.0 <= self.confidence <= 1.0:
+            raise ConfigError(f"--pseudo-confidence {self.confidence}: must be in [0, 1] (mean |2p - 1| over the lesion), e.g. {PSEUDO_CONFIDENCE}")
+        if not 0.0 <= self.band < 0.5:
+            raise ConfigError(f"--pseudo-band {self.band}: must be in [0, 0.5) (pixels within it of 0.5 are ignored), e.g. {PSEUDO_BAND}")
+
+    def to_dict(self) -> dict:
+        return {
+            "min_flip_agreement": self.agreement,
+            "min_confidence": self.confidence,
+            "ignored_probabilities": [round(0.5 - self.band, 4), round(0.5 + self.band, 4)],
+            "empty_scans": f"kept only when every pixel is at most {0.5 - self.band:g}",
+        }
+
+
+@dataclasses.dataclass
+class PseudoLabel:
+    mask: np.ndarray  # uint8: 1 lesion, 0 background, IGNORE uncertain
+    agreement: float  # Dice between the masks (p >= 0.5) of the scan and of its mirror image; 1.0 when both are empty
+    confidence: float  # mean |2p - 1| over the predicted lesion; 1 - 2 max(p) when none is predicted
+    kept: bool
+    reason: str  # "lesion", "empty", or why the scan was skipped
+
+
+def pseudo_label(prob: np.ndarray, mirrored: np.ndarray, rule: PseudoRule) -> PseudoLabel:
+    """The pseudo-label of one scan from its lesion probability map ``prob`` and that of its mirror
+    image flipped back (``mirrored``); ``p`` is their mean (what ``predict --tta`` gives).
+
+    Kept with a lesion when the two masks agree (Dice >= ``rule.agreement``) and the predicted
+    lesion (``p >= 0.5``) has mean |2p - 1| >= ``rule.confidence``; kept empty when neither map has
+    a lesion pixel and no pixel is uncertain (every ``p <= 0.5 - band``). The mask: 1 where
+    ``p >= 0.5 + band``, 0 where ``p <= 0.5 - band``, :data:`IGNORE` between.
+    """
+    prob, mirrored = np.asarray(prob, dtype=np.float64), np.asarray(mirrored, dtype=np.float64)
+    a, b = prob >= 0.5, mirrored >= 0.5
+    total = int(a.sum() + b.sum())
+    agreement = 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+    p = (prob + mirrored) / 2
+    mask = np.where(p >= 0.5 + rule.band, 1, np.where(p <= 0.5 - rule.band, 0, IGNORE)).astype(np.uint8)
+    region = p >= 0.5
+    if region.any():
+        confidence = float(np.abs(2 * p[region] - 1).mean())
+        reason = "mirror image disagrees" if agreement < rule.agreement else "unconfident lesion" if confidence < rule.confidence else "lesion"
+    else:
+        confidence = float(1 - 2 * p.max())
+        reason = "mirror image disagrees" if agreement < rule.agreement else "uncertain empty" if (mask == IGNORE).any() else "empty"
+    return PseudoLabel(mask, agreement, confidence, reason in ("lesion", "empty"), reason)
+
+
+class _PseudoLabelCache:
+    """The training dataset's image cache, with the pseudo-labels as masks (the records carry no mask files)."""
+
+    def __init__(self) -> None:
+        from busai.data.dataset import ImageCache
+
+        self.images, self.masks = ImageCache(), {}
+
+    def get(self, record, size: int) -> tuple[np.ndarray, np.ndarray]:
+        image, empty = self.images.get(record, size)
+        return image, self.masks.get(str(record.image), empty)
+
+    def warm(self, records, size: int, *, progress: bool = False) -> None:
+        self.images.warm(records, size, progress=progress)
+
+
+def _mirror_predictions(loaded, records: list, cache, batch_size: int):
+    """Yield (record, p, p of the mirror image flipped back) per record: two (S, S) probability maps."""
+    from busai.data.dataset import normalise, to_gray_rgb
+    from busai.inference import predict_tensor
+
+    for start in range(0, len(records), batch_size):
+        part = records[start : start + batch_size]
+        images = [cache.get(r, loaded.image_size)[0] for r in part]
+        x = torch.stack([normalise(to_gray_rgb(i) if loaded.grayscale else i, loaded.mean, loaded.std) for i in images])
+        probs = predict_tensor(loaded, torch.cat([x, x.flip(-1)]))
+        for i, record in enumerate(part):
+            yield record, probs[i].numpy(), probs[len(part) + i].flip(-1).numpy()
+
+
+def _ignoring_adapter(cfg):
+    """The segmentation adapter's scores, on a loss that leaves out the pseudo-labels' uncertain pixels.
+
+    smp's Dice and BCE take an ignore value; Dice + BCE rather than the parent's loss because BCE is
+    what teaches the confidently empty scans their empty masks (batch Dice barely sees them)."""
+    from segmentation_models_pytorch.losses import DiceLoss, SoftBCEWithLogitsLoss
+
+    from busai.engine import TaskAdapter
+    from busai.tasks import segmentation_adapter
+
+    base = segmentation_adapter(dataclasses.replace(cfg, loss="dice"))
+    dice, bce = DiceLoss(mode="binary", from_logits=True, ignore_index=IGNORE), SoftBCEWithLogitsLoss(ignore_index=IGNORE)
+
+    def loss(out: torch.Tensor, batch: dict) -> torch.Tensor:
+        return dice(out, batch["mask"]) + bce(out, batch["mask"])
+
+    def score(out: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+        known = masks != IGNORE  # an ignored pixel counts on neither side
+        return base.score(out.masked_fill(~known, -1e4), masks * known)
+
+    return TaskAdapter(loss=loss, target_key="mask", score=score)
+
+
+def self_train(
+    loaded, plan: SitePlan, out: Path, rule: PseudoRule, statistics_only: dict | None, *, n_boot: int, seed: int, batch_size: int, quiet: bool, **fit_options
+):
+    """Self-train the re-normalised ``loaded`` on confident pseudo-labels of the pool (never the
+    hold-out, whose scans are not in it), and keep the result only if it pays (module docstring).
+
+    Returns (the kept model, whether it is the self-trained one, its held-out scores or None, the report's section).
+    """
+    from busai.data.splits import make_splits
+    from busai.runs import load_model
+
+    # The labels of the pool's scans are dropped: self-training sees the scans alone.
+    pool = [dataclasses.replace(r, masks=(), label=None) for r in plan.pool]
+    cache = _PseudoLabelCache()
+    labels = {r.key: pseudo_label(p, m, rule) for r, p, m in _mirror_predictions(loaded, pool, cache, max(batch_size, 16))}
+    kept = [dataclasses.replace(r, label="benign" if labels[r.key].reason == "lesion" else "normal") for r in pool if labels[r.key].kept]
+    for r in kept:
+        mask = labels[r.key].mask
+        mask.setflags(write=False)
+        cache.masks[str(r.image)] = mask
+    section: dict = {
+        "rule": rule.to_dict(),
+        "scans": len(pool),
+        "used": len(kept),
+        "used_with_lesion": sum(r.label == "benign" for r in kept),
+        "skipped": dict(Counter(pl.reason for pl in labels.values() if not pl.kept)),
+        "ignored_pixel_share": round(float(np.mean([(labels[r.key].mask == IGNORE).mean() for r in kept])), 4) if kept else None,
+        "flip_agreement": {"before": round(float(np.mean([pl.agreement for pl in labels.values()])), 4), "after": None},
+        "kept": False,
+        "fine_tuning": None,
+        "lists": {"pseudo_labelled": [r.key for r in kept], "pseudo_skipped": [r.key for r in pool if not labels[r.key].kept]},
+    }
+    _say(quiet, f"pseudo-labels: {len(kept)} of {len(pool)} scans confident and consistent")
+    finetune, early_stop = [], []
+    if len(kept) >= MIN_LABELLED:
+        part = make_splits(kept, [], val=EARLY_STOP_SHARE, test=0.0, seed=seed)
+        by_key = {r.key: r for r in kept}
+        finetune, early_stop = [by_key[k] for k in part["train"]], [by_key[k] for k in part["val"]]
+    if not finetune or not early_stop:
+        section["decision"] = (
+            f"not self-trained: {len(kept)} confident scans (of {MIN_LABELLED} at least, from more than one patient) are too few "
+            "to fine-tune and early-stop on; the statistics alone are kept"
+        )
+        return loaded, False, None, section
+
+    # The choice is made on the split file's val scans where it has some, so the held-out scores stay an independent check.
+    choose_on = plan.val or plan.holdout
+    plan.chosen_on = list(plan.val)
+    section["chosen_on"] = f"the split file's {len(plan.val)} labelled val scans" if plan.val else f"the {len(plan.holdout)} held-out scans"
+    statistics_only = _score(loaded, plan.val, n_boot, seed) if plan.val else statistics_only
+    statistics_module = copy.deepcopy(loaded.module)
+    section["fine_tuning"] = _finetune(
+        loaded, finetune, early_stop, out, cache=cache, adapter=_ignoring_adapter, loss="dice_bce", seed=seed, batch_size=batch_size, quiet=quiet, **fit_options
+    )
+    section["lists"].update(pseudo_finetune=[r.key for r in finetune], pseudo_early_stop=[r.key for r in early_stop])
+    trained = load_model(out, device=str(loaded.device))
+    after = [pseudo_label(p, m, rule).agreement for _, p, m in _mirror_predictions(trained, pool, cache, max(batch_size, 16))]
+    section["flip_agreement"]["after"] = round(float(np.mean(after)), 4)
+    scores = _score(trained, plan.holdout, n_boot, seed) if plan.holdout else None
+    if not choose_on:
+        section["kept"] = True
+        section["decision"] = "kept: no labelled held-out scans to check it on, and --pseudo-label asked for it (flip agreement is a proxy, not a score)"
+        return trained, True, None, section
+    chosen = _score(trained, plan.val, n_boot, seed) if plan.val else scores
+    name, before_value, after_value = _headline(statistics_only), _headline_value(statistics_only), _headline_value(chosen)
+    section["kept"] = after_value >= before_value
+    verdict = "kept" if section["kept"] else "discarded"
+    where = "val" if plan.val else "held-out"
+    section["decision"] = f"{verdict}: {where} {name} {after_value:.4f} self-trained vs {before_value:.4f} with the statistics alone"
+    if section["kept"]:
+        return trained, True, scores, section
+    # Back to the statistics alone: the folder must not look like the discarded fine-tuning's run.
+    for name in (runs.LAST_CHECKPOINT, runs.HISTORY, runs.FIT, runs.PROGRESS):
+        (out / name).unlink(missing_ok=True)
+    kept_model = dataclasses.replace(loaded, module=statistics_module)
+    _write_config(kept_model, out, None)
+    return kept_model, False, scores, section
+
+
+def _headline(summary: dict) -> str:
+    """The score the keep-or-discard choice compares: Dice over lesion scans, or over all scans when none has a lesion."""
+    return "lesion_dice" if summary["lesion_dice"]["value"] is not None else "dice"
+
+
+def _headline_value(summary: dict) -> float:
+    return summary["lesion_dice"]["value"] if _headline(summary) == "lesion_dice" else summary["dice"]["mean"]["value"]
 
 
 # --------------------------------------------------------------------------- scores
@@ -585,7 +862,7 @@ def _write_run(loaded, parent_dir: Path, out: Path, report: dict, spec, fingerpr
             "name": spec.name,
             "fingerprint": fingerprint,
             "train": [r.relpath for r in plan.pool],
-            "val": [r.relpath for r in plan.early_stop],
+            "val": [r.relpath for r in plan.early_stop + plan.chosen_on],
         }
     )
     body = {"source": f"busai adapt of {report['parent']['source']} to {spec}", "datasets": seen}
@@ -624,12 +901,35 @@ def report_markdown(report: dict) -> str:
             f"Fine-tuned on {site['finetune_images']} labelled scans, early-stopped on {site['early_stop_images']}: "
             f"{ft['epochs_run']} epochs, best epoch {ft['best_epoch']} ({ft['stop_reason']}), {ft['frozen_encoder_stages']} encoder stages frozen.",
         ]
+    pseudo = report.get("pseudo_label")
+    if pseudo:
+        rule, skipped = pseudo["rule"], pseudo["skipped"]
+        flips = pseudo["flip_agreement"]
+        lines += [
+            "",
+            "## Self-training on pseudo-labels",
+            "",
+            f"Pseudo-labelled {pseudo['used']} of {pseudo['scans']} scans ({pseudo['used_with_lesion']} with a lesion, the rest confidently empty); "
+            f"skipped as unconfident: {', '.join(f'{v} ({k})' for k, v in skipped.items()) or 'none'}.",
+            f"Rule: the masks of a scan and of its mirror image agree (Dice >= {rule['min_flip_agreement']}), mean |2p - 1| over the lesion "
+            f">= {rule['min_confidence']}; pixels with p between {rule['ignored_probabilities'][0]} and {rule['ignored_probabilities'][1]} "
+            f"ignored by the loss; empty scans {rule['empty_scans']}.",
+            f"Mean flip agreement over the scans: {flips['before']:.3f} before"
+            + (f", {flips['after']:.3f} after self-training (a proxy: training on mirrored scans raises it by itself)." if flips["after"] is not None else "."),
+            f"Decision: {pseudo['decision']}.",
+        ]
     lines += ["", "## Scores on the site's held-out labelled scans", ""]
     if scores.get("before") is None:
         lines.append("No held-out labelled scans: nothing to score. Label some of the site's scans (masks) to see the change.")
     else:
         lines += ["| Model | Dice, lesion scans (95% CI) | Dice, all scans | Lesions missed | False alarms |", "|---|---|---|---|---|"]
-        for key, name in (("before", "before (parent)"), ("statistics_only", "statistics re-estimated"), ("after", "adapted")):
+        rows = (
+            ("before", "before (parent)"),
+            ("statistics_only", "statistics re-estimated"),
+            ("self_trained", "self-trained on pseudo-labels"),
+            ("after", "adapted (kept)"),
+        )
+        for key, name in rows:
             s = scores.get(key)
             if s is None:
                 continue

@@ -45,6 +45,16 @@ SERVE_PORT = 8000
 # busai adapt (busai.adaptation), here so its --help needs no torch:
 ADAPT_MIN_LABELLED = 8  # fewer labelled scans cannot both fine-tune and early-stop (a hold-out of one or two scans at least)
 ADAPT_HOLDOUT = 0.2  # share of the site's labelled scans held out for the report when it has no split file
+ADAPT_FREEZE_ENCODER = 3  # encoder stages (from the input) kept fixed while fine-tuning: the early ones see pixels, not the site
+ADAPT_EPOCHS = 30
+ADAPT_PATIENCE = 5
+ADAPT_LR = 1e-4  # well below training's: a fine-tune, not a new fit
+ADAPT_BATCH_SIZE = 8
+# --pseudo-label's rule (untuned: benchmarks/adapt.py --pseudo-label measures whether it pays): a scan's mask and its mirror
+# image's must agree (Dice), its lesion pixels be far from 0.5 (mean |2p - 1|), and pixels within the band of 0.5 are ignored.
+ADAPT_PSEUDO_AGREEMENT = 0.9
+ADAPT_PSEUDO_CONFIDENCE = 0.8
+ADAPT_PSEUDO_BAND = 0.2
 DEVICES = ("auto", "cpu", "cuda")
 COLORS = ("rgb", "gray")
 SCHEDULERS = ("none", "plateau", "cosine")

@@ -7,7 +7,20 @@ import json
 
 
 def register(sub) -> None:
-    from busai.config import ADAPT_HOLDOUT as HOLDOUT, ADAPT_MIN_LABELLED as MIN_LABELLED
+    from busai.config import (
+        ADAPT_BATCH_SIZE,
+        ADAPT_EPOCHS,
+        ADAPT_FREEZE_ENCODER,
+        ADAPT_LR,
+        ADAPT_PATIENCE,
+        DEVICES,
+        N_BOOT,
+        ADAPT_HOLDOUT as HOLDOUT,
+        ADAPT_MIN_LABELLED as MIN_LABELLED,
+        ADAPT_PSEUDO_AGREEMENT,
+        ADAPT_PSEUDO_BAND,
+        ADAPT_PSEUDO_CONFIDENCE,
+    )
 
     p = sub.add_parser(
         "adapt",
@@ -40,15 +53,48 @@ def register(sub) -> None:
     )
     p.add_argument("--holdout", type=float, default=HOLDOUT, help=f"share of the labelled scans held out for the report, by patient (default {HOLDOUT})")
     p.add_argument(
-        "--freeze-encoder", type=int, default=3, metavar="K", help="encoder stages (from the input) kept fixed while fine-tuning (default 3; 0: none)"
+        "--freeze-encoder",
+        type=int,
+        default=ADAPT_FREEZE_ENCODER,
+        metavar="K",
+        help=f"encoder stages (from the input) kept fixed while fine-tuning (default {ADAPT_FREEZE_ENCODER}; 0: none)",
     )
-    p.add_argument("--epochs", type=int, default=30, help="most fine-tuning epochs (default 30)")
-    p.add_argument("--patience", type=int, default=5, help="stop after this many epochs without a better early-stop score (default 5)")
-    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (default 1e-4)")
-    p.add_argument("--batch-size", type=int, default=8, help="fine-tuning batch size (default 8)")
+    p.add_argument(
+        "--pseudo-label",
+        action="store_true",
+        help="without labels: after the statistics, self-train on the scans whose prediction is confident and agrees with its mirror image's; "
+        "kept only if it does not lower the held-out Dice (with no held-out labels: kept, its agreement reported)",
+    )
+    p.add_argument(
+        "--pseudo-agreement",
+        type=float,
+        default=ADAPT_PSEUDO_AGREEMENT,
+        metavar="D",
+        help=f"--pseudo-label: least Dice between a scan's mask and its mirror image's (default {ADAPT_PSEUDO_AGREEMENT})",
+    )
+    p.add_argument(
+        "--pseudo-confidence",
+        type=float,
+        default=ADAPT_PSEUDO_CONFIDENCE,
+        metavar="C",
+        help=f"--pseudo-label: least mean |2p - 1| over the predicted lesion (default {ADAPT_PSEUDO_CONFIDENCE})",
+    )
+    p.add_argument(
+        "--pseudo-band",
+        type=float,
+        default=ADAPT_PSEUDO_BAND,
+        metavar="W",
+        help=f"--pseudo-label: pixels with probability within W of 0.5 are left out of the loss (default {ADAPT_PSEUDO_BAND})",
+    )
+    p.add_argument("--epochs", type=int, default=ADAPT_EPOCHS, help=f"most fine-tuning epochs (default {ADAPT_EPOCHS})")
+    p.add_argument(
+        "--patience", type=int, default=ADAPT_PATIENCE, help=f"stop after this many epochs without a better early-stop score (default {ADAPT_PATIENCE})"
+    )
+    p.add_argument("--lr", type=float, default=ADAPT_LR, help=f"fine-tuning learning rate (default {ADAPT_LR:g})")
+    p.add_argument("--batch-size", type=int, default=ADAPT_BATCH_SIZE, help=f"fine-tuning batch size (default {ADAPT_BATCH_SIZE})")
     p.add_argument("--seed", type=int, default=0, help="seed of the hold-out, the labelled subset and training (default 0)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (default 1000)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (default): the GPU when one is visible, else the CPU")
+    p.add_argument("--n-boot", type=int, default=N_BOOT, help=f"bootstrap resamples for the 95%% CIs (default {N_BOOT})")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default): the GPU when one is visible, else the CPU")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the report (adapt.json) as one JSON object")
     p.set_defaults(handler=run)
@@ -76,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
         data_format=args.data_format,
         quiet=args.quiet or args.json,
         command=command_line(args),
+        pseudo_label=args.pseudo_label,
+        pseudo_agreement=args.pseudo_agreement,
+        pseudo_confidence=args.pseudo_confidence,
+        pseudo_band=args.pseudo_band,
     )
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k not in ("per_image", "lists")}, default=str))
@@ -88,5 +138,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"held-out Dice over lesion scans {b:.3f} -> {a:.3f}, {missed}" if b is not None and a is not None else missed)
     else:
         print("no held-out labelled scans: nothing scored (label a few of the site's scans to see the change)")
+    if report.get("pseudo_label"):
+        print(f"pseudo-labels: {report['pseudo_label']['used']} of {report['pseudo_label']['scans']} scans used; {report['pseudo_label']['decision']}")
     print(f"{report['mode']} adaptation written to {args.out} (report: {args.out}/{ADAPT_MD})")
     return 0
