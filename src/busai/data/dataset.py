@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 
 from busai.data.discover import Record, read_image, read_mask
 from busai.data.overlays import BurntInOverlays
+from busai import CLASSES
 from busai.config import AUGMENTATIONS
 from busai.errors import ConfigError
 from busai.preprocessing import normalised, resize_image, to_gray_rgb  # noqa: F401  (dataset.resize_image / to_gray_rgb kept for callers)
@@ -242,7 +243,11 @@ class BusDataset(Dataset):
         return [self._label(r) for r in self.records]
 
     def _label(self, record: Record) -> int:
-        return record.label_index if self.label_index is None else self.label_index[record.label]
+        if self.label_index is not None:
+            return self.label_index[record.label]
+        if record.label is not None and record.label not in CLASSES:
+            return -1  # a segmenter's data may carry any labels (BI-RADS ...): its loss never reads them
+        return record.label_index
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         """Item ``index``; ``(index, epoch_seed)`` (what :class:`busai.data.loading.EpochSeeded` draws)
