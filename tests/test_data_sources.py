@@ -280,6 +280,7 @@ def test_synth_writes_each_layout(cli, tmp_path):
     assert fmt == "bus-uclm" and len(scan.records) == 9
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 @pytest.mark.skipif(not UCLM_DIR.is_dir(), reason="the real BUS-UCLM is not in ../shared/data/BUS-UCLM")
 def test_real_bus_uclm_as_published():
     report = audit_dataset(UCLM_DIR)

@@ -127,6 +127,7 @@ def test_a_fusion_fitted_with_another_segmenter_is_not_used(tmp_path, release_mo
     assert "the classifier answers alone" in caplog.text
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_evaluate_scores_the_diagnosis_predict_gives(tmp_path, release_models):
     from busai.data.discover import read_image
     from busai.data.sources import read_records

@@ -57,6 +57,7 @@ def test_classes_option_forms():
         parse_classes("benign,benign")
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_two_class_manifest_trains_and_evaluates_a_two_class_classifier(two_class, synthetic_dir, tmp_path, cli):
     manifest, splits = two_class
     run = tmp_path / "run"
@@ -158,6 +159,7 @@ def test_fine_tune_three_class_model_on_two_class_data_gets_a_new_head(cls_run, 
     assert "backbone only; new 2-class head" in config["weight_source"]
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_exported_two_class_model_keeps_its_class_names(cls_two_class_run, synthetic_dir, tmp_path, cli):
     pytest.importorskip("onnxruntime")
     import busai
@@ -212,6 +214,7 @@ def test_split_tie_goes_to_the_higher_birads_category():
     assert unit_label(["a", "b", "c"], {"a": "5", "b": "3", "c": "3"}) == "3"
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_birads_manifest_audits_splits_trains_evaluates_and_predicts(birads, tmp_path, cli):
     # Audit: counts per label present ('4A' reads as 4a).
     code, out, err = cli("data", "audit", birads, "--json")
@@ -263,6 +266,7 @@ def test_birads_manifest_audits_splits_trains_evaluates_and_predicts(birads, tmp
         assert sum(float(row[f"p_{c}"]) for c in ("2", "3", "4a", "5")) == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_birads_mapped_to_benign_malignant_trains_a_two_class_classifier(birads, tmp_path, cli):
     from busai.data.sources import read_records
     from busai.data.splits import make_splits, write_splits
