@@ -61,10 +61,11 @@ def model_gflops(models) -> dict[str, float]:
 
     result = {}
     for model in models:
-        x = torch.zeros(1, 3, model.loaded.image_size, model.loaded.image_size)
+        network = getattr(model, "loaded", model)  # a busai.Model or the network it holds
+        x = torch.zeros(1, 3, network.image_size, network.image_size)
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            model.loaded.module(x)
-        result[model.task] = counter.get_total_flops() / 1e9
+            network.module(x)
+        result[network.task] = counter.get_total_flops() / 1e9
     return result
 
 
@@ -93,6 +94,7 @@ def main() -> None:
     from busai.data.discover import read_image
 
     pipeline.predict_scans(models, [read_image(files[0])], gate=False)  # every path starts with warm models (oneDNN kernels built)
+    gflops = model_gflops(models)  # before the paths: a failure here costs no timing
     results: dict[str, dict] = {}
     unfolded = inference.inference_network
     with tempfile.TemporaryDirectory(prefix="busai-throughput-") as tmp:
@@ -116,7 +118,6 @@ def main() -> None:
             results["onnx"] = run_path("onnx", files, onnx_models, root)
         except ImportError:
             pass
-    gflops = model_gflops(models)
     peak = {"fp32": round(matmul_peak(torch.float32), 1)}
     if native_bf16():
         peak["bf16"] = round(matmul_peak(torch.bfloat16), 1)

@@ -141,6 +141,26 @@ def speed_table(results_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
+def throughput_table(results_dir: str | Path) -> str:
+    """Markdown of predict_throughput.json: images per second of `busai predict` per path, with its command."""
+    path = Path(results_dir) / "predict_throughput.json"
+    if not path.is_file():
+        return ""
+    r = json.loads(path.read_text())
+    m = r["machine"]
+    lines = [
+        f"`{r['command']}`: both release models on {r['images']} scans; {m['cpu']}, {m['threads']} threads, "
+        f"load average {', '.join(str(x) for x in m['load_average'])} at the end; model GFLOPs per image "
+        + ", ".join(f"{k} {v}" for k, v in r["model_gflops_per_image"].items()),
+        "",
+        "| path | images/s | against one scan at a time | share of the fp32 FLOP limit |",
+        "|---|---|---|---|",
+    ]
+    for name, p in r["paths"].items():
+        lines.append(f"| {name} | {p['images_per_second']:.2f} | x{p['speedup_over_before']:.2f} | {p['fraction_of_flop_limit']:.0%} |")
+    return "\n".join(lines)
+
+
 def profile_table(r: dict) -> str:
     lines = ["| Model | Operators | fp32 eager: ms / step (share) | busai default: ms / step (share) | Speed-up |", "|---|---|---|---|---|"]
     for model, paths in r["models"].items():
@@ -180,6 +200,7 @@ def render(results: Path, *, chart: bool = True) -> dict[str, str]:
         "speed-table": speed_table(results),
         "leak-table": leakage_table(results),
         "missed-table": missed_table(results),
+        "throughput-table": throughput_table(results),
     }
     studies = sorted(p.parent for p in (results / "tuning").glob("*/summary.json"))
     if studies:  # Optuna is imported only when there are studies to show

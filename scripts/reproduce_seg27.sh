@@ -40,7 +40,9 @@ for fold in "${folds[@]}"; do
   for piece in 1 2 3 4; do
     unfinished "$out" || { echo "$out: done"; break; }
     if [ -f "$out/checkpoint_last.pt" ]; then
-      echo "$out: resuming"; busai train --resume "$out" --max-minutes $MINUTES --quiet
+      # The minutes already spent count against --max-minutes: the new cap is those plus one more piece.
+      spent=$(python -c "import json; print(int(json.load(open('$out/fit.json'))['seconds'] // 60) if __import__('os').path.exists('$out/fit.json') else 0)")
+      echo "$out: resuming"; busai train --resume "$out" --max-minutes $((spent + MINUTES)) --quiet
     else
       rm -rf "$out"  # a run that never finished an epoch: restart it
       echo "$out: training"; busai train ${ARGS[$NAME]} $extra --splits $SPLITS --out "$out" --max-minutes $MINUTES --quiet

@@ -29,6 +29,7 @@ def message(exc_info) -> str:
 
 
 # --------------------------------------------------------------------------- the namespace
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_import_busai_exposes_exactly_all_and_pulls_in_no_torch():
     code = (
         "import sys, json, busai\n"
@@ -119,6 +120,7 @@ def test_run_folders_predict_like_busai_predict_and_save_round_trip(seg_run, cls
     assert both.label == busai.load(tmp_path / "classification").predict(scan).label
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_release_models_round_trip(scan, tmp_path):
     seg, cls = busai.load("release", task="seg"), busai.load("release", task="classification")
     assert (seg.task, cls.task) == ("segmentation", "classification")

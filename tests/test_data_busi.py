@@ -14,6 +14,7 @@ from busai.data.splits import make_splits
 BUSI_DIR = Path(os.environ.get("BUSAI_BUSI_DIR") or Path(__file__).resolve().parents[2] / "shared/data/Dataset_BUSI_with_GT")
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 @pytest.mark.busi
 @pytest.mark.skipif(not BUSI_DIR.is_dir(), reason=f"BUSI not found at {BUSI_DIR} (set BUSAI_BUSI_DIR)")
 def test_busi_audit_and_split():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -41,9 +43,19 @@ def test_empty_folder(cli, tmp_path):
     cli.fails("data", "audit", tmp_path, expect="no known dataset layout found; expected class folders (benign/ malignant/ normal/)")
 
 
-def test_unknown_class_folder(cli, busi_copy):
+def test_another_class_folder_is_a_label(cli, busi_copy):
     (busi_copy / "unsure").mkdir()
-    cli.fails("data", "audit", busi_copy, expect="unknown class folder 'unsure'; class folders must be normal, benign, malignant")
+    for name in ("benign (1).png", "benign (1)_mask.png"):
+        (busi_copy / "unsure" / name).write_bytes((busi_copy / "benign" / name).read_bytes())
+    code, out, err = cli("data", "audit", busi_copy, "--json")
+    assert code == 0, err
+    counts = json.loads(out)["counts"]
+    assert list(counts) == ["normal", "benign", "malignant", "unsure"] and counts["unsure"] == 1
+
+
+def test_class_folder_that_is_not_a_simple_name(cli, busi_copy):
+    (busi_copy / "not sure").mkdir()
+    cli.fails("data", "audit", busi_copy, expect="not sure: label 'not sure' is not a simple name")
 
 
 def test_class_folder_twice(cli, busi_copy):

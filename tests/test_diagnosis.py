@@ -127,6 +127,7 @@ def test_a_fusion_fitted_with_another_segmenter_is_not_used(tmp_path, release_mo
     assert "the classifier answers alone" in caplog.text
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_evaluate_scores_the_diagnosis_predict_gives(tmp_path, release_models):
     from busai.data.discover import read_image
     from busai.data.sources import read_records
@@ -145,3 +146,20 @@ def test_evaluate_scores_the_diagnosis_predict_gives(tmp_path, release_models):
     (pred,) = predict_scans(release_models, [read_image(record.image)], gate=False, precision="fp32")
     row = next(r for r in scored["predictions"] if r["image"] == record.key)
     assert [row[f"p_{c}"] for c in ("normal", "benign", "malignant")] == pytest.approx(list(pred.probabilities.values()), abs=1e-4)
+
+
+def test_busai_predict_gives_the_diagnosis_the_python_api_gives(tmp_path, release_models, cli):
+    import json
+
+    from PIL import Image
+
+    from busai.pipeline import predict_scans
+
+    image = _phantom()
+    Image.fromarray(image).save(tmp_path / "scan.png")
+    code, _, err = cli("predict", tmp_path / "scan.png", "--out", tmp_path / "out", "--no-overlays")
+    assert code == 0, err
+    (row,) = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    (pred,) = predict_scans(release_models, [image])
+    assert row["diagnosis"] == pred.diagnosis == "fusion" and row["label"] == pred.label
+    assert [row[f"p_{c}"] for c in pred.probabilities] == pytest.approx(list(pred.probabilities.values()), abs=1e-4)

@@ -133,6 +133,7 @@ def test_millimetres_of_a_drawn_lesion_from_the_region_that_holds_it():
     assert row["area_mm2"] == pytest.approx(np.pi * 20 * 50 * 0.02, rel=0.03)
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_predict_dicom_folder_end_to_end_without_identity(tmp_path, monkeypatch):
     from busai import pipeline
 

@@ -59,6 +59,7 @@ def config(**kw):
     return TrainConfig(**base)
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_fit_writes_run_files_and_learns(tmp_path):
     train, val = loaders()
     result = fit(toy_model(), toy_adapter(), train, val, config(), tmp_path, quiet=True)
@@ -73,6 +74,7 @@ def test_fit_writes_run_files_and_learns(tmp_path):
     assert json.loads((tmp_path / "fit.json").read_text())["best_epoch"] == result.best_epoch
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_best_checkpoint_reproduces_best_val_loss(tmp_path):
     train, val = loaders()
     result = fit(toy_model(), toy_adapter(), train, val, config(), tmp_path, quiet=True)
@@ -98,6 +100,7 @@ def test_time_budget_stops_cleanly(tmp_path):
     assert result.stop_reason == "time_budget" and result.epochs_run == 1
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     train, val = loaders()
     full = fit(toy_model(), toy_adapter(), train, val, config(), tmp_path / "full", quiet=True)
@@ -138,6 +141,7 @@ def hard_adapter():
     return adapter
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_hard_examples_are_reweighted_each_batch_and_resume_with_their_weights(tmp_path):
     train, val = hard_example_loaders()
     full = fit(toy_model(), hard_adapter(), train, val, config(lr=0.01), tmp_path / "full", quiet=True)
@@ -162,6 +166,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
         fit(toy_model(), toy_adapter(), train, val, config(), tmp_path, quiet=True, resume=True)
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_bf16_default_path_trains(tmp_path):
     train, val = loaders()
     result = fit(toy_model(), toy_adapter(), train, val, config(precision="bf16"), tmp_path, quiet=True)

@@ -29,6 +29,7 @@ def test_run_scored_on_a_dataset_it_never_saw(cli, seg_run, unseen_uclm, tmp_pat
     assert saved["uclm/all"]["images"] == 12
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_the_release_scores_both_tasks(cli, unseen_uclm, tmp_path):
     code, out, err = cli("evaluate", "release", "--data", f"uclm={unseen_uclm}", "--all", "--out", tmp_path / "rel", "--n-boot", "20", "--json", "--no-figures")
     assert code == 0, err
@@ -161,6 +162,7 @@ def test_dataset_weights_set_each_datasets_share():
     assert torch.allclose(weights, torch.tensor([1 / 3, 1 / 3, 1 / 3, 2.0], dtype=torch.double))  # a: 1 in all, b: 2
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_fold_training_and_its_summary(cli, synthetic_dir, tmp_path):
     import csv
     import statistics

@@ -57,6 +57,7 @@ def test_classes_option_forms():
         parse_classes("benign,benign")
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_two_class_manifest_trains_and_evaluates_a_two_class_classifier(two_class, synthetic_dir, tmp_path, cli):
     manifest, splits = two_class
     run = tmp_path / "run"
@@ -158,6 +159,7 @@ def test_fine_tune_three_class_model_on_two_class_data_gets_a_new_head(cls_run, 
     assert "backbone only; new 2-class head" in config["weight_source"]
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_exported_two_class_model_keeps_its_class_names(cls_two_class_run, synthetic_dir, tmp_path, cli):
     pytest.importorskip("onnxruntime")
     import busai
@@ -169,3 +171,188 @@ def test_exported_two_class_model_keeps_its_class_names(cls_two_class_run, synth
     assert model.backend == "onnx" and model.classes == ("benign", "malignant")
     prediction = busai.predict(model, synthetic_dir / "malignant" / "malignant (1).png")
     assert set(prediction.probabilities) == {"benign", "malignant"}
+
+
+# --------------------------------------------------------------------------- any labels (BI-RADS ...)
+_BIRADS = {"benign": ("2", "3"), "malignant": ("4a", "5")}  # phantom class -> the BI-RADS labels it is given, alternately
+
+
+@pytest.fixture(scope="module")
+def birads(tmp_path_factory):
+    """A BI-RADS manifest (labels 2, 3, 4a, 5; 9, 9, 6, 6 images) over synthetic lesion phantoms, with their masks."""
+    import shutil
+
+    from busai.data.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("birads")
+    phantoms = write_synthetic_dataset(root / "phantoms", n=40, seed=2, size=(64, 80))  # 18 benign, 12 malignant
+    out = root / "data"
+    rows = ["image,mask,label"]
+    for phantom, labels in _BIRADS.items():
+        shutil.copytree(phantoms / phantom, out / phantom)
+        images = sorted((p for p in (out / phantom).glob("*.png") if "_mask" not in p.name), key=lambda p: int(p.stem.split("(")[1][:-1]))
+        for i, image in enumerate(images):
+            masks = ";".join(m.relative_to(out).as_posix() for m in sorted(out.joinpath(phantom).glob(f"{image.stem}_mask*.png")))
+            label = "4A" if (phantom, i) == ("malignant", 0) else labels[i % 2]  # a table's case does not matter
+            rows.append(f"{image.relative_to(out).as_posix()},{masks},{label}")
+    (out / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return out / "manifest.csv"
+
+
+def test_label_order_and_count_names():
+    from busai.labels import count_names, ordered
+
+    assert ordered(["5", "10", "4b", None, "2", "malignant", "4a", "normal"]) == ("normal", "malignant", "2", "4a", "4b", "5", "10")
+    assert count_names(["benign", "malignant"]) == ("normal", "benign", "malignant")  # standard data: all three, as always
+    assert count_names(["4a", "2", "benign"]) == ("benign", "2", "4a")
+
+
+def test_split_tie_goes_to_the_higher_birads_category():
+    from busai.data.splits import unit_label
+
+    assert unit_label(["a", "b"], {"a": "4a", "b": "3"}) == "4a"
+    assert unit_label(["a", "b", "c"], {"a": "5", "b": "3", "c": "3"}) == "3"
+
+
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
+def test_birads_manifest_audits_splits_trains_evaluates_and_predicts(birads, tmp_path, cli):
+    # Audit: counts per label present ('4A' reads as 4a).
+    code, out, err = cli("data", "audit", birads, "--json")
+    assert code == 0, err
+    audit = json.loads(out)
+    assert audit["counts"] == {"2": 9, "3": 9, "4a": 6, "5": 6} and audit["problem_counts"] == {}
+
+    # Split: stratified on the four labels, each split within one image of its share of every label.
+    splits = tmp_path / "splits.json"
+    code, out, err = cli("data", "split", birads, "--out", splits, "--val", "0.25", "--test", "0.25")
+    assert code == 0, err
+    counts = json.loads(splits.read_text())["counts"]
+    for name, fraction in (("train", 0.5), ("val", 0.25), ("test", 0.25)):
+        assert list(counts[name]) == ["2", "3", "4a", "5"]
+        for label, total in audit["counts"].items():
+            assert abs(counts[name][label] - fraction * total) <= 1, (name, label, counts)
+    assert "4a" in out  # the printed table has a column per label
+
+    # Train: a four-class classifier over the data's labels, in their order.
+    run = tmp_path / "run"
+    common = ("--data", birads, "--splits", splits, "--weights", "none", "--image-size", "64", "--epochs", "1", "--batch-size", "4", "--quiet")
+    code, _, err = cli("train", "cls", "--model", "efficientnet_lite0", "--out", run, *common)
+    assert code == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_spec"]["classes"] == ["2", "3", "4a", "5"] and config["model_spec"]["num_classes"] == 4
+
+    # Evaluate: a row per class, supports as the split file counts them.
+    code, out, err = cli("evaluate", run, "--data", birads, "--splits", splits, "--split", "test", "--n-boot", "20", "--no-figures")
+    assert code == 0, err
+    result = json.loads((run / "metrics.json").read_text())["test"]
+    assert result["classes"] == ["2", "3", "4a", "5"] and "note" not in result
+    assert {c: result["per_class"][c]["support"] for c in result["classes"]} == counts["test"]
+
+    # Predict: p_2 ... p_5 columns that sum to 1; the label is one of the four.
+    import csv
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for image in sorted(birads.parent.joinpath("malignant").glob("malignant (*).png"))[:2]:
+        if "_mask" not in image.name:
+            (scans / image.name).write_bytes(image.read_bytes())
+    code, _, err = cli("predict", scans, "--out", tmp_path / "preds", "--seg", "none", "--cls", run, "--quiet")
+    assert code == 0, err
+    with (tmp_path / "preds" / "predictions.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and {"p_2", "p_3", "p_4a", "p_5"} <= set(rows[0])
+    for row in rows:
+        assert row["label"] in ("2", "3", "4a", "5")
+        assert sum(float(row[f"p_{c}"]) for c in ("2", "3", "4a", "5")) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
+def test_birads_mapped_to_benign_malignant_trains_a_two_class_classifier(birads, tmp_path, cli):
+    from busai.data.sources import read_records
+    from busai.data.splits import make_splits, write_splits
+
+    splits = tmp_path / "splits.json"
+    write_splits(splits, make_splits(read_records(str(birads)), [], val=0.25, test=0.25, seed=0))
+    run = tmp_path / "run"
+    mapping = "2=benign,3=benign,4a=malignant,5=malignant"
+    common = ("--data", birads, "--splits", splits, "--weights", "none", "--image-size", "64", "--epochs", "1", "--batch-size", "4", "--quiet")
+    code, _, err = cli("train", "cls", "--model", "efficientnet_lite0", "--classes", mapping, "--out", run, *common)
+    assert code == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_spec"]["classes"] == ["benign", "malignant"]
+    # Scored on the BI-RADS labels through the stored mapping: no --classes again.
+    code, _, err = cli("evaluate", run, "--data", birads, "--splits", splits, "--split", "test", "--n-boot", "20", "--no-figures")
+    assert code == 0, err
+    result = json.loads((run / "metrics.json").read_text())["test"]
+    test = json.loads(splits.read_text())["counts"]["test"]
+    assert result["per_class"]["benign"]["support"] == test["2"] + test["3"]
+    assert result["per_class"]["malignant"]["support"] == test["4a"] + test["5"]
+    assert {p["data_label"] for p in result["predictions"]} == {"2", "3", "4a", "5"}
+
+    # A subset: the 2 images are left out of training.
+    subset = tmp_path / "subset"
+    code, _, err = cli("train", "cls", "--model", "efficientnet_lite0", "--classes", "3,4a,5", "--out", subset, *common)
+    assert code == 0, err
+    config = json.loads((subset / "config.json").read_text())
+    train = json.loads(splits.read_text())["counts"]["train"]
+    assert config["model_spec"]["classes"] == ["3", "4a", "5"] and config["train_images"] == train["3"] + train["4a"] + train["5"]
+
+
+@pytest.mark.parametrize("label", ["4 a", "BI-RADS 4", "4/a", "benign?"])
+def test_label_that_is_not_a_simple_name_is_refused_naming_file_and_row(tmp_path, cli, label):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "b.png")
+    path = tmp_path / "data.csv"
+    path.write_text(f"image,label\na.png,2\nb.png,{label}\n")
+    rule = "letters, digits, '-', '_' or '.', e.g. 4a or birads-4"
+    cli.fails("data", "audit", path, expect=f"data.csv row 3: label '{label}' is not a simple name ({rule}); fix the row")
+
+
+def test_class_folders_named_by_other_labels(tmp_path, cli):
+    from PIL import Image
+
+    for label, n in (("2", 2), ("4A", 3)):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "data" / label / f"{i}.png")
+    # Detection takes only normal / benign / malignant folders for classes, and says how to read others.
+    cli.fails("data", "audit", tmp_path / "data", expect="for folders named by other labels (e.g. BI-RADS 2/ 3/ 4a/) pass --format class-folders")
+    code, out, err = cli("data", "audit", tmp_path / "data", "--format", "class-folders", "--json")
+    assert code == 0, err
+    assert json.loads(out)["counts"] == {"2": 2, "4a": 3}
+    (tmp_path / "data" / "BI-RADS 5").mkdir()
+    cli.fails("data", "audit", tmp_path / "data", "--format", "class-folders", expect="BI-RADS 5: label 'BI-RADS 5' is not a simple name")
+
+
+def test_classes_option_refuses_names_that_are_not_simple():
+    with pytest.raises(ConfigError, match="'4 a' is not a simple name"):
+        parse_classes("2=benign,4 a=malignant")
+
+
+def test_segmentation_reads_lesion_masks_of_any_label(birads):
+    # A segmenter's data may carry BI-RADS labels: its items load (the loss never reads the label),
+    # while a class index is refused in one line for a label outside normal / benign / malignant.
+    from busai.data.dataset import BusDataset
+    from busai.data.sources import read_records
+    from busai.errors import DataError
+
+    records = read_records(str(birads))
+    item = BusDataset(records[:1], 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))[0]
+    assert records[0].label == "2" and item["label"].item() == -1 and item["mask"].sum() > 0
+    assert all(r.segmentable for r in records)
+    with pytest.raises(DataError, match="label '2' is not one of normal, benign, malignant; train with --classes"):
+        _ = records[0].label_index
+
+
+def test_report_lists_the_audits_and_splits_labels(tmp_path):
+    from busai.report_page import audit_section, split_section
+
+    audit = {"root": "birads.csv", "images": 6, "counts": {"2": 2, "3": 1, "4a": 3}, "masks": 6, "duplicate_groups": []}
+    table = audit_section(audit)[-1][1]
+    assert "| 2 | 2 |" in table and "| 4a | 3 |" in table and "| benign |" not in table
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps({"command": "busai data split", "duplicates": "group", "counts": {"train": {"2": 1, "4a": 2}, "test": {"2": 1, "4a": 1}}}))
+    rows = split_section([splits])[-1][1]
+    assert "| 4a | 2 | 1 |" in rows and "| normal |" not in rows

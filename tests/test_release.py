@@ -32,6 +32,10 @@ def test_make_and_load_release(seg_run, synthetic_dir, tiny_runs, tmp_path):
     difference = (predict_image(released, image, precision="fp32") - predict_image(original, image, precision="fp32")).abs().max()
     assert difference < 1e-2  # fp16 storage rounds the weights, nothing more
 
+    (folder / "model.onnx").write_bytes(b"exported from the previous weights")
+    make_release(seg_run, "seg", root=tmp_path)
+    assert not (folder / "model.onnx").exists()  # a stale export would be what the torch-free install runs
+
 
 def test_release_errors(seg_run, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="is a segmentation model, not a classification one; pass a classification model"):

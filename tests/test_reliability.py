@@ -382,6 +382,7 @@ def test_a_run_without_image_hashes_is_hashed_from_its_recorded_data(cli, seg_ru
 
 
 # ------------------------------------------------------- 2: --folds re-run with other options
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_folds_rerun_with_other_options_is_refused(synthetic_dir, tmp_path, cli):
     splits = write_splits(tmp_path / "folds.json", make_splits(discover_records(synthetic_dir), [], val=0.25, test=0.1, seed=0, folds=2))
     out = tmp_path / "cv"
@@ -449,6 +450,7 @@ def test_report_on_a_run_with_a_damaged_file(name, damage, expect, cls_run, tmp_
 
 
 # ------------------------------------------------------------------ also: output to a closed pipe
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_output_to_a_closed_pipe_ends_quietly():
     import subprocess
     import sys

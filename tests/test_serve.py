@@ -410,7 +410,7 @@ def test_serve_command_passes_hosts_limits_and_flags(cli, monkeypatch):
     )
     assert code == 0, err
     assert seen["kwargs"] == {
-        "backend": "torch",
+        "backend": "auto",
         "max_upload_mb": 10.0,
         "max_megapixels": 12.5,
         "max_queue": 3,

@@ -322,6 +322,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_two_workers_share_one_sqlite_study(tmp_path, dataset):
     data, splits = dataset
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
@@ -445,6 +446,7 @@ def test_study_on_postgresql_runs_and_resumes(tmp_path, dataset, fake, postgres_
 # ------------------------------------------------------------------------------------- real engine
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_real_study_resumes_and_retrains(tmp_path, dataset, capsys):
     data, splits = dataset
     out = tmp_path / "study"

@@ -28,6 +28,7 @@ def _config(run) -> dict:
     return json.loads((run / "config.json").read_text())
 
 
+@pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_fine_tune_release_with_defaults(handful, tmp_path, cli):
     # Before: "missing encoder.conv1.weight ... (+389 more)" (the default resnet18 encoder is not the release's).
     run = tmp_path / "ft"

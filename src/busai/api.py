@@ -7,7 +7,9 @@ work. Any model source resolves through :func:`busai.runs.resolve_model`; predic
 preprocessing and forward path (:mod:`busai.inference`) through the per-scan pipeline of
 :mod:`busai.prediction`, so a prediction here equals the row ``busai predict`` writes for the same scan.
 
-This module sits at the top of the library: nothing below it imports it.
+This module sits at the top of the library: nothing below it imports it. It imports torch only
+where a PyTorch model needs it: without torch (the ``onnx`` install), :func:`load` gives a release's
+``model.onnx`` run by ONNX Runtime, and tensors are numpy arrays.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from busai.config import MASK_THRESHOLD
 from busai.backends import LoadedModel
@@ -76,15 +77,18 @@ class Model:
 
         return f"Model({self.task}, {model_label(self.spec)}, backend={self.backend}, device={self.device}, source={self.source!r})"
 
-    def preprocess(self, image) -> torch.Tensor:
-        """One scan (path, PIL image or array, as :meth:`predict` takes) -> the normalised (3, S, S) tensor the network takes."""
-        return self.loaded.preprocessing.tensor(to_rgb(image))
+    def preprocess(self, image):
+        """One scan (path, PIL image or array, as :meth:`predict` takes) -> the normalised (3, S, S) tensor the
+        network takes (a numpy array where torch is not installed)."""
+        from busai.inference import model_input
 
-    def logits(self, batch: torch.Tensor, *, precision: str = "auto") -> torch.Tensor:
+        return model_input(self.loaded, to_rgb(image))
+
+    def logits(self, batch, *, precision: str = "auto"):
         """Normalised (N, 3, S, S) batch -> the network's raw output: (N, 1, S, S) lesion or (N, classes) class logits."""
         return self.loaded.logits(batch, precision)
 
-    def probabilities(self, batch: torch.Tensor, *, tta: bool = False, precision: str = "auto", calibrated: bool = True) -> torch.Tensor:
+    def probabilities(self, batch, *, tta: bool = False, precision: str = "auto", calibrated: bool = True):
         """Normalised (N, 3, S, S) batch -> (N, S, S) lesion or (N, classes) class probabilities on the CPU
         (calibrated by ``temperature`` unless ``calibrated=False``; ``tta``: averaged with the mirrored batch)."""
         from busai.inference import predict_tensor
@@ -174,7 +178,7 @@ def load(source: str | Path = "release", *, task: str | None = None, device: str
     ``task`` ("seg"/"segmentation" or "cls"/"classification") is checked against what the source
     holds; ``device`` is "auto" (a CUDA GPU when visible), "cpu", "cuda" or "cuda:N" (ONNX: CPU only).
     """
-    from busai.models.registry import resolve_task
+    from busai.config import resolve_task
 
     wanted = resolve_task(task) if task is not None else None
     if (source is None or str(source) == "release") and wanted is None:
@@ -187,7 +191,7 @@ def load(source: str | Path = "release", *, task: str | None = None, device: str
     return Model(loaded)
 
 
-def model_for(source, task: str, *, device: str = "cpu", backend: str = "torch", workdir: str | Path | None = None) -> Model:
+def model_for(source, task: str, *, device: str = "cpu", backend: str = "auto", workdir: str | Path | None = None) -> Model:
     """The :class:`Model` a ``--seg`` / ``--cls`` option names (``busai predict``, ``busai serve``); errors name the option.
 
     ``source`` is what :func:`load` takes (``"release"`` or None for the packaged model of ``task``),

@@ -5,6 +5,9 @@ Both answer one backend interface (``backend``, ``supports_gradients``, ``device
 calibration and provenance. Which folder or file a model comes from, and how it is found, is
 :mod:`busai.runs`' business; this module only holds the two backends and reads what an exported
 file says about itself.
+
+Nothing here imports torch at module level: the ONNX backend runs without it (the ``onnx`` extra,
+no ``torch``), taking and returning numpy arrays there; PyTorch's backend imports it when used.
 """
 
 from __future__ import annotations
@@ -15,12 +18,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
-from busai.device import cores, resolve_device, torch_logits
 from busai.errors import CheckpointError, ConfigError
-from busai.extras import require
+from busai.extras import has_torch, require
 from busai.preprocessing import Preprocessing
 
 METADATA_KEY = "busai"  # the ONNX metadata property holding spec, preprocessing and calibration
@@ -35,7 +35,7 @@ class LoadedModel:
     callers ask; :class:`OnnxLoadedModel` answers it for a network run by ONNX Runtime.
     """
 
-    module: nn.Module
+    module: object  # torch.nn.Module
     task: str
     spec: dict
     image_size: int
@@ -58,21 +58,30 @@ class LoadedModel:
         return Preprocessing(self.image_size, tuple(self.mean), tuple(self.std), "gray" if self.grayscale else "rgb")
 
     @property
-    def device(self) -> torch.device:
+    def device(self):
+        """The ``torch.device`` the network's weights are on."""
         return next(self.module.parameters()).device
 
-    def logits(self, batch: torch.Tensor, precision: str = "auto") -> torch.Tensor:
+    def logits(self, batch, precision: str = "auto"):
         """Normalised (N, 3, S, S) batch -> the network's raw output, in inference mode (see busai.device.torch_logits)."""
+        from busai.device import torch_logits
+
         return torch_logits(self.module, batch, precision)
 
 
-class OnnxModule(nn.Module):
-    """An ONNX Runtime session behind a module's call: normalised (N, 3, H, W) batch -> logits (fp32, CPU)."""
+class OnnxModule:
+    """An ONNX Runtime session behind a module's call: normalised (N, 3, H, W) batch -> logits (fp32, CPU).
+
+    A torch tensor in gives a torch tensor out; a numpy array in (the torch-free install) gives an array.
+    Not a ``torch.nn.Module``, so it loads without torch; ``to`` / ``eval`` / ``float`` are no-ops, as
+    for a module without weights.
+    """
 
     def __init__(self, path: str | Path, device: str = "cpu"):
-        super().__init__()
-        require("export")
+        require("onnx")
         import onnxruntime as ort
+
+        from busai.device import cores
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -84,9 +93,27 @@ class OnnxModule(nn.Module):
         self.metadata = self.session.get_modelmeta().custom_metadata_map
         self.path = str(path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x):
+        if isinstance(x, np.ndarray):
+            return self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        import torch
+
         array = np.ascontiguousarray(x.detach().float().cpu().numpy())
         return torch.from_numpy(self.session.run([OUTPUT], {INPUT: array})[0])
+
+    forward = __call__
+
+    def to(self, *args, **kwargs) -> OnnxModule:
+        return self
+
+    def eval(self) -> OnnxModule:
+        return self
+
+    def float(self) -> OnnxModule:
+        return self
+
+    def parameters(self):
+        return iter(())
 
 
 @dataclass
@@ -100,11 +127,34 @@ class OnnxLoadedModel(LoadedModel):
     supports_gradients: ClassVar[bool] = False
 
     @property
-    def device(self) -> torch.device:
-        return torch.device("cuda" if self.module.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu")
+    def device(self):
+        """A ``torch.device`` (cuda when the session runs on ONNX Runtime's CUDA provider); its name without torch."""
+        name = "cuda" if self.module.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        if not has_torch():
+            return OnnxDevice(name)
+        import torch
 
-    def logits(self, batch: torch.Tensor, precision: str = "auto") -> torch.Tensor:
+        return torch.device(name)
+
+    def logits(self, batch, precision: str = "auto"):
         return self.module(batch)
+
+
+@dataclass(frozen=True)
+class OnnxDevice:
+    """Where an ONNX session runs, without torch: what ``torch.device`` answers (``type``, ``str``)."""
+
+    type: str
+
+    def __str__(self) -> str:
+        return self.type
+
+
+def resolve_backend(backend: str) -> str:
+    """``"auto"`` -> ``"torch"`` where torch imports, else ``"onnx"``; ``"torch"`` / ``"onnx"`` as given."""
+    if backend == "auto":
+        return "torch" if has_torch() else "onnx"
+    return backend
 
 
 def onnx_providers(device: str = "cpu") -> list[str]:
@@ -115,13 +165,27 @@ def onnx_providers(device: str = "cpu") -> list[str]:
     """
     import onnxruntime as ort
 
-    if resolve_device(device).type != "cuda":
+    if not _wants_cuda(device):
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cuda":
         raise ConfigError("--device cuda: this onnxruntime has no CUDA provider; pip install onnxruntime-gpu, or use --device cpu")
     return ["CPUExecutionProvider"]
+
+
+def _wants_cuda(device: str) -> bool:
+    """Whether ``device`` (auto, cpu, cuda, cuda:N) means the GPU: ``auto`` asks torch whether one is
+    visible, or, without torch, whether this onnxruntime has the CUDA provider."""
+    if not has_torch():
+        if device == "auto":
+            import onnxruntime as ort
+
+            return "CUDAExecutionProvider" in ort.get_available_providers()
+        return str(device).startswith("cuda")
+    from busai.device import resolve_device
+
+    return resolve_device(device).type == "cuda"
 
 
 def load_onnx(path: str | Path, device: str = "cpu") -> OnnxLoadedModel:
@@ -212,9 +276,12 @@ class EnsembleLoaded:
     device = property(lambda self: self.members[0].device)
 
     @property
-    def module(self) -> nn.ModuleList:
-        """The members' networks in one module, so moving the ensemble (``.to(device)``) moves them all."""
-        return nn.ModuleList([m.module for m in self.members])
+    def module(self):
+        """The members' PyTorch networks in one ``nn.ModuleList``, so moving the ensemble (``.to(device)``)
+        moves them all (an ONNX member stays where its session runs)."""
+        from torch import nn
+
+        return nn.ModuleList([m.module for m in self.members if isinstance(m.module, nn.Module)])
 
     @property
     def spec(self) -> dict:
@@ -224,8 +291,10 @@ class EnsembleLoaded:
     def config(self) -> dict:
         return {**self.members[0].config, "ensemble": {"members": [m.source for m in self.members]}}
 
-    def logits(self, batch: torch.Tensor, precision: str = "auto") -> torch.Tensor:
+    def logits(self, batch, precision: str = "auto"):
         """The members' mean probability, as logits that give it back (sigmoid or softmax)."""
+        import torch
+
         outputs = [m.logits(batch, precision).float().cpu() for m in self.members]
         if self.task == "segmentation":
             mean = torch.stack([torch.sigmoid(o) for o in outputs]).mean(0)

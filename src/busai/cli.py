@@ -2,7 +2,8 @@
 
 Each sub-command lives in ``busai.commands.<name>`` with ``register(subparsers)``; the handler it
 sets calls one public library function. Any :class:`BusaiError` becomes one ``error:`` line and
-exit code 2, never a traceback.
+exit code 2, never a traceback; so does a command that needs PyTorch run where the ``torch`` extra is
+not installed (:func:`busai.extras.torch_missing`).
 """
 
 from __future__ import annotations
@@ -137,6 +138,14 @@ def _main(argv: list[str] | None) -> int:
     except BusaiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ImportError as exc:  # a command of the torch extra in an install without it (`pip install 'busai[onnx]'`)
+        from busai.extras import torch_missing
+
+        error = torch_missing(exc, f"`busai {args.command}`")
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print(f"interrupted: everything written so far is kept; {continue_hint(args)}", file=sys.stderr)
         return 130

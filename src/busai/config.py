@@ -23,6 +23,18 @@ TASK_ALIASES = {
     "multitask": "multitask",
     "multi-task": "multitask",
 }
+
+
+def resolve_task(task: str, *, multitask: bool = False) -> str:
+    """The canonical task name. A model answers one task (segmentation or classification); only
+    training and :func:`busai.models.registry.build` also know multitask, a network that answers both."""
+    resolved = TASK_ALIASES.get(str(task).lower())
+    if resolved is None or (resolved == "multitask" and not multitask):
+        extra = ", multitask (mt)" if multitask else ""
+        raise ConfigError(f"unknown task '{task}'; choose one of: segmentation (seg), classification (cls){extra}")
+    return resolved
+
+
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "adagrad")
 PRECISIONS = ("auto", "bf16", "fp32")
 # Built by busai.losses; named here so the CLI lists them without importing torch.
@@ -59,7 +71,7 @@ DEVICES = ("auto", "cpu", "cuda")
 COLORS = ("rgb", "gray")
 SCHEDULERS = ("none", "plateau", "cosine")
 TRACKERS = ("none", "tensorboard", "mlflow")
-BACKENDS = ("torch", "onnx")  # what runs a loaded model for predict / serve
+BACKENDS = ("auto", "torch", "onnx")  # what runs a loaded model for predict / serve; auto: torch where installed, else onnx
 TRAIN_TASKS = ("seg", "cls", "mt")  # the short forms `busai train` takes
 MODEL_TASKS = ("seg", "cls")  # the short forms of the tasks a single-task model answers
 DEFAULT_MODELS = {"segmentation": "unet", "classification": "resnet18", "multitask": "unet"}  # what `busai train seg|cls` trains unasked

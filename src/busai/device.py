@@ -1,6 +1,6 @@
 """Devices, precision and threads: the one place busai decides where and how a network computes.
 
-A leaf module (it imports only torch and :mod:`busai.errors`), so training (:mod:`busai.engine`),
+A leaf module (it imports only torch, inside its functions, and :mod:`busai.errors`), so training (:mod:`busai.engine`),
 distributed set-up, model loading and prediction all ask it without importing each other.
 """
 
@@ -10,16 +10,20 @@ import contextlib
 import os
 import re
 import weakref
-
-import torch
+from typing import TYPE_CHECKING
 
 from busai.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: torch is imported inside the functions, so the onnx install loads this module
+    import torch
 
 ALL_CORES_ENV = "BUSAI_ALL_CORES"  # "1": raise torch's thread count to every core (the busai command sets it)
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` (a CUDA GPU when one is visible, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` -> a device."""
+    import torch
+
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda': no CUDA GPU is visible; use --device cpu or auto")
     if name == "auto":
@@ -27,16 +31,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_device(device: str, backend: str, source: str) -> torch.device:
+def model_device(device: str, backend: str, source: str) -> torch.device | str:
     """Where :func:`busai.load` puts a model: ``device`` checked by name first (auto, cpu, cuda,
-    cuda:N); an ONNX model runs on the CPU here."""
+    cuda:N); an ONNX model runs on the CPU here ("cpu", without importing torch)."""
     name = str(device)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
         raise ConfigError(f"device '{device}': unknown; choose auto, cpu, cuda or cuda:N")
     if backend == "onnx":
         if name not in ("auto", "cpu"):
             raise ConfigError(f"{source}: ONNX models run on the CPU here; pass device='cpu' (or load the run folder to use {name})")
-        return torch.device("cpu")
+        return "cpu"
+    import torch
+
     if name.startswith("cuda:") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}': no CUDA GPU is visible; use device='cpu' or 'auto'")
     return resolve_device(name)
@@ -50,12 +56,16 @@ def cpu_has_native_bf16() -> bool:
     docs/results.md, "Speed"). torch exposes the check only as private helpers, so a torch without
     them counts as "no" (fp32 is never the slow choice).
     """
+    import torch
+
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """The autocast dtype ``precision`` ("auto", "bf16" or "fp32") resolves to on ``device``; None: fp32."""
+    import torch
+
     if precision == "fp32":
         return None
     if device.type == "cuda":
@@ -65,8 +75,11 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return None
 
 
-def default_path_name(device: torch.device = torch.device("cpu"), *, training: bool = False) -> str:
-    """What ``precision="auto"`` runs on ``device``, in words (benchmarks and tables print it)."""
+def default_path_name(device: torch.device | None = None, *, training: bool = False) -> str:
+    """What ``precision="auto"`` runs on ``device`` (default the CPU), in words (benchmarks and tables print it)."""
+    import torch
+
+    device = device if device is not None else torch.device("cpu")
     dtype = autocast_dtype(device, "auto")
     name = "channels_last + fp32" if dtype is None else f"channels_last + {str(dtype).removeprefix('torch.')} autocast"
     return name + " + fused optimizer" if training else name
@@ -75,6 +88,8 @@ def default_path_name(device: torch.device = torch.device("cpu"), *, training: b
 def fast_context(model: torch.nn.Module, precision: str = "auto"):
     """channels_last, with bf16 autocast where the hardware computes bf16 natively (faster inference
     on a CPU with AMX: docs/results.md, "Speed"; see :func:`autocast_dtype`); plain fp32 with ``precision="fp32"``."""
+    import torch
+
     if precision == "fp32":
         return contextlib.nullcontext()
     model.to(memory_format=torch.channels_last)
@@ -156,6 +171,8 @@ _FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network -> (
 def inference_network(model: torch.nn.Module) -> torch.nn.Module:
     """The network prediction runs: an eval-mode ``model`` with batch norm folded (:func:`fold_batch_norm`),
     made once and remade when the weights change (a parameter's in-place version counter moves) or move device."""
+    import torch
+
     if model.training:
         return model
     tensors = [*model.parameters(), *model.buffers()]
@@ -181,6 +198,8 @@ def _probe(model: torch.nn.Module, size: int, candidates, rounds: int = 3) -> di
     a burst of load from elsewhere falls on all of them."""
     import time
 
+    import torch
+
     x = torch.zeros(1, 3, size, size, device=next(model.parameters()).device)
     best = dict.fromkeys(candidates, float("inf"))
     for round_ in range(rounds + 1):
@@ -193,6 +212,8 @@ def _probe(model: torch.nn.Module, size: int, candidates, rounds: int = 3) -> di
 
 
 def _forward(model: torch.nn.Module, x: torch.Tensor, path: str) -> torch.Tensor:
+    import torch
+
     fmt = torch.contiguous_format if path == "contiguous" else torch.channels_last
     model.to(memory_format=fmt)  # outside inference mode, or the weights would become inference tensors autograd cannot use
     context = torch.autocast("cpu", dtype=torch.bfloat16) if path == "bf16" else contextlib.nullcontext()
@@ -205,6 +226,8 @@ def torch_logits(model: torch.nn.Module, batch: torch.Tensor, precision: str = "
     norm folded into the convolutions (:func:`inference_network`). ``precision="auto"`` on a CPU takes the
     path chosen for this machine (:func:`cpu_path`); elsewhere, and with ``"bf16"``, channels_last with
     autocast where :func:`fast_context` says; ``"fp32"`` is plain eager fp32, the reference, unfolded."""
+    import torch
+
     device = next(model.parameters()).device
     if precision == "fp32":
         with torch.inference_mode():
@@ -230,7 +253,12 @@ def best_threads() -> None:
     """Use every core for intra-op work (torch's default can undercount in containers; shared among
     the processes torchrun starts on this machine) when the process asked for it with
     ``BUSAI_ALL_CORES=1``, as the ``busai`` command does; a library call otherwise leaves the
-    caller's thread count alone."""
-    if os.environ.get(ALL_CORES_ENV) != "1":
+    caller's thread count alone. Without torch (the ``onnx`` install) there is nothing to set: ONNX
+    Runtime sessions take :func:`cores` threads themselves."""
+    from busai.extras import has_torch
+
+    if os.environ.get(ALL_CORES_ENV) != "1" or not has_torch():
         return
+    import torch
+
     torch.set_num_threads(max(1, cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))

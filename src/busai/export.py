@@ -5,6 +5,9 @@ preprocessing, so ``busai predict --seg model.onnx`` needs nothing else. The gra
 ``image`` (N, 3, H, W), normalised as in training, and returns ``logits``; the batch axis is
 always dynamic, height and width too when the architecture allows (checked by running the file
 at a second size; otherwise the file is re-exported at the model's fixed size).
+
+torch is imported inside the exporting functions only: :func:`load_backend`, which predict and
+serve call, runs without it (the ``onnx`` install).
 """
 
 from __future__ import annotations
@@ -14,11 +17,8 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
-
 # The runtime side (loading an exported file) lives in busai.backends; these names stay importable here.
-from busai.backends import INPUT, METADATA_KEY, OUTPUT, LoadedModel, OnnxLoadedModel, OnnxModule, load_onnx, onnx_providers  # noqa: F401
+from busai.backends import INPUT, METADATA_KEY, OUTPUT, LoadedModel, OnnxLoadedModel, OnnxModule, load_onnx, onnx_providers, resolve_backend  # noqa: F401
 from busai.config import ONNX_OPSET
 from busai.device import cores as _cores  # noqa: F401  (kept for callers of export._cores)
 from busai.errors import CheckpointError, ConfigError
@@ -48,7 +48,9 @@ class ExportResult:
         return {**asdict(self), "ok": self.ok}
 
 
-def _export_graph(module: nn.Module, task: str, size: int, path: Path, opset: int, dynamic_size: bool) -> None:
+def _export_graph(module, task: str, size: int, path: Path, opset: int, dynamic_size: bool) -> None:
+    import torch
+
     batch_axes = {0: "batch"}
     image_axes = {**batch_axes, 2: "height", 3: "width"} if dynamic_size else batch_axes
     output_axes = image_axes if task == "segmentation" else batch_axes
@@ -86,8 +88,10 @@ def _write_metadata(path: Path, loaded: LoadedModel, dynamic_size: bool) -> None
     onnx.save(model, str(path))
 
 
-def parity(module: nn.Module, onnx_module: OnnxModule, size: int, batch: int = 2, seed: int = 0) -> float:
+def parity(module, onnx_module: OnnxModule, size: int, batch: int = 2, seed: int = 0) -> float:
     """Largest absolute logit difference between PyTorch fp32 eager and ONNX Runtime on one random batch."""
+    import torch
+
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
         expected = module(x).float()
@@ -105,6 +109,8 @@ def export_onnx(loaded: LoadedModel, out: str | Path, *, opset: int = OPSET, dyn
     require("export")
     if loaded.backend != "torch":
         raise CheckpointError(f"{loaded.source}: is already an ONNX file; export from a run folder or the release model")
+    import torch
+
     highest = _highest_opset()
     if not 17 <= opset <= highest:
         raise ConfigError(f"--opset {opset}: busai exports need opset 17 to {highest} (the newest this torch's exporter writes)")
@@ -162,27 +168,30 @@ def to_onnx_backend(loaded: LoadedModel, workdir: str | Path, device: str = "cpu
     return load_onnx(result.path, device)
 
 
-def load_backend(source, task: str, *, device: str = "cpu", backend: str = "torch", workdir: str | Path | None = None) -> LoadedModel:
+def load_backend(source, task: str, *, device: str = "cpu", backend: str = "auto", workdir: str | Path | None = None) -> LoadedModel:
     """The model a ``--seg`` / ``--cls`` option names, for ``task``, running in ``backend``; errors name the option.
 
     ``source`` is what :func:`busai.runs.resolve_model` takes, or a model already loaded (a
     :class:`~busai.backends.LoadedModel` or anything holding one as ``.loaded``, like :class:`busai.Model`).
-    ``backend="onnx"`` exports a PyTorch model into ``workdir`` (a new temporary folder when None)
-    and runs that file in ONNX Runtime (its CUDA provider on a GPU: :func:`busai.backends.onnx_providers`).
+    ``backend="auto"`` runs PyTorch where torch is installed, else the folder's ``model.onnx`` (the
+    shipped releases have one). ``backend="onnx"`` runs a folder's own ``model.onnx``, or exports a
+    PyTorch model into ``workdir`` (a new temporary folder when None), in ONNX Runtime (its CUDA
+    provider on a GPU: :func:`busai.backends.onnx_providers`).
     """
     import tempfile
 
-    from busai.models.registry import resolve_task
+    from busai.config import resolve_task
     from busai.runs import TASK_FLAGS
 
     task = resolve_task(task)
+    backend = resolve_backend(backend)
     loaded = getattr(source, "loaded", source)
     if isinstance(loaded, LoadedModel):
         if loaded.task != task:
             raise ConfigError(f"{TASK_FLAGS[task]}: got a {loaded.task} model; pass a {task} model")
     else:
         not_found = f"not found; pass a run folder, an exported .onnx file or 'release' to {TASK_FLAGS[task]}"
-        loaded = resolve_model(source, task, device=device, not_found=not_found)
+        loaded = resolve_model(source, task, device=device, not_found=not_found, backend=backend)
         if loaded.task != task:
             raise ConfigError(f"{TASK_FLAGS[task]} {source}: is a {loaded.task} model; pass a {task} model")
     if backend == "onnx":

@@ -1,20 +1,33 @@
-"""Running a loaded model on images: the one preprocessing and forward path used by evaluate, predict and serve."""
+"""Running a loaded model on images: the one preprocessing and forward path used by evaluate, predict and serve.
+
+Batches are torch tensors where torch is installed. Without it (the ``onnx`` install, ONNX Runtime
+only) they are numpy arrays and the same functions compute with numpy: this module imports torch
+only inside the functions that need it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from busai.backends import LoadedModel
-from busai.device import autocast_dtype, cpu_path, fast_context, fold_batch_norm, inference_network, torch_logits  # noqa: F401  (inference.* names kept for callers)
+from busai.extras import has_torch
 from busai.preprocessing import Preprocessing
-from busai.tasks import probabilities
+
+# inference.* names kept for callers; they live in busai.device (imported on first use: it needs torch).
+_DEVICE_NAMES = ("autocast_dtype", "cpu_path", "fast_context", "fold_batch_norm", "inference_network", "torch_logits")
 
 
-def preprocess(image_rgb: np.ndarray, size: int, mean, std, grayscale: bool = False) -> torch.Tensor:
+def __getattr__(name: str):
+    if name in _DEVICE_NAMES:
+        from busai import device
+
+        return getattr(device, name)
+    raise AttributeError(f"module 'busai.inference' has no attribute {name!r}")
+
+
+def preprocess(image_rgb: np.ndarray, size: int, mean, std, grayscale: bool = False):
     """uint8 (H, W, 3) -> normalised float (3, size, size): :meth:`busai.preprocessing.Preprocessing.tensor`."""
     return Preprocessing(int(size), tuple(mean), tuple(std), "gray" if grayscale else "rgb").tensor(image_rgb)
 
@@ -27,6 +40,8 @@ def path_name(loaded: LoadedModel, precision: str = "auto") -> str:
         return f"{loaded.backend} fp32"
     if precision == "fp32":
         return "eager fp32"
+    from busai.device import autocast_dtype, cpu_path, inference_network
+
     if precision == "auto" and loaded.device.type == "cpu":
         path = cpu_path(inference_network(loaded.module), loaded.image_size)
         return {"bf16": "channels_last + bf16 autocast", "channels_last": "channels_last + fp32", "contiguous": "contiguous + fp32"}[path] + ", folded BN"
@@ -35,42 +50,83 @@ def path_name(loaded: LoadedModel, precision: str = "auto") -> str:
     return name + ", folded BN"
 
 
-def predict_tensor(loaded: LoadedModel, batch: torch.Tensor, precision: str = "auto", *, tta: bool = False, calibrated: bool = True) -> torch.Tensor:
+def predict_tensor(loaded: LoadedModel, batch, precision: str = "auto", *, tta: bool = False, calibrated: bool = True):
     """Normalised (N, 3, S, S) batch -> probabilities: (N, S, S) lesion map or (N, classes).
 
     ``tta`` averages each prediction with that of the horizontally flipped image (flipped back),
     a mirror image being an equally plausible scan; both run as one batch.
     A model exported to ONNX (see :mod:`busai.export`) runs in ONNX Runtime in fp32, whatever ``precision`` says.
     A classifier's logits are divided by its stored temperature (busai.calibration) unless
-    ``calibrated=False``.
+    ``calibrated=False``. A numpy batch (no torch installed) gives numpy probabilities.
     """
     temperature = loaded.temperature if calibrated and loaded.task == "classification" else 1.0
     if tta:
         n = len(batch)
-        probs = _probabilities(loaded, torch.cat([batch, batch.flip(-1)]), precision, temperature)
-        mirrored = probs[n:].flip(-1) if loaded.task == "segmentation" else probs[n:]
+        probs = _probabilities(loaded, _concat([batch, _mirror(batch)]), precision, temperature)
+        mirrored = _mirror(probs[n:]) if loaded.task == "segmentation" else probs[n:]
         return (probs[:n] + mirrored) / 2
     return _probabilities(loaded, batch, precision, temperature)
 
 
-def _probabilities(loaded: LoadedModel, batch: torch.Tensor, precision: str, temperature: float = 1.0) -> torch.Tensor:
+def _probabilities(loaded: LoadedModel, batch, precision: str, temperature: float = 1.0):
     logits = loaded.logits(batch, precision)  # the backend's own forward: PyTorch here, ONNX Runtime for an exported file
+    if isinstance(logits, np.ndarray):
+        return _numpy_probabilities(loaded.task, logits.astype(np.float32) / np.float32(temperature))
+    from busai.tasks import probabilities
+
     return probabilities(loaded.task, logits.float() / temperature).cpu()
 
 
-def model_input(loaded: LoadedModel, image_rgb: np.ndarray) -> torch.Tensor:
-    """One uint8 (H, W, 3) image -> the normalised (3, S, S) tensor ``loaded`` takes (its own size, mean, std and colour)."""
-    return loaded.preprocessing.tensor(image_rgb)
+def _numpy_probabilities(task: str, logits: np.ndarray) -> np.ndarray:
+    """:func:`busai.tasks.probabilities` in numpy (scipy's sigmoid and softmax), for the torch-free install."""
+    from scipy.special import expit, softmax
+
+    return expit(logits[:, 0]) if task == "segmentation" else softmax(logits, axis=1)
 
 
-def predict_image(loaded: LoadedModel, image_rgb: np.ndarray, *, tta: bool = False, precision: str = "auto") -> torch.Tensor:
+def _concat(batches: list):
+    if isinstance(batches[0], np.ndarray):
+        return np.concatenate(batches)
+    import torch
+
+    return torch.cat(batches)
+
+
+def _mirror(batch):
+    """``batch`` flipped left-right (its last axis)."""
+    return np.ascontiguousarray(batch[..., ::-1]) if isinstance(batch, np.ndarray) else batch.flip(-1)
+
+
+def model_input(loaded: LoadedModel, image_rgb: np.ndarray):
+    """One uint8 (H, W, 3) image -> the normalised (3, S, S) tensor ``loaded`` takes (its own size, mean, std
+    and colour); a numpy array where torch is not installed."""
+    return loaded.preprocessing.tensor(image_rgb) if has_torch() else loaded.preprocessing.array(image_rgb)
+
+
+def stack_inputs(inputs: list):
+    """(3, S, S) model inputs -> one (N, 3, S, S) batch, tensors or arrays as :func:`model_input` made them."""
+    if isinstance(inputs[0], np.ndarray):
+        return np.stack(inputs)
+    import torch
+
+    return torch.stack(inputs)
+
+
+def predict_image(loaded: LoadedModel, image_rgb: np.ndarray, *, tta: bool = False, precision: str = "auto"):
     """One uint8 (H, W, 3) image -> (S, S) lesion probability or (classes,) class probabilities (``tta``: see predict_tensor)."""
-    x = loaded.preprocessing.tensor(image_rgb)[None]
+    x = model_input(loaded, image_rgb)[None]
     return predict_tensor(loaded, x, precision, tta=tta)[0]
 
 
-def upsample_probability(prob: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
-    """A (S, S) lesion probability map resized to an image's own (H, W)."""
+def upsample_probability(prob, shape: tuple[int, int]) -> np.ndarray:
+    """A (S, S) lesion probability map resized to an image's own (H, W): bilinear, pixel centres aligned
+    (torch's ``align_corners=False``; OpenCV's INTER_LINEAR computes the same for a numpy map)."""
+    if isinstance(prob, np.ndarray):
+        import cv2
+
+        return cv2.resize(np.ascontiguousarray(prob, dtype=np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    import torch.nn.functional as F
+
     return F.interpolate(prob[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 

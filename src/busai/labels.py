@@ -14,14 +14,58 @@ The ``classes`` training option picks them:
 
 On the command line ``--classes benign,malignant`` or ``--classes 'normal=benign,benign=benign,malignant=malignant'``;
 in a YAML ``--config``, ``classes:`` as a list or a mapping.
+
+A dataset's labels need not be those three: a table or a class folder may give any simple name
+(:func:`label_name`), e.g. BI-RADS categories ``2``, ``3``, ``4a``, ``5``. Only ``normal`` keeps a
+meaning of its own (a lesion-free scan, whose empty mask segmentation trains on). Labels are listed
+in one order everywhere (:func:`label_key`): normal, benign, malignant, then the others in natural
+order (``2 < 3 < 4a < 4b < 5 < 10``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from busai import CLASSES
-from busai.errors import ConfigError
+from busai.errors import ConfigError, DataError
+
+# A label becomes a class name: a p_<class> column, a --classes item, a file-name part. Hence one
+# plain ASCII word, which no CSV, command line or file system mangles.
+_LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+LABEL_RULE = "letters, digits, '-', '_' or '.', e.g. 4a or birads-4"
+
+
+def label_name(value: str, where: str, fix: str = "fix the row") -> str | None:
+    """A label as a table cell or folder name gives it, stripped and lower-cased; None for an empty
+    cell (an unlabelled scan). Anything but a simple name is one :class:`DataError` naming ``where``."""
+    label = str(value).strip().lower()
+    if not label:
+        return None
+    if not _LABEL_RE.match(label):
+        raise DataError(f"{where}: label '{value}' is not a simple name ({LABEL_RULE}); {fix}")
+    return label
+
+
+def label_key(label: str) -> tuple:
+    """Sort key of a label: normal, benign, malignant first, then the others in natural order
+    (digits compared as numbers: BI-RADS ``2 < 3 < 4a < 4b < 5``)."""
+    if label in CLASSES:
+        return (0, CLASSES.index(label))
+    # re.split with a group alternates text and digits, so the parts compare position by position.
+    return (1, [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", label)])
+
+
+def ordered(labels: Iterable[str | None]) -> tuple[str, ...]:
+    """The distinct labels given (None left out), in :func:`label_key` order."""
+    return tuple(sorted({label for label in labels if label is not None}, key=label_key))
+
+
+def count_names(labels: Iterable[str | None]) -> tuple[str, ...]:
+    """The labels a count table lists: data labelled with the standard classes lists all three (a
+    class it lacks shows 0); data with other labels lists the labels it has."""
+    present = ordered(labels)
+    return CLASSES if set(present) <= set(CLASSES) else present
 
 
 def parse_classes(value) -> list[str] | dict[str, str] | None:
@@ -39,17 +83,25 @@ def parse_classes(value) -> list[str] | dict[str, str] | None:
             value = items
     if isinstance(value, dict):
         mapping = {str(k).strip().lower(): str(v).strip().lower() for k, v in value.items()}
+        _check_names([*mapping, *mapping.values()], value)
         if len(set(mapping.values())) < 2:
             raise ConfigError(f"classes {value}: maps every label to one class; a classifier needs at least 2 classes")
         return mapping
     if isinstance(value, (list, tuple)):
         names = [str(v).strip().lower() for v in value]
+        _check_names(names, ",".join(names))
         if len(names) != len(set(names)):
             raise ConfigError(f"classes {','.join(names)}: names a class twice; name each once")
         if len(names) < 2:
             raise ConfigError(f"classes {','.join(names)}: a classifier needs at least 2 classes, e.g. --classes benign,malignant")
         return names
     raise ConfigError(f"classes {value!r}: give a list of class names or a mapping of data label to class (see docs/datasets.md)")
+
+
+def _check_names(names: list[str], value) -> None:
+    bad = [name for name in names if not _LABEL_RE.match(name)]
+    if bad:
+        raise ConfigError(f"classes {value}: '{bad[0]}' is not a simple name ({LABEL_RULE}); fix the class names")
 
 
 def label_map(option) -> dict[str, str] | None:
@@ -65,8 +117,7 @@ def resolve(option, labels: Iterable[str | None]) -> tuple[tuple[str, ...], dict
     labels of the training data; labels outside the mapping are not trained on."""
     option = parse_classes(option)
     if option is None:
-        present = {label for label in labels if label is not None}
-        names = tuple(c for c in CLASSES if c in present) + tuple(sorted(present - set(CLASSES)))
+        names = ordered(labels)
         return names, {name: name for name in names}
     mapping = label_map(option)
     return tuple(dict.fromkeys(mapping.values())), mapping

@@ -75,16 +75,18 @@ class Prediction:
         return row
 
 
-def load_models(seg="release", cls="release", *, backend: str = "torch", workdir: str | Path | None = None, device: str = "cpu") -> list:
+def load_models(seg="release", cls="release", *, backend: str = "auto", workdir: str | Path | None = None, device: str = "cpu") -> list:
     """The segmenter and / or classifier to predict with, as networks (:class:`busai.backends.LoadedModel`:
     what :func:`predict_scans` takes; ``busai.Model(x)`` wraps one).
 
     Each source is ``"release"``/None, a run folder, a saved or release folder, an .onnx file, a
-    loaded :class:`busai.Model`, or ``"none"`` to skip that task. ``backend="onnx"`` exports PyTorch
-    models into ``workdir`` and runs them in ONNX Runtime. ``device``: auto, cpu or cuda (see :func:`busai.export.load_backend`).
+    loaded :class:`busai.Model`, or ``"none"`` to skip that task. ``backend``: ``"auto"`` (PyTorch where
+    torch is installed, else ONNX Runtime on the folders' ``model.onnx``), ``"torch"``, or ``"onnx"`` (a
+    folder's ``model.onnx``, or PyTorch models exported into ``workdir``), see :func:`busai.export.load_backend`.
+    ``device``: auto, cpu or cuda.
     """
     if backend not in BACKENDS:
-        raise ConfigError(f"--backend {backend}: unknown; choose torch or onnx")
+        raise ConfigError(f"--backend {backend}: unknown; choose {', '.join(BACKENDS)}")
     from busai.export import load_backend  # imported here: start-up without torch
 
     models = [
@@ -169,16 +171,14 @@ def prepare_scan(by_task: dict, image, *, scan_region: bool = True, gate: bool =
 
 def run_models(by_task: dict, scans: Sequence[PreparedScan], *, tta: bool = False, precision: str = "auto") -> list[dict]:
     """Each model once over the scans it answers (one batch): per scan {task: probabilities} (empty for a withheld answer)."""
-    import torch
-
-    from busai.inference import predict_tensor
+    from busai.inference import predict_tensor, stack_inputs
 
     outputs: list[dict] = [{} for _ in scans]
     for task, model in by_task.items():
         answered = [i for i, s in enumerate(scans) if task in s.inputs]
         if not answered:
             continue
-        probs = predict_tensor(model, torch.stack([scans[i].inputs[task] for i in answered]), precision, tta=tta)
+        probs = predict_tensor(model, stack_inputs([scans[i].inputs[task] for i in answered]), precision, tta=tta)
         for i, p in zip(answered, probs):
             outputs[i][task] = p
     return outputs
@@ -208,7 +208,7 @@ def finish_scan(
     if not outputs and not prepared.inputs:
         return result
     if "classification" in outputs:
-        probs = outputs["classification"].numpy()
+        probs = np.asarray(outputs["classification"])  # a CPU tensor, or an array without torch
         classes = prepared.classes
         result.label = classes[int(probs.argmax())]
         result.probabilities = {c: float(p) for c, p in zip(classes, probs)}

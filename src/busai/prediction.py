@@ -203,7 +203,7 @@ def predict_paths(
     *,
     seg: ModelSource = "release",
     cls: ModelSource = "release",
-    backend: str = "torch",
+    backend: str = "auto",
     tta: bool = False,
     pixel_spacing: float | tuple[float, float] | None = None,
     threshold: float = MASK_THRESHOLD,
@@ -236,6 +236,7 @@ def predict_paths(
     and also when the batch is interrupted. An ``out_dir`` holding an earlier batch is refused
     unless ``resume``: then its rows are kept and only the images without one (or with an error) are predicted.
     """
+    from busai.backends import resolve_backend
     from busai.device import best_threads
     from busai.measure import spacing_mm
     from busai.outputs import atomic_write_text, output_dir
@@ -259,7 +260,7 @@ def predict_paths(
             {
                 "seg": str(seg),
                 "cls": str(cls),
-                "backend": backend,
+                "backend": resolve_backend(backend),  # what ran: auto names torch or onnx
                 "tta": tta,
                 "pixel_spacing": pixel_spacing,
                 "threshold": threshold,
@@ -313,6 +314,7 @@ class _BatchWriter:
     def __init__(self, out_dir: Path, by_task: dict, rows: _RowLog, pool, settings: dict, overlays: bool, probabilities: bool, dicom_seg: bool):
         self.out_dir, self.by_task, self.rows, self.pool, self.settings = out_dir, by_task, rows, pool, settings
         self.overlays, self.probabilities, self.dicom_seg = overlays, probabilities, dicom_seg
+        self.fusion = pipeline.diagnosis_fusion(by_task)  # the diagnosis, as busai.predict and serve answer
         self.pending: deque = deque()  # finished rows or futures of rows, in input order
 
     def _map(self, function, items):
@@ -357,7 +359,12 @@ class _BatchWriter:
     def _finish(self, prepared, outputs: dict, row: dict, stem: str | None, scan) -> dict:
         settings = self.settings
         prediction = pipeline.finish_scan(
-            prepared, outputs, threshold=settings["threshold"], pixel_spacing=settings["pixel_spacing"], keep_probability=self.probabilities
+            prepared,
+            outputs,
+            threshold=settings["threshold"],
+            pixel_spacing=settings["pixel_spacing"],
+            keep_probability=self.probabilities,
+            fusion=self.fusion,
         )
         row.update(row_values(prediction))
         if prediction.mask is None:

@@ -50,12 +50,40 @@ class Preprocessing:
         return cls(int(data["image_size"]), mean, std, "gray" if data.get("color") == "gray" else "rgb")
 
     def tensor(self, image_rgb: np.ndarray):
-        """uint8 (H, W, 3) -> normalised float (3, S, S) through the training dataset's own functions,
-        so training, evaluation, prediction and export parity share one input transform."""
-        from busai.data.dataset import normalise, resize_image, to_gray_rgb
+        """uint8 (H, W, 3) -> normalised float ``torch.Tensor`` (3, S, S): :meth:`array` as a tensor."""
+        import torch
 
+        return torch.from_numpy(self.array(image_rgb))
+
+    def array(self, image_rgb: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) -> normalised float32 (3, S, S) through the functions the training dataset
+        uses too (busai.data.dataset), so training, evaluation, prediction and export parity share one input transform."""
         image = resize_image(np.ascontiguousarray(image_rgb), int(self.image_size))
-        return normalise(to_gray_rgb(image) if self.grayscale else image, self.mean, self.std)
+        return normalised(to_gray_rgb(image) if self.grayscale else image, self.mean, self.std)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize to size x size: area when shrinking (no aliasing), bilinear when enlarging."""
+    import cv2
+
+    shrink = image.shape[0] * image.shape[1] >= size * size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def to_gray_rgb(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) -> its luma copied to three channels: the ``color="gray"`` model input."""
+    import cv2
+
+    gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def normalised(image: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 (S, S, 3) -> float32 (3, S, S) as (x / 255 - mean) / std: the one model-input transform."""
+    mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
+    std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
+    scaled = (image.astype(np.float32) * np.float32(1.0 / 255.0) - mean) / std
+    return np.ascontiguousarray(scaled.transpose(2, 0, 1))
 
 
 def array_problem(array: np.ndarray) -> str | None:

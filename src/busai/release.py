@@ -1,7 +1,8 @@
 """Released models shipped inside the package: making one, and choosing the run to release.
 
 A release lives in ``busai/release/<task>/``: ``model.safetensors`` (fp16 weights, the package
-stays small), ``config.json`` (the run's own) and ``scores.json`` (its evaluation). Its file
+stays small), ``config.json`` (the run's own), ``scores.json`` (its evaluation) and ``model.onnx``
+(the same network for the torch-free install, written by ``scripts/release_onnx.py``). Its file
 names and how it loads belong to :class:`busai.runs.RunFolder`; any model source resolves through
 :func:`busai.runs.resolve_model`.
 """
@@ -9,6 +10,7 @@ names and how it loads belong to :class:`busai.runs.RunFolder`; any model source
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from busai.runs import (  # noqa: F401  (RELEASE_DIR, TASK_FLAGS, release_dir: r
     CALIBRATION,
     CONFIG,
     METRICS,
+    ONNX_FILE,
     RELEASE_DIR,
     SCORES,
     SPLITS,
@@ -81,6 +84,9 @@ def make_release(run_dir: str | Path, task: str, root: str | Path | None = None)
         atomic_write(out / CALIBRATION, lambda tmp: shutil.copyfile(run_dir / CALIBRATION, tmp))
     elif (out / CALIBRATION).exists():
         (out / CALIBRATION).unlink()  # a temperature belongs to the weights it was fitted for
+    if (out / ONNX_FILE).exists():  # exported from the weights just replaced: the torch-free install would run the old model
+        (out / ONNX_FILE).unlink()
+        logging.getLogger(__name__).info(f"{out / ONNX_FILE}: removed (it held the previous weights); write the new one with `python scripts/release_onnx.py`")
 
     from busai.provenance import training_data_with_content
 

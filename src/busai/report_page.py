@@ -232,7 +232,7 @@ def audit_section(audit: dict | None) -> list:
         "|---|---|",
         f"| Folder | `{audit.get('root', '?')}` |",
         f"| Images | {audit['images']} |",
-        *[f"| {c} | {audit['counts'].get(c, 0)} |" for c in CLASSES],
+        *[f"| {c} | {n} |" for c, n in audit["counts"].items()],  # the data's labels (BI-RADS ...), as the audit lists them
         f"| Mask files | {audit.get('masks', '?')} |",
         f"| Duplicate groups (exact or near, phash distance <= {audit.get('near_threshold', '?')}) | {len(groups)} ({sum(len(g) for g in groups)} images) |",
         f"| Exact duplicate groups | {len(audit.get('exact_duplicate_groups', []))} |",
@@ -282,7 +282,7 @@ def split_section(split_files: list[Path], reference: Reference | None = None) -
             share = cell(f"{n / total:.1%}", f"{images[s] / their_total:.1%}" if theirs else "")
             one.append(f"| {s} | {cell(n, images.get(s))} | {share} |")
         two = ["| Class | " + " | ".join(f"{s}{theirs}" for s in present) + " |", "|---|" + "---|" * len(present)]
-        for c in CLASSES:
+        for c in dict.fromkeys(c for s in present for c in counts[s]):
             two.append(f"| {c} | " + " | ".join(cell(counts[s].get(c, 0), class_counts.get(s, {}).get(c)) for s in present) + " |")
         two.append("| total | " + " | ".join(cell(sum(counts[s].values()), images.get(s)) for s in present) + " |")
         blocks += [("h3", "Images per split"), ("table", "\n".join(one)), ("h3", "Images per class and split"), ("table", "\n".join(two))]

@@ -17,6 +17,9 @@
 :func:`resolve_model` is the one resolver: ``"release"`` / None, a folder of any kind or a ``.onnx``
 file -> a :class:`~busai.backends.LoadedModel`. :func:`busai.load`, ``--seg`` / ``--cls``,
 ``busai evaluate``, ``busai calibrate``, ``busai release`` and ``busai export`` all go through it.
+A release may also hold ``model.onnx`` (the shipped ones do: ``scripts/release_onnx.py``): without
+torch (the ``onnx`` install), or with ``backend="onnx"``, that file is what loads, with the folder's calibration.
+This module imports torch only inside the functions that load PyTorch weights.
 """
 
 from __future__ import annotations
@@ -26,14 +29,11 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-from torch import nn
-
 from busai.backends import LoadedModel, load_onnx
+from busai.config import resolve_task
 from busai.device import ALL_CORES_ENV, best_threads, cpu_has_native_bf16, resolve_device  # noqa: F401  (runs.* names kept for callers)
 from busai.errors import CheckpointError, ConfigError, read_json
+from busai.extras import has_torch, missing_error
 from busai.outputs import atomic_write_text
 from busai.preprocessing import Preprocessing
 
@@ -64,8 +64,6 @@ TASKS = ("segmentation", "classification")
 
 def release_dir(task: str, root: str | Path | None = None) -> Path:
     """``busai/release/<task>`` (or under ``root``, for tests and for staging a release elsewhere)."""
-    from busai.models.registry import resolve_task
-
     return Path(root if root is not None else RELEASE_DIR) / resolve_task(task)
 
 
@@ -156,17 +154,29 @@ class RunFolder:
             raise CheckpointError(f"{path}: temperature {value!r} is not a positive number; delete it and re-run `busai calibrate`")
         return float(value)
 
-    def load(self, *, task: str | None = None, device: str = "cpu", checkpoint: str | None = None) -> LoadedModel:
+    def load(self, *, task: str | None = None, device: str = "cpu", checkpoint: str | None = None, backend: str | None = None) -> LoadedModel:
         """The model on ``device`` (eval mode): an ONNX file in ONNX Runtime, else the architecture rebuilt
         from ``config.json`` with its weights (``checkpoint`` overrides which file). ``task`` picks what a
-        multitask network answers and must be given for one; for any other model it may be left out or must match."""
+        multitask network answers and must be given for one; for any other model it may be left out or must match.
+
+        ``backend``: ``"onnx"`` loads the folder's own ``model.onnx`` when it has one (its calibration.json
+        applies), ``"torch"`` the PyTorch weights; None: PyTorch where torch imports, else ``model.onnx``."""
         if self.kind == "onnx":
             return load_onnx(self.onnx_file, device)
+        wants_onnx = backend == "onnx" or (backend is None and not has_torch())
+        if wants_onnx and checkpoint is None and self.kind == "release" and self.onnx_file.is_file():
+            loaded = load_onnx(self.onnx_file, device)
+            if loaded.task == "classification":  # the folder's calibration, as its PyTorch weights would have
+                loaded.temperature = self.temperature()
+            return loaded
+        if not has_torch():
+            what = f"running {self.path} in PyTorch" if backend == "torch" else f"{self.path} (PyTorch weights only, no {ONNX_FILE})"
+            raise missing_error("torch", ["torch"], what)
         return _load_torch(self, checkpoint or self.weights.name, device, task)
 
 
 def _load_torch(folder: RunFolder, checkpoint: str, device: str, task: str | None) -> LoadedModel:
-    from busai.models.registry import build, resolve_task
+    from busai.models.registry import build
 
     source = folder.path
     target = resolve_device(device)  # a bad --device fails before anything is read
@@ -212,25 +222,27 @@ def model_folder(source: str | Path | None, task: str | None = None, *, not_foun
     return folder
 
 
-def resolve_model(source: str | Path | None, task: str | None = None, *, device: str = "cpu", not_found: str | None = None) -> LoadedModel:
+def resolve_model(
+    source: str | Path | None, task: str | None = None, *, device: str = "cpu", not_found: str | None = None, backend: str | None = None
+) -> LoadedModel:
     """The one model resolver: ``"release"`` / None (needs ``task``), a run folder, a release or
     saved folder, or an ONNX file or folder -> the model on ``device``.
 
     ``task`` picks what a multitask network answers; a single-task model is loaded whatever ``task``
-    says, so each caller compares ``loaded.task`` with the task it wants and says so in its own words."""
-    from busai.models.registry import resolve_task
-
+    says, so each caller compares ``loaded.task`` with the task it wants and says so in its own words.
+    ``backend`` picks between a release's PyTorch weights and its ``model.onnx`` (:meth:`RunFolder.load`);
+    with ``"onnx"`` a folder without that file still loads in PyTorch (the caller exports it)."""
     task = resolve_task(task) if task is not None else None
     if source not in (None, "release") and (Path(source) / ENSEMBLE).is_file():
-        return _load_ensemble(Path(source), task, device)
+        return _load_ensemble(Path(source), task, device, backend)
     folder = model_folder(source, task, not_found=not_found)
     if folder.kind == "onnx":
         return folder.load(device=device)
     folder.config()  # one clear error for a folder that holds no model
-    return folder.load(task=task if folder.multitask else None, device=device)
+    return folder.load(task=task if folder.multitask else None, device=device, backend=backend)
 
 
-def _load_ensemble(folder: Path, task: str | None, device: str):
+def _load_ensemble(folder: Path, task: str | None, device: str, backend: str | None = None):
     """An ensemble folder's members, each resolved as any model folder, as one backend."""
     from busai.backends import EnsembleLoaded
 
@@ -240,7 +252,7 @@ def _load_ensemble(folder: Path, task: str | None, device: str):
         raise CheckpointError(f"{folder / ENSEMBLE}: 'members' must list the member folder names; write it again with busai.ensemble.save_ensemble")
     # The ensemble's task, so a multitask member answers for it (a saved multitask run holds both heads).
     task = task or info.get("task")
-    return EnsembleLoaded([resolve_model(folder / name, task, device=device) for name in names], source=str(folder))
+    return EnsembleLoaded([resolve_model(folder / name, task, device=device, backend=backend) for name in names], source=str(folder))
 
 
 def library_versions() -> dict[str, str]:
@@ -263,6 +275,8 @@ def machine_info() -> dict:
         name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    import torch
+
     return {"cpu": name, "cpu_native_bf16": cpu_has_native_bf16(), "threads": torch.get_num_threads()}
 
 
@@ -307,7 +321,11 @@ def read_metrics(run_dir: str | Path) -> dict:
     return metrics
 
 
-def load_weights_into(module: nn.Module, path: Path) -> None:
+def load_weights_into(module, path: Path) -> None:
+    """``path``'s safetensors into the ``torch.nn.Module`` ``module``; one error line when they do not match."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as exc:

@@ -10,7 +10,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from busai import CLASSES
 from busai.commands import add_data_options, data_specs
 
 _SHOWN = 10  # items listed per section in the human-readable audit; --json has them all
@@ -124,8 +123,8 @@ def run_audit(args: argparse.Namespace) -> int:
     table = Table()
     for column in ("class", "images"):
         table.add_column(column, justify="right" if column == "images" else "left")
-    for name in CLASSES:
-        table.add_row(name, str(report.counts[name]))
+    for name, count in report.counts.items():
+        table.add_row(name, str(count))
     if report.unlabelled:
         table.add_row("unlabelled", str(report.unlabelled))
     table.add_row("total", str(report.images), style="bold")
@@ -262,7 +261,8 @@ def _print_split_counts(splits: dict, path) -> None:
     if datasets:
         table.add_column("dataset")
     table.add_column("split")
-    for name in (*CLASSES, "total"):
+    classes = list(splits["counts"]["train"])  # the data's labels (busai.labels.count_names)
+    for name in (*classes, "total"):
         table.add_column(name, justify="right")
     if datasets:
         table.add_column("patients", justify="right")
@@ -270,7 +270,7 @@ def _print_split_counts(splits: dict, path) -> None:
     for dataset, entry in (datasets or {"": {"counts": splits["counts"]}}).items():
         for name in names:
             counts = entry["counts"][name]
-            row = [str(counts[c]) for c in CLASSES] + [str(sum(counts.values()))]
+            row = [str(counts.get(c, 0)) for c in classes] + [str(sum(counts.values()))]
             if datasets:
                 patients = entry.get("patients", {}).get(name)
                 row = [dataset, name, *row, "" if not patients else str(patients)]

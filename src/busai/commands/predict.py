@@ -26,7 +26,12 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--seg", default="release", metavar="MODEL", help="segmentation model: release (default), a run folder, an exported .onnx file, or none")
     p.add_argument("--cls", default="release", metavar="MODEL", help="classification model: release (default), a run folder, an exported .onnx file, or none")
-    p.add_argument("--backend", default="torch", choices=BACKENDS, help="onnx exports the models and runs them in ONNX Runtime")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="auto: PyTorch where installed, else ONNX Runtime; onnx runs a model's model.onnx (or exports the model) in ONNX Runtime",
+    )
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default): the GPU when one is visible, else the CPU")
     p.add_argument(

@@ -27,15 +27,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from busai import CLASSES
 from busai.data.discover import IMAGE_SUFFIXES, Problem, Record, exif_orientation, mask_foreground, mask_values, natural_key, read_image
 from busai.errors import ConfigError, DataError
+from busai.labels import count_names, label_key
 from busai.outputs import printable
 
 DEFAULT_NEAR_THRESHOLD = 8
 """Largest phash Hamming distance (of 64 bits) at which two images count as near duplicates."""
-
-_SEVERITY = {name: i for i, name in enumerate(CLASSES)}  # normal < benign < malignant
 
 
 @dataclass
@@ -62,7 +60,7 @@ class AuditReport:
         sizes = sorted(sum(c.values()) for c in self.groups.values())
         if not sizes:
             return {"groups": 0}
-        with_lesion = sum(1 for c in self.groups.values() if c.get("benign", 0) + c.get("malignant", 0) > 0)
+        with_lesion = sum(1 for c in self.groups.values() if any(n for label, n in c.items() if label != "normal"))
         return {
             "groups": len(sizes),
             "images_min": sizes[0],
@@ -115,15 +113,16 @@ def audit_dataset(source, near_threshold: int = DEFAULT_NEAR_THRESHOLD, *, progr
     if not 0 <= near_threshold <= 64:
         raise ConfigError(f"--near-threshold {near_threshold}: must be between 0 and 64 (phash has 64 bits); the default is {DEFAULT_NEAR_THRESHOLD}")
     scan, fmt = scan_source(source)
+    names = count_names(r.label for r in scan.records)
     groups: dict[str, dict[str, int]] = {}
     for r in scan.records:
         if r.group is not None:
-            per_class = groups.setdefault(r.group, {c: 0 for c in CLASSES})
+            per_class = groups.setdefault(r.group, {c: 0 for c in names})
             if r.label is not None:
                 per_class[r.label] += 1
     report = AuditReport(
         root=scan.root,
-        counts={name: sum(r.label == name for r in scan.records) for name in CLASSES},
+        counts={name: sum(r.label == name for r in scan.records) for name in names},
         masks=sum(len(r.masks) for r in scan.records),
         near_threshold=near_threshold,
         format=fmt,
@@ -141,7 +140,7 @@ def audit_dataset(source, near_threshold: int = DEFAULT_NEAR_THRESHOLD, *, progr
     report.duplicate_groups = _sorted_groups(_linked_groups(decoded, near_threshold))
     labels = {d.key: d.label for d in decoded}
     report.conflicts = [
-        {"keys": group, "classes": sorted({labels[k] for k in group}, key=_SEVERITY.get)}
+        {"keys": group, "classes": sorted({labels[k] for k in group}, key=label_key)}
         for group in report.duplicate_groups
         if len({labels[k] for k in group}) > 1
     ]
@@ -173,7 +172,7 @@ def _check_record(record: Record, problems: list[Problem], *, masks_expected: bo
         _note_orientation(record, path, problems)
     if record.masks:
         _check_masks(record, None if gray is None else gray.shape, problems)
-    elif masks_expected and record.label in ("benign", "malignant"):
+    elif masks_expected and record.label not in (None, "normal"):  # only normal means lesion-free
         problems.append(
             Problem(
                 record.key, "missing_mask", f"{record.key}: {record.label} image has no mask; add one (segmentation needs it) or use it for classification only"
@@ -338,6 +337,6 @@ def _sorted_groups(groups: list[list[str]]) -> list[list[str]]:
 
     def key(k: str):
         label = k.split("/", 1)[0].lower()
-        return (_SEVERITY.get(label, len(CLASSES)), natural_key(k))
+        return (label_key(label), natural_key(k))
 
     return sorted((sorted(g, key=key) for g in groups), key=lambda g: [key(k) for k in g])

@@ -17,14 +17,10 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 
 from busai.data.discover import Record, read_image, read_mask
 from busai.data.overlays import BurntInOverlays
+from busai import CLASSES
 from busai.config import AUGMENTATIONS
 from busai.errors import ConfigError
-
-
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize to size x size: area when shrinking (no aliasing), bilinear when enlarging."""
-    shrink = image.shape[0] * image.shape[1] >= size * size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+from busai.preprocessing import normalised, resize_image, to_gray_rgb  # noqa: F401  (dataset.resize_image / to_gray_rgb kept for callers)
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,18 +28,9 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
     return resize_image(image, size), cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
-def to_gray_rgb(image: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3) -> its luma copied to three channels: the ``color="gray"`` model input."""
-    gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-    return np.repeat(gray[..., None], 3, axis=2)
-
-
 def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (S, S, 3) -> float32 (3, S, S) as (x / 255 - mean) / std: the one model-input transform."""
-    mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
-    std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
-    scaled = (image.astype(np.float32) * np.float32(1.0 / 255.0) - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
+    """uint8 (S, S, 3) -> float32 (3, S, S) tensor as (x / 255 - mean) / std: :func:`busai.preprocessing.normalised`."""
+    return torch.from_numpy(normalised(image, mean, std))
 
 
 class ImageCache:
@@ -256,7 +243,11 @@ class BusDataset(Dataset):
         return [self._label(r) for r in self.records]
 
     def _label(self, record: Record) -> int:
-        return record.label_index if self.label_index is None else self.label_index[record.label]
+        if self.label_index is not None:
+            return self.label_index[record.label]
+        if record.label is not None and record.label not in CLASSES:
+            return -1  # a segmenter's data may carry any labels (BI-RADS ...): its loss never reads them
+        return record.label_index
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         """Item ``index``; ``(index, epoch_seed)`` (what :class:`busai.data.loading.EpochSeeded` draws)

@@ -9,7 +9,8 @@ Images are plain image files (``IMAGE_SUFFIXES``) or DICOM files (``.dcm``, or a
 DICM marker; see :func:`is_image_file`); masks are plain images.
 
 BUSI layout: ``ROOT/<class>/NAME.png`` with ``NAME_mask.png`` and optional ``NAME_mask_1.png``,
-``NAME_mask_2.png``... Class folders are matched case-insensitively.
+``NAME_mask_2.png``... Class folders are matched case-insensitively; any other folder's name is
+its images' label too (see :mod:`busai.labels`).
 
 ``scan_dataset`` never raises on a bad file: it returns the records it could pair and a list of
 :class:`Problem`, so ``audit`` can report everything at once. ``discover_records`` is the strict
@@ -27,6 +28,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from busai import CLASSES
 from busai.data.records import TIFF_SUFFIXES, Problem, Record, Scan, check_frame  # noqa: F401  (re-exported: readers import them from here)
 from busai.errors import ConfigError, DataError, option
+from busai.labels import label_key, label_name
 from busai.io.dicom import is_dicom
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -97,16 +99,14 @@ def _check_root(root: Path) -> Path:
     return root.resolve()
 
 
-def _class_folders(root: Path) -> dict[str, Path]:
+def class_folders(root: Path) -> dict[str, Path]:
+    """Label -> folder for a root of class folders: each folder's name is its images' label
+    (``normal``, ``benign``, ``malignant`` or any other simple name, e.g. BI-RADS ``4a``)."""
     folders: dict[str, Path] = {}
     for child in sorted(root.iterdir()):
         if child.name.startswith(".") or not child.is_dir():
             continue
-        label = child.name.lower()
-        if label not in CLASSES:
-            raise DataError(
-                f"{child}: unknown class folder '{child.name}'; class folders must be {', '.join(CLASSES)} (case-insensitive): rename or move it out of {root}"
-            )
+        label = label_name(child.name, str(child), f"rename the folder or move it out of {root}")
         if label in folders:
             raise DataError(f"{child}: class '{label}' appears twice ({folders[label].name} and {child.name}); merge them")
         folders[label] = child
@@ -121,7 +121,7 @@ def scan_dataset(root: str | Path, mask_names: MaskNames | None = None) -> Scan:
     root = _check_root(Path(root))
     names = mask_names or MaskNames()
     scan = Scan(root=root)
-    for label, folder in _class_folders(root).items():
+    for label, folder in class_folders(root).items():
         images: dict[str, Path] = {}
         masks: dict[str, list[tuple[int, Path]]] = {}
         for path in sorted(folder.rglob("*")):
@@ -156,7 +156,7 @@ def scan_dataset(root: str | Path, mask_names: MaskNames | None = None) -> Scan:
                 scan.problems.append(
                     Problem(rel, "mask_without_image", f"{rel}: mask has no image {Path(stem).name}.png; add the image or remove the mask; {names.rule()}")
                 )
-    scan.records.sort(key=lambda r: (CLASSES.index(r.label), natural_key(r.key)))
+    scan.records.sort(key=lambda r: (label_key(r.label), natural_key(r.key)))
     return scan
 
 

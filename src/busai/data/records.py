@@ -44,13 +44,17 @@ class Record:
 
     @property
     def label_index(self) -> int:
+        """The label's index in :data:`busai.CLASSES`; a classifier over other labels maps them itself (busai.labels.resolve)."""
         if self.label is None:
             raise DataError(f"{self.image}: has no label; label it (normal, benign or malignant) or leave it out of training and scoring")
+        if self.label not in CLASSES:
+            raise DataError(f"{self.image}: label '{self.label}' is not one of {', '.join(CLASSES)}; train with --classes naming the data's labels")
         return CLASSES.index(self.label)
 
     @property
     def segmentable(self) -> bool:
-        """Usable for segmentation: it has a mask, or it is a normal scan (its lesion is empty)."""
+        """Usable for segmentation: it has a mask, or it is a normal scan (its lesion is empty).
+        Only ``normal`` means lesion-free: a scan with any other label and no mask is classification-only."""
         return bool(self.masks) or self.label == "normal"
 
 

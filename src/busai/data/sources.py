@@ -7,6 +7,8 @@ docs/contributing.md). Layouts, detected from what a path holds or forced by nam
 
 - ``busi``: class folders ``benign/ malignant/ normal/`` with ``NAME_mask*.png`` beside each image;
 - ``class-folders``: class folders with images only (classification data: no masks);
+  in both, a folder's name is its images' label, so ``--format`` reads folders named by other
+  labels (BI-RADS ``2/ 3/ 4a/``), which detection does not take for class folders;
 - ``bus-uclm``: BUS-UCLM as published: ``INFO.csv`` (semicolon-separated, byte-order mark),
   ``images/``, colour-coded masks in ``masks/``; the patient is the file-name prefix;
 - ``images-masks``: ``images/`` + ``masks/`` with matching stems, and one labels CSV beside them;
@@ -26,7 +28,7 @@ fills in where the table gives none (:mod:`busai.data.dicom_records`).
 Images are matched to CSV rows and masks by file stem, so a PNG original and a JPEG copy of the
 same dataset read the same way. A reader never raises on a bad *file*: unpaired or unreadable files
 are :class:`~busai.data.discover.Problem` entries, as for the BUSI layout. A broken *table* (a
-missing column, an unknown label, a duplicate row ...) is one :class:`DataError` naming the file,
+missing column, a label that is not a simple name, a duplicate row ...) is one :class:`DataError` naming the file,
 the row and the fix, since nothing after it can be trusted.
 
 A dataset on the command line is ``DIR`` or ``NAME=DIR`` (:func:`parse_data_specs`); a named
@@ -52,6 +54,7 @@ from busai.data.discover import (
     Problem,
     Record,
     Scan,
+    class_folders,
     dicom_record,
     file_stem,
     is_image_file,
@@ -60,6 +63,7 @@ from busai.data.discover import (
 )
 from busai.io.dicom import is_dicom
 from busai.errors import ConfigError, DataError, option
+from busai.labels import label_key, label_name
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +265,8 @@ def detect_format(path: str | Path, spec: DataSpec | None = None) -> str:
             return name
     raise DataError(
         f"{path}: no known dataset layout found; expected class folders (benign/ malignant/ normal/), "
-        "images/ + masks/ with a labels CSV, BUS-UCLM's INFO.csv, or a CSV manifest (see docs/datasets.md)"
+        "images/ + masks/ with a labels CSV, BUS-UCLM's INFO.csv, or a CSV manifest (see docs/datasets.md); "
+        f"for folders named by other labels (e.g. BI-RADS 2/ 3/ 4a/) pass {option('format', 'class-folders')} (or busi, with masks beside the images)"
     )
 
 
@@ -332,6 +337,9 @@ def _child(path: Path, name: str) -> Path | None:
 
 
 def _class_dirs(path: Path) -> list[Path]:
+    # Detection knows class folders by the standard names only: a folder of other sub-folders (a
+    # site's scans by day, DICOM studies by patient) must not be taken for labels. Folders named by
+    # other labels are read with --format class-folders or busi (the readers take any name).
     return [c for c in (_child(path, name) for name in CLASSES) if c is not None and c.is_dir()]
 
 
@@ -403,15 +411,10 @@ def _read_manifest_spec(spec: DataSpec) -> Scan:
 
 
 def _read_class_folders(root: Path) -> Scan:
-    """Class folders with images only: classification records without masks."""
+    """Class folders with images only: classification records without masks, labelled by their folder's name."""
     root = _folder(root)
     scan = Scan(root=root)
-    for child in sorted(root.iterdir()):
-        if child.name.startswith(".") or not child.is_dir():
-            continue
-        label = child.name.lower()
-        if label not in CLASSES:
-            raise DataError(f"{child}: unknown class folder '{child.name}'; class folders must be {', '.join(CLASSES)} (case-insensitive)")
+    for label, child in class_folders(root).items():
         for path in sorted(child.rglob("*")):
             if _skip(path):
                 continue
@@ -420,7 +423,7 @@ def _read_class_folders(root: Path) -> Scan:
                 scan.problems.append(Problem(rel, "not_an_image", f"{rel}: not an image file; move it out of the dataset folder"))
                 continue
             scan.records.append(dicom_record(Record(root, path, (), label), scan))
-    scan.records.sort(key=lambda r: (CLASSES.index(r.label), natural_key(r.key)))
+    scan.records.sort(key=lambda r: (label_key(r.label), natural_key(r.key)))
     return scan
 
 
@@ -602,12 +605,9 @@ def _read_table(path: Path, *, required: tuple[str, ...], optional: tuple[str, .
 
 
 def _label(value: str, path: Path, line: int) -> str | None:
-    label = value.strip().lower()
-    if not label:
-        return None  # unlabelled scan: fine for prediction, refused by training and scoring
-    if label not in CLASSES:
-        raise DataError(f"{path} row {line}: label '{value}' is not one of {', '.join(CLASSES)}; fix the row")
-    return label
+    """Any simple name (normal, benign, malignant, BI-RADS 4a ...; see busai.labels); None for an
+    empty cell: an unlabelled scan, fine for prediction, refused by training and scoring."""
+    return label_name(value, f"{path} row {line}")
 
 
 def _group(row: dict, path: Path, line: int) -> str | None:

@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from busai.config import SPLIT_TEST, SPLIT_VAL
-from busai import CLASSES, SPLIT_NAMES
+from busai import SPLIT_NAMES
 from busai.data.discover import Record
 from busai.errors import ConfigError, DataError, read_json
+from busai.labels import count_names, label_key
 from busai.outputs import atomic_write_text
 
 FORMAT = "busai-splits/1"
 DUPLICATE_POLICIES = ("group", "exclude", "ignore")
-_SEVERITY = {name: i for i, name in enumerate(CLASSES)}  # ties in a conflict go to the more severe class
 
 
 def dataset_fingerprint(records: list[Record]) -> str:
@@ -76,6 +76,7 @@ def make_splits(
     if unlabelled:
         raise DataError(f"{unlabelled[0].image}: has no label ({len(unlabelled)} such images); a split needs labelled images")
     label_of = {r.key: r.label for r in records}
+    names_counted = count_names(label_of.values())  # every count table lists the same labels
     order = {r.key: i for i, r in enumerate(records)}
     dataset_of = {r.key: r.dataset for r in records}
     names = list(dict.fromkeys(r.dataset for r in records))
@@ -120,7 +121,7 @@ def make_splits(
         "excluded": sorted(excluded, key=order.get),
         "groups": [sorted(g, key=order.get) for g in sorted(together, key=lambda g: min(order[k] for k in g))],
     }
-    result["counts"] = {name: _class_counts(result[name], label_of) for name in (*SPLIT_NAMES, "excluded")}
+    result["counts"] = {name: _class_counts(result[name], label_of, names_counted) for name in (*SPLIT_NAMES, "excluded")}
     result["leaked"] = leaked_keys(result, duplicate)
     if names != [""]:
         del result["fingerprint"]
@@ -128,7 +129,7 @@ def make_splits(
             name: {
                 "format": (formats or {}).get(name),
                 "fingerprint": dataset_fingerprint([r for r in records if r.dataset == name]),
-                "counts": {s: _class_counts([k for k in result[s] if dataset_of[k] == name], label_of) for s in (*SPLIT_NAMES, "excluded")},
+                "counts": {s: _class_counts([k for k in result[s] if dataset_of[k] == name], label_of, names_counted) for s in (*SPLIT_NAMES, "excluded")},
                 "patients": {s: len({g for (d, g), ks in patients.items() if d == name and ks[0] in set(result[s])}) for s in SPLIT_NAMES},
             }
             for name in names
@@ -145,7 +146,7 @@ def make_splits(
         ]
         for fold in result["folds"]:
             fold["train"] = sorted(fold["train"], key=order.get)
-            fold["counts"] = {name: _class_counts(fold[name], label_of) for name in ("train", "val")}
+            fold["counts"] = {name: _class_counts(fold[name], label_of, names_counted) for name in ("train", "val")}
     return result
 
 
@@ -213,9 +214,10 @@ def _merge_groups(groups: list[list[str]]) -> list[list[str]]:
 
 
 def unit_label(keys: list[str], label_of: dict[str, str]) -> str:
-    """Majority class of a group; a tie goes to the more severe class (malignant > benign > normal)."""
+    """Majority class of a group; a tie goes to the more severe class (malignant > benign > normal;
+    other labels after them in busai.labels order, so BI-RADS 5 > 4a > 3)."""
     votes = Counter(label_of[k] for k in keys)
-    return max(votes, key=lambda c: (votes[c], _SEVERITY[c]))
+    return max(votes, key=lambda c: (votes[c], label_key(c)))
 
 
 SEARCH_ORDERS = 2000
@@ -250,7 +252,7 @@ def _allocation_cost(assigned: dict[str, list[list[str]]], label_of: dict[str, s
     cost, worst = 0.0, 0.0
     for split, f in fractions.items():
         got = Counter(label_of[k] for u in assigned[split] for k in u)
-        for c in CLASSES:
+        for c in totals:
             target = f * totals[c]
             miss = abs(got[c] - target)
             cost += miss**2 / max(target, 1.0)
@@ -269,7 +271,7 @@ def _allocate(
 ) -> dict[str, list[list[str]]]:
     """Greedy stratified allocation (see module docstring): each unit goes where its classes are most wanted."""
     class_totals = Counter(label_of[k] for u in units for k in u)
-    quota = {s: {c: f * class_totals[c] for c in CLASSES} for s, f in fractions.items()}
+    quota = {s: {c: f * class_totals[c] for c in class_totals} for s, f in fractions.items()}
     filled = {s: Counter() for s in fractions}
     assigned: dict[str, list[list[str]]] = {s: [] for s in fractions}
     shuffled = [units[i] for i in rng.permutation(len(units))]
@@ -313,9 +315,10 @@ def _grouped_folds(units: list[list[str]], label_of: dict[str, str], order: dict
     return folds
 
 
-def _class_counts(keys: list[str], label_of: dict[str, str]) -> dict[str, int]:
+def _class_counts(keys: list[str], label_of: dict[str, str], names=None) -> dict[str, int]:
+    """Images per label among ``keys``, for the labels ``names`` (default: busai.labels.count_names of all of ``label_of``)."""
     counts = Counter(label_of[k] for k in keys)
-    return {c: counts[c] for c in CLASSES}
+    return {c: counts[c] for c in (names or count_names(label_of.values()))}
 
 
 def write_splits(path: str | Path, splits: dict, *, overwrite: bool = False) -> Path:

@@ -19,7 +19,7 @@ import timm
 import torchvision.models as tvm
 from torch import nn
 
-from busai.config import TASK_ALIASES
+from busai.config import resolve_task  # noqa: F401  (registry.resolve_task kept for callers)
 from busai.errors import CheckpointError, ConfigError
 from busai.models import weights as W
 from busai.preprocessing import Preprocessing
@@ -213,16 +213,6 @@ def build(
     if encoder is not None:
         raise ConfigError(f"encoder '{encoder}': only segmentation models take an encoder; leave it unset for classifiers")
     return _build_classifier(name, policy, num_classes, image_size, new_head=new_head)
-
-
-def resolve_task(task: str, *, multitask: bool = False) -> str:
-    """The canonical task name. A model answers one task (segmentation or classification); only
-    training and :func:`build` also know multitask, a network that answers both."""
-    resolved = TASK_ALIASES.get(str(task).lower())
-    if resolved is None or (resolved == "multitask" and not multitask):
-        extra = ", multitask (mt)" if multitask else ""
-        raise ConfigError(f"unknown task '{task}'; choose one of: segmentation (seg), classification (cls){extra}")
-    return resolved
 
 
 def _canonical(name: str) -> str:

@@ -53,7 +53,7 @@ def create_app(
     seg: ModelSource = "release",
     cls: ModelSource = "release",
     *,
-    backend: str = "torch",
+    backend: str = "auto",
     max_upload_mb: float = MAX_UPLOAD_MB,
     max_megapixels: float = MAX_MEGAPIXELS,
     max_queue: int = MAX_QUEUE,
