@@ -230,7 +230,7 @@ def quantize_int8(
         prepared = tmp / "prepared.onnx"
         # Shape inference and constant folding first, as ONNX Runtime's quantization guide asks.
         quant_pre_process(str(fp32.path), str(prepared), skip_symbolic_shape=True)
-        quantizer = _Quantizer(prepared, tmp / "calibration.json", loaded, calibration, per_channel, vnni)
+        quantizer = _Quantizer(prepared, tmp / "activation_ranges.json", loaded, calibration, per_channel, vnni)
         kept, ranking, steps = [], [], []
         if keep_fp32 != 0:
             ranking = sensitivity(prepared, quantizer([], tmp / "int8_all.onnx"), loaded, calibration[:SENSITIVITY_IMAGES], quantizer.always_float)
