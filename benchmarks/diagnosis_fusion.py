@@ -34,27 +34,21 @@ CLASSES = ("normal", "benign", "malignant")
 def predict_rows(records) -> list[dict]:
     """Per scan: truth, the classifier's probabilities and the segmenter's largest-component features."""
     import busai
-    from busai.data.discover import read_image
-    from busai.pipeline import predict_scans
+    from busai.pipeline import predict_records
     from busai.presence import component_features
 
     models = [busai.load("release", task="segmentation"), busai.load("release", task="classification")]
-    rows = []
-    for start in range(0, len(records), 16):
-        chunk = records[start : start + 16]
-        images = [read_image(r.image, frame=r.frame) for r in chunk]
-        for record, pred in zip(chunk, predict_scans(models, images, keep_probability=True, gate=False)):
-            rows.append(
-                {
-                    "key": record.key,
-                    "dataset": record.dataset,
-                    "group": f"{record.dataset}:{record.group or record.key}",
-                    "label": record.label,
-                    "cls": [(pred.classifier_probabilities or pred.probabilities)[c] for c in CLASSES],  # the classifier's own, not a stored fusion's
-                    "seg": component_features(pred.lesion_probability),
-                }
-            )
-    return rows
+    return [
+        {
+            "key": record.key,
+            "dataset": record.dataset,
+            "group": f"{record.dataset}:{record.group or record.key}",
+            "label": record.label,
+            "cls": [(pred.classifier_probabilities or pred.probabilities)[c] for c in CLASSES],  # the classifier's own, not a stored fusion's
+            "seg": component_features(pred.lesion_probability),
+        }
+        for record, pred in predict_records(models, records, keep_probability=True, gate=False)
+    ]
 
 
 def cross_fit(rows: list[dict], folds: int, seed: int = 0) -> np.ndarray:

@@ -94,20 +94,15 @@ def evaluate_diagnosis(
 ) -> tuple[dict, list]:
     """The diagnosis ``busai predict`` gives (the classifier fused with the segmenter's lesion
     evidence, :mod:`busai.diagnosis`) scored like a classifier: each scan through the same pipeline."""
-    from busai.data.discover import read_image
     from busai.inference import progress_bar
-    from busai.pipeline import diagnosis_fusion, predict_scans
+    from busai.pipeline import diagnosis_fusion, predict_records
 
-    by_task = {"segmentation": seg, "classification": cls}
-    fusion = diagnosis_fusion(by_task)
+    fusion = diagnosis_fusion({"segmentation": seg, "classification": cls})
     rows = []
     with progress_bar(progress, total=len(records)) as advance:
-        for start in range(0, len(records), 16):
-            chunk = records[start : start + 16]
-            images = [read_image(r.image, frame=r.frame) for r in chunk]
-            for record, pred in zip(chunk, predict_scans([seg, cls], images, gate=False, tta=tta, precision=precision)):
-                rows.append((record, np.array(list(pred.probabilities.values()), dtype=np.float32)))
-            advance(len(chunk))
+        for record, pred in predict_records([seg, cls], records, gate=False, tta=tta, precision=precision):
+            rows.append((record, np.array(list(pred.probabilities.values()), dtype=np.float32)))
+            advance(1)
     report = classification_scores(cls, rows, n_boot=n_boot, seed=seed, groups=groups)
     report["fusion"] = fusion.to_dict() if fusion is not None else None
     return report, rows

@@ -131,16 +131,19 @@ def perpendicular_diameter(region: np.ndarray, axis_ends: list[list[float]], spa
     return float(across.max() - across.min()), _as_xy(ends, spacing)
 
 
-def measure_lesion(mask: np.ndarray, pixel_spacing: float | tuple[float, float] | None = None, *, skin_row: int = 0) -> dict:
+def measure_lesion(
+    mask: np.ndarray, pixel_spacing: float | tuple[float, float] | None = None, *, skin_row: int = 0, component: tuple[np.ndarray, int] | None = None
+) -> dict:
     """Measurements of the largest lesion in ``mask`` (H, W; any non-zero value is lesion).
 
     Returns the keys of :data:`MEASUREMENT_KEYS` plus ``diameter_endpoints`` and
     ``perpendicular_endpoints`` ([[x, y], [x, y]] in pixel-corner coordinates, for drawing). The
     mm keys are None without ``pixel_spacing``; every size is None (and ``lesion_count`` 0) when
     the mask is empty. The bounding box is x, y (top-left pixel) and width, height in pixels.
+    ``component`` is :func:`largest_component` of ``mask`` when the caller already has it.
     """
     spacing = spacing_mm(pixel_spacing)
-    region, count = largest_component(np.asarray(mask))
+    region, count = component if component is not None else largest_component(np.asarray(mask))
     result: dict = {key: None for key in MEASUREMENT_KEYS}
     result.update(lesion_count=count, area_px=0, diameter_endpoints=None, perpendicular_endpoints=None)
     if count == 0:

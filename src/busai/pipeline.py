@@ -202,7 +202,7 @@ def finish_scan(
     With a ``fusion`` (:func:`diagnosis_fusion`) and both models' outputs, the class comes from the
     segmenter's largest component fused with the classifier (the diagnosis), else from the classifier."""
     from busai.inference import upsample_probability
-    from busai.measure import measure_lesion
+    from busai.measure import largest_component, measure_lesion
 
     result = prepared.prediction
     if not outputs and not prepared.inputs:
@@ -217,19 +217,22 @@ def finish_scan(
         region, image = prepared.region, prepared.image
         scan_shape = (region.height, region.width)
         prob = region.paste(upsample_probability(outputs["segmentation"], scan_shape).astype(np.float32), image.shape[:2])
-        mask = (prob > threshold).astype(np.uint8)
-        spacing, source = lesion_spacing(mask, prepared.geometry, pixel_spacing)
+        mask = (prob >= threshold).astype(np.uint8)  # the rule busai.metrics scores by
+        component = largest_component(mask)  # labelled once, for the measurements and the fusion
+        spacing, source = lesion_spacing(mask, prepared.geometry, pixel_spacing, component)
         if spacing is not None:
             result.extra.update(spacing_row_mm=round(spacing[0], 6), spacing_column_mm=round(spacing[1], 6), spacing_source=source)
         result.mask = mask
-        result.measurements = measure_lesion(mask, spacing, skin_row=region.y0)
+        result.measurements = measure_lesion(mask, spacing, skin_row=region.y0, component=component)
         if keep_probability:
             result.lesion_probability = prob
         if fusion is not None and result.probabilities is not None:
             from busai.presence import component_features
 
             result.classifier_probabilities = result.probabilities
-            result.probabilities = fusion.diagnose(component_features(prob, threshold), list(result.classifier_probabilities.values()), prepared.classes)
+            result.probabilities = fusion.diagnose(
+                component_features(prob, threshold, component=component), list(result.classifier_probabilities.values()), prepared.classes
+            )
             result.label = max(result.probabilities, key=result.probabilities.get)
             result.diagnosis = "fusion"
     result.review = review_note(result.label, (result.measurements or {}).get("lesion_count"))
@@ -273,18 +276,29 @@ def predict_scans(
     return results
 
 
+def predict_records(models, records: Sequence, *, chunk: int = 16, **options) -> Iterable[tuple[object, Prediction]]:
+    """(record, :class:`Prediction`) for each of a dataset's records (:class:`~busai.data.records.Record`),
+    read ``chunk`` at a time so a whole dataset is never held in memory (the options of :func:`predict_scans`)."""
+    from busai.data.discover import read_image
+
+    for start in range(0, len(records), chunk):
+        part = records[start : start + chunk]
+        yield from zip(part, predict_scans(models, [read_image(r.image, frame=r.frame) for r in part], **options))
+
+
 def predict_scan(models, image, *, geometry=None, **options) -> Prediction:
     """One scan -> its :class:`Prediction` (the options of :func:`predict_scans`)."""
     return predict_scans(models, [image], geometries=[geometry], **options)[0]
 
 
-def lesion_spacing(mask: np.ndarray, geometry, pixel_spacing) -> tuple[tuple[float, float] | None, str | None]:
+def lesion_spacing(mask: np.ndarray, geometry, pixel_spacing, component: tuple[np.ndarray, int] | None = None) -> tuple[tuple[float, float] | None, str | None]:
     """(row, column) mm per pixel for the lesion in ``mask`` and where it came from: the DICOM
-    region holding the lesion's centre (or the file's PixelSpacing), else ``pixel_spacing``."""
+    region holding the lesion's centre (or the file's PixelSpacing), else ``pixel_spacing``.
+    ``component`` is :func:`~busai.measure.largest_component` of ``mask`` when the caller has it."""
     from busai.measure import largest_component, spacing_mm
 
     if geometry is not None:
-        region, count = largest_component(mask)
+        region, count = component if component is not None else largest_component(mask)
         centre = None
         if count:
             ys, xs = np.nonzero(region)

@@ -19,13 +19,14 @@ import numpy as np
 from busai.config import MASK_THRESHOLD
 
 
-def component_features(prob: np.ndarray, threshold: float = MASK_THRESHOLD) -> dict[str, float]:
+def component_features(prob: np.ndarray, threshold: float = MASK_THRESHOLD, *, component: tuple[np.ndarray, int] | None = None) -> dict[str, float]:
     """Features of one (H, W) probability map: its peak, and the largest component (at ``threshold``)
-    as a fraction of the image's area with its own peak probability."""
+    as a fraction of the image's area with its own peak probability. ``component`` is
+    :func:`~busai.measure.largest_component` of ``prob >= threshold`` when the caller already has it."""
     from busai.measure import largest_component  # the lesion the measurements describe (8-connected)
 
     prob = np.asarray(prob, dtype=np.float32)
-    largest, count = largest_component(prob >= threshold)
+    largest, count = component if component is not None else largest_component(prob >= threshold)
     if count == 0:
         return {"max_prob": float(prob.max(initial=0.0)), "largest_area": 0.0, "largest_peak": 0.0, "components": 0}
     return {
