@@ -37,8 +37,10 @@ def random_batch(batch_size: int, image_size: int) -> tuple[torch.Tensor, torch.
     return x, y
 
 
-def training_step(cfg: TrainConfig, args, x: torch.Tensor, y: torch.Tensor, fused: bool | None = None) -> Callable[[], None]:
-    """One optimizer step of a fresh model on ``cfg``'s precision path; ``fused`` overrides its optimizer choice."""
+def training_step(cfg: TrainConfig, args, x: torch.Tensor, y: torch.Tensor, fused: bool | None = None, compiled: bool = False) -> Callable[[], None]:
+    """One optimizer step of a fresh model on ``cfg``'s precision path; ``fused`` overrides its optimizer
+    choice; ``compiled`` runs the model through ``torch.compile`` (inductor: C++ kernels built by the
+    machine's compiler, the first steps pay the build)."""
     torch.manual_seed(0)
     model = build("segmentation", args.model, encoder=args.encoder, weights="none", image_size=args.image_size).module
     precision = resolve_precision(cfg)
@@ -48,6 +50,8 @@ def training_step(cfg: TrainConfig, args, x: torch.Tensor, y: torch.Tensor, fuse
         model.to(memory_format=torch.channels_last)
     model.train()
     optimizer = build_optimizer(cfg, model.parameters(), fused=precision.fused_optimizer)
+    if compiled:
+        model = torch.compile(model)
     loss_fn = build_segmentation_loss("dice")
     inputs = precision.to_input(x)
 
@@ -62,15 +66,19 @@ def training_step(cfg: TrainConfig, args, x: torch.Tensor, y: torch.Tensor, fuse
     return step
 
 
-def images_per_second(cfg: TrainConfig, args, x: torch.Tensor, y: torch.Tensor, warmup: int, steps: int, fused: bool | None = None) -> float:
-    """Training throughput of ``cfg``'s precision path, timed over ``steps`` steps after ``warmup``."""
-    step = training_step(cfg, args, x, y, fused)
+def images_per_second(
+    cfg: TrainConfig, args, x: torch.Tensor, y: torch.Tensor, warmup: int, steps: int, fused: bool | None = None, compiled: bool = False
+) -> tuple[float, float]:
+    """Training throughput of ``cfg``'s precision path, timed over ``steps`` steps after ``warmup``, and the warm-up's seconds."""
+    step = training_step(cfg, args, x, y, fused, compiled)
+    start = time.perf_counter()
     for _ in range(warmup):
         step()
+    warm = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    return steps * x.shape[0] / (time.perf_counter() - start)
+    return steps * x.shape[0] / (time.perf_counter() - start), warm
 
 
 def main() -> None:
@@ -82,23 +90,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--bf16-steps", type=int, default=2, help="timed steps of forced bf16 where it is not the default (after one warm-up)")
+    parser.add_argument("--compile", action="store_true", help="also time the default path under torch.compile (its warm-up includes the build)")
     parser.add_argument("--out", default="results/train_speed.json")
     args = parser.parse_args()
     best_threads()
     x, y = random_batch(args.batch_size, args.image_size)
     # default_unfused: the default path with torch's default optimizer loop, to show what each part adds.
     paths = [
-        ("fp32_eager", "fp32", args.warmup, args.steps, None),
-        ("default_unfused", "auto", args.warmup, args.steps, False),
-        ("default", "auto", args.warmup, args.steps, None),
+        ("fp32_eager", "fp32", args.warmup, args.steps, None, False),
+        ("default_unfused", "auto", args.warmup, args.steps, False, False),
+        ("default", "auto", args.warmup, args.steps, None, False),
     ]
+    if args.compile:
+        paths.append(("default_compiled", "auto", max(args.warmup, 3), args.steps, None, True))
     if not cpu_has_native_bf16() and args.bf16_steps > 0:
-        paths.append(("bf16_channels_last", "bf16", 1, args.bf16_steps, None))
-    results = {}
-    for name, precision, warmup, steps, fused in paths:
+        paths.append(("bf16_channels_last", "bf16", 1, args.bf16_steps, None, False))
+    results, warmup_seconds = {}, {}
+    for name, precision, warmup, steps, fused, compiled in paths:
         cfg = TrainConfig(task="seg", model=args.model, encoder=args.encoder, precision=precision, device="cpu", optimizer="adam", lr=1e-4)
-        results[name] = round(images_per_second(cfg, args, x, y, warmup, steps, fused), 3)
-        print(f"{name}: {results[name]} images/s", flush=True)
+        speed, warm = images_per_second(cfg, args, x, y, warmup, steps, fused, compiled)
+        results[name], warmup_seconds[name] = round(speed, 3), round(warm, 1)
+        print(f"{name}: {results[name]} images/s (warm-up {warmup_seconds[name]} s)", flush=True)
     summary = {
         "command": "python benchmarks/train_speed.py " + shlex.join(sys.argv[1:]),
         "model": f"{args.encoder}:{args.model}",
@@ -107,7 +119,9 @@ def main() -> None:
         "steps": args.steps,
         "warmup": args.warmup,
         "images_per_second": results,
+        "warmup_seconds": warmup_seconds,
         "speedup": round(results["default"] / results["fp32_eager"], 2),
+        **({"speedup_compiled": round(results["default_compiled"] / results["fp32_eager"], 2)} if "default_compiled" in results else {}),
         "default_path": default_path_name(training=True),
         **machine_info(),
         "versions": library_versions(),

@@ -88,6 +88,29 @@ def test_the_cpu_flags_choose_the_default_path(monkeypatch, flags, expected, seg
     assert path_name(resolve_model(seg_run, "seg")).startswith({"bf16": "channels_last + bf16", "channels_last": "channels_last + fp32"}[expected])
 
 
+@pytest.mark.parametrize(
+    ("cap", "flags", "native"),
+    [
+        ("AVX2", ["avx2", "fma"], False),  # how an AVX2 machine's path is tried on a newer CPU
+        ("avx512_core", ["avx2", "avx512f", "fma"], False),
+        ("AVX512_CORE_BF16", ["avx2", "avx512_bf16", "avx512f", "fma"], True),
+        ("ALL", ["amx_bf16", "amx_tile", "avx2", "avx512_bf16", "avx512f", "fma"], True),  # no cap
+    ],
+)
+def test_a_onednn_isa_cap_hides_the_flags_above_it_from_every_path_choice(monkeypatch, cap, flags, native):
+    import busai.device
+    from busai.machine import choose_path, cpu_flags
+    from busai.runs import machine_info
+
+    _cpu(monkeypatch, "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert cpu_flags() == flags
+    assert busai.device.cpu_has_native_bf16() is native  # the training path asks here
+    assert choose_path("any model") == ("bf16" if native else "channels_last")
+    info = machine_info()
+    assert info["cpu_flags"] == flags and info["cpu_native_bf16"] is native and info.get("isa_cap") == (None if cap == "ALL" else cap.upper())
+
+
 def test_a_measured_probe_overrides_the_default_only_by_a_clear_margin_and_is_cached(monkeypatch, tmp_path):
     from busai import machine
 

@@ -81,7 +81,7 @@ def test_results_name_the_resume_commands(cli, seg_run, synthetic_dir, tmp_path)
     assert commands["resume"] == [f"busai train --resume {run} --epochs {n} --quiet" for n in (2, 3)]
     assert list(commands) == ["train", "resume", "evaluate_val"]
     config = json.loads((run / "config.json").read_text())
-    assert summary["machine"] == config["machine"] and set(summary["machine"]) == {"cpu", "cpu_native_bf16", "threads"}
+    assert summary["machine"] == config["machine"] and set(summary["machine"]) == {"cpu", "cpu_flags", "cpu_native_bf16", "threads"}
     assert summary["autocast"] == config["autocast"]
 
 

@@ -54,10 +54,15 @@ def cpu_has_native_bf16() -> bool:
     Elsewhere (AVX2-only CPUs, many AMD EPYC among them) oneDNN emulates bf16 and a training step
     is several times slower in bf16 than in fp32, while on a CPU with AMX it is faster (measured in
     docs/results.md, "Speed"). torch exposes the check only as private helpers, so a torch without
-    them counts as "no" (fp32 is never the slow choice).
+    them counts as "no" (fp32 is never the slow choice). Linux reads the CPU's flags (:mod:`busai.machine`),
+    so a process capped with ``ONEDNN_MAX_CPU_ISA=AVX2`` takes an AVX2 machine's path.
     """
     import torch
 
+    from busai.machine import flags_known, isa_cap, native_bf16
+
+    if flags_known() or isa_cap() is not None:  # the flags the inference path is chosen from, with oneDNN's cap applied
+        return native_bf16()
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 

@@ -31,9 +31,45 @@ def cpu_model() -> str:
     return _cpuinfo()[0]
 
 
+# oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA, https://uxlfoundation.github.io/oneDNN/dev_guide_cpu_dispatcher_control.html),
+# lowest first, and the first cap at which each flag may be used: a capped process behaves like a CPU
+# without the flags above its cap, so busai picks that CPU's path (how an AVX2 machine is tried on a newer one).
+ISA_CAPS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI", "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_AMX")
+FLAG_MIN_CAP = {
+    "avx2": "AVX2",
+    "fma": "AVX2",
+    "avx_vnni": "AVX2_VNNI",
+    "avx512f": "AVX512_CORE",
+    "avx512_vnni": "AVX512_CORE_VNNI",
+    "avx512_bf16": "AVX512_CORE_BF16",
+    "amx_tile": "AVX512_CORE_AMX",
+    "amx_bf16": "AVX512_CORE_AMX",
+    "amx_int8": "AVX512_CORE_AMX",
+}
+ISA_CAP_ENV = "ONEDNN_MAX_CPU_ISA"
+
+
+def isa_cap() -> str | None:
+    """The oneDNN ISA cap this process runs under (upper case), or None without one (``ALL`` / ``DEFAULT`` / unset / unknown)."""
+    import os
+
+    cap = os.environ.get(ISA_CAP_ENV, "").strip().upper()
+    return cap if cap in ISA_CAPS else None
+
+
 def cpu_flags() -> list[str]:
-    """The :data:`RELEVANT_FLAGS` this CPU has, sorted (empty where /proc/cpuinfo is missing)."""
-    return sorted(set(RELEVANT_FLAGS) & _cpuinfo()[1])
+    """The :data:`RELEVANT_FLAGS` this CPU has, sorted (empty where /proc/cpuinfo is missing), less
+    those above the process's oneDNN ISA cap (:func:`isa_cap`)."""
+    flags = set(RELEVANT_FLAGS) & _cpuinfo()[1]
+    cap = isa_cap()
+    if cap is not None:
+        flags = {f for f in flags if ISA_CAPS.index(FLAG_MIN_CAP[f]) <= ISA_CAPS.index(cap)}
+    return sorted(flags)
+
+
+def flags_known() -> bool:
+    """Whether the CPU's flags could be read (/proc/cpuinfo: Linux)."""
+    return bool(_cpuinfo()[1])
 
 
 # --- The CPU inference path, chosen per machine -------------------------------------------------
@@ -68,7 +104,8 @@ def machine_key() -> str:
     """What a measured choice holds for: the CPU, torch's version and its thread count."""
     import torch
 
-    return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    cap = f" | ISA cap {isa_cap()}" if isa_cap() else ""
+    return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads{cap}"
 
 
 def choose_path(model_key: str, probe=None) -> str:

@@ -269,15 +269,14 @@ def library_versions() -> dict[str, str]:
 
 
 def machine_info() -> dict:
-    """The CPU, whether it computes bf16 natively (which decides the default path) and the thread count."""
-    name = platform.processor() or platform.machine()
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    """The CPU, its relevant instruction-set flags (:mod:`busai.machine`; a oneDNN ISA cap is recorded
+    and applied), whether it computes bf16 natively (which decides the default path) and the thread count."""
     import torch
 
-    return {"cpu": name, "cpu_native_bf16": cpu_has_native_bf16(), "threads": torch.get_num_threads()}
+    from busai.machine import cpu_flags, cpu_model, isa_cap
+
+    info = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpu_native_bf16": cpu_has_native_bf16(), "threads": torch.get_num_threads()}
+    return info | ({"isa_cap": isa_cap()} if isa_cap() else {})
 
 
 def model_label(spec: dict) -> str:
