@@ -90,7 +90,8 @@ def missed_table(results_dir: str | Path) -> str:
 
 def _cpu_cell(result: dict) -> str:
     native = {True: "native bf16", False: "no native bf16"}.get(result.get("cpu_native_bf16"), "bf16 support not recorded")
-    return f"{result.get('cpu', '?')}, {result.get('threads', '?')} threads ({native})"
+    cap = f"; ONEDNN_MAX_CPU_ISA={result['isa_cap']}" if result.get("isa_cap") else ""
+    return f"{result.get('cpu', '?')}, {result.get('threads', '?')} threads ({native}{cap})"
 
 
 def speed_table(results_dir: str | Path) -> str:
@@ -102,16 +103,16 @@ def speed_table(results_dir: str | Path) -> str:
     """
     root = Path(results_dir)
     lines = [
-        "| Benchmark | Model | Size × batch | CPU | fp32 eager | busai default | Default path | Default, unfused optimizer | Forced bf16 | ONNX Runtime | Speed-up (default) | Command |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Benchmark | Model | Size × batch | CPU | fp32 eager | busai default | Default path | Default, unfused optimizer | Default + torch.compile | Forced bf16 | ONNX Runtime | Speed-up (default) | Command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(root.glob("train_speed*.json")):
         r = json.loads(path.read_text())
         ips = r["images_per_second"]
-        bf16, unfused = (f"{ips[k]:.2f} img/s" if k in ips else "–" for k in ("bf16_channels_last", "default_unfused"))
+        bf16, unfused, compiled = (f"{ips[k]:.2f} img/s" if k in ips else "–" for k in ("bf16_channels_last", "default_unfused", "default_compiled"))
         lines.append(
             f"| training | {r['model']} | {r['image_size']} × {r['batch_size']} | {_cpu_cell(r)} | {ips['fp32_eager']:.2f} img/s | "
-            f"{ips['default']:.2f} img/s | {r.get('default_path', '?')} | {unfused} | {bf16} | – | {r['speedup']:.2f}× | `{r['command']}` |"
+            f"{ips['default']:.2f} img/s | {r.get('default_path', '?')} | {unfused} | {compiled} | {bf16} | – | {r['speedup']:.2f}× | `{r['command']}` |"
         )
     path = root / "inference_speed.json"
     if path.exists():
@@ -120,7 +121,7 @@ def speed_table(results_dir: str | Path) -> str:
         model = f"{r['model'].get('encoder')}:{r['model']['name']}"
         lines.append(
             f"| inference | {model} | {r['image_size']} × {r['batch_size']} | {_cpu_cell(r)} | {ms['fp32_eager']:.1f} ms/img | "
-            f"{ms['default']:.1f} ms/img | {r.get('default_path', '?')} | – | – | {ms.get('onnxruntime', float('nan')):.1f} ms/img | "
+            f"{ms['default']:.1f} ms/img | {r.get('default_path', '?')} | – | – | – | {ms.get('onnxruntime', float('nan')):.1f} ms/img | "
             f"{r['speedup_vs_fp32_eager']['default']:.2f}× | `{r['command']}` |"
         )
     path = root / "fast_path_quality.json"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -112,7 +113,10 @@ def main() -> None:
         results[name], warmup_seconds[name] = round(speed, 3), round(warm, 1)
         print(f"{name}: {results[name]} images/s (warm-up {warmup_seconds[name]} s)", flush=True)
     summary = {
-        "command": "python benchmarks/train_speed.py " + shlex.join(sys.argv[1:]),
+        # The ISA caps are part of the command: with them a newer CPU runs an older machine's kernels.
+        "command": "".join(f"{k}={os.environ[k]} " for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k))
+        + "python benchmarks/train_speed.py "
+        + shlex.join(sys.argv[1:]),
         "model": f"{args.encoder}:{args.model}",
         "image_size": args.image_size,
         "batch_size": args.batch_size,
