@@ -8,8 +8,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 os.environ.setdefault("BUSAI_PROBE", "0")  # no timing probe (nor its cache in ~/.cache) unless a test asks for one
-if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: each keeps to one thread
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
