@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Issue 27's segmentation runs (masks that hold on any scanner), one at a time, resumably.
+# Issue 27's segmentation runs (masks that hold on any scanner) and issue 28's classifier runs on the
+# same folds (one diagnosis per scan: its fusion is fitted on both models' out-of-fold predictions),
+# one at a time, resumably.
 #   bash scripts/reproduce_seg27.sh BUSI_DIR UCLM_DIR NAME [FOLD ...]
 # NAME picks a recipe below; with FOLDs the recipe trains on those folds of splits/busi-uclm.json
 # (patient- and duplicate-grouped, over train+val; test is never used), into runs/seg27/NAME/fold-I;
@@ -24,6 +26,10 @@ declare -A ARGS=(
   [ref-balanced]="$REF --dataset-weight busi=1 --dataset-weight uclm=1"
   [ref-320]="${REF/--image-size 256/--image-size 320}"
   [ref-lite2]="${REF/efficientnet-lite0/efficientnet-lite2}"
+  # Issue 28: the whole-image classifier on the same folds, from ImageNet (the release's encoder saw
+  # every fold's images, so starting from it would leak into the out-of-fold predictions), with the
+  # reference's grey input and framing crops; focal loss and the class-balanced sampler as the release.
+  [cls-ref]="cls $BOTH --model efficientnet_lite0 --weights imagenet --color gray --augment framing --image-size 224 --batch-size 16 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --scheduler cosine --epochs 10"
 )
 MINUTES=60
 [ -n "${ARGS[$NAME]+x}" ] || { echo "unknown recipe $NAME; choose from ${!ARGS[*]}" >&2; exit 2; }
