@@ -11,6 +11,13 @@ that never saw its patient. The table compares, per dataset and pooled, the clas
 the fusion: lesion scans called normal, normals called lesion, accuracy, macro-F1 and the
 lesion-vs-normal AUC (benign vs malignant is the classifier's in both). Test splits are not read.
 
+``--oof SEG CLS`` fits on out-of-fold predictions instead (issue 28 item 3): each fold's runs
+``runs/seg27/SEG/fold-I`` and ``runs/seg27/CLS/fold-I`` (``scripts/reproduce_seg27.sh``) predict
+that fold's validation scans of ``splits/busi-uclm.json``, so every train + val scan is answered by
+models that never saw it, and the fusion is cross-fitted over those 1,200-odd scans rather than 145.
+Each fold's rows are kept in ``results/diagnosis_fusion/oof-SEG-CLS/fold-I.json`` (a fold is not
+predicted again); writes ``results/diagnosis_fusion_oof.json`` and ``.md``.
+
 ``--write`` stores the fusion fitted on all validation scans as the release's diagnosis
 (``src/busai/release/classification/diagnosis.json``) with this table's command beside it; whether
 predict uses it by default is decided by docs/cross-dataset.md's rule on this table, not here.
@@ -31,13 +38,14 @@ SPLITS = ROOT / "splits" / "busi-uclm.json"
 CLASSES = ("normal", "benign", "malignant")
 
 
-def predict_rows(records) -> list[dict]:
-    """Per scan: truth, the classifier's probabilities and the segmenter's largest-component features."""
+def predict_rows(records, seg="release", cls="release") -> list[dict]:
+    """Per scan: truth, the classifier's probabilities and the segmenter's largest-component features
+    (models ``seg`` and ``cls``: run or release folders, or "release")."""
     import busai
     from busai.pipeline import predict_records
     from busai.presence import component_features
 
-    models = [busai.load("release", task="segmentation"), busai.load("release", task="classification")]
+    models = [busai.load(seg, task="segmentation"), busai.load(cls, task="classification")]
     return [
         {
             "key": record.key,
@@ -49,6 +57,34 @@ def predict_rows(records) -> list[dict]:
         }
         for record, pred in predict_records(models, records, keep_probability=True, gate=False)
     ]
+
+
+def oof_rows(specs, seg: str, cls: str, cache: Path) -> tuple[list[dict], list[int]]:
+    """Out-of-fold rows of the fold runs of recipes ``seg`` and ``cls``, and the folds they cover
+    (a fold whose two runs have not both finished is left out, and said so)."""
+    from busai.data.splits import load_split_records, read_splits
+
+    splits = read_splits(SPLITS)
+    rows, folds = [], []
+    for fold in range(len(splits.get("folds") or [])):
+        runs = [ROOT / "runs" / "seg27" / name / f"fold-{fold}" for name in (seg, cls)]
+        cached = cache / f"fold-{fold}.json"
+        if cached.is_file():
+            part = json.loads(cached.read_text())
+        elif all((run / "fit.json").is_file() for run in runs):
+            records = [r for r in load_split_records(specs, splits, "val", fold=fold) if r.label in CLASSES]
+            part = predict_rows(records, *runs)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp")
+            tmp.write_text(json.dumps(part) + "\n")
+            tmp.replace(cached)
+        else:
+            unfinished = [str(r.relative_to(ROOT)) for r in runs if not (r / "fit.json").is_file()]
+            print(f"fold {fold}: {' and '.join(unfinished)} not finished; left out", file=sys.stderr)
+            continue
+        rows += part
+        folds.append(fold)
+    return rows, folds
 
 
 def cross_fit(rows: list[dict], folds: int, seed: int = 0) -> np.ndarray:
@@ -107,8 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uclm", required=True)
     parser.add_argument("--folds", type=int, default=5, help="patient-grouped folds of the cross-fit (default 5)")
     parser.add_argument("--write", action="store_true", help="store the fusion fitted on all validation scans in the release")
-    parser.add_argument("--out", default=str(ROOT / "results" / "diagnosis_fusion"))
+    parser.add_argument("--oof", nargs=2, metavar=("SEG", "CLS"), help="fit on the out-of-fold predictions of these fold recipes (runs/seg27/NAME/fold-I)")
+    parser.add_argument("--out", default=None, help="results path without suffix (default results/diagnosis_fusion, or results/diagnosis_fusion_oof)")
     args = parser.parse_args(argv)
+    if args.oof and args.write:
+        parser.error("--write stores the release models' fusion; with --oof there is no release model to store it for")
+    args.out = args.out or str(ROOT / "results" / ("diagnosis_fusion_oof" if args.oof else "diagnosis_fusion"))
 
     from busai.data.sources import parse_data_specs
     from busai.data.splits import load_split_records
@@ -116,19 +156,27 @@ def main(argv: list[str] | None = None) -> int:
     from busai.runs import machine_info
 
     specs = parse_data_specs([f"busi={args.busi}", f"uclm={args.uclm}"])
-    records = [r for r in load_split_records(specs, SPLITS, "val") if r.label in CLASSES]
-    rows = predict_rows(records)
+    if args.oof:
+        rows, folds = oof_rows(specs, *args.oof, ROOT / "results" / "diagnosis_fusion" / f"oof-{args.oof[0]}-{args.oof[1]}")
+        if not rows:
+            print("no fold has both runs finished", file=sys.stderr)
+            return 1
+        scored = f"out of fold (folds {', '.join(map(str, folds))} of splits/busi-uclm.json; runs/seg27/{args.oof[0]}, runs/seg27/{args.oof[1]})"
+    else:
+        rows = predict_rows([r for r in load_split_records(specs, SPLITS, "val") if r.label in CLASSES])
+        scored = "val"
     classifier = np.array([r["cls"] for r in rows])
     fused = cross_fit(rows, args.folds)
     command = "python benchmarks/diagnosis_fusion.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    results = {"command": command, "machine": machine_info(), "split": "val", "cross_fit_folds": args.folds, "rows": {}, "paired": {}}
+    results = {"command": command, "machine": machine_info(), "split": scored, "cross_fit_folds": args.folds, "rows": {}, "paired": {}}
     for part in ("pooled", "busi", "uclm"):
         idx = [i for i, r in enumerate(rows) if part == "pooled" or r["dataset"] == part]
         labels = [rows[i]["label"] for i in idx]
         results["rows"][part] = {"classifier": scores(labels, classifier[idx]), "fusion": scores(labels, fused[idx])}
         results["paired"][part] = paired(labels, classifier[idx], fused[idx], [rows[i]["group"] for i in idx])
     x = np.stack([lesion_features(r["seg"], r["cls"], CLASSES) for r in rows])
-    final = Fusion.fit(x, [r["label"] != "normal" for r in rows], fitted_on=f"release models on the val split of splits/busi-uclm.json ({len(rows)} scans)")
+    fitted_on = f"release models on the val split of splits/busi-uclm.json ({len(rows)} scans)" if not args.oof else f"{scored}, {len(rows)} scans"
+    final = Fusion.fit(x, [r["label"] != "normal" for r in rows], fitted_on=fitted_on)
     results["fusion_all_val"] = final.to_dict()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +195,8 @@ def table(results: dict) -> str:
         return "–" if v is None else f"{100 * v:.1f}%"
 
     lines = [
-        f"Validation split, fusion cross-fitted over {results['cross_fit_folds']} patient-grouped folds. Command: `{results['command']}`",
+        f"Scans: {'the validation split' if results['split'] == 'val' else results['split']}; fusion cross-fitted over "
+        f"{results['cross_fit_folds']} patient-grouped folds. Command: `{results['command']}`",
         "",
         "| scored on | answer | scans | accuracy | macro-F1 | lesion scans called normal | normals called lesion | lesion-vs-normal AUC |",
         "|---|---|---|---|---|---|---|---|",
