@@ -162,6 +162,22 @@ def throughput_table(results_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
+def startup_table(results_dir: str | Path) -> str:
+    """Markdown of startup.json: seconds to answer `--help`, to import busai and to predict one scan, each in a fresh process."""
+    path = Path(results_dir) / "startup.json"
+    if not path.is_file():
+        return ""
+    r = json.loads(path.read_text())
+    lines = [
+        f"`{r['command']}`: best of {r['repeats']} fresh processes; {_cpu_cell(r['machine'])}, CPU flags {' '.join(r['machine'].get('cpu_flags', [])) or 'not recorded'}",
+        "",
+        "| command | seconds |",
+        "|---|---|",
+    ]
+    lines += [f"| `{name}` | {seconds:.2f} |" for name, seconds in r["seconds"].items()]
+    return "\n".join(lines)
+
+
 def profile_table(r: dict) -> str:
     lines = ["| Model | Operators | fp32 eager: ms / step (share) | busai default: ms / step (share) | Speed-up |", "|---|---|---|---|---|"]
     for model, paths in r["models"].items():
@@ -202,6 +218,7 @@ def render(results: Path, *, chart: bool = True) -> dict[str, str]:
         "leak-table": leakage_table(results),
         "missed-table": missed_table(results),
         "throughput-table": throughput_table(results),
+        "startup-table": startup_table(results),
     }
     studies = sorted(p.parent for p in (results / "tuning").glob("*/summary.json"))
     if studies:  # Optuna is imported only when there are studies to show

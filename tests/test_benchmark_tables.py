@@ -212,3 +212,20 @@ def test_missed_lesions_benchmark_runs_both_models(seg_run, cls_run, synthetic_d
     assert all((r["review"] is None) == ((r["classifier"] == "normal") != (r["max_probability"] > 0.5)) for r in missed)
     assert result["val"]["missed_flagged"] == sum(r["review"] is not None for r in missed)
     assert Path(result["val"]["figure"]).is_file()
+
+
+def test_startup_table(tmp_path):
+    assert tables.startup_table(tmp_path) == ""  # nothing measured: no table
+    (tmp_path / "startup.json").write_text(
+        json.dumps(
+            {
+                "command": "python benchmarks/startup.py",
+                "repeats": 5,
+                "seconds": {"busai --help": 0.412, "busai predict SCAN (onnx)": 2.5},
+                "machine": {"cpu": "AMD EPYC", "cpu_flags": ["avx2", "fma"], "cpu_native_bf16": False, "threads": 2},
+            }
+        )
+    )
+    table = tables.startup_table(tmp_path)
+    assert "best of 5 fresh processes; AMD EPYC, 2 threads (no native bf16), CPU flags avx2 fma" in table
+    assert "| `busai --help` | 0.41 |" in table and "| `busai predict SCAN (onnx)` | 2.50 |" in table
