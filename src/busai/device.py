@@ -258,11 +258,12 @@ def best_threads() -> None:
     """Use every core for intra-op work (torch's default can undercount in containers; shared among
     the processes torchrun starts on this machine) when the process asked for it with
     ``BUSAI_ALL_CORES=1``, as the ``busai`` command does; a library call otherwise leaves the
-    caller's thread count alone. Without torch (the ``onnx`` install) there is nothing to set: ONNX
-    Runtime sessions take :func:`cores` threads themselves."""
-    from busai.extras import has_torch
+    caller's thread count alone. It never imports torch itself (2-3 s that a prediction through ONNX
+    Runtime does not need, whose sessions take :func:`cores` threads themselves): before torch is
+    imported there is nothing to set, and loading a PyTorch model calls it again."""
+    import sys
 
-    if os.environ.get(ALL_CORES_ENV) != "1" or not has_torch():
+    if os.environ.get(ALL_CORES_ENV) != "1" or "torch" not in sys.modules:
         return
     import torch
 

@@ -178,6 +178,8 @@ class RunFolder:
 def _load_torch(folder: RunFolder, checkpoint: str, device: str, task: str | None) -> LoadedModel:
     from busai.models.registry import build
 
+    best_threads()  # torch is imported now: the busai command's thread count applies to it
+
     source = folder.path
     target = resolve_device(device)  # a bad --device fails before anything is read
     config = folder.config()
