@@ -42,7 +42,7 @@ def predict_rows(records, seg="release", cls="release") -> list[dict]:
     """Per scan: truth, the classifier's probabilities and the segmenter's largest-component features
     (models ``seg`` and ``cls``: run or release folders, or "release")."""
     import busai
-    from busai.pipeline import predict_records
+    from busai.pipeline import predict_from_records
     from busai.presence import component_features
 
     models = [busai.load(seg, task="segmentation"), busai.load(cls, task="classification")]
@@ -55,7 +55,7 @@ def predict_rows(records, seg="release", cls="release") -> list[dict]:
             "cls": [(pred.classifier_probabilities or pred.probabilities)[c] for c in CLASSES],  # the classifier's own, not a stored fusion's
             "seg": component_features(pred.lesion_probability),
         }
-        for record, pred in predict_records(models, records, keep_probability=True, gate=False)
+        for record, pred in predict_from_records(models, records, keep_probability=True, gate=False)
     ]
 
 

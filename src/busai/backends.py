@@ -176,8 +176,11 @@ def onnx_providers(device: str = "cpu") -> list[str]:
 
 def _wants_cuda(device: str) -> bool:
     """Whether ``device`` (auto, cpu, cuda, cuda:N) means the GPU: ``auto`` asks torch whether one is
-    visible, or, without torch, whether this onnxruntime has the CUDA provider."""
-    if not has_torch():
+    visible where torch is already imported, or else whether this onnxruntime has the CUDA provider
+    (importing torch only to ask would cost an ONNX-only prediction seconds of start-up)."""
+    import sys
+
+    if "torch" not in sys.modules:
         if device == "auto":
             import onnxruntime as ort
 

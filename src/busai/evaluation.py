@@ -95,12 +95,12 @@ def evaluate_diagnosis(
     """The diagnosis ``busai predict`` gives (the classifier fused with the segmenter's lesion
     evidence, :mod:`busai.diagnosis`) scored like a classifier: each scan through the same pipeline."""
     from busai.inference import progress_bar
-    from busai.pipeline import diagnosis_fusion, predict_records
+    from busai.pipeline import diagnosis_fusion, predict_from_records
 
     fusion = diagnosis_fusion({"segmentation": seg, "classification": cls})
     rows = []
     with progress_bar(progress, total=len(records)) as advance:
-        for record, pred in predict_records([seg, cls], records, gate=False, tta=tta, precision=precision):
+        for record, pred in predict_from_records([seg, cls], records, gate=False, tta=tta, precision=precision):
             rows.append((record, np.array(list(pred.probabilities.values()), dtype=np.float32)))
             advance(1)
     report = classification_scores(cls, rows, n_boot=n_boot, seed=seed, groups=groups)

@@ -97,10 +97,13 @@ def _mirror(batch):
     return np.ascontiguousarray(batch[..., ::-1]) if isinstance(batch, np.ndarray) else batch.flip(-1)
 
 
-def model_input(loaded: LoadedModel, image_rgb: np.ndarray):
-    """One uint8 (H, W, 3) image -> the normalised (3, S, S) tensor ``loaded`` takes (its own size, mean, std
-    and colour); a numpy array where torch is not installed."""
-    return loaded.preprocessing.tensor(image_rgb) if has_torch() else loaded.preprocessing.array(image_rgb)
+def model_input(loaded: LoadedModel, image_rgb: np.ndarray, *, as_array: bool | None = None):
+    """One uint8 (H, W, 3) image -> the normalised (3, S, S) input ``loaded`` takes (its own size, mean, std
+    and colour). ``as_array`` None: a tensor for a PyTorch network, a numpy array for ONNX Runtime (so
+    an ONNX-only prediction never imports torch, installed or not); True / False force one."""
+    if as_array is None:
+        as_array = loaded.backend == "onnx" or not has_torch()
+    return loaded.preprocessing.array(image_rgb) if as_array else loaded.preprocessing.tensor(image_rgb)
 
 
 def stack_inputs(inputs: list):

@@ -276,7 +276,7 @@ def predict_scans(
     return results
 
 
-def predict_records(models, records: Sequence, *, chunk: int = 16, **options) -> Iterable[tuple[object, Prediction]]:
+def predict_from_records(models, records: Sequence, *, chunk: int = 16, **options) -> Iterable[tuple[object, Prediction]]:
     """(record, :class:`Prediction`) for each of a dataset's records (:class:`~busai.data.records.Record`),
     read ``chunk`` at a time so a whole dataset is never held in memory (the options of :func:`predict_scans`)."""
     from busai.data.discover import read_image
