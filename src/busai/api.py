@@ -80,10 +80,9 @@ class Model:
     def preprocess(self, image):
         """One scan (path, PIL image or array, as :meth:`predict` takes) -> the normalised (3, S, S) tensor the
         network takes (a numpy array where torch is not installed)."""
-        from busai.extras import has_torch
         from busai.inference import model_input
 
-        return model_input(self.loaded, to_rgb(image), as_array=not has_torch())  # a tensor wherever torch is installed, whatever the backend
+        return model_input(self.loaded, to_rgb(image))
 
     def logits(self, batch, *, precision: str = "auto"):
         """Normalised (N, 3, S, S) batch -> the network's raw output: (N, 1, S, S) lesion or (N, classes) class logits."""

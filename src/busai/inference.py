@@ -99,10 +99,10 @@ def _mirror(batch):
 
 def model_input(loaded: LoadedModel, image_rgb: np.ndarray, *, as_array: bool | None = None):
     """One uint8 (H, W, 3) image -> the normalised (3, S, S) input ``loaded`` takes (its own size, mean, std
-    and colour). ``as_array`` None: a tensor for a PyTorch network, a numpy array for ONNX Runtime (so
-    an ONNX-only prediction never imports torch, installed or not); True / False force one."""
+    and colour): a tensor, or a numpy array where torch is not installed or ``as_array`` (the predict
+    pipeline's choice for ONNX Runtime, so an ONNX-only prediction never imports torch)."""
     if as_array is None:
-        as_array = loaded.backend == "onnx" or not has_torch()
+        as_array = not has_torch()
     return loaded.preprocessing.array(image_rgb) if as_array else loaded.preprocessing.tensor(image_rgb)
 
 

@@ -165,7 +165,8 @@ def prepare_scan(by_task: dict, image, *, scan_region: bool = True, gate: bool =
         prepared.classes = tuple(class_names(by_task["classification"].spec))
     if gate and result.input_check != OK:
         return prepared
-    prepared.inputs = {task: model_input(network, scan) for task, network in by_task.items()}
+    # ONNX Runtime takes numpy arrays: no torch import on its path, installed or not.
+    prepared.inputs = {task: model_input(network, scan, as_array=True if network.backend == "onnx" else None) for task, network in by_task.items()}
     return prepared
 
 
