@@ -33,14 +33,19 @@ from study.collect import load_results  # noqa: E402
 from study.paper import reference  # noqa: E402
 
 
+def _benchmark_result(results_dir: str | Path, name: str) -> dict | None:
+    """The committed JSON ``name`` of a benchmark under ``results_dir``, or None where it has not been run."""
+    path = Path(results_dir) / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def leakage_table(results_dir: str | Path) -> str:
     """Markdown of ``split_leakage.json`` (benchmarks/split_leakage.py): one recipe trained on the
     duplicate-aware split and on an image-by-image one; held-out mean Dice, on the leaky split also
     for its images with and without a duplicate in train. Empty when the file is absent."""
-    path = Path(results_dir) / "split_leakage.json"
-    if not path.exists():
+    r = _benchmark_result(results_dir, "split_leakage.json")
+    if r is None:
         return ""
-    r = json.loads(path.read_text())
     split_name = {"group": "duplicate groups kept in one split", "ignore": "image by image (duplicates ignored)"}
     lines = [
         "| Run | Epochs (best) | Split file | Split made | Held out | Images | All: mean Dice | Duplicate in train: Dice (images) | No duplicate in train: Dice (images) | Dice 0 |",
@@ -67,10 +72,9 @@ def missed_table(results_dir: str | Path) -> str:
     """Markdown of ``missed_lesions.json`` (benchmarks/missed_lesions.py): per split, the lesions the
     segmenter misses outright, and how many of those scans the classifier calls normal. Empty when
     the file is absent."""
-    path = Path(results_dir) / "missed_lesions.json"
-    if not path.exists():
+    r = _benchmark_result(results_dir, "missed_lesions.json")
+    if r is None:
         return ""
-    r = json.loads(path.read_text())
     lines = [
         "| Split | Lesion images | Missed (benign / malignant) | Missed, each duplicate group once | Median lesion area: missed / found | Classifier says normal: missed scans | Classifier says normal: all lesion scans | Missed but flagged for review |",
         "|---|---|---|---|---|---|---|---|",
@@ -114,9 +118,8 @@ def speed_table(results_dir: str | Path) -> str:
             f"| training | {r['model']} | {r['image_size']} × {r['batch_size']} | {_cpu_cell(r)} | {ips['fp32_eager']:.2f} img/s | "
             f"{ips['default']:.2f} img/s | {r.get('default_path', '?')} | {unfused} | {compiled} | {bf16} | – | {r['speedup']:.2f}× | `{r['command']}` |"
         )
-    path = root / "inference_speed.json"
-    if path.exists():
-        r = json.loads(path.read_text())
+    r = _benchmark_result(root, "inference_speed.json")
+    if r is not None:
         ms = {k: v["ms_per_image_median"] for k, v in r["results"].items()}
         model = f"{r['model'].get('encoder')}:{r['model']['name']}"
         lines.append(
@@ -124,9 +127,8 @@ def speed_table(results_dir: str | Path) -> str:
             f"{ms['default']:.1f} ms/img | {r.get('default_path', '?')} | – | – | – | {ms.get('onnxruntime', float('nan')):.1f} ms/img | "
             f"{r['speedup_vs_fp32_eager']['default']:.2f}× | `{r['command']}` |"
         )
-    path = root / "fast_path_quality.json"
-    if path.exists():  # does the fast path train as well? (benchmarks/fast_path_quality.py)
-        r = json.loads(path.read_text())
+    r = _benchmark_result(root, "fast_path_quality.json")
+    if r is not None:  # does the fast path train as well? (benchmarks/fast_path_quality.py)
         c, slow, fast = r["config"], r["fp32"], r["bf16_channels_last"]
         lines += [
             "",
@@ -136,18 +138,17 @@ def speed_table(results_dir: str | Path) -> str:
             f"{slow['val_dice_at_best']:.3f} (epoch {slow['best_epoch']}) | {fast['val_dice_at_best']:.3f} (epoch {fast['best_epoch']}) | "
             f"{r['val_dice_difference']:+.3f} | {r['epoch_time_ratio']:.2f}× | `{r['command']}` |",
         ]
-    path = root / "train_profile.json"
-    if path.exists():  # where a training step's time goes, by kind of operator (benchmarks/train_profile.py)
-        lines += ["", profile_table(json.loads(path.read_text()))]
+    r = _benchmark_result(root, "train_profile.json")
+    if r is not None:  # where a training step's time goes, by kind of operator (benchmarks/train_profile.py)
+        lines += ["", profile_table(r)]
     return "\n".join(lines)
 
 
 def throughput_table(results_dir: str | Path) -> str:
     """Markdown of predict_throughput.json: images per second of `busai predict` per path, with its command."""
-    path = Path(results_dir) / "predict_throughput.json"
-    if not path.is_file():
+    r = _benchmark_result(results_dir, "predict_throughput.json")
+    if r is None:
         return ""
-    r = json.loads(path.read_text())
     m = r["machine"]
     lines = [
         f"`{r['command']}`: both release models on {r['images']} scans; {m['cpu']}, {m['threads']} threads, "
@@ -164,10 +165,9 @@ def throughput_table(results_dir: str | Path) -> str:
 
 def startup_table(results_dir: str | Path) -> str:
     """Markdown of startup.json: seconds to answer `--help`, to import busai and to predict one scan, each in a fresh process."""
-    path = Path(results_dir) / "startup.json"
-    if not path.is_file():
+    r = _benchmark_result(results_dir, "startup.json")
+    if r is None:
         return ""
-    r = json.loads(path.read_text())
     lines = [
         f"`{r['command']}`: best of {r['repeats']} fresh processes; {_cpu_cell(r['machine'])}, CPU flags {' '.join(r['machine'].get('cpu_flags', [])) or 'not recorded'}",
         "",
