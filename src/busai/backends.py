@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 
 from busai.errors import CheckpointError, ConfigError
-from busai.extras import has_torch, require
+from busai.extras import has_torch, require, torch_imported
 from busai.preprocessing import Preprocessing
 
 METADATA_KEY = "busai"  # the ONNX metadata property holding spec, preprocessing and calibration
@@ -178,9 +178,7 @@ def _wants_cuda(device: str) -> bool:
     """Whether ``device`` (auto, cpu, cuda, cuda:N) means the GPU: ``auto`` asks torch whether one is
     visible where torch is already imported, or else whether this onnxruntime has the CUDA provider
     (importing torch only to ask would cost an ONNX-only prediction seconds of start-up)."""
-    import sys
-
-    if "torch" not in sys.modules:
+    if not torch_imported():
         if device == "auto":
             import onnxruntime as ort
 

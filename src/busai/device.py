@@ -57,12 +57,12 @@ def cpu_has_native_bf16() -> bool:
     them counts as "no" (fp32 is never the slow choice). Linux reads the CPU's flags (:mod:`busai.machine`),
     so a process capped with ``ONEDNN_MAX_CPU_ISA=AVX2`` takes an AVX2 machine's path.
     """
-    import torch
-
     from busai.machine import flags_known, isa_cap, native_bf16
 
     if flags_known() or isa_cap() is not None:  # the flags the inference path is chosen from, with oneDNN's cap applied
         return native_bf16()
+    import torch
+
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
@@ -261,9 +261,9 @@ def best_threads() -> None:
     caller's thread count alone. It never imports torch itself (2-3 s that a prediction through ONNX
     Runtime does not need, whose sessions take :func:`cores` threads themselves): before torch is
     imported there is nothing to set, and loading a PyTorch model calls it again."""
-    import sys
+    from busai.extras import torch_imported
 
-    if os.environ.get(ALL_CORES_ENV) != "1" or "torch" not in sys.modules:
+    if os.environ.get(ALL_CORES_ENV) != "1" or not torch_imported():
         return
     import torch
 

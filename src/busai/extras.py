@@ -72,6 +72,14 @@ def has_torch() -> bool:
     return True
 
 
+def torch_imported() -> bool:
+    """Whether torch is already imported in this process: the cheap question for code that only needs
+    torch when a PyTorch model is in play (asking :func:`has_torch` would import it, seconds of start-up)."""
+    import sys
+
+    return "torch" in sys.modules
+
+
 def torch_missing(exc: ImportError, feature: str) -> MissingExtraError | None:
     """The one-line error for ``exc`` when it is the torch extra's package failing to import; None for any other ImportError."""
     name = (getattr(exc, "name", None) or "").split(".")[0]
