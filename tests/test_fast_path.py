@@ -151,3 +151,41 @@ def test_the_auto_path_runs_the_chosen_memory_format_with_equal_outputs(monkeypa
     weight = next(w for w in inference_network(net).parameters() if w.ndim == 4 and w.shape[1] > 1 and w.shape[2] > 1)
     assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)  # the probe's choice ran
     assert torch.allclose(got, torch_logits(net, x, precision="fp32"), atol=1e-4)
+
+
+@pytest.mark.parametrize("seconds, expected", [({"torch": 1.0, "onnx": 0.5}, "onnx"), ({"torch": 1.0, "onnx": 0.9}, "torch")])
+def test_auto_backend_runs_the_shipped_onnx_file_only_where_this_machine_measured_it_clearly_faster(monkeypatch, tmp_path, seg_run, seconds, expected):
+    import busai.export
+    from busai.export import load_backend
+
+    monkeypatch.setenv("BUSAI_PROBE", "1")
+    monkeypatch.setenv("BUSAI_CACHE_DIR", str(tmp_path))
+    asked = []
+    monkeypatch.setattr(busai.export, "_probe_backends", lambda models, size: asked.append(sorted(models)) or seconds)
+    assert load_backend("release", "seg").backend == expected
+    assert load_backend("release", "seg").backend == expected and asked == [["onnx", "torch"]]  # measured once, then cached
+    (entry,) = json.loads((tmp_path / "inference_paths.json").read_text()).values()
+    assert [value["path"] for key, value in entry.items() if key.startswith("backend:segmentation")] == [expected]
+    # asked for by name, or a run folder without a shipped model.onnx: never measured, never swapped
+    assert load_backend("release", "seg", backend="torch").backend == "torch"
+    assert load_backend(seg_run, "seg").backend == "torch" and len(asked) == 1
+
+
+def test_the_backend_probe_times_both_runtimes_on_one_image(monkeypatch):
+    from busai.export import _probe_backends, load_backend
+
+    monkeypatch.setenv("BUSAI_PROBE", "0")
+    models = {"torch": load_backend("release", "cls", backend="torch"), "onnx": load_backend("release", "cls", backend="onnx")}
+    seconds = _probe_backends(models, models["torch"].image_size, rounds=1)
+    assert sorted(seconds) == ["onnx", "torch"] and all(0 < s < 60 for s in seconds.values())
+
+
+def test_serve_keeps_an_auto_classifier_in_pytorch_for_grad_cam_even_where_onnx_is_faster(monkeypatch, tmp_path):
+    import busai.export
+    from busai.pipeline import load_models
+
+    monkeypatch.setenv("BUSAI_PROBE", "1")
+    monkeypatch.setenv("BUSAI_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(busai.export, "_probe_backends", lambda models, size: {"torch": 1.0, "onnx": 0.5})
+    assert [m.backend for m in load_models()] == ["onnx", "onnx"]
+    assert [m.backend for m in load_models(grad_cam=True)] == ["onnx", "torch"]

@@ -76,7 +76,7 @@ def test_predict_load_and_serve_run_without_torch(tmp_path):
         mask = np.asarray(Image.open("out/" + rows[0]["mask"]))
         assert mask.shape == (90, 120) and set(np.unique(mask)) <= {{0, 255}}
         options = __import__("json").load(open("out/predict_options.json"))
-        assert options["backend"] == "onnx" and options["runtime"]["paths"] == {{"segmentation": "onnx fp32", "classification": "onnx fp32"}}
+        assert options["backend"] == "auto" and options["runtime"]["paths"] == {{"segmentation": "onnx fp32", "classification": "onnx fp32"}}
 
         # Python: busai.load("release") runs the shipped file, with the release's calibration
         import busai

@@ -168,13 +168,14 @@ def to_onnx_backend(loaded: LoadedModel, workdir: str | Path, device: str = "cpu
     return load_onnx(result.path, device)
 
 
-def load_backend(source, task: str, *, device: str = "cpu", backend: str = "auto", workdir: str | Path | None = None) -> LoadedModel:
+def load_backend(source, task: str, *, device: str = "cpu", backend: str = "auto", workdir: str | Path | None = None, by_speed: bool = True) -> LoadedModel:
     """The model a ``--seg`` / ``--cls`` option names, for ``task``, running in ``backend``; errors name the option.
 
     ``source`` is what :func:`busai.runs.resolve_model` takes, or a model already loaded (a
     :class:`~busai.backends.LoadedModel` or anything holding one as ``.loaded``, like :class:`busai.Model`).
     ``backend="auto"`` runs PyTorch where torch is installed, else the folder's ``model.onnx`` (the
-    shipped releases have one). ``backend="onnx"`` runs a folder's own ``model.onnx``, or exports a
+    shipped releases have one); with ``by_speed`` a folder's shipped ``model.onnx`` where this machine
+    measured ONNX Runtime faster (:func:`faster_on_this_cpu`). ``backend="onnx"`` runs a folder's own ``model.onnx``, or exports a
     PyTorch model into ``workdir`` (a new temporary folder when None), in ONNX Runtime (its CUDA
     provider on a GPU: :func:`busai.backends.onnx_providers`).
     """
@@ -184,7 +185,7 @@ def load_backend(source, task: str, *, device: str = "cpu", backend: str = "auto
     from busai.runs import TASK_FLAGS
 
     task = resolve_task(task)
-    backend = resolve_backend(backend)
+    requested, backend = backend, resolve_backend(backend)
     loaded = getattr(source, "loaded", source)
     if isinstance(loaded, LoadedModel):
         if loaded.task != task:
@@ -196,4 +197,57 @@ def load_backend(source, task: str, *, device: str = "cpu", backend: str = "auto
             raise ConfigError(f"{TASK_FLAGS[task]} {source}: is a {loaded.task} model; pass a {task} model")
     if backend == "onnx":
         loaded = to_onnx_backend(loaded, workdir or tempfile.mkdtemp(prefix="busai-onnx-"), device)
+    elif by_speed and requested == "auto" and not isinstance(getattr(source, "loaded", source), LoadedModel):
+        loaded = faster_on_this_cpu(loaded, source, task, device)
     return loaded
+
+
+def faster_on_this_cpu(loaded: LoadedModel, source, task: str, device: str = "cpu") -> LoadedModel:
+    """``--backend auto`` on a CPU: the folder's shipped ``model.onnx`` in ONNX Runtime instead of
+    ``loaded`` (PyTorch) when a probe measured on this machine finds it faster by the probe's margin
+    (busai.machine.choose, cached per machine; only where the process asked for probes: ``BUSAI_PROBE=1``,
+    which the busai command sets). Which runtime wins depends on the CPU (native bf16 or not), so it is
+    measured, not assumed; a folder without ``model.onnx`` is never exported for it."""
+    import os
+
+    from busai.extras import missing
+    from busai.machine import PROBE_ENV, choose
+    from busai.runs import model_folder
+
+    if os.environ.get(PROBE_ENV) != "1" or loaded.backend != "torch" or loaded.device.type != "cpu" or missing("onnx"):
+        return loaded
+    if isinstance(source, Path | str) and Path(source).suffix.lower() == ".onnx":
+        return loaded
+    try:
+        folder = model_folder(source, task)
+    except (CheckpointError, ConfigError):
+        return loaded
+    if folder.kind != "release" or not folder.onnx_file.is_file():
+        return loaded
+    onnx = folder.load(device=device, backend="onnx")
+    if onnx.backend != "onnx" or onnx.task != loaded.task:
+        return loaded
+    key = f"backend:{loaded.task}:{sum(p.numel() for p in loaded.module.parameters())}:{loaded.image_size}"
+    choice = choose(key, ("torch", "onnx"), lambda candidates: _probe_backends({"torch": loaded, "onnx": onnx}, loaded.image_size))
+    return onnx if choice == "onnx" else loaded
+
+
+def _probe_backends(models: dict, size: int, rounds: int = 3) -> dict[str, float]:
+    """Seconds per forward of one image in each backend: the best of ``rounds``, interleaved so that a
+    burst of load from elsewhere falls on all of them (the first round warms up)."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from busai.inference import predict_tensor
+
+    inputs = {"torch": torch.zeros(1, 3, size, size), "onnx": np.zeros((1, 3, size, size), np.float32)}
+    best = dict.fromkeys(models, float("inf"))
+    for round_ in range(rounds + 1):
+        for name, model in models.items():
+            start = time.perf_counter()
+            predict_tensor(model, inputs[name])
+            if round_:
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best

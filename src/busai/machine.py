@@ -111,10 +111,16 @@ def machine_key() -> str:
 def choose_path(model_key: str, probe=None) -> str:
     """The CPU path for the model ``model_key`` names: the flags' default, or with ``BUSAI_PROBE=1`` and a
     ``probe`` (path -> seconds per forward) the measured choice, cached per machine in :func:`cache_file`."""
+    return choose(model_key, candidate_paths(), probe)
+
+
+def choose(model_key: str, candidates: tuple[str, ...], probe=None) -> str:
+    """One of ``candidates`` for the model ``model_key`` names: the first (the default), or with
+    ``BUSAI_PROBE=1`` and a ``probe`` (candidates -> {candidate: seconds}) the fastest when it beats the
+    default by :data:`PROBE_MARGIN`, measured once per machine and cached in :func:`cache_file`."""
     import json
     import os
 
-    candidates = candidate_paths()
     if probe is None or os.environ.get(PROBE_ENV) != "1" or len(candidates) == 1:
         return candidates[0]
     path, key = cache_file(), machine_key()

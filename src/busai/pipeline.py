@@ -75,7 +75,7 @@ class Prediction:
         return row
 
 
-def load_models(seg="release", cls="release", *, backend: str = "auto", workdir: str | Path | None = None, device: str = "cpu") -> list:
+def load_models(seg="release", cls="release", *, backend: str = "auto", workdir: str | Path | None = None, device: str = "cpu", grad_cam: bool = False) -> list:
     """The segmenter and / or classifier to predict with, as networks (:class:`busai.backends.LoadedModel`:
     what :func:`predict_scans` takes; ``busai.Model(x)`` wraps one).
 
@@ -83,14 +83,15 @@ def load_models(seg="release", cls="release", *, backend: str = "auto", workdir:
     loaded :class:`busai.Model`, or ``"none"`` to skip that task. ``backend``: ``"auto"`` (PyTorch where
     torch is installed, else ONNX Runtime on the folders' ``model.onnx``), ``"torch"``, or ``"onnx"`` (a
     folder's ``model.onnx``, or PyTorch models exported into ``workdir``), see :func:`busai.export.load_backend`.
-    ``device``: auto, cpu or cuda.
+    ``device``: auto, cpu or cuda. ``grad_cam``: keep an ``"auto"`` classifier in PyTorch even where ONNX
+    Runtime measured faster, so that it can draw Grad-CAM (serve's page offers it).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend}: unknown; choose {', '.join(BACKENDS)}")
     from busai.export import load_backend  # imported here: start-up without torch
 
     models = [
-        load_backend(source, task, device=device, backend=backend, workdir=workdir)
+        load_backend(source, task, device=device, backend=backend, workdir=workdir, by_speed=not (grad_cam and task == "classification"))
         for task, source in (("segmentation", seg), ("classification", cls))
         if not (isinstance(source, str) and source.lower() == "none")
     ]

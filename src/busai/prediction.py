@@ -236,7 +236,6 @@ def predict_paths(
     and also when the batch is interrupted. An ``out_dir`` holding an earlier batch is refused
     unless ``resume``: then its rows are kept and only the images without one (or with an error) are predicted.
     """
-    from busai.backends import resolve_backend
     from busai.device import best_threads
     from busai.measure import spacing_mm
     from busai.outputs import atomic_write_text, output_dir
@@ -260,7 +259,7 @@ def predict_paths(
             {
                 "seg": str(seg),
                 "cls": str(cls),
-                "backend": resolve_backend(backend),  # what ran: auto names torch or onnx
+                "backend": backend,  # as asked; runtime.paths says what ran (auto may pick ONNX Runtime by speed)
                 "tta": tta,
                 "pixel_spacing": pixel_spacing,
                 "threshold": threshold,

@@ -30,7 +30,7 @@ def register(sub) -> None:
         "--backend",
         default="auto",
         choices=BACKENDS,
-        help="auto: PyTorch where installed, else ONNX Runtime; onnx runs a model's model.onnx (or exports the model) in ONNX Runtime",
+        help="auto: PyTorch, or a release's model.onnx where ONNX Runtime measured faster here (else ONNX Runtime alone); onnx runs a model's model.onnx (or exports the model) in ONNX Runtime",
     )
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default): the GPU when one is visible, else the CPU")

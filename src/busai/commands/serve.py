@@ -24,7 +24,12 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=SERVE_PORT, help=f"port (default {SERVE_PORT})")
     p.add_argument("--seg", default="release", metavar="MODEL", help="segmentation model: release (default), a run folder, an .onnx file, or none")
     p.add_argument("--cls", default="release", metavar="MODEL", help="classification model: release (default), a run folder, an .onnx file, or none")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="auto: PyTorch where installed, else ONNX Runtime; onnx: ONNX Runtime (no Grad-CAM)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="auto: PyTorch (the segmenter's model.onnx where ONNX Runtime measured faster here), else ONNX Runtime; onnx: ONNX Runtime (no Grad-CAM)",
+    )
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default): the GPU when one is visible, else the CPU")
     p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, help=f"largest accepted upload in MB (default {MAX_UPLOAD_MB:g})")
     p.add_argument(

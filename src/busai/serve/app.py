@@ -75,7 +75,7 @@ def create_app(
     max_pixels = int(min(max_megapixels * 1e6, 2**62))
     workdir = tempfile.TemporaryDirectory(prefix="busai-serve-")
     try:
-        models = [Model(getattr(m, "loaded", m)) for m in load_models(seg, cls, backend=backend, workdir=workdir.name, device=device)]
+        models = [Model(getattr(m, "loaded", m)) for m in load_models(seg, cls, backend=backend, workdir=workdir.name, device=device, grad_cam=True)]
     except BaseException:
         workdir.cleanup()
         raise
