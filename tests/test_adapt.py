@@ -112,6 +112,7 @@ def test_the_hold_out_is_never_adapted_on(site, unlabelled, few_label):
         recorded = json.loads((out / "training_data.json").read_text())["datasets"][-1]
         assert recorded["fingerprint"] == report["site"]["fingerprint"]
         assert not {f"clinic:{k}" for k in recorded["train"] + recorded["val"]} & held
+        assert set(recorded["content"]) == set(recorded["train"] + recorded["val"])  # the content guard knows every scan it used
         # The leak guard now applies to the adapted model: its hold-out may be scored, its pool not.
         from busai.adaptation import read_site
 
@@ -120,6 +121,14 @@ def test_the_hold_out_is_never_adapted_on(site, unlabelled, few_label):
         check_unseen(out, {"test": [by_key[k] for k in held]}, {"clinic": fingerprint}, what="scoring")
         with pytest.raises(ConfigError, match="were in this model's training data"):
             check_unseen(out, {"test": [by_key[lists["pool"][0]]]}, {"clinic": fingerprint}, what="scoring")
+        # A copy of a pool scan in another folder, under another name: refused by its pixels.
+        copy = Path(out).parent / "copy" / "benign"
+        copy.mkdir(parents=True, exist_ok=True)
+        shutil.copy(by_key[lists["pool"][0]].image, copy / "renamed (1).png")
+        shutil.copy(by_key[lists["pool"][0]].masks[0], copy / "renamed (1)_mask.png")
+        copied, copied_fingerprint, _ = read_site(parse_data_specs([f"copy={copy.parent}"])[0])
+        with pytest.raises(ConfigError, match="the same pixels as clinic:"):
+            check_unseen(out, {"test": copied}, {"copy": copied_fingerprint}, what="scoring")
 
 
 def test_few_label_mode_fine_tunes_with_frozen_stages_and_an_early_stop_hold_out(seg_run, few_label):

@@ -841,7 +841,7 @@ def _write_config(loaded, out: Path, train: dict | None) -> None:
 def _write_run(loaded, parent_dir: Path, out: Path, report: dict, spec, fingerprint: str, plan: SitePlan, command: str | None) -> None:
     """config.json (what busai.load needs, plus the parent and the site) and training_data.json."""
     from busai.outputs import atomic_write_text, output_dir
-    from busai.provenance import TRAINING_DATA, training_data
+    from busai.provenance import TRAINING_DATA, record_hashes, training_data_with_content
 
     output_dir(out)
     config_path = out / runs.CONFIG
@@ -855,14 +855,18 @@ def _write_run(loaded, parent_dir: Path, out: Path, report: dict, spec, fingerpr
         site={"data": str(spec), "fingerprint": fingerprint, "layout": report["site"]["layout"]},
     )
     atomic_write_text(config_path, json.dumps(config, indent=2, default=str) + "\n")
-    seen = list(training_data(parent_dir) or [])
-    # Everything adapt used counts as seen: the statistics pool (labelled or not) as train, the early-stop scans as val.
+    seen = list(training_data_with_content(parent_dir) or [])
+    # Everything adapt used counts as seen: the statistics pool (labelled or not) as train, the early-stop
+    # scans as val; with their content hashes, so a copy of a site scan under another name is refused too.
+    used = plan.pool + plan.early_stop + plan.chosen_on
+    hashes = record_hashes(used)
     seen.append(
         {
             "name": spec.name,
             "fingerprint": fingerprint,
             "train": [r.relpath for r in plan.pool],
             "val": [r.relpath for r in plan.early_stop + plan.chosen_on],
+            "content": {r.relpath: hashes[r.key] for r in used if r.key in hashes},
         }
     )
     body = {"source": f"busai adapt of {report['parent']['source']} to {spec}", "datasets": seen}
