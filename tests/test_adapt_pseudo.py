@@ -101,6 +101,7 @@ def test_the_loss_and_the_early_stop_score_leave_ignored_pixels_out():
         ("--pseudo-confidence", "-0.1", "--pseudo-confidence -0.1: must be in [0, 1]"),
         ("--pseudo-band", "0.5", "--pseudo-band 0.5: must be in [0, 0.5)"),
         ("--pseudo-band", "nan", "--pseudo-band nan: must be in [0, 0.5)"),
+        ("--max-minutes", "0", "--max-minutes 0.0: must be positive"),
     ],
 )
 def test_thresholds_out_of_range_are_one_line(tmp_path, cli, option, value, expect):
@@ -191,14 +192,15 @@ def test_without_held_out_labels_the_self_trained_model_is_kept_with_its_agreeme
     scans.mkdir()
     for i, p in enumerate(sorted(q for q in site.rglob("*.png") if "_mask" not in q.stem)[:12]):
         shutil.copy(p, scans / f"IMG_{i:03d}.png")
-    args = ("--pseudo-label", "--pseudo-agreement", "0", "--pseudo-confidence", "0", "--pseudo-band", "0.05", "--epochs", "1")
+    # a budget spent by the first epoch: self-training stops there (of 3), as busai train --max-minutes does
+    args = ("--pseudo-label", "--pseudo-agreement", "0", "--pseudo-confidence", "0", "--pseudo-band", "0.05", "--epochs", "3", "--max-minutes", "1e-6")
     code, out, err = cli("adapt", seg_run, "--data", scans, "--out", tmp_path / "run", *args, "--device", "cpu", "--quiet")
     assert code == 0, err
     report = json.loads((tmp_path / "run" / "adapt.json").read_text())
     section = report["pseudo_label"]
     assert report["scores"]["before"] is None and section["used"] >= 8 and section["kept"]
     assert section["decision"].startswith("kept: no labelled held-out scans") and section["flip_agreement"]["after"] is not None
-    assert "pseudo-labels:" in out and (tmp_path / "run" / "history.csv").is_file()
+    assert "pseudo-labels:" in out and len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 2  # header + one epoch
 
 
 def test_pseudo_label_with_labels_to_fine_tune_on_is_one_line(seg_run, site, tmp_path, cli):

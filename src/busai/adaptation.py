@@ -93,6 +93,7 @@ def adapt(
     pseudo_agreement: float = PSEUDO_AGREEMENT,
     pseudo_confidence: float = PSEUDO_CONFIDENCE,
     pseudo_band: float = PSEUDO_BAND,
+    max_minutes: float | None = None,
 ) -> dict:
     """Adapt the segmentation model ``model`` (a run or release folder, or ``"release"``) to the
     site whose scans are in ``data`` (``DIR`` or ``NAME=DIR``: a dataset layout busai reads, or a
@@ -105,13 +106,14 @@ def adapt(
     ``freeze_encoder``: encoder stages (from the input) kept fixed while fine-tuning.
     ``pseudo_label``: without labels, self-train on confident pseudo-labels after the statistics
     (see the module docstring); ``pseudo_agreement``, ``pseudo_confidence`` and ``pseudo_band``
-    are its rule (:func:`pseudo_label`).
+    are its rule (:func:`pseudo_label`). ``max_minutes``: wall-clock budget of the fine-tuning (or
+    self-training); it stops after the epoch that crosses it and keeps its best epoch, as ``busai train`` does.
     """
     from busai.api import load
     from busai.data.sources import parse_data_specs
 
     out = Path(out).expanduser()
-    _check_options(holdout, labelled, freeze_encoder, epochs, patience, lr, batch_size)
+    _check_options(holdout, labelled, freeze_encoder, epochs, patience, lr, batch_size, max_minutes)
     rule = PseudoRule(pseudo_agreement, pseudo_confidence, pseudo_band) if pseudo_label else None  # checks the thresholds
     from busai.outputs import output_dir
 
@@ -176,6 +178,7 @@ def adapt(
             batch_size=batch_size,
             seed=seed,
             quiet=quiet,
+            max_minutes=max_minutes,
         )
         report["fine_tuning"] = fit
     trained = bool(plan.finetune)
@@ -195,6 +198,7 @@ def adapt(
             seed=seed,
             n_boot=n_boot,
             quiet=quiet,
+            max_minutes=max_minutes,
         )
         report["lists"].update(section.pop("lists"))
         report["pseudo_label"] = section
@@ -385,15 +389,15 @@ def _pick_grouped(records: list, n: int, seed: int) -> list:
     return picked
 
 
-def _check_options(holdout, labelled, freeze_encoder, epochs, patience, lr, batch_size) -> None:
+def _check_options(holdout, labelled, freeze_encoder, epochs, patience, lr, batch_size, max_minutes=None) -> None:
     if not 0.0 <= holdout < 1.0:
         raise ConfigError(f"--holdout {holdout}: must be a fraction in [0, 1), e.g. 0.2")
     if labelled is not None and labelled < 0:
         raise ConfigError(f"--labelled {labelled}: must be 0 (no labels used) or a number of labelled scans")
     if freeze_encoder < 0:
         raise ConfigError(f"--freeze-encoder {freeze_encoder}: must be 0 (nothing frozen) or a number of encoder stages")
-    for name, value in (("--epochs", epochs), ("--patience", patience), ("--lr", lr), ("--batch-size", batch_size)):
-        if not value > 0:
+    for name, value in (("--epochs", epochs), ("--patience", patience), ("--lr", lr), ("--batch-size", batch_size), ("--max-minutes", max_minutes)):
+        if value is not None and not value > 0:
             raise ConfigError(f"{name} {value}: must be positive")
 
 
@@ -547,7 +551,22 @@ def freeze_stages(module: nn.Module, count: int) -> int:
 
 
 def _finetune(
-    loaded, finetune: list, early_stop: list, out: Path, *, freeze_encoder, epochs, patience, lr, batch_size, seed, quiet, cache=None, adapter=None, loss=None
+    loaded,
+    finetune: list,
+    early_stop: list,
+    out: Path,
+    *,
+    freeze_encoder,
+    epochs,
+    patience,
+    lr,
+    batch_size,
+    seed,
+    quiet,
+    cache=None,
+    adapter=None,
+    loss=None,
+    max_minutes=None,
 ) -> dict:
     """Fine-tune ``loaded.module`` in place on ``finetune``, early-stopped on ``early_stop``, into the run folder ``out``.
     ``cache`` (masks other than the records' files), ``adapter`` (cfg -> TaskAdapter) and ``loss`` (its name, as recorded) serve self-training."""
@@ -570,6 +589,7 @@ def _finetune(
         batch_size=batch_size,
         epochs=epochs,
         patience=patience,
+        max_minutes=max_minutes,
         loss=loss or parent_train.get("loss") or "dice",
         augment="paper",
         select="lesion_dice",

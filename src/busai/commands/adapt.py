@@ -90,6 +90,13 @@ def register(sub) -> None:
     p.add_argument(
         "--patience", type=int, default=ADAPT_PATIENCE, help=f"stop after this many epochs without a better early-stop score (default {ADAPT_PATIENCE})"
     )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        metavar="M",
+        help="wall-clock budget of the fine-tuning or self-training: it stops after the epoch that crosses it, keeping its best epoch (default: none)",
+    )
     p.add_argument("--lr", type=float, default=ADAPT_LR, help=f"fine-tuning learning rate (default {ADAPT_LR:g})")
     p.add_argument("--batch-size", type=int, default=ADAPT_BATCH_SIZE, help=f"fine-tuning batch size (default {ADAPT_BATCH_SIZE})")
     p.add_argument("--seed", type=int, default=0, help="seed of the hold-out, the labelled subset and training (default 0)")
@@ -126,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         pseudo_agreement=args.pseudo_agreement,
         pseudo_confidence=args.pseudo_confidence,
         pseudo_band=args.pseudo_band,
+        max_minutes=args.max_minutes,
     )
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k not in ("per_image", "lists")}, default=str))
