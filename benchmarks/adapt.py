@@ -53,11 +53,17 @@ def limited_splits(splits_file: Path, limit: int, out: Path) -> Path:
     return write_splits(out, splits, overwrite=True)
 
 
-def scores(model: str | Path, data: list[str], splits: Path, out: Path | None, n_boot: int, device: str) -> dict:
-    """Dice over lesion scans, mean Dice and lesions missed, per dataset's test split (busai evaluate)."""
+def scores(model: str | Path, data: list[str], splits: Path, out: Path, n_boot: int, device: str) -> dict:
+    """Dice over lesion scans, mean Dice, lesions missed and lesion-free scans outlined, per dataset's
+    test split (busai evaluate). A model whose scores are in ``out`` already (an earlier invocation
+    of this script, next to its adaptation, which is not redone either) is read back, not scored again."""
     from busai.evaluation import evaluate_model
 
-    (by_key,) = evaluate_model(model, data, splits_file=splits, split_names=["test"], out=out, n_boot=n_boot, figures=False, device=device).values()
+    stored = out / "segmentation" / "metrics.json"
+    if stored.is_file():
+        by_key = json.loads(stored.read_text())
+    else:
+        (by_key,) = evaluate_model(model, data, splits_file=splits, split_names=["test"], out=out, n_boot=n_boot, figures=False, device=device).values()
     return {
         key.split("/")[0]: {
             "images": r["images"],
@@ -65,6 +71,8 @@ def scores(model: str | Path, data: list[str], splits: Path, out: Path | None, n
             "dice": r["dice"]["mean"],
             "missed_lesions": r["detection"]["missed_lesions"],
             "lesion_images": r["detection"]["lesion_images"],
+            "normals_outlined": r["detection"]["false_alarms"],
+            "lesion_free_images": r["detection"]["lesion_free_images"],
         }
         for key, r in by_key.items()
         if "/" in key
@@ -186,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "unlabelled_uclm_lesion_dice_gain": delta(unlabelled, "uclm") if unlabelled else None,
         "unlabelled_uclm_missed_change": unlabelled["scores"]["uclm"]["missed_lesions"] - parent["uclm"]["missed_lesions"] if unlabelled else None,
         "unlabelled_busi_lesion_dice_change": delta(unlabelled, "busi") if unlabelled else None,
+        "unlabelled_uclm_normals_outlined_change": unlabelled["scores"]["uclm"]["normals_outlined"] - parent["uclm"]["normals_outlined"] if unlabelled else None,
         "pseudo_label_uclm_lesion_dice_gain": delta(self_trained, "uclm") if self_trained else None,
         "pseudo_label_busi_lesion_dice_change": delta(self_trained, "busi") if self_trained else None,
         "labelled_25_share_of_reference": (

@@ -11,7 +11,7 @@ split file's patient- and duplicate-grouped folds. Views compared:
 
 - ``scan``: the whole scan, as today's classifier sees it;
 - ``crop m``: the ground-truth lesion's bounding box grown by ``m`` of its size on each side
-  (:func:`busai.diagnosis.lesion_crop`), cut from the scan at twice the input size, resized;
+  (:func:`busai.preprocessing.lesion_view`, what a ``--view lesion`` classifier sees), cut from the scan at twice the input size, resized;
 - ``crop-pred 0.3``: the same around the largest component the segmenter predicted, each fold's
   ``runs/seg27/NAME/fold-I`` on its own validation scans (out-of-fold, as at predict time; a scan
   where it finds nothing falls back to the whole scan);
@@ -97,9 +97,7 @@ def predicted_masks(run: Path, records: list, cache, size: int) -> list[np.ndarr
 
 def view_images(records: list, cache, pred: list[np.ndarray] | None) -> dict[str, list[np.ndarray]]:
     """uint8 grey-RGB inputs of every view, SIZE x SIZE, in record order."""
-    from busai.diagnosis import lesion_crop
-    from busai.measure import largest_component
-    from busai.preprocessing import resize_image, to_gray_rgb
+    from busai.preprocessing import lesion_view, resize_image, to_gray_rgb
 
     views: dict[str, list[np.ndarray]] = {"scan": []}
     views.update({f"crop {m}": [] for m in MARGINS})
@@ -109,13 +107,10 @@ def view_images(records: list, cache, pred: list[np.ndarray] | None) -> dict[str
         image, mask = cache.get(record, 2 * SIZE)
         image = to_gray_rgb(image)
         views["scan"].append(resize_image(image, SIZE))
-        region = largest_component(mask)[0]
         for m in MARGINS:
-            views[f"crop {m}"].append(lesion_crop(image, region, m, SIZE))
-        if pred is not None:
-            found = largest_component(pred[i])[0]
-            crop = lesion_crop(image, found, PRED_MARGIN, SIZE)
-            views[f"crop-pred {PRED_MARGIN}"].append(crop if crop is not None else resize_image(image, SIZE))
+            views[f"crop {m}"].append(lesion_view(image, mask, (m,) * 4, SIZE))
+        if pred is not None:  # an empty prediction gives the whole scan
+            views[f"crop-pred {PRED_MARGIN}"].append(lesion_view(image, pred[i], (PRED_MARGIN,) * 4, SIZE))
     return views
 
 

@@ -178,6 +178,41 @@ def startup_table(results_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
+def adapt_table(results_dir: str | Path) -> str:
+    """Markdown of adapt.json: the BUSI-only parent and each adaptation to BUS-UCLM, scored on both test splits."""
+    r = _benchmark_result(results_dir, "adapt.json")
+    if r is None:
+        return ""
+
+    def ci(v: dict) -> str:
+        return f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+
+    def cells(scores: dict) -> str:
+        return " | ".join(
+            f"{ci(s['lesion_dice'])} | {s['missed_lesions']} of {s['lesion_images']} | {s['normals_outlined']} of {s['lesion_free_images']} | {s['dice']['value']:.3f}"
+            for s in (scores["uclm"], scores["busi"])
+        )
+
+    lines = [
+        f"`{r['command']}`; 95% CIs over patients / duplicate groups",
+        "",
+        "| model | BUS-UCLM test: Dice, lesion scans | lesions missed | normals outlined | Dice, all scans "
+        "| BUSI test: Dice, lesion scans | lesions missed | normals outlined | Dice, all scans | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| unadapted (BUSI only) | {cells(r['parent']['scores'])} | – |",
+    ]
+    for row in r["rows"]:
+        name = "self-trained on pseudo-labels (`--pseudo-label`)" if row.get("pseudo_label") else ("statistics only" if row["labelled"] == 0 else f"{row['labelled']} labelled scans")
+        lines.append(f"| {name} | {cells(row['scores'])} | {row['seconds']:.0f} |")
+    if r.get("reference"):
+        uclm = r["reference"]["scores"]["uclm"]
+        lines.append(
+            f"| trained on all BUS-UCLM train patients (yardstick) | {ci(uclm['lesion_dice'])} | {uclm['missed_lesions']} of {uclm['lesion_images']} "
+            f"| {uclm['normals_outlined']} of {uclm['lesion_free_images']} | {uclm['dice']['value']:.3f} | – | – | – | – | – |"
+        )
+    return "\n".join(lines)
+
+
 def profile_table(r: dict) -> str:
     lines = ["| Model | Operators | fp32 eager: ms / step (share) | busai default: ms / step (share) | Speed-up |", "|---|---|---|---|---|"]
     for model, paths in r["models"].items():
@@ -219,6 +254,7 @@ def render(results: Path, *, chart: bool = True) -> dict[str, str]:
         "missed-table": missed_table(results),
         "throughput-table": throughput_table(results),
         "startup-table": startup_table(results),
+        "adapt-table": adapt_table(results),
     }
     studies = sorted(p.parent for p in (results / "tuning").glob("*/summary.json"))
     if studies:  # Optuna is imported only when there are studies to show
