@@ -194,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         "unlabelled_uclm_lesion_dice_gain": delta(unlabelled, "uclm") if unlabelled else None,
         "unlabelled_uclm_missed_change": unlabelled["scores"]["uclm"]["missed_lesions"] - parent["uclm"]["missed_lesions"] if unlabelled else None,
         "unlabelled_busi_lesion_dice_change": delta(unlabelled, "busi") if unlabelled else None,
-        "unlabelled_uclm_normals_outlined_change": unlabelled["scores"]["uclm"]["normals_outlined"] - parent["uclm"]["normals_outlined"] if unlabelled else None,
+        "unlabelled_uclm_normals_outlined_change": unlabelled["scores"]["uclm"]["normals_outlined"] - parent["uclm"]["normals_outlined"]
+        if unlabelled
+        else None,
         "pseudo_label_uclm_lesion_dice_gain": delta(self_trained, "uclm") if self_trained else None,
         "pseudo_label_busi_lesion_dice_change": delta(self_trained, "busi") if self_trained else None,
         "labelled_25_share_of_reference": (

@@ -15,8 +15,10 @@ split file's patient- and duplicate-grouped folds. Views compared:
 - ``crop-pred 0.3``: the same around the largest component the segmenter predicted, each fold's
   ``runs/seg27/NAME/fold-I`` on its own validation scans (out-of-fold, as at predict time; a scan
   where it finds nothing falls back to the whole scan);
-- ``shape``: scale-free shape features of the ground-truth mask alone (no image);
-- ``scan + crop 0.3`` and ``crop 0.3 + shape``: features side by side.
+- ``shape``: scale-free shape features of the ground-truth mask alone (no image); ``shape-pred``:
+  the same of the predicted mask (what predict has; zeros where it finds nothing);
+- ``scan + crop 0.3``, ``crop 0.3 + shape``, ``crop-pred 0.3 + shape-pred`` and ``scan + shape-pred``:
+  features side by side.
 
 Per fold: AUC of malignant vs benign, pooled and per dataset; the table gives mean and sd over the
 folds. The regression's C is fixed in advance (0.1; 0.01 and 1.0 in the JSON as a check that no
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     network, pre = built.module.eval(), built.preprocessing
     cache = ImageCache()
     by_view: dict[str, list[np.ndarray]] = {}
-    y, fold_of, dataset, shapes, pred_empty = [], [], [], [], 0
+    y, fold_of, dataset, shapes, pred_shapes, pred_empty = [], [], [], [], [], 0
     for fold in range(len(splits["folds"])):
         records = [r for r in load_split_records(specs, splits, "val", fold=fold) if r.label in ("benign", "malignant") and r.masks]
         records = records[:: max(1, len(records) // args.limit)][: args.limit] if args.limit else records  # spread over patients and classes
@@ -207,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         for view, images in view_images(records, cache, pred).items():
             by_view.setdefault(view, []).append(features(network, images, pre.mean, pre.std))
         shapes += [shape_features(cache.get(r, 2 * SIZE)[1]) for r in records]
+        if pred is not None:
+            pred_shapes += [shape_features(p) for p in pred]
         y += [int(r.label == "malignant") for r in records]
         fold_of += [fold] * len(records)
         dataset += [r.dataset for r in records]
@@ -215,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     x["shape"] = np.stack(shapes)
     x["scan + crop 0.3"] = np.hstack([x["scan"], x["crop 0.3"]])
     x["crop 0.3 + shape"] = np.hstack([x["crop 0.3"], x["shape"]])
+    if pred_shapes:
+        x["shape-pred"] = np.stack(pred_shapes)
+        x[f"crop-pred {PRED_MARGIN} + shape-pred"] = np.hstack([x[f"crop-pred {PRED_MARGIN}"], x["shape-pred"]])
+        x["scan + shape-pred"] = np.hstack([x["scan"], x["shape-pred"]])
     y, fold_of, dataset = np.array(y), np.array(fold_of), np.array(dataset)
     results = {
         "command": "python benchmarks/crop_probe.py " + " ".join(sys.argv[1:] if argv is None else argv),

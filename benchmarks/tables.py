@@ -202,7 +202,11 @@ def adapt_table(results_dir: str | Path) -> str:
         f"| unadapted (BUSI only) | {cells(r['parent']['scores'])} | – |",
     ]
     for row in r["rows"]:
-        name = "self-trained on pseudo-labels (`--pseudo-label`)" if row.get("pseudo_label") else ("statistics only" if row["labelled"] == 0 else f"{row['labelled']} labelled scans")
+        name = (
+            "self-trained on pseudo-labels (`--pseudo-label`)"
+            if row.get("pseudo_label")
+            else ("statistics only" if row["labelled"] == 0 else f"{row['labelled']} labelled scans")
+        )
         lines.append(f"| {name} | {cells(row['scores'])} | {row['seconds']:.0f} |")
     if r.get("reference"):
         uclm = r["reference"]["scores"]["uclm"]

@@ -5,21 +5,28 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from busai.diagnosis import Fusion, lesion_crop, lesion_crop_box, lesion_features, malignant_share
+from busai.diagnosis import Fusion, lesion_features, malignant_share
 from busai.errors import ConfigError
+from busai.preprocessing import Preprocessing, lesion_view, resize_image
 
 
-def test_crop_box_of_a_constructed_mask():
-    mask = np.zeros((100, 200), bool)
-    mask[40:60, 50:90] = True  # 20 high, 40 wide
-    assert lesion_crop_box(mask, 0.5) == (30, 30, 70, 110)
-    assert lesion_crop_box(mask, 5.0) == (0, 0, 100, 200)  # clipped to the image
-    assert lesion_crop_box(np.zeros((5, 5), bool), 0.3) is None
-    image = np.zeros((100, 200, 3), np.uint8)
-    image[40:60, 50:90] = 255
-    crop = lesion_crop(image, mask, margin=0.5, size=32)
-    assert crop.shape == (32, 32, 3)
-    assert crop[16, 16].tolist() == [255, 255, 255] and crop[1, 1].tolist() == [0, 0, 0]
+def test_lesion_view_cuts_the_box_grown_by_its_margins_on_a_constructed_mask():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)  # already at twice the view's size: no resize before the cut
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:32, 8:40] = 1  # 16 high, 32 wide
+    mask[60:62, 60:62] = 1  # a smaller second component: not the one cut
+    assert np.array_equal(lesion_view(image, mask, (0, 0, 0, 0), 32), resize_image(image[16:32, 8:40], 32))
+    # half the height above and below, half the width each side: clipped at the left edge
+    assert np.array_equal(lesion_view(image, mask, (0.5, 0.5, 0.5, 0.5), 32), resize_image(image[8:40, 0:56], 32))
+    assert np.array_equal(lesion_view(image, mask, (0.25, 0, 0, 0.25), 32), resize_image(image[12:32, 8:48], 32))
+    assert np.array_equal(lesion_view(image, np.zeros_like(mask), (0.5,) * 4, 32), resize_image(image, 32))  # no lesion: the scan
+    # A mask at the scan's own size is resized with it, nearest: the same cut at twice the view's size.
+    big, big_mask = np.repeat(np.repeat(image, 2, 0), 2, 1), np.repeat(np.repeat(mask, 2, 0), 2, 1)
+    assert lesion_view(big, big_mask, (0, 0, 0, 0), 32).shape == (32, 32, 3)
+    pre = Preprocessing(32, (0.5,) * 3, (0.5,) * 3, "gray", "lesion", 0.5)
+    assert pre.lesion_array(image, mask).shape == (3, 32, 32)
+    assert Preprocessing.from_dict(pre.to_dict()) == pre and "view" not in Preprocessing(32, (0.5,) * 3, (0.5,) * 3).to_dict()
 
 
 def test_fusion_probabilities_by_hand():

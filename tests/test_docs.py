@@ -114,7 +114,17 @@ def test_results_page_holds_every_generated_table_as_rendered():
     tables = load_script("benchmarks/tables.py")
     text = (ROOT / "docs" / "results.md").read_text()
     rendered = tables.render(ROOT / "results", chart=False)
-    assert set(rendered) == {"seg-table", "cls-table", "speed-table", "leak-table", "missed-table", "tune-table", "throughput-table", "startup-table", "adapt-table"}
+    assert set(rendered) == {
+        "seg-table",
+        "cls-table",
+        "speed-table",
+        "leak-table",
+        "missed-table",
+        "tune-table",
+        "throughput-table",
+        "startup-table",
+        "adapt-table",
+    }
     for marker, table in rendered.items():
         block = re.search(rf"<!-- {marker}:start -->\n(.*?)\n<!-- {marker}:end -->", text, re.S)
         assert block and block.group(1) == table, f"docs/results.md {marker} is stale: run python benchmarks/tables.py"

@@ -600,8 +600,8 @@ def _finetune(
     module = loaded.module
     frozen = freeze_stages(module, freeze_encoder)
     cache = cache if cache is not None else ImageCache()
-    train_ds = BusDataset(finetune, loaded.image_size, loaded.mean, loaded.std, augment=cfg.augment, cache=cache, seed=seed, grayscale=loaded.grayscale)
-    val_ds = BusDataset(early_stop, loaded.image_size, loaded.mean, loaded.std, cache=cache, seed=seed, grayscale=loaded.grayscale)
+    train_ds = BusDataset.for_model(finetune, loaded, augment=cfg.augment, cache=cache, seed=seed)
+    val_ds = BusDataset.for_model(early_stop, loaded, cache=cache, seed=seed)
     sampler = RandomSampler(train_ds, generator=torch.Generator().manual_seed(seed))
     train_loader, val_loader = train_val_loaders(train_ds, val_ds, sampler, batch_size, device=cfg.device)
     metadata = {"busai": json.dumps({"model_spec": loaded.spec, "image_size": loaded.image_size})}

@@ -45,17 +45,19 @@ class LoadedModel:
     source: str
     grayscale: bool = False  # preprocessing "color": "gray" (see TrainConfig.color)
     temperature: float = 1.0  # classification logits are divided by it (busai.calibration); 1 = uncalibrated
+    view: str = "scan"  # preprocessing "view": "lesion" for a classifier of lesion crops (see TrainConfig.view)
+    margin: float = 0.0  # its context around the lesion's box
 
     backend: ClassVar[str] = "torch"
     supports_gradients: ClassVar[bool] = True  # autograd runs through the network (Grad-CAM, export)
 
     @classmethod
     def with_preprocessing(cls, module, task: str, spec: dict, pre: Preprocessing, config: dict, source: str, temperature: float = 1.0):
-        return cls(module, task, spec, int(pre.image_size), tuple(pre.mean), tuple(pre.std), config, source, pre.grayscale, temperature)
+        return cls(module, task, spec, int(pre.image_size), tuple(pre.mean), tuple(pre.std), config, source, pre.grayscale, temperature, pre.view, pre.margin)
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(self.image_size, tuple(self.mean), tuple(self.std), "gray" if self.grayscale else "rgb")
+        return Preprocessing(self.image_size, tuple(self.mean), tuple(self.std), "gray" if self.grayscale else "rgb", self.view, self.margin)
 
     @property
     def device(self):
@@ -263,8 +265,7 @@ class EnsembleLoaded:
         for member in self.members[1:]:
             if member.task != first.task:
                 raise CheckpointError(f"{member.source}: a {member.task} model in a {first.task} ensemble; members must share one task")
-            mine = (member.image_size, tuple(member.mean), tuple(member.std), member.grayscale)
-            theirs = (first.image_size, tuple(first.mean), tuple(first.std), first.grayscale)
+            mine, theirs = member.preprocessing.to_dict(), first.preprocessing.to_dict()
             if mine != theirs:
                 raise CheckpointError(f"{member.source}: preprocessing {mine} differs from {first.source}'s {theirs}; ensemble models trained alike")
 
@@ -273,6 +274,8 @@ class EnsembleLoaded:
     mean = property(lambda self: self.members[0].mean)
     std = property(lambda self: self.members[0].std)
     grayscale = property(lambda self: self.members[0].grayscale)
+    view = property(lambda self: self.members[0].view)
+    margin = property(lambda self: self.members[0].margin)
     preprocessing = property(lambda self: self.members[0].preprocessing)
     device = property(lambda self: self.members[0].device)
 

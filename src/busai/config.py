@@ -69,6 +69,8 @@ ADAPT_PSEUDO_CONFIDENCE = 0.8
 ADAPT_PSEUDO_BAND = 0.2
 DEVICES = ("auto", "cpu", "cuda")
 COLORS = ("rgb", "gray")
+VIEWS = ("scan", "lesion")  # what a classifier sees: the whole scan, or the lesion with its context (busai.preprocessing.lesion_view)
+LESION_CLASSES = ["benign", "malignant"]  # a lesion view's default classes: a crop needs a lesion
 SCHEDULERS = ("none", "plateau", "cosine")
 TRACKERS = ("none", "tensorboard", "mlflow")
 BACKENDS = ("auto", "torch", "onnx")  # what runs a loaded model for predict / serve; auto: torch where installed, else onnx
@@ -135,6 +137,11 @@ class TrainConfig:
     # gray: the model sees every scan as grey (luma copied to three channels), in training and
     # prediction alike, so a scanner's tinted grey map or colour overlays do not shift its input.
     color: str = "rgb"
+    # Classification: "lesion" trains on the lesion with its context, cut from each image's mask
+    # (busai.preprocessing.lesion_view), each side's margin drawn from crop_margin at every draw
+    # (its middle for validation, and for prediction, which cuts around the segmenter's mask).
+    view: str = "scan"
+    crop_margin: tuple[float, float] = (0.15, 0.6)
     # Relative share of training draws per dataset (name -> weight); None draws images uniformly.
     dataset_weights: dict[str, float] | None = None
 
@@ -206,6 +213,7 @@ class TrainConfig:
         self.classes = parse_classes(self.classes)
         if self.classes is not None and task == "segmentation":
             raise ConfigError("classes: a segmentation model has no classes; drop --classes (or train cls / mt)")
+        self._check_view(task)
         for name in (
             "lr",
             "batch_size",
@@ -243,6 +251,31 @@ class TrainConfig:
             raise ConfigError(f"max_minutes={self.max_minutes}: must be a positive number of minutes")
         if self.betas is not None:
             self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+    def _check_view(self, task: str) -> None:
+        if self.view not in VIEWS:
+            raise ConfigError(f"view '{self.view}': unknown; choose scan or lesion")
+        margins = self.crop_margin
+        if not (isinstance(margins, (list, tuple)) and len(margins) == 2 and all(isinstance(m, (int, float)) and not isinstance(m, bool) for m in margins)):
+            raise ConfigError(f"crop_margin={margins!r}: give two shares of the lesion's size, e.g. --crop-margin 0.15 0.6")
+        low, high = float(margins[0]), float(margins[1])
+        if not 0.0 <= low <= high <= 2.0:
+            raise ConfigError(f"--crop-margin {low:g} {high:g}: give 0 <= LOW <= HIGH <= 2 (shares of the lesion's height / width on each side)")
+        self.crop_margin = (low, high)
+        if self.view == "scan":
+            return
+        if task != "classification":
+            raise ConfigError("--view lesion: classifiers only (a segmenter must see the whole scan to find the lesion); drop --view")
+        if self.classes is None:
+            self.classes = list(LESION_CLASSES)
+        names = self.classes.values() if isinstance(self.classes, dict) else self.classes
+        if "normal" in {str(n).strip().lower() for n in names}:
+            raise ConfigError("--view lesion: a lesion crop needs a lesion, so there is no 'normal' class; use --classes benign,malignant")
+
+    @property
+    def view_margin(self) -> float:
+        """The margin of a lesion view at validation and prediction: the middle of :attr:`crop_margin`."""
+        return (self.crop_margin[0] + self.crop_margin[1]) / 2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from busai import CLASSES
+from busai.config import LESION_CLASSES
 from busai.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,12 @@ class Fusion:
         model = LogisticRegression(C=1.0, max_iter=1000).fit(np.asarray(features, dtype=float), y)
         return cls(coef=[float(c) for c in model.coef_[0]], intercept=float(model.intercept_[0]), fitted_on=fitted_on)
 
+    @classmethod
+    def segmenter_only(cls) -> "Fusion":
+        """Unfitted, for a classifier without a normal class (a lesion-view one): ``p(lesion)`` from the
+        segmenter's largest component alone, 0.5 where its peak probability is 0.5 and steep around it."""
+        return cls(coef=[10.0, 0.0, 0.0], intercept=-5.0, fitted_on="unfitted: the segmenter's peak")
+
     def to_dict(self) -> dict:
         return {"features": list(LESION_FEATURES), **asdict(self)}
 
@@ -104,7 +111,7 @@ def fusion_for(classifier_source, segmenter_source, classes: Sequence[str]) -> F
     from busai.errors import CheckpointError, read_json
     from busai.runs import DIAGNOSIS
 
-    if tuple(classes) != CLASSES or classifier_source is None or segmenter_source is None:
+    if tuple(classes) not in (CLASSES, tuple(LESION_CLASSES)) or classifier_source is None or segmenter_source is None:
         return None
     folder = _folder(classifier_source)
     path = folder / DIAGNOSIS
@@ -123,26 +130,3 @@ def _folder(source) -> Path:
     """The folder a model was loaded from (an .onnx file's own folder)."""
     path = Path(str(source))
     return path if path.is_dir() else path.parent
-
-
-def lesion_crop_box(mask: np.ndarray, margin: float, shape: tuple[int, int] | None = None) -> tuple[int, int, int, int] | None:
-    """(top, left, bottom, right), bottom / right exclusive, of the mask's bounding box grown by
-    ``margin`` times its height and width on each side, clipped to the image; None for an empty mask."""
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        return None
-    height, width = shape or mask.shape[:2]
-    top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    dy, dx = int(round((bottom - top) * margin)), int(round((right - left) * margin))
-    return max(0, top - dy), max(0, left - dx), min(height, bottom + dy), min(width, right + dx)
-
-
-def lesion_crop(image: np.ndarray, mask: np.ndarray, margin: float = 0.3, size: int = 160) -> np.ndarray | None:
-    """The lesion with its context (:func:`lesion_crop_box`), resized to ``size`` x ``size``; None for an empty mask."""
-    import cv2
-
-    box = lesion_crop_box(mask, margin, image.shape[:2])
-    if box is None:
-        return None
-    top, left, bottom, right = box
-    return cv2.resize(image[top:bottom, left:right], (size, size), interpolation=cv2.INTER_AREA)

@@ -12,6 +12,7 @@ import contextlib
 import numpy as np
 
 from busai.backends import LoadedModel
+from busai.errors import ConfigError
 from busai.extras import has_torch
 from busai.preprocessing import Preprocessing
 
@@ -97,13 +98,25 @@ def _mirror(batch):
     return np.ascontiguousarray(batch[..., ::-1]) if isinstance(batch, np.ndarray) else batch.flip(-1)
 
 
-def model_input(loaded: LoadedModel, image_rgb: np.ndarray, *, as_array: bool | None = None):
-    """One uint8 (H, W, 3) image -> the normalised (3, S, S) input ``loaded`` takes (its own size, mean, std
-    and colour): a tensor, or a numpy array where torch is not installed or ``as_array`` (the predict
+def model_input(loaded: LoadedModel, image_rgb: np.ndarray, *, as_array: bool | None = None, mask: np.ndarray | None = None):
+    """One uint8 (H, W, 3) image -> the normalised (3, S, S) input ``loaded`` takes (its own size, mean, std,
+    colour and view: a lesion-view classifier's needs the lesion ``mask``, any size, covering the same
+    scan): a tensor, or a numpy array where torch is not installed or ``as_array`` (the predict
     pipeline's choice for ONNX Runtime, so an ONNX-only prediction never imports torch)."""
     if as_array is None:
         as_array = not has_torch()
-    return loaded.preprocessing.array(image_rgb) if as_array else loaded.preprocessing.tensor(image_rgb)
+    pre = loaded.preprocessing
+    if pre.lesion_view:
+        if mask is None:
+            raise ConfigError(f"{loaded.source}: a lesion-view classifier sees the lesion, not the scan; predict it together with a segmenter (--seg)")
+        array = pre.lesion_array(image_rgb, mask)
+    else:
+        array = pre.array(image_rgb)
+    if as_array:
+        return array
+    import torch
+
+    return torch.from_numpy(array)
 
 
 def stack_inputs(inputs: list):
@@ -144,7 +157,7 @@ def predict_records(
 
     from busai.data.dataset import BusDataset, ImageCache
 
-    dataset = BusDataset(records, loaded.image_size, loaded.mean, loaded.std, cache=ImageCache(), grayscale=loaded.grayscale)
+    dataset = BusDataset.for_model(records, loaded, cache=ImageCache())
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     i = 0
     with progress_bar(progress, len(records)) as advance:

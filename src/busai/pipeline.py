@@ -119,7 +119,17 @@ def models_by_task(models) -> dict:
 
 def networks_by_task(models) -> dict:
     """{task: network} (:class:`busai.backends.LoadedModel`) for what :func:`models_by_task` takes: what the stages run."""
-    return {task: _network(model) for task, model in models_by_task(models).items()}
+    by_task = {task: _network(model) for task, model in models_by_task(models).items()}
+    if _lesion_view(by_task) and "segmentation" not in by_task:
+        raise ConfigError(
+            f"{by_task['classification'].source}: a lesion-view classifier sees the lesion the segmenter outlines; predict it with a segmenter (--seg)"
+        )
+    return by_task
+
+
+def _lesion_view(by_task: dict) -> bool:
+    """Whether the classifier of ``by_task`` sees the lesion (a crop around the segmenter's mask), not the scan."""
+    return "classification" in by_task and getattr(by_task["classification"], "view", "scan") == "lesion"
 
 
 def _network(model):
@@ -137,7 +147,7 @@ class PreparedScan:
     prediction: Prediction
     image: np.ndarray | None = None  # uint8 (H, W, 3): the whole input
     region: object = None  # busai.scan_region.ScanRegion
-    inputs: dict = field(default_factory=dict)  # task -> normalised (3, S, S) tensor; empty: no model answers
+    inputs: dict = field(default_factory=dict)  # task -> normalised (3, S, S) tensor (None: made from the mask); empty: no model answers
     geometry: object = None  # a DICOM file's busai.io.dicom.DicomGeometry
     classes: tuple = CLASSES  # the classifier's own label set (busai.labels.class_names)
 
@@ -166,21 +176,34 @@ def prepare_scan(by_task: dict, image, *, scan_region: bool = True, gate: bool =
         prepared.classes = tuple(class_names(by_task["classification"].spec))
     if gate and result.input_check != OK:
         return prepared
-    # ONNX Runtime takes numpy arrays: no torch import on its path, installed or not.
-    prepared.inputs = {task: model_input(network, scan, as_array=True if network.backend == "onnx" else None) for task, network in by_task.items()}
+    # ONNX Runtime takes numpy arrays: no torch import on its path, installed or not. A lesion-view
+    # classifier's input is cut around the segmenter's mask, so it is made in run_models.
+    later = "classification" if _lesion_view(by_task) else None
+    prepared.inputs = {task: None if task == later else model_input(network, scan, as_array=_as_array(network)) for task, network in by_task.items()}
     return prepared
 
 
-def run_models(by_task: dict, scans: Sequence[PreparedScan], *, tta: bool = False, precision: str = "auto") -> list[dict]:
-    """Each model once over the scans it answers (one batch): per scan {task: probabilities} (empty for a withheld answer)."""
-    from busai.inference import predict_tensor, stack_inputs
+def _as_array(network) -> bool | None:
+    return True if network.backend == "onnx" else None
+
+
+def run_models(by_task: dict, scans: Sequence[PreparedScan], *, tta: bool = False, precision: str = "auto", threshold: float = MASK_THRESHOLD) -> list[dict]:
+    """Each model once over the scans it answers (one batch): per scan {task: probabilities} (empty for a withheld answer).
+    A lesion-view classifier runs after the segmenter, on the lesion its mask (``prob >= threshold``) outlines."""
+    from busai.inference import model_input, predict_tensor, stack_inputs
 
     outputs: list[dict] = [{} for _ in scans]
-    for task, model in by_task.items():
+    for task, model in sorted(by_task.items(), key=lambda item: item[0] != "segmentation"):
         answered = [i for i, s in enumerate(scans) if task in s.inputs]
         if not answered:
             continue
-        probs = predict_tensor(model, stack_inputs([scans[i].inputs[task] for i in answered]), precision, tta=tta)
+        inputs = [scans[i].inputs[task] for i in answered]
+        if task == "classification" and _lesion_view(by_task):
+            inputs = [
+                model_input(model, scans[i].region.crop(scans[i].image), as_array=_as_array(model), mask=np.asarray(outputs[i]["segmentation"]) >= threshold)
+                for i in answered
+            ]
+        probs = predict_tensor(model, stack_inputs(inputs), precision, tta=tta)
         for i, p in zip(answered, probs):
             outputs[i][task] = p
     return outputs
@@ -192,8 +215,12 @@ def diagnosis_fusion(by_task: dict):
         return None
     from busai.diagnosis import fusion_for
 
+    from busai.diagnosis import Fusion
+
     classifier = by_task["classification"]
-    return fusion_for(classifier.source, by_task["segmentation"].source, class_names(classifier.spec))
+    fusion = fusion_for(classifier.source, by_task["segmentation"].source, class_names(classifier.spec))
+    # A lesion-view classifier has no "normal": without a fitted fusion, lesion or not is the segmenter's say.
+    return fusion if fusion is not None or not _lesion_view(by_task) else Fusion.segmenter_only()
 
 
 def finish_scan(
@@ -273,7 +300,7 @@ def predict_scans(
             prepare_scan(by_task, image, scan_region=scan_region, gate=gate, geometry=geometry)
             for image, geometry in zip(images[start : start + batch_size], geometries[start : start + batch_size])
         ]
-        for prepared, outputs in zip(chunk, run_models(by_task, chunk, tta=tta, precision=precision)):
+        for prepared, outputs in zip(chunk, run_models(by_task, chunk, tta=tta, precision=precision, threshold=threshold)):
             results.append(finish_scan(prepared, outputs, threshold=threshold, pixel_spacing=pixel_spacing, keep_probability=keep_probability, fusion=fusion))
     return results
 

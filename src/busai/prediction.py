@@ -339,7 +339,7 @@ class _BatchWriter:
             ),
             scans,
         )
-        outputs = pipeline.run_models(self.by_task, prepared, tta=settings["tta"])
+        outputs = pipeline.run_models(self.by_task, prepared, tta=settings["tta"], threshold=settings["threshold"])
         self.flush(0)  # the previous batch's rows, post-processed while the models ran
         results = iter(zip(prepared, outputs))
         for path, scan, error in chunk:

@@ -22,32 +22,46 @@ import numpy as np
 from busai.errors import DataError
 
 COLORS = ("rgb", "gray")
+VIEWS = ("scan", "lesion")
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How images must be prepared for a model: square size, per-channel normalisation and colour
-    mode (``gray``: the luma copied to three channels, see ``TrainConfig.color``)."""
+    """How images must be prepared for a model: square size, per-channel normalisation, colour
+    mode (``gray``: the luma copied to three channels, see ``TrainConfig.color``) and view
+    (``lesion``: a classifier that sees the lesion with ``margin`` of its size as context on each
+    side, cut from its mask (:meth:`lesion_array`), not the whole scan; see ``TrainConfig.view``)."""
 
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     color: str = "rgb"
+    view: str = "scan"
+    margin: float = 0.0
 
     @property
     def grayscale(self) -> bool:
         return self.color == "gray"
 
+    @property
+    def lesion_view(self) -> bool:
+        return self.view == "lesion"
+
     def to_dict(self) -> dict:
-        """The JSON shape stored in ``config.json`` (``"preprocessing"``) and in ONNX metadata."""
-        return {"image_size": int(self.image_size), "mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std], "color": self.color}
+        """The JSON shape stored in ``config.json`` (``"preprocessing"``) and in ONNX metadata (the
+        view only for a lesion view, so every whole-scan model's files read as before)."""
+        data = {"image_size": int(self.image_size), "mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std], "color": self.color}
+        return {**data, "view": self.view, "margin": float(self.margin)} if self.lesion_view else data
 
     @classmethod
     def from_dict(cls, data: dict) -> Preprocessing:
         """The inverse of :meth:`to_dict`; files written before the colour mode existed are ``rgb``.
         Raises KeyError / TypeError / ValueError on a malformed dict (callers name the file)."""
         mean, std = tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"])
-        return cls(int(data["image_size"]), mean, std, "gray" if data.get("color") == "gray" else "rgb")
+        view = data.get("view", "scan")
+        if view not in VIEWS:
+            raise ValueError(f"view {view!r}: this busai reads {', '.join(VIEWS)}")
+        return cls(int(data["image_size"]), mean, std, "gray" if data.get("color") == "gray" else "rgb", view, float(data.get("margin", 0.0)))
 
     def tensor(self, image_rgb: np.ndarray):
         """uint8 (H, W, 3) -> normalised float ``torch.Tensor`` (3, S, S): :meth:`array` as a tensor."""
@@ -60,6 +74,35 @@ class Preprocessing:
         uses too (busai.data.dataset), so training, evaluation, prediction and export parity share one input transform."""
         image = resize_image(np.ascontiguousarray(image_rgb), int(self.image_size))
         return normalised(to_gray_rgb(image) if self.grayscale else image, self.mean, self.std)
+
+    def lesion_array(self, image_rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) and its lesion mask (H, W, non-zero = lesion) -> the lesion-view input
+        (3, S, S): :func:`lesion_view` at :attr:`margin` on every side, then as :meth:`array`."""
+        image = lesion_view(np.ascontiguousarray(image_rgb), mask, (self.margin,) * 4, int(self.image_size))
+        return normalised(to_gray_rgb(image) if self.grayscale else image, self.mean, self.std)
+
+
+def lesion_view(image: np.ndarray, mask: np.ndarray, margins: tuple[float, float, float, float], size: int) -> np.ndarray:
+    """The lesion with its context as a ``size`` x ``size`` uint8 image: the scan and its mask resized
+    to twice ``size`` (so training, which caches that size, and prediction cut the same pixels), the
+    largest component's box grown by ``margins`` (top, bottom, left, right; shares of its height /
+    width), cut and resized. A mask with no lesion gives the whole scan, resized."""
+    import cv2
+
+    from busai.measure import largest_component
+
+    work = 2 * int(size)
+    image = resize_image(image, work)
+    mask = cv2.resize(np.ascontiguousarray(mask, dtype=np.uint8), (work, work), interpolation=cv2.INTER_NEAREST) if mask.shape[:2] != (work, work) else mask
+    region, count = largest_component(mask)
+    if count == 0:
+        return resize_image(image, size)
+    ys, xs = np.nonzero(region)
+    top, bottom, left, right = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    height, width = bottom - top, right - left
+    top, bottom = max(0, top - round(height * margins[0])), min(work, bottom + round(height * margins[1]))
+    left, right = max(0, left - round(width * margins[2])), min(work, right + round(width * margins[3]))
+    return resize_image(image[top:bottom, left:right], size)
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:

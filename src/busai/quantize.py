@@ -139,7 +139,7 @@ def _batches(loaded: LoadedModel, records, batch_size: int = 8, key: str = "imag
     (``key="mask"`` / ``"label"``: the matching masks or labels)."""
     from busai.data.dataset import BusDataset, ImageCache
 
-    dataset = BusDataset(records, loaded.image_size, loaded.mean, loaded.std, cache=ImageCache())
+    dataset = BusDataset.for_model(records, loaded, cache=ImageCache())  # the model's own colour mode and view
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i][key] for i in range(start, min(start + batch_size, len(dataset)))]
         yield torch.stack(items)

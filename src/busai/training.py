@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -36,6 +37,8 @@ from busai.runs import (  # noqa: F401  (FOLDS_SUMMARY: training.* name kept for
 from busai.labels import class_names
 from busai.tasks import adapter_for
 
+log = logging.getLogger(__name__)
+
 
 def _split_records(cfg: TrainConfig, classes_option=None):
     """(dataset specs, split file, train records, val records, class names, data label -> class);
@@ -61,6 +64,12 @@ def _split_records(cfg: TrainConfig, classes_option=None):
             )
         train_records = [r for r in train_records if r.label in mapping]
         val_records = [r for r in val_records if r.label in mapping]
+    if cfg.view == "lesion":  # the crop is cut from the image's mask: images without one cannot be shown
+        maskless = [r for r in train_records + val_records if not r.segmentable]
+        if maskless:
+            log.info("--view lesion: %d images without a lesion mask left out (e.g. %s)", len(maskless), maskless[0].image)
+        train_records = [r for r in train_records if r.segmentable]
+        val_records = [r for r in val_records if r.segmentable]
     if not train_records or not val_records:
         raise ConfigError(f"{cfg.splits}: the train or val split is empty; re-run `busai data split` with more images")
     return specs, splits, train_records, val_records, classes, mapping
@@ -95,8 +104,10 @@ def _loaders(cfg: TrainConfig, image_size: int, mean, std, records):
         lesion_paste=cfg.lesion_paste,
         grayscale=gray,
         label_index=label_index,
+        lesion_margins=cfg.crop_margin if cfg.view == "lesion" else None,
     )
-    val_ds = BusDataset(val_records, image_size, mean, std, cache=cache, seed=cfg.seed, grayscale=gray, label_index=label_index)
+    lesion_margins = (cfg.view_margin,) * 2 if cfg.view == "lesion" else None  # validation: the margin prediction cuts
+    val_ds = BusDataset(val_records, image_size, mean, std, cache=cache, seed=cfg.seed, grayscale=gray, label_index=label_index, lesion_margins=lesion_margins)
     class_balanced = cfg.task != "segmentation" and cfg.weighted_sampler
     base = class_balance_weights(train_ds.labels) if class_balanced else None
     if cfg.dataset_weights:
@@ -209,7 +220,7 @@ def resolve_weights(cfg: TrainConfig) -> Path | None:
 
 
 # What a model folder given as --weights decides for the run: its architecture and input.
-FOLDER_OPTIONS = ("model", "encoder", "image_size", "color")
+FOLDER_OPTIONS = ("model", "encoder", "image_size", "color", "view")
 
 
 def weights_folder(weights: str | None, task: str) -> Path | None:
@@ -236,6 +247,7 @@ def folder_options(folder: Path, task: str) -> dict | None:
     values = {"model": spec["name"], "encoder": spec.get("encoder"), "image_size": int(pre["image_size"]), "color": pre.get("color", "rgb")}
     if task == "classification":
         del values["encoder"]
+        values["view"] = pre.get("view", "scan")  # a lesion-view classifier fine-tuned on whole scans would see another input
     return values
 
 
@@ -369,7 +381,7 @@ def _train(
             "command": command,
             "train": cfg.to_dict(),
             "model_spec": built.spec,
-            "preprocessing": replace(built.preprocessing, color=cfg.color).to_dict(),
+            "preprocessing": replace(built.preprocessing, color=cfg.color, view=cfg.view, margin=cfg.view_margin if cfg.view == "lesion" else 0.0).to_dict(),
             "weight_source": built.weight_source,
             "device": str(precision.device),
             "autocast": str(precision.autocast_dtype).replace("torch.", "") if precision.autocast_dtype else "none",

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from busai.commands import add_data_options, data_specs
-from busai.config import AUGMENTATIONS, COLORS, DEVICES, SCHEDULERS, TRACKERS, TRAIN_TASKS, TrainConfig
+from busai.config import AUGMENTATIONS, COLORS, DEVICES, SCHEDULERS, TRACKERS, TRAIN_TASKS, VIEWS, TrainConfig
 
 # CLI flag -> config key; every flag defaults to None so only what the user typed overrides --config.
 _FLAGS = {
@@ -72,6 +72,22 @@ def register(sub) -> None:
         choices=COLORS,
         default=None,
         help="gray: the model sees every scan as grey (a tinted grey map or overlays do not shift it); default rgb",
+    )
+    model.add_argument(
+        "--view",
+        choices=VIEWS,
+        default=None,
+        help="cls: lesion trains on the lesion with its context, cut from each image's mask (classes benign, malignant); "
+        "predict then cuts it around the segmenter's mask. Default scan (the whole scan)",
+    )
+    model.add_argument(
+        "--crop-margin",
+        dest="crop_margin",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="--view lesion: context on each side, as a share of the lesion's height / width, drawn per image from [LOW, HIGH] "
+        "(its middle at validation and prediction; default 0.15 0.6)",
     )
     model.add_argument(
         "--sync-bn", dest="sync_bn", action="store_true", default=None, help="with --gpus / torchrun on GPUs: BatchNorm statistics over the global batch"
@@ -210,7 +226,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
     if args.task:
         base["task"] = args.task
-    for key in [*_FLAGS, "betas", "weighted_sampler", "hard_examples", "lesion_paste", "augment", "color", "log", "sync_bn"]:
+    for key in [*_FLAGS, "betas", "weighted_sampler", "hard_examples", "lesion_paste", "augment", "color", "view", "crop_margin", "log", "sync_bn"]:
         value = getattr(args, key)
         if value is not None:
             base[key] = value
@@ -280,6 +296,8 @@ _USER_OPTIONS = {
     "mask_patterns",
     "dataset_weights",
     "color",
+    "view",
+    "crop_margin",
     "all_folds",
 }
 

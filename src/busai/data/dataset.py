@@ -206,7 +206,10 @@ class BusDataset(Dataset):
     ``augment`` names the training augmentations (see :func:`build_augmentations`);
     ``lesion_paste`` is the chance that an item also gets another training image's lesion pasted
     in, at a random echogenicity (see :func:`paste_lesion`; segmentation only: it changes what the
-    scan shows, not its class label)."""
+    scan shows, not its class label). ``lesion_margins`` (low, high) makes the item the lesion with its
+    context (:func:`busai.preprocessing.lesion_view`, a lesion-view classifier's input), each side's
+    margin drawn from [low, high] per item and epoch (the same every time where low == high); the
+    mask is then the crop's."""
 
     def __init__(
         self,
@@ -221,8 +224,10 @@ class BusDataset(Dataset):
         lesion_paste: float = 0.0,
         grayscale: bool = False,
         label_index: dict[str, int] | None = None,
+        lesion_margins: tuple[float, float] | None = None,
     ) -> None:
         self.records = list(records)
+        self.lesion_margins = tuple(lesion_margins) if lesion_margins is not None else None
         self.label_index = label_index
         self.image_size = int(image_size)
         self.cache = cache if cache is not None else ImageCache()
@@ -234,6 +239,15 @@ class BusDataset(Dataset):
         self.grayscale = bool(grayscale)
         self._epoch_seed = 0
         self._donors = [i for i, r in enumerate(self.records) if r.masks and r.label not in (None, "normal")]
+
+    @classmethod
+    def for_model(cls, records: Sequence[Record], preprocessing, **options) -> "BusDataset":
+        """Records as a trained model's input (a :class:`busai.preprocessing.Preprocessing`, or a loaded
+        model's ``.preprocessing``): its size, normalisation, colour, and for a lesion view the crop at
+        its own margin around each record's mask (what its validation saw during training)."""
+        pre = getattr(preprocessing, "preprocessing", preprocessing)
+        margins = (pre.margin, pre.margin) if pre.lesion_view else None
+        return cls(records, pre.image_size, pre.mean, pre.std, grayscale=pre.grayscale, lesion_margins=margins, **options)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -254,7 +268,10 @@ class BusDataset(Dataset):
         also names the epoch, which persistent DataLoader workers cannot learn from :meth:`set_epoch_seed`."""
         index, epoch_seed = index if isinstance(index, tuple) else (index, self._epoch_seed)
         record = self.records[index]
-        image, mask = self.cache.get(record, self.image_size)
+        if self.lesion_margins is not None:
+            image, mask = self._lesion_item(record, index, epoch_seed)
+        else:
+            image, mask = self.cache.get(record, self.image_size)
         if self.lesion_paste > 0 and self._donors:
             # Seeded by (seed, epoch, item) alone, so workers and resumed runs paste the same lesions.
             rng = np.random.default_rng([self._seed, epoch_seed, index])
@@ -275,6 +292,19 @@ class BusDataset(Dataset):
             "label": torch.tensor(self._label(record), dtype=torch.int64),
             "index": index,
         }
+
+    def _lesion_item(self, record: Record, index: int, epoch_seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """The lesion view of ``record`` and its mask, cut from the image cached at twice the input size
+        (what :meth:`busai.preprocessing.Preprocessing.lesion_array` resizes a scan to at prediction)."""
+        from busai.preprocessing import lesion_view
+
+        image, mask = self.cache.get(record, 2 * self.image_size)
+        low, high = self.lesion_margins
+        # Seeded by (seed, epoch, item), as the augmentation: workers and resumed runs cut the same crops.
+        margins = tuple(np.random.default_rng([self._seed, epoch_seed, index, 1]).uniform(low, high, 4)) if high > low else (low,) * 4
+        stacked = np.concatenate([image, mask[..., None].astype(np.uint8)], axis=2)  # one cut for both
+        crop = lesion_view(stacked, mask, margins, self.image_size)
+        return np.ascontiguousarray(crop[..., :3]), (crop[..., 3] > 0).astype(mask.dtype)
 
     def set_epoch_seed(self, seed: int) -> None:
         """Called by the engine before each epoch so augmentation and lesion pastes depend on (seed,
