@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from seg_folds import cell, mean_sd  # the fold table's own mean ± sd (benchmarks/ is on the path of a script run from it)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = "splits/busi-uclm.json"
@@ -150,11 +151,6 @@ def fold_aucs(x: np.ndarray, y: np.ndarray, fold: np.ndarray, dataset: np.ndarra
     return out
 
 
-def mean_sd(values) -> dict:
-    values = [v for v in values if v is not None]
-    return {"mean": round(float(np.mean(values)), 4), "sd": round(float(np.std(values, ddof=1)), 4) if len(values) > 1 else None}
-
-
 def table(results: dict) -> str:
     lines = [
         f"Benign vs malignant, linear probe on frozen ImageNet EfficientNet-Lite0 features, out-of-fold AUC (mean ± sd over {results['folds']} folds, C = {MAIN_C}). Command: `{results['command']}`",
@@ -163,10 +159,7 @@ def table(results: dict) -> str:
         "|---|---|---|---|",
     ]
     for view, entry in results["views"].items():
-        cells = [
-            f"{s['mean']:.3f} ± {s['sd']:.3f}" if s["sd"] is not None else f"{s['mean']:.3f}"
-            for s in (entry[str(MAIN_C)][p] for p in ("pooled", "busi", "uclm"))
-        ]
+        cells = [cell(entry[str(MAIN_C)][p]) for p in ("pooled", "busi", "uclm")]
         lines.append(f"| {view} | " + " | ".join(cells) + " |")
     counts = results["scans"]
     lines += ["", f"{counts['total']} lesion scans ({counts['malignant']} malignant); the segmenter found nothing on {results.get('pred_empty', '–')} of them."]

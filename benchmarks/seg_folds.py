@@ -191,12 +191,14 @@ def read_rows(path: Path) -> tuple[list[dict], float]:
     return rows, seconds
 
 
-def table(results: dict) -> str:
-    def cell(s):
-        if s["mean"] is None:
-            return "–"
-        return f"{s['mean']:.3f} ± {s['sd']:.3f}" if s["sd"] is not None else f"{s['mean']:.3f}"
+def cell(s: dict) -> str:
+    """A :func:`mean_sd` entry as a table cell: mean ± sd, the mean alone for one fold, a dash for none."""
+    if s["mean"] is None:
+        return "–"
+    return f"{s['mean']:.3f} ± {s['sd']:.3f}" if s["sd"] is not None else f"{s['mean']:.3f}"
 
+
+def table(results: dict) -> str:
     lines = [
         f"Out-of-fold, mean ± sd over folds. Command: `{results['command']}`",
         "",

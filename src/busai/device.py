@@ -199,21 +199,13 @@ def cpu_path(model: torch.nn.Module, size: int) -> str:
 
 
 def _probe(model: torch.nn.Module, size: int, candidates, rounds: int = 3) -> dict[str, float]:
-    """Seconds per forward of each path on one image: the best of ``rounds``, the paths interleaved so
-    a burst of load from elsewhere falls on all of them."""
-    import time
-
+    """Seconds per forward of each path on one image (busai.machine.interleaved_best)."""
     import torch
 
+    from busai.machine import interleaved_best
+
     x = torch.zeros(1, 3, size, size, device=next(model.parameters()).device)
-    best = dict.fromkeys(candidates, float("inf"))
-    for round_ in range(rounds + 1):
-        for path in candidates:
-            start = time.perf_counter()
-            _forward(model, x, path)
-            if round_:  # the first round warms up (oneDNN builds its kernels)
-                best[path] = min(best[path], time.perf_counter() - start)
-    return best
+    return interleaved_best({path: (lambda p=path: _forward(model, x, p)) for path in candidates}, rounds)
 
 
 def _forward(model: torch.nn.Module, x: torch.Tensor, path: str) -> torch.Tensor:

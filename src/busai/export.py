@@ -224,30 +224,25 @@ def faster_on_this_cpu(loaded: LoadedModel, source, task: str, device: str = "cp
         return loaded
     if folder.kind != "release" or not folder.onnx_file.is_file():
         return loaded
-    onnx = folder.load(device=device, backend="onnx")
-    if onnx.backend != "onnx" or onnx.task != loaded.task:
-        return loaded
+
+    def load_onnx() -> LoadedModel:  # only when measuring or chosen: a cached "torch" opens no ONNX session
+        return folder.load(device=device, backend="onnx")
+
     key = f"backend:{loaded.task}:{sum(p.numel() for p in loaded.module.parameters())}:{loaded.image_size}"
-    choice = choose(key, ("torch", "onnx"), lambda candidates: _probe_backends({"torch": loaded, "onnx": onnx}, loaded.image_size))
-    return onnx if choice == "onnx" else loaded
+    choice = choose(key, ("torch", "onnx"), lambda candidates: _probe_backends({"torch": loaded, "onnx": load_onnx()}, loaded.image_size))
+    if choice != "onnx":
+        return loaded
+    onnx = load_onnx()
+    return onnx if onnx.backend == "onnx" and onnx.task == loaded.task else loaded
 
 
 def _probe_backends(models: dict, size: int, rounds: int = 3) -> dict[str, float]:
-    """Seconds per forward of one image in each backend: the best of ``rounds``, interleaved so that a
-    burst of load from elsewhere falls on all of them (the first round warms up)."""
-    import time
-
+    """Seconds per forward of one image in each backend (busai.machine.interleaved_best)."""
     import numpy as np
     import torch
 
     from busai.inference import predict_tensor
+    from busai.machine import interleaved_best
 
     inputs = {"torch": torch.zeros(1, 3, size, size), "onnx": np.zeros((1, 3, size, size), np.float32)}
-    best = dict.fromkeys(models, float("inf"))
-    for round_ in range(rounds + 1):
-        for name, model in models.items():
-            start = time.perf_counter()
-            predict_tensor(model, inputs[name])
-            if round_:
-                best[name] = min(best[name], time.perf_counter() - start)
-    return best
+    return interleaved_best({name: (lambda m=model, x=inputs[name]: predict_tensor(m, x)) for name, model in models.items()}, rounds)

@@ -108,6 +108,22 @@ def machine_key() -> str:
     return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads{cap}"
 
 
+def interleaved_best(calls: dict, rounds: int = 3) -> dict[str, float]:
+    """Seconds of each of ``calls`` (name -> function of no argument): the best of ``rounds`` after one
+    warm-up round (oneDNN and ONNX Runtime build their kernels on the first call), the calls interleaved
+    so that a burst of load from elsewhere falls on all of them. What every probe here measures with."""
+    import time
+
+    best = dict.fromkeys(calls, float("inf"))
+    for round_ in range(rounds + 1):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if round_:
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def choose_path(model_key: str, probe=None) -> str:
     """The CPU path for the model ``model_key`` names: the flags' default, or with ``BUSAI_PROBE=1`` and a
     ``probe`` (path -> seconds per forward) the measured choice, cached per machine in :func:`cache_file`."""
