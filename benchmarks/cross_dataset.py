@@ -34,6 +34,9 @@ ROWS = [
     ("BUS-UCLM train", "BUS-UCLM", "runs/xd/seg-uclm-gray", "runs/xd/cls-uclm-gray", [("uclm", "test"), ("busi", "all")]),
     # The scanner-shift recipe on BUSI alone: scored on the scanner it never saw only.
     ("BUSI train, grey + scanner aug", "BUSI", "runs/xd/seg-busi-scanner", "runs/xd/cls-busi-scanner", [("uclm", "all")]),
+    # Issue 27's reference recipe on BUSI alone, from ImageNet (scripts/reproduce_seg27.sh ref-busi
+    # cls-ref-busi): the row the release-versus-reference rule of docs/cross-dataset.md reads.
+    ("BUSI train, reference recipe", "BUSI", "runs/seg27/ref-busi", "runs/seg27/cls-ref-busi", [("uclm", "all")]),
     ("release: both, grey, strong aug", "BUSI + BUS-UCLM", "release", "release", BOTH_TESTS),
     ("both, multitask network", "BUSI + BUS-UCLM", "runs/xd/mt-both-gray", "runs/xd/mt-both-gray", None),
     ("both, classifier with scanner aug", "BUSI + BUS-UCLM", "runs/xd/seg-both-gray", "runs/xd/cls-both-scanner", None),

@@ -26,10 +26,16 @@ declare -A ARGS=(
   [ref-balanced]="$REF --dataset-weight busi=1 --dataset-weight uclm=1"
   [ref-320]="${REF/--image-size 256/--image-size 320}"
   [ref-lite2]="${REF/efficientnet-lite0/efficientnet-lite2}"
+  # The reference recipe on BUSI alone, scored on all of BUS-UCLM (never trained on) by
+  # benchmarks/cross_dataset.py: the one scanner this machine can hold out, beside seg-busi-scanner
+  # (the release's start and augmentation on BUSI alone), to find why the release is below the reference.
+  [ref-busi]="${REF/--data uclm=$UCLM /}"
   # Issue 28: the whole-image classifier on the same folds, from ImageNet (the release's encoder saw
   # every fold's images, so starting from it would leak into the out-of-fold predictions), with the
   # reference's grey input and framing crops; focal loss and the class-balanced sampler as the release.
   [cls-ref]="cls $BOTH --model efficientnet_lite0 --weights imagenet --color gray --augment framing --image-size 224 --batch-size 16 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --scheduler cosine --epochs 10"
+  # Its BUSI-only twin, the classifier of ref-busi's row in benchmarks/cross_dataset.py.
+  [cls-ref-busi]="cls --data busi=$BUSI --model efficientnet_lite0 --weights imagenet --color gray --augment framing --image-size 224 --batch-size 16 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --focal-alpha 0.5 --focal-gamma 3 --scheduler cosine --epochs 10"
 )
 MINUTES=60
 [ -n "${ARGS[$NAME]+x}" ] || { echo "unknown recipe $NAME; choose from ${!ARGS[*]}" >&2; exit 2; }
