@@ -56,7 +56,9 @@ for fold in "${folds[@]}"; do
       spent=$(python -c "import json; print(int(json.load(open('$out/fit.json'))['seconds'] // 60) if __import__('os').path.exists('$out/fit.json') else 0)")
       echo "$out: resuming"; busai train --resume "$out" --max-minutes $((spent + MINUTES)) --quiet
     else
-      rm -rf "$out"  # a run that never finished an epoch: restart it
+      # A run that never finished an epoch: restart it. Only its own files go: the recipe's
+      # fold-I runs live inside the train-list run's folder and must survive its restart.
+      [ -d "$out" ] && find "$out" -maxdepth 1 -type f -delete
       echo "$out: training"; busai train ${ARGS[$NAME]} $extra --splits $SPLITS --out "$out" --max-minutes $MINUTES --quiet
     fi
   done
