@@ -16,7 +16,12 @@ lesion-vs-normal AUC (benign vs malignant is the classifier's in both). Test spl
 that fold's validation scans of ``splits/busi-uclm.json``, so every train + val scan is answered by
 models that never saw it, and the fusion is cross-fitted over those 1,200-odd scans rather than 145.
 Each fold's rows are kept in ``results/diagnosis_fusion/oof-SEG-CLS/fold-I.json`` (a fold is not
-predicted again); writes ``results/diagnosis_fusion_oof.json`` and ``.md``.
+predicted again); writes ``results/diagnosis_fusion_oof.json`` and ``.md``. Fold runs carry no
+temperature, so in this mode each cross-fit fits the classifier's temperature first and the fusion
+on the tempered probabilities (the table's "classifier, temperature" row, with its ECE).
+``--oof SEG CLS --write`` stores both, fitted on every out-of-fold scan, beside the release
+classifier (``calibration.json`` and ``diagnosis.json``); it refuses unless the release holds the
+train-list runs of those two recipes (``busai release runs/seg27/SEG --task seg`` ...).
 
 ``--write`` stores the fusion fitted on all validation scans as the release's diagnosis
 (``src/busai/release/classification/diagnosis.json``) with this table's command beside it; whether
@@ -87,26 +92,44 @@ def oof_rows(specs, seg: str, cls: str, cache: Path) -> tuple[list[dict], list[i
     return rows, folds
 
 
-def cross_fit(rows: list[dict], folds: int, seed: int = 0) -> np.ndarray:
-    """Out-of-fold fused probabilities (N, 3): each row's fusion is fitted on the other patients only."""
+def log_probs(rows: list[dict]) -> np.ndarray:
+    """The classifier's log-probabilities (N, 3): the logits up to a per-scan constant, which
+    temperature scaling ignores."""
+    return np.log(np.clip(np.array([r["cls"] for r in rows], dtype=float), 1e-12, 1.0))
+
+
+def cross_fit(rows: list[dict], folds: int, temper: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold answers (N, 3) of the classifier with its temperature and of the fusion, each
+    fitted on the other patients only. With ``temper`` (fold runs, which carry no temperature) the
+    temperature is fitted first and the fusion on the tempered probabilities, as a release ships
+    them; without, the rows already come from a calibrated classifier and T stays 1."""
+    from scipy.special import softmax
     from sklearn.model_selection import StratifiedGroupKFold
 
+    from busai.calibration import fit_temperature
     from busai.diagnosis import Fusion, lesion_features
 
-    x = np.stack([lesion_features(r["seg"], r["cls"], CLASSES) for r in rows])
+    logits = log_probs(rows)
     y = np.array([r["label"] != "normal" for r in rows])
+    truth = np.array([CLASSES.index(r["label"]) for r in rows])
     groups = [r["group"] for r in rows]
-    fused = np.zeros((len(rows), 3))
-    for train, held in StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y, groups):
+    tempered, fused = np.zeros((len(rows), 3)), np.zeros((len(rows), 3))
+    for train, held in StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(logits, y, groups):
+        t = fit_temperature(logits[train], truth[train]) if temper else 1.0
+        probs = softmax(logits / t, axis=1)
+        x = np.stack([lesion_features(r["seg"], p, CLASSES) for r, p in zip(rows, probs)])
         fusion = Fusion.fit(x[train], y[train], fitted_on="cross-fit")
+        tempered[held] = probs[held]
         for i in held:
-            probs = fusion.diagnose(rows[i]["seg"], rows[i]["cls"], CLASSES)
-            fused[i] = [probs[c] for c in CLASSES]
-    return fused
+            answer = fusion.diagnose(rows[i]["seg"], probs[i], CLASSES)
+            fused[i] = [answer[c] for c in CLASSES]
+    return tempered, fused
 
 
 def scores(labels: list[str], probs: np.ndarray) -> dict:
     from sklearn.metrics import f1_score, roc_auc_score
+
+    from busai.calibration import expected_calibration_error
 
     truth = np.array([CLASSES.index(label) for label in labels])
     called = probs.argmax(1)
@@ -118,6 +141,7 @@ def scores(labels: list[str], probs: np.ndarray) -> dict:
         "lesion_called_normal": float((called[lesion] == 0).mean()) if lesion.any() else None,
         "normal_called_lesion": float((called[normal] != 0).mean()) if normal.any() else None,
         "lesion_auc": float(roc_auc_score(lesion, 1 - probs[:, 0])) if lesion.any() and normal.any() else None,
+        "ece": expected_calibration_error(probs, truth),
     }
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
@@ -146,15 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--oof", nargs=2, metavar=("SEG", "CLS"), help="fit on the out-of-fold predictions of these fold recipes (runs/seg27/NAME/fold-I)")
     parser.add_argument("--out", default=None, help="results path without suffix (default results/diagnosis_fusion, or results/diagnosis_fusion_oof)")
     args = parser.parse_args(argv)
-    if args.oof and args.write:
-        parser.error("--write stores the release models' fusion; with --oof there is no release model to store it for")
     args.out = args.out or str(ROOT / "results" / ("diagnosis_fusion_oof" if args.oof else "diagnosis_fusion"))
 
+    from scipy.special import softmax
+
+    from busai.calibration import fit_temperature, judge_temperature
     from busai.data.sources import parse_data_specs
     from busai.data.splits import load_split_records
     from busai.diagnosis import Fusion, lesion_features
-    from busai.runs import machine_info
+    from busai.release import release_dir
+    from busai.runs import CALIBRATION, DIAGNOSIS, machine_info, write_json
 
+    if args.oof and args.write:
+        # Out-of-fold coefficients belong to the recipes' pair: they are stored only beside the
+        # release models trained by those recipes on the split's train list.
+        shipped = {task: json.loads((release_dir(task) / "scores.json").read_text()).get("run") for task in ("segmentation", "classification")}
+        if [shipped["segmentation"], shipped["classification"]] != list(args.oof):
+            parser.error(
+                f"--write: the release holds runs {shipped['segmentation']} and {shipped['classification']}, not {' and '.join(args.oof)}; release those first"
+            )
     specs = parse_data_specs([f"busi={args.busi}", f"uclm={args.uclm}"])
     if args.oof:
         rows, folds = oof_rows(specs, *args.oof, ROOT / "results" / "diagnosis_fusion" / f"oof-{args.oof[0]}-{args.oof[1]}")
@@ -165,28 +199,49 @@ def main(argv: list[str] | None = None) -> int:
     else:
         rows = predict_rows([r for r in load_split_records(specs, SPLITS, "val") if r.label in CLASSES])
         scored = "val"
+    temper = bool(args.oof)  # fold runs carry no temperature; the release classifier's rows are already calibrated
     classifier = np.array([r["cls"] for r in rows])
-    fused = cross_fit(rows, args.folds)
+    tempered, fused = cross_fit(rows, args.folds, temper)
     command = "python benchmarks/diagnosis_fusion.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results = {"command": command, "machine": machine_info(), "split": scored, "cross_fit_folds": args.folds, "rows": {}, "paired": {}}
     for part in ("pooled", "busi", "uclm"):
         idx = [i for i, r in enumerate(rows) if part == "pooled" or r["dataset"] == part]
         labels = [rows[i]["label"] for i in idx]
-        results["rows"][part] = {"classifier": scores(labels, classifier[idx]), "fusion": scores(labels, fused[idx])}
+        answers = {"classifier": classifier[idx], **({"classifier, temperature": tempered[idx]} if temper else {}), "fusion": fused[idx]}
+        if temper and part != "pooled":
+            # Does a temperature carry to a scanner it was not fitted on? Fitted on the other dataset's scans alone.
+            other = [i for i, r in enumerate(rows) if r["dataset"] != part]
+            t = fit_temperature(log_probs([rows[i] for i in other]), np.array([CLASSES.index(rows[i]["label"]) for i in other]))
+            answers["classifier, temperature of the other dataset"] = softmax(log_probs([rows[i] for i in idx]) / t, axis=1)
+        results["rows"][part] = {name: scores(labels, probs) for name, probs in answers.items()}
         results["paired"][part] = paired(labels, classifier[idx], fused[idx], [rows[i]["group"] for i in idx])
-    x = np.stack([lesion_features(r["seg"], r["cls"], CLASSES) for r in rows])
     fitted_on = f"release models on the val split of splits/busi-uclm.json ({len(rows)} scans)" if not args.oof else f"{scored}, {len(rows)} scans"
+    calibration = None
+    if temper:
+        truth = np.array([CLASSES.index(r["label"]) for r in rows])
+        judged = judge_temperature(log_probs(rows), truth, where=fitted_on)
+        if judged.pop("stored"):
+            calibration = {"temperature": judged["temperature"], "fitted_on": fitted_on, "images": len(rows), **judged, "command": command}
+            results["calibration_all"] = calibration
+    probs = softmax(log_probs(rows) / (calibration["temperature"] if calibration else 1.0), axis=1) if temper else classifier
+    x = np.stack([lesion_features(r["seg"], p, CLASSES) for r, p in zip(rows, probs)])
     final = Fusion.fit(x, [r["label"] != "normal" for r in rows], fitted_on=fitted_on)
     results["fusion_all_val"] = final.to_dict()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out.with_suffix(".json"), results)
     out.with_suffix(".md").write_text(table(results) + "\n")
     print(table(results))
     if args.write:
-        target = ROOT / "src" / "busai" / "release" / "classification" / "diagnosis.json"
-        target.write_text(json.dumps({**final.to_dict(), "segmenter": "../segmentation", "command": command}, indent=2) + "\n")
-        print(f"wrote {target.relative_to(ROOT)}")
+        target = release_dir("classification")
+        if args.oof:
+            # The fusion was fitted on probabilities with this temperature: they ship together.
+            if calibration:
+                write_json(target / CALIBRATION, calibration)
+            elif (target / CALIBRATION).exists():
+                (target / CALIBRATION).unlink()
+        write_json(target / DIAGNOSIS, {**final.to_dict(), "segmenter": "../segmentation", "command": command})
+        print(f"wrote {target / DIAGNOSIS}" + (f" and {target / CALIBRATION}" if args.oof and calibration else ""))
     return 0
 
 
@@ -198,15 +253,15 @@ def table(results: dict) -> str:
         f"Scans: {'the validation split' if results['split'] == 'val' else results['split']}; fusion cross-fitted over "
         f"{results['cross_fit_folds']} patient-grouped folds. Command: `{results['command']}`",
         "",
-        "| scored on | answer | scans | accuracy | macro-F1 | lesion scans called normal | normals called lesion | lesion-vs-normal AUC |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scored on | answer | scans | accuracy | macro-F1 | lesion scans called normal | normals called lesion | lesion-vs-normal AUC | ECE |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for part, answers in results["rows"].items():
         for name, s in answers.items():
             auc = "–" if s["lesion_auc"] is None else f"{s['lesion_auc']:.3f}"
             lines.append(
                 f"| {part} | {name} | {s['scans']} | {s['accuracy']:.3f} | {s['macro_f1']:.3f} | {pct(s['lesion_called_normal'])} | "
-                f"{pct(s['normal_called_lesion'])} | {auc} |"
+                f"{pct(s['normal_called_lesion'])} | {auc} | {s['ece']:.3f} |"
             )
     lines += ["", "Fusion minus classifier, patient-grouped bootstrap 95% CI:", "", "| scored on | accuracy | lesion scans called normal |", "|---|---|---|"]
     for part, change in results["paired"].items():

@@ -33,8 +33,12 @@ def test_make_and_load_release(seg_run, synthetic_dir, tiny_runs, tmp_path):
     assert difference < 1e-2  # fp16 storage rounds the weights, nothing more
 
     (folder / "model.onnx").write_bytes(b"exported from the previous weights")
+    fusion = tmp_path / "classification" / "diagnosis.json"
+    fusion.parent.mkdir()
+    fusion.write_text('{"coef": [1, 1, -1], "intercept": 0, "segmenter": "../segmentation"}')
     make_release(seg_run, "seg", root=tmp_path)
     assert not (folder / "model.onnx").exists()  # a stale export would be what the torch-free install runs
+    assert not fusion.exists()  # fitted on the replaced segmenter's outputs: its coefficients would mislead
 
 
 def test_release_errors(seg_run, tmp_path, monkeypatch):

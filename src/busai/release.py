@@ -26,6 +26,7 @@ from busai.runs import (  # noqa: F401  (RELEASE_DIR, TASK_FLAGS, release_dir: r
     DIAGNOSIS_TASK,
     CALIBRATION,
     CONFIG,
+    DIAGNOSIS,
     METRICS,
     ONNX_FILE,
     RELEASE_DIR,
@@ -84,6 +85,12 @@ def make_release(run_dir: str | Path, task: str, root: str | Path | None = None)
         atomic_write(out / CALIBRATION, lambda tmp: shutil.copyfile(run_dir / CALIBRATION, tmp))
     elif (out / CALIBRATION).exists():
         (out / CALIBRATION).unlink()  # a temperature belongs to the weights it was fitted for
+    # A fusion was fitted on the outputs of the pair it was stored with: replacing either model
+    # makes its coefficients mean something else (re-fit: benchmarks/diagnosis_fusion.py --write).
+    stale_fusion = out.parent / "classification" / DIAGNOSIS
+    if stale_fusion.exists():
+        stale_fusion.unlink()
+        logging.getLogger(__name__).info(f"{stale_fusion}: removed (fitted with the models just replaced)")
     if (out / ONNX_FILE).exists():  # exported from the weights just replaced: the torch-free install would run the old model
         (out / ONNX_FILE).unlink()
         logging.getLogger(__name__).info(f"{out / ONNX_FILE}: removed (it held the previous weights); write the new one with `python scripts/release_onnx.py`")
