@@ -24,8 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = "splits/busi-uclm.json"
-# name, trained on, segmenter, classifier, what each is scored on in the test table ((dataset,
-# "test" | "all"); None: a candidate of the validation table only, never scored on test).
+# name, trained on, segmenter, classifier (None: a segmenter-only row), what each is scored on in
+# the test table ((dataset, "test" | "all"); None: a candidate of the validation table only, never scored on test).
 BOTH_TESTS = [("busi", "test"), ("uclm", "test")]
 # The release before issue 19 (BUSI only) is read from runs/release-v1, extracted from git with
 #   mkdir -p runs/release-v1 && git archive 69288d7 src/busai/release | tar -x -C runs/release-v1 --strip-components=3
@@ -37,6 +37,8 @@ ROWS = [
     # Issue 27's reference recipe on BUSI alone, from ImageNet (scripts/reproduce_seg27.sh ref-busi
     # cls-ref-busi): the row the release-versus-reference rule of docs/cross-dataset.md reads.
     ("BUSI train, reference recipe", "BUSI", "runs/seg27/ref-busi", "runs/seg27/cls-ref-busi", [("uclm", "all")]),
+    # ref-busi started from the BUSI-only release instead of ImageNet (the start, one change): a segmenter-only row.
+    ("BUSI train, reference recipe from the BUSI-only release", "BUSI", "runs/seg27/ref-busi-v1init", None, [("uclm", "all")]),
     ("release: both, grey, strong aug", "BUSI + BUS-UCLM", "release", "release", BOTH_TESTS),
     ("both, multitask network", "BUSI + BUS-UCLM", "runs/xd/mt-both-gray", "runs/xd/mt-both-gray", None),
     ("both, classifier with scanner aug", "BUSI + BUS-UCLM", "runs/xd/seg-both-gray", "runs/xd/cls-both-scanner", None),
@@ -46,7 +48,7 @@ ROWS = [
 def _model_dirs(seg: str, cls: str) -> dict[str, str] | None:
     from busai.release import release_dir
 
-    models = {"segmentation": seg, "classification": cls}
+    models = {task: source for task, source in (("segmentation", seg), ("classification", cls)) if source is not None}
     for task, source in models.items():
         folder = release_dir(task) if source == "release" else ROOT / source
         if not any((folder / name).is_file() for name in ("model.safetensors", "checkpoint_best.safetensors")):
@@ -130,14 +132,18 @@ def render(rows: list[dict], command: str) -> str:
             lines.append(f"| {row['row']} ({row['trained_on']}) | not trained yet |" + " |" * 10)
             continue
         for key, entry in row["scores"].items():
-            s, c = entry["segmentation"], entry["classification"]
+            s, c = entry["segmentation"], entry.get("classification")
             where = {"test": "test split", "all": "all images (never trained on)", "val": "validation"}[key.split("/")[1]]
             dataset = {"busi": "BUSI", "uclm": "BUS-UCLM", "pooled": "both"}[key.split("/")[0]]
-            lines.append(
-                f"| {row['row']} ({row['trained_on']}) | {dataset} {where}, {s['images']} images | {_ci(s['dice'])} | {_ci(s['lesion_dice'])} | "
-                f"{_ci(s['iou'])} | {s['missed_lesions']} of {s['lesion_images']} | {s['false_alarms']} of {s['lesion_free_images']} | "
+            classifier = (
                 f"{_ci(c['accuracy'])} | {_ci(c['macro_f1'])} | {_ci(c['malignant_vs_benign_auc'])} | {c['normal_recall']:.2f} | "
                 f"{c['lesion_called_normal']} of {c['lesion_images']} |"
+                if c
+                else "–" + " | –" * 4 + " |"  # a segmenter-only row
+            )
+            lines.append(
+                f"| {row['row']} ({row['trained_on']}) | {dataset} {where}, {s['images']} images | {_ci(s['dice'])} | {_ci(s['lesion_dice'])} | "
+                f"{_ci(s['iou'])} | {s['missed_lesions']} of {s['lesion_images']} | {s['false_alarms']} of {s['lesion_free_images']} | " + classifier
             )
     return (
         f"Command: `{command}`\n\nMean over images with 95% CIs over duplicate / patient groups; BUS-UCLM's 13 scans whose masks are "

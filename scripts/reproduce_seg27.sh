@@ -19,6 +19,7 @@ BOTH="--data busi=$BUSI --data uclm=$UCLM"
 # grey 256 px, random resized crops over 45-100% of the scan plus gain / gamma / contrast / noise,
 # Dice + BCE, AdamW 3e-4 cosine, 12 epochs, best epoch by validation Dice over lesion scans.
 REF="seg $BOTH --model unet --encoder efficientnet-lite0 --weights imagenet --color gray --augment framing --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --loss dice_bce --scheduler cosine --epochs 12 --select lesion_dice"
+REF_BUSI="${REF/--data uclm=$UCLM /}"  # the same recipe on BUSI alone
 declare -A ARGS=(
   [ref]="$REF"
   # The levers, each one change on the reference recipe.
@@ -29,7 +30,10 @@ declare -A ARGS=(
   # The reference recipe on BUSI alone, scored on all of BUS-UCLM (never trained on) by
   # benchmarks/cross_dataset.py: the one scanner this machine can hold out, beside seg-busi-scanner
   # (the release's start and augmentation on BUSI alone), to find why the release is below the reference.
-  [ref-busi]="${REF/--data uclm=$UCLM /}"
+  [ref-busi]="$REF_BUSI"
+  # ref-busi started from the BUSI-only release (extracted into runs/release-v1, see
+  # benchmarks/cross_dataset.py) instead of ImageNet: one change, the start, on the held-out scanner.
+  [ref-busi-v1init]="${REF_BUSI/--weights imagenet/--weights runs/release-v1/segmentation/model.safetensors}"
   # Issue 28: the whole-image classifier on the same folds, from ImageNet (the release's encoder saw
   # every fold's images, so starting from it would leak into the out-of-fold predictions), with the
   # reference's grey input and framing crops; focal loss and the class-balanced sampler as the release.
