@@ -175,9 +175,11 @@ def test_pseudo_label_mode_runs_end_to_end_and_keeps_the_model_only_if_it_pays(s
     assert section["scans"] == report["site"]["adaptation_images"] == section["used"] + sum(section["skipped"].values())
     assert section["rule"]["ignored_probabilities"] == [0.45, 0.55] and section["fine_tuning"]["frozen_encoder_stages"] == 2
     assert section["flip_agreement"]["before"] is not None and section["flip_agreement"]["after"] is not None
-    # Kept exactly when the held-out Dice over lesion scans is not below the statistics-only model's.
+    # Kept exactly when the held-out Dice over lesion scans is not below the statistics-only model's
+    # and no more normal scans are outlined.
     stats_only, self_score = scores["statistics_only"]["lesion_dice"]["value"], scores["self_trained"]["lesion_dice"]["value"]
-    assert section["kept"] == (self_score >= stats_only)
+    outlined = [scores[k]["detection"]["false_alarms"] for k in ("statistics_only", "self_trained")]
+    assert section["kept"] == (self_score >= stats_only and outlined[1] <= outlined[0])
     assert scores["after"]["lesion_dice"]["value"] == (self_score if section["kept"] else stats_only)
     parent, adapted = load_model(seg_run).module.state_dict(), load_model(out).module.state_dict()
     weights = [k for k in parent if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
@@ -262,3 +264,16 @@ def test_a_self_trained_model_that_scores_worse_is_discarded(seg_run, site, tmp_
     parent, adapted = load_model(seg_run).module.state_dict(), load_model(out).module.state_dict()
     assert all(torch.equal(parent[k], adapted[k]) for k in parent if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     assert not (out / "history.csv").exists() and json.loads((out / "config.json").read_text())["train"] == {}
+
+
+def test_self_training_that_outlines_more_normal_scans_does_not_pay():
+    from busai.adaptation import _pays
+
+    def summary(lesion_dice, outlined):
+        return {"lesion_dice": {"value": lesion_dice}, "detection": {"false_alarms": outlined, "lesion_free_images": 10}}
+
+    assert _pays(summary(0.70, 2), summary(0.75, 2)) == (True, "lesion_dice 0.7500 vs 0.7000, normals outlined 2 vs 2 of 10")
+    assert not _pays(summary(0.70, 2), summary(0.80, 3))[0]  # better on lesions, but one more normal scan outlined
+    assert not _pays(summary(0.70, 2), summary(0.69, 0))[0]
+    only_normals = {"lesion_dice": {"value": None}, "detection": {"false_alarms": 1, "lesion_free_images": 10}}
+    assert _pays(only_normals, {**only_normals, "detection": {"false_alarms": 0, "lesion_free_images": 10}}) == (True, "normals outlined 0 vs 1 of 10")

@@ -16,8 +16,8 @@ Two steps, the second only where the site has labelled scans to spare:
    empty) becomes a training mask, its uncertain pixels ignored by the loss (:func:`pseudo_label`).
    The same fine-tuning then runs on them, early-stopped on a grouped share of them. With labelled
    held-out scans the self-trained model is kept only if its Dice over their lesion scans is not
-   below the statistics-only model's; without them it is kept (the user asked), with the
-   agreement numbers in the report.
+   below the statistics-only model's and it outlines no more of their normal scans; without them
+   it is kept (the user asked), with the agreement numbers in the report.
 
 The site's **held-out** scans (its split file's test images, or a grouped hold-out of its
 labelled scans that adapt makes and records) are never used by either step: they only score the
@@ -788,11 +788,10 @@ def self_train(
         section["decision"] = "kept: no labelled held-out scans to check it on, and --pseudo-label asked for it (flip agreement is a proxy, not a score)"
         return trained, True, None, section
     chosen = _score(trained, plan.val, n_boot, seed) if plan.val else scores
-    name, before_value, after_value = _headline(statistics_only), _headline_value(statistics_only), _headline_value(chosen)
-    section["kept"] = after_value >= before_value
+    section["kept"], compared = _pays(statistics_only, chosen)
     verdict = "kept" if section["kept"] else "discarded"
     where = "val" if plan.val else "held-out"
-    section["decision"] = f"{verdict}: {where} {name} {after_value:.4f} self-trained vs {before_value:.4f} with the statistics alone"
+    section["decision"] = f"{verdict}: {where} {compared} (self-trained vs the statistics alone)"
     if section["kept"]:
         return trained, True, scores, section
     # Back to the statistics alone: the folder must not look like the discarded fine-tuning's run.
@@ -803,13 +802,20 @@ def self_train(
     return kept_model, False, scores, section
 
 
-def _headline(summary: dict) -> str:
-    """The score the keep-or-discard choice compares: Dice over lesion scans, or over all scans when none has a lesion."""
-    return "lesion_dice" if summary["lesion_dice"]["value"] is not None else "dice"
-
-
-def _headline_value(summary: dict) -> float:
-    return summary["lesion_dice"]["value"] if _headline(summary) == "lesion_dice" else summary["dice"]["mean"]["value"]
+def _pays(before: dict, after: dict) -> tuple[bool, str]:
+    """Whether self-training is kept: no lower Dice over the lesion scans *and* no more normal scans
+    outlined than the statistics alone. A lesion-only score cannot see a model that learns to call
+    the site's normal tissue lesion, the way re-estimated statistics already tend to."""
+    compared, pays = [], True
+    lesion_before, lesion_after = before["lesion_dice"]["value"], after["lesion_dice"]["value"]
+    if lesion_before is not None:
+        pays &= lesion_after >= lesion_before
+        compared.append(f"lesion_dice {lesion_after:.4f} vs {lesion_before:.4f}")
+    d_before, d_after = before["detection"], after["detection"]
+    if d_before["lesion_free_images"]:
+        pays &= d_after["false_alarms"] <= d_before["false_alarms"]
+        compared.append(f"normals outlined {d_after['false_alarms']} vs {d_before['false_alarms']} of {d_before['lesion_free_images']}")
+    return pays, ", ".join(compared)
 
 
 # --------------------------------------------------------------------------- scores
