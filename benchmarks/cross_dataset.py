@@ -39,6 +39,8 @@ ROWS = [
     ("BUSI train, reference recipe", "BUSI", "runs/seg27/ref-busi", "runs/seg27/cls-ref-busi", [("uclm", "all")]),
     # ref-busi started from the BUSI-only release instead of ImageNet (the start, one change): a segmenter-only row.
     ("BUSI train, reference recipe from the BUSI-only release", "BUSI", "runs/seg27/ref-busi-v1init", None, [("uclm", "all")]),
+    # Issue 27's levers on the release's recipe, judged on the scanner it never saw (segmenter-only rows).
+    ("BUSI train, grey + scanner aug, weight EMA", "BUSI", "runs/seg27/scanner-busi-ema", None, [("uclm", "all")]),
     ("release: both, grey, strong aug", "BUSI + BUS-UCLM", "release", "release", BOTH_TESTS),
     ("both, multitask network", "BUSI + BUS-UCLM", "runs/xd/mt-both-gray", "runs/xd/mt-both-gray", None),
     ("both, classifier with scanner aug", "BUSI + BUS-UCLM", "runs/xd/seg-both-gray", "runs/xd/cls-both-scanner", None),

@@ -20,6 +20,9 @@ BOTH="--data busi=$BUSI --data uclm=$UCLM"
 # Dice + BCE, AdamW 3e-4 cosine, 12 epochs, best epoch by validation Dice over lesion scans.
 REF="seg $BOTH --model unet --encoder efficientnet-lite0 --weights imagenet --color gray --augment framing --image-size 256 --batch-size 8 --optimizer adamw --lr 3e-4 --weight-decay 1e-4 --loss dice_bce --scheduler cosine --epochs 12 --select lesion_dice"
 REF_BUSI="${REF/--data uclm=$UCLM /}"  # the same recipe on BUSI alone
+# The release's recipe on BUSI alone (seg-busi-scanner of scripts/reproduce_crossdataset.sh), for
+# levers judged on the held-out scanner (all of BUS-UCLM, benchmarks/cross_dataset.py).
+SCANNER_BUSI="seg --data busi=$BUSI --model unet --encoder efficientnet-lite0 --weights runs/release-v1/segmentation/model.safetensors --color gray --augment scanner --image-size 256 --batch-size 8 --optimizer adamw --lr 1e-4 --weight-decay 1e-4 --loss dice --scheduler cosine --epochs 10"
 declare -A ARGS=(
   [ref]="$REF"
   # The levers, each one change on the reference recipe.
@@ -33,6 +36,7 @@ declare -A ARGS=(
   [ref-busi]="$REF_BUSI"
   # ref-busi started from the BUSI-only release (extracted into runs/release-v1, see
   # benchmarks/cross_dataset.py) instead of ImageNet: one change, the start, on the held-out scanner.
+  [scanner-busi-ema]="$SCANNER_BUSI --ema 0.995"
   [ref-busi-v1init]="${REF_BUSI/--weights imagenet/--weights runs/release-v1/segmentation/model.safetensors}"
   # Issue 28: the whole-image classifier on the same folds, from ImageNet (the release's encoder saw
   # every fold's images, so starting from it would leak into the out-of-fold predictions), with the
