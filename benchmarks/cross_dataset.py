@@ -39,8 +39,11 @@ ROWS = [
     ("BUSI train, reference recipe", "BUSI", "runs/seg27/ref-busi", "runs/seg27/cls-ref-busi", [("uclm", "all")]),
     # ref-busi started from the BUSI-only release instead of ImageNet (the start, one change): a segmenter-only row.
     ("BUSI train, reference recipe from the BUSI-only release", "BUSI", "runs/seg27/ref-busi-v1init", None, [("uclm", "all")]),
-    # Issue 27's levers on the release's recipe, judged on the scanner it never saw (segmenter-only rows).
+    # Issue 27's levers on the release's recipe, judged on the scanner it never saw (segmenter-only rows),
+    # against its segmenter re-trained on this machine (the row above's run folder had been lost).
+    ("BUSI train, grey + scanner aug, segmenter re-trained", "BUSI", "runs/xd/seg-busi-scanner", None, [("uclm", "all")]),
     ("BUSI train, grey + scanner aug, weight EMA", "BUSI", "runs/seg27/scanner-busi-ema", None, [("uclm", "all")]),
+    ("BUSI train, grey + scanner aug, 5 epochs", "BUSI", "runs/seg27/scanner-busi-5ep", None, [("uclm", "all")]),
     ("release: both, grey, strong aug", "BUSI + BUS-UCLM", "release", "release", BOTH_TESTS),
     ("both, multitask network", "BUSI + BUS-UCLM", "runs/xd/mt-both-gray", "runs/xd/mt-both-gray", None),
     ("both, classifier with scanner aug", "BUSI + BUS-UCLM", "runs/xd/seg-both-gray", "runs/xd/cls-both-scanner", None),
@@ -53,7 +56,8 @@ def _model_dirs(seg: str, cls: str) -> dict[str, str] | None:
     models = {task: source for task, source in (("segmentation", seg), ("classification", cls)) if source is not None}
     for task, source in models.items():
         folder = release_dir(task) if source == "release" else ROOT / source
-        if not any((folder / name).is_file() for name in ("model.safetensors", "checkpoint_best.safetensors")):
+        # A run counts once its training has finished (fit.json): its best checkpoint exists from the first epoch on.
+        if not ((folder / "model.safetensors").is_file() or (folder / "fit.json").is_file()):
             return None
         models[task] = str(folder)
     return models

@@ -37,6 +37,8 @@ declare -A ARGS=(
   # ref-busi started from the BUSI-only release (extracted into runs/release-v1, see
   # benchmarks/cross_dataset.py) instead of ImageNet: one change, the start, on the held-out scanner.
   [scanner-busi-ema]="$SCANNER_BUSI --ema 0.995"
+  # Half the schedule: issue 19's run of this recipe stopped at its time cap after 5 of 10 epochs.
+  [scanner-busi-5ep]="${SCANNER_BUSI/--epochs 10/--epochs 5}"
   [ref-busi-v1init]="${REF_BUSI/--weights imagenet/--weights runs/release-v1/segmentation/model.safetensors}"
   # Issue 28: the whole-image classifier on the same folds, from ImageNet (the release's encoder saw
   # every fold's images, so starting from it would leak into the out-of-fold predictions), with the
