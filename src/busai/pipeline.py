@@ -213,9 +213,7 @@ def diagnosis_fusion(by_task: dict):
     """The classifier's stored fusion with this segmenter (:func:`busai.diagnosis.fusion_for`), or None."""
     if "classification" not in by_task or "segmentation" not in by_task:
         return None
-    from busai.diagnosis import fusion_for
-
-    from busai.diagnosis import Fusion
+    from busai.diagnosis import Fusion, fusion_for
 
     classifier = by_task["classification"]
     fusion = fusion_for(classifier.source, by_task["segmentation"].source, class_names(classifier.spec))

@@ -19,10 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from busai.config import VIEWS
 from busai.errors import DataError
-
-COLORS = ("rgb", "gray")
-VIEWS = ("scan", "lesion")
 
 
 @dataclass(frozen=True)
@@ -72,13 +70,15 @@ class Preprocessing:
     def array(self, image_rgb: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) -> normalised float32 (3, S, S) through the functions the training dataset
         uses too (busai.data.dataset), so training, evaluation, prediction and export parity share one input transform."""
-        image = resize_image(np.ascontiguousarray(image_rgb), int(self.image_size))
-        return normalised(to_gray_rgb(image) if self.grayscale else image, self.mean, self.std)
+        return self._normalised(resize_image(np.ascontiguousarray(image_rgb), int(self.image_size)))
 
     def lesion_array(self, image_rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) and its lesion mask (H, W, non-zero = lesion) -> the lesion-view input
         (3, S, S): :func:`lesion_view` at :attr:`margin` on every side, then as :meth:`array`."""
-        image = lesion_view(np.ascontiguousarray(image_rgb), mask, (self.margin,) * 4, int(self.image_size))
+        return self._normalised(lesion_view(np.ascontiguousarray(image_rgb), mask, (self.margin,) * 4, int(self.image_size)))
+
+    def _normalised(self, image: np.ndarray) -> np.ndarray:
+        """A uint8 (S, S, 3) image at the input size -> this model's colour mode and normalisation."""
         return normalised(to_gray_rgb(image) if self.grayscale else image, self.mean, self.std)
 
 
