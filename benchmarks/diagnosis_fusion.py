@@ -98,30 +98,43 @@ def log_probs(rows: list[dict]) -> np.ndarray:
     return np.log(np.clip(np.array([r["cls"] for r in rows], dtype=float), 1e-12, 1.0))
 
 
+def features(rows: list[dict], probs: np.ndarray) -> np.ndarray:
+    """The fusion's inputs (N, 3) of ``rows`` with the classifier probabilities ``probs``."""
+    from busai.diagnosis import lesion_features
+
+    return np.stack([lesion_features(r["seg"], p, CLASSES) for r, p in zip(rows, probs)])
+
+
+def fit_tempered_fusion(rows: list[dict], temper: bool = True):
+    """(temperature, fusion) fitted on ``rows``: the temperature first (1 without ``temper``), then the
+    fusion on the tempered probabilities, as a release ships them."""
+    from busai.calibration import apply_temperature, fit_temperature
+    from busai.diagnosis import Fusion
+
+    logits = log_probs(rows)
+    truth = np.array([CLASSES.index(r["label"]) for r in rows])
+    t = fit_temperature(logits, truth) if temper else 1.0
+    return t, Fusion.fit(features(rows, apply_temperature(logits, t)), truth != 0, fitted_on="cross-fit")
+
+
 def cross_fit(rows: list[dict], folds: int, temper: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold answers (N, 3) of the classifier with its temperature and of the fusion, each
-    fitted on the other patients only. With ``temper`` (fold runs, which carry no temperature) the
-    temperature is fitted first and the fusion on the tempered probabilities, as a release ships
-    them; without, the rows already come from a calibrated classifier and T stays 1."""
-    from scipy.special import softmax
+    fitted on the other patients only (:func:`fit_tempered_fusion`). With ``temper`` (fold runs,
+    which carry no temperature) the temperature is fitted; without, the rows already come from a
+    calibrated classifier and T stays 1."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    from busai.calibration import fit_temperature
-    from busai.diagnosis import Fusion, lesion_features
+    from busai.calibration import apply_temperature
 
     logits = log_probs(rows)
     y = np.array([r["label"] != "normal" for r in rows])
-    truth = np.array([CLASSES.index(r["label"]) for r in rows])
     groups = [r["group"] for r in rows]
     tempered, fused = np.zeros((len(rows), 3)), np.zeros((len(rows), 3))
     for train, held in StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(logits, y, groups):
-        t = fit_temperature(logits[train], truth[train]) if temper else 1.0
-        probs = softmax(logits / t, axis=1)
-        x = np.stack([lesion_features(r["seg"], p, CLASSES) for r, p in zip(rows, probs)])
-        fusion = Fusion.fit(x[train], y[train], fitted_on="cross-fit")
-        tempered[held] = probs[held]
+        t, fusion = fit_tempered_fusion([rows[i] for i in train], temper)
+        tempered[held] = apply_temperature(logits[held], t)
         for i in held:
-            answer = fusion.diagnose(rows[i]["seg"], probs[i], CLASSES)
+            answer = fusion.diagnose(rows[i]["seg"], tempered[i], CLASSES)
             fused[i] = [answer[c] for c in CLASSES]
     return tempered, fused
 
@@ -172,12 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out = args.out or str(ROOT / "results" / ("diagnosis_fusion_oof" if args.oof else "diagnosis_fusion"))
 
-    from scipy.special import softmax
-
-    from busai.calibration import fit_temperature, judge_temperature
+    from busai.calibration import apply_temperature, fit_temperature, judge_temperature
     from busai.data.sources import parse_data_specs
     from busai.data.splits import load_split_records
-    from busai.diagnosis import Fusion, lesion_features
+    from busai.diagnosis import Fusion
     from busai.release import release_dir
     from busai.runs import CALIBRATION, DIAGNOSIS, machine_info, write_json
 
@@ -212,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             # Does a temperature carry to a scanner it was not fitted on? Fitted on the other dataset's scans alone.
             other = [i for i, r in enumerate(rows) if r["dataset"] != part]
             t = fit_temperature(log_probs([rows[i] for i in other]), np.array([CLASSES.index(rows[i]["label"]) for i in other]))
-            answers["classifier, temperature of the other dataset"] = softmax(log_probs([rows[i] for i in idx]) / t, axis=1)
+            answers["classifier, temperature of the other dataset"] = apply_temperature(log_probs([rows[i] for i in idx]), t)
         results["rows"][part] = {name: scores(labels, probs) for name, probs in answers.items()}
         results["paired"][part] = paired(labels, classifier[idx], fused[idx], [rows[i]["group"] for i in idx])
     fitted_on = f"release models on the val split of splits/busi-uclm.json ({len(rows)} scans)" if not args.oof else f"{scored}, {len(rows)} scans"
@@ -223,9 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         if judged.pop("stored"):
             calibration = {"temperature": judged["temperature"], "fitted_on": fitted_on, "images": len(rows), **judged, "command": command}
             results["calibration_all"] = calibration
-    probs = softmax(log_probs(rows) / (calibration["temperature"] if calibration else 1.0), axis=1) if temper else classifier
-    x = np.stack([lesion_features(r["seg"], p, CLASSES) for r, p in zip(rows, probs)])
-    final = Fusion.fit(x, [r["label"] != "normal" for r in rows], fitted_on=fitted_on)
+    probs = apply_temperature(log_probs(rows), calibration["temperature"] if calibration else 1.0) if temper else classifier
+    final = Fusion.fit(features(rows, probs), [r["label"] != "normal" for r in rows], fitted_on=fitted_on)
     results["fusion_all_val"] = final.to_dict()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,12 +18,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from seg_folds import fold_scores, mean_sd, read_rows  # noqa: E402
+from diagnosis_fusion import features, fit_tempered_fusion, log_probs  # noqa: E402
+from seg_folds import fold_scores, mean_sd, read_rows, with_rule  # noqa: E402
 
 CLASSES = ("normal", "benign", "malignant")
 GATES = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -37,10 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "results" / "fusion_gate.json"))
     args = parser.parse_args(argv)
 
-    from scipy.special import softmax
-
-    from busai.calibration import fit_temperature
-    from busai.diagnosis import Fusion, lesion_features
+    from busai.calibration import apply_temperature
     from busai.runs import write_json
 
     seg, cls = {}, {}
@@ -54,26 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"needs out-of-fold rows of {args.seg} and {args.seg}+{args.cls} for two folds or more", file=sys.stderr)
         return 1
 
-    def log_probs(rows):
-        return np.log(np.clip(np.array([r["cls"] for r in rows], dtype=float), 1e-12, 1.0))
-
-    p_lesion = {}  # key -> fused p(lesion) from the fusion fitted on the other folds
+    p_lesion = {}  # key -> fused p(lesion) from the temperature and fusion fitted on the other folds
     for fold in seg:
-        train = [r for other, rows in cls.items() if other != fold for r in rows.values()]
-        truth = np.array([CLASSES.index(r["label"]) for r in train])
-        t = fit_temperature(log_probs(train), truth)
-        x = np.stack([lesion_features(r["seg"], p, CLASSES) for r, p in zip(train, softmax(log_probs(train) / t, axis=1))])
-        fusion = Fusion.fit(x, truth != 0, fitted_on="other folds")
+        t, fusion = fit_tempered_fusion([r for other, rows in cls.items() if other != fold for r in rows.values()])
         held = list(cls[fold].values())
-        x_held = np.stack([lesion_features(r["seg"], p, CLASSES) for r, p in zip(held, softmax(log_probs(held) / t, axis=1))])
-        p_lesion.update(zip((r["key"] for r in held), fusion.p_lesion(x_held)))
+        probs = apply_temperature(log_probs(held), t)
+        p_lesion.update(zip((r["key"] for r in held), fusion.p_lesion(features(held, probs))))
 
-    def gated(rows, gate):
-        out = []
-        for r in rows:
-            keep = p_lesion.get(r["key"], 1.0) >= gate
-            out.append({**r, "dice": r["dice"] if keep else (0.0 if r["lesion"] else 1.0), "fp": r["fp"] if keep else 0, "tp": r["tp"] if keep else 0})
-        return out
+    def gated(rows, gate):  # scored as seg_folds scores the presence rule, the gate in its place
+        return with_rule(rows, SimpleNamespace(keeps=lambda r: p_lesion.get(r["key"], 1.0) >= gate))
 
     results = {"command": "python benchmarks/fusion_gate.py " + " ".join(sys.argv[1:] if argv is None else argv), "folds": sorted(seg), "gates": {}}
     for gate in (None, *GATES):
