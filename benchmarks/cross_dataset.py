@@ -44,6 +44,12 @@ ROWS = [
     ("BUSI train, grey + scanner aug, segmenter re-trained", "BUSI", "runs/xd/seg-busi-scanner", None, [("uclm", "all")]),
     ("BUSI train, grey + scanner aug, weight EMA", "BUSI", "runs/seg27/scanner-busi-ema", None, [("uclm", "all")]),
     ("BUSI train, grey + scanner aug, 5 epochs", "BUSI", "runs/seg27/scanner-busi-5ep", None, [("uclm", "all")]),
+    # What drives the false outlines (issue 28's normals called lesion): two seeds per lever.
+    ("BUSI train, grey + scanner aug, seed 1", "BUSI", "runs/seg27/scanner-busi-s1", None, [("uclm", "all")]),
+    ("BUSI train, grey + scanner aug, hard examples", "BUSI", "runs/seg27/scanner-busi-hard", None, [("uclm", "all")]),
+    ("BUSI train, grey + scanner aug, hard examples, seed 1", "BUSI", "runs/seg27/scanner-busi-hard-s1", None, [("uclm", "all")]),
+    ("BUSI train, grey + scanner aug, top-k presence loss", "BUSI", "runs/seg27/scanner-busi-topk", None, [("uclm", "all")]),
+    ("BUSI train, grey + scanner aug, top-k presence loss, seed 1", "BUSI", "runs/seg27/scanner-busi-topk-s1", None, [("uclm", "all")]),
     ("release: both, grey, strong aug", "BUSI + BUS-UCLM", "release", "release", BOTH_TESTS),
     ("both, multitask network", "BUSI + BUS-UCLM", "runs/xd/mt-both-gray", "runs/xd/mt-both-gray", None),
     ("both, classifier with scanner aug", "BUSI + BUS-UCLM", "runs/xd/seg-both-gray", "runs/xd/cls-both-scanner", None),

@@ -39,6 +39,15 @@ declare -A ARGS=(
   [scanner-busi-ema]="$SCANNER_BUSI --ema 0.995"
   # Half the schedule: issue 19's run of this recipe stopped at its time cap after 5 of 10 epochs.
   [scanner-busi-5ep]="${SCANNER_BUSI/--epochs 10/--epochs 5}"
+  # What drives false outlines on an unseen scanner's normals, two seeds each (one run is noise here):
+  # hard-example draws (a normal scan the model outlines has Dice 0 and comes round more often).
+  [scanner-busi-hard]="$SCANNER_BUSI --hard-examples"
+  [scanner-busi-hard-s1]="$SCANNER_BUSI --hard-examples --seed 1"
+  [scanner-busi-s1]="$SCANNER_BUSI --seed 1"
+  # An image-level term: the top 1/256 of a scan's pixel logits pooled into one "lesion present" logit,
+  # so a confident false outline on a normal scan costs a wrong image label.
+  [scanner-busi-topk]="${SCANNER_BUSI/--loss dice/--loss dice_topk}"
+  [scanner-busi-topk-s1]="${SCANNER_BUSI/--loss dice/--loss dice_topk} --seed 1"
   [ref-busi-v1init]="${REF_BUSI/--weights imagenet/--weights runs/release-v1/segmentation/model.safetensors}"
   # Issue 28: the whole-image classifier on the same folds, from ImageNet (the release's encoder saw
   # every fold's images, so starting from it would leak into the out-of-fold predictions), with the

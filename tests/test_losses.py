@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from busai.errors import ConfigError
-from busai.losses import DiceBCELoss, FocalLoss, build_segmentation_loss
+from busai.losses import DiceBCELoss, DicePresenceLoss, FocalLoss, build_segmentation_loss
 
 LOGITS = [[2.0, 1.0, 0.1], [0.5, 2.5, -1.0]]
 TARGET = [0, 2]
@@ -88,7 +88,7 @@ def test_segmentation_losses():
     assert value.item() == pytest.approx((dice(logits, mask) + F.binary_cross_entropy_with_logits(logits, mask)).item(), rel=1e-5)
     value.backward()
     assert logits.grad is not None
-    with pytest.raises(ConfigError, match="unknown segmentation loss 'focal'; choose one of: dice, dice_bce, image_dice_bce, dice_presence, lovasz"):
+    with pytest.raises(ConfigError, match="unknown segmentation loss 'focal'; choose one of: dice, dice_bce, image_dice_bce, dice_presence, dice_topk, lovasz"):
         build_segmentation_loss("focal")
 
 
@@ -164,3 +164,27 @@ def test_config_names_every_segmentation_loss_the_module_builds():
     from busai.losses import _SEGMENTATION_LOSSES
 
     assert tuple(_SEGMENTATION_LOSSES) == SEGMENTATION_LOSSES
+
+
+def test_top_k_presence_costs_a_false_blob_the_smooth_maximum_forgives():
+    """Hand-computed: 8 x 8 images, top 1/16 of the pixels = 4 pixels pooled per image."""
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[0, 0, 2:6, 2:6] = 1  # a 16-pixel lesion; image 1 is lesion-free
+    right = (mask * 2 - 1) * 30
+    top_k = DicePresenceLoss(pool="top_k", top_fraction=1 / 16)
+    smooth = DicePresenceLoss(pool="mean_exp")
+    batch_dice = build_segmentation_loss("dice")
+    assert top_k(right, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+    blob = right.clone()
+    blob[1, 0, :2, :2] = 3.0  # a 4-pixel false outline at p = 0.95 on the lesion-free image
+    dice = batch_dice(blob, mask).item()
+    # top-k: presence logit 3, BCE softplus(3); log-mean-exp: log(4/64 * e^3) = 3 - log 16, BCE softplus(3 - log 16).
+    assert top_k(blob, mask).item() == pytest.approx(dice + F.softplus(torch.tensor(3.0)).item() / 2, rel=1e-4)
+    assert smooth(blob, mask).item() == pytest.approx(dice + F.softplus(torch.tensor(3 - math.log(16))).item() / 2, rel=1e-4)
+    assert build_segmentation_loss("dice_topk").top_fraction == 1 / 256
+
+
+def test_unknown_presence_pool_is_refused():
+    with pytest.raises(ConfigError, match="unknown presence pool 'max'; choose one of: mean_exp, top_k"):
+        DicePresenceLoss(pool="max")

@@ -38,7 +38,7 @@ def resolve_task(task: str, *, multitask: bool = False) -> str:
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "adagrad")
 PRECISIONS = ("auto", "bf16", "fp32")
 # Built by busai.losses; named here so the CLI lists them without importing torch.
-SEGMENTATION_LOSSES = ("dice", "dice_bce", "image_dice_bce", "dice_presence", "lovasz")
+SEGMENTATION_LOSSES = ("dice", "dice_bce", "image_dice_bce", "dice_presence", "dice_topk", "lovasz")
 AUGMENTATIONS = ("paper", "strong", "scanner", "framing", "none")
 SELECTIONS = ("loss", "lesion_dice")
 # Defaults the commands and the Python API share, each written once here (a torch-free module, so

@@ -102,25 +102,40 @@ class ImageDiceBCELoss(nn.Module):
 class DicePresenceLoss(nn.Module):
     """The paper's batch Dice + a per-image "is there a lesion" cross-entropy on the same output.
 
-    The image's presence logit is the log-mean-exp of its pixel logits: a smooth maximum that also
-    grows with the suspicious area. Where the batch-Dice models miss a lesion outright, every pixel
-    sits at the same low probability; this term costs such an image as much as a wrong image label,
-    whatever the lesion's size, and its gradient goes to the pixels the model finds most suspicious.
-    A small false blob on a lesion-free image raises the mean little, so it is hardly penalised.
-    On BUSI the model then marked something in nearly every image and still missed the lesions it
-    missed before (docs/study-log.md, ``seg-lite0-unet-presence``): kept as an option, not a default.
+    ``pool="mean_exp"``: the image's presence logit is the log-mean-exp of its pixel logits, a smooth
+    maximum that also grows with the suspicious area. Where the batch-Dice models miss a lesion
+    outright, every pixel sits at the same low probability; this term costs such an image as much
+    as a wrong image label, whatever the lesion's size, and its gradient goes to the pixels the model
+    finds most suspicious. A small false blob on a lesion-free image raises the mean little, so it is
+    hardly penalised. On BUSI the model then marked something in nearly every image and still missed
+    the lesions it missed before (docs/study-log.md, ``seg-lite0-unet-presence``): kept as an option.
+
+    ``pool="top_k"``: the presence logit is the mean of the image's ``top_fraction`` highest pixel
+    logits. Any confident blob of that size on a lesion-free image costs as much as a wrong image
+    label, which is what a false outline on a normal scan is; on a lesion image those pixels lie in
+    the lesion, where the Dice term pushes them anyway.
     Written by hand: smp's losses score pixels, none a pooled output.
     """
 
-    def __init__(self) -> None:
+    POOLS = ("mean_exp", "top_k")
+
+    def __init__(self, pool: str = "mean_exp", top_fraction: float = 1 / 256) -> None:
         super().__init__()
+        if pool not in self.POOLS:
+            raise ConfigError(f"unknown presence pool '{pool}'; choose one of: {', '.join(self.POOLS)}")
+        self.pool, self.top_fraction = pool, top_fraction
         self.dice = DiceLoss(mode="binary", from_logits=True)
 
-    def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def presence_logits(self, logits: torch.Tensor) -> torch.Tensor:
         flat = logits.float().flatten(1)
-        presence = torch.logsumexp(flat, 1) - math.log(flat.shape[1])
+        if self.pool == "top_k":
+            k = max(1, math.ceil(self.top_fraction * flat.shape[1]))
+            return flat.topk(k, dim=1).values.mean(1)
+        return torch.logsumexp(flat, 1) - math.log(flat.shape[1])
+
+    def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         has_lesion = (mask.flatten(1).amax(1) > 0).float()
-        return self.dice(logits, mask) + F.binary_cross_entropy_with_logits(presence, has_lesion)
+        return self.dice(logits, mask) + F.binary_cross_entropy_with_logits(self.presence_logits(logits), has_lesion)
 
 
 _SEGMENTATION_LOSSES = {
@@ -128,6 +143,7 @@ _SEGMENTATION_LOSSES = {
     "dice_bce": DiceBCELoss,
     "image_dice_bce": ImageDiceBCELoss,
     "dice_presence": DicePresenceLoss,
+    "dice_topk": lambda: DicePresenceLoss(pool="top_k"),
     "lovasz": lambda: LovaszLoss(mode="binary", per_image=True, from_logits=True),
 }
 
@@ -135,7 +151,7 @@ _SEGMENTATION_LOSSES = {
 def build_segmentation_loss(name: str = "dice") -> nn.Module:
     """``"dice"`` (smp ``DiceLoss(mode="binary", from_logits=True)``, the paper's: one Dice over the
     batch's pixels), ``"dice_bce"`` (that + BCE), ``"image_dice_bce"`` (:class:`ImageDiceBCELoss`),
-    ``"dice_presence"`` (:class:`DicePresenceLoss`) or ``"lovasz"`` (smp's Lovász hinge per image, a
+    ``"dice_presence"`` / ``"dice_topk"`` (:class:`DicePresenceLoss`, log-mean-exp / top-k pooled) or ``"lovasz"`` (smp's Lovász hinge per image, a
     convex surrogate of each image's IoU, usually used to refine a Dice-trained model's borders).
 
     Each takes logits (N, 1, H, W) and a {0, 1} mask of the same shape.
