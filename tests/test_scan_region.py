@@ -3,10 +3,11 @@ predict's masks mapped back to the screen's pixels."""
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from busai.data.discover import discover_records, read_image
 from busai.data.scanner_frame import frame_scan
-from busai.scan_region import ScanRegion, find_scan_region
+from busai.scan_region import ScanRegion, find_scan_region, grey_and_spread, square_opening
 
 
 def phantom(synthetic_dir, index=0, scale=4) -> np.ndarray:
@@ -73,3 +74,20 @@ def test_a_smooth_scan_with_speckle_in_one_band_is_used_whole(monkeypatch):
 
     monkeypatch.setattr(sr, "MAX_CONTENT_OUTSIDE", 1.1)  # without the frame check, the band alone was cropped
     assert find_scan_region(image).cropped
+
+
+@pytest.mark.parametrize("side", [1, 2, 3, 4, 7, 12])
+def test_square_opening_equals_scipys_square_structure(side):
+    """The separable opening the region finder uses is scipy's opening with a full square, odd and even sides."""
+    rng = np.random.default_rng(side)
+    for _ in range(10):
+        grid = rng.random((int(rng.integers(4, 60)), int(rng.integers(4, 60)))) > rng.uniform(0.2, 0.8)
+        assert np.array_equal(square_opening(grid, side), ndimage.binary_opening(grid, structure=np.ones((side, side), bool)))
+
+
+def test_grey_and_spread_equal_numpys_channel_reductions():
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 41, 3), dtype=np.uint8)
+    for dtype in (np.float32, np.float64):
+        grey, spread = grey_and_spread(rgb, dtype)
+        assert grey.dtype == dtype and np.array_equal(grey, rgb.astype(dtype).mean(axis=2))
+        assert np.array_equal(spread, rgb.max(axis=2).astype(dtype) - rgb.min(axis=2))

@@ -42,11 +42,10 @@ def check_array(image: np.ndarray) -> str:
 
 def image_statistics(image_rgb: np.ndarray) -> dict:
     """The numbers the gate compares with its thresholds, for a uint8 (H, W, 3) image."""
-    from busai.scan_region import tissue_map
+    from busai.scan_region import grey_and_spread, tissue_map
 
     rgb = np.asarray(image_rgb)
-    grey = rgb.mean(axis=2)
-    saturation = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)
+    grey, saturation = grey_and_spread(rgb, np.float64)
     return {
         "height": int(rgb.shape[0]),
         "width": int(rgb.shape[1]),

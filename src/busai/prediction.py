@@ -42,6 +42,7 @@ from busai.rendering import (
     empty_row,
     prediction_overlay,
     row_values,
+    save_png,
     save_probability_png,
 )
 
@@ -369,10 +370,10 @@ class _BatchWriter:
         if prediction.mask is None:
             return row
         row["mask"] = stem + MASK_SUFFIX
-        Image.fromarray(prediction.mask * 255).save(self.out_dir / row["mask"])
+        save_png(prediction.mask * 255, self.out_dir / row["mask"])
         if self.overlays:
             row["overlay"] = stem + OVERLAY_SUFFIX
-            prediction_overlay(prediction, scan.image).save(self.out_dir / row["overlay"])
+            save_png(prediction_overlay(prediction, scan.image), self.out_dir / row["overlay"])
         if prediction.lesion_probability is not None:
             row["probability"] = stem + PROBABILITY_SUFFIX
             save_probability_png(prediction.lesion_probability, self.out_dir / row["probability"])

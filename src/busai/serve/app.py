@@ -29,7 +29,7 @@ from busai.errors import ConfigError
 from busai.api import Model, models_by_task
 from busai.pipeline import load_models, predict_scan
 from busai.prediction import ModelSource
-from busai.rendering import COLUMNS, prediction_overlay, row_values
+from busai.rendering import COLUMNS, prediction_overlay, row_values, save_png
 from busai.serve.guard import SecurityHeaders, UploadGate, content_security_policy, host_patterns
 from busai.serve.limits import MAX_MEGAPIXELS, MAX_QUEUE, MAX_UPLOAD_MB, MULTIPART_OVERHEAD, PIXEL_SPACING_MM
 from busai.serve.upload import Upload, decode_upload, receive_upload, too_large
@@ -43,9 +43,8 @@ FIELD_HINTS = {
 
 
 def png_data_url(image: np.ndarray | Image.Image) -> str:
-    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
+    save_png(image, buffer)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
