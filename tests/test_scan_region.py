@@ -7,7 +7,8 @@ from scipy import ndimage
 
 from busai.data.discover import discover_records, read_image
 from busai.data.scanner_frame import frame_scan
-from busai.scan_region import ScanRegion, find_scan_region, grey_and_spread, square_opening
+from busai.input_check import image_statistics
+from busai.scan_region import ScanRegion, find_scan_region, grey_and_spread, locate_scan, square_opening, tissue_map
 
 
 def phantom(synthetic_dir, index=0, scale=4) -> np.ndarray:
@@ -78,16 +79,41 @@ def test_a_smooth_scan_with_speckle_in_one_band_is_used_whole(monkeypatch):
 
 @pytest.mark.parametrize("side", [1, 2, 3, 4, 7, 12])
 def test_square_opening_equals_scipys_square_structure(side):
-    """The separable opening the region finder uses is scipy's opening with a full square, odd and even sides."""
+    """The filter-based opening the region finder uses is scipy's binary opening with a full square, odd and even sides."""
     rng = np.random.default_rng(side)
     for _ in range(10):
         grid = rng.random((int(rng.integers(4, 60)), int(rng.integers(4, 60)))) > rng.uniform(0.2, 0.8)
         assert np.array_equal(square_opening(grid, side), ndimage.binary_opening(grid, structure=np.ones((side, side), bool)))
 
 
-def test_grey_and_spread_equal_numpys_channel_reductions():
-    rgb = np.random.default_rng(0).integers(0, 256, (37, 41, 3), dtype=np.uint8)
+@pytest.mark.parametrize("source", [np.uint8, np.float32])
+def test_grey_and_spread_equal_numpys_channel_reductions(source):
+    """The 8-bit integer path and the float path both equal numpy's reductions over the channel axis."""
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 41, 3)).astype(source)
     for dtype in (np.float32, np.float64):
         grey, spread = grey_and_spread(rgb, dtype)
-        assert grey.dtype == dtype and np.array_equal(grey, rgb.astype(dtype).mean(axis=2))
-        assert np.array_equal(spread, rgb.max(axis=2).astype(dtype) - rgb.min(axis=2))
+        assert grey.dtype == dtype and spread.dtype == dtype
+        assert np.array_equal(grey, rgb.astype(dtype).mean(axis=2))
+        assert np.array_equal(spread, rgb.max(axis=2).astype(dtype) - rgb.min(axis=2).astype(dtype))
+
+
+def test_the_gate_reuses_the_region_search_tissue_map(synthetic_dir):
+    """locate_scan hands back the tissue map it searched, and the gate's statistics from it equal those computed afresh."""
+    image = phantom(synthetic_dir, 1)
+    region, tissue = locate_scan(image)
+    assert region == find_scan_region(image) and np.array_equal(tissue, tissue_map(image))
+    assert image_statistics(image, tissue=tissue) == image_statistics(image)
+    assert locate_scan(image[:40, :40])[1] is None  # too small to search: no map
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_background_is_within_two_levels_of_the_border_median_in_every_channel(seed):
+    """The 8-bit fast path equals the plain definition, also when the border's median falls between two levels."""
+    from busai.scan_region import _background
+
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(95, 106, (30, 40, 3), dtype=np.uint8)
+    rgb[0, :20] += 1  # an even border count with shifted halves: medians like 100.5
+    median = np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.int16), axis=0)
+    expected = (np.abs(rgb.astype(np.int16) - median) <= 2).all(axis=2)
+    assert np.array_equal(_background(rgb), expected) and 0 < expected.mean() < 1

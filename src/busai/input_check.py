@@ -40,18 +40,21 @@ def check_array(image: np.ndarray) -> str:
     return array_problem(image) or OK
 
 
-def image_statistics(image_rgb: np.ndarray) -> dict:
-    """The numbers the gate compares with its thresholds, for a uint8 (H, W, 3) image."""
+def image_statistics(image_rgb: np.ndarray, tissue: np.ndarray | None = None) -> dict:
+    """The numbers the gate compares with its thresholds, for a uint8 (H, W, 3) image (``tissue``: its
+    :func:`busai.scan_region.tissue_map`, when already computed)."""
     from busai.scan_region import grey_and_spread, tissue_map
 
     rgb = np.asarray(image_rgb)
     grey, saturation = grey_and_spread(rgb, np.float64)
+    if tissue is None and min(rgb.shape[:2]) >= 3:
+        tissue = tissue_map(rgb)
     return {
         "height": int(rgb.shape[0]),
         "width": int(rgb.shape[1]),
         "std": float(grey.std()),
         "colour_share": float((saturation > COLOURED).mean()),
-        "tissue_share": float(tissue_map(rgb).mean()) if min(rgb.shape[:2]) >= 3 else 0.0,
+        "tissue_share": float(tissue.mean()) if tissue is not None else 0.0,
         "bright_share": float((ndimage.uniform_filter(grey, 3) > BRIGHT).mean()),
     }
 

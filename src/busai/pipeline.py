@@ -155,8 +155,8 @@ class PreparedScan:
 def prepare_scan(by_task: dict, image, *, scan_region: bool = True, gate: bool = True, geometry=None) -> PreparedScan:
     """Gate, crop to the scan region, and the normalised input of each network of ``by_task`` ({task: LoadedModel}: :func:`networks_by_task`)."""
     from busai.inference import model_input
-    from busai.input_check import OK, check_array, check_input
-    from busai.scan_region import find_scan_region, whole_image
+    from busai.input_check import OK, check_array, check_input, image_statistics
+    from busai.scan_region import locate_scan, whole_image
 
     image = np.asarray(image)
     width, height = (int(image.shape[1]), int(image.shape[0])) if image.ndim >= 2 else (None, None)
@@ -166,9 +166,10 @@ def prepare_scan(by_task: dict, image, *, scan_region: bool = True, gate: bool =
         result.input_check = problem
         return PreparedScan(result)
     image = rgb_array(image)
-    region = find_scan_region(image) if scan_region else whole_image(image.shape)
+    region, tissue = locate_scan(image) if scan_region else (whole_image(image.shape), None)
     scan = region.crop(image)
-    result.input_check = check_input(scan)
+    # The gate's texture statistic reuses the region search's tissue map when the scan is the whole image.
+    result.input_check = check_input(scan, image_statistics(scan, tissue=None if region.cropped else tissue))
     if region.cropped:
         result.extra.update(scan_x=region.x0, scan_y=region.y0, scan_width=region.width, scan_height=region.height)
     prepared = PreparedScan(result, image, region, geometry=geometry)

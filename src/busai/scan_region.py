@@ -20,6 +20,7 @@ content rather than a screen's flat background (a smooth scan whose speckle show
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,12 +69,23 @@ def whole_image(shape: tuple[int, ...]) -> ScanRegion:
     return ScanRegion(0, 0, int(shape[1]), int(shape[0]), False)
 
 
+def colour_planes(image_rgb: np.ndarray) -> np.ndarray:
+    """(3, H, W) contiguous copy of an (H, W, 3) image: numpy's element-wise work on one channel of
+    an interleaved image is strided and runs many times slower than on a plane."""
+    return np.ascontiguousarray(np.moveaxis(np.asarray(image_rgb), -1, 0))
+
+
 def grey_and_spread(image_rgb: np.ndarray, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """(mean of the channels, max - min of the channels) of an (H, W, 3) image, in ``dtype``.
 
-    Equal to ``rgb.mean(axis=2)`` and ``rgb.max(axis=2) - rgb.min(axis=2)`` (8-bit values sum exactly),
-    written channel by channel because numpy's reductions over a last axis of 3 run several times slower."""
-    red, green, blue = (np.asarray(image_rgb[..., c], dtype=dtype) for c in range(3))
+    Equal to ``rgb.mean(axis=2)`` and ``rgb.max(axis=2) - rgb.min(axis=2)`` (tested); 8-bit images are
+    summed exactly in 16-bit integers, the fast path for the scans predict reads."""
+    red, green, blue = colour_planes(image_rgb)
+    if red.dtype == np.uint8:
+        total = red.astype(np.uint16) + green + blue
+        spread = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
+        return total.astype(dtype) / dtype(3), spread.astype(dtype)
+    red, green, blue = (np.asarray(c, dtype=dtype) for c in (red, green, blue))
     grey = (red + green + blue) / dtype(3)
     spread = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
     return grey, spread
@@ -81,33 +93,55 @@ def grey_and_spread(image_rgb: np.ndarray, dtype=np.float32) -> tuple[np.ndarray
 
 def tissue_map(image_rgb: np.ndarray) -> np.ndarray:
     """bool (H, W): grey pixels with speckle-like texture (step 1 of the module's recipe)."""
+    return _tissue(*_fine_detail(image_rgb)[1:])
+
+
+def _fine_detail(image_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(grey, channel spread, |grey - its 3x3 mean|): what the tissue map and the scan-like map share."""
     grey, spread = grey_and_spread(image_rgb)
-    detail = np.abs(grey - ndimage.uniform_filter(grey, 3))
-    window = max(3, round(min(grey.shape) / 120) | 1)
-    texture = ndimage.uniform_filter(detail, window)
-    saturation = ndimage.uniform_filter(spread, window)
-    return (texture > TEXTURE_FLOOR) & (saturation < MAX_SATURATION)
+    return grey, spread, np.abs(grey - ndimage.uniform_filter(grey, 3))
+
+
+def _tissue(spread: np.ndarray, detail: np.ndarray) -> np.ndarray:
+    window = max(3, round(min(detail.shape) / 120) | 1)
+    texture = ndimage.uniform_filter(detail, window) > TEXTURE_FLOOR
+    if spread.max() <= MAX_SATURATION - 1:  # a local mean cannot reach the bound: skip the filter (grey scans)
+        return texture
+    return texture & (ndimage.uniform_filter(spread, window) < MAX_SATURATION)
 
 
 def square_opening(mask: np.ndarray, side: int) -> np.ndarray:
-    """``ndimage.binary_opening(mask, structure=np.ones((side, side)))``, as a row then a column pass
-    for the erosion and for the dilation: a square is separable, and two passes of ``side`` cost far
-    less than one of ``side`` squared (equal, tested)."""
-    row, column = np.ones((1, side), bool), np.ones((side, 1), bool)
-    eroded = ndimage.binary_erosion(ndimage.binary_erosion(mask, structure=row), structure=column)
-    return ndimage.binary_dilation(ndimage.binary_dilation(eroded, structure=row), structure=column)
+    """``ndimage.binary_opening(mask, structure=np.ones((side, side)))`` (equal, tested), as a minimum
+    then a maximum filter: scipy runs those separably in linear time, several times faster than the
+    binary erosion with a square. An even square's dilation sits one pixel off its erosion's centre,
+    as binary_opening reflects the structure."""
+    shift = -1 if side % 2 == 0 else 0
+    eroded = ndimage.minimum_filter(mask.view(np.uint8), size=side, mode="constant", cval=0)
+    return ndimage.maximum_filter(eroded, size=side, mode="constant", cval=0, origin=shift).astype(bool)
 
 
 def find_scan_region(image_rgb: np.ndarray) -> ScanRegion:
     """The box of the B-mode scan inside ``image_rgb`` (uint8 H, W, 3); the whole image when the
     scan fills it or nothing scan-like is found."""
+    return locate_scan(image_rgb)[0]
+
+
+def locate_scan(image_rgb: np.ndarray) -> tuple[ScanRegion, np.ndarray | None]:
+    """:func:`find_scan_region` and the image's :func:`tissue_map` it computed on the way (None for
+    an image under 64 pixels a side), so a caller that needs both computes the map once."""
     image_rgb = np.asarray(image_rgb)
     if image_rgb.ndim == 2:
         image_rgb = np.repeat(image_rgb[..., None], 3, axis=2)
     height, width = image_rgb.shape[:2]
     if min(height, width) < 64:
-        return whole_image(image_rgb.shape)
-    tissue = tissue_map(image_rgb)
+        return whole_image(image_rgb.shape), None
+    _, spread, detail = _fine_detail(image_rgb)
+    tissue = _tissue(spread, detail)
+    return _region(image_rgb, tissue, detail), tissue
+
+
+def _region(image_rgb: np.ndarray, tissue: np.ndarray, detail: np.ndarray) -> ScanRegion:
+    height, width = image_rgb.shape[:2]
 
     # Coarse grid: a cell is tissue when most of its pixels are.
     cell = max(1, min(height, width) // GRID_CELLS)
@@ -122,7 +156,8 @@ def find_scan_region(image_rgb: np.ndarray) -> ScanRegion:
     sizes = np.bincount(labels.ravel())[1:]
     order = [int(i) for i in np.argsort(-sizes)]
     box = list(boxes[order[0]])
-    scan_like = _scan_like(image_rgb)
+    background = _background(image_rgb)
+    scan_like = _scan_like(background, detail)
     # Parts of the scan cut off from the largest part by a dark band (a shadow, a black lesion)
     # lie within its columns (or rows), and the band between is scan, not flat screen background;
     # text bars and side panels fail one of the two.
@@ -133,7 +168,7 @@ def find_scan_region(image_rgb: np.ndarray) -> ScanRegion:
         if gap is not None and scan_like[gap].size and scan_like[gap].mean() > 0.5:
             box = [min(box[0], boxes[i][0]), min(box[1], boxes[i][1]), max(box[2], boxes[i][2]), max(box[3], boxes[i][3])]
     box = [box[0], box[1], min(box[2], width), min(box[3], height)]
-    x0, y0, x1, y1 = _trim_background_edges(image_rgb, _grow_over_dark_edges(tissue, scan_like, box))
+    x0, y0, x1, y1 = _trim_background_edges(background, _grow_over_dark_edges(tissue, scan_like, box))
     if (x1 - x0) * (y1 - y0) >= WHOLE_IMAGE_SHARE * height * width or min(x1 - x0, y1 - y0) < MIN_REGION_SIDE:
         return whole_image(image_rgb.shape)  # the scan fills the image, or what was found is too small to be one
     outside = np.ones((height, width), bool)
@@ -145,14 +180,11 @@ def find_scan_region(image_rgb: np.ndarray) -> ScanRegion:
     return ScanRegion(x0, y0, x1, y1, True)
 
 
-def _scan_like(image_rgb: np.ndarray) -> np.ndarray:
-    """bool (H, W): pixels unlike the screen's flat background (the median colour of the image's
-    border), or with any fine detail. A scan's deep rows can be nearly black, but rarely the exact
-    flat colour of the screen around it."""
-    unlike = ~_background(image_rgb)
-    grey, _ = grey_and_spread(image_rgb)
-    detail = np.abs(grey - ndimage.uniform_filter(grey, 3)) > 0.5
-    return ndimage.uniform_filter((unlike | detail).astype(np.float32), 5) > 0.5
+def _scan_like(background: np.ndarray, detail: np.ndarray) -> np.ndarray:
+    """bool (H, W): pixels unlike the screen's flat background (:func:`_background`), or with any
+    fine detail (``detail``: :func:`_fine_detail`'s). A scan's deep rows can be nearly black, but
+    rarely the exact flat colour of the screen around it."""
+    return ndimage.uniform_filter((~background | (detail > 0.5)).astype(np.float32), 5) > 0.5
 
 
 def _background(image_rgb: np.ndarray) -> np.ndarray:
@@ -161,8 +193,11 @@ def _background(image_rgb: np.ndarray) -> np.ndarray:
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.int16)
     colour = np.median(border, axis=0)
     near = np.ones(rgb.shape[:2], bool)
-    for c in range(3):  # channel by channel: a reduction over a last axis of 3 is slow (see grey_and_spread)
-        near &= np.abs(rgb[..., c].astype(np.int16) - colour[c]) <= 2
+    for plane, level in zip(colour_planes(rgb), colour):
+        low, high = level - 2, level + 2
+        if rgb.dtype == np.uint8:  # the same test on whole grey levels, in 8 bits without a float copy
+            low, high = max(0, math.ceil(low)), min(255, math.floor(high))
+        near &= (plane >= low) & (plane <= high)
     return near
 
 
@@ -183,10 +218,9 @@ def _gap_between(part, box, margin: int):
     return None
 
 
-def _trim_background_edges(image_rgb: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    """Move each side of ``box`` inwards past lines that are the screen's background colour
-    (the texture windows above blur the scan's edge a few pixels outwards)."""
-    background = _background(image_rgb)
+def _trim_background_edges(background: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Move each side of ``box`` inwards past lines of the screen's background colour (``background``:
+    :func:`_background`; the texture windows above blur the scan's edge a few pixels outwards)."""
     x0, y0, x1, y1 = box
 
     def flat(line: np.ndarray) -> bool:
