@@ -2,6 +2,8 @@
 run, against the machine's FLOP limit (model GFLOPs x images/s over a measured matmul peak).
 
     python benchmarks/predict_throughput.py --n 1000   # on a quiet machine; writes results/predict_throughput.json
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/predict_throughput.py --n 1000 \
+        --out results/predict_throughput_avx2cap.json   # the same machine as an AVX2-only one
 
 Paths (each predicts the same N scans into a fresh folder, through busai.prediction.predict_paths,
 models loaded once before the clock starts):
@@ -9,7 +11,12 @@ models loaded once before the clock starts):
 - ``batched``: the default (`busai predict`): batches of 8, 2 threads, batch norm folded, the path the CPU flags choose;
 - ``batched-probe``: the same with the path measured per machine (BUSAI_PROBE=1, as the busai command runs);
 - ``batched-no-overlays``: `--no-overlays`;
-- ``onnx``: `--backend onnx` (when onnxruntime is installed).
+- ``onnx``: `--backend onnx` (when onnxruntime is installed);
+- ``issue-33 baseline``: `busai predict` as it was when issue 33 was filed (``--baseline``, commit 3f74e7d, the
+  last before its work), the same release weights, run from ``git archive`` of that commit in a child process
+  with the same interpreter (models loaded and warmed before its clock too): the target's "today".
+Beside the paths, ``models_only`` times the two networks alone (batches of 8, inputs prepared before the
+clock) against the FLOP limit of fp32 and, on a machine with native bf16, of bf16.
 The file records the CPU model and flags, threads, load average and torch version beside the rates.
 """
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from busai import inference, pipeline  # noqa: E402
-from busai.machine import cpu_flags, cpu_model, native_bf16  # noqa: E402
+from busai.machine import cpu_flags, cpu_model, isa_cap, native_bf16  # noqa: E402
 from busai.outputs import atomic_write_text  # noqa: E402
 from busai.prediction import predict_paths  # noqa: E402
 
@@ -78,11 +86,63 @@ def run_path(name: str, paths: list[Path], models, out_root: Path, **options) ->
     return {"seconds": round(seconds, 3), "images_per_second": round(len(paths) / seconds, 3), "options": options}
 
 
+# The child of the baseline path: argv = old source folder, list of scans, output folder; prints one JSON line.
+BASELINE_CHILD = """
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import torch
+from busai.prediction import load_models, predict_paths
+files = Path(sys.argv[2]).read_text().splitlines()
+out = Path(sys.argv[3])
+seg, cls = load_models("release", "release")
+predict_paths(files[:1], out / "warm", seg=seg, cls=cls, progress=False)
+start = time.perf_counter()
+rows = predict_paths(files, out / "run", seg=seg, cls=cls, progress=False)
+seconds = time.perf_counter() - start
+assert len(rows) == len(files) and not any(r["error"] for r in rows)
+print(json.dumps({"seconds": seconds, "threads": torch.get_num_threads()}))
+"""
+
+
+def baseline_path(commit: str, paths: list[Path], root: Path) -> dict:
+    """images/s of `busai predict` at ``commit`` on ``paths`` (see the module's docstring)."""
+    source = root / f"src-{commit}"
+    source.mkdir()
+    archive = subprocess.run(["git", "archive", commit, "src"], check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    subprocess.run(["tar", "-x", "-C", str(source), "--strip-components=1"], input=archive, check=True)
+    listing = root / "baseline-scans.txt"
+    listing.write_text("\n".join(str(p) for p in paths))
+    done = subprocess.run([sys.executable, "-c", BASELINE_CHILD, str(source), str(listing), str(root / "baseline")], check=True, capture_output=True, text=True)
+    child = json.loads(done.stdout.strip().splitlines()[-1])
+    return {
+        "seconds": round(child["seconds"], 3),
+        "images_per_second": round(len(paths) / child["seconds"], 3),
+        "options": {"commit": commit, "threads": child["threads"]},
+    }
+
+
+def models_only(models, files: list[Path], n: int = 96) -> dict:
+    """images/s of the two networks alone, in predict's batches, on inputs prepared before the clock."""
+    from busai.config import PREDICT_BATCH_SIZE
+    from busai.data.discover import read_image
+
+    by_task = pipeline.networks_by_task(models)
+    prepared = [pipeline.prepare_scan(by_task, read_image(f), gate=False) for f in files[:n]]
+    pipeline.run_models(by_task, prepared[:PREDICT_BATCH_SIZE])  # kernels for a full batch built before the clock
+    start = time.perf_counter()
+    for i in range(0, len(prepared), PREDICT_BATCH_SIZE):
+        pipeline.run_models(by_task, prepared[i : i + PREDICT_BATCH_SIZE])
+    seconds = time.perf_counter() - start
+    return {"images": len(prepared), "seconds": round(seconds, 3), "images_per_second": round(len(prepared) / seconds, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of scans (default: BUSI)")
     parser.add_argument("--n", type=int, default=1000, help="scans per path (default 1000)")
     parser.add_argument("--out", type=Path, default=Path("results/predict_throughput.json"))
+    parser.add_argument("--baseline", default="3f74e7d", help="commit of the issue-33 baseline path, or none (default 3f74e7d)")
     args = parser.parse_args()
 
     os.environ["BUSAI_ALL_CORES"] = "1"  # as the busai command runs
@@ -96,6 +156,7 @@ def main() -> None:
     pipeline.predict_scans(models, [read_image(files[0])], gate=False)  # every path starts with warm models (oneDNN kernels built)
     gflops = model_gflops(models)  # before the paths: a failure here costs no timing
     results: dict[str, dict] = {}
+    models_alone = models_only(models, files)
     unfolded = inference.inference_network
     with tempfile.TemporaryDirectory(prefix="busai-throughput-") as tmp:
         root = Path(tmp)
@@ -118,6 +179,8 @@ def main() -> None:
             results["onnx"] = run_path("onnx", files, onnx_models, root)
         except ImportError:
             pass
+        if args.baseline != "none":
+            results["issue-33 baseline"] = baseline_path(args.baseline, files, root)
     peak = {"fp32": round(matmul_peak(torch.float32), 1)}
     if native_bf16():
         peak["bf16"] = round(matmul_peak(torch.bfloat16), 1)
@@ -126,15 +189,21 @@ def main() -> None:
         # The share of the machine's fp32 matmul peak the whole predict (models and the rest) reaches.
         result["fraction_of_flop_limit"] = round(result["images_per_second"] * per_image / peak["fp32"], 4)
     base = results["before"]["images_per_second"]
+    baseline = results.get("issue-33 baseline", {}).get("images_per_second")
     for result in results.values():
         result["speedup_over_before"] = round(result["images_per_second"] / base, 3)
+        if baseline:
+            result["speedup_over_issue_baseline"] = round(result["images_per_second"] / baseline, 3)
+    limits = {dtype: peak[dtype] / per_image for dtype in peak}
+    models_alone["fraction_of_flop_limit"] = {dtype: round(models_alone["images_per_second"] / limit, 4) for dtype, limit in limits.items()}
     record = {
         "command": "python benchmarks/predict_throughput.py " + " ".join(sys.argv[1:]),
         "images": len(files),
         "data": str(args.data),
         "machine": {
             "cpu": cpu_model(),
-            "cpu_flags": cpu_flags(),
+            "cpu_flags": cpu_flags(),  # the flags below a oneDNN ISA cap, where one is set
+            "isa_cap": isa_cap(),
             "threads": torch.get_num_threads(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "torch": torch.__version__,
@@ -143,6 +212,7 @@ def main() -> None:
         "matmul_peak_gflops": peak,
         "flop_limit_images_per_second": round(peak["fp32"] / per_image, 2),
         "paths": results,
+        "models_only": models_alone,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
@@ -150,6 +220,7 @@ def main() -> None:
         print(
             f"{name:22s} {result['images_per_second']:8.2f} images/s  x{result['speedup_over_before']:.2f}  {result['fraction_of_flop_limit']:.1%} of the fp32 FLOP limit"
         )
+    print(f"models only {models_alone['images_per_second']:.2f} images/s, of the FLOP limit: {models_alone['fraction_of_flop_limit']}")
     print(f"wrote {args.out}")
 
 

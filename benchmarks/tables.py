@@ -145,21 +145,35 @@ def speed_table(results_dir: str | Path) -> str:
 
 
 def throughput_table(results_dir: str | Path) -> str:
-    """Markdown of predict_throughput.json: images per second of `busai predict` per path, with its command."""
-    r = _benchmark_result(results_dir, "predict_throughput.json")
-    if r is None:
-        return ""
+    """Markdown of each predict_throughput*.json (one per machine or ISA cap): images per second of
+    `busai predict` per path, with its command."""
+    tables = [_throughput_table(json.loads(p.read_text())) for p in sorted(Path(results_dir).glob("predict_throughput*.json"))]
+    return "\n\n".join(tables)
+
+
+def _throughput_table(r: dict) -> str:
     m = r["machine"]
+    cap = f" capped at {m['isa_cap']} (ONEDNN_MAX_CPU_ISA)" if m.get("isa_cap") else ""
     lines = [
-        f"`{r['command']}`: both release models on {r['images']} scans; {m['cpu']}, {m['threads']} threads, "
+        f"`{r['command']}`: both release models on {r['images']} scans; {m['cpu']}{cap}, {m['threads']} threads, "
         f"load average {', '.join(str(x) for x in m['load_average'])} at the end; model GFLOPs per image "
         + ", ".join(f"{k} {v}" for k, v in r["model_gflops_per_image"].items()),
         "",
-        "| path | images/s | against one scan at a time | share of the fp32 FLOP limit |",
-        "|---|---|---|---|",
+        "| path | images/s | against one scan at a time | against the issue-33 baseline | share of the fp32 FLOP limit |",
+        "|---|---|---|---|---|",
     ]
     for name, p in r["paths"].items():
-        lines.append(f"| {name} | {p['images_per_second']:.2f} | x{p['speedup_over_before']:.2f} | {p['fraction_of_flop_limit']:.0%} |")
+        against_baseline = f"x{p['speedup_over_issue_baseline']:.2f}" if "speedup_over_issue_baseline" in p else "–"
+        lines.append(f"| {name} | {p['images_per_second']:.2f} | x{p['speedup_over_before']:.2f} | {against_baseline} | {p['fraction_of_flop_limit']:.0%} |")
+    alone = r.get("models_only")
+    if alone:  # the two networks alone, against the FLOP limit of each precision the machine computes natively
+        shares = ", ".join(f"{share:.0%} of the {dtype} limit" for dtype, share in alone["fraction_of_flop_limit"].items())
+        lines += [
+            "",
+            f"The two networks alone (batches of 8, {alone['images']} scans prepared before the clock): {alone['images_per_second']:.2f} images/s, {shares}.",
+        ]
+    if m.get("cpu_flags"):
+        lines += ["", f"CPU flags: {' '.join(m['cpu_flags'])}."]
     return "\n".join(lines)
 
 

@@ -229,3 +229,33 @@ def test_startup_table(tmp_path):
     table = tables.startup_table(tmp_path)
     assert "best of 5 fresh processes; AMD EPYC, 2 threads (no native bf16), CPU flags avx2 fma" in table
     assert "| `busai --help` | 0.41 |" in table and "| `busai predict SCAN (onnx)` | 2.50 |" in table
+
+
+def test_throughput_tables_one_per_machine_with_the_baseline_column(tmp_path):
+    assert tables.throughput_table(tmp_path) == ""  # nothing measured: no table
+
+    def result(cap, baseline):
+        paths = {
+            "before": {"images_per_second": 2.0, "speedup_over_before": 1.0, "fraction_of_flop_limit": 0.1},
+            "batched": {"images_per_second": 6.0, "speedup_over_before": 3.0, "fraction_of_flop_limit": 0.3},
+        }
+        if baseline:
+            paths["issue-33 baseline"] = {"images_per_second": 1.5, "speedup_over_before": 0.75, "fraction_of_flop_limit": 0.075}
+            for p in paths.values():
+                p["speedup_over_issue_baseline"] = p["images_per_second"] / 1.5
+        machine = {"cpu": "AMD EPYC", "cpu_flags": ["avx2", "fma"], "threads": 2, "load_average": [0.1], "isa_cap": cap}
+        return {
+            "command": "python benchmarks/predict_throughput.py --n 10",
+            "images": 10,
+            "machine": machine,
+            "model_gflops_per_image": {"segmentation": 5.0},
+            "paths": paths,
+            "models_only": {"images": 8, "images_per_second": 12.5, "fraction_of_flop_limit": {"fp32": 0.5}},
+        }
+
+    (tmp_path / "predict_throughput.json").write_text(json.dumps(result(None, False)))
+    (tmp_path / "predict_throughput_avx2cap.json").write_text(json.dumps(result("AVX2", True)))
+    first, second = tables.throughput_table(tmp_path).split("\n\n`")
+    assert "capped" not in first and "| batched | 6.00 | x3.00 | – | 30% |" in first
+    assert "AMD EPYC capped at AVX2 (ONEDNN_MAX_CPU_ISA)" in second and "| batched | 6.00 | x3.00 | x4.00 | 30% |" in second
+    assert "12.50 images/s, 50% of the fp32 limit." in second and "CPU flags: avx2 fma." in second
