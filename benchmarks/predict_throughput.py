@@ -40,14 +40,16 @@ from busai.machine import cpu_flags, cpu_model, isa_cap, native_bf16  # noqa: E4
 from busai.outputs import atomic_write_text  # noqa: E402
 from busai.prediction import predict_paths  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset_BUSI_with_GT"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# BUSI's 780 scans, then BUS-UCLM's (larger, from another scanner): 1,000 scans need both.
+DEFAULT_DATA = [SHARED_DATA / "Dataset_BUSI_with_GT", SHARED_DATA / "BUS-UCLM" / "images"]
 
 
-def scans(folder: Path, n: int) -> list[Path]:
-    """The first ``n`` images (masks left out) of ``folder``, in sorted order."""
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp") and "_mask" not in p.stem)
+def scans(folders: list[Path], n: int) -> list[Path]:
+    """The first ``n`` images (masks left out) of ``folders``, each in sorted order, one folder after the other."""
+    files = [p for folder in folders for p in sorted(folder.rglob("*")) if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp") and "_mask" not in p.stem]
     if len(files) < n:
-        raise SystemExit(f"{folder}: holds {len(files)} images, fewer than --n {n}; pass a larger folder or a smaller --n")
+        raise SystemExit(f"{', '.join(map(str, folders))}: hold {len(files)} images, fewer than --n {n}; pass more --data folders or a smaller --n")
     return files[:n]
 
 
@@ -139,7 +141,7 @@ def models_only(models, files: list[Path], n: int = 96) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of scans (default: BUSI)")
+    parser.add_argument("--data", type=Path, action="append", help="folder of scans, repeatable (default: BUSI, then BUS-UCLM's images)")
     parser.add_argument("--n", type=int, default=1000, help="scans per path (default 1000)")
     parser.add_argument("--out", type=Path, default=Path("results/predict_throughput.json"))
     parser.add_argument("--baseline", default="3f74e7d", help="commit of the issue-33 baseline path, or none (default 3f74e7d)")
@@ -149,7 +151,8 @@ def main() -> None:
     from busai.runs import best_threads
 
     best_threads()
-    files = scans(args.data, args.n)
+    folders = args.data or DEFAULT_DATA
+    files = scans(folders, args.n)
     models = pipeline.load_models("release", "release")
     from busai.data.discover import read_image
 
@@ -199,7 +202,7 @@ def main() -> None:
     record = {
         "command": "python benchmarks/predict_throughput.py " + " ".join(sys.argv[1:]),
         "images": len(files),
-        "data": str(args.data),
+        "data": [str(folder) for folder in folders],
         "machine": {
             "cpu": cpu_model(),
             "cpu_flags": cpu_flags(),  # the flags below a oneDNN ISA cap, where one is set
