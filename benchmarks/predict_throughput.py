@@ -14,7 +14,8 @@ models loaded once before the clock starts):
 - ``onnx``: `--backend onnx` (when onnxruntime is installed);
 - ``issue-33 baseline``: `busai predict` as it was when issue 33 was filed (``--baseline``, commit 3f74e7d, the
   last before its work), the same release weights, run from ``git archive`` of that commit in a child process
-  with the same interpreter (models loaded and warmed before its clock too): the target's "today".
+  with the same interpreter (models loaded and warmed before its clock too): the target's "today". Under an
+  ISA cap its bf16 check, which reads the CPU and not the cap, is made to answer as the capped machine would.
 Beside the paths, ``models_only`` times the two networks alone (batches of 8, inputs prepared before the
 clock) against the FLOP limit of fp32 and, on a machine with native bf16, of bf16.
 The file records the CPU model and flags, threads, load average and torch version beside the rates.
@@ -88,13 +89,17 @@ def run_path(name: str, paths: list[Path], models, out_root: Path, **options) ->
     return {"seconds": round(seconds, 3), "images_per_second": round(len(paths) / seconds, 3), "options": options}
 
 
-# The child of the baseline path: argv = old source folder, list of scans, output folder; prints one JSON line.
+# The child of the baseline path: argv = old source folder, list of scans, output folder, "bf16" or "no-bf16"
+# (whether this machine, below any ISA cap, computes bf16 natively); prints one JSON line.
 BASELINE_CHILD = """
 import json, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import torch
+import busai.engine
 from busai.prediction import load_models, predict_paths
+if sys.argv[4] == "no-bf16":  # under an ISA cap, the old check (which reads the CPU, not the cap) answers as the capped machine
+    busai.engine.cpu_has_native_bf16 = lambda: False
 files = Path(sys.argv[2]).read_text().splitlines()
 out = Path(sys.argv[3])
 seg, cls = load_models("release", "release")
@@ -115,7 +120,10 @@ def baseline_path(commit: str, paths: list[Path], root: Path) -> dict:
     subprocess.run(["tar", "-x", "-C", str(source), "--strip-components=1"], input=archive, check=True)
     listing = root / "baseline-scans.txt"
     listing.write_text("\n".join(str(p) for p in paths))
-    done = subprocess.run([sys.executable, "-c", BASELINE_CHILD, str(source), str(listing), str(root / "baseline")], check=True, capture_output=True, text=True)
+    bf16 = "bf16" if native_bf16() else "no-bf16"
+    done = subprocess.run(
+        [sys.executable, "-c", BASELINE_CHILD, str(source), str(listing), str(root / "baseline"), bf16], check=True, capture_output=True, text=True
+    )
     child = json.loads(done.stdout.strip().splitlines()[-1])
     return {
         "seconds": round(child["seconds"], 3),
