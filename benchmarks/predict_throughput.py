@@ -208,7 +208,10 @@ def main() -> None:
     limits = {dtype: peak[dtype] / per_image for dtype in peak}
     models_alone["fraction_of_flop_limit"] = {dtype: round(models_alone["images_per_second"] / limit, 4) for dtype, limit in limits.items()}
     record = {
-        "command": "python benchmarks/predict_throughput.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(
+            [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k)]
+            + ["python benchmarks/predict_throughput.py", *sys.argv[1:]]
+        ),
         "images": len(files),
         "data": [str(folder) for folder in folders],
         "machine": {
