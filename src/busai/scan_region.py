@@ -80,26 +80,23 @@ def grey_and_spread(image_rgb: np.ndarray, dtype=np.float32) -> tuple[np.ndarray
 
     Equal to ``rgb.mean(axis=2)`` and ``rgb.max(axis=2) - rgb.min(axis=2)`` (tested); 8-bit images are
     summed exactly in 16-bit integers, the fast path for the scans predict reads."""
-    red, green, blue = colour_planes(image_rgb)
-    if red.dtype == np.uint8:
-        total = red.astype(np.uint16) + green + blue
-        spread = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
-        return total.astype(dtype) / dtype(3), spread.astype(dtype)
-    red, green, blue = (np.asarray(c, dtype=dtype) for c in (red, green, blue))
-    grey = (red + green + blue) / dtype(3)
+    planes = colour_planes(image_rgb)
+    eight_bit = planes.dtype == np.uint8
+    red, green, blue = planes if eight_bit else planes.astype(dtype)
+    total = (red.astype(np.uint16) if eight_bit else red) + green + blue
     spread = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
-    return grey, spread
+    return total.astype(dtype, copy=False) / dtype(3), spread.astype(dtype, copy=False)
 
 
 def tissue_map(image_rgb: np.ndarray) -> np.ndarray:
     """bool (H, W): grey pixels with speckle-like texture (step 1 of the module's recipe)."""
-    return _tissue(*_fine_detail(image_rgb)[1:])
+    return _tissue(*_fine_detail(image_rgb))
 
 
-def _fine_detail(image_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(grey, channel spread, |grey - its 3x3 mean|): what the tissue map and the scan-like map share."""
+def _fine_detail(image_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(channel spread, |grey - its 3x3 mean|): what the tissue map and the scan-like map share."""
     grey, spread = grey_and_spread(image_rgb)
-    return grey, spread, np.abs(grey - ndimage.uniform_filter(grey, 3))
+    return spread, np.abs(grey - ndimage.uniform_filter(grey, 3))
 
 
 def _tissue(spread: np.ndarray, detail: np.ndarray) -> np.ndarray:
@@ -135,7 +132,7 @@ def locate_scan(image_rgb: np.ndarray) -> tuple[ScanRegion, np.ndarray | None]:
     height, width = image_rgb.shape[:2]
     if min(height, width) < 64:
         return whole_image(image_rgb.shape), None
-    _, spread, detail = _fine_detail(image_rgb)
+    spread, detail = _fine_detail(image_rgb)
     tissue = _tissue(spread, detail)
     return _region(image_rgb, tissue, detail), tissue
 
