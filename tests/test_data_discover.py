@@ -149,6 +149,21 @@ def test_exif_orientation_is_applied_where_images_are_read(tmp_path):
     assert gray[:10, :20].mean() > 230 and gray[15:, 25:].mean() < 110  # the block is back at the top left
 
 
+def test_mask_values_take_each_pixels_brightest_channel_in_every_mode(tmp_path):
+    from busai.data.discover import decode_image, mask_values
+
+    rgb = np.zeros((6, 7, 3), np.uint8)
+    rgb[1, 2] = (200, 0, 0)  # pure red: grey conversion would dim it below 127
+    rgb[3, 4] = (0, 90, 250)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "palette.png")
+    Image.fromarray(rgb.max(axis=2)).save(tmp_path / "grey.png")
+    for name in ("rgb.png", "palette.png", "grey.png"):
+        assert np.array_equal(mask_values(tmp_path / name), rgb.max(axis=2)), name
+    assert decode_image(tmp_path / "grey.png").orientation is None
+    assert decode_image(_tagged_jpeg(tmp_path / "phone.jpg", _marked()), brightest=True).orientation == 6
+
+
 def test_audit_notes_orientation_and_a_mask_drawn_upright_fits(busi_copy):
     from busai.data.audit import audit_dataset
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from busai.data.discover import IMAGE_SUFFIXES, Problem, Record, exif_orientation, mask_foreground, mask_values, natural_key, read_image
+from busai.data.discover import Problem, Record, decode_image, mask_foreground, natural_key
 from busai.errors import ConfigError, DataError
 from busai.labels import count_names, label_key
 from busai.outputs import printable
@@ -164,12 +164,11 @@ def _check_record(record: Record, problems: list[Problem], *, masks_expected: bo
         # A split file is UTF-8 JSON and cannot name it; renaming is the fix (often a Latin-1 name from an old zip).
         problems.append(Problem(record.key, "name_not_utf8", f"{printable(record.key)}: the file name is not valid UTF-8; rename the file (and its masks)"))
     try:
-        gray = read_image(record.image, mode="L", frame=record.frame)
+        gray, orientation = decode_image(record.image, mode="L", frame=record.frame)
+        _note_orientation(record, record.image, orientation, problems)
     except DataError as exc:
         problems.append(Problem(record.key, "unreadable_image", printable(str(exc))))
         gray = None
-    for path in (record.image, *record.masks):
-        _note_orientation(record, path, problems)
     if record.masks:
         _check_masks(record, None if gray is None else gray.shape, problems)
     elif masks_expected and record.label not in (None, "normal"):  # only normal means lesion-free
@@ -196,11 +195,10 @@ def content_hash(gray: np.ndarray) -> tuple[str, int]:
 _ORIENTATIONS = {2: "mirrored", 3: "turned 180 degrees", 4: "flipped", 5: "transposed", 6: "turned 90 degrees", 7: "transversed", 8: "turned 270 degrees"}
 
 
-def _note_orientation(record: Record, path: Path, problems: list[Problem]) -> None:
+def _note_orientation(record: Record, path: Path, orientation: int | None, problems: list[Problem]) -> None:
     """An ``exif_orientation`` note for an image or mask file whose EXIF tag turns it: busai reads
     it upright (:func:`~busai.data.discover.pil_to_array`), so its masks must be drawn on it as
     viewers show it. A note only: the file is usable."""
-    orientation = exif_orientation(path) if path.suffix.lower() in IMAGE_SUFFIXES else None
     if orientation is None:
         return
     name = record.key if path == record.image else _mask_key(record, path)
@@ -220,11 +218,12 @@ def _check_masks(record: Record, image_shape: tuple[int, int] | None, problems: 
     for path in record.masks:
         rel = _mask_key(record, path)
         try:
-            mask = mask_values(path)
+            mask, orientation = decode_image(path, brightest=True)
         except DataError as exc:
             problems.append(Problem(rel, "unreadable_mask", str(exc)))
             all_read = False
             continue
+        _note_orientation(record, path, orientation, problems)
         if image_shape is not None and mask.shape != image_shape:
             problems.append(
                 Problem(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -216,9 +217,22 @@ def read_image(path: str | Path, mode: str = "RGB", frame: int | None = None) ->
     through :mod:`busai.io.dicom` as ``busai predict`` reads it, or a multi-page TIFF) needs the
     1-based ``frame``; a ``frame`` past the file's last is an error, a single image's only frame is 1.
     """
+    return decode_image(path, mode, frame).pixels
+
+
+class Decoded(NamedTuple):
+    pixels: np.ndarray
+    orientation: int | None  # the EXIF Orientation tag (2 to 8) that turned the pixels upright, else None
+
+
+def decode_image(path: str | Path, mode: str = "RGB", frame: int | None = None, *, brightest: bool = False) -> Decoded:
+    """:func:`read_image` and the EXIF orientation it applied, from one decode (``busai data audit``
+    notes the orientation; asking the file again would decode a PNG twice). ``brightest=True``
+    gives one channel, each pixel's brightest (:func:`mask_values`), and ignores ``mode``."""
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES and is_dicom(path):
-        return _read_dicom_image(path, mode, frame)
+        pixels = _read_dicom_image(path, "RGB" if brightest else mode, frame)
+        return Decoded(_brightest(pixels) if brightest else pixels, None)
     try:
         with Image.open(path) as img:
             pages = page_count(img)
@@ -228,13 +242,28 @@ def read_image(path: str | Path, mode: str = "RGB", frame: int | None = None) ->
                 check_frame(path, frame, pages)
                 img.seek(frame - 1)
             img.load()
-            return pil_to_array(img, mode)
+            value = img.getexif().get(ExifTags.Base.Orientation)
+            orientation = int(value) if value in range(2, 9) else None
+            if brightest:  # a grey file's brightest channel is itself: no RGB copy to reduce
+                pixels = pil_to_array(img, "L") if img.mode in _GREY_MODES else _brightest(pil_to_array(img, "RGB"))
+            else:
+                pixels = pil_to_array(img, mode)
+            return Decoded(pixels, orientation)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found; check the path") from None
     except Image.DecompressionBombError as exc:  # Pillow's guard against absurd pixel counts
         raise DataError(f"{path}: not decoded, {str(exc).split(', could')[0]}; replace or remove the file") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}); replace or remove the file") from None
+
+
+# Modes whose RGB conversion repeats one value in all three channels (palette images are not among them).
+_GREY_MODES = {"1", "L", "I;16", "I;16B", "I;16L", "I", "F"}
+
+
+def _brightest(rgb: np.ndarray) -> np.ndarray:
+    # Plane by plane: numpy's reduction over a length-3 last axis is several times slower.
+    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
 
 
 # Only TIFF's pages are frames of a scan. A JPEG (MPO) or PNG (APNG) with several frames holds a
@@ -259,16 +288,6 @@ def image_frames(path: str | Path) -> int:
 
 def multi_frame(what: str) -> str:
     return f"{what}; say which frame to read (a frame column in the dataset's table, or busai predict --frame N)"
-
-
-def exif_orientation(path: str | Path) -> int | None:
-    """The EXIF Orientation tag (2 to 8) of a plain image that has one that turns or mirrors it, else None."""
-    try:
-        with Image.open(path) as img:
-            value = img.getexif().get(ExifTags.Base.Orientation)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
-    return int(value) if value in range(2, 9) else None
 
 
 def _read_dicom_image(path: Path, mode: str, frame: int | None) -> np.ndarray:
@@ -308,8 +327,7 @@ def mask_values(path: str | Path) -> np.ndarray:
     """A mask file as one uint8 channel: the brightest channel of each pixel, so a colour-coded
     mask (BUS-UCLM: green benign, red malignant on black) reads as lesion wherever it is not black;
     converting to grey instead would dim pure red below the threshold."""
-    rgb = read_image(path, mode="RGB")
-    return rgb.max(axis=2)
+    return decode_image(path, brightest=True).pixels
 
 
 def mask_foreground(values: np.ndarray) -> np.ndarray:
