@@ -74,6 +74,18 @@ def test_fit_writes_run_files_and_learns(tmp_path):
     assert json.loads((tmp_path / "fit.json").read_text())["best_epoch"] == result.best_epoch
 
 
+@pytest.mark.parametrize(("every", "drawn"), [(0.0, [1, 2, 3]), (3600.0, [3])])
+def test_progress_png_is_redrawn_at_most_every_interval_and_when_the_run_ends(tmp_path, monkeypatch, every, drawn):
+    import busai.engine
+
+    rows_drawn = []
+    monkeypatch.setattr(busai.engine, "PROGRESS_EVERY_SECONDS", every)
+    monkeypatch.setattr(busai.engine, "_draw_progress", lambda history, run_dir: rows_drawn.append(len(history)))
+    train, val = loaders()
+    fit(toy_model(), toy_adapter(), train, val, config(epochs=3), tmp_path, quiet=True)
+    assert rows_drawn == drawn  # the last drawing always holds every epoch
+
+
 @pytest.mark.slow  # over a second on 2 idle cores: outside the fast loop (make test-fast)
 def test_best_checkpoint_reproduces_best_val_loss(tmp_path):
     train, val = loaders()

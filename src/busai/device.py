@@ -114,7 +114,7 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
     import copy
 
     from torch import fx, nn
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
 
     model = copy.deepcopy(model).eval()
     norm_act = _timm_norm_act()
@@ -137,7 +137,8 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
             continue
         if len(source.users) != 1 or norm.running_mean is None or conv.out_channels != norm.num_features:
             continue
-        _set_module(traced, source.target, fuse_conv_bn_eval(conv, norm))
+        # In place: the convolution belongs to this function's copy (fuse_conv_bn_eval would copy it again).
+        conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias)
         if isinstance(norm, norm_act):  # the activation (and drop, an identity in eval) stays
             _set_module(traced, node.target, nn.Sequential(norm.drop, norm.act))
         else:

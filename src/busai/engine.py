@@ -127,6 +127,10 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
     raise ConfigError(f"scheduler '{cfg.scheduler}': unknown; use plateau, cosine or none")
 
 
+# progress.png is redrawn at most this often, and once when the run ends: drawing it costs about as much
+# as a tiny run's epoch, and nobody looks at it more often than this.
+PROGRESS_EVERY_SECONDS = 30.0
+
 CHECKPOINT_KEYS = ("model", "optimizer", "torch_rng", "history", "epoch", "best_val_loss", "best_epoch")
 
 
@@ -156,6 +160,12 @@ def load_checkpoint(path: Path) -> dict:
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     atomic_write(path, lambda p: save_file(state, str(p), metadata=metadata))
+
+
+def _draw_progress(history: list[dict], run_dir: Path) -> None:
+    from busai.figures import training_curve  # progress.png: the curves so far
+
+    training_curve(history, run_dir / PROGRESS, title=run_dir.name)
 
 
 def _write_history(path: Path, rows: list[dict]) -> None:
@@ -402,6 +412,7 @@ def fit(
     tracker.log_config(cfg.to_dict())
     progress = _Progress(quiet or not main, cfg.epochs, start_epoch)
     started = time.monotonic()
+    drawn_at, drawn_rows = started, len(history)
     # A resumed run that had already early-stopped (under the patience in force now) trains no further.
     already_stopped = start_epoch - best_epoch >= cfg.patience
     stop_reason = "early_stopping" if already_stopped else "max_epochs"
@@ -442,9 +453,9 @@ def fit(
             history.append(row)
             if main:
                 _write_history(run_dir / HISTORY, history)
-                from busai.figures import training_curve  # progress.png: the curves so far, redrawn every epoch
-
-                training_curve(history, run_dir / PROGRESS, title=run_dir.name)
+                if time.monotonic() - drawn_at >= PROGRESS_EVERY_SECONDS:
+                    _draw_progress(history, run_dir)
+                    drawn_at, drawn_rows = time.monotonic(), len(history)
             seconds = ddp.broadcast_object(elapsed_before + time.monotonic() - started)  # one time-budget decision for all ranks
             checkpoint = {
                 "model": model.state_dict(),
@@ -477,6 +488,8 @@ def fit(
     finally:
         progress.close()
         tracker.close()
+    if main and drawn_rows != len(history):  # the epochs since the last drawing
+        _draw_progress(history, run_dir)
     total_seconds = elapsed_before + time.monotonic() - started
     result = FitResult(best_epoch, best_loss, len(history), stop_reason, history, round(total_seconds, 1))
     if main:
