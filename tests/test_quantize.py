@@ -218,7 +218,12 @@ def test_keep_fp32_leaves_the_worst_nodes_float(seg_run, tmp_path):
     assert got.shape == (64, 64) and torch.isfinite(got).all()
 
 
-def test_keep_fp32_auto_records_each_k(seg_run, tmp_path, cli):
+def test_keep_fp32_auto_records_each_k(seg_run, tmp_path, cli, monkeypatch):
+    import onnxruntime.quantization
+
+    calls = []
+    real = onnxruntime.quantization.quantize_static
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_static", lambda *a, **k: calls.append(k["nodes_to_exclude"]) or real(*a, **k))
     code, stdout, err = cli("export", seg_run, "--quantize", "int8", "--calib-images", "4", "--keep-fp32", "auto", "--out", tmp_path / "auto.onnx", "--json")
     result = json.loads(stdout)
     steps = result["selection"]
@@ -229,6 +234,8 @@ def test_keep_fp32_auto_records_each_k(seg_run, tmp_path, cli):
     # Stopped at the first K within the target, else took the smallest drop.
     within = [s for s in steps if s["drop"] <= 0.01]
     assert chosen == (within[0]["keep_fp32"] if within else min(steps, key=lambda s: s["drop"])["keep_fp32"])
+    # One quantization per K tried: K = 0 is the sensitivity pass's graph, the chosen K is copied from its try.
+    assert len(calls) == len(steps) and len({tuple(sorted(c)) for c in calls}) == len(calls)
     assert code == (0 if result["ok"] else 1), err
 
 

@@ -28,6 +28,7 @@ metadata also records how it was calibrated.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -256,7 +257,9 @@ def quantize_int8(
 
 class _Quantizer:
     """ONNX Runtime's static int8 quantization of one prepared graph, calibrated once (its calibration
-    cache) and re-run for each set of nodes kept in fp32; shape arithmetic always stays fp32."""
+    cache) and re-run for each set of nodes kept in fp32; shape arithmetic always stays fp32. A set
+    quantized before is copied from its file: --keep-fp32 auto's K = 0 is the sensitivity pass's
+    graph, and its chosen K is the last one it tried."""
 
     def __init__(self, prepared: Path, cache: Path, loaded, calibration, per_channel: bool, vnni: bool):
         import onnx
@@ -264,12 +267,17 @@ class _Quantizer:
         self.prepared, self.cache, self.loaded, self.calibration = prepared, cache, loaded, calibration
         self.per_channel, self.vnni = per_channel, vnni
         self.always_float = shape_nodes(onnx.load(str(prepared)))
+        self._made: dict[tuple[str, ...], Path] = {}
 
     def __call__(self, kept, out: Path) -> Path:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         from busai.export import INPUT
 
+        key = tuple(sorted(kept))
+        if key in self._made and self._made[key].is_file():
+            shutil.copyfile(self._made[key], out)
+            return out
         quantize_static(
             str(self.prepared),
             str(out),
@@ -283,6 +291,7 @@ class _Quantizer:
             nodes_to_exclude=self.always_float + list(kept),
             calibration_cache_path=str(self.cache),
         )
+        self._made[key] = Path(out)
         return out
 
 
