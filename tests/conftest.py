@@ -8,10 +8,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 os.environ.setdefault("BUSAI_PROBE", "0")  # no timing probe (nor its cache in ~/.cache) unless a test asks for one
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # One thread per pytest-xdist worker (and its subprocesses): the workers share the cores, and the
-    # suite's tiny tensors gain nothing from intra-op threads that would only contend.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 

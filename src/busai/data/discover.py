@@ -320,7 +320,7 @@ def pil_to_array(img: Image.Image, mode: str = "RGB") -> np.ndarray:
         # Composite on black: ultrasound background is black, so transparent areas stay background.
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-    return np.asarray(img.convert(mode))
+    return np.asarray(img if img.mode == mode else img.convert(mode))  # convert() to its own mode would copy
 
 
 def mask_values(path: str | Path) -> np.ndarray:
