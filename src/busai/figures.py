@@ -139,7 +139,8 @@ def training_curve(history: list[dict], path: Path, title: str = "") -> str:
     score_ax.set_title("validation scores", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    # Fixed margins, not tight_layout: that lays the figure out by drawing it once more, for every epoch's redraw.
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.8 if title else 0.9, wspace=0.2)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
