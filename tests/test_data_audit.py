@@ -11,6 +11,7 @@ from PIL import Image
 
 from busai.data.audit import DEFAULT_NEAR_THRESHOLD, _Decoded, _linked_groups, audit_dataset, near_duplicate_pairs
 from busai.data.synthetic import make_phantom
+from busai.errors import DataError
 
 
 def _problems(root, kind):
@@ -221,3 +222,26 @@ def test_a_name_that_is_not_utf8_is_a_problem_audit_lists_and_split_can_exclude(
     assert splits["excluded"] == ["normal/normal\\xff (1).png"] and splits["counts"]["excluded"]["normal"] == 1
     assert "not valid UTF-8" in splits["exclusions"]["normal/normal\\xff (1).png"]
     (tmp_path / "s.json").read_text(encoding="utf-8")  # plain UTF-8 JSON
+
+
+def test_per_image_work_runs_in_order_on_one_thread_per_core():
+    import threading
+
+    from busai.data.audit import in_threads
+    from busai.device import cores
+
+    names = set()
+
+    def square(x):
+        names.add(threading.current_thread().name)
+        if x == 77:
+            raise DataError("image 77 is unreadable")
+        return x * x
+
+    assert list(in_threads(square, list(range(50)))) == [x * x for x in range(50)]
+    main = threading.current_thread().name
+    assert all(n.startswith("busai-decode") for n in names) if cores() >= 2 else names == {main}
+    with pytest.raises(DataError, match="image 77"):  # an error inside a thread reaches the caller
+        list(in_threads(square, list(range(100))))
+    names.clear()
+    assert list(in_threads(square, [1, 2, 3])) == [1, 4, 9] and names == {main}  # a handful: no pool

@@ -196,11 +196,10 @@ _HASH_CACHE: dict[tuple, list[str]] = {}
 
 def record_hashes(records) -> dict[str, list[str]]:
     """``{record.key: [sha256, phash hex]}`` of each readable record's image (see the module docstring)."""
-    from busai.data.audit import content_hash
+    from busai.data.audit import content_hash, in_threads
     from busai.data.discover import read_image
 
-    out = {}
-    for record in records:
+    def hashed(record) -> tuple[str, tuple | None]:
         try:
             stat = os.stat(record.image)
             cache_key = (str(record.image), record.frame, stat.st_mtime_ns, stat.st_size)
@@ -208,9 +207,10 @@ def record_hashes(records) -> dict[str, list[str]]:
                 digest, phash = content_hash(read_image(record.image, mode="L", frame=record.frame))
                 _HASH_CACHE[cache_key] = [digest, f"{phash:016x}"]
         except (DataError, OSError):
-            continue
-        out[record.key] = _HASH_CACHE[cache_key]
-    return out
+            return record.key, None
+        return record.key, cache_key
+
+    return {key: _HASH_CACHE[cache_key] for key, cache_key in in_threads(hashed, list(records)) if cache_key is not None}
 
 
 def dataset_fingerprints(specs) -> dict[str, str]:

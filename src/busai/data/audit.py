@@ -21,8 +21,10 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -31,6 +33,9 @@ from busai.data.discover import Problem, Record, decode_image, mask_foreground, 
 from busai.errors import ConfigError, DataError
 from busai.labels import count_names, label_key
 from busai.outputs import printable
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 DEFAULT_NEAR_THRESHOLD = 8
 """Largest phash Hamming distance (of 64 bits) at which two images count as near duplicates."""
@@ -130,9 +135,14 @@ def audit_dataset(source, near_threshold: int = DEFAULT_NEAR_THRESHOLD, *, progr
         groups=dict(sorted(groups.items(), key=lambda kv: natural_key(kv[0]))),
         problems=list(scan.problems),
     )
+
+    def check(record: Record) -> tuple[_Decoded | None, list[Problem]]:
+        problems: list[Problem] = []
+        return _check_record(record, problems, masks_expected=fmt != "class-folders"), problems
+
     decoded: list[_Decoded] = []
-    for record in _iterate(scan.records, progress):
-        item = _check_record(record, report.problems, masks_expected=fmt != "class-folders")
+    for item, problems in _iterate(in_threads(check, scan.records), len(scan.records), progress):
+        report.problems += problems
         if item is not None:
             decoded.append(item)
     report.decoded = decoded
@@ -147,15 +157,34 @@ def audit_dataset(source, near_threshold: int = DEFAULT_NEAR_THRESHOLD, *, progr
     return report
 
 
-def _iterate(records: list[Record], progress: bool):
+def in_threads(fn: Callable[[T], U], items: list[T]) -> Iterator[U]:
+    """``map(fn, items)``, in order, on one thread per core (:func:`busai.device.cores`).
+
+    For the per-image work of an audit or a run's image hashes: Pillow's decoding and resizing,
+    hashlib and numpy release the GIL, so threads share the cores without a process start-up or
+    pickling records. A handful of items is mapped on this thread.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from busai.device import cores
+
+    workers = min(cores(), len(items) // 16)
+    if workers < 2:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="busai-decode") as pool:
+        yield from pool.map(fn, items)
+
+
+def _iterate(results: Iterator[U], total: int, progress: bool) -> Iterator[U]:
     if not progress:
-        yield from records
+        yield from results
         return
     from rich.console import Console
     from rich.progress import track
 
     console = Console(stderr=True)
-    yield from track(records, description="Auditing images", console=console, transient=True, disable=not console.is_terminal)
+    yield from track(results, total=total, description="Auditing images", console=console, transient=True, disable=not console.is_terminal)
 
 
 def _check_record(record: Record, problems: list[Problem], *, masks_expected: bool = True) -> _Decoded | None:
