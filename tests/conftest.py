@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 os.environ.setdefault("BUSAI_PROBE", "0")  # no timing probe (nor its cache in ~/.cache) unless a test asks for one
+# The suite builds thousands of small torch modules in one process: at the collector's default
+# first threshold (700 allocations) it walks that ever larger heap over and over.
+gc.set_threshold(50_000, 20, 20)
 
 import pytest  # noqa: E402
 
