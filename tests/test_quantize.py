@@ -168,40 +168,51 @@ def test_int8_leaves_shape_arithmetic_float(seg_int8):
     assert json.loads(resolve_model(result.path, "seg").module.metadata["busai"])["quantization"]["shape_nodes_fp32"] == len(names)
 
 
-def test_sensitivity_ranks_every_quantized_node(seg_run, tmp_path):
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from busai.export import export_onnx
-    from busai.quantize import _Quantizer, sensitivity
-
-    loaded = resolve_model(seg_run, "seg")
-    data, splits = calibration_source(loaded, None, None)
-    calibration, _ = calibration_records(data, splits, count=4)
-    fp32 = export_onnx(loaded, tmp_path / "fp32.onnx", dynamic_size=False)
-    prepared = tmp_path / "prepared.onnx"
-    quant_pre_process(str(fp32.path), str(prepared), skip_symbolic_shape=True)
-    quantizer = _Quantizer(prepared, tmp_path / "cache.json", loaded, calibration, True, True)
-    int8 = quantizer([], tmp_path / "int8.onnx")
-    ranking = sensitivity(prepared, int8, loaded, calibration[:2], quantizer.always_float)
+@pytest.fixture(scope="module")
+def kept3(seg_run, tmp_path_factory):
+    """quantize_int8 keeping its 3 most sensitive nodes fp32, and what its sensitivity pass saw (one
+    export, calibration and sensitivity pass for the two tests below)."""
     import onnx
 
-    convs = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type == "Conv"]
-    names = [row["node"] for row in ranking]
-    assert len(names) == len(set(names))  # one error per node
-    assert set(convs) <= set(names)  # every convolution is quantized, so every one is scored
-    assert not set(names) & set(quantizer.always_float)
-    errors = [row["sqnr_db"] for row in ranking]
-    assert errors == sorted(errors)  # worst (lowest signal-to-noise) first
-    assert all(np.isfinite(errors))
+    import busai.quantize as Q
 
+    seen = {}
+    real = Q.sensitivity
 
-def test_keep_fp32_leaves_the_worst_nodes_float(seg_run, tmp_path):
-    import onnx
+    def spy(float_path, qdq_path, loaded, records, skip=()):
+        ranking = real(float_path, qdq_path, loaded, records, skip)
+        convs = [node.name for node in onnx.load(str(float_path)).graph.node if node.op_type == "Conv"]
+        seen.update(ranking=ranking, skip=list(skip), convs=convs)
+        return ranking
 
     loaded = resolve_model(seg_run, "seg")
     data, splits = calibration_source(loaded, None, None)
     calibration, parity = calibration_records(data, splits, count=4)
-    result = quantize_int8(loaded, tmp_path / "kept.onnx", calibration, parity, keep_fp32=3)
+    patch = pytest.MonkeyPatch()
+    patch.setattr(Q, "sensitivity", spy)
+    try:
+        result = quantize_int8(loaded, tmp_path_factory.mktemp("kept") / "kept.onnx", calibration, parity, keep_fp32=3)
+    finally:
+        patch.undo()
+    return result, seen
+
+
+def test_sensitivity_ranks_every_quantized_node(kept3):
+    result, seen = kept3
+    names = [row["node"] for row in seen["ranking"]]
+    assert len(names) == len(set(names))  # one error per node
+    assert set(seen["convs"]) <= set(names)  # every convolution is quantized, so every one is scored
+    assert not set(names) & set(seen["skip"])
+    errors = [row["sqnr_db"] for row in seen["ranking"]]
+    assert errors == sorted(errors)  # worst (lowest signal-to-noise) first
+    assert all(np.isfinite(errors))
+    assert result.sensitivity == seen["ranking"][: len(result.sensitivity)]
+
+
+def test_keep_fp32_leaves_the_worst_nodes_float(kept3):
+    import onnx
+
+    result, _ = kept3
     assert result.kept_fp32 == [row["node"] for row in result.sensitivity[:3]]
     graph = onnx.load(result.path).graph
     producers = _producers(graph)
