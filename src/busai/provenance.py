@@ -199,7 +199,7 @@ def record_hashes(records) -> dict[str, list[str]]:
     from busai.data.audit import content_hash, in_threads
     from busai.data.discover import read_image
 
-    def hashed(record) -> tuple[str, tuple | None]:
+    def hashed(record) -> tuple[str, list[str] | None]:
         try:
             stat = os.stat(record.image)
             cache_key = (str(record.image), record.frame, stat.st_mtime_ns, stat.st_size)
@@ -208,9 +208,9 @@ def record_hashes(records) -> dict[str, list[str]]:
                 _HASH_CACHE[cache_key] = [digest, f"{phash:016x}"]
         except (DataError, OSError):
             return record.key, None
-        return record.key, cache_key
+        return record.key, _HASH_CACHE[cache_key]
 
-    return {key: _HASH_CACHE[cache_key] for key, cache_key in in_threads(hashed, list(records)) if cache_key is not None}
+    return {key: hashes for key, hashes in in_threads(hashed, list(records)) if hashes is not None}
 
 
 def dataset_fingerprints(specs) -> dict[str, str]:
