@@ -86,7 +86,7 @@ def test_segmentation_model_forward_backward(decoder, encoder):
 @pytest.mark.parametrize("name", list(R.CLASSIFIERS))
 def test_classifier_forward_backward_returns_plain_logits(name):
     built = build("cls", name, weights="none")
-    size = built.preprocessing.image_size if name == "inception_v3" else 64
+    size = 80 if name == "inception_v3" else 64  # Inception's stem needs at least 75 px; its default size is checked below
     model = built.module
     x = torch.rand(2, 3, size, size)
     model.train()

@@ -68,6 +68,49 @@ def test_every_caller_gets_the_same_model(seg_run, tmp_path):
     assert resolve_models(saved)[0][2] is None  # a saved folder is not a run: its scores need --out
 
 
+def test_a_loaded_model_is_the_trained_one_in_its_own_dtypes(seg_run, tmp_path):
+    """Loading builds a storage-less skeleton and takes the file's tensors: the outputs are the trained
+    network's, an fp16 file comes back float32 with integer counters still integers, and nothing stays on meta."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from busai.models import build
+
+    loaded = runs.resolve_model(seg_run, "seg")
+    tensors = list(loaded.module.state_dict().values())
+    assert not any(t.is_meta for t in tensors) and all(p.requires_grad for p in loaded.module.parameters())
+    stored = load_file(str(RunFolder(seg_run).weights))
+    reference = build("seg", loaded.spec["name"], encoder=loaded.spec["encoder"], weights="none").module
+    reference.load_state_dict(stored)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), reference.eval()(x))
+    half = tmp_path / "half"
+    busai.load(seg_run, device="cpu").save(half)  # a release-style folder, whose weights become fp16 below
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in stored.items()}, str(RunFolder(half).weights))
+    again = runs.resolve_model(half).module.state_dict()
+    counters = [k for k, v in stored.items() if not v.is_floating_point()]
+    assert counters and all(again[k].dtype == stored[k].dtype for k in counters)
+    assert all(again[k].dtype == torch.float32 for k, v in stored.items() if v.is_floating_point())
+
+
+def test_a_tensor_outside_the_state_dict_cannot_be_loaded_from_a_skeleton(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    class Scaled(torch.nn.Linear):
+        def __init__(self):
+            super().__init__(2, 2)
+            self.register_buffer("scale", torch.ones(2), persistent=False)
+
+    save_file(Scaled().state_dict(), str(tmp_path / "w.safetensors"))
+    runs.load_weights_into(Scaled(), tmp_path / "w.safetensors")  # an initialised module takes it as it is
+    with torch.device("meta"):
+        skeleton = Scaled()
+    with pytest.raises(RuntimeError, match="Scaled: scale not in its state dict"):
+        runs.load_weights_into(skeleton, tmp_path / "w.safetensors")
+
+
 def test_preprocessing_round_trips_through_config_and_metadata(seg_run):
     from busai.preprocessing import Preprocessing
 

@@ -197,9 +197,14 @@ def _load_torch(folder: RunFolder, checkpoint: str, device: str, task: str | Non
     if task not in answers:
         raise ConfigError(f"{source}: is a {spec['task']} model, not a {task} one; pass a {task} model")
     preprocessing = Preprocessing.from_dict(pre)
-    built = build(
-        spec["task"], spec["name"], encoder=spec.get("encoder"), weights="none", num_classes=spec.get("num_classes", 3), image_size=preprocessing.image_size
-    )
+    import torch
+
+    # A skeleton on the meta device: the checkpoint supplies every tensor, so the random initialisation
+    # a normal build does (most of a small model's load time) would only be thrown away.
+    with torch.device("meta"):
+        built = build(
+            spec["task"], spec["name"], encoder=spec.get("encoder"), weights="none", num_classes=spec.get("num_classes", 3), image_size=preprocessing.image_size
+        )
     load_weights_into(built.module, weights_path)
     if len(answers) > 1:
         built.module.task = task  # one output, so callers see a plain segmenter or classifier
@@ -323,7 +328,10 @@ def read_metrics(run_dir: str | Path) -> dict:
 
 
 def load_weights_into(module, path: Path) -> None:
-    """``path``'s safetensors into the ``torch.nn.Module`` ``module``; one error line when they do not match."""
+    """``path``'s safetensors into the ``torch.nn.Module`` ``module``; one error line when they do not match.
+
+    A module built on the meta device (no storage) takes the file's tensors as its own, each in the
+    dtype the module declares; it must then come out with no meta tensor left."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -331,14 +339,23 @@ def load_weights_into(module, path: Path) -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: cannot read weights ({exc}); the file is damaged or not safetensors") from None
-    state = {k: v.float() for k, v in state.items()}  # release weights are stored in fp16
-    result = module.load_state_dict(state, strict=False)
+    own = module.state_dict()
+    # Release weights are stored in fp16; each tensor takes the module's dtype (float32; integer counters stay integers).
+    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    on_meta = any(t.is_meta for t in own.values())
+    result = module.load_state_dict(state, strict=False, assign=on_meta)
     if result.missing_keys or result.unexpected_keys:
         keys = (result.missing_keys or result.unexpected_keys)[:3]
         raise CheckpointError(
             f"{path}: weights do not match the {module.__class__.__name__} described by its config.json "
             f"(first mismatched keys: {', '.join(keys)}); use the config.json that came with these weights"
         )
+    if on_meta:
+        import itertools
+
+        left = [name for name, t in itertools.chain(module.named_parameters(), module.named_buffers()) if t.is_meta]
+        if left:  # a tensor the architecture keeps outside its state dict: a bug in busai, not in the file
+            raise RuntimeError(f"{module.__class__.__name__}: {', '.join(left[:3])} not in its state dict; it cannot be loaded from a skeleton")
 
 
 def model_tasks(spec: dict) -> tuple[str, ...]:
