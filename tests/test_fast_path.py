@@ -68,6 +68,21 @@ def test_folded_release_architectures_match_the_network(task, seg_run, cls_run):
     assert inference_network(net) is not folded
 
 
+def test_a_fold_shares_storage_but_changes_nothing_of_the_network(seg_run):
+    """The folded copy of an eval-mode network takes no second copy of the weights it leaves alone, yet
+    converting it, switching its mode or hooking it leaves the network as it was."""
+    net = resolve_model(seg_run, "seg").module
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    folded = fold_batch_norm(net)
+    folded.to(memory_format=torch.channels_last).train()
+    next(m for m in folded.modules() if isinstance(m, nn.Conv2d)).register_forward_hook(lambda *args: None)
+    assert {id(p) for p in folded.parameters()}.isdisjoint({id(p) for p in net.parameters()})
+    assert {p.untyped_storage().data_ptr() for p in folded.parameters()} & {p.untyped_storage().data_ptr() for p in net.parameters()}
+    assert not any(m.training or m._forward_hooks for m in net.modules())
+    after = net.state_dict()
+    assert all(torch.equal(after[k], v) and after[k].is_contiguous() for k, v in before.items())
+
+
 def _cpu(monkeypatch, *flags):
     from busai import machine
 

@@ -108,6 +108,10 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
     into that convolution's weights and bias (equal outputs within float rounding; tested). timm's
     BatchNormAct2d keeps its activation. A network torch.fx cannot trace comes back unchanged (a deep copy).
 
+    The copy of an eval-mode ``model`` has its own modules and Parameter objects but shares the storage
+    of the weights folding leaves alone, so converting or moving it leaves ``model`` as it was; a change
+    to ``model``'s weights in place calls for a new fold (:func:`inference_network` makes one).
+
     Hand-written on torch.fx because ``torch.fx.experimental.optimization.fuse`` only knows plain
     BatchNorm2d modules and would drop the activation of timm's fused norm-activation layers.
     """
@@ -116,7 +120,9 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
     from torch import fx, nn
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-    model = copy.deepcopy(model).eval()
+    original = model
+    if any(m.training for m in model.modules()):  # traced in eval mode: a forward may branch on self.training
+        model = copy.deepcopy(model).eval()
     norm_act = _timm_norm_act()
 
     class Tracer(fx.Tracer):
@@ -126,8 +132,10 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
     try:
         graph = Tracer().trace(model)
     except Exception:  # noqa: BLE001 - any network fx cannot trace runs unfolded: folding is only a speed-up
-        return model
-    traced = fx.GraphModule(model, graph)
+        return model if model is not original else copy.deepcopy(model)
+    traced = fx.GraphModule(model, graph)  # holds model's leaf modules and parameters themselves
+    if model is original:
+        _unshare(traced, original)
     modules = dict(traced.named_modules())
     for node in list(traced.graph.nodes):
         norm = modules.get(node.target) if node.op == "call_module" else None
@@ -137,7 +145,7 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
             continue
         if len(source.users) != 1 or norm.running_mean is None or conv.out_channels != norm.num_features:
             continue
-        # In place: the convolution belongs to this function's copy (fuse_conv_bn_eval would copy it again).
+        # Reassigned on the copy's own convolution (fuse_conv_bn_eval would copy it again).
         conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias)
         if isinstance(norm, norm_act):  # the activation (and drop, an identity in eval) stays
             _set_module(traced, node.target, nn.Sequential(norm.drop, norm.act))
@@ -148,6 +156,34 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
     traced.recompile()
     traced.delete_all_unused_submodules()
     return traced
+
+
+def _unshare(network: torch.nn.Module, original: torch.nn.Module) -> None:
+    """Give ``network`` its own module objects (flags, hooks, submodules) and Parameter objects wherever
+    it holds ``original``'s, keeping the tensors' storage. Written here because ``copy.deepcopy`` also
+    clones every tensor and walks every attribute, which costs about as much as the folding itself."""
+    from torch import nn
+
+    modules = {id(m) for m in original.modules()}
+    parameters = {id(p) for p in original.parameters()}
+
+    def own(module: nn.Module) -> nn.Module:
+        clone = object.__new__(type(module))
+        # Own containers (_parameters, _buffers, _modules, hooks), the same values.
+        clone.__dict__.update({key: value.copy() if isinstance(value, (dict, set)) else value for key, value in module.__dict__.items()})
+        return clone
+
+    def visit(module: nn.Module) -> None:
+        for name, child in module._modules.items():
+            if child is not None and id(child) in modules:
+                child = module._modules[name] = own(child)
+            if child is not None:
+                visit(child)
+        for name, parameter in module._parameters.items():
+            if parameter is not None and id(parameter) in parameters:
+                module._parameters[name] = nn.Parameter(parameter.detach(), requires_grad=parameter.requires_grad)
+
+    visit(network)
 
 
 def _timm_norm_act() -> tuple[type, ...]:
