@@ -105,6 +105,16 @@ def mt_run(synthetic_dir, tiny_runs) -> Path:
     return _train_tiny(synthetic_dir, tiny_runs / "mt", "mt", "unet", "efficientnet-lite0")
 
 
+@pytest.fixture(scope="session")
+def seg_onnx(seg_run, tmp_path_factory):
+    """``seg_run`` exported to ONNX with dynamic sizes: (the loaded PyTorch model, its ExportResult)."""
+    from busai.export import export_onnx
+    from busai.runs import resolve_model
+
+    loaded = resolve_model(seg_run, "seg")
+    return loaded, export_onnx(loaded, tmp_path_factory.mktemp("onnx") / "seg.onnx")
+
+
 # --------------------------------------------------------------------------- test tiers
 # `make test-fast` runs `-m "not slow"`. A test on a trained run is slow by construction (the first
 # one pays for the training), so those are marked here by fixture, not by hand: a new test on a

@@ -204,17 +204,17 @@ def test_fold_training_and_its_summary(cli, synthetic_dir, tmp_path):
     assert code == 0 and json.loads(out)["folds"] == summary["folds"]
 
 
-def test_a_saved_onnx_folder_is_scored_like_its_file(cli, seg_run, unseen_uclm, tmp_path):
+def test_a_saved_onnx_folder_is_scored_like_its_file(cli, seg_onnx, unseen_uclm, tmp_path):
     """A folder holding model.onnx (what Model.save writes for an ONNX model) is a model source for
     evaluate as for busai.load: both resolve through busai.runs.resolve_model."""
     import busai
 
     pytest.importorskip("onnxruntime")
-    busai.load(seg_run, device="cpu").export(tmp_path / "seg.onnx")
-    saved = busai.load(tmp_path / "seg.onnx").save(tmp_path / "saved")
+    exported = seg_onnx[1].path
+    saved = busai.load(exported).save(tmp_path / "saved")
     assert (saved / "model.onnx").is_file() and not (saved / "config.json").exists()
     scores = {}
-    for name, source in (("file", tmp_path / "seg.onnx"), ("folder", saved)):
+    for name, source in (("file", exported), ("folder", saved)):
         code, out, err = cli("evaluate", source, "--data", f"uclm={unseen_uclm}", "--all", "--out", tmp_path / name, "--n-boot", "20", "--json", "--no-figures")
         assert code == 0, err
         scores[name] = json.loads(out)

@@ -12,13 +12,6 @@ from busai.inference import predict_image
 from busai.release import resolve_model
 
 
-@pytest.fixture(scope="module")
-def seg_onnx(seg_run, tmp_path_factory):
-    loaded = resolve_model(seg_run, "seg")
-    path = tmp_path_factory.mktemp("onnx") / "seg.onnx"
-    return loaded, export_onnx(loaded, path)
-
-
 def test_segmentation_export_parity_and_dynamic_axes(seg_onnx):
     loaded, result = seg_onnx
     assert result.ok and result.max_abs_diff < 1e-3

@@ -310,15 +310,21 @@ def test_resume_refuses_a_changed_space(tmp_path, dataset, fake):
         run_study("seg", *dataset, out_dir=tmp_path / "r", trials=2, space=build_space("seg", max_epochs=3))
 
 
+# A worker process whose trials are fake_train: busai.training is a stand-in module holding it, so the
+# worker never imports torch (seconds per process that these trials do not use).
 WORKER = """
-import sys
+import sys, types
 sys.path.insert(0, {tests!r})
-import busai.training, busai.tune
+import busai
+sys.modules["busai.training"] = busai.training = types.ModuleType("busai.training")
+import busai.tune
 from test_tune import fake_train
 busai.training.train = fake_train
 busai.tune.outputs.write_plots = lambda study, out_dir: {{}}
 from busai.cli import main
-sys.exit(main(sys.argv[1:]))
+code = main(sys.argv[1:])
+assert "torch" not in sys.modules, "a fake worker imported torch"
+sys.exit(code)
 """
 
 
