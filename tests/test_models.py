@@ -68,7 +68,8 @@ def _tensors_equal(module: torch.nn.Module, state_dict: dict, skip: tuple[str, .
 
 
 # --------------------------------------------------------------------------- every architecture
-@pytest.mark.parametrize(("decoder", "encoder"), SEGMENTATION_COMBOS)
+# VGG16's encoder first builds torchvision's VGG, 120M-parameter classifier included, then drops it: over a second.
+@pytest.mark.parametrize(("decoder", "encoder"), [pytest.param(d, e, marks=pytest.mark.slow) if e == "vgg16" else (d, e) for d, e in SEGMENTATION_COMBOS])
 def test_segmentation_model_forward_backward(decoder, encoder):
     built = build("seg", decoder, encoder=encoder, weights="none")
     model = built.module
