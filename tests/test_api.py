@@ -298,6 +298,7 @@ def test_model_describes_itself(seg_run):
 
 # --------------------------------------------------------------------------- global state
 def test_library_calls_leave_torch_threads_alone_unless_asked(monkeypatch, seg_run, scan):
+    from busai.device import cores
     from busai.runs import ALL_CORES_ENV, best_threads
 
     before = torch.get_num_threads()
@@ -312,31 +313,25 @@ def test_library_calls_leave_torch_threads_alone_unless_asked(monkeypatch, seg_r
         import os
 
         assert torch.get_num_threads() == max(1, len(os.sched_getaffinity(0)))
+        torch.set_num_threads(cores() + 1)  # neither the default nor busai's count, so the reset is seen
+        busai.load(seg_run)  # loading a PyTorch model applies the asked count once torch is there
+        assert torch.get_num_threads() == cores()
     finally:
         torch.set_num_threads(before)
 
 
-def test_the_busai_thread_count_waits_for_torch_instead_of_importing_it(seg_run, monkeypatch):
-    """A prediction through ONNX Runtime must not pay torch's import to set torch's threads (checked in a
-    fresh interpreter); loading a PyTorch model sets them once torch is there (checked here)."""
+def test_the_busai_thread_count_waits_for_torch_instead_of_importing_it():
+    """A prediction through ONNX Runtime must not pay torch's import to set torch's threads (a fresh
+    interpreter); that loading a PyTorch model then sets them is checked in the test above."""
     import os
     import subprocess
     import sys
 
-    from busai.device import cores
     from busai.runs import ALL_CORES_ENV
 
     code = "import sys\nfrom busai.device import best_threads\nbest_threads()\nassert 'torch' not in sys.modules, 'best_threads imported torch'\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, ALL_CORES_ENV: "1"})
     assert done.returncode == 0, done.stderr
-    monkeypatch.setenv(ALL_CORES_ENV, "1")
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(cores() + 1)  # neither the default nor busai's count, so the reset is seen
-        busai.load(seg_run)
-        assert torch.get_num_threads() == cores()
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_release_models_predicting_an_array_change_no_global_state(monkeypatch, synthetic_dir):
